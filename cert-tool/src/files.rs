@@ -1,0 +1,148 @@
+//! Files that are either wholly written or not at all.
+//!
+//! A CA directory must be exactly as it was after any failure: a full disk, a crash, `kill -9`. So
+//! nothing is ever written in place. A new file is written beside its destination, flushed to disk,
+//! renamed over the destination (atomic on POSIX), and the directory is flushed so the rename itself
+//! survives power loss. Work that changes several files stages them all first and commits them last,
+//! and a staged file that is never committed removes itself.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Mode for files holding secrets (private keys, PKCS#12, passwords).
+pub const SECRET: u32 = 0o600;
+/// Mode for files anyone on the machine may read (certificates, CRLs, the index).
+pub const PUBLIC: u32 = 0o644;
+
+/// Reads a whole file, naming it in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(Error::io("read", path))
+}
+
+/// Writes `data` to `path` atomically with the given mode.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    Staged::new(path, data, mode)?.commit()
+}
+
+/// A file written and flushed beside its destination, waiting to be renamed into place.
+///
+/// Dropping it without [`Staged::commit`] deletes the temporary file, so an error anywhere in a
+/// multi-file operation leaves nothing behind.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Writes `data` to a temporary file next to `dest` and flushes it to disk.
+    pub fn new(dest: &Path, data: &[u8], mode: u32) -> Result<Staged> {
+        let dir = parent(dest);
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::Refused(format!("{}: not a file name", dest.display())))?;
+        let mut nonce = [0u8; 6];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| Error::Crypto {
+            what: "random number generator",
+            detail: "failed".into(),
+        })?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            hex::encode(nonce)
+        ));
+        let staged = Staged {
+            tmp,
+            dest: dest.to_path_buf(),
+            committed: false,
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&staged.tmp)
+            .map_err(Error::io("create", dest))?;
+        file.write_all(data).map_err(Error::io("write", dest))?;
+        file.sync_all().map_err(Error::io("flush", dest))?;
+        Ok(staged)
+    }
+
+    /// Renames the file into place and flushes the directory entry.
+    pub fn commit(mut self) -> Result<()> {
+        fs::rename(&self.tmp, &self.dest).map_err(Error::io("replace", &self.dest))?;
+        self.committed = true;
+        sync_dir(parent(&self.dest))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Flushes a directory so that entries created or renamed in it survive power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("flush directory", dir))
+}
+
+/// Creates a directory (and its parents) with the given mode if it does not exist.
+pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(Error::io("create directory", dir))
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// An exclusive advisory lock on a directory, held until dropped.
+///
+/// Two processes working on the same CA directory take turns: serial numbers stay unique and the
+/// index is never written by two hands at once.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Locks `dir`, waiting for another holder to finish.
+    pub fn acquire(dir: &Path) -> Result<DirLock> {
+        let path = dir.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(SECRET)
+            .open(&path)
+            .map_err(Error::io("open lock file", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                eprintln!(
+                    "waiting for another kakehashi working on {} ...",
+                    dir.display()
+                );
+                file.lock().map_err(Error::io("lock", &path))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path)(e)),
+        }
+        Ok(DirLock { _file: file })
+    }
+}

@@ -1,0 +1,186 @@
+//! What each kind of certificate may do.
+//!
+//! A profile alone decides a certificate's extensions. Nothing a requester puts in a CSR reaches
+//! the certificate except its public key and its common name: a request for `CA:TRUE` still gets a
+//! terminal certificate.
+
+use std::net::IpAddr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+
+/// The certificate profiles a clinic CA issues.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// A clinic terminal authenticating to the gateway: clientAuth only.
+    Terminal,
+    /// The gateway's TLS server, named as the engine so terminals connect unchanged: serverAuth.
+    Server,
+    /// The gateway's own client certificate towards the cloud engine: clientAuth only.
+    Uplink,
+}
+
+impl Profile {
+    /// The profile's name on the command line and in the index.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Terminal => "terminal",
+            Profile::Server => "server",
+            Profile::Uplink => "uplink",
+        }
+    }
+}
+
+/// A subject alternative name as given on the command line: `dns:NAME` or `ip:ADDR`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum San {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl std::str::FromStr for San {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<San, String> {
+        let (kind, value) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected dns:NAME or ip:ADDR"))?;
+        match kind {
+            "dns" => {
+                let valid = !value.is_empty()
+                    && value.len() <= 253
+                    && value.split('.').enumerate().all(|(i, label)| {
+                        let wildcard = i == 0 && label == "*";
+                        wildcard
+                            || (!label.is_empty()
+                                && label.len() <= 63
+                                && !label.starts_with('-')
+                                && !label.ends_with('-')
+                                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+                    });
+                if !valid {
+                    return Err(format!("{value:?} is not a DNS host name"));
+                }
+                Ok(San::Dns(value.to_ascii_lowercase()))
+            }
+            "ip" => value
+                .parse()
+                .map(San::Ip)
+                .map_err(|_| format!("{value:?} is not an IPv4 or IPv6 address")),
+            _ => Err(format!(
+                "{s:?}: unknown kind {kind:?}, expected dns: or ip:"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for San {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            San::Dns(name) => write!(f, "dns:{name}"),
+            San::Ip(addr) => write!(f, "ip:{addr}"),
+        }
+    }
+}
+
+/// Checks a common name that also names files and index entries.
+///
+/// Letters and digits of any script (a terminal may be called 受付1), `.`, `-`, `_` and `@`; at most
+/// 64 characters (the X.520 limit for a common name); never a path.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!(
+            "{name:?}: not a usable name: use 1 to 64 letters, digits, '.', '-', '_' or '@', \
+             not starting with '.'"
+        )))
+    }
+}
+
+/// The parameters of a certificate issued under `profile`.
+pub fn leaf_params(
+    profile: Profile,
+    name: &str,
+    sans: &[San],
+    serial: SerialNumber,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams> {
+    check_name(name)?;
+    if profile == Profile::Server && sans.is_empty() {
+        return Err(Error::Refused(
+            "the server profile needs at least one --san (dns:NAME or ip:ADDR): \
+             TLS clients check the name there, not in the common name"
+                .into(),
+        ));
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(name);
+    params.serial_number = Some(serial);
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![match profile {
+        Profile::Terminal | Profile::Uplink => ExtendedKeyUsagePurpose::ClientAuth,
+        Profile::Server => ExtendedKeyUsagePurpose::ServerAuth,
+    }];
+    params.subject_alt_names = sans
+        .iter()
+        .map(|san| match san {
+            San::Dns(name) => name
+                .clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|_| Error::Refused(format!("{name:?} is not a DNS host name"))),
+            San::Ip(addr) => Ok(SanType::IpAddress(*addr)),
+        })
+        .collect::<Result<_>>()?;
+    Ok(params)
+}
+
+/// The parameters of a clinic CA.
+///
+/// Path length 0: a clinic CA signs terminal, server and uplink certificates and nothing that
+/// could sign in turn, so a stolen terminal key never becomes a CA.
+pub fn ca_params(
+    name: &str,
+    serial: SerialNumber,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(name);
+    params.serial_number = Some(serial);
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+    ];
+    params
+}
+
+fn common_name(name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn
+}
