@@ -90,7 +90,7 @@ pub fn init(
     if layout.cert().exists() || layout.key().exists() || layout.index().exists() {
         return Err(Error::CaExists { dir: dir.into() });
     }
-    let now = OffsetDateTime::now_utc();
+    let now = now();
     let not_after = now + Duration::days(days_checked(days)?.into());
     let key = algorithm.generate()?;
     let serial = random_serial()?;
@@ -245,7 +245,7 @@ impl Ca {
     /// Refuses a request that cannot be issued, before any key is generated or passphrase asked.
     pub fn check(&self, req: &Request) -> Result<()> {
         profile::check_name(&req.name)?;
-        let now = OffsetDateTime::now_utc();
+        let now = now();
         if !req.replace {
             if let Some(&i) = self.index.valid_named(&req.name, now).first() {
                 let e = &self.index.entries[i];
@@ -275,7 +275,7 @@ impl Ca {
         subject_key: &impl PublicKeyData,
     ) -> Result<Pending> {
         self.check(req)?;
-        let now = OffsetDateTime::now_utc();
+        let now = now();
         let not_after = now + Duration::days(req.days.into());
         let serial = loop {
             let s = random_serial()?;
@@ -323,7 +323,7 @@ impl Ca {
 
     /// Records a signed certificate: its copy under `issued/`, then the index (the commit point).
     pub fn commit(&mut self, pending: Pending) -> Result<Entry> {
-        let now = OffsetDateTime::now_utc();
+        let now = now();
         for &i in &pending.supersedes {
             self.index.entries[i].revoked = Some(Revocation {
                 at: now,
@@ -381,7 +381,7 @@ impl Ca {
 
     /// Revokes the certificate with a serial, or every valid certificate of a name.
     pub fn revoke(&mut self, target: &Target, reason: Reason) -> Result<Vec<Entry>> {
-        let now = OffsetDateTime::now_utc();
+        let now = now();
         let chosen = match target {
             Target::Serial(serial) => {
                 let i = self
@@ -428,7 +428,7 @@ impl Ca {
     /// The new number is recorded before the CRL is returned, so that no two different CRLs ever
     /// share a number (a skipped number is harmless; a reused one is not).
     pub fn crl(&mut self, signer: &Signer, next_update_days: u32) -> Result<Crl> {
-        let now = OffsetDateTime::now_utc();
+        let now = now();
         let number = self.index.crl_number + 1;
         let revoked_certs = self
             .index
@@ -472,7 +472,7 @@ impl Ca {
 
     /// Entries and their status now, for listing.
     pub fn entries(&self) -> impl Iterator<Item = (&Entry, Status)> {
-        let now = OffsetDateTime::now_utc();
+        let now = now();
         self.index.entries.iter().map(move |e| (e, e.status(now)))
     }
 }
@@ -528,4 +528,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
+}
+
+/// The current time in whole seconds, the resolution of certificates and CRLs, so that what the
+/// index records is exactly what the certificate says.
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc().truncate_to_second()
 }

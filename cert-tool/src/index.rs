@@ -30,6 +30,17 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The reason for an RFC 5280 reason code, as the command line names it (`key-compromise`).
+    pub fn describe(code: u8) -> String {
+        use clap::ValueEnum;
+        Reason::value_variants()
+            .iter()
+            .find(|r| r.to_rcgen() as u8 == code)
+            .and_then(|r| r.to_possible_value())
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_else(|| format!("reason {code}"))
+    }
+
     /// The reason as rcgen writes it into a CRL entry.
     pub fn to_rcgen(self) -> rcgen::RevocationReason {
         use rcgen::RevocationReason as R;

@@ -9,6 +9,7 @@ use x509_parser::prelude::*;
 use crate::ca::{rfc3339, sha256_hex};
 use crate::decode::{self, Kind};
 use crate::error::{Error, Result};
+use crate::index::Reason;
 use crate::p12;
 
 /// What one object in a file says about itself.
@@ -219,7 +220,7 @@ fn crl(path: &Path, der: &[u8]) -> Result<CrlSummary> {
             .map(|r| RevokedSummary {
                 serial: hex::encode_upper(r.raw_serial()),
                 date: rfc3339(r.revocation_date.to_datetime()),
-                reason: r.reason_code().map(|(_, code)| code.to_string()),
+                reason: r.reason_code().map(|(_, code)| Reason::describe(code.0)),
             })
             .collect(),
     })

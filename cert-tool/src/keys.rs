@@ -27,7 +27,11 @@ pub const PBKDF2_ROUNDS: u32 = 600_000;
 pub enum KeyAlgorithm {
     EcdsaP256,
     EcdsaP384,
+    #[value(name = "rsa-2048")]
+    #[serde(rename = "rsa-2048")]
     Rsa2048,
+    #[value(name = "rsa-3072")]
+    #[serde(rename = "rsa-3072")]
     Rsa3072,
 }
 

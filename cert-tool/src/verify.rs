@@ -11,6 +11,7 @@ use x509_parser::prelude::*;
 
 use crate::ca::rfc3339;
 use crate::error::{Error, Result};
+use crate::index::Reason;
 use crate::{decode, files};
 
 /// The outcome of a verification.
@@ -157,7 +158,7 @@ fn revoked(
         .map(|r| {
             let reason = r
                 .reason_code()
-                .map(|(_, c)| format!(" ({c})"))
+                .map(|(_, c)| format!(" ({})", Reason::describe(c.0)))
                 .unwrap_or_default();
             format!(
                 "revoked on {}{}",

@@ -1,1 +1,11 @@
+//! End-to-end scenarios: the real `kakehashi` binary, checked with tools we did not write.
+//!
+//! One test binary for the whole suite (builds are slow; linking many is slower). Each scenario
+//! module is named for the command family it exercises.
 
+mod support;
+
+mod e2e {
+    mod cli;
+    mod pki;
+}

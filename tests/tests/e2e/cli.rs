@@ -1,0 +1,112 @@
+//! The front door: `kakehashi --help` and `kakehashi demo`.
+
+use crate::support::*;
+
+#[test]
+fn help_lists_every_command_with_its_purpose() {
+    let help = kakehashi(&["--help"]).ok();
+    assert!(
+        help.contains("cert") && help.contains("The clinic PKI"),
+        "{help}"
+    );
+    assert!(
+        help.contains("demo") && help.contains("demo clinic"),
+        "{help}"
+    );
+    let cert = kakehashi(&["cert", "--help"]).ok();
+    for cmd in [
+        "init-ca",
+        "issue",
+        "sign-csr",
+        "revoke",
+        "crl",
+        "export-p12",
+        "inspect",
+        "verify",
+        "list",
+    ] {
+        assert!(
+            cert.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "{cmd} missing from:\n{cert}"
+        );
+    }
+    let bad = kakehashi(&["cert", "issue", "--profile", "admin"]);
+    assert_eq!(bad.code, 2, "a command line clap rejects exits 2");
+}
+
+#[test]
+fn demo_leaves_a_working_clinic_and_can_run_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let out = kakehashi(&["demo", "--dir", s(&dir)]).ok();
+    assert!(out.contains("terminal.pem is valid"), "{out}");
+    for f in [
+        "ca.pem",
+        "terminal.pem",
+        "terminal.key",
+        "terminal.p12",
+        "terminal.p12.password",
+        "server.pem",
+        "server.key",
+        "crl.pem",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    for f in [
+        "terminal.key",
+        "terminal.p12",
+        "terminal.p12.password",
+        "server.key",
+        "ca.key",
+    ] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    let ok = tool(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            s(&dir.join("ca.pem")),
+            "-crl_check",
+            "-CRLfile",
+            s(&dir.join("crl.pem")),
+            s(&dir.join("terminal.pem")),
+        ],
+    )
+    .ok();
+    assert!(ok.contains("OK"));
+    let pass = format!("file:{}", s(&dir.join("terminal.p12.password")));
+    tool(
+        "openssl",
+        &[
+            "pkcs12",
+            "-in",
+            s(&dir.join("terminal.p12")),
+            "-passin",
+            &pass,
+            "-noout",
+        ],
+    )
+    .ok();
+    let server = tool(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            s(&dir.join("server.pem")),
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    )
+    .ok();
+    assert!(
+        server.contains("DNS:localhost") && server.contains("IP Address:127.0.0.1"),
+        "{server}"
+    );
+
+    let before = snapshot(&dir);
+    let again = kakehashi(&["demo", "--dir", s(&dir)]).ok();
+    assert!(again.contains("Reusing the demo clinic"), "{again}");
+    assert_unchanged(&before, &snapshot(&dir));
+}

@@ -1,0 +1,202 @@
+//! Running the binary and peers, and checking that nothing changed.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The `kakehashi` binary under test: `KAKEHASHI_BIN`, or the workspace build of the same profile.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KAKEHASHI_BIN") {
+        return p.into();
+    }
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join(profile).join("kakehashi");
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: build it first (`cargo build --release --bin kakehashi`, as scripts/test does)",
+            path.display()
+        )
+    });
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if let Some(newer) = newest_source(&workspace).filter(|(t, _)| *t > built) {
+        panic!(
+            "{} is older than {}: rebuild it (`cargo build --release --bin kakehashi`, as scripts/test does)",
+            path.display(),
+            newer.1.display()
+        );
+    }
+    path
+}
+
+/// The most recently modified source file of the crates the binary is built from.
+fn newest_source(workspace: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut stack: Vec<PathBuf> = [
+        "gateway",
+        "cert-tool",
+        "provisioning",
+        "engine-proxy",
+        "firmware",
+    ]
+    .iter()
+    .map(|c| workspace.join(c).join("src"))
+    .collect();
+    let mut newest = None;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                    newest = Some((t, path));
+                }
+            }
+        }
+    }
+    newest
+}
+
+/// What a finished command left.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(self) -> String {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self.stdout
+    }
+
+    /// Asserts failure with exit code 1 and a message containing every one of `needles`.
+    #[track_caller]
+    pub fn fails_with(self, needles: &[&str]) -> Run {
+        assert_eq!(
+            self.code, 1,
+            "expected exit 1\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        let all = format!("{}{}", self.stdout, self.stderr);
+        for n in needles {
+            assert!(
+                all.contains(n),
+                "expected {n:?} in the message\nstdout:\n{}\nstderr:\n{}",
+                self.stdout,
+                self.stderr
+            );
+        }
+        self
+    }
+}
+
+/// Runs `kakehashi ARGS` with no terminal on stdin and no passphrase in the environment.
+pub fn kakehashi(args: &[&str]) -> Run {
+    kakehashi_env(args, &[])
+}
+
+/// Runs `kakehashi ARGS` with extra environment variables.
+pub fn kakehashi_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env_remove("KAKEHASHI_CA_PASSPHRASE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Run::from(cmd.output().expect("run kakehashi"))
+}
+
+/// Runs a peer tool (openssl, curl, ...) and returns what it did.
+pub fn tool(program: &str, args: &[&str]) -> Run {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (scripts/test installs it)"));
+    Run::from(output)
+}
+
+/// Every file below `dir` with its bytes and mode: compare two to prove nothing changed.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("metadata");
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).expect("prefix").to_path_buf();
+                out.insert(
+                    rel,
+                    (
+                        std::fs::read(&path).expect("read"),
+                        meta.permissions().mode() & 0o7777,
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Asserts two snapshots are equal, naming the first difference.
+#[track_caller]
+pub fn assert_unchanged(
+    before: &BTreeMap<PathBuf, (Vec<u8>, u32)>,
+    after: &BTreeMap<PathBuf, (Vec<u8>, u32)>,
+) {
+    let names = |m: &BTreeMap<PathBuf, (Vec<u8>, u32)>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(before), names(after), "the set of files changed");
+    for (path, v) in before {
+        assert!(after[path] == *v, "{} changed", path.display());
+    }
+}
+
+/// The mode bits of a file.
+pub fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Writes a file, creating parents.
+pub fn write(path: &Path, data: impl AsRef<[u8]>) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).expect("mkdir");
+    }
+    std::fs::write(path, data).expect("write");
+}
+
+/// A path as &str (test paths are always UTF-8).
+pub fn s(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
