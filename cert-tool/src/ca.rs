@@ -246,15 +246,15 @@ impl Ca {
     pub fn check(&self, req: &Request) -> Result<()> {
         profile::check_name(&req.name)?;
         let now = now();
-        if !req.replace {
-            if let Some(&i) = self.index.valid_named(&req.name, now).first() {
-                let e = &self.index.entries[i];
-                return Err(Error::NameInUse {
-                    name: e.name.clone(),
-                    serial: e.serial.clone(),
-                    not_after: rfc3339(e.not_after),
-                });
-            }
+        if !req.replace
+            && let Some(&i) = self.index.valid_named(&req.name, now).first()
+        {
+            let e = &self.index.entries[i];
+            return Err(Error::NameInUse {
+                name: e.name.clone(),
+                serial: e.serial.clone(),
+                not_after: rfc3339(e.not_after),
+            });
         }
         let not_after = now + Duration::days(days_checked(req.days)?.into());
         if not_after > self.not_after {
@@ -534,4 +534,25 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 /// index records is exactly what the certificate says.
 pub fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc().truncate_to_second()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crl_numbers_are_minimal_big_endian() {
+        assert_eq!(minimal_be(0), [0]);
+        assert_eq!(minimal_be(1), [1]);
+        assert_eq!(minimal_be(256), [1, 0]);
+    }
+
+    #[test]
+    fn serials_are_positive_16_bytes() {
+        for _ in 0..100 {
+            let s = random_serial().unwrap().to_bytes();
+            assert_eq!(s.len(), 16);
+            assert!((0x40..0x80).contains(&s[0]));
+        }
+    }
 }

@@ -38,13 +38,12 @@ impl Csr {
         if let Some(bits) = key
             .strip_prefix("rsa-")
             .and_then(|b| b.parse::<usize>().ok())
+            && bits < 2048
         {
-            if bits < 2048 {
-                return Err(Error::Refused(format!(
-                    "{}: an RSA key of {bits} bits is too weak; 2048 bits at least",
-                    path.display()
-                )));
-            }
+            return Err(Error::Refused(format!(
+                "{}: an RSA key of {bits} bits is too weak; 2048 bits at least",
+                path.display()
+            )));
         }
         let public_key =
             rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw).map_err(|e| {

@@ -204,3 +204,22 @@ pub fn normalize_serial(serial: &str) -> String {
         .collect();
     hex.trim_start_matches("00").to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_match_however_they_are_written() {
+        assert_eq!(normalize_serial("4a:e0:be"), "4AE0BE");
+        assert_eq!(normalize_serial("00:4A"), "4A");
+        assert_eq!(normalize_serial("4AE0BE"), "4AE0BE");
+    }
+
+    #[test]
+    fn reasons_are_named_as_the_command_line_takes_them() {
+        assert_eq!(Reason::describe(1), "key-compromise");
+        assert_eq!(Reason::describe(4), "superseded");
+        assert_eq!(Reason::describe(42), "reason 42");
+    }
+}

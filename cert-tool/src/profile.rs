@@ -184,3 +184,43 @@ fn common_name(name: &str) -> DistinguishedName {
     dn.push(DnType::CommonName, name);
     dn
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sans_parse_or_say_why_not() {
+        assert_eq!(
+            "dns:Orca.Example.JP".parse(),
+            Ok(San::Dns("orca.example.jp".into()))
+        );
+        assert_eq!(
+            "ip:192.168.1.1".parse::<San>(),
+            Ok(San::Ip([192, 168, 1, 1].into()))
+        );
+        assert!("ip:::1".parse::<San>().is_ok());
+        assert!("dns:*.example.jp".parse::<San>().is_ok());
+        for bad in [
+            "orca.example.jp",
+            "dns:",
+            "dns:a..b",
+            "dns:-a.jp",
+            "dns:a_b.jp",
+            "ip:300.1.1.1",
+            "uri:x",
+        ] {
+            assert!(bad.parse::<San>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_safe_file_names() {
+        for good in ["reception-1", "受付1", "dr.tanaka@clinic", "tablet_7"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".hidden", "../x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}

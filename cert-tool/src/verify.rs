@@ -78,12 +78,11 @@ pub fn verify(
         );
     }
     let bad = |e: X509Error| Error::malformed(cert_path, "certificate", e);
-    if let Some(ku) = cert.key_usage().map_err(bad)? {
-        if !ku.value.digital_signature() && cert_der != ca_der {
-            return invalid(
-                "its key usage does not allow digitalSignature, which TLS needs".into(),
-            );
-        }
+    if let Some(ku) = cert.key_usage().map_err(bad)?
+        && !ku.value.digital_signature()
+        && cert_der != ca_der
+    {
+        return invalid("its key usage does not allow digitalSignature, which TLS needs".into());
     }
     let purposes = match cert.extended_key_usage().map_err(bad)? {
         Some(eku) => {
@@ -105,10 +104,10 @@ pub fn verify(
         None => "any purpose".into(),
     };
 
-    if let Some(crl_path) = crl_path {
-        if let Some(why) = revoked(&ca, crl_path, &cert, at)? {
-            return invalid(why);
-        }
+    if let Some(crl_path) = crl_path
+        && let Some(why) = revoked(&ca, crl_path, &cert, at)?
+    {
+        return invalid(why);
     }
     Ok(Verdict::Valid(format!(
         "{} (serial {}), {}, until {}{}",
@@ -142,14 +141,14 @@ fn revoked(
             crl_path.display()
         )));
     }
-    if let Some(next) = crl.next_update() {
-        if at > next {
-            return Ok(Some(format!(
-                "the CRL {} is out of date (next update was due {}): publish a new one with `kakehashi cert crl`",
-                crl_path.display(),
-                rfc3339(next.to_datetime())
-            )));
-        }
+    if let Some(next) = crl.next_update()
+        && at > next
+    {
+        return Ok(Some(format!(
+            "the CRL {} is out of date (next update was due {}): publish a new one with `kakehashi cert crl`",
+            crl_path.display(),
+            rfc3339(next.to_datetime())
+        )));
     }
     let serial = cert.raw_serial();
     Ok(crl

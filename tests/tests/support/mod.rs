@@ -56,10 +56,10 @@ fn newest_source(workspace: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
-                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
-                    newest = Some((t, path));
-                }
+            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified())
+                && newest.as_ref().is_none_or(|(n, _)| t > *n)
+            {
+                newest = Some((t, path));
             }
         }
     }
