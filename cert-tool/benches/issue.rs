@@ -22,22 +22,13 @@ fn request(name: String) -> Request {
 }
 
 fn no_passphrase() -> cert_tool::Result<cert_tool::keys::Passphrase> {
-    Err(cert_tool::Error::Refused(
-        "the bench CA has no passphrase".into(),
-    ))
+    Err(cert_tool::Error::Refused("the bench CA has no passphrase".into()))
 }
 
 fn issue(c: &mut Criterion) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let template = tmp.path().join("template");
-    ca::init(
-        &template,
-        "Bench Clinic CA",
-        3650,
-        KeyAlgorithm::EcdsaP256,
-        None,
-    )
-    .expect("init");
+    ca::init(&template, "Bench Clinic CA", 3650, KeyAlgorithm::EcdsaP256, None).expect("init");
     let signer = {
         let mut ca = Ca::open(&template).expect("open");
         let signer = ca.unlock(no_passphrase).expect("unlock");

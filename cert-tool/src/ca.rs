@@ -14,8 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    CertificateRevocationListParams, Issuer, KeyIdMethod, PublicKeyData, RevokedCertParams,
-    SerialNumber,
+    CertificateRevocationListParams, Issuer, KeyIdMethod, PublicKeyData, RevokedCertParams, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
@@ -181,8 +180,7 @@ impl Ca {
         }
         let lock = DirLock::acquire(dir)?;
         let cert_path = layout.cert();
-        let cert_der =
-            crate::decode::pem_or_der(&cert_path, &files::read(&cert_path)?, "CERTIFICATE")?;
+        let cert_der = crate::decode::pem_or_der(&cert_path, &files::read(&cert_path)?, "CERTIFICATE")?;
         let (_, cert) = X509Certificate::from_der(&cert_der)
             .map_err(|e| Error::malformed(&cert_path, "CA certificate", e))?;
         if !cert.is_ca() {
@@ -197,9 +195,7 @@ impl Ca {
             .extensions()
             .iter()
             .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::SubjectKeyIdentifier(id) => {
-                    Some(KeyIdMethod::PreSpecified(id.0.to_vec()))
-                }
+                ParsedExtension::SubjectKeyIdentifier(id) => Some(KeyIdMethod::PreSpecified(id.0.to_vec())),
                 _ => None,
             })
             .unwrap_or(KeyIdMethod::Sha256);
@@ -268,22 +264,13 @@ impl Ca {
     }
 
     /// Signs a certificate for `subject_key` under the request's profile, without recording it.
-    pub fn sign(
-        &self,
-        signer: &Signer,
-        req: &Request,
-        subject_key: &impl PublicKeyData,
-    ) -> Result<Pending> {
+    pub fn sign(&self, signer: &Signer, req: &Request, subject_key: &impl PublicKeyData) -> Result<Pending> {
         self.check(req)?;
         let now = now();
         let not_after = now + Duration::days(req.days.into());
         let serial = loop {
             let s = random_serial()?;
-            if self
-                .index
-                .by_serial(&hex::encode_upper(s.to_bytes()))
-                .is_none()
-            {
+            if self.index.by_serial(&hex::encode_upper(s.to_bytes())).is_none() {
                 break s;
             }
         };
@@ -384,13 +371,10 @@ impl Ca {
         let now = now();
         let chosen = match target {
             Target::Serial(serial) => {
-                let i = self
-                    .index
-                    .by_serial(serial)
-                    .ok_or_else(|| Error::UnknownSerial {
-                        serial: normalize_serial(serial),
-                        index: self.layout.index(),
-                    })?;
+                let i = self.index.by_serial(serial).ok_or_else(|| Error::UnknownSerial {
+                    serial: normalize_serial(serial),
+                    index: self.layout.index(),
+                })?;
                 if let Some(r) = &self.index.entries[i].revoked {
                     return Err(Error::AlreadyRevoked {
                         serial: self.index.entries[i].serial.clone(),
@@ -417,10 +401,7 @@ impl Ca {
             self.index = Index::load(&self.layout.index())?;
             return Err(e);
         }
-        Ok(chosen
-            .iter()
-            .map(|&i| self.index.entries[i].clone())
-            .collect())
+        Ok(chosen.iter().map(|&i| self.index.entries[i].clone()).collect())
     }
 
     /// Signs a CRL of every revoked certificate not yet expired, with the next CRL number.

@@ -185,11 +185,7 @@ impl PassphraseArgs {
     fn new_for(&self, key: &Path) -> Result<Passphrase> {
         match self.source() {
             Some(p) => p,
-            None => prompt(
-                key,
-                &format!("New passphrase for {}: ", key.display()),
-                true,
-            ),
+            None => prompt(key, &format!("New passphrase for {}: ", key.display()), true),
         }
     }
 
@@ -392,10 +388,7 @@ pub fn run(cmd: CertCommand) -> Result<ExitCode> {
             password_file,
             json,
         } => {
-            let password = password_file
-                .as_deref()
-                .map(Passphrase::from_file)
-                .transpose()?;
+            let password = password_file.as_deref().map(Passphrase::from_file).transpose()?;
             let summaries = inspect::inspect(&file, password.as_ref())?;
             if json {
                 println!("{}", to_json(&summaries)?);
@@ -423,13 +416,10 @@ pub fn run(cmd: CertCommand) -> Result<ExitCode> {
             json,
         } => {
             let ca = Ca::open(&dir)?;
-            let horizon =
-                expiring_within.map(|d| OffsetDateTime::now_utc() + Duration::days(d.into()));
+            let horizon = expiring_within.map(|d| OffsetDateTime::now_utc() + Duration::days(d.into()));
             let rows: Vec<_> = ca
                 .entries()
-                .filter(|(e, status)| {
-                    horizon.is_none_or(|h| *status == Status::Valid && e.not_after <= h)
-                })
+                .filter(|(e, status)| horizon.is_none_or(|h| *status == Status::Valid && e.not_after <= h))
                 .collect();
             if json {
                 let items: Vec<_> = rows

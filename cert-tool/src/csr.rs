@@ -35,9 +35,7 @@ impl Csr {
             .map_err(|_| Error::CsrSignature { path: path.into() })?;
         let info = &csr.certification_request_info;
         let key = decode::describe_key(&info.subject_pki);
-        if let Some(bits) = key
-            .strip_prefix("rsa-")
-            .and_then(|b| b.parse::<usize>().ok())
+        if let Some(bits) = key.strip_prefix("rsa-").and_then(|b| b.parse::<usize>().ok())
             && bits < 2048
         {
             return Err(Error::Refused(format!(
@@ -45,14 +43,13 @@ impl Csr {
                 path.display()
             )));
         }
-        let public_key =
-            rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw).map_err(|e| {
-                Error::malformed(
-                    path,
-                    "certificate signing request",
-                    format!("unsupported key ({key}): {e}"),
-                )
-            })?;
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw).map_err(|e| {
+            Error::malformed(
+                path,
+                "certificate signing request",
+                format!("unsupported key ({key}): {e}"),
+            )
+        })?;
         let common_name = info
             .subject
             .iter_common_name()

@@ -42,21 +42,13 @@ pub fn objects(path: &Path, bytes: &[u8]) -> Result<Vec<Object>> {
     if looks_like_pem(bytes) {
         let blocks = ::pem::parse_many(bytes).map_err(|e| Error::malformed(path, "PEM file", e))?;
         if blocks.is_empty() {
-            return Err(Error::malformed(
-                path,
-                "PEM file",
-                "no complete PEM block in it",
-            ));
+            return Err(Error::malformed(path, "PEM file", "no complete PEM block in it"));
         }
         return blocks
             .into_iter()
             .map(|b| {
                 let kind = Kind::from_pem_label(b.tag()).ok_or_else(|| {
-                    Error::malformed(
-                        path,
-                        "PKI file",
-                        format!("unknown PEM block \"{}\"", b.tag()),
-                    )
+                    Error::malformed(path, "PKI file", format!("unknown PEM block \"{}\"", b.tag()))
                 })?;
                 Ok(Object {
                     kind,
@@ -103,12 +95,8 @@ pub fn pem_or_der(path: &Path, bytes: &[u8], label: &'static str) -> Result<Vec<
 pub fn certificate(path: &Path) -> Result<Vec<u8>> {
     let der = pem_or_der(path, &crate::files::read(path)?, "CERTIFICATE")?;
     match X509Certificate::from_der(&der) {
-        Ok((rest, _)) if rest.is_empty() => Ok(der),
-        Ok(_) => Err(Error::malformed(
-            path,
-            "certificate",
-            "trailing bytes after it",
-        )),
+        Ok(([], _)) => Ok(der),
+        Ok(_) => Err(Error::malformed(path, "certificate", "trailing bytes after it")),
         Err(e) => Err(Error::malformed(path, "certificate", e)),
     }
 }

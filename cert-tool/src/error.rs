@@ -100,11 +100,7 @@ impl Error {
     }
 
     /// A malformed input file.
-    pub fn malformed(
-        path: impl Into<PathBuf>,
-        expected: &'static str,
-        detail: impl ToString,
-    ) -> Error {
+    pub fn malformed(path: impl Into<PathBuf>, expected: &'static str, detail: impl ToString) -> Error {
         Error::Malformed {
             path: path.into(),
             expected,

@@ -51,11 +51,7 @@ impl Staged {
             what: "random number generator",
             detail: "failed".into(),
         })?;
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            name.to_string_lossy(),
-            hex::encode(nonce)
-        ));
+        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), hex::encode(nonce)));
         let staged = Staged {
             tmp,
             dest: dest.to_path_buf(),
@@ -135,10 +131,7 @@ impl DirLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                eprintln!(
-                    "waiting for another kakehashi working on {} ...",
-                    dir.display()
-                );
+                eprintln!("waiting for another kakehashi working on {} ...", dir.display());
                 file.lock().map_err(Error::io("lock", &path))?;
             }
             Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path)(e)),

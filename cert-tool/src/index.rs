@@ -138,8 +138,8 @@ impl Index {
     /// Reads the index at `path`.
     pub fn load(path: &Path) -> Result<Index> {
         let bytes = files::read(path)?;
-        let index: Index = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::malformed(path, "certificate index", e))?;
+        let index: Index =
+            serde_json::from_slice(&bytes).map_err(|e| Error::malformed(path, "certificate index", e))?;
         if index.version != VERSION {
             return Err(Error::malformed(
                 path,

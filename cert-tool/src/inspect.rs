@@ -109,8 +109,7 @@ pub fn inspect(path: &Path, password: Option<&p12::Password>) -> Result<Vec<Summ
 
 /// Summarizes a DER certificate.
 pub fn cert(path: &Path, der: &[u8]) -> Result<CertSummary> {
-    let (_, c) =
-        X509Certificate::from_der(der).map_err(|e| Error::malformed(path, "certificate", e))?;
+    let (_, c) = X509Certificate::from_der(der).map_err(|e| Error::malformed(path, "certificate", e))?;
     let bad = |e: X509Error| Error::malformed(path, "certificate", e);
     let bc = c.basic_constraints().map_err(bad)?;
     let mut key_usage = Vec::new();
@@ -198,17 +197,11 @@ fn csr(path: &Path, der: &[u8]) -> Result<CsrSummary> {
 }
 
 fn crl(path: &Path, der: &[u8]) -> Result<CrlSummary> {
-    let (_, l) =
-        CertificateRevocationList::from_der(der).map_err(|e| Error::malformed(path, "CRL", e))?;
-    let authority_key_id = l
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                aki.key_identifier.as_ref().map(|id| colon_hex(id.0))
-            }
-            _ => None,
-        });
+    let (_, l) = CertificateRevocationList::from_der(der).map_err(|e| Error::malformed(path, "CRL", e))?;
+    let authority_key_id = l.extensions().iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|id| colon_hex(id.0)),
+        _ => None,
+    });
     Ok(CrlSummary {
         issuer: l.issuer().to_string(),
         this_update: rfc3339(l.last_update().to_datetime()),
@@ -280,11 +273,7 @@ pub fn render(summaries: &[Summary]) -> String {
                     &mut out,
                     "",
                     "signature",
-                    if r.signature_valid {
-                        "valid"
-                    } else {
-                        "INVALID"
-                    },
+                    if r.signature_valid { "valid" } else { "INVALID" },
                 );
                 for e in &r.requested_extensions {
                     row(&mut out, "", "requests", e);
@@ -311,34 +300,20 @@ pub fn render(summaries: &[Summary]) -> String {
                 }
                 row(&mut out, "", "revoked", &l.revoked.len().to_string());
                 for r in &l.revoked {
-                    let reason = r
-                        .reason
-                        .as_deref()
-                        .map(|x| format!(" ({x})"))
-                        .unwrap_or_default();
+                    let reason = r.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default();
                     let _ = writeln!(out, "    {}  {}{}", r.serial, r.date, reason);
                 }
             }
             Summary::Pkcs12 { key, certificates } => {
                 out.push_str("PKCS#12\n");
-                row(
-                    &mut out,
-                    "",
-                    "private key",
-                    key.as_deref().unwrap_or("(none)"),
-                );
+                row(&mut out, "", "private key", key.as_deref().unwrap_or("(none)"));
                 for c in certificates {
                     render_cert(&mut out, c, "  ");
                 }
             }
             Summary::PrivateKey { encrypted } => {
                 out.push_str("private key\n");
-                row(
-                    &mut out,
-                    "",
-                    "encrypted",
-                    if *encrypted { "yes" } else { "no" },
-                );
+                row(&mut out, "", "encrypted", if *encrypted { "yes" } else { "no" });
             }
         }
     }

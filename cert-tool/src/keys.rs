@@ -20,9 +20,7 @@ pub const PBKDF2_ROUNDS: u32 = 600_000;
 ///
 /// ECDSA P-256 is the default everywhere: small, fast, and accepted by every TLS stack a clinic
 /// terminal runs. RSA is there for terminal software that knows nothing else.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
     EcdsaP256,
@@ -115,12 +113,11 @@ pub fn seal(key: &SecretKey, passphrase: Option<&Passphrase>) -> Result<Zeroizin
             what: "random number generator",
             detail: "failed".into(),
         })?;
-    let params =
-        pkcs5::pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(PBKDF2_ROUNDS, &salt, iv)
-            .map_err(|e| Error::Crypto {
-                what: "key encryption",
-                detail: e.to_string(),
-            })?;
+    let params = pkcs5::pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(PBKDF2_ROUNDS, &salt, iv)
+        .map_err(|e| Error::Crypto {
+            what: "key encryption",
+            detail: e.to_string(),
+        })?;
     let info = pkcs8::PrivateKeyInfoRef::try_from(der.as_slice()).map_err(|e| Error::Crypto {
         what: "key encryption",
         detail: e.to_string(),
@@ -165,9 +162,7 @@ pub fn open(
                 .map_err(|_| Error::WrongPassphrase { path: path.into() })?;
             Zeroizing::new(doc.as_bytes().to_vec())
         }
-        "PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY" => {
-            Zeroizing::new(block.contents().to_vec())
-        }
+        "PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY" => Zeroizing::new(block.contents().to_vec()),
         other => {
             return Err(Error::malformed(
                 path,

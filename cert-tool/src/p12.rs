@@ -3,8 +3,7 @@
 use std::path::Path;
 
 use p12_keystore::{
-    Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey,
-    PrivateKeyChain,
+    Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey, PrivateKeyChain,
 };
 use x509_parser::prelude::*;
 use zeroize::Zeroizing;
@@ -50,10 +49,10 @@ pub fn export(
         )))
     })?;
 
-    let (_, cert) = X509Certificate::from_der(&cert_der)
-        .map_err(|e| Error::malformed(cert_path, "certificate", e))?;
-    let (_, ca) = X509Certificate::from_der(&ca_der)
-        .map_err(|e| Error::malformed(ca_path, "CA certificate", e))?;
+    let (_, cert) =
+        X509Certificate::from_der(&cert_der).map_err(|e| Error::malformed(cert_path, "certificate", e))?;
+    let (_, ca) =
+        X509Certificate::from_der(&ca_der).map_err(|e| Error::malformed(ca_path, "CA certificate", e))?;
     if cert.public_key().subject_public_key.data.as_ref() != key.0.public_key_raw() {
         return Err(Error::KeyMismatch {
             key: key_path.into(),
@@ -83,8 +82,7 @@ pub fn export(
     }
     let chain = PrivateKeyChain::new(
         crate::ca::sha256_hex(&cert_der).into_bytes()[..20].to_vec(),
-        PrivateKey::from_der(&Zeroizing::new(key.0.serialize_der()))
-            .map_err(bad(key_path, "private key"))?,
+        PrivateKey::from_der(&Zeroizing::new(key.0.serialize_der())).map_err(bad(key_path, "private key"))?,
         [
             Certificate::from_der(&cert_der).map_err(bad(cert_path, "certificate"))?,
             Certificate::from_der(&ca_der).map_err(bad(ca_path, "CA certificate"))?,
@@ -116,20 +114,12 @@ pub fn export(
 }
 
 /// Opens a PKCS#12 file: the private key's algorithm (if any) and the certificates, leaf first.
-pub fn open(
-    path: &Path,
-    der: &[u8],
-    password: &Password,
-) -> Result<(Option<String>, Vec<Vec<u8>>)> {
-    let store = KeyStore::from_pkcs12(
-        der,
-        password.expose(),
-        p12_keystore::Pkcs12ImportPolicy::Relaxed,
-    )
-    .map_err(|e| match e {
-        p12_keystore::error::Error::MacError(_) => Error::WrongPassphrase { path: path.into() },
-        other => Error::malformed(path, "PKCS#12 file", other),
-    })?;
+pub fn open(path: &Path, der: &[u8], password: &Password) -> Result<(Option<String>, Vec<Vec<u8>>)> {
+    let store = KeyStore::from_pkcs12(der, password.expose(), p12_keystore::Pkcs12ImportPolicy::Relaxed)
+        .map_err(|e| match e {
+            p12_keystore::error::Error::MacError(_) => Error::WrongPassphrase { path: path.into() },
+            other => Error::malformed(path, "PKCS#12 file", other),
+        })?;
     let mut key = None;
     let mut certs = Vec::new();
     for (_, entry) in store.entries() {

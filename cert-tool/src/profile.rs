@@ -15,9 +15,7 @@ use time::OffsetDateTime;
 use crate::error::{Error, Result};
 
 /// The certificate profiles a clinic CA issues.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
     /// A clinic terminal authenticating to the gateway: clientAuth only.
@@ -75,9 +73,7 @@ impl std::str::FromStr for San {
                 .parse()
                 .map(San::Ip)
                 .map_err(|_| format!("{value:?} is not an IPv4 or IPv6 address")),
-            _ => Err(format!(
-                "{s:?}: unknown kind {kind:?}, expected dns: or ip:"
-            )),
+            _ => Err(format!("{s:?}: unknown kind {kind:?}, expected dns: or ip:")),
         }
     }
 }
@@ -202,13 +198,7 @@ mod tests {
         assert!("ip:::1".parse::<San>().is_ok());
         assert!("dns:*.example.jp".parse::<San>().is_ok());
         for bad in [
-            "orca.example.jp",
-            "dns:",
-            "dns:a..b",
-            "dns:-a.jp",
-            "dns:a_b.jp",
-            "ip:300.1.1.1",
-            "uri:x",
+            "orca.example.jp", "dns:", "dns:a..b", "dns:-a.jp", "dns:a_b.jp", "ip:300.1.1.1", "uri:x",
         ] {
             assert!(bad.parse::<San>().is_err(), "{bad}");
         }

@@ -32,10 +32,10 @@ pub fn verify(
 ) -> Result<Verdict> {
     let ca_der = decode::certificate(ca_path)?;
     let cert_der = decode::certificate(cert_path)?;
-    let (_, ca) = X509Certificate::from_der(&ca_der)
-        .map_err(|e| Error::malformed(ca_path, "CA certificate", e))?;
-    let (_, cert) = X509Certificate::from_der(&cert_der)
-        .map_err(|e| Error::malformed(cert_path, "certificate", e))?;
+    let (_, ca) =
+        X509Certificate::from_der(&ca_der).map_err(|e| Error::malformed(ca_path, "CA certificate", e))?;
+    let (_, cert) =
+        X509Certificate::from_der(&cert_der).map_err(|e| Error::malformed(cert_path, "certificate", e))?;
     let at = ASN1Time::from(now);
     let invalid = |why: String| Ok(Verdict::Invalid(why));
 
@@ -73,9 +73,7 @@ pub fn verify(
         ));
     }
     if cert_der != ca_der && cert.is_ca() {
-        return invalid(
-            "it is a CA certificate, not a terminal, server or uplink certificate".into(),
-        );
+        return invalid("it is a CA certificate, not a terminal, server or uplink certificate".into());
     }
     let bad = |e: X509Error| Error::malformed(cert_path, "certificate", e);
     if let Some(ku) = cert.key_usage().map_err(bad)?
@@ -95,9 +93,7 @@ pub fn verify(
                 p.push("serverAuth");
             }
             if p.is_empty() && cert_der != ca_der {
-                return invalid(
-                    "its extended key usage allows neither clientAuth nor serverAuth".into(),
-                );
+                return invalid("its extended key usage allows neither clientAuth nor serverAuth".into());
             }
             p.join(", ")
         }
@@ -115,11 +111,7 @@ pub fn verify(
         hex::encode_upper(cert.raw_serial()),
         purposes,
         rfc3339(validity.not_after.to_datetime()),
-        if crl_path.is_some() {
-            ", not revoked"
-        } else {
-            ""
-        },
+        if crl_path.is_some() { ", not revoked" } else { "" },
     )))
 }
 
@@ -131,11 +123,9 @@ fn revoked(
     at: ASN1Time,
 ) -> Result<Option<String>> {
     let der = decode::pem_or_der(crl_path, &files::read(crl_path)?, "X509 CRL")?;
-    let (_, crl) = CertificateRevocationList::from_der(&der)
-        .map_err(|e| Error::malformed(crl_path, "CRL", e))?;
-    if crl.issuer().as_raw() != ca.subject().as_raw()
-        || crl.verify_signature(ca.public_key()).is_err()
-    {
+    let (_, crl) =
+        CertificateRevocationList::from_der(&der).map_err(|e| Error::malformed(crl_path, "CRL", e))?;
+    if crl.issuer().as_raw() != ca.subject().as_raw() || crl.verify_signature(ca.public_key()).is_err() {
         return Ok(Some(format!(
             "the CRL {} was not signed by this CA",
             crl_path.display()

@@ -5,25 +5,11 @@ use crate::support::*;
 #[test]
 fn help_lists_every_command_with_its_purpose() {
     let help = kakehashi(&["--help"]).ok();
-    assert!(
-        help.contains("cert") && help.contains("The clinic PKI"),
-        "{help}"
-    );
-    assert!(
-        help.contains("demo") && help.contains("demo clinic"),
-        "{help}"
-    );
+    assert!(help.contains("cert") && help.contains("The clinic PKI"), "{help}");
+    assert!(help.contains("demo") && help.contains("demo clinic"), "{help}");
     let cert = kakehashi(&["cert", "--help"]).ok();
     for cmd in [
-        "init-ca",
-        "issue",
-        "sign-csr",
-        "revoke",
-        "crl",
-        "export-p12",
-        "inspect",
-        "verify",
-        "list",
+        "init-ca", "issue", "sign-csr", "revoke", "crl", "export-p12", "inspect", "verify", "list",
     ] {
         assert!(
             cert.lines().any(|l| l.trim_start().starts_with(cmd)),
@@ -41,23 +27,13 @@ fn demo_leaves_a_working_clinic_and_can_run_again() {
     let out = kakehashi(&["demo", "--dir", s(&dir)]).ok();
     assert!(out.contains("terminal.pem is valid"), "{out}");
     for f in [
-        "ca.pem",
-        "terminal.pem",
-        "terminal.key",
-        "terminal.p12",
-        "terminal.p12.password",
-        "server.pem",
-        "server.key",
-        "crl.pem",
+        "ca.pem", "terminal.pem", "terminal.key", "terminal.p12", "terminal.p12.password", "server.pem",
+        "server.key", "crl.pem",
     ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     for f in [
-        "terminal.key",
-        "terminal.p12",
-        "terminal.p12.password",
-        "server.key",
-        "ca.key",
+        "terminal.key", "terminal.p12", "terminal.p12.password", "server.key", "ca.key",
     ] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }

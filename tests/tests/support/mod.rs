@@ -40,16 +40,10 @@ pub fn bin() -> PathBuf {
 
 /// The most recently modified source file of the crates the binary is built from.
 fn newest_source(workspace: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
-    let mut stack: Vec<PathBuf> = [
-        "gateway",
-        "cert-tool",
-        "provisioning",
-        "engine-proxy",
-        "firmware",
-    ]
-    .iter()
-    .map(|c| workspace.join(c).join("src"))
-    .collect();
+    let mut stack: Vec<PathBuf> = ["gateway", "cert-tool", "provisioning", "engine-proxy", "firmware"]
+        .iter()
+        .map(|c| workspace.join(c).join("src"))
+        .collect();
     let mut newest = None;
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -131,6 +125,20 @@ pub fn kakehashi_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     Run::from(cmd.output().expect("run kakehashi"))
 }
 
+/// Runs a command line written as one would type it: words split on white space, the first naming
+/// `kakehashi` or a peer tool. Test paths never hold spaces; an argument that does needs
+/// [`kakehashi`] or [`tool`].
+pub fn sh(line: &str) -> Run {
+    let mut words = line.split_whitespace();
+    let program = words.next().expect("a command");
+    let args: Vec<&str> = words.collect();
+    if program == "kakehashi" {
+        kakehashi(&args)
+    } else {
+        tool(program, &args)
+    }
+}
+
 /// Runs a peer tool (openssl, curl, ...) and returns what it did.
 pub fn tool(program: &str, args: &[&str]) -> Run {
     let output = Command::new(program)
@@ -181,11 +189,7 @@ pub fn assert_unchanged(
 
 /// The mode bits of a file.
 pub fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .expect("metadata")
-        .permissions()
-        .mode()
-        & 0o777
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
 }
 
 /// Writes a file, creating parents.
