@@ -143,7 +143,8 @@ pub fn is_encrypted(path: &Path, pem_text: &[u8]) -> Result<bool> {
     Ok(block.tag() == "ENCRYPTED PRIVATE KEY")
 }
 
-/// Reads a PEM private key file (PKCS#8, plain or encrypted; SEC1 and PKCS#1 as OpenSSL writes them).
+/// Reads a PEM private key file: PKCS#8, plain or encrypted, or the SEC1 and PKCS#1 forms that
+/// `openssl ecparam -genkey` and `openssl genrsa -traditional` write.
 ///
 /// `passphrase` is only called when the key is encrypted, so a prompt appears only when needed.
 pub fn open(
@@ -162,7 +163,11 @@ pub fn open(
                 .map_err(|_| Error::WrongPassphrase { path: path.into() })?;
             Zeroizing::new(doc.as_bytes().to_vec())
         }
-        "PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY" => Zeroizing::new(block.contents().to_vec()),
+        "PRIVATE KEY" => Zeroizing::new(block.contents().to_vec()),
+        "EC PRIVATE KEY" => sec1_to_pkcs8(block.contents())
+            .ok_or_else(|| Error::malformed(path, "EC private key (SEC1)", "not a P-256 or P-384 key"))?,
+        "RSA PRIVATE KEY" => rsa_to_pkcs8(block.contents())
+            .ok_or_else(|| Error::malformed(path, "RSA private key (PKCS#1)", "it does not parse"))?,
         other => {
             return Err(Error::malformed(
                 path,
@@ -200,6 +205,27 @@ impl rcgen::SigningKey for SecretKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         self.0.sign(msg)
     }
+}
+
+/// OpenSSL's traditional EC key format, rewritten as PKCS#8 so every key takes one path.
+fn sec1_to_pkcs8(der: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
+    };
+    [&ECDSA_P256_SHA256_ASN1_SIGNING, &ECDSA_P384_SHA384_ASN1_SIGNING]
+        .into_iter()
+        .find_map(|alg| {
+            let key = EcdsaKeyPair::from_private_key_der(alg, der).ok()?;
+            Some(Zeroizing::new(key.to_pkcs8v1().ok()?.as_ref().to_vec()))
+        })
+}
+
+/// OpenSSL's traditional RSA key format, rewritten as PKCS#8.
+fn rsa_to_pkcs8(der: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+    let key = aws_lc_rs::rsa::KeyPair::from_der(der).ok()?;
+    let pkcs8: Pkcs8V1Der<'static> = key.as_der().ok()?;
+    Some(Zeroizing::new(pkcs8.as_ref().to_vec()))
 }
 
 fn parse_pem(path: &Path, text: &[u8]) -> Result<pem::Pem> {

@@ -814,3 +814,50 @@ fn a_full_disk_refuses_cleanly_and_changes_nothing() {
     disk.free();
     issue("t2", out2.path()).ok();
 }
+
+#[test]
+fn keys_openssl_made_in_its_traditional_formats_export_to_pkcs12() {
+    let c = Clinic::new();
+    let pw = c.path("pw");
+    write(Path::new(&pw), "Terminal-Pass-1\n");
+    let sec1 = format!(
+        "openssl ecparam -name prime256v1 -genkey -noout -out {}",
+        c.path("ec.key")
+    );
+    let pkcs1 = format!("openssl genrsa -traditional -out {} 2048", c.path("rsa.key"));
+    for (name, make, header) in [("ec", sec1, "EC PRIVATE KEY"), ("rsa", pkcs1, "RSA PRIVATE KEY")] {
+        let (key, csr, cert, p12) = (
+            c.path(&format!("{name}.key")),
+            c.path("r.csr"),
+            c.path("c.pem"),
+            c.path("x.p12"),
+        );
+        sh(&make).ok();
+        assert!(std::fs::read_to_string(&key).unwrap().contains(header));
+        sh(&format!(
+            "openssl req -new -key {key} -out {csr} -subj /CN={name}"
+        ))
+        .ok();
+        sh(&format!(
+            "kakehashi cert sign-csr --dir {} --csr {csr} --profile terminal --out {cert} --passphrase-file {}",
+            c.ca, c.pass
+        ))
+        .ok();
+        sh(&format!(
+            "kakehashi cert export-p12 --cert {cert} --key {key} --ca {} --out {p12} --password-file {pw}",
+            c.ca_pem
+        ))
+        .ok();
+        let keys = sh(&format!(
+            "openssl pkcs12 -in {p12} -passin file:{pw} -nocerts -nodes"
+        ))
+        .ok();
+        let theirs = sh(&format!("openssl pkey -in {key} -pubout")).ok();
+        write(Path::new(&c.path("from-p12.key")), keys);
+        assert_eq!(
+            sh(&format!("openssl pkey -in {} -pubout", c.path("from-p12.key"))).ok(),
+            theirs,
+            "{name}"
+        );
+    }
+}
