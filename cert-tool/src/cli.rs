@@ -42,6 +42,7 @@ pub enum CertCommand {
     },
     /// Issue a key and certificate under a profile
     Issue {
+        /// The CA directory (made by `cert init-ca`)
         #[arg(long)]
         dir: PathBuf,
         /// terminal and uplink: clientAuth only; server: serverAuth, needs a --san
@@ -70,6 +71,7 @@ pub enum CertCommand {
     },
     /// Sign a PKCS#10 request; extensions come from the profile, never from the request
     SignCsr {
+        /// The CA directory (made by `cert init-ca`)
         #[arg(long)]
         dir: PathBuf,
         /// The request, PEM or DER
@@ -80,13 +82,16 @@ pub enum CertCommand {
         /// Common name, if not the one in the request
         #[arg(long)]
         name: Option<String>,
+        /// Subject alternative name, dns:NAME or ip:ADDR (repeatable)
         #[arg(long = "san", value_name = "dns:NAME|ip:ADDR")]
         sans: Vec<San>,
+        /// Validity in days
         #[arg(long, default_value_t = 365)]
         days: u32,
         /// Where to write the certificate (PEM)
         #[arg(long)]
         out: PathBuf,
+        /// Revoke the name's current certificate (reason superseded) instead of refusing
         #[arg(long)]
         replace: bool,
         #[command(flatten)]
@@ -94,18 +99,22 @@ pub enum CertCommand {
     },
     /// Revoke a certificate by serial, or every valid certificate of a name
     Revoke {
+        /// The CA directory (made by `cert init-ca`)
         #[arg(long)]
         dir: PathBuf,
         /// Serial in hex (colons and case do not matter)
         #[arg(long, required_unless_present = "name", conflicts_with = "name")]
         serial: Option<String>,
+        /// Revoke every valid certificate of this common name
         #[arg(long)]
         name: Option<String>,
+        /// Why, for the CRL
         #[arg(long, value_enum, default_value = "unspecified")]
         reason: Reason,
     },
     /// Publish a CRL (v2, with CRL number and authority key identifier)
     Crl {
+        /// The CA directory (made by `cert init-ca`)
         #[arg(long)]
         dir: PathBuf,
         /// Where to write the CRL (PEM)
@@ -119,10 +128,13 @@ pub enum CertCommand {
     },
     /// Bundle key, certificate and CA into a PKCS#12 file for Windows, macOS and Java terminals
     ExportP12 {
+        /// The certificate, PEM or DER
         #[arg(long)]
         cert: PathBuf,
+        /// Its private key, PEM (PKCS#8, SEC1 or PKCS#1), unencrypted
         #[arg(long)]
         key: PathBuf,
+        /// The CA certificate that issued it
         #[arg(long)]
         ca: PathBuf,
         /// Where to write the PKCS#12 file (mode 0600)
@@ -137,28 +149,35 @@ pub enum CertCommand {
     },
     /// Show a certificate, CSR, CRL, PKCS#12 file or key, PEM or DER
     Inspect {
+        /// The file to show
         file: PathBuf,
         /// The password of a PKCS#12 file
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Machine-readable output
         #[arg(long)]
         json: bool,
     },
     /// Check a certificate against a CA and CRL; exit 0 if valid, 1 if not
     Verify {
+        /// The CA certificate that issued it
         #[arg(long)]
         ca: PathBuf,
+        /// The CA's CRL; without it revocation is not checked
         #[arg(long)]
         crl: Option<PathBuf>,
+        /// The certificate, PEM or DER
         cert: PathBuf,
     },
     /// List the certificates a CA has issued
     List {
+        /// The CA directory (made by `cert init-ca`)
         #[arg(long)]
         dir: PathBuf,
         /// Only valid certificates that expire within this many days
         #[arg(long, value_name = "DAYS")]
         expiring_within: Option<u32>,
+        /// Machine-readable output
         #[arg(long)]
         json: bool,
     },
