@@ -37,44 +37,19 @@ fn demo_leaves_a_working_clinic_and_can_run_again() {
     ] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
-    let ok = tool(
-        "openssl",
-        &[
-            "verify",
-            "-CAfile",
-            s(&dir.join("ca.pem")),
-            "-crl_check",
-            "-CRLfile",
-            s(&dir.join("crl.pem")),
-            s(&dir.join("terminal.pem")),
-        ],
-    )
+    let d = s(&dir);
+    let ok = sh(&format!(
+        "openssl verify -CAfile {d}/ca.pem -crl_check -CRLfile {d}/crl.pem {d}/terminal.pem"
+    ))
     .ok();
     assert!(ok.contains("OK"));
-    let pass = format!("file:{}", s(&dir.join("terminal.p12.password")));
-    tool(
-        "openssl",
-        &[
-            "pkcs12",
-            "-in",
-            s(&dir.join("terminal.p12")),
-            "-passin",
-            &pass,
-            "-noout",
-        ],
-    )
+    sh(&format!(
+        "openssl pkcs12 -in {d}/terminal.p12 -passin file:{d}/terminal.p12.password -noout"
+    ))
     .ok();
-    let server = tool(
-        "openssl",
-        &[
-            "x509",
-            "-in",
-            s(&dir.join("server.pem")),
-            "-noout",
-            "-ext",
-            "subjectAltName",
-        ],
-    )
+    let server = sh(&format!(
+        "openssl x509 -in {d}/server.pem -noout -ext subjectAltName"
+    ))
     .ok();
     assert!(
         server.contains("DNS:localhost") && server.contains("IP Address:127.0.0.1"),
