@@ -109,8 +109,17 @@ pub fn init(
         Index::new().stage(&layout.index())?,
         Staged::new(&layout.cert(), cert.pem().as_bytes(), files::PUBLIC)?,
     ];
+    let mut committed = Vec::new();
     for s in staged {
-        s.commit()?;
+        let dest = s.dest().to_path_buf();
+        if let Err(e) = s.commit() {
+            // Half a CA is worse than none: take back what was already renamed into place.
+            for path in committed {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        committed.push(dest);
     }
     Ok(Created {
         serial: serial_hex,

@@ -68,6 +68,11 @@ impl Staged {
         Ok(staged)
     }
 
+    /// Where the file goes when committed.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
     /// Renames the file into place and flushes the directory entry.
     pub fn commit(mut self) -> Result<()> {
         fs::rename(&self.tmp, &self.dest).map_err(Error::io("replace", &self.dest))?;

@@ -660,6 +660,25 @@ fn verify_names_the_reason() {
     ))
     .fails_with(&["invalid", "was not signed by this CA"]);
     sh(&format!("kakehashi cert verify --ca {} {}", c.ca_pem, c.ca_pem)).ok();
+
+    // Expired: openssl signs one with our CA key that ends the second it begins.
+    let (csr, old, ext) = (c.path("old.csr"), c.path("old.pem"), c.path("ext"));
+    write(
+        Path::new(&ext),
+        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
+    );
+    sh(&format!(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {} -out {csr} -subj /CN=old",
+        c.path("old.key")
+    ))
+    .ok();
+    sh(&format!(
+        "openssl x509 -req -in {csr} -CA {} -CAkey {}/ca.key -passin file:{} -days 0 -extfile {ext} -out {old}",
+        c.ca_pem, c.ca, c.pass
+    ))
+    .ok();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    sh(&format!("kakehashi cert verify --ca {} {old}", c.ca_pem)).fails_with(&["invalid: expired on"]);
 }
 
 #[test]
