@@ -1,7 +1,8 @@
-//! Everything behind "route" (not built yet).
+//! Everything behind "route".
 //!
-//! This crate will own upstream health, HTTP and TCP proxying to the cloud receipt engine, the
-//! local engine (read cache, durable write journal, exactly-once replay), the engine API rules
-//! table, and `engine-sim`, the reference engine for installation checks, demos and tests. Until
-//! then it exports nothing, so that nothing can be mistaken for working.
+//! Today: [`sim`], the reference engine (`kakehashi engine-sim`). This crate will also own
+//! upstream health, HTTP and TCP proxying to the cloud receipt engine, the local engine (read
+//! cache, durable write journal, exactly-once replay) and the engine API rules table.
 #![forbid(unsafe_code)]
+
+pub mod sim;

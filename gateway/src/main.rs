@@ -28,8 +28,28 @@ enum Command {
     /// The clinic PKI: CA, terminal/server/uplink certificates, CSRs, revocation, CRLs, PKCS#12
     #[command(subcommand)]
     Cert(cert_tool::cli::CertCommand),
+    /// Run the reference cloud engine (for installation checks, the demo, tests and benchmarks)
+    EngineSim(engine_proxy::sim::SimArgs),
     /// Set up a demo clinic in a directory and show what to try with it
     Demo(demo::DemoArgs),
+}
+
+/// Runs a server to completion on a multi-threaded runtime; its error becomes exit code 1.
+fn run_async<E: std::fmt::Display>(server: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kakehashi: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kakehashi: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -37,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Cert(cmd) => cert_tool::cli::run(cmd),
         Command::Demo(args) => demo::run(&args),
+        Command::EngineSim(args) => return run_async(engine_proxy::sim::run(args)),
     };
     match result {
         Ok(code) => code,

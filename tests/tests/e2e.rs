@@ -7,5 +7,6 @@ mod support;
 
 mod e2e {
     mod cli;
+    mod engine_sim;
     mod pki;
 }

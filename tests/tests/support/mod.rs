@@ -204,3 +204,56 @@ pub fn write(path: &Path, data: impl AsRef<[u8]>) {
 pub fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
+
+/// A `kakehashi` server process (engine-sim, gateway) that printed `READY <URL>`; SIGKILLed on drop.
+pub struct Server {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Server {
+    /// Starts `kakehashi ARGS` and waits up to 10 s for its READY line.
+    pub fn start(args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kakehashi");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("READY ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(url) => Server { child, url },
+            Err(_) => {
+                let _ = child.kill();
+                panic!("kakehashi {args:?} did not print READY within 10 s");
+            }
+        }
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

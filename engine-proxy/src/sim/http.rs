@@ -1,0 +1,235 @@
+//! The reference engine's HTTP side: accept, authenticate, parse, dispatch, answer.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::SimError;
+use super::api::{self, Call, Outcome};
+use super::body::{self, Format};
+use super::store::Store;
+
+/// Largest request body the engine reads.
+const MAX_BODY: usize = 4 << 20;
+
+/// What every connection shares.
+pub struct State {
+    store: Store,
+    users: Vec<(String, String)>,
+    /// Events for push subscribers (receptions registered, …), as JSON text.
+    pub events: tokio::sync::broadcast::Sender<String>,
+}
+
+impl State {
+    pub fn new(store: Store, users: Vec<(String, String)>) -> State {
+        State {
+            store,
+            users,
+            events: tokio::sync::broadcast::channel(256).0,
+        }
+    }
+}
+
+/// Builds the TLS acceptor; with `client_ca`, a client certificate from that CA is required.
+pub fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor, SimError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |path: &Path, detail: String| SimError::Tls {
+        path: path.display().to_string(),
+        detail,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls_err(cert, format!("not a PEM certificate chain: {e}")))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, format!("not a PEM private key: {e}")))?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| tls_err(ca, e.to_string()))? {
+                let c = c.map_err(|e| tls_err(ca, format!("not a PEM certificate: {e}")))?;
+                roots.add(c).map_err(|e| tls_err(ca, e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| tls_err(ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key_der)
+        .map_err(|e| tls_err(cert, e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Accepts connections until SIGINT or SIGTERM.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<State>) {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+            () = &mut shutdown => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let (tls, state) = (tls.clone(), state.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let builder = hyper::server::conn::http1::Builder::new();
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                    {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
+                            .await;
+                    }
+                }
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn plain(status: StatusCode, text: &str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+    let mut reply = respond(&state, req).await;
+    reply
+        .headers_mut()
+        .insert("x-hybridmode", HeaderValue::from_static("normal"));
+    Ok(reply)
+}
+
+async fn respond(state: &State, req: Request<Incoming>) -> Reply {
+    if !authorized(state, &req) {
+        let mut r = plain(StatusCode::UNAUTHORIZED, "authentication required");
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"engine-sim\""),
+        );
+        return r;
+    }
+    let full_path = req.uri().path().to_owned();
+    let path = full_path
+        .strip_prefix("/api")
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(&full_path);
+    let path = path.trim_start_matches('/').trim_end_matches('/').to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let method = req.method().clone();
+    let get_allowed = path == "api01rv2/patientgetv2";
+    if method != Method::POST && !(method == Method::GET && get_allowed) {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    if method == Method::POST && !req.headers().contains_key(CONTENT_TYPE) {
+        return plain(StatusCode::BAD_REQUEST, "a POST needs a Content-Type");
+    }
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let format = Format::from_query(Some(&query));
+    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large or broken"),
+    };
+    let request = match body::parse(format, &bytes) {
+        Ok(r) => r,
+        Err(why) => return plain(StatusCode::BAD_REQUEST, &why),
+    };
+    let call = Call {
+        path: &path,
+        query: &query,
+        format,
+        request,
+        idempotency_key: key.as_deref(),
+    };
+    match api::handle(&state.store, &call) {
+        Ok(Outcome::Answer(a)) => answer(a),
+        Ok(Outcome::AnswerAndEvent(a, event)) => {
+            let _ = state.events.send(event.to_string());
+            answer(a)
+        }
+        Ok(Outcome::KeyReused { first_path }) => plain(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("this Idempotency-Key was already used for /{first_path}"),
+        ),
+        Ok(Outcome::NotFound) => plain(StatusCode::NOT_FOUND, "no such API"),
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn answer(a: super::store::Answer) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(a.body)));
+    if let Ok(v) = HeaderValue::from_str(&a.content_type) {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// HTTP Basic against the configured accounts, compared in constant time.
+fn authorized(state: &State, req: &Request<Incoming>) -> bool {
+    use base64::Engine;
+    let Some(encoded) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let mut ok = false;
+    for (id, password) in &state.users {
+        let expected = format!("{id}:{password}");
+        ok |= aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), &decoded).is_ok();
+    }
+    ok
+}
