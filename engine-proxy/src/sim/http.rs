@@ -153,6 +153,9 @@ async fn respond(state: &State, req: Request<Incoming>) -> Reply {
         );
         return r;
     }
+    if req.uri().path() == "/ws" {
+        return upgrade(state, req);
+    }
     let full_path = req.uri().path().to_owned();
     let path = full_path
         .strip_prefix("/api")
@@ -202,6 +205,39 @@ async fn respond(state: &State, req: Request<Incoming>) -> Reply {
         Ok(Outcome::NotFound) => plain(StatusCode::NOT_FOUND, "no such API"),
         Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+/// Switches `/ws` to the WebSocket push API (RFC 6455 handshake on hyper's upgrade).
+fn upgrade(state: &State, req: Request<Incoming>) -> Reply {
+    use hyper::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+    let wants_ws = req.method() == Method::GET
+        && req
+            .headers()
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).filter(|_| wants_ws) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "/ws is a WebSocket: send Upgrade: websocket",
+        );
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let events = state.events.subscribe();
+    tokio::spawn(async move {
+        if let Ok(upgraded) = hyper::upgrade::on(req).await {
+            super::push::session(TokioIo::new(upgraded), events).await;
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
 }
 
 fn answer(a: super::store::Answer) -> Reply {

@@ -3,12 +3,13 @@
 //! A real server, faithful to the engine's API conventions (DESIGN.md, "The cloud engine's API"),
 //! for installation checks, the demo, tests and benchmarks: HTTP Basic on every call, JSON
 //! (`?format=json`) and typed XML bodies, `Api_Result` codes, the optional `/api` prefix, an
-//! SQLite file, and idempotency keys on writes. Optional HTTPS, and client certificates required
-//! as the cloud requires them.
+//! SQLite file, idempotency keys on writes, and the push WebSocket. Optional HTTPS, and client
+//! certificates required as the cloud requires them.
 
 mod api;
 mod body;
 mod http;
+mod push;
 mod store;
 
 use std::net::SocketAddr;

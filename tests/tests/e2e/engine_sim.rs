@@ -242,3 +242,50 @@ fn https_with_client_certificates_as_the_cloud_requires() {
     let refused = sh(&format!("curl -s --cacert {d}/ca/ca.pem -u {AUTH} {url}"));
     assert_ne!(refused.code, 0, "no client certificate, no connection");
 }
+
+#[test]
+fn push_websocket_delivers_the_event_of_a_reception_made_by_another_terminal() {
+    use tungstenite::Message;
+    use tungstenite::client::IntoClientRequest;
+    let e = Engine::start(&[]);
+    let addr = e.server.url.trim_start_matches("http://").to_owned();
+    let mut request = format!("ws://{addr}/ws").into_client_request().expect("request");
+    // base64("ormaster:ormaster")
+    request
+        .headers_mut()
+        .insert("Authorization", "Basic b3JtYXN0ZXI6b3JtYXN0ZXI=".parse().unwrap());
+    let stream = std::net::TcpStream::connect(&addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let (mut ws, _) = tungstenite::client(request, stream).expect("WebSocket handshake");
+    ws.send(Message::text(
+        r#"{"command":"subscribe","req.id":"r1","event":"*"}"#,
+    ))
+    .unwrap();
+    let reply: serde_json::Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(reply["command"], "subscribed");
+    assert_eq!(reply["req.id"], "r1");
+
+    e.post_json(
+        "/orca11/acceptmodv2?class=01&format=json",
+        r#"{"acceptreq":{"Patient_ID":"4"}}"#,
+        None,
+    );
+    let event: serde_json::Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(event["command"], "event", "{event}");
+    assert_eq!(event["sub.id"], reply["sub.id"]);
+    assert_eq!(event["data"]["event"], "accept");
+    assert_eq!(
+        event["data"]["body"]["Patient_Information"]["Patient_ID"], "4",
+        "{event}"
+    );
+
+    // Without credentials there is no WebSocket.
+    let anonymous = format!("ws://{addr}/ws").into_client_request().unwrap();
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(
+        tungstenite::client(anonymous, stream).is_err(),
+        "401 before the upgrade"
+    );
+}
