@@ -32,11 +32,10 @@ where
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     Some(Ok(_)) => None,
                 };
-                if let Some(m) = reply {
-                    if tx.send(m).await.is_err() {
+                if let Some(m) = reply
+                    && tx.send(m).await.is_err() {
                         break;
                     }
-                }
             }
             event = events.recv() => match event {
                 Ok(text) => {
