@@ -18,9 +18,12 @@ use std::sync::Arc;
 
 pub use store::Store;
 
-/// How to run the reference engine.
+/// How to run the reference engine: options, or a TOML file with the same settings.
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {
+    /// Read every setting from this TOML file instead (see README, engine.toml)
+    #[arg(long, conflicts_with_all = ["listen", "db", "seed", "users", "tls_cert", "tls_key", "client_ca"])]
+    pub config: Option<PathBuf>,
     /// Address to listen on
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
@@ -48,11 +51,127 @@ pub struct SimArgs {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The engine's settings, from the command line or from `engine.toml`.
+///
+/// ```toml
+/// listen = "127.0.0.1:8000"
+/// db = "engine.db"            # relative paths are relative to this file
+/// seed = "demo"
+/// [[users]]
+/// id = "ormaster"
+/// password = "ormaster"
+/// [tls]                       # optional: HTTPS
+/// cert = "engine.pem"
+/// key = "engine.key"
+/// client_ca = "cloud-ca.pem"  # optional: require client certificates
+/// ```
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    #[serde(default)]
+    pub seed: Option<Seed>,
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// Which fictional data to add.
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seed {
+    Demo,
+}
+
+/// An account for HTTP Basic.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub id: String,
+    pub password: String,
+}
+
+/// HTTPS settings.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8000))
+}
+
+impl SimConfig {
+    /// Reads `engine.toml`; an error names the file, the key and what was expected.
+    pub fn load(path: &std::path::Path) -> Result<SimConfig, SimError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SimError::Config {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let mut config: SimConfig = toml::from_str(&text).map_err(|e| SimError::Config {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        config.db = base.join(&config.db);
+        if let Some(tls) = &mut config.tls {
+            tls.cert = base.join(&tls.cert);
+            tls.key = base.join(&tls.key);
+            tls.client_ca = tls.client_ca.as_ref().map(|c| base.join(c));
+        }
+        if config.users.is_empty() {
+            return Err(SimError::Config {
+                path: path.display().to_string(),
+                detail: "users: at least one [[users]] entry is needed".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    fn from_args(args: SimArgs) -> Result<SimConfig, SimError> {
+        let users = args
+            .users
+            .iter()
+            .map(|u| {
+                u.split_once(':')
+                    .map(|(id, password)| User {
+                        id: id.to_owned(),
+                        password: password.to_owned(),
+                    })
+                    .ok_or_else(|| SimError::User(u.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.client_ca,
+            }),
+            _ => None,
+        };
+        Ok(SimConfig {
+            listen: args.listen,
+            db: args.db,
+            seed: args.seed.map(|_| Seed::Demo),
+            users,
+            tls,
+        })
+    }
+}
+
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("database {0}")]
     Store(#[from] store::StoreError),
+    #[error("{path}: {detail}")]
+    Config { path: String, detail: String },
     #[error("--user {0:?}: expected ID:PASSWORD")]
     User(String),
     #[error("{path}: {detail}")]
@@ -67,33 +186,29 @@ pub enum SimError {
 
 /// Runs the engine until SIGINT or SIGTERM.
 pub async fn run(args: SimArgs) -> Result<(), SimError> {
-    let store = Store::open(&args.db)?;
-    if args.seed.is_some() {
+    let config = match &args.config {
+        Some(path) => SimConfig::load(path)?,
+        None => SimConfig::from_args(args)?,
+    };
+    let store = Store::open(&config.db)?;
+    if config.seed.is_some() {
         store.seed_demo()?;
     }
-    let users = args
-        .users
-        .iter()
-        .map(|u| {
-            u.split_once(':')
-                .map(|(i, p)| (i.to_owned(), p.to_owned()))
-                .ok_or_else(|| SimError::User(u.clone()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key, args.client_ca.as_deref())?),
-        _ => None,
+    let tls = match &config.tls {
+        Some(t) => Some(http::tls_acceptor(&t.cert, &t.key, t.client_ca.as_deref())?),
+        None => None,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| SimError::Listen {
-            addr: args.listen,
+            addr: config.listen,
             source,
         })?;
     let addr = listener.local_addr().map_err(|source| SimError::Listen {
-        addr: args.listen,
+        addr: config.listen,
         source,
     })?;
+    let users = config.users.into_iter().map(|u| (u.id, u.password)).collect();
     let state = Arc::new(http::State::new(store, users));
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("READY {scheme}://{addr}");

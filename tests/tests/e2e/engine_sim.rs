@@ -289,3 +289,35 @@ fn push_websocket_delivers_the_event_of_a_reception_made_by_another_terminal() {
         "401 before the upgrade"
     );
 }
+
+#[test]
+fn engine_toml_configures_it_and_a_bad_one_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("engine.toml");
+    write(
+        &config,
+        "listen = \"127.0.0.1:0\"\ndb = \"engine.db\"\nseed = \"demo\"\n[[users]]\nid = \"clinic\"\npassword = \"s3cret-pass\"\n",
+    );
+    let engine = Server::start(&["engine-sim", "--config", s(&config)]);
+    assert!(
+        tmp.path().join("engine.db").exists(),
+        "db is relative to the config file"
+    );
+    let ok = sh(&format!(
+        "curl -s -u clinic:s3cret-pass {}/api01rv2/patientgetv2?id=5&format=json",
+        engine.url
+    ))
+    .ok();
+    assert!(ok.contains("\"Api_Result\":\"00\""), "{ok}");
+
+    write(
+        &config,
+        "db = \"engine.db\"\nport = 8000\n[[users]]\nid = \"a\"\npassword = \"b\"\n",
+    );
+    sh(&format!("kakehashi engine-sim --config {}", s(&config)))
+        .fails_with(&["engine.toml", "unknown field `port`"]);
+    write(&config, "db = \"engine.db\"\nusers = []\n");
+    sh(&format!("kakehashi engine-sim --config {}", s(&config))).fails_with(&["engine.toml", "users"]);
+    let both = sh(&format!("kakehashi engine-sim --config {} --db x.db", s(&config)));
+    assert_eq!(both.code, 2, "--config and the options it replaces do not mix");
+}
