@@ -80,8 +80,11 @@ pub fn export(
         let path = path.to_path_buf();
         move |e| Error::malformed(path, what, e)
     }
+    // localKeyId ties the key to its certificate; OpenSSL and Windows use the certificate's SHA-1.
     let chain = PrivateKeyChain::new(
-        crate::ca::sha256_hex(&cert_der).into_bytes()[..20].to_vec(),
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &cert_der)
+            .as_ref()
+            .to_vec(),
         PrivateKey::from_der(&Zeroizing::new(key.0.serialize_der())).map_err(bad(key_path, "private key"))?,
         [
             Certificate::from_der(&cert_der).map_err(bad(cert_path, "certificate"))?,

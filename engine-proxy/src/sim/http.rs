@@ -23,7 +23,8 @@ const MAX_BODY: usize = 4 << 20;
 /// What every connection shares.
 pub struct State {
     store: Store,
-    users: Vec<(String, String)>,
+    /// `ID:PASSWORD` of every account, as HTTP Basic carries it, built once at start-up.
+    credentials: Vec<Vec<u8>>,
     /// Events for push subscribers (receptions registered, …), as JSON text.
     pub events: tokio::sync::broadcast::Sender<String>,
 }
@@ -32,7 +33,10 @@ impl State {
     pub fn new(store: Store, users: Vec<(String, String)>) -> State {
         State {
             store,
-            users,
+            credentials: users
+                .into_iter()
+                .map(|(id, password)| format!("{id}:{password}").into_bytes())
+                .collect(),
             events: tokio::sync::broadcast::channel(256).0,
         }
     }
@@ -81,7 +85,11 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<S
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
-                Err(_) => continue,
+                Err(_) => {
+                    // Out of file descriptors or memory: back off rather than spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             },
             () = &mut shutdown => return,
         };
@@ -263,9 +271,8 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
         return false;
     };
     let mut ok = false;
-    for (id, password) in &state.users {
-        let expected = format!("{id}:{password}");
-        ok |= aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), &decoded).is_ok();
+    for expected in &state.credentials {
+        ok |= aws_lc_rs::constant_time::verify_slices_are_equal(expected, &decoded).is_ok();
     }
     ok
 }
