@@ -1,12 +1,21 @@
 //! `kakehashi demo`: a working demo clinic in one command.
 //!
-//! The directory it leaves is a contract that people and scripts rely on (DESIGN.md, "The demo
-//! directory is a contract"): `ca.pem`, `terminal.pem`, `terminal.key`, `terminal.p12` and
-//! `terminal.p12.password` keep their names; new files are added as features land. Running it
-//! again on the same directory reuses the clinic instead of replacing it.
+//! It writes a clinic into a directory (its CA, a terminal, the gateway's server and uplink
+//! certificates, the cloud engine's certificate, a staff account, `engine.toml` and
+//! `gateway.toml`), then starts `engine-sim` as the cloud and the gateway in front of it as two
+//! separate processes, exactly as a user would by hand, and prints `READY <gateway URL>` and the
+//! curl command that fetches a patient through the gateway.
+//!
+//! The directory is a contract that people and scripts rely on (DESIGN.md, "The demo directory
+//! is a contract"): `ca.pem`, `terminal.pem`, `terminal.key`, `terminal.p12`,
+//! `terminal.p12.password`, `user.txt`, `engine.toml` and `gateway.toml` keep their names; new
+//! files are added as features land. Running it again on the same directory reuses the clinic.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
 
 use cert_tool::ca::{self, Ca, Request};
 use cert_tool::keys::{KeyAlgorithm, Passphrase};
@@ -16,20 +25,41 @@ use cert_tool::{Error, Result, files, p12};
 
 /// The host name terminals use for the engine; the gateway's server certificate carries it.
 const ENGINE_HOST: &str = "engine.demo-clinic.test";
+/// The demo's terminal and staff account.
+const TERMINAL: &str = "reception-1";
+const USER: &str = "reception";
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Directory for the demo clinic (created if missing; reused if it holds one already)
     #[arg(long, default_value = "kakehashi-demo")]
     dir: PathBuf,
+    /// Write the clinic and its configuration files, then exit without starting anything
+    #[arg(long)]
+    setup_only: bool,
+    /// Where the gateway listens for terminals (written into a new clinic's gateway.toml)
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Where the demo's cloud engine listens (written into a new clinic's engine.toml)
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    engine_listen: SocketAddr,
+    /// The gateway's metrics listener (written into a new clinic's gateway.toml)
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
 }
 
 pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let dir = &args.dir;
-    if dir.join("ca.pem").exists() {
+    if dir.join("gateway.toml").exists() {
         println!("Reusing the demo clinic in {}.", dir.display());
     } else {
-        create(dir)?;
+        if dir.join("ca.pem").exists() {
+            return Err(Error::Refused(format!(
+                "{} holds a CA but no gateway.toml: it is not a complete demo clinic; use another --dir",
+                dir.display()
+            )));
+        }
+        create(dir, args)?;
         println!("Created a demo clinic in {}.", dir.display());
     }
     let verdict = verify::verify(
@@ -38,15 +68,18 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         &dir.join("terminal.pem"),
         time::OffsetDateTime::now_utc(),
     )?;
-    let status = match verdict {
-        Verdict::Valid(what) => format!("valid: {what}"),
-        Verdict::Invalid(why) => format!("INVALID: {why}"),
-    };
-    print_guide(dir, &status);
-    Ok(ExitCode::SUCCESS)
+    if let Verdict::Invalid(why) = verdict {
+        println!("Note: terminal.pem is not valid now ({why}); the gateway will refuse it.");
+    }
+    if args.setup_only {
+        print_files(dir);
+        print_by_hand(dir);
+        return Ok(ExitCode::SUCCESS);
+    }
+    run_clinic(dir)
 }
 
-fn create(dir: &Path) -> Result<()> {
+fn create(dir: &Path, args: &DemoArgs) -> Result<()> {
     // A demo CA has no passphrase so that the demo runs unattended; a real one always has one.
     ca::init(
         dir,
@@ -88,12 +121,7 @@ fn create(dir: &Path) -> Result<()> {
     let crl = ca.crl(&signer, 7)?;
     files::write_atomic(&dir.join("crl.pem"), crl.pem().as_bytes(), files::PUBLIC)?;
 
-    let mut secret = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut secret).map_err(|_| Error::Crypto {
-        what: "random number generator",
-        detail: "failed".into(),
-    })?;
-    let password = Passphrase::new(hex::encode(secret));
+    let password = Passphrase::new(random_hex(12)?);
     files::write_atomic(
         &dir.join("terminal.p12.password"),
         format!("{}\n", password.expose()).as_bytes(),
@@ -106,31 +134,284 @@ fn create(dir: &Path) -> Result<()> {
         &password,
         p12::Encryption::Modern,
     )?;
-    files::write_atomic(&dir.join("terminal.p12"), &bundle, files::SECRET)
+    files::write_atomic(&dir.join("terminal.p12"), &bundle, files::SECRET)?;
+
+    // The gateway's own client certificate towards the cloud, and the demo cloud's server
+    // certificate. A real cloud has its operator's CA; the demo's clinic CA plays both parts.
+    ca.issue_to_files(
+        &signer,
+        &request(Profile::Uplink, "demo-gateway-uplink", vec![]),
+        p256,
+        &dir.join("uplink.pem"),
+        &dir.join("uplink.key"),
+    )?;
+    let cloud_names = vec![San::Dns("localhost".into()), San::Ip([127, 0, 0, 1].into())];
+    ca.issue_to_files(
+        &signer,
+        &request(Profile::Server, "demo-cloud-engine", cloud_names),
+        p256,
+        &dir.join("engine.pem"),
+        &dir.join("engine.key"),
+    )?;
+
+    // The engine account the gateway uses upstream, and the clinic's staff account.
+    files::write_atomic(&dir.join("upstream.password"), b"ormaster\n", files::SECRET)?;
+    let staff_password = random_hex(8)?;
+    let data = dir.join("data");
+    let store = |e: kakehashi_gateway::db::StoreError| Error::Refused(e.to_string());
+    let conn = kakehashi_gateway::db::open(&data).map_err(store)?;
+    kakehashi_gateway::inventory::add(&conn, TERMINAL, Some("the demo's reception PC")).map_err(store)?;
+    kakehashi_gateway::users::add(&conn, USER, staff_password.as_bytes()).map_err(store)?;
+    files::write_atomic(
+        &dir.join("user.txt"),
+        format!("{USER}:{staff_password}\n").as_bytes(),
+        files::SECRET,
+    )?;
+
+    files::write_atomic(
+        &dir.join("engine.toml"),
+        engine_toml(args).as_bytes(),
+        files::PUBLIC,
+    )?;
+    // Last: gateway.toml marks a complete demo clinic.
+    files::write_atomic(
+        &dir.join("gateway.toml"),
+        gateway_toml(args).as_bytes(),
+        files::PUBLIC,
+    )
 }
 
-fn print_guide(dir: &Path, status: &str) {
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut secret = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| Error::Crypto {
+        what: "random number generator",
+        detail: "failed".into(),
+    })?;
+    Ok(hex::encode(secret))
+}
+
+fn engine_toml(args: &DemoArgs) -> String {
+    format!(
+        r#"# The demo's cloud engine: `kakehashi engine-sim --config engine.toml`.
+# Paths are relative to this file.
+listen = "{listen}"
+db = "engine.db"
+seed = "demo"
+
+[[users]]
+id = "ormaster"
+password = "ormaster"
+
+[tls]
+cert = "engine.pem"
+key = "engine.key"
+client_ca = "ca.pem"      # like the cloud: only clients with a certificate (the gateway's uplink)
+"#,
+        listen = args.engine_listen
+    )
+}
+
+fn gateway_toml(args: &DemoArgs) -> String {
+    format!(
+        r#"# The demo clinic's gateway: `kakehashi gateway run --config gateway.toml`.
+# Paths are relative to this file. Every key is explained in the README (gateway.toml).
+data_dir = "data"             # inventory and users (gateway.db), audit log (audit.db)
+
+[tls]
+cert = "server.pem"           # the gateway's server certificate, named as the engine
+key = "server.key"
+client_ca = "ca.pem"          # terminals need a certificate from this CA ...
+crl = "crl.pem"               # ... that is not revoked
+
+[[listener]]
+address = "{listen}"
+kind = "api"                  # the engine API: ID and password, then the cloud engine
+
+[upstream]
+url = "https://{engine}"
+ca = "ca.pem"                 # trusted for the engine's certificate
+cert = "uplink.pem"           # the gateway's own client certificate
+key = "uplink.key"
+user = "ormaster"             # the clinic's engine account
+password_file = "upstream.password"
+
+[auth]
+person = true                 # ID and password on every request (user.txt has the demo's)
+lockout_failures = 5
+lockout_window_secs = 900
+
+[admin]
+address = "{admin}"           # Prometheus metrics at /metrics
+"#,
+        listen = args.listen,
+        engine = args.engine_listen,
+        admin = args.admin_listen,
+    )
+}
+
+/// A child process that printed `READY <URL>`; killed and reaped when dropped.
+struct Process {
+    name: &'static str,
+    child: Child,
+    url: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // SIGTERM first: both shut down gracefully (the gateway flushes its audit log).
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `kakehashi ARGS` and waits for its READY line (its logs go to our stderr).
+fn start(name: &'static str, args: &[&std::ffi::OsStr]) -> Result<Process> {
+    let exe =
+        std::env::current_exe().map_err(|e| Error::Refused(format!("cannot find my own binary: {e}")))?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::Refused(format!("cannot start {name}: {e}")))?;
+    let stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout
+            .into_iter()
+            .flat_map(|s| BufReader::new(s).lines().map_while(|l| l.ok()))
+        {
+            if let Some(url) = line.strip_prefix("READY ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let mut process = Process {
+        name,
+        child,
+        url: String::new(),
+    };
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(url) => {
+            process.url = url;
+            Ok(process)
+        }
+        Err(_) => Err(Error::Refused(format!(
+            "{name} did not start (no READY line within 20 s); its messages are above"
+        ))),
+    }
+}
+
+fn run_clinic(dir: &Path) -> Result<ExitCode> {
+    let config = |f: &str| dir.join(f).into_os_string();
+    let engine = start(
+        "the cloud engine (engine-sim)",
+        &["engine-sim".as_ref(), "--config".as_ref(), &config("engine.toml")],
+    )?;
+    let gateway = start(
+        "the gateway",
+        &[
+            "gateway".as_ref(),
+            "run".as_ref(),
+            "--config".as_ref(),
+            &config("gateway.toml"),
+        ],
+    )?;
+    print_files(dir);
+    let user = std::fs::read_to_string(dir.join("user.txt")).unwrap_or_default();
     let d = dir.display();
     println!(
         "
-The clinic's PKI:
-  {d}/ca.pem                 the clinic CA (terminals trust it); its key is {d}/ca.key
-  {d}/terminal.pem, .key     the terminal \"reception-1\" (clientAuth)
-  {d}/terminal.p12           the same for Windows/macOS/Java, password in terminal.p12.password
-  {d}/server.pem, .key       the gateway's server certificate for {ENGINE_HOST}
-  {d}/crl.pem                the CRL
+The cloud engine (engine-sim) listens on {engine_url}; the gateway in front of it on {gw}.
+Fetch a patient through the gateway as the terminal {TERMINAL:?}, signed in as {user_id:?}:
 
-terminal.pem is {status}
+  curl --cacert {d}/ca.pem --cert {d}/terminal.pem --key {d}/terminal.key -u '{user}' '{gw}/api01rv2/patientgetv2?id=1&format=json'
 
-Try it:
-  kakehashi cert list --dir {d}
-  kakehashi cert inspect {d}/terminal.p12 --password-file {d}/terminal.p12.password
-  openssl verify -CAfile {d}/ca.pem -crl_check -CRLfile {d}/crl.pem {d}/terminal.pem
-  kakehashi cert revoke --dir {d} --name reception-1 --reason key-compromise
-  kakehashi cert crl --dir {d} --out {d}/crl.pem
-  kakehashi cert verify --ca {d}/ca.pem --crl {d}/crl.pem {d}/terminal.pem
+Without -u the gateway answers 401; without --cert it refuses the TLS handshake. Then:
+  kakehashi audit export --data-dir {d}/data      every decision the gateway made
+  kakehashi terminal list --data-dir {d}/data     the inventory
+  curl http://127.0.0.1:9090/metrics               the gateway's metrics (see gateway.toml [admin])
 
-Not in this build yet: the gateway itself (TLS and WireGuard front doors, ID/password, the engine
-proxy and failover). Until then the demo is the clinic's PKI; see README.md, \"Status\"."
+Ctrl-C stops both.",
+        engine_url = engine.url,
+        gw = gateway.url,
+        user_id = user.trim().split(':').next().unwrap_or(""),
+        user = user.trim(),
+    );
+    println!("READY {}", gateway.url);
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    wait(vec![engine, gateway])
+}
+
+/// Runs until Ctrl-C or SIGTERM, or until one of the processes dies (then stops the other).
+fn wait(mut processes: Vec<Process>) -> Result<ExitCode> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Refused(format!("cannot start a runtime for signals: {e}")))?;
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let (Ok(mut term), Ok(mut int)) =
+                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            }
+        });
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    loop {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            println!("Stopping the gateway and the cloud engine.");
+            processes.reverse();
+            drop(processes);
+            return Ok(ExitCode::SUCCESS);
+        }
+        for p in &mut processes {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                eprintln!("kakehashi demo: {} exited ({status}); stopping.", p.name);
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn print_files(dir: &Path) {
+    let d = dir.display();
+    println!(
+        "
+The demo clinic in {d}:
+  ca.pem, ca.key            the clinic CA (terminals and the gateway trust it); `kakehashi cert` works on {d}
+  terminal.pem, .key        the terminal {TERMINAL:?} (registered in the gateway's inventory)
+  terminal.p12              the same for Windows/macOS/Java, password in terminal.p12.password
+  user.txt                  the staff account, ID:password
+  server.pem, .key          the gateway's server certificate ({ENGINE_HOST}, localhost, 127.0.0.1)
+  uplink.pem, .key          the gateway's client certificate towards the cloud
+  engine.pem, .key          the demo cloud engine's server certificate
+  crl.pem                   the clinic CA's CRL
+  engine.toml, gateway.toml the two processes' configuration
+  data/                     the gateway's inventory, users and audit log"
+    );
+}
+
+fn print_by_hand(dir: &Path) {
+    let d = dir.display();
+    println!(
+        "
+Start the two processes by hand (each prints READY <URL> once it listens):
+  kakehashi engine-sim --config {d}/engine.toml
+  kakehashi gateway run --config {d}/gateway.toml"
     );
 }

@@ -30,6 +30,9 @@ enum Command {
     Cert(cert_tool::cli::CertCommand),
     /// Run the reference cloud engine (for installation checks, the demo, tests and benchmarks)
     EngineSim(engine_proxy::sim::SimArgs),
+    /// The appliance: run the gateway, or check its configuration
+    #[command(subcommand)]
+    Gateway(kakehashi_gateway::run::GatewayCommand),
     /// Set up a demo clinic in a directory and show what to try with it
     Demo(demo::DemoArgs),
 }
@@ -55,9 +58,10 @@ fn run_async<E: std::fmt::Display>(server: impl std::future::Future<Output = Res
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Cert(cmd) => cert_tool::cli::run(cmd),
-        Command::Demo(args) => demo::run(&args),
+        Command::Cert(cmd) => cert_tool::cli::run(cmd).map_err(|e| e.to_string()),
+        Command::Demo(args) => demo::run(&args).map_err(|e| e.to_string()),
         Command::EngineSim(args) => return run_async(engine_proxy::sim::run(args)),
+        Command::Gateway(cmd) => kakehashi_gateway::run::run(cmd).map_err(|e| e.to_string()),
     };
     match result {
         Ok(code) => code,

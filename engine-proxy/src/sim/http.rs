@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
@@ -132,10 +133,14 @@ async fn shutdown_signal() {
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+pub(super) type Reply = Response<BoxBody<Bytes, Infallible>>;
 
-fn plain(status: StatusCode, text: &str) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+fn full(bytes: impl Into<Bytes>) -> BoxBody<Bytes, Infallible> {
+    Full::new(bytes.into()).boxed()
+}
+
+pub(super) fn plain(status: StatusCode, text: &str) -> Reply {
+    let mut r = Response::new(full(format!("{text}\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -163,6 +168,9 @@ async fn respond(state: &State, req: Request<Incoming>) -> Reply {
     }
     if req.uri().path() == "/ws" {
         return upgrade(state, req);
+    }
+    if let Some(diagnostic) = req.uri().path().strip_prefix("/sim/").map(str::to_owned) {
+        return super::bulk::handle(&diagnostic, req).await;
     }
     let full_path = req.uri().path().to_owned();
     let path = full_path
@@ -237,7 +245,7 @@ fn upgrade(state: &State, req: Request<Incoming>) -> Reply {
             super::push::session(TokioIo::new(upgraded), events).await;
         }
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -249,7 +257,7 @@ fn upgrade(state: &State, req: Request<Incoming>) -> Reply {
 }
 
 fn answer(a: super::store::Answer) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(a.body)));
+    let mut r = Response::new(full(a.body));
     if let Ok(v) = HeaderValue::from_str(&a.content_type) {
         r.headers_mut().insert(CONTENT_TYPE, v);
     }

@@ -8,6 +8,7 @@
 
 mod api;
 mod body;
+mod bulk;
 mod http;
 mod push;
 mod store;

@@ -1,0 +1,408 @@
+//! `gateway.toml`: the appliance's configuration.
+//!
+//! Parsing is strict (an unknown key is an error, not a silently ignored typo) and every error
+//! names the file, the key and what was expected. Relative paths are relative to the file, so a
+//! configuration directory can be moved as a whole (the demo clinic relies on this).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What is wrong with a configuration, precisely enough to fix it without reading the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration, as read from `gateway.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where `gateway.db` (inventory, users) and `audit.db` live.
+    pub data_dir: PathBuf,
+    pub tls: Tls,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<Listener>,
+    pub upstream: Upstream,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub admin: Admin,
+    /// The file this was read from (not a TOML key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// The gateway's own server certificate and what it trusts for terminals.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Server certificate chain (PEM), with the engine's host name: terminals connect to the
+    /// gateway as if it were the engine.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The clinic CA that issues terminal certificates.
+    pub client_ca: PathBuf,
+    /// The clinic CA's CRL. Optional only so that a CA that never revoked can run; the demo and
+    /// provisioning always write one.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+}
+
+/// What a listener carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// The engine API over HTTP/1.1: person authentication, the proxy, the audit log.
+    Api,
+    /// Raw bytes to a fixed upstream address, for protocols the gateway does not understand.
+    Tcp,
+}
+
+/// One TLS listener for terminals. There is no plaintext listener for terminal traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub address: SocketAddr,
+    #[serde(default = "default_kind")]
+    pub kind: ListenerKind,
+    /// The route's name in the audit log and metrics (default: the kind).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `tcp` only: where the bytes go, `host:port`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// `tcp` only: speak TLS to the upstream with the uplink certificate (default true).
+    #[serde(default = "yes")]
+    pub upstream_tls: bool,
+    /// `tcp` only: allow a connection only while a person is signed in on this terminal.
+    #[serde(default = "yes")]
+    pub require_login: bool,
+}
+
+impl Listener {
+    /// The route name used in the audit log and metrics.
+    pub fn route(&self) -> String {
+        match (&self.name, self.kind) {
+            (Some(n), ListenerKind::Tcp) => format!("tcp:{n}"),
+            (Some(n), ListenerKind::Api) => n.clone(),
+            (None, ListenerKind::Tcp) => format!("tcp:{}", self.address.port()),
+            (None, ListenerKind::Api) => "api".into(),
+        }
+    }
+}
+
+/// The cloud engine and the gateway's own credentials for it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `https://host[:port]` (with an optional path prefix such as `/api`).
+    pub url: String,
+    /// Trust anchors for the engine's server certificate (PEM).
+    pub ca: PathBuf,
+    /// The gateway's uplink client certificate and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The clinic's engine account, sent for users without one of their own.
+    pub user: String,
+    /// First line: the password of `user`. Mode 0600.
+    pub password_file: PathBuf,
+}
+
+/// Person authentication.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Require ID and password (default). `false` trusts the terminal certificate alone and
+    /// sends the clinic's credential: for benchmarks and single-user kiosks only.
+    #[serde(default = "yes")]
+    pub person: bool,
+    /// How long a verified ID and password is remembered in memory.
+    #[serde(default = "default_cache_secs")]
+    pub cache_secs: u64,
+    /// Failures that lock a user or a terminal out, within `lockout_window_secs`.
+    #[serde(default = "default_lockout_failures")]
+    pub lockout_failures: u32,
+    #[serde(default = "default_lockout_window_secs")]
+    pub lockout_window_secs: u64,
+    /// Lifetime of a login session (browser cookie, and what raw TCP routes require).
+    #[serde(default = "default_session_secs")]
+    pub session_secs: u64,
+}
+
+/// Resource limits: what one terminal can make the gateway spend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+    /// Time allowed to send a request's headers; also how long an idle keep-alive connection
+    /// stays open.
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Time for the engine to start answering a request.
+    #[serde(default = "default_upstream_timeout_secs")]
+    pub upstream_timeout_secs: u64,
+    /// Time to finish in-flight requests after SIGTERM.
+    #[serde(default = "default_shutdown_secs")]
+    pub shutdown_secs: u64,
+}
+
+/// The admin listener: Prometheus metrics and health, plain HTTP, loopback by default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    #[serde(default = "default_admin_address")]
+    pub address: Option<SocketAddr>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_kind() -> ListenerKind {
+    ListenerKind::Api
+}
+fn default_cache_secs() -> u64 {
+    60
+}
+fn default_lockout_failures() -> u32 {
+    5
+}
+fn default_lockout_window_secs() -> u64 {
+    15 * 60
+}
+fn default_session_secs() -> u64 {
+    8 * 3600
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_handshake_timeout_secs() -> u64 {
+    10
+}
+fn default_header_timeout_secs() -> u64 {
+    30
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_body_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_upstream_timeout_secs() -> u64 {
+    60
+}
+fn default_shutdown_secs() -> u64 {
+    10
+}
+fn default_admin_address() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            person: true,
+            cache_secs: default_cache_secs(),
+            lockout_failures: default_lockout_failures(),
+            lockout_window_secs: default_lockout_window_secs(),
+            session_secs: default_session_secs(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: default_max_connections(),
+            handshake_timeout_secs: default_handshake_timeout_secs(),
+            header_timeout_secs: default_header_timeout_secs(),
+            max_header_bytes: default_max_header_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+            upstream_timeout_secs: default_upstream_timeout_secs(),
+            shutdown_secs: default_shutdown_secs(),
+        }
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: default_admin_address(),
+        }
+    }
+}
+
+impl Limits {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_timeout_secs)
+    }
+}
+
+impl Config {
+    /// Reads, parses and checks a configuration: every referenced file must be readable, so that
+    /// `gateway check` catches what `gateway run` would trip over.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.source = path.to_owned();
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base);
+        config.check()?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let rel = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rel(&mut self.data_dir);
+        rel(&mut self.tls.cert);
+        rel(&mut self.tls.key);
+        rel(&mut self.tls.client_ca);
+        if let Some(crl) = &mut self.tls.crl {
+            rel(crl);
+        }
+        rel(&mut self.upstream.ca);
+        rel(&mut self.upstream.cert);
+        rel(&mut self.upstream.key);
+        rel(&mut self.upstream.password_file);
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let files = [
+            ("tls.cert", Some(&self.tls.cert)),
+            ("tls.key", Some(&self.tls.key)),
+            ("tls.client_ca", Some(&self.tls.client_ca)),
+            ("tls.crl", self.tls.crl.as_ref()),
+            ("upstream.ca", Some(&self.upstream.ca)),
+            ("upstream.cert", Some(&self.upstream.cert)),
+            ("upstream.key", Some(&self.upstream.key)),
+            ("upstream.password_file", Some(&self.upstream.password_file)),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path
+                && let Err(e) = std::fs::File::open(path)
+            {
+                return Err(self.invalid(key, format!("cannot read {}: {e}", path.display())));
+            }
+        }
+        if self.listeners.is_empty() {
+            return Err(self.invalid("listener", "expected at least one [[listener]]"));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let key = |k: &str| format!("listener[{i}].{k}");
+            match (l.kind, &l.upstream) {
+                (ListenerKind::Tcp, None) => {
+                    return Err(
+                        self.invalid(key("upstream"), "a tcp listener needs upstream = \"host:port\"")
+                    );
+                }
+                (ListenerKind::Tcp, Some(u)) if split_host_port(u).is_none() => {
+                    return Err(self.invalid(key("upstream"), format!("expected \"host:port\", got {u:?}")));
+                }
+                (ListenerKind::Api, Some(_)) => {
+                    return Err(self.invalid(
+                        key("upstream"),
+                        "an api listener goes to [upstream].url; upstream is for kind = \"tcp\"",
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(other) = self.listeners[..i].iter().position(|o| o.address == l.address) {
+                return Err(self.invalid(
+                    key("address"),
+                    format!("{} is already used by listener[{other}]", l.address),
+                ));
+            }
+        }
+        if !self.listeners.iter().any(|l| l.kind == ListenerKind::Api) {
+            return Err(self.invalid("listener", "expected at least one listener with kind = \"api\""));
+        }
+        match self.upstream.url.parse::<hyper::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+            Ok(_) => {
+                return Err(self.invalid(
+                    "upstream.url",
+                    "expected https://host[:port][/prefix]: the uplink is always mutual TLS",
+                ));
+            }
+            Err(e) => return Err(self.invalid("upstream.url", format!("not a URL: {e}"))),
+        }
+        if self.auth.lockout_failures == 0 {
+            return Err(self.invalid("auth.lockout_failures", "expected at least 1"));
+        }
+        let positive = [
+            ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "limits.handshake_timeout_secs",
+                self.limits.handshake_timeout_secs,
+            ),
+            ("limits.header_timeout_secs", self.limits.header_timeout_secs),
+            ("limits.upstream_timeout_secs", self.limits.upstream_timeout_secs),
+            ("auth.session_secs", self.auth.session_secs),
+            ("auth.lockout_window_secs", self.auth.lockout_window_secs),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(self.invalid(key, "expected a positive number"));
+            }
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return Err(self.invalid("limits.max_header_bytes", "expected at least 8192"));
+        }
+        Ok(())
+    }
+}
+
+/// Splits `host:port` (with `[v6]:port`), the form of a raw TCP upstream.
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then_some((host, port))
+}

@@ -1,0 +1,323 @@
+//! The api route: one HTTP/1.1 connection from an admitted terminal, request by request.
+//!
+//! Each request passes the same named stages: **admit** (is the terminal's certificate still
+//! admitted by the current snapshot?), **gateway pages** (`/kakehashi/…`: the login page),
+//! **authenticate** (the person: session cookie or HTTP Basic), **limit** (declared body size),
+//! **forward** (the uplink). Every decision, allow or deny, becomes one audit entry, written when
+//! the response body has been sent so that it carries the status, the bytes and the duration.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::CertificateDer;
+
+use engine_proxy::upstream::{ProxyBody, is_upgrade};
+
+use crate::audit::{Decision, Entry};
+use crate::identity::Terminal;
+use crate::login;
+use crate::meter::{Counted, Finished};
+use crate::metrics::Metrics;
+use crate::person::{Denied, Person};
+use crate::state::Gateway;
+
+/// One terminal connection on an api listener.
+pub struct Connection {
+    pub gateway: Arc<Gateway>,
+    pub terminal: Terminal,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub source: SocketAddr,
+    pub route: String,
+    /// The snapshot generation this connection was last checked against.
+    pub checked: AtomicU64,
+}
+
+/// A finished answer from the gateway itself (not the engine).
+pub fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn text(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    reply(status, "text/plain; charset=utf-8", format!("{message}\n"))
+}
+
+impl Connection {
+    fn entry(&self, req: &Request<Incoming>) -> Entry {
+        Entry {
+            terminal: Some(self.terminal.name.clone()),
+            source: self.source.to_string(),
+            route: self.route.clone(),
+            method: Some(req.method().to_string()),
+            path: Some(req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned()),
+            ..Entry::default()
+        }
+    }
+
+    /// Writes an entry once the response is complete; `entry` is filled in by then.
+    pub(crate) fn record(&self, mut entry: Entry, started: Instant) {
+        entry.duration_ms = started.elapsed().as_millis() as u64;
+        let audit = self.gateway.audit.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move { audit.record(entry).await });
+            }
+            Err(_) => audit.record_blocking(entry),
+        }
+    }
+
+    /// A refusal by the gateway: audited, counted, answered.
+    fn deny(
+        &self,
+        mut entry: Entry,
+        started: Instant,
+        reason: String,
+        resp: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        Metrics::inc(&self.gateway.metrics.requests_denied_total);
+        entry.decision = Decision::Deny;
+        entry.reason = reason;
+        entry.status = Some(resp.status().as_u16());
+        self.record(entry, started);
+        resp
+    }
+
+    /// Stage 1: the certificate is re-checked when the snapshot changed since the last request.
+    fn admitted(&self) -> Result<(), String> {
+        let live = self.gateway.live();
+        if self.checked.load(Relaxed) == live.generation {
+            return Ok(());
+        }
+        live.admits(&self.chain)?;
+        self.checked.store(live.generation, Relaxed);
+        Ok(())
+    }
+}
+
+/// Serves one request through the stages.
+pub async fn handle(
+    conn: Arc<Connection>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let metrics = &conn.gateway.metrics;
+    Metrics::inc(&metrics.requests_total);
+    let entry = conn.entry(&req);
+
+    if let Err(why) = conn.admitted() {
+        let reason = format!("terminal no longer admitted: {why}");
+        let mut resp = text(
+            StatusCode::FORBIDDEN,
+            &format!("Kakehashi: this terminal is no longer admitted ({why})"),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(conn.deny(entry, started, reason, resp));
+    }
+
+    if req.uri().path().starts_with(login::PREFIX) {
+        return Ok(login::handle(&conn, req, entry, started).await);
+    }
+
+    let person = match authenticate(&conn, &req).await {
+        Ok(p) => p,
+        Err(denied) => {
+            let mut entry = entry;
+            entry.user = denied.user().map(str::to_owned);
+            let resp = refusal(&req, &denied);
+            count_denial(&conn.gateway.metrics, &denied);
+            return Ok(conn.deny(entry, started, denied.reason(), resp));
+        }
+    };
+    Ok(forward(conn, req, entry, person, started).await)
+}
+
+/// Stage 3: the person, by session cookie (browsers) or HTTP Basic (API clients).
+async fn authenticate(conn: &Arc<Connection>, req: &Request<Incoming>) -> Result<Person, Denied> {
+    let people = &conn.gateway.people;
+    if !people.required() {
+        return Ok(people.anonymous());
+    }
+    if let Some(token) = login::session_cookie(req.headers())
+        && let Some(person) = people.session(token, &conn.terminal)
+    {
+        return Ok(person);
+    }
+    people
+        .basic(req.headers().get(header::AUTHORIZATION), &conn.terminal)
+        .await
+}
+
+fn count_denial(metrics: &Metrics, denied: &Denied) {
+    match denied {
+        Denied::WrongPassword { .. } => Metrics::inc(&metrics.auth_failures_total),
+        Denied::LockedOut { .. } => Metrics::inc(&metrics.lockouts_total),
+        _ => {}
+    }
+}
+
+/// The answer to a refused person: a Basic challenge for API clients, the login page for a
+/// browser that asked for a page, a retry time when locked out.
+pub fn refusal(req: &Request<Incoming>, denied: &Denied) -> Response<ProxyBody> {
+    match denied {
+        Denied::NoCredentials if login::wants_page(req) => login::redirect_to_login(req.uri()),
+        Denied::NoCredentials | Denied::WrongPassword { .. } => {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "Kakehashi: ID and password required, or wrong",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"Kakehashi\", charset=\"UTF-8\""),
+            );
+            r
+        }
+        Denied::Malformed(why) => text(StatusCode::BAD_REQUEST, &format!("Kakehashi: {why}")),
+        Denied::AccountLocked { .. } => text(
+            StatusCode::FORBIDDEN,
+            "Kakehashi: this account is locked; ask the clinic's administrator to unlock it",
+        ),
+        Denied::LockedOut { retry_after, .. } => locked_out(retry_after.as_secs()),
+        Denied::Unavailable(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Kakehashi: sign-in is unavailable right now",
+        ),
+    }
+}
+
+/// 429 with the retry time, in the header and in words.
+pub fn locked_out(secs: u64) -> Response<ProxyBody> {
+    let until = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs as i64);
+    let until = until
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut r = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("Kakehashi: too many failed sign-ins; try again after {until} (in {secs} s)"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// Stages 4 and 5: the declared size, then the uplink, streaming both ways.
+async fn forward(
+    conn: Arc<Connection>,
+    mut req: Request<Incoming>,
+    mut entry: Entry,
+    person: Person,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let gateway = conn.gateway.clone();
+    let limit = gateway.config.limits.max_body_bytes;
+    entry.user = person.user.clone();
+    entry.upstream = Some(gateway.upstream.authority().to_owned());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        let resp = text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("Kakehashi: request body larger than {limit} bytes"),
+        );
+        return conn.deny(
+            entry,
+            started,
+            format!("body of {} bytes over the limit", declared.unwrap_or(0)),
+            resp,
+        );
+    }
+    login::strip_session_cookie(req.headers_mut());
+    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let received = Arc::new(AtomicU64::new(0));
+    let req = req.map(|b| Counted::new(b, received.clone(), limit).boxed());
+
+    let mut resp = match gateway.upstream.forward(req, person.upstream.clone()).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            Metrics::inc(&gateway.metrics.upstream_errors_total);
+            entry.decision = Decision::Allow;
+            entry.reason = format!("allowed; engine unreachable: {e}");
+            entry.status = Some(502);
+            entry.bytes_in = received.load(Relaxed);
+            conn.record(entry, started);
+            return text(
+                StatusCode::BAD_GATEWAY,
+                &format!("Kakehashi: the engine did not answer: {e}"),
+            );
+        }
+    };
+    if resp.status().is_server_error() {
+        Metrics::inc(&gateway.metrics.upstream_responses_5xx_total);
+    }
+    entry.decision = Decision::Allow;
+    entry.status = Some(resp.status().as_u16());
+
+    if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
+        entry.reason = "allowed; protocol upgrade (WebSocket) to the engine".into();
+        let engine = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(conn, client, engine, entry, started));
+        return resp.map(|_| Empty::new().map_err(|e| match e {}).boxed());
+    }
+
+    entry.reason = "allowed".into();
+    let metrics_conn = conn.clone();
+    resp.map(move |body| {
+        Finished::new(body, move |sent| {
+            let m = &metrics_conn.gateway.metrics;
+            entry.bytes_in = received.load(Relaxed);
+            entry.bytes_out = sent;
+            Metrics::add(&m.bytes_from_terminals_total, entry.bytes_in);
+            Metrics::add(&m.bytes_to_terminals_total, sent);
+            metrics_conn.record(entry, started);
+        })
+        .boxed()
+    })
+}
+
+/// Both sides switched protocols: copy bytes until either closes, then audit the totals.
+async fn tunnel(
+    conn: Arc<Connection>,
+    client: hyper::upgrade::OnUpgrade,
+    engine: hyper::upgrade::OnUpgrade,
+    mut entry: Entry,
+    started: Instant,
+) {
+    let (client, engine) = match tokio::try_join!(client, engine) {
+        Ok(pair) => pair,
+        Err(e) => {
+            entry.reason = format!("allowed; upgrade failed: {e}");
+            conn.record(entry, started);
+            return;
+        }
+    };
+    let (mut client, mut engine) = (TokioIo::new(client), TokioIo::new(engine));
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut engine) => {
+            if let Ok((up, down)) = copied {
+                entry.bytes_in = up;
+                entry.bytes_out = down;
+            }
+        }
+        why = conn.gateway.revoked(&conn.chain) => {
+            entry.reason = format!("allowed; WebSocket closed by a reload: {why}");
+        }
+    }
+    conn.record(entry, started);
+}

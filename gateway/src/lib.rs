@@ -1,0 +1,28 @@
+//! The Kakehashi appliance: configuration, the TLS front door, terminal identity, person
+//! authentication, the audit log, metrics, and the daemon's life cycle.
+//!
+//! A connection's journey, by module: [`listener`] (accept, limit, handshake) → [`tls`] (the
+//! policy and the terminal check inside the handshake) → [`identity`] (which terminal) → a route:
+//! [`http`] (the engine API: [`person`] and [`login`] authenticate, `engine_proxy::upstream`
+//! forwards, [`meter`] counts) or [`tcp`] (raw bytes) → [`audit`]. [`state`] holds what they share
+//! and what SIGHUP replaces; [`run`] starts and stops it all.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod audit;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod identity;
+pub mod inventory;
+pub mod listener;
+pub mod login;
+pub mod meter;
+pub mod metrics;
+pub mod person;
+pub mod run;
+pub mod state;
+pub mod systemd;
+pub mod tcp;
+pub mod tls;
+pub mod users;

@@ -1,0 +1,206 @@
+//! A terminal listener: accept, limit, handshake, identify, then hand the stream to its route.
+//!
+//! The costly part of a bad connection is bounded at every step: a connection over
+//! `limits.max_connections` is closed at once; a handshake has `limits.handshake_timeout_secs`;
+//! a request's headers have `limits.header_timeout_secs` and `limits.max_header_bytes`. Every
+//! refusal is audited with its reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::audit::{Decision, Entry};
+use crate::config::ListenerKind;
+use crate::identity::Terminal;
+use crate::metrics::Metrics;
+use crate::state::Gateway;
+use crate::{http, tcp, tls};
+
+/// What one listener does with an admitted connection.
+pub enum Route {
+    Api(String),
+    Tcp(Arc<tcp::Route>),
+}
+
+impl Route {
+    pub fn name(&self) -> &str {
+        match self {
+            Route::Api(name) => name,
+            Route::Tcp(route) => &route.name,
+        }
+    }
+    fn kind(&self) -> ListenerKind {
+        match self {
+            Route::Api(_) => ListenerKind::Api,
+            Route::Tcp(_) => ListenerKind::Tcp,
+        }
+    }
+}
+
+/// Accepts until `stopping` turns true.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    route: Arc<Route>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors or memory: back off rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stopping) => return,
+        };
+        Metrics::inc(&gateway.metrics.connections_accepted_total);
+        let Ok(permit) = gateway.connections.clone().try_acquire_owned() else {
+            Metrics::inc(&gateway.metrics.connections_refused_total);
+            tracing::warn!(%peer, "connection limit reached; closing a new connection");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (gateway, route, stopping) = (gateway.clone(), route.clone(), stopping.clone());
+        tokio::spawn(async move {
+            Metrics::inc(&gateway.metrics.connections_open);
+            connection(&gateway, stream, peer, &route, stopping).await;
+            Metrics::dec(&gateway.metrics.connections_open);
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(
+    gateway: &Arc<Gateway>,
+    stream: TcpStream,
+    source: SocketAddr,
+    route: &Route,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    let live = gateway.live();
+    let config = match route.kind() {
+        ListenerKind::Api => live.api_tls.clone(),
+        ListenerKind::Tcp => live.tcp_tls.clone(),
+    };
+    let deny = |reason: String| Entry {
+        decision: Decision::Deny,
+        reason,
+        source: source.to_string(),
+        route: route.name().to_owned(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..Entry::default()
+    };
+    let accepted = tokio::time::timeout(
+        gateway.config.limits.handshake_timeout(),
+        TlsAcceptor::from(config).accept(stream),
+    )
+    .await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            Metrics::inc(&gateway.metrics.handshake_failures_total);
+            gateway.audit.record(deny(tls::describe_failure(&e))).await;
+            return;
+        }
+        Err(_) => {
+            Metrics::inc(&gateway.metrics.handshake_timeouts_total);
+            let secs = gateway.config.limits.handshake_timeout_secs;
+            gateway
+                .audit
+                .record(deny(format!("no TLS handshake within {secs} s")))
+                .await;
+            return;
+        }
+    };
+    let chain: Vec<_> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    // The verifier already admitted this chain; a resumed session skipped it, so check again
+    // against the current snapshot (cheap, and one rule for both).
+    let terminal = match live
+        .admits(&chain)
+        .and_then(|()| Terminal::from_certificate(&chain[0]))
+    {
+        Ok(t) => t,
+        Err(why) => {
+            Metrics::inc(&gateway.metrics.handshake_failures_total);
+            gateway.audit.record(deny(why)).await;
+            return;
+        }
+    };
+    Metrics::inc(&gateway.metrics.handshakes_total);
+    let admitted = {
+        let session = tls.get_ref().1;
+        format!(
+            "terminal admitted ({}, {})",
+            session
+                .protocol_version()
+                .map_or("?".into(), |v| format!("{v:?}")),
+            session
+                .negotiated_cipher_suite()
+                .map_or("?".into(), |s| format!("{:?}", s.suite())),
+        )
+    };
+    gateway
+        .audit
+        .record(Entry {
+            decision: Decision::Allow,
+            terminal: Some(terminal.name.clone()),
+            reason: admitted,
+            ..deny(String::new())
+        })
+        .await;
+    match route {
+        Route::Api(name) => {
+            let conn = Arc::new(http::Connection {
+                gateway: gateway.clone(),
+                terminal,
+                chain,
+                source,
+                route: name.clone(),
+                checked: AtomicU64::new(live.generation),
+            });
+            let limits = &gateway.config.limits;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout())
+                .max_header_size(limits.max_header_bytes);
+            let service = hyper::service::service_fn(move |req| http::handle(conn.clone(), req));
+            let served = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .with_upgrades();
+            tokio::pin!(served);
+            let ended = tokio::select! {
+                ended = served.as_mut() => ended,
+                () = stopped(&mut stopping) => {
+                    // Finish the request in flight, then close instead of keeping alive.
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(%source, error = %e, "connection ended with an error");
+            }
+        }
+        Route::Tcp(route) => tcp::serve(gateway.clone(), route.clone(), tls, terminal, chain, source).await,
+    }
+}
+
+/// Resolves once shutdown has begun (or the run loop is gone).
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
+}

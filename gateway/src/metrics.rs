@@ -1,0 +1,66 @@
+//! Counters for Prometheus, in its text exposition format.
+//!
+//! A fixed set of atomics: recording is one relaxed add on the hot path, and the format is a
+//! dozen lines, so a metrics crate would cost more than it saves.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! metrics {
+    ($($name:ident: $kind:literal, $help:literal;)*) => {
+        /// Every counter and gauge the gateway exports.
+        #[derive(Default)]
+        pub struct Metrics {
+            $(pub $name: AtomicU64,)*
+        }
+
+        impl Metrics {
+            /// The Prometheus text format of every metric.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let _ = writeln!(out, "# HELP kakehashi_{} {}", stringify!($name), $help);
+                    let _ = writeln!(out, "# TYPE kakehashi_{} {}", stringify!($name), $kind);
+                    let _ = writeln!(out, "kakehashi_{} {}", stringify!($name), self.$name.load(Relaxed));
+                )*
+                out
+            }
+        }
+    };
+}
+
+metrics! {
+    connections_accepted_total: "counter", "TCP connections accepted on terminal listeners.";
+    connections_refused_total: "counter", "Connections closed at once because limits.max_connections was reached.";
+    connections_open: "gauge", "Terminal connections open now.";
+    handshakes_total: "counter", "TLS handshakes completed with an admitted terminal.";
+    handshake_failures_total: "counter", "TLS handshakes that failed or were refused (certificate, inventory, protocol).";
+    handshake_timeouts_total: "counter", "TLS handshakes not finished within limits.handshake_timeout_secs.";
+    requests_total: "counter", "HTTP requests answered on api listeners.";
+    requests_denied_total: "counter", "HTTP requests refused by the gateway (person, terminal, limits).";
+    auth_failures_total: "counter", "Wrong or unknown ID and password.";
+    lockouts_total: "counter", "Requests refused because a user or terminal is locked out.";
+    upstream_errors_total: "counter", "Requests the engine did not answer (connect error, timeout).";
+    upstream_responses_5xx_total: "counter", "Engine answers with a 5xx status.";
+    tcp_streams_total: "counter", "Raw TCP streams forwarded.";
+    bytes_from_terminals_total: "counter", "Body and stream bytes received from terminals.";
+    bytes_to_terminals_total: "counter", "Body and stream bytes sent to terminals.";
+    reloads_total: "counter", "Successful SIGHUP reloads.";
+    reload_failures_total: "counter", "SIGHUP reloads that failed (the previous configuration stays).";
+    terminals_enabled: "gauge", "Enabled terminals in the loaded inventory.";
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+    pub fn dec(gauge: &AtomicU64) {
+        gauge.fetch_sub(1, Relaxed);
+    }
+    pub fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Relaxed);
+    }
+}

@@ -1,0 +1,211 @@
+//! `kakehashi gateway run|check`: the daemon's life cycle.
+//!
+//! Start: read and check the configuration, load TLS material and the inventory, bind every
+//! listener (or fail naming the address), then print `READY <URL>` and notify systemd. SIGHUP
+//! reloads certificates, CRL and inventory without touching established connections; SIGTERM or
+//! Ctrl-C stops accepting, lets in-flight requests finish for `limits.shutdown_secs`, and flushes
+//! the audit log.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Config, ListenerKind};
+use crate::listener::{self, Route};
+use crate::metrics::Metrics;
+use crate::state::{Gateway, StartError};
+use crate::{admin, systemd, tcp};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum GatewayCommand {
+    /// Run the gateway (prints READY <URL> once it listens; SIGHUP reloads, SIGTERM stops)
+    Run(ConfigArg),
+    /// Check a configuration and every file it names, without starting anything
+    Check(ConfigArg),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// The configuration file (TOML; see the README's gateway.toml reference)
+    #[arg(long, env = "KAKEHASHI_CONFIG", default_value = "/etc/kakehashi/gateway.toml")]
+    pub config: PathBuf,
+}
+
+/// Runs `gateway run` or `gateway check`.
+pub fn run(cmd: GatewayCommand) -> Result<ExitCode, StartError> {
+    match cmd {
+        GatewayCommand::Check(args) => check(&args.config),
+        GatewayCommand::Run(args) => {
+            init_logging();
+            let config = Config::load(&args.config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StartError::File {
+                    path: args.config.clone(),
+                    message: format!("cannot start the async runtime: {e}"),
+                })?;
+            runtime.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> Result<ExitCode, StartError> {
+    let config = Config::load(path)?;
+    let inventory = if config.data_dir.join("gateway.db").exists() {
+        Arc::new(crate::inventory::Inventory::load(&crate::db::open(
+            &config.data_dir,
+        )?)?)
+    } else {
+        Arc::new(crate::inventory::Inventory::default())
+    };
+    let enabled = inventory.enabled_count();
+    let verifier = crate::tls::terminal_verifier(&config.tls, inventory)?;
+    crate::tls::server_config(&config.tls, verifier, &[])?;
+    crate::tls::client_config(&config.upstream.ca, &config.upstream.cert, &config.upstream.key)?;
+    crate::state::read_secret(&config.upstream.password_file)?;
+    println!("{}: OK", path.display());
+    for l in &config.listeners {
+        let what = match l.kind {
+            ListenerKind::Api => format!("engine API → {}", config.upstream.url),
+            ListenerKind::Tcp => format!("raw TCP → {}", l.upstream.as_deref().unwrap_or("")),
+        };
+        println!("  listener {} on {}: {what}", l.route(), l.address);
+    }
+    println!(
+        "  terminals enabled: {enabled}; person authentication: {}",
+        if config.auth.person { "on" } else { "OFF" }
+    );
+    if let Some(admin) = config.admin.address {
+        println!("  metrics: http://{admin}/metrics");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Human-readable logs on a terminal, JSON under systemd (which sets `JOURNAL_STREAM`); the
+/// level from `RUST_LOG` (default `info`). Logs go to stderr: stdout carries only `READY`.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Listen { address, source })
+}
+
+async fn serve(config: Config) -> Result<(), StartError> {
+    let gateway = Arc::new(Gateway::start(config)?);
+    let mut bound = Vec::new();
+    for l in &gateway.config.listeners {
+        let route = match l.kind {
+            ListenerKind::Api => Route::Api(l.route()),
+            ListenerKind::Tcp => Route::Tcp(Arc::new(tcp::Route::new(l))),
+        };
+        bound.push((bind(l.address).await?, Arc::new(route), l.kind));
+    }
+    let admin_listener = match gateway.config.admin.address {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut ready = None;
+    let mut accepting = Vec::new();
+    for (socket, route, kind) in bound {
+        let address = socket.local_addr().map_err(|source| StartError::Listen {
+            address: gateway.config.listeners[0].address,
+            source,
+        })?;
+        tracing::info!(%address, route = %route.name(), "listening");
+        if kind == ListenerKind::Api && ready.is_none() {
+            ready = Some(address);
+        }
+        accepting.push(tokio::spawn(listener::serve(
+            gateway.clone(),
+            socket,
+            route,
+            stopping.clone(),
+        )));
+    }
+    let admin_task = admin_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(address = %a, "metrics at http://{a}/metrics");
+        }
+        tokio::spawn(admin::serve(gateway.clone(), l))
+    });
+    if let Some(address) = ready {
+        println!("READY https://{address}");
+        let _ = std::io::stdout().flush();
+    }
+    systemd::notify("READY=1");
+
+    let signals = || -> Result<_, StartError> {
+        let sig = |kind| {
+            signal(kind).map_err(|e| StartError::File {
+                path: "signal handler".into(),
+                message: e.to_string(),
+            })
+        };
+        Ok((
+            sig(SignalKind::hangup())?,
+            sig(SignalKind::terminate())?,
+            sig(SignalKind::interrupt())?,
+        ))
+    };
+    let (mut hup, mut term, mut int) = signals()?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                systemd::notify("RELOADING=1");
+                match gateway.reload() {
+                    Ok(()) => {
+                        Metrics::inc(&gateway.metrics.reloads_total);
+                        tracing::info!(terminals = gateway.live().inventory.enabled_count(), "reloaded certificates, CRL and inventory");
+                    }
+                    Err(e) => {
+                        Metrics::inc(&gateway.metrics.reload_failures_total);
+                        tracing::error!(error = %e, "reload failed; keeping the previous configuration");
+                    }
+                }
+                systemd::notify("READY=1");
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    systemd::notify("STOPPING=1");
+    tracing::info!("stopping: no new connections; finishing requests in flight");
+    let _ = stop.send(true);
+    for task in accepting {
+        let _ = task.await;
+    }
+    if let Some(t) = admin_task {
+        t.abort();
+    }
+    let grace = std::time::Duration::from_secs(gateway.config.limits.shutdown_secs);
+    // Every open connection holds a permit: all of them back means all connections are closed.
+    let all = gateway.config.limits.max_connections as u32;
+    if tokio::time::timeout(grace, gateway.connections.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {grace:?}; closing them");
+    }
+    gateway.audit.clone().close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

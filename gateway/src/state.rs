@@ -1,0 +1,182 @@
+//! What every connection shares, and what a reload replaces.
+//!
+//! The reloadable part ([`Live`]: certificates, CA, CRL, inventory) is an immutable snapshot behind
+//! one lock, swapped whole on SIGHUP: a connection works with one consistent snapshot, and a
+//! failed reload leaves the previous one in place. Established connections are re-checked
+//! against a new snapshot on their next request, so a terminal revoked or disabled by the reload
+//! loses its connections too, while every other connection carries on undisturbed.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::inventory::Inventory;
+use crate::metrics::Metrics;
+use crate::person::{People, Settings};
+use crate::{db, tls};
+
+/// Why the gateway could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Store(#[from] db::StoreError),
+    #[error(transparent)]
+    Upstream(#[from] engine_proxy::upstream::UpstreamError),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The reloadable snapshot.
+pub struct Live {
+    /// Counts reloads; a connection that saw an older one re-checks its terminal.
+    pub generation: u64,
+    pub inventory: Arc<Inventory>,
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// For api listeners (ALPN http/1.1) and for raw TCP listeners (no ALPN).
+    pub api_tls: Arc<ServerConfig>,
+    pub tcp_tls: Arc<ServerConfig>,
+}
+
+impl Live {
+    fn load(config: &Config, generation: u64) -> Result<Live, StartError> {
+        let inventory = Arc::new(Inventory::load(&db::open(&config.data_dir)?)?);
+        let verifier = tls::terminal_verifier(&config.tls, inventory.clone())?;
+        Ok(Live {
+            generation,
+            api_tls: tls::server_config(&config.tls, verifier.clone(), &[b"http/1.1"])?,
+            tcp_tls: tls::server_config(&config.tls, verifier.clone(), &[])?,
+            inventory,
+            verifier,
+        })
+    }
+
+    /// Whether a certificate admitted earlier is still admitted by this snapshot: chain, validity,
+    /// CRL and inventory, exactly as in a new handshake.
+    pub fn admits(&self, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+        self.verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| tls::describe_error(&e))
+    }
+}
+
+/// The running gateway.
+pub struct Gateway {
+    pub config: Config,
+    pub people: Arc<People>,
+    pub upstream: engine_proxy::upstream::Upstream,
+    /// The uplink's TLS client configuration, for raw TCP routes.
+    pub uplink: Arc<rustls::ClientConfig>,
+    pub audit: AuditLog,
+    pub metrics: Metrics,
+    /// One permit per open terminal connection.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    live: RwLock<Arc<Live>>,
+    /// Tells raw TCP streams that a reload happened.
+    pub reloaded: tokio::sync::watch::Sender<u64>,
+}
+
+impl Gateway {
+    pub fn start(config: Config) -> Result<Gateway, StartError> {
+        let live = Live::load(&config, 0)?;
+        let uplink = tls::client_config(&config.upstream.ca, &config.upstream.cert, &config.upstream.key)?;
+        let upstream = engine_proxy::upstream::Upstream::new(
+            &config.upstream.url,
+            uplink.clone(),
+            config.limits.upstream_timeout(),
+        )?;
+        let password = read_secret(&config.upstream.password_file)?;
+        let clinic = crate::person::basic(&config.upstream.user, &password);
+        let settings = Settings {
+            person: config.auth.person,
+            cache: std::time::Duration::from_secs(config.auth.cache_secs),
+            failures: config.auth.lockout_failures,
+            window: std::time::Duration::from_secs(config.auth.lockout_window_secs),
+            session: std::time::Duration::from_secs(config.auth.session_secs),
+        };
+        let people = Arc::new(People::new(settings, db::open(&config.data_dir)?, clinic));
+        let audit = AuditLog::open(&config.data_dir)?;
+        let metrics = Metrics::default();
+        Metrics::set(&metrics.terminals_enabled, live.inventory.enabled_count() as u64);
+        Ok(Gateway {
+            connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+            people,
+            upstream,
+            uplink: Arc::new(uplink),
+            audit,
+            metrics,
+            live: RwLock::new(Arc::new(live)),
+            reloaded: tokio::sync::watch::channel(0).0,
+            config,
+        })
+    }
+
+    /// The current snapshot.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the certificates, CA, CRL and inventory (SIGHUP). On error nothing changes.
+    pub fn reload(&self) -> Result<(), StartError> {
+        let generation = self.live().generation + 1;
+        let live = Live::load(&self.config, generation)?;
+        Metrics::set(
+            &self.metrics.terminals_enabled,
+            live.inventory.enabled_count() as u64,
+        );
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        self.people.forget_cached();
+        self.reloaded.send_replace(generation);
+        Ok(())
+    }
+
+    /// Resolves when a reload stops admitting this certificate, with the reason: what ends a
+    /// long-lived stream (raw TCP, WebSocket) of a terminal that was revoked or disabled.
+    pub async fn revoked(&self, chain: &[CertificateDer<'static>]) -> String {
+        let mut reloads = self.reloaded.subscribe();
+        while reloads.changed().await.is_ok() {
+            if let Err(why) = self.live().admits(chain) {
+                return why;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+/// The first line of a secret file, which must not be readable by others.
+pub fn read_secret(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |message: String| StartError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err(format!(
+            "holds a password but has mode {:o}: expected 0600 (chmod 600 {})",
+            meta.permissions().mode() & 0o777,
+            path.display()
+        )));
+    }
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err(err("expected the password on the first line".into()));
+    }
+    Ok(zeroize::Zeroizing::new(line.to_owned()))
+}

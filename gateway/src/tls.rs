@@ -1,0 +1,281 @@
+//! The TLS policy of the front door and the uplink, in one place.
+//!
+//! Terminals: TLS 1.3 and TLS 1.2, TLS 1.2 only with ECDHE and an AEAD (AES-GCM,
+//! ChaCha20-Poly1305), the hybrid post-quantum group X25519MLKEM768 offered first, session
+//! resumption, and a client certificate on every connection that must chain to the clinic CA, be
+//! valid now, not be on the CRL, and name a terminal that the inventory has enabled. The last
+//! check runs inside the handshake, so a refused terminal never gets an application byte through.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::{CryptoProvider, aws_lc_rs};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, CipherSuite, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+
+use crate::identity;
+use crate::inventory::Inventory;
+
+/// A file that could not be turned into TLS material, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+/// The one crypto provider: aws-lc-rs, limited to the suites and groups the security model
+/// allows. rustls implements no CBC, RC4 or static-RSA suites at all; the filter states the
+/// policy rather than trusting a default to keep matching it.
+pub fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    let base = aws_lc_rs::default_provider();
+    let allowed = |s: CipherSuite| {
+        use CipherSuite::*;
+        matches!(
+            s,
+            TLS13_AES_128_GCM_SHA256
+                | TLS13_AES_256_GCM_SHA384
+                | TLS13_CHACHA20_POLY1305_SHA256
+                | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                | TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+                | TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+                | TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        )
+    };
+    Arc::new(CryptoProvider {
+        cipher_suites: base
+            .cipher_suites
+            .into_iter()
+            .filter(|s| allowed(s.suite()))
+            .collect(),
+        kx_groups: vec![
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+            kx_group::SECP384R1,
+        ],
+        ..base
+    })
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(
+            path,
+            "expected a PEM certificate (-----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads a private key (PKCS#8, SEC1 or PKCS#1 PEM). Encrypted keys are refused here: a daemon
+/// has nobody to ask for a passphrase, so its keys are protected by mode 0600 instead.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        file_error(
+            path,
+            format!("expected an unencrypted PEM private key (PKCS#8, SEC1 or PKCS#1): {e}"),
+        )
+    })
+}
+
+fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_error(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    if !data.starts_with(b"-----") {
+        return Ok(vec![CertificateRevocationListDer::from(data)]);
+    }
+    let crls = CertificateRevocationListDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if crls.is_empty() {
+        return Err(file_error(path, "expected a CRL (-----BEGIN X509 CRL-----)"));
+    }
+    Ok(crls)
+}
+
+/// The terminal check: WebPKI (chain to the clinic CA, validity, CRL), then the inventory.
+/// Built anew on every reload from snapshots of the CA, CRL and inventory.
+pub fn terminal_verifier(
+    tls: &crate::config::Tls,
+    inventory: Arc<Inventory>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let roots = load_roots(&tls.client_ca)?;
+    let crls = match &tls.crl {
+        Some(path) => load_crls(path)?,
+        None => Vec::new(),
+    };
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .with_crls(crls)
+        .build()?;
+    Ok(Arc::new(TerminalVerifier { webpki, inventory }))
+}
+
+/// The terminal-facing server configuration. A fresh session cache and ticket key on every
+/// reload mean a session from before a revocation cannot be resumed after it.
+pub fn server_config(
+    tls: &crate::config::Tls,
+    verifier: Arc<dyn ClientCertVerifier>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = load_certs(&tls.cert)?;
+    let key = load_key(&tls.key)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| file_error(&tls.key, format!("does not fit {}: {e}", tls.cert.display())))?;
+    config.session_storage = ServerSessionMemoryCache::new(16 * 1024);
+    config.ticketer = aws_lc_rs::Ticketer::new()?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The uplink's client configuration: the gateway's own certificate, and only the given CA
+/// trusted for the engine.
+pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<ClientConfig, TlsError> {
+    let roots = load_roots(ca)?;
+    let certs = load_certs(cert)?;
+    let key_der = load_key(key)?;
+    ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key_der)
+        .map_err(|e| file_error(key, format!("does not fit {}: {e}", cert.display())))
+}
+
+/// Why a terminal whose certificate is otherwise valid is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("terminal {0:?} is not registered in the inventory")]
+    Unregistered(String),
+    #[error("terminal {0:?} is disabled")]
+    Disabled(String),
+    #[error("the certificate names no terminal: {0}")]
+    NoName(String),
+}
+
+/// WebPKI's chain, validity and CRL checks, then the inventory.
+#[derive(Debug)]
+struct TerminalVerifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    inventory: Arc<Inventory>,
+}
+
+impl ClientCertVerifier for TerminalVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.webpki.verify_client_cert(end_entity, intermediates, now)?;
+        let refuse =
+            |r: Refusal| rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(r))));
+        let name = identity::terminal_name(end_entity).map_err(|e| refuse(Refusal::NoName(e)))?;
+        match self.inventory.get(&name) {
+            Some(t) if t.enabled => Ok(ClientCertVerified::assertion()),
+            Some(_) => Err(refuse(Refusal::Disabled(name))),
+            None => Err(refuse(Refusal::Unregistered(name))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+}
+
+/// A failed handshake in words an operator reads in the audit log.
+pub fn describe_failure(error: &std::io::Error) -> String {
+    match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(tls) => describe_error(tls),
+        None if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the client closed the connection during the handshake".into()
+        }
+        None => format!("handshake failed: {error}"),
+    }
+}
+
+/// A TLS or certificate error in words an operator reads in the audit log.
+pub fn describe_error(error: &rustls::Error) -> String {
+    use rustls::Error as E;
+    match error {
+        E::NoCertificatesPresented => "no client certificate".into(),
+        E::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => "client certificate not issued by the clinic CA".into(),
+            CertificateError::Revoked => "client certificate revoked".into(),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "client certificate expired".into()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "client certificate not yet valid".into()
+            }
+            CertificateError::Other(other) => other.0.to_string(),
+            other => format!("client certificate refused: {other:?}"),
+        },
+        E::PeerIncompatible(why) => format!("client offers nothing the policy allows: {why:?}"),
+        E::InvalidMessage(_) | E::InappropriateHandshakeMessage { .. } | E::InappropriateMessage { .. } => {
+            format!("not a TLS client: {error}")
+        }
+        other => format!("handshake failed: {other}"),
+    }
+}
