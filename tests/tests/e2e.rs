@@ -8,5 +8,6 @@ mod support;
 mod e2e {
     mod cli;
     mod engine_sim;
+    mod gateway;
     mod pki;
 }

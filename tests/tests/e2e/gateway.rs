@@ -1,0 +1,647 @@
+//! `kakehashi gateway`: the TLS front door, judged by curl and openssl as terminals, with
+//! engine-sim as the cloud, both started from a demo clinic written by `demo --setup-only`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::support::*;
+
+/// A free loopback port (bound and released: good enough for tests on one machine).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A demo clinic with its cloud engine and gateway running.
+struct Clinic {
+    dir: tempfile::TempDir,
+    engine: Server,
+    gateway: Server,
+    /// `ID:password` from user.txt.
+    user: String,
+    admin: String,
+}
+
+impl Clinic {
+    /// `demo --setup-only`, `extra` appended to gateway.toml, then both processes.
+    fn start(extra: &str) -> Clinic {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().join("clinic");
+        let admin = format!("127.0.0.1:{}", free_port());
+        sh(&format!(
+            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} --admin-listen {admin}",
+            s(&d),
+            free_port(),
+            free_port()
+        ))
+        .ok();
+        if !extra.is_empty() {
+            let mut toml = std::fs::read_to_string(d.join("gateway.toml")).unwrap();
+            toml.push_str(extra);
+            write(&d.join("gateway.toml"), toml);
+        }
+        let engine = Server::start(&["engine-sim", "--config", s(&d.join("engine.toml"))]);
+        let gateway = Server::start(&["gateway", "run", "--config", s(&d.join("gateway.toml"))]);
+        let user = std::fs::read_to_string(d.join("user.txt")).unwrap().trim().to_owned();
+        Clinic {
+            dir,
+            engine,
+            gateway,
+            user,
+            admin,
+        }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join("clinic").join(file)
+    }
+
+    fn addr(&self) -> &str {
+        self.gateway.url.trim_start_matches("https://")
+    }
+
+    fn data(&self) -> String {
+        s(&self.path("data")).to_owned()
+    }
+
+    /// The terminal's TLS options for curl.
+    fn tls(&self) -> String {
+        format!(
+            "--cacert {} --cert {} --key {}",
+            s(&self.path("ca.pem")),
+            s(&self.path("terminal.pem")),
+            s(&self.path("terminal.key"))
+        )
+    }
+
+    /// `curl -s OPTIONS GATEWAY/PATH`: the status (0 when the TLS layer refused) and the body.
+    fn curl(&self, options: &str, path: &str) -> (u16, String) {
+        let out = sh(&format!("curl -s -w ~STATUS~%{{http_code}} {options} {}{path}", self.gateway.url));
+        let (body, code) = out.stdout.rsplit_once("~STATUS~").expect("status");
+        (code.trim().parse().expect("status"), body.to_owned())
+    }
+
+    /// A TLS connection to the gateway as a terminal (rustls as the client library).
+    fn connect(&self, cert: &str, key: &str) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let certs = |f: &str| {
+            CertificateDer::pem_file_iter(self.path(f))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs("ca.pem") {
+            roots.add(cert).unwrap();
+        }
+        let key = PrivateKeyDer::from_pem_file(self.path(key)).unwrap();
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs(cert), key)
+            .unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let tcp = std::net::TcpStream::connect(self.addr()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        rustls::StreamOwned::new(conn, tcp)
+    }
+
+    fn hup(&self) {
+        sh(&format!("kill -HUP {}", self.gateway.pid())).ok();
+        // The reload is quick; give it a moment to swap the snapshot.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// The audit log as JSON objects (SIGTERM first would flush; entries are written within ms).
+    fn audit(&self) -> Vec<serde_json::Value> {
+        std::thread::sleep(Duration::from_millis(300));
+        sh(&format!("kakehashi audit export --json --data-dir {}", self.data()))
+            .ok()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    fn audit_has(&self, decision: &str, reason: &str) -> bool {
+        self.audit()
+            .iter()
+            .any(|e| e["decision"] == decision && e["reason"].as_str().is_some_and(|r| r.contains(reason)))
+    }
+}
+
+const PATIENT: &str = "/api01rv2/patientgetv2?id=1&format=json";
+
+#[test]
+fn curl_with_a_certificate_and_a_password_gets_a_patient_from_the_cloud() {
+    let c = Clinic::start("");
+    let (code, body) = c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["patientinfores"]["Patient_Information"]["WholeName"], "日医 太郎");
+
+    // The PKCS#12 file works the same (curl reads it with --cert-type P12).
+    let p12_password = std::fs::read_to_string(c.path("terminal.p12.password")).unwrap();
+    let (code, _) = c.curl(
+        &format!(
+            "--cacert {} --cert-type P12 --cert {}:{} -u {}",
+            s(&c.path("ca.pem")),
+            s(&c.path("terminal.p12")),
+            p12_password.trim(),
+            c.user
+        ),
+        PATIENT,
+    );
+    assert_eq!(code, 200);
+
+    // No password: 401 with a Basic challenge; the engine's own account does not work here.
+    let out = sh(&format!("curl -s -i {} {}{PATIENT}", c.tls(), c.gateway.url)).ok();
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(out.to_lowercase().contains("www-authenticate: basic realm=\"kakehashi\""), "{out}");
+    let (code, _) = c.curl(&format!("{} -u ormaster:ormaster", c.tls()), PATIENT);
+    assert_eq!(code, 401);
+
+    let audit = c.audit();
+    let allowed = audit
+        .iter()
+        .find(|e| e["decision"] == "allow" && e["status"] == 200)
+        .expect("an allowed request in the audit log");
+    assert_eq!(allowed["terminal"], "reception-1");
+    assert_eq!(allowed["user"], c.user.split(':').next().unwrap());
+    assert_eq!(allowed["path"], PATIENT);
+    assert!(allowed["bytes_out"].as_u64().unwrap() > 100, "{allowed}");
+    assert!(c.audit_has("deny", "unknown user"));
+    sh(&format!("kakehashi audit verify --data-dir {}", c.data())).ok();
+}
+
+/// `openssl s_client` with TLS 1.2, where the server judges the client certificate before the
+/// handshake completes: a refusal is an alert during the handshake, deterministic to observe.
+fn s_client(c: &Clinic, options: &str) -> Run {
+    sh(&format!(
+        "openssl s_client -connect {} -CAfile {} {options}",
+        c.addr(),
+        s(&c.path("ca.pem"))
+    ))
+}
+
+fn refused(run: &Run) -> bool {
+    let all = format!("{}{}", run.stdout, run.stderr);
+    run.code != 0 || all.contains("alert") || all.contains("Cipher is (NONE)")
+}
+
+#[test]
+fn openssl_refusals_old_protocols_weak_suites_missing_foreign_revoked_and_disabled_certificates() {
+    let c = Clinic::start("");
+    let cert = format!("-cert {} -key {}", s(&c.path("terminal.pem")), s(&c.path("terminal.key")));
+
+    // The control: the same command with a good certificate completes the handshake.
+    let ok = s_client(&c, &format!("-tls1_2 {cert}"));
+    assert!(!refused(&ok), "{}{}", ok.stdout, ok.stderr);
+
+    assert!(refused(&s_client(&c, &format!("-tls1_1 {cert}"))), "TLS 1.1");
+    assert!(refused(&s_client(&c, &format!("-tls1_2 -cipher AES128-SHA256 {cert}"))), "CBC suite");
+    assert!(refused(&s_client(&c, &format!("-tls1_2 -cipher ECDHE-RSA-AES128-SHA {cert}"))), "CBC suite");
+    assert!(refused(&s_client(&c, "-tls1_2")), "no certificate");
+    assert!(c.audit_has("deny", "no client certificate"));
+
+    // A certificate from another CA, for the same terminal name.
+    let other = c.dir.path().join("other-ca");
+    sh(&format!("kakehashi cert init-ca --dir {} --name Other --no-passphrase", s(&other))).ok();
+    sh(&format!(
+        "kakehashi cert issue --dir {0} --profile terminal --name reception-1 --out {0}",
+        s(&other)
+    ))
+    .ok();
+    let foreign = format!(
+        "-cert {} -key {}",
+        s(&other.join("reception-1.pem")),
+        s(&other.join("reception-1.key"))
+    );
+    assert!(refused(&s_client(&c, &format!("-tls1_2 {foreign}"))), "foreign CA");
+    assert!(c.audit_has("deny", "not issued by the clinic CA"));
+
+    // A terminal registered nowhere.
+    let clinic_ca = c.path("");
+    sh(&format!(
+        "kakehashi cert issue --dir {0} --profile terminal --name stranger --out {1}",
+        s(&clinic_ca),
+        s(c.dir.path())
+    ))
+    .ok();
+    let stranger = format!(
+        "-cert {} -key {}",
+        s(&c.dir.path().join("stranger.pem")),
+        s(&c.dir.path().join("stranger.key"))
+    );
+    assert!(refused(&s_client(&c, &format!("-tls1_2 {stranger}"))));
+    assert!(c.audit_has("deny", "not registered"));
+
+    // Disabled, then enabled again: SIGHUP picks up both.
+    sh(&format!("kakehashi terminal disable reception-1 --data-dir {}", c.data())).ok();
+    c.hup();
+    assert!(refused(&s_client(&c, &format!("-tls1_2 {cert}"))), "disabled");
+    assert!(c.audit_has("deny", "is disabled"));
+    sh(&format!("kakehashi terminal enable reception-1 --data-dir {}", c.data())).ok();
+    c.hup();
+    assert!(!refused(&s_client(&c, &format!("-tls1_2 {cert}"))), "enabled again");
+
+    // Revoked: a new CRL and SIGHUP. TLS 1.3 (curl) is refused too.
+    sh(&format!(
+        "kakehashi cert revoke --dir {0} --name reception-1 --reason key-compromise",
+        s(&clinic_ca)
+    ))
+    .ok();
+    sh(&format!("kakehashi cert crl --dir {0} --out {0}/crl.pem", s(&clinic_ca))).ok();
+    c.hup();
+    assert!(refused(&s_client(&c, &format!("-tls1_2 {cert}"))), "revoked");
+    let (code, _) = c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    assert_eq!(code, 0, "no HTTP answer at all for a revoked terminal");
+    assert!(c.audit_has("deny", "revoked"));
+}
+
+#[test]
+fn an_established_connection_of_a_revoked_terminal_is_cut_at_the_reload() {
+    let c = Clinic::start("");
+    let mut conn = c.connect("terminal.pem", "terminal.key");
+    let basic = base64(&c.user);
+    let request = format!("GET {PATIENT} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {basic}\r\n\r\n");
+    assert_eq!(exchange(&mut conn, &request).0, 200);
+    // The same connection is reused while nothing changes, across a reload too.
+    c.hup();
+    assert_eq!(exchange(&mut conn, &request).0, 200);
+    let ca = c.path("");
+    sh(&format!("kakehashi cert revoke --dir {0} --name reception-1", s(&ca))).ok();
+    sh(&format!("kakehashi cert crl --dir {0} --out {0}/crl.pem", s(&ca))).ok();
+    c.hup();
+    let (status, body) = exchange(&mut conn, &request);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("no longer admitted"), "{body}");
+    assert!(c.audit_has("deny", "terminal no longer admitted: client certificate revoked"));
+}
+
+/// One HTTP/1.1 request on an open connection: the status and the body (by Content-Length).
+fn exchange(conn: &mut (impl std::io::Read + std::io::Write), request: &str) -> (u16, String) {
+    use std::io::{BufRead, BufReader, Read};
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn wrong_passwords_lock_the_user_out_with_a_retry_time() {
+    let c = Clinic::start("\n[limits]\nheader_timeout_secs = 5\n");
+    let id = c.user.split(':').next().unwrap().to_owned();
+    for _ in 0..5 {
+        let (code, _) = c.curl(&format!("{} -u {id}:wrong-password", c.tls()), PATIENT);
+        assert_eq!(code, 401);
+    }
+    let out = sh(&format!("curl -s -i {} -u {} {}{PATIENT}", c.tls(), c.user, c.gateway.url)).ok();
+    assert!(out.starts_with("HTTP/1.1 429"), "even the right password waits: {out}");
+    assert!(out.to_lowercase().contains("retry-after: 9"), "{out}");
+    assert!(out.contains("try again after"), "{out}");
+    assert!(c.audit_has("deny", "locked out"));
+    let metrics = sh(&format!("curl -s http://{}/metrics", c.admin)).ok();
+    assert!(metrics.contains("kakehashi_auth_failures_total 5"), "{metrics}");
+}
+
+#[test]
+fn the_login_page_gives_a_cookie_bound_to_the_terminal_certificate() {
+    let c = Clinic::start("");
+    // A browser without credentials is sent to the login page.
+    let out = sh(&format!("curl -s -i -H Accept:text/html {} {}/", c.tls(), c.gateway.url)).ok();
+    assert!(out.starts_with("HTTP/1.1 303"), "{out}");
+    assert!(out.contains("location: /kakehashi/login?next=%2F"), "{out}");
+    let page = sh(&format!("curl -s {} {}/kakehashi/login", c.tls(), c.gateway.url)).ok();
+    assert!(page.contains("<form method=\"post\" action=\"/kakehashi/login\">"), "{page}");
+
+    let (id, password) = c.user.split_once(':').unwrap();
+    let jar = c.dir.path().join("jar");
+    let out = sh(&format!(
+        "curl -s -i {} -c {} --data-urlencode id={id} --data-urlencode password={password} --data-urlencode next=/api01rv2/patientgetv2 {}/kakehashi/login",
+        c.tls(),
+        s(&jar),
+        c.gateway.url
+    ))
+    .ok();
+    assert!(out.starts_with("HTTP/1.1 303"), "{out}");
+    let cookie = out
+        .lines()
+        .find(|l| l.to_lowercase().starts_with("set-cookie:"))
+        .expect("a cookie");
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    let (code, _) = c.curl(&format!("{} -b {}", c.tls(), s(&jar)), PATIENT);
+    assert_eq!(code, 200, "the cookie signs in");
+
+    // The same cookie from another terminal's certificate is worth nothing.
+    let ca = c.path("");
+    sh(&format!(
+        "kakehashi cert issue --dir {} --profile terminal --name reception-2 --out {}",
+        s(&ca),
+        s(c.dir.path())
+    ))
+    .ok();
+    sh(&format!("kakehashi terminal add reception-2 --data-dir {}", c.data())).ok();
+    c.hup();
+    let other = format!(
+        "--cacert {} --cert {} --key {}",
+        s(&c.path("ca.pem")),
+        s(&c.dir.path().join("reception-2.pem")),
+        s(&c.dir.path().join("reception-2.key"))
+    );
+    let (code, _) = c.curl(&format!("{other} -b {}", s(&jar)), PATIENT);
+    assert_eq!(code, 401);
+    // A wrong password on the form: the form again, with 401.
+    let (code, body) = c.curl(&format!("{} --data id={id}&password=nope", c.tls()), "/kakehashi/login");
+    assert_eq!(code, 401);
+    assert!(body.contains("Wrong ID or password"), "{body}");
+}
+
+#[test]
+fn two_hundred_terminals_at_once() {
+    let c = Clinic::start("");
+    let ca = c.path("");
+    let certs = c.dir.path().join("terminals");
+    std::fs::create_dir(&certs).unwrap();
+    const N: usize = 200;
+    for i in 0..N {
+        sh(&format!(
+            "kakehashi cert issue --dir {} --profile terminal --name t{i} --out {}",
+            s(&ca),
+            s(&certs)
+        ))
+        .ok();
+        sh(&format!("kakehashi terminal add t{i} --data-dir {}", c.data())).ok();
+    }
+    c.hup();
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            let options = format!(
+                "--cacert {} --cert {} --key {} -u {}",
+                s(&c.path("ca.pem")),
+                s(&certs.join(format!("t{i}.pem"))),
+                s(&certs.join(format!("t{i}.key"))),
+                c.user
+            );
+            let url = format!("{}{PATIENT}", c.gateway.url);
+            std::thread::spawn(move || {
+                sh(&format!("curl -s -o /dev/null -w %{{http_code}} --max-time 60 {options} {url}")).stdout
+            })
+        })
+        .collect();
+    let codes: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = codes.iter().filter(|c| *c == "200").count();
+    assert_eq!(ok, N, "{codes:?}");
+}
+
+/// The gateway process's peak resident memory (VmHWM), in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn a_200_mb_body_streams_through_both_ways_without_the_gateway_growing() {
+    let c = Clinic::start("");
+    // Warm up (pools, TLS sessions), then measure the peak around the transfers.
+    c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    let before = peak_kib(c.gateway.pid());
+    let big = c.dir.path().join("big.bin");
+    let size: u64 = 200 * 1000 * 1000;
+    let file = std::fs::File::create(&big).unwrap();
+    file.set_len(size).unwrap(); // 200 MB of zeros, written sparse and instantly
+    let (code, body) = c.curl(
+        &format!(
+            "{} -u {} -H Content-Type:application/octet-stream --data-binary @{}",
+            c.tls(),
+            c.user,
+            s(&big)
+        ),
+        "/sim/upload",
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["bytes"], size, "every byte reached the engine");
+    let out = sh(&format!(
+        "curl -s -o /dev/null -w %{{size_download}} {} -u {} {}/sim/download?bytes={size}",
+        c.tls(),
+        c.user,
+        c.gateway.url
+    ))
+    .ok();
+    assert_eq!(out.trim(), size.to_string());
+    let growth = peak_kib(c.gateway.pid()).saturating_sub(before);
+    assert!(growth < 32 * 1024, "the gateway's peak memory grew by {growth} KiB for 2 × 200 MB");
+    assert!(
+        c.audit().iter().any(|e| e["bytes_in"] == size),
+        "the audit log counts the bytes"
+    );
+}
+
+#[test]
+fn a_push_websocket_through_the_gateway_receives_another_terminals_reception() {
+    use tungstenite::Message;
+    use tungstenite::client::IntoClientRequest;
+    let c = Clinic::start("");
+
+    let tls = c.connect("terminal.pem", "terminal.key");
+
+    let mut request = format!("wss://{}/ws", c.addr()).into_client_request().unwrap();
+    let basic = base64(&c.user);
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Basic {basic}").parse().unwrap());
+    let (mut ws, resp) = tungstenite::client(request, tls).expect("WebSocket through the gateway");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text(r#"{"command":"subscribe","req.id":"r1","event":"*"}"#)).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(reply["command"], "subscribed", "{reply}");
+
+    // Another terminal registers a reception through the gateway.
+    let body = c.dir.path().join("accept.json");
+    write(&body, r#"{"acceptreq":{"Patient_ID":"3"}}"#);
+    let (code, answer) = c.curl(
+        &format!(
+            "{} -u {} -H Content-Type:application/json --data-binary @{}",
+            c.tls(),
+            c.user,
+            s(&body)
+        ),
+        "/orca11/acceptmodv2?class=01&format=json",
+    );
+    assert_eq!(code, 200, "{answer}");
+    let event: serde_json::Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(event["command"], "event", "{event}");
+    assert_eq!(event["data"]["body"]["Patient_Information"]["Patient_ID"], "3", "{event}");
+}
+
+fn base64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Raw bytes on a TCP connection that has completed no TLS handshake, or sends them slowly.
+#[test]
+fn garbage_slow_headers_bad_chunking_and_huge_headers_are_cut_off_and_nothing_else_slows() {
+    use std::io::{Read, Write};
+    let c = Clinic::start("\n[limits]\nheader_timeout_secs = 2\nhandshake_timeout_secs = 2\n");
+    // Garbage instead of a ClientHello: closed, audited.
+    let mut tcp = std::net::TcpStream::connect(c.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = tcp.read(&mut buf).unwrap_or(0);
+    assert!(n == 0 || buf[0] == 0x15, "closed, or a TLS alert: {:?}", &buf[..n]);
+
+    // Silence after connecting: closed after the handshake timeout.
+    let mut idle = std::net::TcpStream::connect(c.addr()).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let started = std::time::Instant::now();
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(c.audit_has("deny", "no TLS handshake within 2 s"));
+
+    // Headers one byte at a time, through openssl as the TLS layer: closed at the header
+    // timeout while a normal request on another connection is answered at once.
+    let slow = format!(
+        "(printf 'G'; sleep 1; printf 'E'; sleep 1; printf 'T'; sleep 1; printf ' /'; sleep 3) | \
+         openssl s_client -quiet -connect {} -CAfile {} -cert {} -key {} 2>&1",
+        c.addr(),
+        s(&c.path("ca.pem")),
+        s(&c.path("terminal.pem")),
+        s(&c.path("terminal.key"))
+    );
+    let slow = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let out = tool("sh", &["-c", &slow]);
+        (started.elapsed(), out.stdout)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    let (code, _) = c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    assert_eq!(code, 200);
+    assert!(t.elapsed() < Duration::from_secs(2), "the slow client slows nobody");
+    let (elapsed, out) = slow.join().unwrap();
+    assert!(out.contains("408") || !out.contains("HTTP/1.1 200"), "{out}");
+    assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+
+    // Invalid chunked encoding: a 400 (hyper) and the request never reaches the engine.
+    let bad_chunk = format!(
+        "printf 'POST /sim/upload HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Basic {}\\r\\nContent-Type: a/b\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\nzz\\r\\n' | \
+         openssl s_client -quiet -connect {} -CAfile {} -cert {} -key {} 2>/dev/null",
+        base64(&c.user),
+        c.addr(),
+        s(&c.path("ca.pem")),
+        s(&c.path("terminal.pem")),
+        s(&c.path("terminal.key"))
+    );
+    let out = tool("sh", &["-c", &bad_chunk]).stdout;
+    assert!(!out.contains("\"bytes\""), "{out}");
+
+    // Headers over the limit: 431.
+    let huge = "x".repeat(40 * 1024);
+    let (code, _) = c.curl(&format!("{} -u {} -H X-Big:{huge}", c.tls(), c.user), PATIENT);
+    assert_eq!(code, 431);
+}
+
+#[test]
+fn gateway_check_names_the_bad_key_and_the_missing_file() {
+    let c = Clinic::start("");
+    let config = c.path("gateway.toml");
+    sh(&format!("kakehashi gateway check --config {}", s(&config))).ok();
+    let original = std::fs::read_to_string(&config).unwrap();
+
+    write(&config, original.replace("[auth]\n", "[auth]\nlockout_tries = 3\n"));
+    let out = sh(&format!("kakehashi gateway check --config {}", s(&config))).fails_with(&["lockout_tries"]);
+    assert!(out.stderr.contains("gateway.toml"), "{}", out.stderr);
+
+    write(&config, original.replace("crl = \"crl.pem\"", "crl = \"missing.pem\""));
+    sh(&format!("kakehashi gateway check --config {}", s(&config))).fails_with(&["tls.crl", "missing.pem"]);
+    sh(&format!("kakehashi gateway run --config {}", s(&config))).fails_with(&["tls.crl", "missing.pem"]);
+
+    write(&config, original.replace("url = \"https://", "url = \"http://"));
+    sh(&format!("kakehashi gateway check --config {}", s(&config))).fails_with(&["upstream.url", "https"]);
+}
+
+#[test]
+fn raw_tcp_route_needs_a_signed_in_person_and_carries_bytes_to_its_upstream() {
+    let port = free_port();
+    // The route's upstream is the cloud engine itself (TLS with the uplink certificate): the
+    // bytes inside are HTTP, which the gateway does not read.
+    let c = Clinic::start(&format!(
+        "\n[[listener]]\naddress = \"127.0.0.1:{port}\"\nkind = \"tcp\"\nname = \"engine-raw\"\nupstream = \"localhost:ENGINE\"\n"
+    ));
+    // Fill in the engine's port now that it is known.
+    let engine_port = c.engine.url.rsplit(':').next().unwrap().to_owned();
+    let config = c.path("gateway.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("ENGINE", &engine_port);
+    write(&config, text);
+    drop(c.gateway);
+    let gateway = Server::start(&["gateway", "run", "--config", s(&config)]);
+    let c = Clinic { gateway, ..c };
+
+    let raw = format!("https://127.0.0.1:{port}{PATIENT}");
+    let through = || {
+        sh(&format!("curl -s -o /dev/null -w %{{http_code}} {} -u ormaster:ormaster {raw}", c.tls())).stdout
+    };
+    assert_eq!(through(), "000", "nobody signed in yet: the stream is closed");
+    assert!(c.audit_has("deny", "no person signed in"));
+    let (code, _) = c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    assert_eq!(code, 200);
+    assert_eq!(through(), "200", "signed in: the bytes reach the engine (its own auth inside)");
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_the_audit_log_is_complete_and_verifiable() {
+    let mut c = Clinic::start("");
+    for _ in 0..3 {
+        c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    }
+    sh(&format!("kill -TERM {}", c.gateway.pid())).ok();
+    let started = std::time::Instant::now();
+    while Path::new(&format!("/proc/{}", c.gateway.pid())).exists()
+        && std::fs::read_to_string(format!("/proc/{}/stat", c.gateway.pid())).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.gateway.kill();
+    let verify = sh(&format!("kakehashi audit verify --data-dir {}", c.data())).ok();
+    assert!(verify.contains("intact"), "{verify}");
+    let allowed = c
+        .audit()
+        .iter()
+        .filter(|e| e["decision"] == "allow" && e["status"] == 200)
+        .count();
+    assert_eq!(allowed, 3);
+    // Editing an entry in the SQLite file breaks the chain, and verify says where.
+    let db = c.path("data").join("audit.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("UPDATE audit SET user = 'mallory' WHERE id = 2", []).unwrap();
+    drop(conn);
+    sh(&format!("kakehashi audit verify --data-dir {}", c.data())).fails_with(&["2"]);
+}
