@@ -179,13 +179,14 @@ pub fn open(data_dir: &Path) -> Result<Connection> {
 /// doc), creating the directory (0700) and the file (0600) if missing.
 pub(crate) fn open_file(data_dir: &Path, path: &Path) -> Result<Connection> {
     cert_tool::files::create_dir(data_dir, DIR_MODE)?;
-    create_secret_file(path)?;
+    let file = create_secret_file(path)?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(StoreError::sqlite(path, "open"))?;
     configure(&conn, path)?;
+    restrict(&file, path)?;
     Ok(conn)
 }
 
@@ -206,16 +207,20 @@ pub(crate) fn open_existing(path: &Path) -> Result<Option<Connection>> {
     Ok(Some(conn))
 }
 
-/// Creates `path` with mode 0600 if it does not exist, and takes group and other access away
-/// from one that does (a restored backup, a copy made with a loose umask).
-fn create_secret_file(path: &Path) -> Result<()> {
-    let file = OpenOptions::new()
+/// Creates `path` with mode 0600 if it does not exist.
+fn create_secret_file(path: &Path) -> Result<std::fs::File> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(cert_tool::files::SECRET)
         .open(path)
-        .map_err(StoreError::io("create", path))?;
+        .map_err(StoreError::io("create", path))
+}
+
+/// Takes group and other access away from a database that has it (a restored backup, a copy
+/// made with a loose umask); done only once the file proved to be ours.
+fn restrict(file: &std::fs::File, path: &Path) -> Result<()> {
     let meta = file.metadata().map_err(StoreError::io("read", path))?;
     if meta.permissions().mode() & 0o077 != 0 {
         file.set_permissions(std::fs::Permissions::from_mode(cert_tool::files::SECRET))

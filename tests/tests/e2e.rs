@@ -6,7 +6,9 @@
 mod support;
 
 mod e2e {
+    mod audit;
     mod cli;
     mod engine_sim;
+    mod inventory;
     mod pki;
 }
