@@ -220,22 +220,31 @@ impl PassphraseArgs {
 }
 
 fn prompt(key: &Path, question: &str, confirm: bool) -> Result<Passphrase> {
+    ask(question, confirm)?.ok_or_else(|| Error::PassphraseUnavailable { path: key.into() })
+}
+
+/// Asks for a secret at the terminal without echoing it, twice if `confirm` (a new secret, where
+/// a typo would lock its owner out). `None` when standard input is not a terminal, so that the
+/// caller can name the other ways to give it (a file, an environment variable).
+pub fn ask(question: &str, confirm: bool) -> Result<Option<Passphrase>> {
     if !std::io::stdin().is_terminal() {
-        return Err(Error::PassphraseUnavailable { path: key.into() });
+        return Ok(None);
     }
     let read = |q: &str| {
         rpassword::prompt_password(q)
             .map(Passphrase::new)
-            .map_err(Error::io("read the passphrase from", "/dev/tty"))
+            .map_err(Error::io("read the secret from", "/dev/tty"))
     };
     let first = read(question)?;
     if confirm {
         let again = read("Repeat it: ")?;
         if first.expose() != again.expose() {
-            return Err(Error::WeakPassphrase("the two entries differ"));
+            return Err(Error::Refused(
+                "the two entries differ; nothing was changed".into(),
+            ));
         }
     }
-    Ok(first)
+    Ok(Some(first))
 }
 
 /// Runs one `cert` command. Exit 0 on success; 1 for an invalid certificate in `verify`.

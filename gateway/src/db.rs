@@ -1,11 +1,338 @@
-//! STUB until the store branch merges.
-use std::path::Path;
+//! The appliance's data directory and its SQLite databases.
+//!
+//! One directory (mode 0700) holds everything the appliance must remember: `gateway.db` (the
+//! terminal inventory and the people, with upstream passwords, so mode 0600) and `audit.db` (the
+//! hash-chained audit log, see [`crate::audit`]). Every database is opened the same way: WAL, so
+//! readers (the CLI) never block the gateway; `synchronous=FULL`, so what a commit acknowledged
+//! survives power loss; a 5 s busy timeout, so the CLI and the gateway take turns instead of
+//! failing; foreign keys on; and a schema version in `PRAGMA user_version` that a newer binary can
+//! migrate and an older one refuses to touch.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// The data directory when neither `--data-dir` nor `KAKEHASHI_DATA_DIR` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/kakehashi";
+/// The environment variable naming the data directory (set by the systemd unit, tests and scripts).
+pub const DATA_DIR_ENV: &str = "KAKEHASHI_DATA_DIR";
+/// The inventory and users database inside the data directory.
+pub const GATEWAY_DB: &str = "gateway.db";
+/// Mode of the data directory: only the gateway's user may look inside.
+pub const DIR_MODE: u32 = 0o700;
+
+/// The schema of `gateway.db` this binary writes.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE terminals (
+    name    TEXT PRIMARY KEY NOT NULL,
+    enabled INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+    added   TEXT NOT NULL,
+    note    TEXT
+) STRICT;
+CREATE TABLE users (
+    id                TEXT PRIMARY KEY NOT NULL,
+    hash              TEXT NOT NULL,
+    locked            INTEGER NOT NULL DEFAULT 0 CHECK (locked IN (0, 1)),
+    upstream_id       TEXT,
+    upstream_password TEXT,
+    created           TEXT NOT NULL,
+    changed           TEXT NOT NULL,
+    CHECK ((upstream_id IS NULL) = (upstream_password IS NULL))
+) STRICT;
+";
+
+/// Everything the local state can refuse or fail at, each naming the file, terminal or user.
+///
+/// Messages never contain a password or an upstream secret: they name what was wrong, not what
+/// was typed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The operating system refused an operation on a file (missing, permissions, full disk).
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file operation shared with the PKI (atomic writes, directories, secret files) failed.
+    #[error(transparent)]
+    Files(#[from] cert_tool::Error),
+    /// The file exists but is not an SQLite database (damaged, or something else put there).
+    #[error("{}: not an SQLite database ({detail}); move it aside to start afresh, or restore a backup", path.display())]
+    NotADatabase { path: PathBuf, detail: String },
+    /// SQLite failed while doing `what` on the database `path`.
+    #[error("{}: cannot {what}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer kakehashi whose schema this one does not know.
+    #[error(
+        "{}: schema version {found}, but this kakehashi knows only up to {known}: \
+         it was written by a newer version; upgrade kakehashi",
+        path.display()
+    )]
+    NewerSchema { path: PathBuf, found: i64, known: i64 },
+    /// A row that does not hold what the schema promises (edited by hand, or damaged).
+    #[error("{}: {what}", path.display())]
+    Corrupt { path: PathBuf, what: String },
+
+    /// A terminal name that is not in the inventory.
+    #[error("terminal {name:?} is not registered (see `kakehashi terminal list`)")]
+    UnknownTerminal { name: String },
+    /// Adding a terminal that is already there.
+    #[error("terminal {name:?} is already registered (added {added})")]
+    TerminalExists { name: String, added: String },
+    /// Enabling an enabled terminal, or disabling a disabled one.
+    #[error("terminal {name:?} is already {state}; nothing changed")]
+    TerminalAlready { name: String, state: &'static str },
+
+    /// A user ID that is not known.
+    #[error("user {id:?} does not exist (see `kakehashi user list`)")]
+    UnknownUser { id: String },
+    /// Adding a user that is already there.
+    #[error("user {id:?} already exists; use `kakehashi user passwd {id}` to change the password")]
+    UserExists { id: String },
+    /// Locking a locked user, or unlocking an unlocked one.
+    #[error("user {id:?} is already {state}; nothing changed")]
+    UserAlready { id: String, state: &'static str },
+    /// A new password that the policy refuses (the reason, never the password).
+    #[error("password refused: {0}")]
+    WeakPassword(&'static str),
+    /// No password file, no environment variable, and no terminal to ask on.
+    #[error(
+        "no password given: use --password-file FILE, set KAKEHASHI_USER_PASSWORD, or run on a \
+         terminal to be asked"
+    )]
+    PasswordUnavailable,
+    /// argon2 could not hash (should not happen with valid parameters).
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+
+    /// A value given on the command line that is not acceptable (names the option and the rule).
     #[error("{0}")]
-    Sql(String),
+    Invalid(String),
+
+    /// The audit log does not end where its head file says: recording on would hide that.
+    #[error(
+        "{}: {what}; see `kakehashi audit verify`; to start a new chain, move audit.db and \
+         audit.head aside (and keep them)",
+        path.display()
+    )]
+    AuditTampered { path: PathBuf, what: String },
+    /// The audit log's writer thread is gone, so nothing more can be recorded.
+    #[error("the audit log writer has stopped; entries can no longer be recorded")]
+    AuditStopped,
 }
-pub fn open(data_dir: &Path) -> Result<rusqlite::Connection, StoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Sql(e.to_string()))?;
-    rusqlite::Connection::open(data_dir.join("gateway.db")).map_err(|e| StoreError::Sql(e.to_string()))
+
+/// The local state's result type.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// An I/O error with the file it concerns.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { op, path, source }
+    }
+
+    /// An SQLite error on `path` while doing `what`; "not a database" gets its own message.
+    pub fn sqlite(path: &Path, what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        let path = path.to_path_buf();
+        move |source| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => StoreError::NotADatabase {
+                path,
+                detail: source.to_string(),
+            },
+            _ => StoreError::Sqlite { path, what, source },
+        }
+    }
+}
+
+/// The `--data-dir` option every command that touches the appliance's state takes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DataDirArgs {
+    /// The appliance's data directory (created with mode 0700 if missing)
+    #[arg(long, value_name = "DIR", env = DATA_DIR_ENV, default_value = DEFAULT_DATA_DIR, global = true)]
+    pub data_dir: PathBuf,
+}
+
+/// Opens (creating if needed) `DATA_DIR/gateway.db` with the current schema.
+///
+/// The directory is created with mode 0700 and the database with mode 0600: it holds password
+/// hashes and the upstream passwords the gateway sends to the cloud engine.
+pub fn open(data_dir: &Path) -> Result<Connection> {
+    let path = data_dir.join(GATEWAY_DB);
+    let conn = open_file(data_dir, &path)?;
+    migrate(&conn, &path, SCHEMA_VERSION, &[SCHEMA_V1])?;
+    Ok(conn)
+}
+
+/// Opens one database file of the data directory with the appliance's settings (see the module
+/// doc), creating the directory (0700) and the file (0600) if missing.
+pub(crate) fn open_file(data_dir: &Path, path: &Path) -> Result<Connection> {
+    cert_tool::files::create_dir(data_dir, DIR_MODE)?;
+    let file = create_secret_file(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(StoreError::sqlite(path, "open"))?;
+    configure(&conn, path)?;
+    restrict(&file, path)?;
+    Ok(conn)
+}
+
+/// Opens an existing database file for reading only what is there: nothing is created, and a
+/// missing file is `None`. For commands that inspect (verify, export) and must not leave traces.
+pub(crate) fn open_existing(path: &Path) -> Result<Option<Connection>> {
+    match std::fs::metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("read", path)(e)),
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(StoreError::sqlite(path, "open"))?;
+    configure(&conn, path)?;
+    Ok(Some(conn))
+}
+
+/// Creates `path` with mode 0600 if it does not exist.
+fn create_secret_file(path: &Path) -> Result<std::fs::File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(cert_tool::files::SECRET)
+        .open(path)
+        .map_err(StoreError::io("create", path))
+}
+
+/// Takes group and other access away from a database that has it (a restored backup, a copy
+/// made with a loose umask); done only once the file proved to be ours.
+fn restrict(file: &std::fs::File, path: &Path) -> Result<()> {
+    let meta = file.metadata().map_err(StoreError::io("read", path))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(cert_tool::files::SECRET))
+            .map_err(StoreError::io("restrict the permissions of", path))?;
+    }
+    Ok(())
+}
+
+fn configure(conn: &Connection, path: &Path) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(StoreError::sqlite(path, "set the busy timeout"))?;
+    // The first statement that reads the file: a damaged or foreign file fails here.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(StoreError::sqlite(path, "switch to WAL mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt {
+            path: path.into(),
+            what: format!("journal mode is {mode:?}, expected \"wal\""),
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(StoreError::sqlite(path, "configure"))
+}
+
+/// Brings the schema to `version` by running the scripts after the current `user_version`
+/// (`scripts[0]` makes version 1), all in one transaction, so two processes starting at once
+/// cannot both migrate.
+pub(crate) fn migrate(conn: &Connection, path: &Path, version: i64, scripts: &[&str]) -> Result<()> {
+    let current = user_version(conn, path)?;
+    if current == version {
+        return Ok(());
+    }
+    if current > version {
+        return Err(StoreError::NewerSchema {
+            path: path.into(),
+            found: current,
+            known: version,
+        });
+    }
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(StoreError::sqlite(path, "begin the schema upgrade"))?;
+    // Another process may have migrated between our read and the transaction: read again.
+    let current = user_version(&tx, path)?;
+    if current < version {
+        let from = usize::try_from(current).unwrap_or(0);
+        for script in scripts.iter().skip(from) {
+            tx.execute_batch(script)
+                .map_err(StoreError::sqlite(path, "create the schema"))?;
+        }
+        tx.pragma_update(None, "user_version", version)
+            .map_err(StoreError::sqlite(path, "record the schema version"))?;
+    }
+    tx.commit()
+        .map_err(StoreError::sqlite(path, "commit the schema upgrade"))
+}
+
+/// The schema version recorded in the file.
+pub(crate) fn user_version(conn: &Connection, path: &Path) -> Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(StoreError::sqlite(path, "read the schema version"))
+}
+
+/// The time to record for a change: RFC 3339 in whole seconds, as the PKI writes it.
+pub(crate) fn now_text() -> String {
+    cert_tool::ca::rfc3339(cert_tool::ca::now())
+}
+
+/// Refuses text with control characters (which would break listings and logs) or longer than
+/// `max` characters; `what` names the option.
+pub(crate) fn check_text(what: &str, text: &str, max: usize) -> Result<()> {
+    if text.chars().count() > max {
+        return Err(StoreError::Invalid(format!("{what}: at most {max} characters")));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(StoreError::Invalid(format!(
+            "{what}: control characters (newlines, tabs, escapes) are not allowed"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_dir_and_file_private_and_is_idempotent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        drop(open(&dir).unwrap());
+        let conn = open(&dir).unwrap();
+        assert_eq!(user_version(&conn, &dir).unwrap(), SCHEMA_VERSION);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(GATEWAY_DB)), 0o600);
+    }
+
+    #[test]
+    fn refuses_a_file_that_is_not_sqlite_and_a_newer_schema() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(GATEWAY_DB), vec![b'x'; 4096]).unwrap();
+        let err = open(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("gateway.db: not an SQLite database"), "{err}");
+
+        let tmp = tempfile::tempdir().unwrap();
+        open(tmp.path())
+            .unwrap()
+            .pragma_update(None, "user_version", 7)
+            .unwrap();
+        let err = open(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("schema version 7"), "{err}");
+    }
 }

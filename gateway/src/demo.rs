@@ -161,7 +161,8 @@ fn create(dir: &Path, args: &DemoArgs) -> Result<()> {
     let store = |e: kakehashi_gateway::db::StoreError| Error::Refused(e.to_string());
     let conn = kakehashi_gateway::db::open(&data).map_err(store)?;
     kakehashi_gateway::inventory::add(&conn, TERMINAL, Some("the demo's reception PC")).map_err(store)?;
-    kakehashi_gateway::users::add(&conn, USER, staff_password.as_bytes()).map_err(store)?;
+    let hash = kakehashi_gateway::users::hash_password(staff_password.as_bytes()).map_err(store)?;
+    kakehashi_gateway::users::add(&conn, USER, &hash, None).map_err(store)?;
     files::write_atomic(
         &dir.join("user.txt"),
         format!("{USER}:{staff_password}\n").as_bytes(),

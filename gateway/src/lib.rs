@@ -6,10 +6,15 @@
 //! [`http`] (the engine API: [`person`] and [`login`] authenticate, `engine_proxy::upstream`
 //! forwards, [`meter`] counts) or [`tcp`] (raw bytes) → [`audit`]. [`state`] holds what they share
 //! and what SIGHUP replaces; [`run`] starts and stops it all.
+//!
+//! The appliance's own state lives in one data directory ([`db`]): the [`inventory`] of terminals,
+//! the [`users`] who sign in, and the hash-chained [`audit`] log; [`cli`] holds `kakehashi
+//! terminal|user|audit`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod http;

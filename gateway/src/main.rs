@@ -10,6 +10,7 @@ mod demo;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kakehashi_gateway::cli;
 
 /// Kakehashi: the secure edge gateway for medical clinics.
 ///
@@ -33,6 +34,12 @@ enum Command {
     /// The appliance: run the gateway, or check its configuration
     #[command(subcommand)]
     Gateway(kakehashi_gateway::run::GatewayCommand),
+    /// The terminal inventory: which terminals may connect (by certificate name), enable, disable
+    Terminal(cli::terminal::TerminalArgs),
+    /// The people who sign in at the terminals: passwords, locks, upstream engine accounts
+    User(cli::user::UserArgs),
+    /// The hash-chained audit log of every access decision: verify it, export it
+    Audit(cli::audit::AuditArgs),
     /// Set up a demo clinic in a directory and show what to try with it
     Demo(demo::DemoArgs),
 }
@@ -46,23 +53,24 @@ fn run_async<E: std::fmt::Display>(server: impl std::future::Future<Output = Res
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kakehashi: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit(runtime.block_on(server).map(|()| ExitCode::SUCCESS))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Cert(cmd) => cert_tool::cli::run(cmd).map_err(|e| e.to_string()),
-        Command::Demo(args) => demo::run(&args).map_err(|e| e.to_string()),
-        Command::EngineSim(args) => return run_async(engine_proxy::sim::run(args)),
-        Command::Gateway(cmd) => kakehashi_gateway::run::run(cmd).map_err(|e| e.to_string()),
-    };
+    match cli.command {
+        Command::Cert(cmd) => exit(cert_tool::cli::run(cmd)),
+        Command::Demo(args) => exit(demo::run(&args)),
+        Command::Gateway(cmd) => exit(kakehashi_gateway::run::run(cmd)),
+        Command::Terminal(args) => exit(cli::terminal::run(args)),
+        Command::User(args) => exit(cli::user::run(args)),
+        Command::Audit(args) => exit(cli::audit::run(args)),
+        Command::EngineSim(args) => run_async(engine_proxy::sim::run(args)),
+    }
+}
+
+/// A command's exit code, or its error as one line on stderr and exit code 1.
+fn exit<E: std::fmt::Display>(result: Result<ExitCode, E>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -205,7 +205,9 @@ async fn serve(config: Config) -> Result<(), StartError> {
     {
         tracing::warn!("requests still in flight after {grace:?}; closing them");
     }
-    gateway.audit.clone().close().await;
+    if let Err(e) = gateway.audit.clone().close().await {
+        tracing::error!(error = %e, "the audit log could not be flushed");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -6,8 +6,10 @@
 mod support;
 
 mod e2e {
+    mod audit;
     mod cli;
     mod engine_sim;
     mod gateway;
+    mod inventory;
     mod pki;
 }

@@ -108,7 +108,8 @@ impl Run {
     }
 }
 
-/// Runs `kakehashi ARGS` with no terminal on stdin and no passphrase in the environment.
+/// Runs `kakehashi ARGS` with no terminal on stdin and no passphrase, password or data directory
+/// in the environment.
 pub fn kakehashi(args: &[&str]) -> Run {
     kakehashi_env(args, &[])
 }
@@ -118,7 +119,9 @@ pub fn kakehashi_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .stdin(Stdio::null())
-        .env_remove("KAKEHASHI_CA_PASSPHRASE");
+        .env_remove("KAKEHASHI_CA_PASSPHRASE")
+        .env_remove("KAKEHASHI_USER_PASSWORD")
+        .env_remove("KAKEHASHI_DATA_DIR");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,0 +1,23 @@
+//! The command line of the appliance's state: `kakehashi terminal`, `user` and `audit`.
+//!
+//! Every command takes `--data-dir DIR` (or `KAKEHASHI_DATA_DIR`; default `/var/lib/kakehashi`),
+//! before or after the subcommand. Exit codes: 0 done; 1 refused or failed, with one line
+//! `kakehashi: error: …` on stderr saying why, and nothing changed. Asking for a state that
+//! already holds (disable a disabled terminal, lock a locked user) is refused the same way, so
+//! that a script learns its picture of the appliance was wrong.
+
+pub mod audit;
+pub mod terminal;
+pub mod user;
+
+use crate::db::{Result, StoreError};
+
+/// Pretty JSON for `--json` listings.
+fn to_json(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| StoreError::Invalid(format!("JSON output: {e}")))
+}
+
+/// `-` for an absent value in a table.
+fn or_dash(value: Option<&str>) -> &str {
+    value.unwrap_or("-")
+}
