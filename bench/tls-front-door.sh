@@ -8,8 +8,9 @@
 #   3. memory per idle mTLS connection: PSS of all server processes with --idle connections open
 #      (each after a handshake and one request), minus PSS before, divided by the connections
 #   4. p99 latency added over calling engine-sim directly, at half of each proxy's peak rate
-#      (open loop, fixed rate, spread over --latency-conns connections: many terminals each sending
-#      a little, rather than a few connections whose every slow answer delays the next request)
+#      (open loop, fixed rate, over as many connections as the peak was measured with; more
+#      connections than nginx keeps upstream (--latency-conns 128) make it open an upstream mTLS
+#      connection per request, and its latency collapses)
 #   5. requests/s with the gateway's person authentication on (HTTP Basic on every request) as a
 #      ratio to off
 # nginx: the Debian package, one worker per core with `reuseport`, `ssl_verify_client on` with the
@@ -31,7 +32,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 command_line="bench/tls-front-door.sh $*"
 
-duration=10 rounds=3 conns=32 latency_conns=128 idle=1000 keep=0
+duration=10 rounds=3 conns=32 latency_conns= idle=1000 keep=0
 while (($#)); do
   case $1 in
     --duration) duration=$2 && shift ;;
@@ -46,6 +47,7 @@ while (($#)); do
   shift
 done
 
+latency_conns=${latency_conns:-$conns}
 command -v nginx >/dev/null || die "needs nginx: apt-get install nginx"
 # Each idle connection is a descriptor in the client and one (nginx: two with the upstream) in the server.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -92,7 +94,7 @@ start_nginx() {
   mkdir -p "$W/nginx"
   cat >"$W/nginx/nginx.conf" <<CONF
 worker_processes auto;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile $(ulimit -n);
 pid $W/nginx/nginx.pid;
 error_log $W/nginx/error.log warn;
 events { worker_connections 16384; }
@@ -268,6 +270,8 @@ for side in "${proxies[@]}"; do kib[$side]=$(idle_kib "$side"); done
 echo "4. p99 latency added at half of each proxy's peak" >&2
 for side in "${proxies[@]}"; do
   rate[$side]=$(calc "${rps[$side]} / 2" 0)
+  # Warm-up, not counted: the proxy's upstream connections for this many terminals are opened here.
+  load "warm-up-$side" latency "$side" p99_us --rate "${rate[$side]}" --conns "$latency_conns" --duration 2 >/dev/null
   p99_direct[$side]=$(load "latency-direct-${rate[$side]}" latency direct p99_us --rate "${rate[$side]}" --conns "$latency_conns" --duration "$duration")
   p99[$side]=$(load "latency-$side" latency "$side" p99_us --rate "${rate[$side]}" --conns "$latency_conns" --duration "$duration")
 done
