@@ -1,0 +1,67 @@
+# Helpers shared by the benchmark scripts (sourced, not run).
+
+die() {
+  echo "$(basename "$0"): $*" >&2
+  exit 1
+}
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() {
+  local port
+  for _ in $(seq 100); do
+    port=$((20000 + RANDOM % 30000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return
+    fi
+  done
+  die "no free port found"
+}
+
+# wait_for FILE PATTERN PID [SECONDS]: waits until FILE has a line matching PATTERN (grep -E) and
+# prints it; fails if PID exits first or SECONDS (default 30) pass.
+wait_for() {
+  local file=$1 pattern=$2 pid=$3 seconds=${4:-30}
+  for _ in $(seq $((seconds * 10))); do
+    if grep -Eq "$pattern" "$file" 2>/dev/null; then
+      grep -E -m1 "$pattern" "$file"
+      return
+    fi
+    kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; die "process $pid exited before printing /$pattern/"; }
+    sleep 0.1
+  done
+  cat "$file" >&2
+  die "no /$pattern/ from process $pid within $seconds s"
+}
+
+# children PID: the direct children of PID (nginx's workers under its master).
+children() {
+  cat "/proc/$1/task/$1/children" 2>/dev/null || true
+}
+
+# pss_kib PID…: the proportional set size of the processes together, in KiB: each process's own
+# pages plus its share of the pages it shares (so nginx's workers are not counted twice for the
+# memory they share with the master).
+pss_kib() {
+  local total=0 pid kib
+  for pid in "$@"; do
+    kib=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup") || die "cannot read /proc/$pid/smaps_rollup"
+    total=$((total + kib))
+  done
+  echo "$total"
+}
+
+# field FILE KEY: the value of KEY=… on FILE's RESULT line.
+field() {
+  grep '^RESULT ' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1
+}
+
+# median NUMBER…
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'
+}
+
+# calc EXPRESSION [DIGITS]: floating-point arithmetic through awk, e.g. calc "3 / 2" -> 1.50
+calc() {
+  awk "BEGIN {printf \"%.${2:-2}f\", $1}"
+}
