@@ -267,6 +267,22 @@ async fn forward(
         Metrics::inc(&gateway.metrics.upstream_responses_5xx_total);
     }
     entry.decision = Decision::Allow;
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        // The person was verified here; the engine refusing the gateway's own credential is a
+        // configuration fault, not the terminal's. Passing the 401 on would make the terminal
+        // ask its user for a password that cannot help.
+        let whose = match &person.user {
+            Some(user) => format!("for user {user:?} (kakehashi user set-upstream) or the clinic (upstream.user)"),
+            None => "of the clinic (upstream.user, upstream.password_file)".into(),
+        };
+        entry.reason = format!("allowed; the engine refused the upstream credential {whose}");
+        entry.status = Some(502);
+        conn.record(entry, started);
+        return text(
+            StatusCode::BAD_GATEWAY,
+            "Kakehashi: the engine refused the gateway's credential; ask the clinic's administrator",
+        );
+    }
     entry.status = Some(resp.status().as_u16());
 
     if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {

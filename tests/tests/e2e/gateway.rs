@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crate::support::*;
 
+type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
 /// A free loopback port (bound and released: good enough for tests on one machine).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -28,6 +30,11 @@ impl Clinic {
     /// `demo --setup-only`, `extra` appended to gateway.toml (with `ENGINE_PORT` replaced by the
     /// cloud engine's port), then both processes.
     fn start(extra: &str) -> Clinic {
+        Clinic::start_with(extra, "", &[])
+    }
+
+    /// [`Clinic::start`], with `engine_extra` appended to engine.toml and `env` for the gateway.
+    fn start_with(extra: &str, engine_extra: &str, env: &[(&str, &str)]) -> Clinic {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().join("clinic");
         let admin = format!("127.0.0.1:{}", free_port());
@@ -43,8 +50,11 @@ impl Clinic {
             toml.push_str(&extra.replace("ENGINE_PORT", &engine_port.to_string()));
             write(&d.join("gateway.toml"), toml);
         }
+        let mut engine_toml = std::fs::read_to_string(d.join("engine.toml")).unwrap();
+        engine_toml.push_str(engine_extra);
+        write(&d.join("engine.toml"), engine_toml);
         let engine = Server::start(&["engine-sim", "--config", s(&d.join("engine.toml"))]);
-        let gateway = Server::start(&["gateway", "run", "--config", s(&d.join("gateway.toml"))]);
+        let gateway = Server::start_env(&["gateway", "run", "--config", s(&d.join("gateway.toml"))], env);
         let user = std::fs::read_to_string(d.join("user.txt"))
             .unwrap()
             .trim()
@@ -113,11 +123,7 @@ impl Clinic {
             .with_root_certificates(roots)
             .with_client_auth_cert(certs(cert), key)
             .unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-        let tcp = std::net::TcpStream::connect(self.addr()).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        rustls::StreamOwned::new(conn, tcp)
+        std::sync::Arc::new(config)
     }
 
     fn hup(&self) {
@@ -762,4 +768,107 @@ fn sigterm_stops_gracefully_and_the_audit_log_is_complete_and_verifiable() {
         .unwrap();
     drop(conn);
     sh(&format!("kakehashi audit verify --data-dir {}", c.data())).fails_with(&["2"]);
+}
+
+#[test]
+fn tls13_offers_hybrid_post_quantum_key_exchange_and_resumes_sessions() {
+    let c = Clinic::start("");
+    let config = c.client("terminal.pem", "terminal.key");
+    let request = format!(
+        "GET {PATIENT} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\n\r\n",
+        base64(&c.user)
+    );
+    let mut first = c.open(&config);
+    assert_eq!(exchange(&mut first, &request).0, 200);
+    assert_eq!(first.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        first.conn.negotiated_key_exchange_group().map(|g| g.name()),
+        Some(rustls::NamedGroup::X25519MLKEM768)
+    );
+    assert_eq!(first.conn.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    let mut second = c.open(&config);
+    assert_eq!(exchange(&mut second, &request).0, 200);
+    assert_eq!(second.conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    // TLS 1.2 resumes too (session IDs), as openssl shows.
+    let sess = c.dir.path().join("sess.pem");
+    let cert = format!("-cert {} -key {}", s(&c.path("terminal.pem")), s(&c.path("terminal.key")));
+    s_client(&c, &format!("-tls1_2 {cert} -sess_out {}", s(&sess)));
+    let again = s_client(&c, &format!("-tls1_2 {cert} -sess_in {}", s(&sess)));
+    assert!(again.stdout.contains("Reused, TLSv1.2"), "{}", again.stdout);
+}
+
+#[test]
+fn the_connection_limit_closes_new_connections_and_counts_them() {
+    use std::io::Read;
+    let c = Clinic::start("\n[limits]\nmax_connections = 2\n");
+    let request = format!(
+        "GET {PATIENT} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\n\r\n",
+        base64(&c.user)
+    );
+    let mut held: Vec<Tls> = (0..2).map(|_| c.connect("terminal.pem", "terminal.key")).collect();
+    for conn in &mut held {
+        assert_eq!(exchange(conn, &request).0, 200);
+    }
+    let mut third = std::net::TcpStream::connect(c.addr()).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(third.read(&mut buf).unwrap_or(0), 0, "closed at once");
+    let metrics = sh(&format!("curl -s http://{}/metrics", c.admin)).ok();
+    assert!(metrics.contains("kakehashi_connections_refused_total 1"), "{metrics}");
+    assert!(metrics.contains("kakehashi_connections_open 2"), "{metrics}");
+    // One closes; a new one is welcome again.
+    held.pop();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fourth = c.connect("terminal.pem", "terminal.key");
+    assert_eq!(exchange(&mut fourth, &request).0, 200);
+}
+
+#[test]
+fn a_users_own_engine_account_is_sent_upstream_and_never_the_terminals_authorization() {
+    let c = Clinic::start_with("", "\n[[users]]\nid = \"doctor\"\npassword = \"doctor-engine-pw\"\n", &[]);
+    let id = c.user.split(':').next().unwrap().to_owned();
+    let secret = c.dir.path().join("engine-pw");
+    write(&secret, "doctor-engine-pw\n");
+    sh(&format!(
+        "kakehashi user set-upstream {id} --upstream-id doctor --upstream-password-file {} --data-dir {}",
+        s(&secret),
+        c.data()
+    ))
+    .ok();
+    c.hup();
+    let (code, body) = c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    assert_eq!(code, 200, "{body}");
+    // A wrong engine password for this user: the engine refuses it, and the terminal is told
+    // it is the gateway's credential (502), not asked for its own password again (401).
+    write(&secret, "not-the-engine-pw\n");
+    sh(&format!(
+        "kakehashi user set-upstream {id} --upstream-id doctor --upstream-password-file {} --data-dir {}",
+        s(&secret),
+        c.data()
+    ))
+    .ok();
+    c.hup();
+    let (code, body) = c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    assert_eq!(code, 502, "{body}");
+    assert!(c.audit_has("allow", "the engine refused the upstream credential for user"));
+}
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let c = Clinic::start_with("", "", &[("NOTIFY_SOCKET", s(&socket_path))]);
+    let mut next = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    sh(&format!("kill -HUP {}", c.gateway.pid())).ok();
+    assert_eq!(next(), "RELOADING=1");
+    assert_eq!(next(), "READY=1");
+    sh(&format!("kill -TERM {}", c.gateway.pid())).ok();
+    assert_eq!(next(), "STOPPING=1");
 }

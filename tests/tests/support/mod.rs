@@ -217,9 +217,15 @@ pub struct Server {
 impl Server {
     /// Starts `kakehashi ARGS` and waits up to 10 s for its READY line.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_env(args, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
