@@ -336,40 +336,40 @@ impl AuditLog {
     /// Returns once every entry recorded before the call is committed to disk (and the head file
     /// written). While the disk is failing this waits until the writer gets through.
     pub async fn flush(&self) -> Result<()> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(done))
-            .await
-            .map_err(|_| StoreError::AuditStopped)?;
-        wait.await.map_err(|_| StoreError::AuditStopped)
+        self.ask(Msg::Flush).await
     }
 
     /// [`AuditLog::flush`] for threads outside the async runtime.
     pub fn flush_blocking(&self) -> Result<()> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .blocking_send(Msg::Flush(done))
-            .map_err(|_| StoreError::AuditStopped)?;
-        wait.blocking_recv().map_err(|_| StoreError::AuditStopped)
+        self.ask_blocking(Msg::Flush)
     }
 
     /// Writes everything queued, stops the writer and releases the log (its connection and lock)
     /// for the next writer: the gateway's last word at graceful shutdown. Other handles' later
     /// `record`s are refused (they report the writer stopped and [`AuditLog::is_failing`]).
     pub async fn close(self) -> Result<()> {
+        self.ask(Msg::Close).await
+    }
+
+    /// [`AuditLog::close`] for threads outside the async runtime.
+    pub fn close_blocking(self) -> Result<()> {
+        self.ask_blocking(Msg::Close)
+    }
+
+    /// Sends the writer a request and waits for its answer.
+    async fn ask(&self, request: fn(oneshot::Sender<()>) -> Msg) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Msg::Close(done))
+            .send(request(done))
             .await
             .map_err(|_| StoreError::AuditStopped)?;
         wait.await.map_err(|_| StoreError::AuditStopped)
     }
 
-    /// [`AuditLog::close`] for threads outside the async runtime.
-    pub fn close_blocking(self) -> Result<()> {
+    fn ask_blocking(&self, request: fn(oneshot::Sender<()>) -> Msg) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .blocking_send(Msg::Close(done))
+            .blocking_send(request(done))
             .map_err(|_| StoreError::AuditStopped)?;
         wait.blocking_recv().map_err(|_| StoreError::AuditStopped)
     }
