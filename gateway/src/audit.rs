@@ -33,6 +33,8 @@ use crate::db::{self, Result, StoreError};
 pub const AUDIT_DB: &str = "audit.db";
 /// The chain head file inside the data directory: `ID HASH-HEX`, the last entry committed.
 pub const AUDIT_HEAD: &str = "audit.head";
+/// The lock file a writer holds while it runs: two writers would fork the chain.
+pub const AUDIT_LOCK: &str = "audit.lock";
 
 /// How many entries may wait for the writer before `record` waits in turn.
 const QUEUE: usize = 16_384;
@@ -270,6 +272,7 @@ fn timestamp(t: OffsetDateTime) -> String {
 enum Msg {
     Entry(String, Entry),
     Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
 }
 
 /// A handle to the audit log's writer; clone it freely (every clone feeds the same writer).
@@ -333,26 +336,42 @@ impl AuditLog {
     /// Returns once every entry recorded before the call is committed to disk (and the head file
     /// written). While the disk is failing this waits until the writer gets through.
     pub async fn flush(&self) -> Result<()> {
+        self.ask(Msg::Flush).await
+    }
+
+    /// [`AuditLog::flush`] for threads outside the async runtime.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.ask_blocking(Msg::Flush)
+    }
+
+    /// Writes everything queued, stops the writer and releases the log (its connection and lock)
+    /// for the next writer: the gateway's last word at graceful shutdown. Other handles' later
+    /// `record`s are refused (they report the writer stopped and [`AuditLog::is_failing`]).
+    pub async fn close(self) -> Result<()> {
+        self.ask(Msg::Close).await
+    }
+
+    /// [`AuditLog::close`] for threads outside the async runtime.
+    pub fn close_blocking(self) -> Result<()> {
+        self.ask_blocking(Msg::Close)
+    }
+
+    /// Sends the writer a request and waits for its answer.
+    async fn ask(&self, request: fn(oneshot::Sender<()>) -> Msg) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Msg::Flush(done))
+            .send(request(done))
             .await
             .map_err(|_| StoreError::AuditStopped)?;
         wait.await.map_err(|_| StoreError::AuditStopped)
     }
 
-    /// [`AuditLog::flush`] for threads outside the async runtime.
-    pub fn flush_blocking(&self) -> Result<()> {
+    fn ask_blocking(&self, request: fn(oneshot::Sender<()>) -> Msg) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .blocking_send(Msg::Flush(done))
+            .blocking_send(request(done))
             .map_err(|_| StoreError::AuditStopped)?;
         wait.blocking_recv().map_err(|_| StoreError::AuditStopped)
-    }
-
-    /// Flushes and gives up this handle: the gateway's last word at graceful shutdown.
-    pub async fn close(self) -> Result<()> {
-        self.flush().await
     }
 
     /// Whether the log cannot be written right now (a full disk, a stopped writer). The gateway
@@ -370,6 +389,8 @@ impl AuditLog {
 
 /// The writer thread's state: the connection and the end of the chain as committed.
 struct Writer {
+    /// Held for the writer's life (see [`AUDIT_LOCK`]).
+    _lock: std::fs::File,
     conn: Connection,
     db: PathBuf,
     head_file: PathBuf,
@@ -383,6 +404,7 @@ impl Writer {
         let db = data_dir.join(AUDIT_DB);
         let head_file = data_dir.join(AUDIT_HEAD);
         let conn = db::open_file(data_dir, &db)?;
+        let lock = lock_writer(data_dir)?;
         db::migrate(&conn, &db, SCHEMA_VERSION, &[SCHEMA_V1])?;
         let last = last_entry(&conn, &db)?;
         let head = read_head(&head_file)?;
@@ -391,6 +413,7 @@ impl Writer {
         }
         let (last_id, last_hash) = last.unwrap_or((0, [0; 32]));
         let writer = Writer {
+            _lock: lock,
             conn,
             db,
             head_file,
@@ -407,12 +430,18 @@ impl Writer {
     fn run(mut self, rx: &mut mpsc::Receiver<Msg>) {
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
+        let mut closers = Vec::new();
+        // After a close, `rx.close()` refuses new messages and this loop still drains the queue.
         while let Some(first) = rx.blocking_recv() {
             let mut next = Some(first);
             while let Some(msg) = next {
                 match msg {
                     Msg::Entry(time, entry) => batch.push((time, entry)),
                     Msg::Flush(done) => waiters.push(done),
+                    Msg::Close(done) => {
+                        rx.close();
+                        closers.push(done);
+                    }
                 }
                 next = if batch.len() < BATCH_MAX {
                     rx.try_recv().ok()
@@ -429,6 +458,12 @@ impl Writer {
             for done in waiters.drain(..) {
                 let _ = done.send(());
             }
+        }
+        // The connection and the lock go before the closers hear that all is done, so that a new
+        // writer may start at once.
+        drop(self);
+        for done in closers {
+            let _ = done.send(());
         }
     }
 
@@ -498,6 +533,24 @@ impl Writer {
         let text = format!("{} {}\n", self.last_id, hex::encode(self.last_hash));
         cert_tool::files::write_atomic(&self.head_file, text.as_bytes(), cert_tool::files::SECRET)?;
         Ok(())
+    }
+}
+
+/// Takes the writer's lock, or says that another process holds it.
+fn lock_writer(data_dir: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(AUDIT_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(cert_tool::files::SECRET)
+        .open(&path)
+        .map_err(StoreError::io("open", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::AuditBusy { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io("lock", &path)(e)),
     }
 }
 

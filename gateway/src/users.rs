@@ -157,7 +157,12 @@ pub fn check_new_password(id: &str, password: &str) -> Result<()> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(StoreError::WeakPassword("it must have at least 10 characters"));
     }
-    if password.to_lowercase() == id.to_lowercase() {
+    // Compared char by char: `to_lowercase` would leave an unzeroized copy of the password.
+    if password
+        .chars()
+        .flat_map(char::to_lowercase)
+        .eq(id.chars().flat_map(char::to_lowercase))
+    {
         return Err(StoreError::WeakPassword("it must not be the user ID"));
     }
     Ok(())

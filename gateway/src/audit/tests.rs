@@ -24,7 +24,7 @@ fn log_with(n: u64) -> tempfile::TempDir {
     for i in 1..=n {
         log.record_blocking(entry(i));
     }
-    log.flush_blocking().unwrap();
+    log.close_blocking().unwrap();
     tmp
 }
 
@@ -57,7 +57,7 @@ fn records_verify_and_reopen_continues_the_chain() {
         "192.0.2.11:1",
         "unknown user",
     ));
-    log.flush_blocking().unwrap();
+    log.close_blocking().unwrap();
     let report = verify(tmp.path()).unwrap();
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.entries, 6);
@@ -176,6 +176,28 @@ fn wait_until_failing(log: &AuditLog) {
         assert!(std::time::Instant::now() < deadline, "never reported failing");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_second_writer_is_refused_until_the_first_is_closed() {
+    let tmp = log_with(1);
+    let first = AuditLog::open(tmp.path()).unwrap();
+    let other = first.clone();
+    let err = AuditLog::open(tmp.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("another kakehashi is writing this audit log"),
+        "{err}"
+    );
+    first.record_blocking(entry(2));
+    first.close_blocking().unwrap();
+    // Closed: the other handle is refused, and a new writer may start at once.
+    other.record_blocking(entry(3));
+    assert!(other.is_failing());
+    assert!(other.flush_blocking().is_err());
+    let second = AuditLog::open(tmp.path()).unwrap();
+    second.record_blocking(entry(3));
+    second.close_blocking().unwrap();
+    assert_eq!(verify(tmp.path()).unwrap().entries, 3);
 }
 
 #[test]

@@ -39,7 +39,7 @@ fn log_with(n: u64) -> tempfile::TempDir {
         "192.0.2.11:40000",
         "unknown user \"mallory\"\nforged line",
     ));
-    log.flush_blocking().expect("flush");
+    log.close_blocking().expect("close");
     tmp
 }
 

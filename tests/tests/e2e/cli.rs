@@ -7,6 +7,34 @@ fn help_lists_every_command_with_its_purpose() {
     let help = kakehashi(&["--help"]).ok();
     assert!(help.contains("cert") && help.contains("The clinic PKI"), "{help}");
     assert!(help.contains("demo") && help.contains("demo clinic"), "{help}");
+    for (cmd, purpose) in [
+        ("terminal", "The terminal inventory"),
+        ("user", "The people who sign in"),
+        ("audit", "hash-chained audit log"),
+    ] {
+        assert!(
+            help.contains(cmd) && help.contains(purpose),
+            "{cmd} missing from:\n{help}"
+        );
+    }
+    for (group, cmds) in [
+        ("terminal", &["add", "list", "disable", "enable", "remove"][..]),
+        (
+            "user",
+            &[
+                "add", "passwd", "lock", "unlock", "set-upstream", "list", "remove",
+            ][..],
+        ),
+        ("audit", &["verify", "export"][..]),
+    ] {
+        let help = kakehashi(&[group, "--help"]).ok();
+        for cmd in cmds {
+            assert!(
+                help.lines().any(|l| l.trim_start().starts_with(cmd)),
+                "{group} {cmd} missing from:\n{help}"
+            );
+        }
+    }
     let cert = kakehashi(&["cert", "--help"]).ok();
     for cmd in [
         "init-ca", "issue", "sign-csr", "revoke", "crl", "export-p12", "inspect", "verify", "list",
