@@ -69,10 +69,7 @@ mkdir -p "$W/runs"
 # --- The clinic's PKI: the demo CA, a terminal, the gateway's server certificate (also nginx's),
 # the uplink certificate both proxies present to the engine, and the engine's own certificate.
 pki=$W/pki
-"$bin" demo --dir "$pki" >/dev/null
-"$bin" cert issue --dir "$pki" --profile uplink --name uplink --out "$pki" >/dev/null
-"$bin" cert issue --dir "$pki" --profile server --name engine --san dns:localhost --san ip:127.0.0.1 \
-  --out "$pki" >/dev/null
+"$bin" demo --setup-only --dir "$pki" >/dev/null
 engine_user=ormaster:ormaster
 person=bench-user:bench-password-$RANDOM$RANDOM
 
@@ -157,6 +154,7 @@ start_gateway() {
   local side=$1 auth=$2 dir=$W/$1
   mkdir -p "$dir"
   printf '%s\n' "${engine_user#*:}" >"$dir/upstream.password"
+  chmod 600 "$dir/upstream.password"
   "$bin" terminal add reception-1 --data-dir "$dir/data" >/dev/null
   KAKEHASHI_USER_PASSWORD=${person#*:} "$bin" user add "${person%%:*}" --data-dir "$dir/data" >/dev/null
   cat >"$dir/gateway.toml" <<CONF

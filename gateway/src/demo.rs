@@ -260,7 +260,9 @@ struct Process {
 impl Drop for Process {
     fn drop(&mut self) {
         // SIGTERM first: both shut down gracefully (the gateway flushes its audit log).
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         for _ in 0..50 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
