@@ -67,6 +67,9 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
+            // One TLS record and one write per request head and small body (see the gateway's
+            // server side for the same reason).
+            .http1_writev(false)
             .build(connector);
         Ok(Upstream {
             client,

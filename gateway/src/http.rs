@@ -70,13 +70,7 @@ impl Connection {
     /// Writes an entry once the response is complete; `entry` is filled in by then.
     pub(crate) fn record(&self, mut entry: Entry, started: Instant) {
         entry.duration_ms = started.elapsed().as_millis() as u64;
-        let audit = self.gateway.audit.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move { audit.record(entry).await });
-            }
-            Err(_) => audit.record_blocking(entry),
-        }
+        self.gateway.audit.record_soon(entry);
     }
 
     /// A refusal by the gateway: audited, counted, answered.
@@ -272,7 +266,9 @@ async fn forward(
         // configuration fault, not the terminal's. Passing the 401 on would make the terminal
         // ask its user for a password that cannot help.
         let whose = match &person.user {
-            Some(user) => format!("for user {user:?} (kakehashi user set-upstream) or the clinic (upstream.user)"),
+            Some(user) => {
+                format!("for user {user:?} (kakehashi user set-upstream) or the clinic (upstream.user)")
+            }
             None => "of the clinic (upstream.user, upstream.password_file)".into(),
         };
         entry.reason = format!("allowed; the engine refused the upstream credential {whose}");

@@ -780,7 +780,10 @@ fn tls13_offers_hybrid_post_quantum_key_exchange_and_resumes_sessions() {
     );
     let mut first = c.open(&config);
     assert_eq!(exchange(&mut first, &request).0, 200);
-    assert_eq!(first.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        first.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
     assert_eq!(
         first.conn.negotiated_key_exchange_group().map(|g| g.name()),
         Some(rustls::NamedGroup::X25519MLKEM768)
@@ -791,7 +794,11 @@ fn tls13_offers_hybrid_post_quantum_key_exchange_and_resumes_sessions() {
     assert_eq!(second.conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     // TLS 1.2 resumes too (session IDs), as openssl shows.
     let sess = c.dir.path().join("sess.pem");
-    let cert = format!("-cert {} -key {}", s(&c.path("terminal.pem")), s(&c.path("terminal.key")));
+    let cert = format!(
+        "-cert {} -key {}",
+        s(&c.path("terminal.pem")),
+        s(&c.path("terminal.key"))
+    );
     s_client(&c, &format!("-tls1_2 {cert} -sess_out {}", s(&sess)));
     let again = s_client(&c, &format!("-tls1_2 {cert} -sess_in {}", s(&sess)));
     assert!(again.stdout.contains("Reused, TLSv1.2"), "{}", again.stdout);
@@ -805,7 +812,9 @@ fn the_connection_limit_closes_new_connections_and_counts_them() {
         "GET {PATIENT} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\n\r\n",
         base64(&c.user)
     );
-    let mut held: Vec<Tls> = (0..2).map(|_| c.connect("terminal.pem", "terminal.key")).collect();
+    let mut held: Vec<Tls> = (0..2)
+        .map(|_| c.connect("terminal.pem", "terminal.key"))
+        .collect();
     for conn in &mut held {
         assert_eq!(exchange(conn, &request).0, 200);
     }
@@ -814,7 +823,10 @@ fn the_connection_limit_closes_new_connections_and_counts_them() {
     let mut buf = [0u8; 16];
     assert_eq!(third.read(&mut buf).unwrap_or(0), 0, "closed at once");
     let metrics = sh(&format!("curl -s http://{}/metrics", c.admin)).ok();
-    assert!(metrics.contains("kakehashi_connections_refused_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("kakehashi_connections_refused_total 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("kakehashi_connections_open 2"), "{metrics}");
     // One closes; a new one is welcome again.
     held.pop();
@@ -825,7 +837,11 @@ fn the_connection_limit_closes_new_connections_and_counts_them() {
 
 #[test]
 fn a_users_own_engine_account_is_sent_upstream_and_never_the_terminals_authorization() {
-    let c = Clinic::start_with("", "\n[[users]]\nid = \"doctor\"\npassword = \"doctor-engine-pw\"\n", &[]);
+    let c = Clinic::start_with(
+        "",
+        "\n[[users]]\nid = \"doctor\"\npassword = \"doctor-engine-pw\"\n",
+        &[],
+    );
     let id = c.user.split(':').next().unwrap().to_owned();
     let secret = c.dir.path().join("engine-pw");
     write(&secret, "doctor-engine-pw\n");
