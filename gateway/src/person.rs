@@ -321,7 +321,16 @@ impl People {
     }
 
     fn mark_signed_in(&self, terminal: &Terminal) {
-        lock(&self.signed_in).insert(terminal.fingerprint, Instant::now() + self.settings.session);
+        let until = Instant::now() + self.settings.session;
+        let mut signed_in = lock(&self.signed_in);
+        match signed_in.get_mut(&terminal.fingerprint) {
+            Some(t) => *t = until,
+            None => {
+                let now = Instant::now();
+                signed_in.retain(|_, t| *t > now);
+                signed_in.insert(terminal.fingerprint, until);
+            }
+        }
     }
 
     /// Whether a person signed in on this terminal (same certificate) within the session lifetime:
@@ -341,61 +350,66 @@ impl People {
 /// Failure counts per user and per terminal, and who is locked out until when.
 #[derive(Default)]
 struct Lockout {
+    users: Counts,
+    terminals: Counts,
+}
+
+/// Failures and locks for one kind of name. Looked up by `&str`, so the check on every request
+/// allocates nothing.
+#[derive(Default)]
+struct Counts {
     failures: HashMap<String, Vec<Instant>>,
     locked: HashMap<String, Instant>,
 }
 
-impl Lockout {
-    fn check(&mut self, user: &str, terminal: &str, now: Instant) -> Option<Denied> {
-        for (key, by) in [
-            (user_key(user), format!("user {user}")),
-            (terminal_key(terminal), format!("terminal {terminal}")),
-        ] {
-            match self.locked.get(&key) {
-                Some(until) if *until > now => {
-                    return Some(Denied::LockedOut {
-                        user: Some(user.to_owned()),
-                        by,
-                        retry_after: *until - now + Duration::from_millis(999),
-                    });
-                }
-                Some(_) => {
-                    self.locked.remove(&key);
-                }
-                None => {}
-            }
+impl Counts {
+    /// How long `name` stays locked, forgetting a lock that has ended.
+    fn locked_for(&mut self, name: &str, now: Instant) -> Option<Duration> {
+        let until = *self.locked.get(name)?;
+        if until > now {
+            return Some(until - now);
         }
+        self.locked.remove(name);
         None
     }
 
-    fn failed(&mut self, user: &str, terminal: &str, settings: &Settings, now: Instant) {
+    fn failed(&mut self, name: &str, settings: &Settings, now: Instant) {
         if self.failures.len() > 10_000 {
             self.failures
                 .retain(|_, v| v.last().is_some_and(|t| now - *t < settings.window));
         }
-        for key in [user_key(user), terminal_key(terminal)] {
-            let list = self.failures.entry(key.clone()).or_default();
-            list.retain(|t| now - *t < settings.window);
-            list.push(now);
-            if list.len() >= settings.failures as usize {
-                self.failures.remove(&key);
-                self.locked.insert(key, now + settings.window);
-            }
+        let list = self.failures.entry(name.to_owned()).or_default();
+        list.retain(|t| now - *t < settings.window);
+        list.push(now);
+        if list.len() >= settings.failures as usize {
+            self.failures.remove(name);
+            self.locked.insert(name.to_owned(), now + settings.window);
         }
+    }
+}
+
+impl Lockout {
+    fn check(&mut self, user: &str, terminal: &str, now: Instant) -> Option<Denied> {
+        let (by, left) = match self.users.locked_for(user, now) {
+            Some(left) => (format!("user {user}"), left),
+            None => (format!("terminal {terminal}"), self.terminals.locked_for(terminal, now)?),
+        };
+        Some(Denied::LockedOut {
+            user: Some(user.to_owned()),
+            by,
+            retry_after: left + Duration::from_millis(999),
+        })
+    }
+
+    fn failed(&mut self, user: &str, terminal: &str, settings: &Settings, now: Instant) {
+        self.users.failed(user, settings, now);
+        self.terminals.failed(terminal, settings, now);
     }
 
     fn succeeded(&mut self, user: &str, terminal: &str) {
-        self.failures.remove(&user_key(user));
-        self.failures.remove(&terminal_key(terminal));
+        self.users.failures.remove(user);
+        self.terminals.failures.remove(terminal);
     }
-}
-
-fn user_key(user: &str) -> String {
-    format!("user\0{user}")
-}
-
-fn terminal_key(terminal: &str) -> String {
-    format!("terminal\0{terminal}")
 }
 
 #[cfg(test)]
