@@ -392,7 +392,10 @@ impl Lockout {
     fn check(&mut self, user: &str, terminal: &str, now: Instant) -> Option<Denied> {
         let (by, left) = match self.users.locked_for(user, now) {
             Some(left) => (format!("user {user}"), left),
-            None => (format!("terminal {terminal}"), self.terminals.locked_for(terminal, now)?),
+            None => (
+                format!("terminal {terminal}"),
+                self.terminals.locked_for(terminal, now)?,
+            ),
         };
         Some(Denied::LockedOut {
             user: Some(user.to_owned()),

@@ -49,19 +49,20 @@ fn help_lists_every_command_with_its_purpose() {
 }
 
 #[test]
-fn demo_leaves_a_working_clinic_and_can_run_again() {
+fn demo_setup_only_leaves_a_working_clinic_and_can_run_again() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let out = kakehashi(&["demo", "--dir", s(&dir)]).ok();
-    assert!(out.contains("terminal.pem is valid"), "{out}");
+    let out = kakehashi(&["demo", "--setup-only", "--dir", s(&dir)]).ok();
+    assert!(out.contains("kakehashi gateway run --config"), "{out}");
     for f in [
         "ca.pem", "terminal.pem", "terminal.key", "terminal.p12", "terminal.p12.password", "server.pem",
-        "server.key", "crl.pem",
+        "server.key", "crl.pem", "user.txt", "engine.toml", "gateway.toml", "uplink.pem", "engine.pem",
     ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     for f in [
-        "terminal.key", "terminal.p12", "terminal.p12.password", "server.key", "ca.key",
+        "terminal.key", "terminal.p12", "terminal.p12.password", "server.key", "ca.key", "user.txt",
+        "upstream.password", "uplink.key", "engine.key",
     ] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
@@ -85,7 +86,54 @@ fn demo_leaves_a_working_clinic_and_can_run_again() {
     );
 
     let before = snapshot(&dir);
-    let again = kakehashi(&["demo", "--dir", s(&dir)]).ok();
+    let again = kakehashi(&["demo", "--setup-only", "--dir", s(&dir)]).ok();
     assert!(again.contains("Reusing the demo clinic"), "{again}");
     assert_unchanged(&before, &snapshot(&dir));
+}
+
+/// The README's main job: `kakehashi demo` starts both processes and prints what to type.
+#[test]
+fn demo_runs_the_cloud_and_the_gateway_and_its_curl_command_fetches_a_patient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .to_string()
+    };
+    let (listen, engine, admin) = (port(0), port(1), port(2));
+    let mut demo = Server::start(&[
+        "demo",
+        "--dir",
+        s(&dir),
+        "--listen",
+        &listen,
+        "--engine-listen",
+        &engine,
+        "--admin-listen",
+        &admin,
+    ]);
+    assert_eq!(demo.url, format!("https://{listen}"));
+    let user = std::fs::read_to_string(dir.join("user.txt")).unwrap();
+    let d = s(&dir);
+    let out = sh(&format!(
+        "curl -s --cacert {d}/ca.pem --cert {d}/terminal.pem --key {d}/terminal.key -u {} {}/api01rv2/patientgetv2?id=1&format=json",
+        user.trim(),
+        demo.url
+    ))
+    .ok();
+    assert!(out.contains("\"Patient_ID\":\"1\""), "{out}");
+    // SIGTERM stops both children, gracefully (the gateway flushes its audit log).
+    sh(&format!("kill -TERM {}", demo.pid())).ok();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&listen).is_ok() || std::net::TcpStream::connect(&engine).is_ok() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "still listening"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    demo.kill();
+    sh(&format!("kakehashi audit verify --data-dir {d}/data")).ok();
 }

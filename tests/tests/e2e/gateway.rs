@@ -19,7 +19,8 @@ fn free_port() -> u16 {
 /// A demo clinic with its cloud engine and gateway running.
 struct Clinic {
     dir: tempfile::TempDir,
-    engine: Server,
+    /// The cloud engine, kept running for the clinic's lifetime.
+    _engine: Server,
     gateway: Server,
     /// `ID:password` from user.txt.
     user: String,
@@ -61,7 +62,7 @@ impl Clinic {
             .to_owned();
         Clinic {
             dir,
-            engine,
+            _engine: engine,
             gateway,
             user,
             admin,
@@ -101,13 +102,23 @@ impl Clinic {
     }
 
     /// A TLS connection to the gateway as a terminal (rustls as the client library).
-    fn connect(
-        &self,
-        cert: &str,
-        key: &str,
-    ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    fn connect(&self, cert: &str, key: &str) -> Tls {
+        self.open(&self.client(cert, key))
+    }
+
+    /// A connection with a client configuration, which remembers sessions for resumption.
+    fn open(&self, config: &std::sync::Arc<rustls::ClientConfig>) -> Tls {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let tcp = std::net::TcpStream::connect(self.addr()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        rustls::StreamOwned::new(conn, tcp)
+    }
+
+    /// A terminal's TLS client configuration (rustls defaults: X25519MLKEM768 offered first).
+    fn client(&self, cert: &str, key: &str) -> std::sync::Arc<rustls::ClientConfig> {
         use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let certs = |f: &str| {
             CertificateDer::pem_file_iter(self.path(f))
                 .unwrap()
@@ -675,10 +686,13 @@ fn garbage_slow_headers_bad_chunking_and_huge_headers_are_cut_off_and_nothing_el
     let out = tool("sh", &["-c", &bad_chunk]).stdout;
     assert!(!out.contains("\"bytes\""), "{out}");
 
-    // Headers over the limit: 431.
-    let huge = "x".repeat(40 * 1024);
+    // Headers over the limit: 431, or the connection closed while curl was still sending them
+    // (hyper answers and closes at the limit; a reset can overtake the answer). Never served.
+    let huge = "x".repeat(20 * 1024);
     let (code, _) = c.curl(&format!("{} -u {} -H X-Big:{huge}", c.tls(), c.user), PATIENT);
-    assert_eq!(code, 431);
+    assert!(code == 431 || code == 0, "{code}");
+    let (code, _) = c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    assert_eq!(code, 200, "and the gateway carries on");
 }
 
 #[test]
@@ -876,7 +890,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let c = Clinic::start_with("", "", &[("NOTIFY_SOCKET", s(&socket_path))]);
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 256];
         let n = socket.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
