@@ -165,6 +165,10 @@ pub struct Limits {
     /// Time to finish in-flight requests after SIGTERM.
     #[serde(default = "default_shutdown_secs")]
     pub shutdown_secs: u64,
+    /// Worker threads, each with its own listening sockets (SO_REUSEPORT) and engine connections
+    /// (default: one per core).
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 /// The admin listener: Prometheus metrics and health, plain HTTP, loopback by default.
@@ -240,6 +244,7 @@ impl Default for Limits {
             max_body_bytes: default_max_body_bytes(),
             upstream_timeout_secs: default_upstream_timeout_secs(),
             shutdown_secs: default_shutdown_secs(),
+            workers: None,
         }
     }
 }
@@ -261,6 +266,10 @@ impl Limits {
     }
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream_timeout_secs)
+    }
+    pub fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 }
 
@@ -381,6 +390,7 @@ impl Config {
             ),
             ("limits.header_timeout_secs", self.limits.header_timeout_secs),
             ("limits.upstream_timeout_secs", self.limits.upstream_timeout_secs),
+            ("limits.workers", self.limits.workers.unwrap_or(1) as u64),
             ("auth.session_secs", self.auth.session_secs),
             ("auth.lockout_window_secs", self.auth.lockout_window_secs),
         ];

@@ -32,6 +32,8 @@ use crate::state::Gateway;
 /// One terminal connection on an api listener.
 pub struct Connection {
     pub gateway: Arc<Gateway>,
+    /// This worker's client to the engine.
+    pub upstream: Arc<engine_proxy::upstream::Upstream>,
     pub terminal: Terminal,
     pub chain: Vec<CertificateDer<'static>>,
     pub source: SocketAddr,
@@ -219,7 +221,7 @@ async fn forward(
     let gateway = conn.gateway.clone();
     let limit = gateway.config.limits.max_body_bytes;
     entry.user = person.user.clone();
-    entry.upstream = Some(gateway.upstream.authority().to_owned());
+    entry.upstream = Some(conn.upstream.authority().to_owned());
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -242,7 +244,7 @@ async fn forward(
     let received = Arc::new(AtomicU64::new(0));
     let req = req.map(|b| Counted::new(b, received.clone(), limit).boxed());
 
-    let mut resp = match gateway.upstream.forward(req, person.upstream.clone()).await {
+    let mut resp = match conn.upstream.forward(req, person.upstream.clone()).await {
         Ok(resp) => resp,
         Err(e) => {
             Metrics::inc(&gateway.metrics.upstream_errors_total);

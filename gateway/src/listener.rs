@@ -14,6 +14,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use engine_proxy::upstream::Upstream;
+
 use crate::audit::{Decision, Entry};
 use crate::config::ListenerKind;
 use crate::identity::Terminal;
@@ -45,6 +47,7 @@ impl Route {
 /// Accepts until `stopping` turns true.
 pub async fn serve(
     gateway: Arc<Gateway>,
+    upstream: Arc<Upstream>,
     listener: TcpListener,
     route: Arc<Route>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
@@ -69,10 +72,11 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (gateway, route, stopping) = (gateway.clone(), route.clone(), stopping.clone());
+        let (gateway, upstream, route, stopping) =
+            (gateway.clone(), upstream.clone(), route.clone(), stopping.clone());
         tokio::spawn(async move {
             Metrics::inc(&gateway.metrics.connections_open);
-            connection(&gateway, stream, peer, &route, stopping).await;
+            connection(&gateway, upstream, stream, peer, &route, stopping).await;
             Metrics::dec(&gateway.metrics.connections_open);
             drop(permit);
         });
@@ -81,6 +85,7 @@ pub async fn serve(
 
 async fn connection(
     gateway: &Arc<Gateway>,
+    upstream: Arc<Upstream>,
     stream: TcpStream,
     source: SocketAddr,
     route: &Route,
@@ -128,12 +133,15 @@ async fn connection(
         .peer_certificates()
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
-    // The verifier already admitted this chain; a resumed session skipped it, so check again
-    // against the current snapshot (cheap, and one rule for both).
-    let terminal = match live
-        .admits(&chain)
-        .and_then(|()| Terminal::from_certificate(&chain[0]))
-    {
+    // A full handshake ran the verifier just now, with this snapshot. A resumed one did not:
+    // its certificate was checked when the session began (in this snapshot: a reload starts new
+    // sessions), so check validity and the rest again now.
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let admitted = if resumed { live.admits(&chain) } else { Ok(()) };
+    let terminal = match admitted.and_then(|()| {
+        let leaf = chain.first().ok_or("no client certificate")?;
+        Terminal::from_certificate(leaf)
+    }) {
         Ok(t) => t,
         Err(why) => {
             Metrics::inc(&gateway.metrics.handshake_failures_total);
@@ -167,6 +175,7 @@ async fn connection(
         Route::Api(name) => {
             let conn = Arc::new(http::Connection {
                 gateway: gateway.clone(),
+                upstream,
                 terminal,
                 chain,
                 source,

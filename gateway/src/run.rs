@@ -7,6 +7,7 @@
 //! the audit log.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub fn run(cmd: GatewayCommand) -> Result<ExitCode, StartError> {
         GatewayCommand::Run(args) => {
             init_logging();
             let config = Config::load(&args.config)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| StartError::File {
@@ -102,44 +103,111 @@ fn init_logging() {
     }
 }
 
-async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(address)
         .await
         .map_err(|source| StartError::Listen { address, source })
 }
 
+/// One listening socket on `address` that every worker binds (SO_REUSEPORT): the kernel spreads
+/// new connections over the workers' sockets, and no connection ever changes threads.
+fn shared_socket(address: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    let err = |source| StartError::Listen { address, source };
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.set_reuseport(true).map_err(err)?;
+    socket.bind(address).map_err(err)?;
+    // Deregistered from this runtime: each worker registers its own with its own runtime.
+    socket.listen(1024).and_then(|l| l.into_std()).map_err(err)
+}
+
+/// The gateway runs on worker threads, one per core, each a single-threaded runtime with its
+/// own sockets and its own connections to the engine: a request, its terminal connection and the
+/// engine connection carrying it stay on one thread, as in nginx's worker model, with no
+/// cross-thread wake-ups on the hot path. This thread keeps signals and the admin listener.
 async fn serve(config: Config) -> Result<(), StartError> {
     let gateway = Arc::new(Gateway::start(config)?);
-    let mut bound = Vec::new();
+    let workers = gateway.config.limits.workers();
+    // Bind every listener once here, port 0 included, so that all workers share the address
+    // actually bound and a bad address fails before anything runs.
+    let mut listeners = Vec::new();
     for l in &gateway.config.listeners {
-        let route = match l.kind {
+        let route = Arc::new(match l.kind {
             ListenerKind::Api => Route::Api(l.route()),
             ListenerKind::Tcp => Route::Tcp(Arc::new(tcp::Route::new(l))),
-        };
-        bound.push((bind(l.address).await?, Arc::new(route), l.kind));
+        });
+        let first = shared_socket(l.address)?;
+        let address = first.local_addr().map_err(|source| StartError::Listen {
+            address: l.address,
+            source,
+        })?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(shared_socket(address)?);
+        }
+        tracing::info!(%address, route = %route.name(), workers, "listening");
+        listeners.push((address, route, l.kind, sockets));
     }
     let admin_listener = match gateway.config.admin.address {
         Some(a) => Some(bind(a).await?),
         None => None,
     };
+    let ready = listeners
+        .iter()
+        .find(|(_, _, kind, _)| *kind == ListenerKind::Api)
+        .map(|(address, ..)| *address);
+
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let mut ready = None;
-    let mut accepting = Vec::new();
-    for (socket, route, kind) in bound {
-        let address = socket.local_addr().map_err(|source| StartError::Listen {
-            address: gateway.config.listeners[0].address,
-            source,
-        })?;
-        tracing::info!(%address, route = %route.name(), "listening");
-        if kind == ListenerKind::Api && ready.is_none() {
-            ready = Some(address);
-        }
-        accepting.push(tokio::spawn(listener::serve(
-            gateway.clone(),
-            socket,
-            route,
-            stopping.clone(),
-        )));
+    let (exit, exiting) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::new();
+    for w in 0..workers {
+        let sockets: Vec<_> = listeners
+            .iter_mut()
+            .map(|(_, route, _, sockets)| (sockets.pop(), route.clone()))
+            .collect();
+        let upstream = Arc::new(gateway.upstream()?);
+        let (gateway, stopping, mut exiting) = (gateway.clone(), stopping.clone(), exiting.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StartError::File {
+                path: "worker runtime".into(),
+                message: e.to_string(),
+            })?;
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{w}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    for (socket, route) in sockets {
+                        let Some(socket) = socket else { continue };
+                        match TcpListener::from_std(socket) {
+                            Ok(socket) => {
+                                let serving = listener::serve(
+                                    gateway.clone(),
+                                    upstream.clone(),
+                                    socket,
+                                    route,
+                                    stopping.clone(),
+                                );
+                                tokio::spawn(serving);
+                            }
+                            Err(e) => tracing::error!(error = %e, "a worker cannot use its socket"),
+                        }
+                    }
+                    let _ = exiting.wait_for(|e| *e).await;
+                });
+                // Dropping the runtime here cancels whatever outlived the grace period.
+            })
+            .map_err(|e| StartError::File {
+                path: "worker thread".into(),
+                message: e.to_string(),
+            })?;
+        threads.push(thread);
     }
     let admin_task = admin_listener.map(|l| {
         if let Ok(a) = l.local_addr() {
@@ -190,9 +258,6 @@ async fn serve(config: Config) -> Result<(), StartError> {
     systemd::notify("STOPPING=1");
     tracing::info!("stopping: no new connections; finishing requests in flight");
     let _ = stop.send(true);
-    for task in accepting {
-        let _ = task.await;
-    }
     if let Some(t) = admin_task {
         t.abort();
     }
@@ -204,6 +269,10 @@ async fn serve(config: Config) -> Result<(), StartError> {
         .is_err()
     {
         tracing::warn!("requests still in flight after {grace:?}; closing them");
+    }
+    let _ = exit.send(true);
+    for thread in threads {
+        let _ = thread.join();
     }
     if let Err(e) = gateway.audit.clone().close().await {
         tracing::error!(error = %e, "the audit log could not be flushed");

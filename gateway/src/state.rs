@@ -79,7 +79,6 @@ impl Live {
 pub struct Gateway {
     pub config: Config,
     pub people: Arc<People>,
-    pub upstream: engine_proxy::upstream::Upstream,
     /// The uplink's TLS client configuration, for raw TCP routes.
     pub uplink: Arc<rustls::ClientConfig>,
     pub audit: AuditLog,
@@ -95,7 +94,8 @@ impl Gateway {
     pub fn start(config: Config) -> Result<Gateway, StartError> {
         let live = Live::load(&config, 0)?;
         let uplink = tls::client_config(&config.upstream.ca, &config.upstream.cert, &config.upstream.key)?;
-        let upstream = engine_proxy::upstream::Upstream::new(
+        // Each worker builds its own client (see `upstream`); this one proves the URL is usable.
+        engine_proxy::upstream::Upstream::new(
             &config.upstream.url,
             uplink.clone(),
             config.limits.upstream_timeout(),
@@ -116,7 +116,6 @@ impl Gateway {
         Ok(Gateway {
             connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
             people,
-            upstream,
             uplink: Arc::new(uplink),
             audit,
             metrics,
@@ -124,6 +123,17 @@ impl Gateway {
             reloaded: tokio::sync::watch::channel(0).0,
             config,
         })
+    }
+
+    /// A pooled client to the engine for one worker thread. Each worker has its own, so that a
+    /// request and the upstream connection carrying it live on the same thread.
+    pub fn upstream(&self) -> Result<engine_proxy::upstream::Upstream, StartError> {
+        let config = &self.config;
+        Ok(engine_proxy::upstream::Upstream::new(
+            &config.upstream.url,
+            (*self.uplink).clone(),
+            config.limits.upstream_timeout(),
+        )?)
     }
 
     /// The current snapshot.
