@@ -40,6 +40,8 @@ pub struct Connection {
     pub route: String,
     /// The snapshot generation this connection was last checked against.
     pub checked: AtomicU64,
+    /// The person last verified on this connection.
+    pub memo: crate::person::Memo,
 }
 
 /// A finished answer from the gateway itself (not the engine).
@@ -153,7 +155,11 @@ async fn authenticate(conn: &Arc<Connection>, req: &Request<Incoming>) -> Result
         return Ok(person);
     }
     people
-        .basic(req.headers().get(header::AUTHORIZATION), &conn.terminal)
+        .basic(
+            req.headers().get(header::AUTHORIZATION),
+            &conn.terminal,
+            &conn.memo,
+        )
         .await
 }
 

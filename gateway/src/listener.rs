@@ -181,6 +181,7 @@ async fn connection(
                 source,
                 route: name.clone(),
                 checked: AtomicU64::new(live.generation),
+                memo: Default::default(),
             });
             let limits = &gateway.config.limits;
             let mut builder = hyper::server::conn::http1::Builder::new();

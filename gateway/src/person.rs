@@ -103,6 +103,23 @@ pub struct People {
     /// Terminals (by certificate fingerprint) with a person signed in, until when.
     signed_in: Mutex<HashMap<[u8; 32], Instant>>,
     verifying: tokio::sync::Semaphore,
+    /// Bumped when cached credentials are forgotten; per-connection memos of an older value are
+    /// void.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// The credentials last verified on one connection. A client repeats the same `Authorization`
+/// on every request of a keep-alive connection, so the next request is recognised by comparing
+/// the header's bytes (in constant time) without decoding, hashing or the shared cache's lock.
+/// It lives no longer than the shared cache entry would, and a reload voids it.
+#[derive(Default)]
+pub struct Memo(Mutex<Option<Remembered>>);
+
+struct Remembered {
+    header: HeaderValue,
+    person: Person,
+    until: Instant,
+    generation: u64,
 }
 
 struct Cached {
@@ -155,6 +172,7 @@ impl People {
             sessions: Mutex::default(),
             signed_in: Mutex::default(),
             verifying: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
+            generation: Default::default(),
         }
     }
 
@@ -175,15 +193,52 @@ impl People {
     /// at once, not when the cache entry would have expired).
     pub fn forget_cached(&self) {
         lock(&self.cache).clear();
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// HTTP Basic from an `Authorization` header.
+    /// HTTP Basic from an `Authorization` header, remembered for the connection in `memo`.
     pub async fn basic(
         self: &Arc<Self>,
         header: Option<&HeaderValue>,
         terminal: &Terminal,
+        memo: &Memo,
     ) -> Result<Person, Denied> {
         let header = header.ok_or(Denied::NoCredentials)?;
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+        let recalled = lock(&memo.0)
+            .as_ref()
+            .filter(|m| {
+                m.generation == generation
+                    && m.until > Instant::now()
+                    && aws_lc_rs::constant_time::verify_slices_are_equal(
+                        m.header.as_bytes(),
+                        header.as_bytes(),
+                    )
+                    .is_ok()
+            })
+            .map(|m| m.person.clone());
+        if let Some(person) = recalled {
+            let user = person.user.as_deref().unwrap_or("");
+            if let Some(denied) = lock(&self.lockout).check(user, &terminal.name, Instant::now()) {
+                return Err(denied);
+            }
+            return Ok(person);
+        }
+        let person = self.basic_uncached(header, terminal).await?;
+        *lock(&memo.0) = Some(Remembered {
+            header: header.clone(),
+            person: person.clone(),
+            until: Instant::now() + self.settings.cache,
+            generation,
+        });
+        Ok(person)
+    }
+
+    async fn basic_uncached(
+        self: &Arc<Self>,
+        header: &HeaderValue,
+        terminal: &Terminal,
+    ) -> Result<Person, Denied> {
         let encoded = header
             .as_bytes()
             .strip_prefix(b"Basic ")
