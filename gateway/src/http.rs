@@ -24,7 +24,7 @@ use engine_proxy::upstream::{ProxyBody, is_upgrade};
 use crate::audit::{Decision, Entry};
 use crate::identity::Terminal;
 use crate::login;
-use crate::meter::{Counted, Finished};
+use crate::meter::Metered;
 use crate::metrics::Metrics;
 use crate::person::{Denied, Person};
 use crate::state::Gateway;
@@ -248,7 +248,7 @@ async fn forward(
     login::strip_session_cookie(req.headers_mut());
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let received = Arc::new(AtomicU64::new(0));
-    let req = req.map(|b| Counted::new(b, received.clone(), limit).boxed());
+    let req = req.map(|b| Metered::limited(b, received.clone(), limit).boxed());
 
     let mut resp = match conn.upstream.forward(req, person.upstream.clone()).await {
         Ok(resp) => resp,
@@ -299,7 +299,7 @@ async fn forward(
     entry.reason = "allowed".into();
     let metrics_conn = conn.clone();
     resp.map(move |body| {
-        Finished::new(body, move |sent| {
+        Metered::finished(body, move |sent| {
             let m = &metrics_conn.gateway.metrics;
             entry.bytes_in = received.load(Relaxed);
             entry.bytes_out = sent;

@@ -1,4 +1,4 @@
-//! Bodies that count what passes through them, so the audit log can say how many bytes each
+//! A body that counts what passes through it, so the audit log can say how many bytes each
 //! request moved without the proxy ever holding a body in memory.
 
 use std::pin::Pin;
@@ -15,20 +15,43 @@ use engine_proxy::upstream::BoxError;
 #[error("request body larger than {0} bytes")]
 pub struct TooLarge(pub u64);
 
-/// Counts into a shared counter, and fails once more than `limit` bytes have passed.
-pub struct Counted<B> {
+/// Counts the bytes of a body as they pass: for a request, into a counter the handler reads
+/// later and against the size limit; for a response, into `done(bytes)`, called exactly once when
+/// the body ends or is dropped (the client went away): the moment a request's audit entry is
+/// complete.
+pub struct Metered<B> {
     inner: B,
-    count: Arc<AtomicU64>,
+    bytes: u64,
     limit: u64,
+    shared: Option<Arc<AtomicU64>>,
+    done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
 }
 
-impl<B> Counted<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>, limit: u64) -> Self {
-        Counted { inner, count, limit }
+impl<B> Metered<B> {
+    /// A request body: counted into `count`, failing once more than `limit` bytes have passed.
+    pub fn limited(inner: B, count: Arc<AtomicU64>, limit: u64) -> Self {
+        Metered {
+            inner,
+            bytes: 0,
+            limit,
+            shared: Some(count),
+            done: None,
+        }
+    }
+
+    /// A response body: `done(bytes)` when it is over.
+    pub fn finished(inner: B, done: impl FnOnce(u64) + Send + Sync + 'static) -> Self {
+        Metered {
+            inner,
+            bytes: 0,
+            limit: u64::MAX,
+            shared: None,
+            done: Some(Box::new(done)),
+        }
     }
 }
 
-impl<B> Body for Counted<B>
+impl<B> Body for Metered<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -47,8 +70,11 @@ where
             Poll::Pending => return Poll::Pending,
         };
         if let Some(data) = frame.data_ref() {
-            let total = self.count.fetch_add(data.len() as u64, Relaxed) + data.len() as u64;
-            if total > self.limit {
+            self.bytes += data.len() as u64;
+            if let Some(shared) = &self.shared {
+                shared.store(self.bytes, Relaxed);
+            }
+            if self.bytes > self.limit {
                 return Poll::Ready(Some(Err(Box::new(TooLarge(self.limit)))));
             }
         }
@@ -64,59 +90,7 @@ where
     }
 }
 
-/// Counts, and calls `done(bytes)` exactly once when the body ends or is dropped (the client
-/// went away): the moment a request's audit entry is complete.
-pub struct Finished<B> {
-    inner: B,
-    bytes: u64,
-    done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
-}
-
-impl<B> Finished<B> {
-    pub fn new(inner: B, done: impl FnOnce(u64) + Send + Sync + 'static) -> Self {
-        Finished {
-            inner,
-            bytes: 0,
-            done: Some(Box::new(done)),
-        }
-    }
-}
-
-impl<B> Body for Finished<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B> Drop for Finished<B> {
+impl<B> Drop for Metered<B> {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
             done(self.bytes);

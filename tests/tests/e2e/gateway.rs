@@ -858,27 +858,23 @@ fn a_users_own_engine_account_is_sent_upstream_and_never_the_terminals_authoriza
     );
     let id = c.user.split(':').next().unwrap().to_owned();
     let secret = c.dir.path().join("engine-pw");
-    write(&secret, "doctor-engine-pw\n");
-    sh(&format!(
-        "kakehashi user set-upstream {id} --upstream-id doctor --upstream-password-file {} --data-dir {}",
-        s(&secret),
-        c.data()
-    ))
-    .ok();
-    c.hup();
-    let (code, body) = c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    // Sets this user's engine account, reloads, and fetches a patient: the status.
+    let fetch_as = |engine_password: &str| {
+        write(&secret, format!("{engine_password}\n"));
+        sh(&format!(
+            "kakehashi user set-upstream {id} --upstream-id doctor --upstream-password-file {} --data-dir {}",
+            s(&secret),
+            c.data()
+        ))
+        .ok();
+        c.hup();
+        c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT)
+    };
+    let (code, body) = fetch_as("doctor-engine-pw");
     assert_eq!(code, 200, "{body}");
     // A wrong engine password for this user: the engine refuses it, and the terminal is told
     // it is the gateway's credential (502), not asked for its own password again (401).
-    write(&secret, "not-the-engine-pw\n");
-    sh(&format!(
-        "kakehashi user set-upstream {id} --upstream-id doctor --upstream-password-file {} --data-dir {}",
-        s(&secret),
-        c.data()
-    ))
-    .ok();
-    c.hup();
-    let (code, body) = c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    let (code, body) = fetch_as("not-the-engine-pw");
     assert_eq!(code, 502, "{body}");
     assert!(c.audit_has("allow", "the engine refused the upstream credential for user"));
 }
