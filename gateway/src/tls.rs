@@ -158,7 +158,8 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| file_error(&tls.key, format!("does not fit {}: {e}", tls.cert.display())))?;
-    config.session_storage = ServerSessionMemoryCache::new(16 * 1024);
+    // A clinic has tens of terminals, not thousands; the cache is allocated whole up front.
+    config.session_storage = ServerSessionMemoryCache::new(1024);
     config.ticketer = aws_lc_rs::Ticketer::new()?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
