@@ -85,6 +85,9 @@ fn check(path: &std::path::Path) -> Result<ExitCode, StartError> {
     if let Some(admin) = config.admin.address {
         println!("  metrics: http://{admin}/metrics");
     }
+    if config.tls.crl.is_none() {
+        println!("  WARNING: no tls.crl: a revoked terminal certificate would be admitted");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,6 +135,11 @@ fn shared_socket(address: SocketAddr) -> Result<std::net::TcpListener, StartErro
 /// cross-thread wake-ups on the hot path. This thread keeps signals and the admin listener.
 async fn serve(config: Config) -> Result<(), StartError> {
     let gateway = Arc::new(Gateway::start(config)?);
+    if gateway.config.tls.crl.is_none() {
+        tracing::warn!(
+            "no tls.crl: a revoked terminal certificate would be admitted; set it to the clinic CA's CRL"
+        );
+    }
     let workers = gateway.config.limits.workers();
     // Bind every listener once here, port 0 included, so that all workers share the address
     // actually bound and a bad address fails before anything runs.
