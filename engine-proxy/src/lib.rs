@@ -7,4 +7,5 @@
 #![forbid(unsafe_code)]
 
 pub mod sim;
+pub mod tls;
 pub mod upstream;

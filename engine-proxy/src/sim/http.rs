@@ -45,35 +45,36 @@ impl State {
 
 /// Builds the TLS acceptor; with `client_ca`, a client certificate from that CA is required.
 pub fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor, SimError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let tls_err = |path: &Path, detail: String| SimError::Tls {
-        path: path.display().to_string(),
-        detail,
+    use crate::tls::{self, TlsError};
+    let tls_err = |e: TlsError| match e {
+        TlsError::File { path, message } => SimError::Tls {
+            path: path.display().to_string(),
+            detail: message,
+        },
+        other => SimError::Tls {
+            path: cert.display().to_string(),
+            detail: other.to_string(),
+        },
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| tls_err(cert, format!("not a PEM certificate chain: {e}")))?;
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, format!("not a PEM private key: {e}")))?;
+    let chain = tls::load_certs(cert).map_err(tls_err)?;
+    let key_der = tls::load_key(key).map_err(tls_err)?;
     let builder = rustls::ServerConfig::builder();
     let builder = match client_ca {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(|e| tls_err(ca, e.to_string()))? {
-                let c = c.map_err(|e| tls_err(ca, format!("not a PEM certificate: {e}")))?;
-                roots.add(c).map_err(|e| tls_err(ca, e.to_string()))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            let roots = tls::load_roots(ca).map_err(tls_err)?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder(roots)
                 .build()
-                .map_err(|e| tls_err(ca, e.to_string()))?;
+                .map_err(|e| tls_err(TlsError::from(e)))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let mut config = builder
         .with_single_cert(chain, key_der)
-        .map_err(|e| tls_err(cert, e.to_string()))?;
+        .map_err(|e| SimError::Tls {
+            path: cert.display().to_string(),
+            detail: e.to_string(),
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
