@@ -83,14 +83,54 @@ pub async fn serve(
     }
 }
 
+/// What the handshake phase hands to the route: the TLS stream and who is on it.
+struct Admitted {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    terminal: Terminal,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    generation: u64,
+}
+
+/// One connection, in two phases, each its own allocation: the handshake's state (the TLS
+/// accept, its timeout) is freed before the connection settles into its long idle life, so an
+/// idle terminal costs its route's state and nothing more.
 async fn connection(
     gateway: &Arc<Gateway>,
     upstream: Arc<Upstream>,
     stream: TcpStream,
     source: SocketAddr,
     route: &Route,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Some(admitted) = Box::pin(handshake(gateway, stream, source, route)).await else {
+        return;
+    };
+    match route {
+        Route::Api(name) => Box::pin(serve_api(gateway, upstream, admitted, source, name, stopping)).await,
+        Route::Tcp(route) => {
+            let Admitted {
+                tls, terminal, chain, ..
+            } = admitted;
+            Box::pin(tcp::serve(
+                gateway.clone(),
+                route.clone(),
+                tls,
+                terminal,
+                chain,
+                source,
+            ))
+            .await
+        }
+    }
+}
+
+/// The TLS handshake (the terminal check runs inside it) and the audit entry either way.
+async fn handshake(
+    gateway: &Arc<Gateway>,
+    stream: TcpStream,
+    source: SocketAddr,
+    route: &Route,
+) -> Option<Admitted> {
     let started = Instant::now();
     let live = gateway.live();
     let config = match route.kind() {
@@ -114,29 +154,27 @@ async fn connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             Metrics::inc(&gateway.metrics.handshake_failures_total);
-            gateway.audit.record(deny(tls::describe_failure(&e))).await;
-            return;
+            gateway.audit.record_soon(deny(tls::describe_failure(&e)));
+            return None;
         }
         Err(_) => {
             Metrics::inc(&gateway.metrics.handshake_timeouts_total);
             let secs = gateway.config.limits.handshake_timeout_secs;
             gateway
                 .audit
-                .record(deny(format!("no TLS handshake within {secs} s")))
-                .await;
-            return;
+                .record_soon(deny(format!("no TLS handshake within {secs} s")));
+            return None;
         }
     };
-    let chain: Vec<_> = tls
-        .get_ref()
-        .1
+    let session = tls.get_ref().1;
+    let chain: Vec<_> = session
         .peer_certificates()
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
     // A full handshake ran the verifier just now, with this snapshot. A resumed one did not:
     // its certificate was checked when the session began (in this snapshot: a reload starts new
     // sessions), so check validity and the rest again now.
-    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let admitted = if resumed { live.admits(&chain) } else { Ok(()) };
     let terminal = match admitted.and_then(|()| {
         let leaf = chain.first().ok_or("no client certificate")?;
@@ -145,71 +183,83 @@ async fn connection(
         Ok(t) => t,
         Err(why) => {
             Metrics::inc(&gateway.metrics.handshake_failures_total);
-            gateway.audit.record(deny(why)).await;
-            return;
+            gateway.audit.record_soon(deny(why));
+            return None;
         }
     };
     Metrics::inc(&gateway.metrics.handshakes_total);
-    let admitted = {
-        let session = tls.get_ref().1;
-        format!(
-            "terminal admitted ({}, {})",
-            session
-                .protocol_version()
-                .map_or("?".into(), |v| format!("{v:?}")),
-            session
-                .negotiated_cipher_suite()
-                .map_or("?".into(), |s| format!("{:?}", s.suite())),
-        )
-    };
-    gateway
-        .audit
-        .record(Entry {
-            decision: Decision::Allow,
-            terminal: Some(terminal.name.clone()),
-            reason: admitted,
-            ..deny(String::new())
-        })
-        .await;
-    match route {
-        Route::Api(name) => {
-            let conn = Arc::new(http::Connection {
-                gateway: gateway.clone(),
-                upstream,
-                terminal,
-                chain,
-                source,
-                route: name.clone(),
-                checked: AtomicU64::new(live.generation),
-                memo: Default::default(),
-            });
-            let limits = &gateway.config.limits;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout())
-                .max_header_size(limits.max_header_bytes)
-                // Headers and body in one buffer: one TLS record and one write per response
-                // instead of one per part (a TLS stream gains nothing from vectored writes).
-                .writev(false);
-            let service = hyper::service::service_fn(move |req| http::handle(conn.clone(), req));
-            let served = builder
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades();
-            tokio::pin!(served);
-            let ended = tokio::select! {
-                ended = served.as_mut() => ended,
-                () = stopped(&mut stopping) => {
-                    // Finish the request in flight, then close instead of keeping alive.
-                    served.as_mut().graceful_shutdown();
-                    served.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%source, error = %e, "connection ended with an error");
-            }
+    let reason = format!(
+        "terminal admitted ({}, {})",
+        session
+            .protocol_version()
+            .map_or("?".into(), |v| format!("{v:?}")),
+        session
+            .negotiated_cipher_suite()
+            .map_or("?".into(), |s| format!("{:?}", s.suite())),
+    );
+    gateway.audit.record_soon(Entry {
+        decision: Decision::Allow,
+        terminal: Some(terminal.name.clone()),
+        reason,
+        ..deny(String::new())
+    });
+    Some(Admitted {
+        tls,
+        terminal,
+        chain,
+        generation: live.generation,
+    })
+}
+
+/// The api route: HTTP/1.1 on the admitted stream until either side closes or shutdown.
+async fn serve_api(
+    gateway: &Arc<Gateway>,
+    upstream: Arc<Upstream>,
+    admitted: Admitted,
+    source: SocketAddr,
+    name: &str,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let Admitted {
+        tls,
+        terminal,
+        chain,
+        generation,
+    } = admitted;
+    let conn = Arc::new(http::Connection {
+        gateway: gateway.clone(),
+        upstream,
+        terminal,
+        chain,
+        source,
+        route: name.to_owned(),
+        checked: AtomicU64::new(generation),
+        memo: Default::default(),
+    });
+    let limits = &gateway.config.limits;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout())
+        .max_header_size(limits.max_header_bytes)
+        // Headers and body in one buffer: one TLS record and one write per response instead of
+        // one per part (a TLS stream gains nothing from vectored writes).
+        .writev(false);
+    let service = hyper::service::service_fn(move |req| http::handle(conn.clone(), req));
+    let served = builder
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    tokio::pin!(served);
+    let ended = tokio::select! {
+        ended = served.as_mut() => ended,
+        () = stopped(&mut stopping) => {
+            // Finish the request in flight, then close instead of keeping alive.
+            served.as_mut().graceful_shutdown();
+            served.await
         }
-        Route::Tcp(route) => tcp::serve(gateway.clone(), route.clone(), tls, terminal, chain, source).await,
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%source, error = %e, "connection ended with an error");
     }
 }
 

@@ -57,7 +57,7 @@ pub async fn serve<S>(
     if route.require_login && !gateway.people.signed_in(&terminal) {
         entry.decision = Decision::Deny;
         entry.reason = "no person signed in on this terminal".into();
-        gateway.audit.record(entry).await;
+        gateway.audit.record_soon(entry);
         return;
     }
     let mut upstream = match connect(&gateway, &route).await {
@@ -66,7 +66,7 @@ pub async fn serve<S>(
             Metrics::inc(&gateway.metrics.upstream_errors_total);
             entry.decision = Decision::Allow;
             entry.reason = format!("allowed; upstream unreachable: {e}");
-            gateway.audit.record(entry).await;
+            gateway.audit.record_soon(entry);
             return;
         }
     };
@@ -87,7 +87,7 @@ pub async fn serve<S>(
     Metrics::add(&gateway.metrics.bytes_from_terminals_total, entry.bytes_in);
     Metrics::add(&gateway.metrics.bytes_to_terminals_total, entry.bytes_out);
     entry.duration_ms = started.elapsed().as_millis() as u64;
-    gateway.audit.record(entry).await;
+    gateway.audit.record_soon(entry);
 }
 
 /// The upstream side: TCP, then TLS with the uplink certificate unless the route says not to.
