@@ -341,13 +341,17 @@ Fetch a patient through the gateway as the terminal {TERMINAL:?}, signed in as {
 Without -u the gateway answers 401; without --cert it refuses the TLS handshake. Then:
   kakehashi audit export --data-dir {d}/data      every decision the gateway made
   kakehashi terminal list --data-dir {d}/data     the inventory
-  curl http://127.0.0.1:9090/metrics               the gateway's metrics (see gateway.toml [admin])
+  curl {metrics}   the gateway's metrics
 
 Ctrl-C stops both.",
         engine_url = engine.url,
         gw = gateway.url,
         user_id = user.trim().split(':').next().unwrap_or(""),
         user = user.trim(),
+        metrics = kakehashi_gateway::config::Config::load(&dir.join("gateway.toml"))
+            .ok()
+            .and_then(|c| c.admin.address)
+            .map_or("(no [admin] address in gateway.toml)".into(), |a| format!("http://{a}/metrics")),
     );
     println!("READY {}", gateway.url);
     use std::io::Write as _;
