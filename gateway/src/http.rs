@@ -252,6 +252,21 @@ async fn forward(
 
     let mut resp = match conn.upstream.forward(req, person.upstream.clone()).await {
         Ok(resp) => resp,
+        Err(_) if received.load(Relaxed) > limit => {
+            // A body without a declared length ran past the limit: the meter cut it off, which
+            // ended the upstream request. That is the terminal's doing, not the engine's.
+            entry.bytes_in = received.load(Relaxed);
+            let resp = text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("Kakehashi: request body larger than {limit} bytes"),
+            );
+            return conn.deny(
+                entry,
+                started,
+                format!("streamed body over the limit of {limit} bytes"),
+                resp,
+            );
+        }
         Err(e) => {
             Metrics::inc(&gateway.metrics.upstream_errors_total);
             entry.decision = Decision::Allow;

@@ -620,7 +620,9 @@ fn base64(text: &str) -> String {
 #[test]
 fn garbage_slow_headers_bad_chunking_and_huge_headers_are_cut_off_and_nothing_else_slows() {
     use std::io::{Read, Write};
-    let c = Clinic::start("\n[limits]\nheader_timeout_secs = 2\nhandshake_timeout_secs = 2\n");
+    let c = Clinic::start(
+        "\n[limits]\nheader_timeout_secs = 2\nhandshake_timeout_secs = 2\nmax_body_bytes = 1048576\n",
+    );
     // Garbage instead of a ClientHello: closed, audited.
     let mut tcp = std::net::TcpStream::connect(c.addr()).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -685,6 +687,22 @@ fn garbage_slow_headers_bad_chunking_and_huge_headers_are_cut_off_and_nothing_el
     );
     let out = tool("sh", &["-c", &bad_chunk]).stdout;
     assert!(!out.contains("\"bytes\""), "{out}");
+
+    // A chunked body (no declared length) over limits.max_body_bytes: cut off at the limit and
+    // answered 413, not blamed on the engine.
+    let big = c.dir.path().join("big.bin");
+    std::fs::File::create(&big).unwrap().set_len(3 << 20).unwrap();
+    let (code, body) = c.curl(
+        &format!(
+            "{} -u {} -H Content-Type:a/b -H Transfer-Encoding:chunked --data-binary @{}",
+            c.tls(),
+            c.user,
+            s(&big)
+        ),
+        "/sim/upload",
+    );
+    assert!(code == 413 || code == 0, "{code} {body}");
+    assert!(c.audit_has("deny", "streamed body over the limit"));
 
     // Headers over the limit: 431, or the connection closed while curl was still sending them
     // (hyper answers and closes at the limit; a reset can overtake the answer). Never served.
