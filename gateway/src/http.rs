@@ -78,7 +78,7 @@ impl Connection {
     }
 
     /// A refusal by the gateway: audited, counted, answered.
-    fn deny(
+    pub(crate) fn deny(
         &self,
         mut entry: Entry,
         started: Instant,
@@ -95,10 +95,12 @@ impl Connection {
 
     /// Stage 1: the certificate is re-checked when the snapshot changed since the last request.
     fn admitted(&self) -> Result<(), String> {
-        let live = self.gateway.live();
-        if self.checked.load(Relaxed) == live.generation {
+        // The common case, nothing reloaded since the last request, reads the reload counter
+        // only: no snapshot is taken.
+        if self.checked.load(Relaxed) == *self.gateway.reloaded.borrow() {
             return Ok(());
         }
+        let live = self.gateway.live();
         live.admits(&self.chain)?;
         self.checked.store(live.generation, Relaxed);
         Ok(())

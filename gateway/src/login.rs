@@ -198,11 +198,12 @@ async fn sign_in(
     let body = match Limited::new(req.into_body(), MAX_FORM).collect().await {
         Ok(b) => zeroize::Zeroizing::new(b.to_bytes().to_vec()),
         Err(_) => {
-            return reply(
+            let resp = reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "text/plain; charset=utf-8",
                 "form too large\n",
             );
+            return conn.deny(entry, started, format!("login form over {MAX_FORM} bytes"), resp);
         }
     };
     let (mut id, mut password, mut next) = (
