@@ -6,6 +6,14 @@
 //! the engine API rules table.
 #![forbid(unsafe_code)]
 
+pub mod cache;
+pub mod failover;
+pub mod format;
+pub mod health;
+pub mod journal;
+pub mod replay;
+pub mod rules;
 pub mod sim;
+pub mod sqlite;
 pub mod tls;
 pub mod upstream;

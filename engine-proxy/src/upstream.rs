@@ -42,7 +42,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// `url` is `https://host[:port][/prefix]`; `tls` carries the gateway's uplink certificate.
+    /// `url` is `https://host[:port][/prefix]` (or `http://` for an on-premises engine); `tls`
+    /// carries the gateway's uplink certificate.
     pub fn new(url: &str, tls: rustls::ClientConfig, timeout: Duration) -> Result<Upstream, UpstreamError> {
         let bad = |why: &str| UpstreamError::Url(url.to_owned(), why.to_owned());
         let uri: Uri = url
@@ -61,7 +62,9 @@ impl Upstream {
         http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_only()
+            // The gateway's configuration admits only https:// for the cloud; plain http is for
+            // an on-premises engine on the clinic's LAN.
+            .https_or_http()
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())

@@ -32,17 +32,23 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
 
 async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            gateway.metrics.render(),
-        ),
+        "/metrics" => {
+            crate::hybrid::refresh_metrics(&gateway);
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                gateway.metrics.render(),
+            )
+        }
         "/health" if gateway.audit.is_failing() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "audit log cannot be written\n".into(),
         ),
-        "/health" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        "/health" => {
+            let mode = gateway.failover.health.mode().as_str();
+            (StatusCode::OK, "text/plain", format!("ok\nhybrid mode: {mode}\n"))
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -41,6 +41,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub admin: Admin,
+    #[serde(default)]
+    pub failover: Failover,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -91,6 +93,10 @@ pub struct Listener {
     /// `tcp` only: allow a connection only while a person is signed in on this terminal.
     #[serde(default = "yes")]
     pub require_login: bool,
+    /// `tcp` only: where new streams go while the cloud is down (the on-premises engine's
+    /// address); without it, new streams are refused while the cloud is down.
+    #[serde(default)]
+    pub fallback: Option<String>,
 }
 
 impl Listener {
@@ -120,6 +126,103 @@ pub struct Upstream {
     pub user: String,
     /// First line: the password of `user`. Mode 0600.
     pub password_file: PathBuf,
+}
+
+/// What happens when the cloud engine does not answer (DESIGN.md, "Failover, precisely").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failover {
+    /// The cheap engine call that tells whether the cloud answers: `"METHOD /path?query"`.
+    #[serde(default = "default_probe")]
+    pub probe: String,
+    /// The probe's body (JSON when it starts with `{`, else XML); empty for none.
+    #[serde(default = "default_probe_body")]
+    pub probe_body: String,
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+    /// A probe unanswered after this long counts as failed: what detects a black hole.
+    #[serde(default = "default_probe_timeout_ms")]
+    pub probe_timeout_ms: u64,
+    /// How long every probe must succeed before the cloud counts as back.
+    #[serde(default = "default_healthy_secs")]
+    pub healthy_secs: u64,
+    /// An on-premises engine to use instead of the cache and journal while the cloud is down:
+    /// `https://host:port` or, on the clinic's LAN, `http://host:port`.
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// Trust anchors for the on-premises engine's certificate (default: upstream.ca).
+    #[serde(default)]
+    pub engine_ca: Option<PathBuf>,
+    /// Upper bound of the read cache, bytes of answers.
+    #[serde(default = "default_cache_max_bytes")]
+    pub cache_max_bytes: u64,
+    /// Reads and writes are buffered to be cached or journaled; a larger body is refused.
+    #[serde(default = "default_max_entry_bytes")]
+    pub max_entry_bytes: usize,
+    /// Rules checked before the built-in table.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteRule>,
+}
+
+/// One configured row of the engine API rules table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// A path pattern without the `/api` prefix; `*` matches any run of characters.
+    pub path: String,
+    pub action: engine_proxy::rules::Action,
+    /// `read` only: how long a cached answer may be served (default one day).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+impl Failover {
+    pub fn health(&self) -> engine_proxy::health::Settings {
+        engine_proxy::health::Settings {
+            interval: Duration::from_millis(self.probe_interval_ms),
+            timeout: Duration::from_millis(self.probe_timeout_ms),
+            healthy_for: Duration::from_secs(self.healthy_secs),
+        }
+    }
+
+    /// The probe's method and path.
+    pub fn probe(&self) -> Option<(hyper::Method, &str)> {
+        let (method, path) = self.probe.split_once(' ')?;
+        let method = method.parse().ok()?;
+        path.starts_with('/').then_some((method, path))
+    }
+
+    pub fn rules(&self) -> engine_proxy::rules::Rules {
+        engine_proxy::rules::Rules::new(
+            self.routes
+                .iter()
+                .map(|r| engine_proxy::rules::Rule {
+                    path: r.path.clone(),
+                    action: r.action,
+                    ttl: r
+                        .ttl_secs
+                        .map_or(engine_proxy::rules::DEFAULT_TTL, Duration::from_secs),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Failover {
+            probe: default_probe(),
+            probe_body: default_probe_body(),
+            probe_interval_ms: default_probe_interval_ms(),
+            probe_timeout_ms: default_probe_timeout_ms(),
+            healthy_secs: default_healthy_secs(),
+            engine: None,
+            engine_ca: None,
+            cache_max_bytes: default_cache_max_bytes(),
+            max_entry_bytes: default_max_entry_bytes(),
+            routes: Vec::new(),
+        }
+    }
 }
 
 /// Person authentication.
@@ -218,6 +321,27 @@ fn default_upstream_timeout_secs() -> u64 {
 fn default_shutdown_secs() -> u64 {
     10
 }
+fn default_probe() -> String {
+    "POST /api01rv2/systeminfv2?format=json".into()
+}
+fn default_probe_body() -> String {
+    "{}".into()
+}
+fn default_probe_interval_ms() -> u64 {
+    250
+}
+fn default_probe_timeout_ms() -> u64 {
+    500
+}
+fn default_healthy_secs() -> u64 {
+    10
+}
+fn default_cache_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_max_entry_bytes() -> usize {
+    4 * 1024 * 1024
+}
 fn default_admin_address() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
@@ -309,6 +433,9 @@ impl Config {
         rel(&mut self.upstream.cert);
         rel(&mut self.upstream.key);
         rel(&mut self.upstream.password_file);
+        if let Some(ca) = &mut self.failover.engine_ca {
+            rel(ca);
+        }
     }
 
     fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -329,6 +456,7 @@ impl Config {
             ("upstream.cert", Some(&self.upstream.cert)),
             ("upstream.key", Some(&self.upstream.key)),
             ("upstream.password_file", Some(&self.upstream.password_file)),
+            ("failover.engine_ca", self.failover.engine_ca.as_ref()),
         ];
         for (key, path) in files {
             if let Some(path) = path
@@ -351,6 +479,12 @@ impl Config {
                 (ListenerKind::Tcp, Some(u)) if split_host_port(u).is_none() => {
                     return Err(self.invalid(key("upstream"), format!("expected \"host:port\", got {u:?}")));
                 }
+                (ListenerKind::Api, _) if l.fallback.is_some() => {
+                    return Err(self.invalid(
+                        key("fallback"),
+                        "an api listener falls back to failover.engine; fallback is for kind = \"tcp\"",
+                    ));
+                }
                 (ListenerKind::Api, Some(_)) => {
                     return Err(self.invalid(
                         key("upstream"),
@@ -358,6 +492,11 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+            if let Some(f) = &l.fallback
+                && split_host_port(f).is_none()
+            {
+                return Err(self.invalid(key("fallback"), format!("expected \"host:port\", got {f:?}")));
             }
             if let Some(other) = self.listeners[..i].iter().position(|o| o.address == l.address) {
                 return Err(self.invalid(
@@ -379,6 +518,7 @@ impl Config {
             }
             Err(e) => return Err(self.invalid("upstream.url", format!("not a URL: {e}"))),
         }
+        self.check_failover()?;
         if self.auth.lockout_failures == 0 {
             return Err(self.invalid("auth.lockout_failures", "expected at least 1"));
         }
@@ -401,6 +541,59 @@ impl Config {
         }
         if self.limits.max_header_bytes < 8192 {
             return Err(self.invalid("limits.max_header_bytes", "expected at least 8192"));
+        }
+        Ok(())
+    }
+
+    fn check_failover(&self) -> Result<(), ConfigError> {
+        let f = &self.failover;
+        if f.probe().is_none() {
+            return Err(self.invalid(
+                "failover.probe",
+                format!(
+                    "expected \"METHOD /path\", e.g. \"POST /api01rv2/systeminfv2?format=json\", got {:?}",
+                    f.probe
+                ),
+            ));
+        }
+        let positive = [
+            ("failover.probe_interval_ms", f.probe_interval_ms),
+            ("failover.probe_timeout_ms", f.probe_timeout_ms),
+            ("failover.cache_max_bytes", f.cache_max_bytes),
+            ("failover.max_entry_bytes", f.max_entry_bytes as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(self.invalid(key, "expected a positive number"));
+            }
+        }
+        if let Some(url) = &f.engine {
+            match url.parse::<hyper::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("https" | "http")) && uri.host().is_some() => {}
+                _ => {
+                    return Err(self.invalid(
+                        "failover.engine",
+                        format!("expected https://host:port or http://host:port, got {url:?}"),
+                    ));
+                }
+            }
+        } else if self.listeners.iter().any(|l| l.fallback.is_some()) {
+            return Err(self.invalid(
+                "failover.engine",
+                "a tcp listener has a fallback, which needs the on-premises engine set here",
+            ));
+        }
+        for (i, r) in f.routes.iter().enumerate() {
+            let key = |k: &str| format!("failover.route[{i}].{k}");
+            if !(r.path.starts_with('/') || r.path.starts_with('*')) {
+                return Err(self.invalid(
+                    key("path"),
+                    format!("expected a path such as \"/api01rv2/*\", got {:?}", r.path),
+                ));
+            }
+            if r.ttl_secs.is_some() && r.action != engine_proxy::rules::Action::Read {
+                return Err(self.invalid(key("ttl_secs"), "only a read rule has a cache lifetime"));
+            }
         }
         Ok(())
     }

@@ -19,6 +19,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
 
+use engine_proxy::failover::{Caller, Engine, RouteError, Served};
+use engine_proxy::health::Mode;
 use engine_proxy::upstream::{ProxyBody, is_upgrade};
 
 use crate::audit::{Decision, Entry};
@@ -32,8 +34,8 @@ use crate::state::Gateway;
 /// One terminal connection on an api listener.
 pub struct Connection {
     pub gateway: Arc<Gateway>,
-    /// This worker's client to the engine.
-    pub upstream: Arc<engine_proxy::upstream::Upstream>,
+    /// This worker's route stage: the cloud engine, or the local one.
+    pub engine: Arc<Engine>,
     pub terminal: Terminal,
     pub chain: Vec<CertificateDer<'static>>,
     pub source: SocketAddr,
@@ -107,11 +109,25 @@ impl Connection {
     }
 }
 
-/// Serves one request through the stages.
+/// The hybrid state a response reports in `X-Hybridmode`, as the engine's own responses do.
+pub const HYBRID_MODE: &str = "x-hybridmode";
+
+/// Serves one request through the stages. Every response says the hybrid state; an answer from
+/// the local engine says `emergency` (or `recovery`) even before the prober has confirmed it.
 pub async fn handle(
     conn: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let Ok(mut resp) = stages(&conn, req).await;
+    if !resp.headers().contains_key(HYBRID_MODE) {
+        let mode = conn.engine.failover.health.mode();
+        resp.headers_mut().insert(HYBRID_MODE, mode.header());
+    }
+    Ok(resp)
+}
+
+async fn stages(conn: &Arc<Connection>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let conn = conn.clone();
     let started = Instant::now();
     let metrics = &conn.gateway.metrics;
     Metrics::inc(&metrics.requests_total);
@@ -218,7 +234,8 @@ pub fn locked_out(secs: u64) -> Response<ProxyBody> {
     r
 }
 
-/// Stages 4 and 5: the declared size, then the uplink, streaming both ways.
+/// Stages 4 and 5: the declared size, then the route (the cloud, or the local engine in its
+/// place), streaming both ways where the route does not need the whole body.
 async fn forward(
     conn: Arc<Connection>,
     mut req: Request<Incoming>,
@@ -229,47 +246,61 @@ async fn forward(
     let gateway = conn.gateway.clone();
     let limit = gateway.config.limits.max_body_bytes;
     entry.user = person.user.clone();
-    entry.upstream = Some(conn.upstream.authority().to_owned());
+    entry.upstream = Some(conn.engine.cloud.authority().to_owned());
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        let resp = text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("Kakehashi: request body larger than {limit} bytes"),
-        );
-        return conn.deny(
+        return too_large(
+            &conn,
             entry,
             started,
+            limit,
             format!("body of {} bytes over the limit", declared.unwrap_or(0)),
-            resp,
         );
     }
     login::strip_session_cookie(req.headers_mut());
     let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let received = Arc::new(AtomicU64::new(0));
     let req = req.map(|b| Metered::limited(b, received.clone(), limit).boxed());
+    let caller = Caller {
+        terminal: Some(conn.terminal.name.clone()),
+        user: person.user.clone(),
+        authorization: person.upstream.clone(),
+    };
 
-    let mut resp = match conn.upstream.forward(req, person.upstream.clone()).await {
-        Ok(resp) => resp,
-        Err(_) if received.load(Relaxed) > limit => {
+    let routed = match conn.engine.route(req, &caller).await {
+        Ok(routed) => routed,
+        Err(RouteError::Body(_) | RouteError::Upstream(_)) if received.load(Relaxed) > limit => {
             // A body without a declared length ran past the limit: the meter cut it off, which
-            // ended the upstream request. That is the terminal's doing, not the engine's.
+            // ended the call. That is the terminal's doing, not the engine's.
             entry.bytes_in = received.load(Relaxed);
-            let resp = text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("Kakehashi: request body larger than {limit} bytes"),
-            );
-            return conn.deny(
+            return too_large(
+                &conn,
                 entry,
                 started,
+                limit,
                 format!("streamed body over the limit of {limit} bytes"),
-                resp,
             );
         }
-        Err(e) => {
+        Err(RouteError::TooLarge(n)) => {
+            entry.bytes_in = received.load(Relaxed);
+            return too_large(
+                &conn,
+                entry,
+                started,
+                n as u64,
+                format!("a read or write body over failover.max_entry_bytes ({n})"),
+            );
+        }
+        Err(RouteError::Body(why)) => {
+            entry.bytes_in = received.load(Relaxed);
+            let resp = text(StatusCode::BAD_REQUEST, &format!("Kakehashi: {why}"));
+            return conn.deny(entry, started, why, resp);
+        }
+        Err(RouteError::Upstream(e)) => {
             Metrics::inc(&gateway.metrics.upstream_errors_total);
             entry.decision = Decision::Allow;
             entry.reason = format!("allowed; engine unreachable: {e}");
@@ -282,11 +313,29 @@ async fn forward(
             );
         }
     };
-    if resp.status().is_server_error() {
+    let mut resp = routed.response;
+    entry.decision = Decision::Allow;
+    entry.status = Some(resp.status().as_u16());
+    let local = !matches!(routed.served, Served::Cloud);
+    count_route(&gateway.metrics, &routed.served);
+    if local {
+        let mode = match gateway.failover.health.mode() {
+            Mode::Normal => Mode::Emergency,
+            other => other,
+        };
+        resp.headers_mut().insert(HYBRID_MODE, mode.header());
+        entry.upstream = Some(match &routed.served {
+            Served::OnPrem(_) => gateway.config.failover.engine.clone().unwrap_or_default(),
+            Served::Cache { .. } => "local:cache".into(),
+            Served::Journaled { .. } => "local:journal".into(),
+            _ => "local".into(),
+        });
+    }
+    if matches!(routed.served, Served::Cloud) && resp.status().is_server_error() {
         Metrics::inc(&gateway.metrics.upstream_responses_5xx_total);
     }
-    entry.decision = Decision::Allow;
-    if resp.status() == StatusCode::UNAUTHORIZED {
+    if matches!(routed.served, Served::Cloud | Served::OnPrem(_)) && resp.status() == StatusCode::UNAUTHORIZED
+    {
         // The person was verified here; the engine refusing the gateway's own credential is a
         // configuration fault, not the terminal's. Passing the 401 on would make the terminal
         // ask its user for a password that cannot help.
@@ -304,7 +353,6 @@ async fn forward(
             "Kakehashi: the engine refused the gateway's credential; ask the clinic's administrator",
         );
     }
-    entry.status = Some(resp.status().as_u16());
 
     if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
         entry.reason = "allowed; protocol upgrade (WebSocket) to the engine".into();
@@ -313,7 +361,15 @@ async fn forward(
         return resp.map(|_| Empty::new().map_err(|e| match e {}).boxed());
     }
 
-    entry.reason = "allowed".into();
+    entry.reason = match &routed.served {
+        Served::Cloud => "allowed".into(),
+        Served::Refused(why) => {
+            // The person and terminal were allowed; the call was not, for want of the cloud.
+            entry.decision = Decision::Deny;
+            format!("refused offline: {why}")
+        }
+        served => format!("allowed; answered by {}", served.describe()),
+    };
     let metrics_conn = conn.clone();
     resp.map(move |body| {
         Metered::finished(body, move |sent| {
@@ -326,6 +382,30 @@ async fn forward(
         })
         .boxed()
     })
+}
+
+fn too_large(
+    conn: &Connection,
+    entry: Entry,
+    started: Instant,
+    limit: u64,
+    reason: String,
+) -> Response<ProxyBody> {
+    let resp = text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("Kakehashi: request body larger than {limit} bytes"),
+    );
+    conn.deny(entry, started, reason, resp)
+}
+
+fn count_route(metrics: &Metrics, served: &Served) {
+    match served {
+        Served::Cloud => {}
+        Served::OnPrem(_) => Metrics::inc(&metrics.onprem_answers_total),
+        Served::Cache { .. } => Metrics::inc(&metrics.cache_answers_total),
+        Served::Journaled { .. } => Metrics::inc(&metrics.journal_appends_total),
+        Served::Refused(_) => Metrics::inc(&metrics.refused_offline_total),
+    }
 }
 
 /// Both sides switched protocols: copy bytes until either closes, then audit the totals.

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod hybrid;
 pub mod identity;
 pub mod inventory;
 pub mod listener;

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use engine_proxy::upstream::Upstream;
+use engine_proxy::failover::Engine;
 
 use crate::audit::{Decision, Entry};
 use crate::config::ListenerKind;
@@ -47,7 +47,7 @@ impl Route {
 /// Accepts until `stopping` turns true.
 pub async fn serve(
     gateway: Arc<Gateway>,
-    upstream: Arc<Upstream>,
+    engine: Arc<Engine>,
     listener: TcpListener,
     route: Arc<Route>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
@@ -72,11 +72,11 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (gateway, upstream, route, stopping) =
-            (gateway.clone(), upstream.clone(), route.clone(), stopping.clone());
+        let (gateway, engine, route, stopping) =
+            (gateway.clone(), engine.clone(), route.clone(), stopping.clone());
         tokio::spawn(async move {
             Metrics::inc(&gateway.metrics.connections_open);
-            connection(&gateway, upstream, stream, peer, &route, stopping).await;
+            connection(&gateway, engine, stream, peer, &route, stopping).await;
             Metrics::dec(&gateway.metrics.connections_open);
             drop(permit);
         });
@@ -96,7 +96,7 @@ struct Admitted {
 /// idle terminal costs its route's state and nothing more.
 async fn connection(
     gateway: &Arc<Gateway>,
-    upstream: Arc<Upstream>,
+    engine: Arc<Engine>,
     stream: TcpStream,
     source: SocketAddr,
     route: &Route,
@@ -106,7 +106,7 @@ async fn connection(
         return;
     };
     match route {
-        Route::Api(name) => Box::pin(serve_api(gateway, upstream, admitted, source, name, stopping)).await,
+        Route::Api(name) => Box::pin(serve_api(gateway, engine, admitted, source, name, stopping)).await,
         Route::Tcp(route) => {
             let Admitted {
                 tls, terminal, chain, ..
@@ -214,7 +214,7 @@ async fn handshake(
 /// The api route: HTTP/1.1 on the admitted stream until either side closes or shutdown.
 async fn serve_api(
     gateway: &Arc<Gateway>,
-    upstream: Arc<Upstream>,
+    engine: Arc<Engine>,
     admitted: Admitted,
     source: SocketAddr,
     name: &str,
@@ -228,7 +228,7 @@ async fn serve_api(
     } = admitted;
     let conn = Arc::new(http::Connection {
         gateway: gateway.clone(),
-        upstream,
+        engine,
         terminal,
         chain,
         source,

@@ -48,6 +48,18 @@ metrics! {
     reloads_total: "counter", "Successful SIGHUP reloads.";
     reload_failures_total: "counter", "SIGHUP reloads that failed (the previous configuration stays).";
     terminals_enabled: "gauge", "Enabled terminals in the loaded inventory.";
+    hybrid_mode: "gauge", "The hybrid state: 0 normal, 1 emergency (the local engine answers), 2 recovery (handing the journal back).";
+    hybrid_changes_total: "counter", "Changes of the hybrid state.";
+    probes_total: "counter", "Health probes sent to the cloud engine.";
+    probe_failures_total: "counter", "Health probes the cloud did not answer in time or answered 5xx.";
+    cache_answers_total: "counter", "Reads answered from the local cache because the cloud could not answer.";
+    journal_appends_total: "counter", "Writes stored in the journal because the cloud could not take them.";
+    journal_pending: "gauge", "Journaled writes not yet handed back to the cloud.";
+    journal_delivered_total: "counter", "Journaled writes the cloud took.";
+    journal_quarantined_total: "counter", "Journaled writes the cloud refused; they wait for an operator (kakehashi journal).";
+    journal_retries_total: "counter", "Attempts to hand a journaled write back that did not get through.";
+    refused_offline_total: "counter", "Calls refused in the engine's format because the cloud could not answer (not cached, cloud-only, journal failure).";
+    onprem_answers_total: "counter", "Calls answered by the on-premises engine.";
 }
 
 impl Metrics {

@@ -189,6 +189,16 @@ impl People {
         }
     }
 
+    /// The engine credential a user's writes are sent with now: their own engine account, or the
+    /// clinic's (also for a user removed since). What the replayer hands a journaled write back with.
+    pub fn credential_for(&self, user: Option<&str>) -> HeaderValue {
+        let own = user.and_then(|id| users::lookup(&lock(&self.db), id).ok().flatten()?.upstream);
+        match own {
+            Some(c) => basic(&c.id, &c.password),
+            None => self.clinic.clone(),
+        }
+    }
+
     /// Forgets every remembered credential (on SIGHUP: a password change or a lock takes effect
     /// at once, not when the cache entry would have expired).
     pub fn forget_cached(&self) {

@@ -135,6 +135,7 @@ fn shared_socket(address: SocketAddr) -> Result<std::net::TcpListener, StartErro
 /// cross-thread wake-ups on the hot path. This thread keeps signals and the admin listener.
 async fn serve(config: Config) -> Result<(), StartError> {
     let gateway = Arc::new(Gateway::start(config)?);
+    crate::hybrid::start(&gateway)?;
     if gateway.config.tls.crl.is_none() {
         tracing::warn!(
             "no tls.crl: a revoked terminal certificate would be admitted; set it to the clinic CA's CRL"
@@ -178,7 +179,7 @@ async fn serve(config: Config) -> Result<(), StartError> {
             .iter_mut()
             .map(|(_, route, _, sockets)| (sockets.pop(), route.clone()))
             .collect();
-        let upstream = Arc::new(gateway.upstream()?);
+        let engine = Arc::new(gateway.engine()?);
         let (gateway, stopping, mut exiting) = (gateway.clone(), stopping.clone(), exiting.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -197,7 +198,7 @@ async fn serve(config: Config) -> Result<(), StartError> {
                             Ok(socket) => {
                                 let serving = listener::serve(
                                     gateway.clone(),
-                                    upstream.clone(),
+                                    engine.clone(),
                                     socket,
                                     route,
                                     stopping.clone(),

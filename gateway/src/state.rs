@@ -9,6 +9,11 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use engine_proxy::cache::Cache;
+use engine_proxy::failover::{Engine, Failover, Local};
+use engine_proxy::health::Health;
+use engine_proxy::journal::Journal;
+use engine_proxy::upstream::Upstream;
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
@@ -31,6 +36,10 @@ pub enum StartError {
     Store(#[from] db::StoreError),
     #[error(transparent)]
     Upstream(#[from] engine_proxy::upstream::UpstreamError),
+    #[error(transparent)]
+    Journal(#[from] engine_proxy::journal::JournalError),
+    #[error(transparent)]
+    LocalStore(#[from] engine_proxy::sqlite::DbError),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("cannot listen on {address}: {source}")]
@@ -81,6 +90,10 @@ pub struct Gateway {
     pub people: Arc<People>,
     /// The uplink's TLS client configuration, for raw TCP routes.
     pub uplink: Arc<rustls::ClientConfig>,
+    /// The uplink certificate with the on-premises engine's trust anchors, when there is one.
+    pub onprem_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Health, the rules table, and the local engine.
+    pub failover: Arc<Failover>,
     pub audit: AuditLog,
     pub metrics: Metrics,
     /// One permit per open terminal connection.
@@ -95,7 +108,7 @@ impl Gateway {
         let live = Live::load(&config, 0)?;
         let uplink = tls::client_config(&config.upstream.ca, &config.upstream.cert, &config.upstream.key)?;
         // Each worker builds its own client (see `upstream`); this one proves the URL is usable.
-        engine_proxy::upstream::Upstream::new(
+        Upstream::new(
             &config.upstream.url,
             uplink.clone(),
             config.limits.upstream_timeout(),
@@ -112,11 +125,39 @@ impl Gateway {
         let people = Arc::new(People::new(settings, db::open(&config.data_dir)?, clinic));
         let audit = AuditLog::open(&config.data_dir)?;
         let metrics = Metrics::default();
+        let local = match &config.failover.engine {
+            Some(url) => Local::Engine { url: url.clone() },
+            None => {
+                let (cache, note) = Cache::open(&config.data_dir, config.failover.cache_max_bytes)?;
+                if let Some(note) = note {
+                    tracing::warn!("{note}");
+                }
+                let journal = Journal::open(&config.data_dir)?;
+                Local::Store { cache, journal }
+            }
+        };
+        let onprem_tls = match &config.failover.engine {
+            Some(_) => {
+                let ca = config.failover.engine_ca.as_ref().unwrap_or(&config.upstream.ca);
+                Some(Arc::new(tls::client_config(
+                    ca, &config.upstream.cert, &config.upstream.key,
+                )?))
+            }
+            None => None,
+        };
+        let failover = Arc::new(Failover {
+            rules: config.failover.rules(),
+            health: Health::new(config.failover.health()),
+            local,
+            max_entry_bytes: config.failover.max_entry_bytes,
+        });
         Metrics::set(&metrics.terminals_enabled, live.inventory.enabled_count() as u64);
         Ok(Gateway {
             connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
             people,
             uplink: Arc::new(uplink),
+            onprem_tls,
+            failover,
             audit,
             metrics,
             live: RwLock::new(Arc::new(live)),
@@ -125,15 +166,41 @@ impl Gateway {
         })
     }
 
-    /// A pooled client to the engine for one worker thread. Each worker has its own, so that a
-    /// request and the upstream connection carrying it live on the same thread.
-    pub fn upstream(&self) -> Result<engine_proxy::upstream::Upstream, StartError> {
+    /// A pooled client to the cloud engine. Each worker has its own, so that a request and the
+    /// upstream connection carrying it live on the same thread; the prober and the replayer have
+    /// theirs.
+    pub fn upstream(&self) -> Result<Upstream, StartError> {
         let config = &self.config;
-        Ok(engine_proxy::upstream::Upstream::new(
+        Ok(Upstream::new(
             &config.upstream.url,
             (*self.uplink).clone(),
             config.limits.upstream_timeout(),
         )?)
+    }
+
+    /// The route stage for one worker: its clients to the cloud and the on-premises engine.
+    pub fn engine(&self) -> Result<Engine, StartError> {
+        let onprem = match (&self.failover.local, &self.onprem_tls) {
+            (Local::Engine { url }, Some(tls)) => Some(Upstream::new(
+                url,
+                (**tls).clone(),
+                self.config.limits.upstream_timeout(),
+            )?),
+            _ => None,
+        };
+        Ok(Engine {
+            cloud: self.upstream()?,
+            onprem,
+            failover: self.failover.clone(),
+        })
+    }
+
+    /// The journal, when the local engine is the appliance's own.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        match &self.failover.local {
+            Local::Store { journal, .. } => Some(journal),
+            Local::Engine { .. } => None,
+        }
     }
 
     /// The current snapshot.

@@ -22,6 +22,8 @@ pub struct Route {
     pub upstream: String,
     pub upstream_tls: bool,
     pub require_login: bool,
+    /// Where new streams go while the cloud is down.
+    pub fallback: Option<String>,
 }
 
 impl Route {
@@ -31,6 +33,7 @@ impl Route {
             upstream: listener.upstream.clone().unwrap_or_default(),
             upstream_tls: listener.upstream_tls,
             require_login: listener.require_login,
+            fallback: listener.fallback.clone(),
         }
     }
 }
@@ -60,7 +63,34 @@ pub async fn serve<S>(
         gateway.audit.record_soon(entry);
         return;
     }
-    let mut upstream = match connect(&gateway, &route).await {
+    // New streams follow the hybrid state; streams in flight stay where they are.
+    let emergency = gateway.failover.health.mode() == engine_proxy::health::Mode::Emergency;
+    let target = match (&route.fallback, emergency) {
+        (_, false) => Target {
+            address: &route.upstream,
+            tls: route.upstream_tls.then(|| gateway.uplink.clone()),
+        },
+        (Some(fallback), true) => Target {
+            address: fallback,
+            // The on-premises engine's scheme says whether it speaks TLS.
+            tls: gateway.onprem_tls.clone().filter(|_| {
+                gateway
+                    .config
+                    .failover
+                    .engine
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https:"))
+            }),
+        },
+        (None, true) => {
+            entry.decision = Decision::Deny;
+            entry.reason = "the cloud is down and this route has no fallback".into();
+            gateway.audit.record_soon(entry);
+            return;
+        }
+    };
+    entry.upstream = Some(target.address.to_owned());
+    let mut upstream = match connect(&gateway, &target).await {
         Ok(s) => s,
         Err(e) => {
             Metrics::inc(&gateway.metrics.upstream_errors_total);
@@ -90,20 +120,26 @@ pub async fn serve<S>(
     gateway.audit.record_soon(entry);
 }
 
-/// The upstream side: TCP, then TLS with the uplink certificate unless the route says not to.
-async fn connect(gateway: &Gateway, route: &Route) -> Result<Box<dyn Stream>, String> {
-    let (host, port) = split_host_port(&route.upstream).ok_or("bad upstream address")?;
+/// Where a stream goes, and with which TLS client configuration if any.
+struct Target<'a> {
+    address: &'a str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The upstream side: TCP, then TLS with the uplink certificate unless the target is plain.
+async fn connect(gateway: &Gateway, target: &Target<'_>) -> Result<Box<dyn Stream>, String> {
+    let (host, port) = split_host_port(target.address).ok_or("bad upstream address")?;
     let timeout = gateway.config.limits.upstream_timeout();
     let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| format!("no connection within {timeout:?}"))?
         .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    if !route.upstream_tls {
+    let Some(tls) = &target.tls else {
         return Ok(Box::new(tcp));
-    }
+    };
     let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
-    let connector = tokio_rustls::TlsConnector::from(gateway.uplink.clone());
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
     let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
         .await
         .map_err(|_| format!("no TLS handshake within {timeout:?}"))?

@@ -7,8 +7,8 @@ use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 use time::{OffsetDateTime, UtcOffset};
 
-use super::body::{self, Format};
 use super::store::{self, Answer, Patient, Store, StoreError, Visit, VisitKind, Written};
+use crate::format::{self as body, Format};
 
 /// One parsed call.
 pub struct Call<'a> {

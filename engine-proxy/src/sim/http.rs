@@ -15,8 +15,8 @@ use tokio_rustls::TlsAcceptor;
 
 use super::SimError;
 use super::api::{self, Call, Outcome};
-use super::body::{self, Format};
 use super::store::Store;
+use crate::format::{self as body, Format};
 
 /// Largest request body the engine reads.
 const MAX_BODY: usize = 4 << 20;

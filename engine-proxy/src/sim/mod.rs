@@ -7,7 +7,6 @@
 //! certificates required as the cloud requires them.
 
 mod api;
-mod body;
 mod bulk;
 mod http;
 mod push;

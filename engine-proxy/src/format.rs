@@ -68,6 +68,51 @@ pub fn render(format: Format, response: &Map<String, Value>) -> Vec<u8> {
     }
 }
 
+/// The `Api_Result` of an engine answer, if it parses.
+pub fn api_result(format: Format, bytes: &[u8]) -> Option<String> {
+    answer_field(format, bytes, "Api_Result")
+}
+
+/// The `Api_Result_Message` of an engine answer, if it parses.
+pub fn api_result_message(format: Format, bytes: &[u8]) -> Option<String> {
+    answer_field(format, bytes, "Api_Result_Message")
+}
+
+/// A text field of an answer's first record that has it.
+fn answer_field(format: Format, bytes: &[u8], name: &str) -> Option<String> {
+    let top = parse(format, bytes).ok()?;
+    top.values()
+        .find_map(|record| record.get(name)?.as_str().map(str::to_owned))
+}
+
+/// Whether an `Api_Result` means the engine did what was asked: all zeros is success, `W…` a
+/// warning on a success.
+pub fn is_success(code: &str) -> bool {
+    code.starts_with('W') || (!code.is_empty() && code.bytes().all(|b| b == b'0'))
+}
+
+/// An answer in the engine's own shape, for answers the gateway gives in the engine's place:
+/// `{"<name>res": {"Api_Result": code, "Api_Result_Message": message}}`, where the record is
+/// named after the request's (`acceptreq` → `acceptres`) or, without one, after the call.
+pub fn engine_answer(format: Format, path: &str, request: &[u8], code: &str, message: &str) -> Vec<u8> {
+    let root = parse(format, request)
+        .ok()
+        .and_then(|m| {
+            m.keys()
+                .find_map(|k| k.strip_suffix("req").map(|r| format!("{r}res")))
+        })
+        .unwrap_or_else(|| {
+            let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("api");
+            format!("{name}res")
+        });
+    let mut record = Map::new();
+    record.insert("Api_Result".into(), Value::String(code.into()));
+    record.insert("Api_Result_Message".into(), Value::String(message.into()));
+    let mut top = Map::new();
+    top.insert(root, Value::Object(record));
+    render(format, &top)
+}
+
 fn write_element(out: &mut String, name: &str, value: &Value) {
     let text = match value {
         Value::Null => return,
@@ -239,6 +284,19 @@ mod tests {
         );
         let back = parse(Format::Xml, xml.replace("xmlio2", "data").as_bytes()).unwrap();
         assert_eq!(back, v);
+    }
+
+    #[test]
+    fn api_results_are_found_in_both_formats() {
+        let json = br#"{"acceptres":{"Api_Result":"00","Api_Result_Message":"ok"}}"#;
+        assert_eq!(api_result(Format::Json, json).as_deref(), Some("00"));
+        let xml = engine_answer(Format::Xml, "/orca11/acceptmodv2", b"", "W90", "queued");
+        assert_eq!(api_result(Format::Xml, &xml).as_deref(), Some("W90"));
+        assert!(String::from_utf8_lossy(&xml).contains("<acceptmodv2res type=\"record\">"));
+        let named = engine_answer(Format::Json, "/x", br#"{"acceptreq":{}}"#, "90", "no");
+        assert!(String::from_utf8_lossy(&named).contains("acceptres"));
+        assert!(is_success("00") && is_success("0000") && is_success("W01"));
+        assert!(!is_success("01") && !is_success("") && !is_success("E10"));
     }
 
     #[test]

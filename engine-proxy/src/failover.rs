@@ -1,0 +1,527 @@
+//! The route stage: the cloud engine, or the local engine in its place.
+//!
+//! Each call is looked up in the rules table ([`crate::rules`]) and the hybrid state
+//! ([`crate::health`]) decides where it goes:
+//!
+//! | action | `normal` | `recovery` | `emergency` |
+//! |---|---|---|---|
+//! | read | cloud, answer cached; if the cloud fails mid-call, the cache | cloud, as in normal | the cache |
+//! | write | cloud; if it fails mid-call, the journal | the journal (behind older entries) | the journal |
+//! | refuse | cloud, streamed | cloud, streamed | refused in the engine's format |
+//!
+//! With an on-premises engine configured instead of the cache and journal, everything goes
+//! there in `emergency`, and calls the cloud fails mid-call are retried there.
+//!
+//! Reads and writes are buffered (they must be answerable again or journaled; the engine's are
+//! small, bounded by `max_entry_bytes`); everything else streams. A call waiting for the cloud
+//! stops waiting as soon as the cloud is declared down, so a black-holed cloud costs a terminal
+//! at most the detection time, not the upstream timeout. Every write sent to the cloud carries an
+//! idempotency key (the terminal's, or one the gateway makes), so a write whose fate is unknown
+//! can be journaled and replayed without being applied twice.
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+
+use crate::cache::{self, Cache};
+use crate::format::{self, Format};
+use crate::health::{Health, Mode};
+use crate::journal::{Journal, NewEntry};
+use crate::rules::{Action, Rule, Rules};
+use crate::upstream::{ProxyBody, Upstream, UpstreamError};
+
+/// The header carrying a write's idempotency key, to the engine and in the journal.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The header naming the journal entry of a write accepted offline.
+pub const JOURNAL_ID: &str = "x-kakehashi-journal-id";
+
+/// `Api_Result` codes of the answers the gateway gives in the engine's place.
+pub mod codes {
+    /// A write stored in the journal, to be sent later: a warning on a success.
+    pub const ACCEPTED_OFFLINE: &str = "W90";
+    /// A read the cache cannot answer.
+    pub const NOT_CACHED: &str = "90";
+    /// A call that must not be made without the cloud.
+    pub const REFUSED_OFFLINE: &str = "91";
+    /// A write the journal could not store (disk full, failing disk).
+    pub const NOT_STORED: &str = "92";
+}
+
+/// What the local engine shares across workers.
+pub struct Failover {
+    pub rules: Rules,
+    pub health: Arc<Health>,
+    pub local: Local,
+    /// Reads and writes larger than this are refused (413): they could be neither cached nor
+    /// journaled.
+    pub max_entry_bytes: usize,
+}
+
+/// What stands in for the cloud.
+pub enum Local {
+    /// The read cache and the write journal on the appliance.
+    Store { cache: Cache, journal: Arc<Journal> },
+    /// An on-premises engine: every call goes there while the cloud is down. Each worker makes
+    /// its own client from this URL.
+    Engine { url: String },
+}
+
+/// One worker's view: its own clients, the shared rest.
+pub struct Engine {
+    pub cloud: Upstream,
+    pub onprem: Option<Upstream>,
+    pub failover: Arc<Failover>,
+}
+
+/// Who is calling, for the engine credential and the journal.
+pub struct Caller {
+    pub terminal: Option<String>,
+    pub user: Option<String>,
+    /// The engine credential for this person (or the clinic).
+    pub authorization: HeaderValue,
+}
+
+/// Who answered a call.
+#[derive(Debug, Clone)]
+pub enum Served {
+    Cloud,
+    /// The on-premises engine, and why the cloud did not.
+    OnPrem(String),
+    /// The cache, with the answer's age, and why the cloud did not.
+    Cache {
+        age: u64,
+        why: String,
+    },
+    /// The journal, with the entry's id, and why the cloud did not.
+    Journaled {
+        id: u64,
+        why: String,
+    },
+    /// The gateway, in the engine's place and format, refusing.
+    Refused(String),
+}
+
+impl Served {
+    /// For the audit log.
+    pub fn describe(&self) -> String {
+        match self {
+            Served::Cloud => "the cloud engine".into(),
+            Served::OnPrem(why) => format!("the on-premises engine ({why})"),
+            Served::Cache { age, why } => format!("the cache, an answer {age} s old ({why})"),
+            Served::Journaled { id, why } => format!("the journal as entry #{id} ({why})"),
+            Served::Refused(why) => format!("refused offline: {why}"),
+        }
+    }
+}
+
+/// An answer and who gave it.
+pub struct Routed {
+    pub response: Response<ProxyBody>,
+    pub served: Served,
+}
+
+/// Why a call got no answer at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// A streamed call the cloud failed, with nothing to fall back on.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The terminal's body broke off or ran past a limit.
+    #[error("the request body: {0}")]
+    Body(String),
+    #[error("a read or write body larger than {0} bytes cannot be cached or journaled")]
+    TooLarge(usize),
+}
+
+/// A request's head, kept to send it again or journal it.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn path_and_query(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
+    fn format(&self) -> Format {
+        Format::from_query(self.uri.query())
+    }
+
+    fn request(&self, body: Bytes) -> Request<ProxyBody> {
+        let mut req = Request::new(Full::new(body).map_err(|e| match e {}).boxed());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// How a call to the cloud ended.
+enum Attempt {
+    Answered(Response<Incoming>),
+    /// A whole answer, read to the end.
+    Whole(hyper::http::response::Parts, Bytes),
+    Failed(String),
+}
+
+impl Engine {
+    /// Routes one authorized call.
+    pub async fn route(&self, req: Request<ProxyBody>, caller: &Caller) -> Result<Routed, RouteError> {
+        let f = &self.failover;
+        let rule = f.rules.classify(req.uri().path()).cloned();
+        let action = rule.as_ref().map_or(Action::Refuse, |r| r.action);
+        let mode = f.health.mode();
+        if mode == Mode::Emergency
+            && let Some(onprem) = &self.onprem
+        {
+            let resp = onprem.forward(req, caller.authorization.clone()).await?;
+            return Ok(Routed {
+                response: boxed(resp),
+                served: Served::OnPrem("the cloud is down".into()),
+            });
+        }
+        match (action, &f.local) {
+            (Action::Read, Local::Store { cache, .. }) => {
+                let (head, body) = self.buffer(req).await?;
+                self.read(head, body, rule.as_ref(), caller, cache, mode).await
+            }
+            (Action::Write, Local::Store { journal, .. }) => {
+                let (head, body) = self.buffer(req).await?;
+                self.write(head, body, caller, journal, mode).await
+            }
+            (Action::Refuse, Local::Store { .. }) if mode == Mode::Emergency => {
+                // Not buffered: an unknown call may be large, and only its path matters here.
+                let (parts, _) = req.into_parts();
+                let head = Head {
+                    method: parts.method,
+                    uri: parts.uri,
+                    headers: parts.headers,
+                };
+                let why = match rule {
+                    Some(_) => "this call cannot be finished by any engine but the cloud",
+                    None => "the gateway does not know this call, so it does not answer it offline",
+                };
+                Ok(refused(&head, b"", codes::REFUSED_OFFLINE, why))
+            }
+            _ => self.stream(req, caller).await,
+        }
+    }
+
+    /// A call that is neither cached nor journaled: straight to the cloud, streaming.
+    async fn stream(&self, req: Request<ProxyBody>, caller: &Caller) -> Result<Routed, RouteError> {
+        match self.cloud.forward(req, caller.authorization.clone()).await {
+            Ok(resp) => {
+                if is_unavailable(resp.status()) {
+                    self.failover.health.suspect();
+                }
+                Ok(Routed {
+                    response: boxed(resp),
+                    served: Served::Cloud,
+                })
+            }
+            Err(e) => {
+                self.failover.health.suspect();
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn buffer(&self, req: Request<ProxyBody>) -> Result<(Head, Bytes), RouteError> {
+        let limit = self.failover.max_entry_bytes;
+        let (parts, mut body) = req.into_parts();
+        let mut whole = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| RouteError::Body(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if whole.len() + data.len() > limit {
+                    return Err(RouteError::TooLarge(limit));
+                }
+                whole.extend_from_slice(&data);
+            }
+        }
+        let body = Bytes::from(whole);
+        let head = Head {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+        };
+        Ok((head, body))
+    }
+
+    /// Sends a buffered call to the cloud, giving up when the cloud is declared down. With
+    /// `whole`, a 200 answer of known, bounded length is read to the end (to be cached).
+    async fn attempt(&self, head: &Head, body: Bytes, caller: &Caller, whole: bool) -> Attempt {
+        let limit = self.failover.max_entry_bytes as u64;
+        let call = async {
+            let resp = match self
+                .cloud
+                .forward(head.request(body), caller.authorization.clone())
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) => return Attempt::Failed(e.to_string()),
+            };
+            if is_unavailable(resp.status()) {
+                return Attempt::Failed(format!("the cloud answered {}", resp.status()));
+            }
+            let bounded = resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n <= limit);
+            if !(whole && resp.status() == StatusCode::OK && bounded) {
+                return Attempt::Answered(resp);
+            }
+            let (parts, body) = resp.into_parts();
+            match body.collect().await {
+                Ok(b) => Attempt::Whole(parts, b.to_bytes()),
+                Err(e) => Attempt::Failed(format!("the cloud's answer broke off: {e}")),
+            }
+        };
+        let health = &self.failover.health;
+        let attempt = tokio::select! {
+            a = call => a,
+            () = health.went_down() => Attempt::Failed("the cloud was declared down while the call waited".into()),
+        };
+        if matches!(attempt, Attempt::Failed(_)) {
+            health.suspect();
+        }
+        attempt
+    }
+
+    async fn read(
+        &self,
+        head: Head,
+        body: Bytes,
+        rule: Option<&Rule>,
+        caller: &Caller,
+        cache: &Cache,
+        mode: Mode,
+    ) -> Result<Routed, RouteError> {
+        let key = cache::key(head.method.as_str(), head.path_and_query(), &body);
+        if mode == Mode::Emergency {
+            return Ok(from_cache(cache, &key, &head, &body, "the cloud is down".into()));
+        }
+        match self.attempt(&head, body.clone(), caller, true).await {
+            Attempt::Answered(resp) => Ok(Routed {
+                response: boxed(resp),
+                served: Served::Cloud,
+            }),
+            Attempt::Whole(parts, answer) => {
+                cache.fill(cache::Fill {
+                    key,
+                    path: head.uri.path().to_owned(),
+                    status: parts.status.as_u16(),
+                    content_type: text_header(&parts.headers, header::CONTENT_TYPE),
+                    body: answer.clone(),
+                    ttl: rule.map_or(crate::rules::DEFAULT_TTL, |r| r.ttl),
+                });
+                Ok(Routed {
+                    response: Response::from_parts(parts, full(answer)),
+                    served: Served::Cloud,
+                })
+            }
+            Attempt::Failed(why) => match &self.onprem {
+                Some(onprem) => self.onprem(onprem, &head, body, caller, why).await,
+                None => Ok(from_cache(
+                    cache,
+                    &key,
+                    &head,
+                    &body,
+                    format!("the cloud failed: {why}"),
+                )),
+            },
+        }
+    }
+
+    async fn write(
+        &self,
+        mut head: Head,
+        body: Bytes,
+        caller: &Caller,
+        journal: &Journal,
+        mode: Mode,
+    ) -> Result<Routed, RouteError> {
+        let key = match text_header(&head.headers, IDEMPOTENCY_KEY) {
+            Some(k) => k,
+            None => {
+                let Some((k, v)) = new_key() else {
+                    let why = "the gateway could not make an idempotency key for this write";
+                    return Ok(refused(&head, &body, codes::NOT_STORED, why));
+                };
+                head.headers.insert(IDEMPOTENCY_KEY, v);
+                k
+            }
+        };
+        let why = match mode {
+            Mode::Emergency => "the cloud is down".to_owned(),
+            Mode::Recovery => "earlier offline writes are still being handed back".to_owned(),
+            Mode::Normal => match self.attempt(&head, body.clone(), caller, false).await {
+                Attempt::Answered(resp) => {
+                    return Ok(Routed {
+                        response: boxed(resp),
+                        served: Served::Cloud,
+                    });
+                }
+                Attempt::Whole(parts, b) => {
+                    return Ok(Routed {
+                        response: Response::from_parts(parts, full(b)),
+                        served: Served::Cloud,
+                    });
+                }
+                Attempt::Failed(why) => format!("the cloud failed: {why}"),
+            },
+        };
+        let entry = NewEntry {
+            terminal: caller.terminal.clone(),
+            user: caller.user.clone(),
+            method: head.method.to_string(),
+            path: head.path_and_query().to_owned(),
+            content_type: text_header(&head.headers, header::CONTENT_TYPE),
+            body: body.clone(),
+            idempotency_key: key,
+        };
+        match journal.append(entry).await {
+            Ok(id) => {
+                let message = if mode == Mode::Recovery {
+                    format!(
+                        "Accepted: the cloud engine is back and this write is queued as journal \
+                         entry #{id} behind earlier offline writes; it will be sent in order shortly."
+                    )
+                } else {
+                    format!(
+                        "Accepted offline: the cloud engine cannot be reached. This write is stored \
+                         on the gateway as journal entry #{id} and will be sent when the line returns."
+                    )
+                };
+                let answer = format::engine_answer(
+                    head.format(),
+                    head.uri.path(),
+                    &body,
+                    codes::ACCEPTED_OFFLINE,
+                    &message,
+                );
+                let mut response = engine_reply(StatusCode::OK, head.format(), answer);
+                if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+                    response.headers_mut().insert(JOURNAL_ID, v);
+                }
+                Ok(Routed {
+                    response,
+                    served: Served::Journaled { id, why },
+                })
+            }
+            Err(e) => {
+                tracing::error!("journal append failed: {e}");
+                let message = format!(
+                    "Not accepted: the cloud engine cannot be reached and the gateway could not \
+                     store this write ({e}). Nothing was saved; try again later."
+                );
+                let mut routed = refused(&head, &body, codes::NOT_STORED, &message);
+                routed.served = Served::Refused(format!("the journal could not store the write: {e}"));
+                Ok(routed)
+            }
+        }
+    }
+
+    async fn onprem(
+        &self,
+        onprem: &Upstream,
+        head: &Head,
+        body: Bytes,
+        caller: &Caller,
+        why: String,
+    ) -> Result<Routed, RouteError> {
+        let resp = onprem
+            .forward(head.request(body), caller.authorization.clone())
+            .await?;
+        Ok(Routed {
+            response: boxed(resp),
+            served: Served::OnPrem(why),
+        })
+    }
+}
+
+/// A read answered from the cache, or refused in the engine's format when it holds nothing.
+fn from_cache(cache: &Cache, key: &[u8; 32], head: &Head, body: &[u8], why: String) -> Routed {
+    match cache.get(key) {
+        Some(hit) => {
+            let mut response = Response::new(full(hit.body));
+            *response.status_mut() = StatusCode::from_u16(hit.status).unwrap_or(StatusCode::OK);
+            let h = response.headers_mut();
+            if let Some(v) = hit.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+            h.insert(header::AGE, HeaderValue::from(hit.age));
+            Routed {
+                response,
+                served: Served::Cache { age: hit.age, why },
+            }
+        }
+        None => {
+            let message = "Not available offline: the cloud engine cannot be reached and the \
+                           gateway holds no copy of this answer.";
+            let mut routed = refused(head, body, codes::NOT_CACHED, message);
+            routed.served = Served::Refused(format!("not in the cache ({why})"));
+            routed
+        }
+    }
+}
+
+/// 503 in the engine's format, with a retry hint.
+fn refused(head: &Head, body: &[u8], code: &str, message: &str) -> Routed {
+    let answer = format::engine_answer(head.format(), head.uri.path(), body, code, message);
+    let mut response = engine_reply(StatusCode::SERVICE_UNAVAILABLE, head.format(), answer);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    Routed {
+        response,
+        served: Served::Refused(message.to_owned()),
+    }
+}
+
+fn engine_reply(status: StatusCode, format: Format, body: Vec<u8>) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    r
+}
+
+/// 502, 503 and 504: the cloud (or what stands in front of it) could not take the call. A 500
+/// is the engine's own answer about this call, and is passed on.
+fn is_unavailable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
+}
+
+fn full(b: Bytes) -> ProxyBody {
+    Full::new(b).map_err(|e| match e {}).boxed()
+}
+
+fn boxed(resp: Response<Incoming>) -> Response<ProxyBody> {
+    resp.map(|b| b.map_err(Into::into).boxed())
+}
+
+fn text_header(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// A fresh idempotency key of 128 random bits, or `None` if the system cannot supply them (a
+/// key of zeros would make distinct writes look like one).
+fn new_key() -> Option<(String, HeaderValue)> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).ok()?;
+    let mut key = String::from("kakehashi-");
+    for b in bytes {
+        key.push_str(&format!("{b:02x}"));
+    }
+    let value = HeaderValue::from_str(&key).ok()?;
+    Some((key, value))
+}
