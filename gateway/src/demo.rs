@@ -328,6 +328,13 @@ fn run_clinic(dir: &Path) -> Result<ExitCode> {
             &config("gateway.toml"),
         ],
     )?;
+    // For the failover walk-through: `kill -STOP` makes the cloud a black hole.
+    if let Err(e) = std::fs::write(dir.join("engine.pid"), format!("{}\n", engine.child.id())) {
+        eprintln!(
+            "kakehashi demo: cannot write {}: {e}",
+            dir.join("engine.pid").display()
+        );
+    }
     print_files(dir);
     let user = std::fs::read_to_string(dir.join("user.txt")).unwrap_or_default();
     let d = dir.display();
@@ -342,6 +349,14 @@ Without -u the gateway answers 401; without --cert it refuses the TLS handshake.
   kakehashi audit export --data-dir {d}/data      every decision the gateway made
   kakehashi terminal list --data-dir {d}/data     the inventory
   curl {metrics}   the gateway's metrics
+
+Take the line down (the cloud stops answering), then read and write through the gateway:
+  kill -STOP $(cat {d}/engine.pid)
+  curl ... '{gw}/api01rv2/patientgetv2?id=1&format=json'       from the cache, X-Hybridmode: emergency
+  curl ... -H 'Content-Type: application/json' -d '{{\"acceptreq\":{{\"Patient_ID\":\"1\"}}}}' \\
+       '{gw}/orca11/acceptmodv2?class=01&format=json'            journaled: Api_Result W90
+  kakehashi journal list --data-dir {d}/data      what waits for the cloud
+  kill -CONT $(cat {d}/engine.pid)                10 s later the journal drains, back to normal
 
 Ctrl-C stops both.",
         engine_url = engine.url,
@@ -409,7 +424,8 @@ The demo clinic in {d}:
   engine.pem, .key          the demo cloud engine's server certificate
   crl.pem                   the clinic CA's CRL
   engine.toml, gateway.toml the two processes' configuration
-  data/                     the gateway's inventory, users and audit log"
+  engine.pid                the cloud engine's process id (while the demo runs)
+  data/                     the gateway's inventory, users, audit log, read cache and write journal"
     );
 }
 

@@ -9,6 +9,7 @@ mod e2e {
     mod audit;
     mod cli;
     mod engine_sim;
+    mod failover;
     mod gateway;
     mod inventory;
     mod pki;

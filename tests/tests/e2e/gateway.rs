@@ -9,7 +9,7 @@ use crate::support::*;
 type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
 
 /// A free loopback port (bound and released: good enough for tests on one machine).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -17,38 +17,75 @@ fn free_port() -> u16 {
 }
 
 /// A demo clinic with its cloud engine and gateway running.
-struct Clinic {
-    dir: tempfile::TempDir,
+pub(crate) struct Clinic {
+    pub(crate) dir: tempfile::TempDir,
     /// The cloud engine, kept running for the clinic's lifetime.
-    _engine: Server,
-    gateway: Server,
+    pub(crate) engine: Server,
+    pub(crate) gateway: Server,
     /// `ID:password` from user.txt.
-    user: String,
-    admin: String,
+    pub(crate) user: String,
+    pub(crate) admin: String,
 }
 
 impl Clinic {
     /// `demo --setup-only`, `extra` appended to gateway.toml (with `ENGINE_PORT` replaced by the
     /// cloud engine's port), then both processes.
-    fn start(extra: &str) -> Clinic {
+    pub(crate) fn start(extra: &str) -> Clinic {
         Clinic::start_with(extra, "", &[])
     }
 
     /// [`Clinic::start`], with `engine_extra` appended to engine.toml and `env` for the gateway.
-    fn start_with(extra: &str, engine_extra: &str, env: &[(&str, &str)]) -> Clinic {
+    pub(crate) fn start_with(extra: &str, engine_extra: &str, env: &[(&str, &str)]) -> Clinic {
         let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path().join("clinic");
-        let admin = format!("127.0.0.1:{}", free_port());
-        let engine_port = free_port();
         sh(&format!(
-            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{engine_port} --admin-listen {admin}",
-            s(&d),
+            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} --admin-listen 127.0.0.1:{}",
+            s(&dir.path().join("clinic")),
+            free_port(),
+            free_port(),
             free_port(),
         ))
         .ok();
+        Clinic::adopt_with(dir, extra, engine_extra, env)
+    }
+
+    /// Runs the clinic that `demo --setup-only` wrote into `dir/clinic`, `extra` appended to its
+    /// gateway.toml.
+    pub(crate) fn adopt(dir: tempfile::TempDir, extra: &str) -> Clinic {
+        Clinic::adopt_with(dir, extra, "", &[])
+    }
+
+    fn adopt_with(dir: tempfile::TempDir, extra: &str, engine_extra: &str, env: &[(&str, &str)]) -> Clinic {
+        let d = dir.path().join("clinic");
+        let setting = |file: &str, key: &str| {
+            let text = std::fs::read_to_string(d.join(file)).unwrap();
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(key)?.trim_start().strip_prefix('='))
+                .and_then(|v| v.split('"').nth(1))
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("no {key} in {file}"))
+        };
+        let engine_port = setting("engine.toml", "listen")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let admin = {
+            let toml = std::fs::read_to_string(d.join("gateway.toml")).unwrap();
+            let admin = toml.split("[admin]").nth(1).expect("an [admin] table").to_owned();
+            admin
+                .lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix("address")?
+                        .split('"')
+                        .nth(1)
+                        .map(str::to_owned)
+                })
+                .expect("admin address")
+        };
         if !extra.is_empty() {
             let mut toml = std::fs::read_to_string(d.join("gateway.toml")).unwrap();
-            toml.push_str(&extra.replace("ENGINE_PORT", &engine_port.to_string()));
+            toml.push_str(&extra.replace("ENGINE_PORT", &engine_port));
             write(&d.join("gateway.toml"), toml);
         }
         let mut engine_toml = std::fs::read_to_string(d.join("engine.toml")).unwrap();
@@ -62,27 +99,27 @@ impl Clinic {
             .to_owned();
         Clinic {
             dir,
-            _engine: engine,
+            engine,
             gateway,
             user,
             admin,
         }
     }
 
-    fn path(&self, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join("clinic").join(file)
     }
 
-    fn addr(&self) -> &str {
+    pub(crate) fn addr(&self) -> &str {
         self.gateway.url.trim_start_matches("https://")
     }
 
-    fn data(&self) -> String {
+    pub(crate) fn data(&self) -> String {
         s(&self.path("data")).to_owned()
     }
 
     /// The terminal's TLS options for curl.
-    fn tls(&self) -> String {
+    pub(crate) fn tls(&self) -> String {
         format!(
             "--cacert {} --cert {} --key {}",
             s(&self.path("ca.pem")),
@@ -92,7 +129,7 @@ impl Clinic {
     }
 
     /// `curl -s OPTIONS GATEWAY/PATH`: the status (0 when the TLS layer refused) and the body.
-    fn curl(&self, options: &str, path: &str) -> (u16, String) {
+    pub(crate) fn curl(&self, options: &str, path: &str) -> (u16, String) {
         let out = sh(&format!(
             "curl -s -w ~STATUS~%{{http_code}} {options} {}{path}",
             self.gateway.url
@@ -102,12 +139,12 @@ impl Clinic {
     }
 
     /// A TLS connection to the gateway as a terminal (rustls as the client library).
-    fn connect(&self, cert: &str, key: &str) -> Tls {
+    pub(crate) fn connect(&self, cert: &str, key: &str) -> Tls {
         self.open(&self.client(cert, key))
     }
 
     /// A connection with a client configuration, which remembers sessions for resumption.
-    fn open(&self, config: &std::sync::Arc<rustls::ClientConfig>) -> Tls {
+    pub(crate) fn open(&self, config: &std::sync::Arc<rustls::ClientConfig>) -> Tls {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
         let tcp = std::net::TcpStream::connect(self.addr()).unwrap();
@@ -116,7 +153,7 @@ impl Clinic {
     }
 
     /// A terminal's TLS client configuration (rustls defaults: X25519MLKEM768 offered first).
-    fn client(&self, cert: &str, key: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    pub(crate) fn client(&self, cert: &str, key: &str) -> std::sync::Arc<rustls::ClientConfig> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let certs = |f: &str| {
@@ -137,14 +174,14 @@ impl Clinic {
         std::sync::Arc::new(config)
     }
 
-    fn hup(&self) {
+    pub(crate) fn hup(&self) {
         sh(&format!("kill -HUP {}", self.gateway.pid())).ok();
         // The reload is quick; give it a moment to swap the snapshot.
         std::thread::sleep(Duration::from_millis(500));
     }
 
     /// The audit log as JSON objects (SIGTERM first would flush; entries are written within ms).
-    fn audit(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn audit(&self) -> Vec<serde_json::Value> {
         std::thread::sleep(Duration::from_millis(300));
         sh(&format!(
             "kakehashi audit export --json --data-dir {}",
@@ -156,14 +193,14 @@ impl Clinic {
         .collect()
     }
 
-    fn audit_has(&self, decision: &str, reason: &str) -> bool {
+    pub(crate) fn audit_has(&self, decision: &str, reason: &str) -> bool {
         self.audit()
             .iter()
             .any(|e| e["decision"] == decision && e["reason"].as_str().is_some_and(|r| r.contains(reason)))
     }
 }
 
-const PATIENT: &str = "/api01rv2/patientgetv2?id=1&format=json";
+pub(crate) const PATIENT: &str = "/api01rv2/patientgetv2?id=1&format=json";
 
 #[test]
 fn curl_with_a_certificate_and_a_password_gets_a_patient_from_the_cloud() {
@@ -359,7 +396,7 @@ fn an_established_connection_of_a_revoked_terminal_is_cut_at_the_reload() {
 }
 
 /// One HTTP/1.1 request on an open connection: the status and the body (by Content-Length).
-fn exchange(conn: &mut (impl std::io::Read + std::io::Write), request: &str) -> (u16, String) {
+pub(crate) fn exchange(conn: &mut (impl std::io::Read + std::io::Write), request: &str) -> (u16, String) {
     use std::io::{BufRead, BufReader, Read};
     conn.write_all(request.as_bytes()).unwrap();
     let mut reader = BufReader::new(conn);
