@@ -54,10 +54,18 @@ pub struct Fill {
     pub ttl: Duration,
 }
 
+/// A fill of the same answer within this time is skipped: under load a hot read would otherwise
+/// rewrite the same row hundreds of times a second. The cost is an `Age` up to this much older.
+const REFILL_AFTER: Duration = Duration::from_secs(1);
+/// Answers remembered for that check; the memory is dropped whole when it grows past this.
+const RECENT_MAX: usize = 4096;
+
 /// The read cache.
 pub struct Cache {
     path: PathBuf,
     fills: Mutex<mpsc::Sender<Fill>>,
+    /// Recently filled keys, with when and a hash of the answer.
+    recent: Mutex<std::collections::HashMap<[u8; 32], (std::time::Instant, u64)>>,
     reader: Mutex<Connection>,
     /// Bytes of bodies stored, kept under the configured bound.
     pub bytes: std::sync::Arc<AtomicU64>,
@@ -107,14 +115,31 @@ impl Cache {
         let cache = Cache {
             path,
             fills: Mutex::new(tx),
+            recent: Mutex::new(std::collections::HashMap::new()),
             reader: Mutex::new(reader),
             bytes,
         };
         Ok((cache, note))
     }
 
-    /// Keeps an answer, in the background.
+    /// Keeps an answer, in the background, unless the same answer was kept a moment ago.
     pub fn fill(&self, fill: Fill) {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let digest = BuildHasherDefault::<DefaultHasher>::default().hash_one((fill.status, &fill.body[..]));
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if let Some((at, seen)) = recent.get(&fill.key)
+                && *seen == digest
+                && now.duration_since(*at) < REFILL_AFTER
+            {
+                return;
+            }
+            if recent.len() >= RECENT_MAX {
+                recent.clear();
+            }
+            recent.insert(fill.key, (now, digest));
+        }
         let _ = self.fills.lock().unwrap_or_else(|p| p.into_inner()).send(fill);
     }
 

@@ -63,7 +63,10 @@ pub struct Failover {
 /// What stands in for the cloud.
 pub enum Local {
     /// The read cache and the write journal on the appliance.
-    Store { cache: Cache, journal: Arc<Journal> },
+    Store {
+        cache: Box<Cache>,
+        journal: Arc<Journal>,
+    },
     /// An on-premises engine: every call goes there while the cloud is down. Each worker makes
     /// its own client from this URL.
     Engine { url: String },
@@ -188,7 +191,12 @@ impl Engine {
         match (action, &f.local) {
             (Action::Read, Local::Store { cache, .. }) => {
                 let (head, body) = self.buffer(req).await?;
-                self.read(head, body, rule.as_ref(), caller, cache, mode).await
+                self.read(head, body, rule.as_ref(), caller, Some(cache), mode)
+                    .await
+            }
+            (Action::Read, Local::Engine { .. }) => {
+                let (head, body) = self.buffer(req).await?;
+                self.read(head, body, rule.as_ref(), caller, None, mode).await
             }
             (Action::Write, Local::Store { journal, .. }) => {
                 let (head, body) = self.buffer(req).await?;
@@ -300,19 +308,25 @@ impl Engine {
         body: Bytes,
         rule: Option<&Rule>,
         caller: &Caller,
-        cache: &Cache,
+        cache: Option<&Cache>,
         mode: Mode,
     ) -> Result<Routed, RouteError> {
         let key = cache::key(head.method.as_str(), head.path_and_query(), &body);
-        if mode == Mode::Emergency {
+        if let (Some(cache), Mode::Emergency) = (cache, mode) {
             return Ok(from_cache(cache, &key, &head, &body, "the cloud is down".into()));
         }
-        match self.attempt(&head, body.clone(), caller, true).await {
+        match self.attempt(&head, body.clone(), caller, cache.is_some()).await {
             Attempt::Answered(resp) => Ok(Routed {
                 response: boxed(resp),
                 served: Served::Cloud,
             }),
             Attempt::Whole(parts, answer) => {
+                let Some(cache) = cache else {
+                    return Ok(Routed {
+                        response: Response::from_parts(parts, full(answer)),
+                        served: Served::Cloud,
+                    });
+                };
                 cache.fill(cache::Fill {
                     key,
                     path: head.uri.path().to_owned(),
@@ -326,15 +340,16 @@ impl Engine {
                     served: Served::Cloud,
                 })
             }
-            Attempt::Failed(why) => match &self.onprem {
-                Some(onprem) => self.onprem(onprem, &head, body, caller, why).await,
-                None => Ok(from_cache(
-                    cache,
-                    &key,
-                    &head,
-                    &body,
-                    format!("the cloud failed: {why}"),
-                )),
+            Attempt::Failed(why) => match (&self.onprem, cache) {
+                (Some(onprem), _) => self.onprem(onprem, &head, body, caller, why).await,
+                (None, Some(cache)) => {
+                    let why = format!("the cloud failed: {why}");
+                    Ok(from_cache(cache, &key, &head, &body, why))
+                }
+                (None, None) => {
+                    let why = "the cloud engine cannot be reached";
+                    Ok(refused(&head, &body, codes::NOT_CACHED, why))
+                }
             },
         }
     }

@@ -133,7 +133,10 @@ impl Gateway {
                     tracing::warn!("{note}");
                 }
                 let journal = Journal::open(&config.data_dir)?;
-                Local::Store { cache, journal }
+                Local::Store {
+                    cache: Box::new(cache),
+                    journal,
+                }
             }
         };
         let onprem_tls = match &config.failover.engine {
