@@ -11,5 +11,6 @@ mod e2e {
     mod engine_sim;
     mod gateway;
     mod inventory;
+    mod journal_cli;
     mod pki;
 }
