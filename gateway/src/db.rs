@@ -134,6 +134,27 @@ pub enum StoreError {
     /// The audit log's writer thread is gone, so nothing more can be recorded.
     #[error("the audit log writer has stopped; entries can no longer be recorded")]
     AuditStopped,
+
+    /// `journal.db` is not in the data directory: a wrong `--data-dir`, or no gateway with a
+    /// local journal has run there. Reported as such rather than as a damaged database.
+    #[error(
+        "{}: no such file: no gateway with a local journal has run on this data directory \
+         (is --data-dir right?)",
+        path.display()
+    )]
+    NoJournal { path: PathBuf },
+    /// `journal.db` could not be opened, checked, read or changed; the message names the file.
+    /// (Boxed, as in the next variant, to keep every `Result` of this crate small.)
+    #[error(transparent)]
+    JournalFile(Box<engine_proxy::journal::JournalError>),
+    /// The journal has no such entry, or the entry is not in a state the change applies to;
+    /// nothing changed.
+    #[error("{}: {source}", path.display())]
+    JournalEntry {
+        path: PathBuf,
+        #[source]
+        source: Box<engine_proxy::journal::JournalError>,
+    },
 }
 
 /// The local state's result type.
@@ -144,6 +165,20 @@ impl StoreError {
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
         let path = path.into();
         move |source| StoreError::Io { op, path, source }
+    }
+
+    /// A journal error on `path` (`journal.db`), named once: a file error already names it, an
+    /// entry error (unknown id, wrong state) gets it in front.
+    pub fn journal(path: &Path) -> impl FnOnce(engine_proxy::journal::JournalError) -> StoreError {
+        use engine_proxy::journal::JournalError;
+        let path = path.to_path_buf();
+        move |e| match e {
+            JournalError::NoEntry(_) | JournalError::WrongState { .. } => StoreError::JournalEntry {
+                path,
+                source: Box::new(e),
+            },
+            JournalError::Db(_) | JournalError::Stopped(_) => StoreError::JournalFile(Box::new(e)),
+        }
     }
 
     /// An SQLite error on `path` while doing `what`; "not a database" gets its own message.

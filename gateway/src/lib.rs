@@ -9,7 +9,7 @@
 //!
 //! The appliance's own state lives in one data directory ([`db`]): the [`inventory`] of terminals,
 //! the [`users`] who sign in, and the hash-chained [`audit`] log; [`cli`] holds `kakehashi
-//! terminal|user|audit`.
+//! terminal|user|audit|journal`.
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -40,6 +40,8 @@ enum Command {
     User(cli::user::UserArgs),
     /// The hash-chained audit log of every access decision: verify it, export it
     Audit(cli::audit::AuditArgs),
+    /// The write journal of cloud outages: list, show, retry or discard what waits or was refused
+    Journal(cli::journal::JournalArgs),
     /// Set up a demo clinic in a directory and show what to try with it
     Demo(demo::DemoArgs),
 }
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Terminal(args) => exit(cli::terminal::run(args)),
         Command::User(args) => exit(cli::user::run(args)),
         Command::Audit(args) => exit(cli::audit::run(args)),
+        Command::Journal(args) => exit(cli::journal::run(args)),
         Command::EngineSim(args) => run_async(engine_proxy::sim::run(args)),
     }
 }

@@ -12,5 +12,6 @@ mod e2e {
     mod failover;
     mod gateway;
     mod inventory;
+    mod journal_cli;
     mod pki;
 }

@@ -1,4 +1,4 @@
-//! The command line of the appliance's state: `kakehashi terminal`, `user` and `audit`.
+//! The command line of the appliance's state: `kakehashi terminal`, `user`, `audit` and `journal`.
 //!
 //! Every command takes `--data-dir DIR` (or `KAKEHASHI_DATA_DIR`; default `/var/lib/kakehashi`),
 //! before or after the subcommand. Exit codes: 0 done; 1 refused or failed, with one line
@@ -7,6 +7,7 @@
 //! that a script learns its picture of the appliance was wrong.
 
 pub mod audit;
+pub mod journal;
 pub mod terminal;
 pub mod user;
 
