@@ -473,10 +473,28 @@ pub mod operator {
             .ok_or(JournalError::NoEntry(id))
     }
 
-    /// Puts a quarantined entry back in line. It keeps its id and idempotency key, so it is
-    /// still handed back in its original order relative to later entries that are pending.
+    /// Puts a quarantined entry back in line. It keeps its id, so it is still handed back in its
+    /// original order relative to later pending entries, but gets a new idempotency key: the
+    /// cloud refused it (so did not apply it), and an engine that remembers answers per key
+    /// would otherwise give the same refusal again however the cause was put right.
     pub fn retry(conn: &Connection, path: &Path, id: u64) -> Result<(), JournalError> {
-        transition(conn, path, id, State::Quarantined, State::Pending)
+        let n = conn
+            .execute(
+                "UPDATE entries SET state = 'pending', changed = ?2, \
+                 idempotency_key = idempotency_key || '-retry' || attempts \
+                 WHERE id = ?1 AND state = 'quarantined'",
+                params![id as i64, sqlite::now()],
+            )
+            .map_err(DbError::sqlite(path, "change the journal"))?;
+        if n == 1 {
+            return Ok(());
+        }
+        let entry = show(conn, path, id)?;
+        Err(JournalError::WrongState {
+            id,
+            state: entry.state.as_str(),
+            expected: State::Quarantined.as_str(),
+        })
     }
 
     /// Gives up on a quarantined or pending entry; it stays in the file, marked discarded.

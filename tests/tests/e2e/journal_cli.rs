@@ -450,7 +450,10 @@ fn retry_and_discard_change_only_what_they_may_and_refuse_the_rest() {
         ])
     );
     let one = &json_lines(&journal(dir, "show 1 --json").ok())[0];
-    assert_eq!(one["idempotency_key"], "visit-1", "a retried entry keeps its key");
+    assert_eq!(
+        one["idempotency_key"], "visit-1-retry1",
+        "a retried entry gets a fresh key: the cloud refused the old one"
+    );
     assert_eq!(one["attempts"], 1, "retrying is not an attempt");
 
     let out = journal(dir, "discard 4").ok();
