@@ -478,23 +478,8 @@ pub mod operator {
     /// cloud refused it (so did not apply it), and an engine that remembers answers per key
     /// would otherwise give the same refusal again however the cause was put right.
     pub fn retry(conn: &Connection, path: &Path, id: u64) -> Result<(), JournalError> {
-        let n = conn
-            .execute(
-                "UPDATE entries SET state = 'pending', changed = ?2, \
-                 idempotency_key = idempotency_key || '-retry' || attempts \
-                 WHERE id = ?1 AND state = 'quarantined'",
-                params![id as i64, sqlite::now()],
-            )
-            .map_err(DbError::sqlite(path, "change the journal"))?;
-        if n == 1 {
-            return Ok(());
-        }
-        let entry = show(conn, path, id)?;
-        Err(JournalError::WrongState {
-            id,
-            state: entry.state.as_str(),
-            expected: State::Quarantined.as_str(),
-        })
+        let new_key = ", idempotency_key = idempotency_key || '-retry' || attempts";
+        transition(conn, path, id, State::Quarantined, State::Pending, new_key)
     }
 
     /// Gives up on a quarantined or pending entry; it stays in the file, marked discarded.
@@ -507,7 +492,7 @@ pub mod operator {
                 expected: "quarantined or pending",
             });
         }
-        transition(conn, path, id, entry.state, State::Discarded)
+        transition(conn, path, id, entry.state, State::Discarded, "")
     }
 
     fn transition(
@@ -516,10 +501,11 @@ pub mod operator {
         id: u64,
         from: State,
         to: State,
+        also: &str,
     ) -> Result<(), JournalError> {
         let n = conn
             .execute(
-                "UPDATE entries SET state = ?3, changed = ?4 WHERE id = ?1 AND state = ?2",
+                &format!("UPDATE entries SET state = ?3, changed = ?4{also} WHERE id = ?1 AND state = ?2"),
                 params![id as i64, from.as_str(), to.as_str(), sqlite::now()],
             )
             .map_err(DbError::sqlite(path, "change the journal"))?;
