@@ -559,9 +559,18 @@ fn a_damaged_journal_stops_the_start_by_name_and_a_damaged_cache_is_rebuilt() {
 
 #[test]
 fn an_on_premises_engine_takes_every_call_while_the_cloud_is_down() {
-    let onprem_port = free_port();
-    let extra = format!("{FAST}engine = \"https://127.0.0.1:{onprem_port}\"\n");
+    let (onprem_port, raw_port) = (free_port(), free_port());
+    let extra = format!(
+        "{FAST}engine = \"https://127.0.0.1:{onprem_port}\"\n\n[[listener]]\naddress = \"127.0.0.1:{raw_port}\"\n\
+         kind = \"tcp\"\nupstream = \"localhost:ENGINE_PORT\"\nfallback = \"localhost:{onprem_port}\"\nrequire_login = false\n"
+    );
     let clinic = Clinic::start(&extra);
+    // A raw TCP route (HTTP inside, which the gateway does not read): the engine's own answer.
+    let raw = |clinic: &Clinic| {
+        let url = format!("https://127.0.0.1:{raw_port}{PATIENT}");
+        let out = sh(&format!("curl -s -i {} -u ormaster:ormaster {url}", clinic.tls()));
+        out.stdout
+    };
     let conf = std::fs::read_to_string(clinic.path("engine.toml")).unwrap();
     let conf = conf
         .lines()
@@ -574,8 +583,23 @@ fn an_on_premises_engine_takes_every_call_while_the_cloud_is_down() {
         .join("\n");
     write(&clinic.path("onprem.toml"), conf);
     let _onprem = Server::start(&["engine-sim", "--config", s(&clinic.path("onprem.toml"))]);
+    assert!(
+        raw(&clinic).starts_with("HTTP/1.1 200"),
+        "the raw route reaches the cloud"
+    );
     clinic.signal(clinic.engine.pid(), "KILL");
     clinic.wait_mode(1, Duration::from_secs(2));
+    assert!(
+        raw(&clinic).starts_with("HTTP/1.1 200"),
+        "a new raw stream goes to the on-premises engine"
+    );
+    let fallback = format!("localhost:{onprem_port}");
+    assert!(
+        clinic
+            .audit()
+            .iter()
+            .any(|e| e["route"] == format!("tcp:{raw_port}") && e["upstream"] == fallback)
+    );
     let mut t = Terminal::new(&clinic);
     let read = t.get("/api01rv2/patientgetv2?id=3&format=json").unwrap();
     assert_eq!(
