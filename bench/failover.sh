@@ -17,7 +17,8 @@
 #   2. durable journal appends/s: the gateway's cloud stopped (emergency), 16 keep-alive
 #      connections POST /orca11/acceptmodv2?class=01&format=json for --write-secs (loadgen rps);
 #      only a 200 with x-kakehashi-journal-id counts. Next to it, the journal alone
-#      (target/release/journal-rate: 16 tasks calling Journal::append, no TLS or HTTP).
+#      (target/release/journal-rate: 16 tasks calling Journal::append, no TLS or HTTP), and one
+#      task alone: one commit, so one fsync, per append, which shows what this disk's fsync costs.
 #   3. replay: the cloud continued; from the signal, and from the first entry delivered, until
 #      kakehashi_journal_pending is 0 on /metrics.
 #
@@ -273,10 +274,14 @@ append_p99=$(calc "$(field "$out" p99_us) / 1000" 1)
 pending=$(metric journal_pending)
 [[ $pending == "$appends" ]] || die "the journal holds $pending pending entries, the client was answered $appends times"
 
-out=$W/runs/journal-rate
-"$journal_rate" --dir "$W/journal-rate" --writers 16 --duration "$write_secs" >"$out" 2>&1 || { cat "$out" >&2; die "journal-rate failed"; }
-printf '  %-22s %s\n' "Journal::append alone" "$(head -1 "$out")" >&2
-raw_rate=$(calc "$(field "$out" rate)" 0)
+declare -A raw_rate
+for writers in 16 1; do
+  out=$W/runs/journal-rate-$writers
+  "$journal_rate" --dir "$W/journal-rate-$writers" --writers "$writers" --duration "$write_secs" >"$out" 2>&1 ||
+    { cat "$out" >&2; die "journal-rate failed"; }
+  printf '  %-22s %s\n' "Journal::append alone" "$(head -1 "$out")" >&2
+  raw_rate[$writers]=$(calc "$(field "$out" rate)" 0)
+done
 
 echo "3. replay: the cloud continued" >&2
 delivered0=$(metric journal_delivered_total) quarantined0=$(metric journal_quarantined_total)
@@ -324,7 +329,8 @@ stop_worst_ratio=$(calc "$(worst ${det[haproxy-STOP]}) / $(worst ${det[gateway-S
   printf '%-44s | %-17s | %-17s | %-14s | %s\n' "2. journal appends/s, 16 writers, $write_secs s" \
     "$append_rate" - - "at least 2,000/s"
   printf '%-44s | %-17s | %-17s | %-14s | %s\n' "   p99 ms of an append through the gateway" "$append_p99" - - -
-  printf '%-44s | %-17s | %-17s | %-14s | %s\n' "   Journal::append alone, 16 tasks" "$raw_rate" - - -
+  printf '%-44s | %-17s | %-17s | %-14s | %s\n' "   Journal::append alone, 16 tasks" "${raw_rate[16]}" - - -
+  printf '%-44s | %-17s | %-17s | %-14s | %s\n' "   Journal::append alone, 1 task" "${raw_rate[1]}" - - -
   printf '%-44s | %-17s | %-17s | %-14s | %s\n' "3. replay entries/s ($appends entries)" "$replay_rate" - - -
   echo "   replay took $replay_run s from the first delivery, $replay_all s from SIGCONT (healthy_secs = 1 first);" \
     "$handed delivered, $quarantined quarantined"
