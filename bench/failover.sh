@@ -308,7 +308,7 @@ printf '  %-22s %d entries: %s s from SIGCONT, %s s from the first delivery; %d 
   gateway "$appends" "$replay_all" "$replay_run" "$handed" "$quarantined" >&2
 
 # --- The summary.
-ms() { echo "$(median "$@") / $(worst "$@")"; }
+ms() { echo "$(calc "$(median "$@")" 1) / $(worst "$@")"; }
 stop_ratio=$(calc "$(median ${det[haproxy-STOP]}) / $(median ${det[gateway-STOP]})" 1)
 stop_worst_ratio=$(calc "$(worst ${det[haproxy-STOP]}) / $(worst ${det[gateway-STOP]})" 1)
 {
