@@ -41,10 +41,12 @@
 # Needs HAProxy and curl; installs HAProxy through apt-get when it is missing and this runs as
 # root (as scripts/test does for its peers). Builds target/release/{kakehashi,loadgen,journal-rate}.
 # Stops every process it started on exit, stopped ones included.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 command_line="bench/failover.sh $*"
+# A command that fails without saying why stops the script: say where.
+trap 'echo "$(basename "$0"): line $LINENO: \`$BASH_COMMAND\` failed" >&2' ERR
 
 trials=20 kill_trials=3 write_secs=3 every_ms=20 keep=0
 while (($#)); do
@@ -208,6 +210,7 @@ trial() {
   kill -"$sig" "${pid_of[$engine]}"
   # (Redirected: bash reports the engine killed meanwhile while it waits.)
   { wait "$watcher"; } 2>/dev/null || { cat "$out.err" >&2; die "$side, SIG$sig trial $3: no answer from the backup"; }
+  grep -q '^RESULT ' "$out" || { cat "$out" "$out.err" >&2; die "$side, SIG$sig trial $3: the client ended without a result"; }
   detected=$(calc "($(field "$out" marked_us) - ${t0/./}) / 1000" 1)
   failed=$(field "$out" errors)
   waiting=$(($(field "$out" requests) - $(field "$out" unmarked) - failed - 1))
