@@ -28,6 +28,10 @@ pub struct RequestArgs {
     /// The body's Content-Type (with --post)
     #[arg(long, default_value = "application/json")]
     content_type: String,
+    /// A 200 must also carry this response header (e.g. x-kakehashi-journal-id); one without it
+    /// counts as an error
+    #[arg(long)]
+    pub expect_header: Option<String>,
 }
 
 impl RequestArgs {
@@ -38,6 +42,7 @@ impl RequestArgs {
             user,
             post: None,
             content_type: String::new(),
+            expect_header: None,
         }
     }
 }
@@ -71,6 +76,8 @@ pub struct Response {
     pub status: u16,
     /// The server asked to close the connection after this response.
     pub close: bool,
+    /// The value of the header the connection watches ([`Connection::watching`]), if present.
+    pub watched: Option<Vec<u8>>,
 }
 
 /// One keep-alive connection.
@@ -78,6 +85,8 @@ pub struct Connection<S> {
     stream: BufReader<S>,
     line: Vec<u8>,
     body: Vec<u8>,
+    /// A response header whose value each [`Response`] reports.
+    watch: Option<Vec<u8>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -86,7 +95,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             stream: BufReader::with_capacity(16 << 10, stream),
             line: Vec::with_capacity(256),
             body: Vec::with_capacity(16 << 10),
+            watch: None,
         }
+    }
+
+    /// Reports the value of the response header `name` (any case) with every response.
+    pub fn watching(mut self, name: Option<&str>) -> Self {
+        self.watch = name.map(|n| n.trim().as_bytes().to_vec());
+        self
     }
 
     pub fn into_inner(self) -> S {
@@ -103,7 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn read_response(&mut self) -> Result<Response, Error> {
         self.read_line().await?;
         let status = parse_status(&self.line)?;
-        let (mut length, mut chunked, mut close) = (None, false, false);
+        let (mut length, mut chunked, mut close, mut watched) = (None, false, false, None);
         loop {
             self.read_line().await?;
             let line = trim_crlf(&self.line);
@@ -121,6 +137,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             } else if name.eq_ignore_ascii_case(b"connection") {
                 close = value.eq_ignore_ascii_case(b"close");
             }
+            if self
+                .watch
+                .as_deref()
+                .is_some_and(|w| name.eq_ignore_ascii_case(w))
+            {
+                watched = Some(value.to_vec());
+            }
         }
         match (chunked, length) {
             (true, _) => self.read_chunked().await?,
@@ -129,7 +152,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             (false, None) if status == 204 || status == 304 || status < 200 => {}
             (false, None) => return Err(format!("status {status} without Content-Length or chunked").into()),
         }
-        Ok(Response { status, close })
+        Ok(Response {
+            status,
+            close,
+            watched,
+        })
     }
 
     async fn read_chunked(&mut self) -> Result<(), Error> {

@@ -12,6 +12,9 @@
 //! - `latency`: a fixed request rate (open loop); a request that had to wait for the previous
 //!   response on its connection counts from its scheduled send time, so a server that stalls is
 //!   charged for every request that waited behind the stall (no coordinated omission).
+//! - `watch`: a request every few milliseconds (open loop, as many connections as the waiting
+//!   requests need) until one is answered by the backup, told by a response header; for the
+//!   failover benchmark (`bench/failover.sh`), which fails the primary in between.
 //!
 //! Each mode prints one line for people and one `RESULT key=value …` line for scripts. Errors are
 //! counted, never hidden: a status other than 200 or a broken connection is an error.
@@ -21,8 +24,8 @@ mod http1;
 mod stats;
 mod tls;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,6 +84,25 @@ enum Mode {
         /// Requests per second, spread evenly over the connections
         #[arg(long)]
         rate: f64,
+    },
+    /// A request every --every-ms (open loop) until a 200 carries --marker: prints `READY` at the
+    /// first 200 without it, then a RESULT line with the wall-clock time (µs since the Unix epoch)
+    /// the first marked 200 arrived
+    Watch {
+        #[command(flatten)]
+        tls: TlsArgs,
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Milliseconds between requests; a request goes out on time even while earlier ones
+        /// still wait (on connections of their own)
+        #[arg(long, default_value_t = 20)]
+        every_ms: u64,
+        /// `NAME:VALUE`, the response header of an answer from the backup (any case)
+        #[arg(long, default_value = "x-hybridmode:emergency")]
+        marker: String,
+        /// Fail if no marked answer came within this many seconds
+        #[arg(long, default_value_t = 60.0)]
+        max_secs: f64,
     },
 }
 
@@ -186,6 +208,13 @@ async fn run(mode: Mode) -> Result<(), Error> {
             );
             tally.explain();
         }
+        Mode::Watch {
+            tls,
+            request,
+            every_ms,
+            marker,
+            max_secs,
+        } => watch(&tls, &request, every_ms, &marker, max_secs).await?,
         Mode::Idle { tls, request, conns } => {
             let (dialer, request) = setup(&tls, &request)?;
             let (held, tally) = open_established(&dialer, &request, conns).await;
@@ -224,12 +253,13 @@ type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 async fn keep_alive(load: &Load, rate: Option<f64>) -> Result<(Tally, f64), Error> {
     let (dialer, request) = setup(&load.tls, &load.request)?;
     let seconds = positive(load.duration, "--duration")?;
+    let expect: Option<Arc<str>> = load.request.expect_header.as_deref().map(Arc::from);
     let mut connections = Vec::with_capacity(load.conns);
     for _ in 0..load.conns {
-        connections.push(Connection::new(dialer.connect().await?));
+        connections.push(Connection::new(dialer.connect().await?).watching(expect.as_deref()));
     }
     let start = Instant::now();
-    let tally = drive_all(dialer, request, connections, start, seconds, rate).await;
+    let tally = drive_all(dialer, request, connections, start, seconds, rate, expect).await;
     Ok((tally, start.elapsed().as_secs_f64()))
 }
 
@@ -241,6 +271,7 @@ async fn drive_all(
     start: Instant,
     seconds: f64,
     rate: Option<f64>,
+    expect: Option<Arc<str>>,
 ) -> Tally {
     let n = connections.len();
     let deadline = start + Duration::from_secs_f64(seconds);
@@ -251,7 +282,14 @@ async fn drive_all(
             next: start + Duration::from_secs_f64(i as f64 / r),
             every: Duration::from_secs_f64(n as f64 / r),
         });
-        tasks.spawn(drive(dialer.clone(), request.clone(), conn, deadline, pace));
+        tasks.spawn(drive(
+            dialer.clone(),
+            request.clone(),
+            conn,
+            deadline,
+            pace,
+            expect.clone(),
+        ));
     }
     Tally::merge(tasks.join_all().await)
 }
@@ -262,13 +300,15 @@ struct Pace {
     every: Duration,
 }
 
-/// One keep-alive connection's loop: send, read the whole response, check it, repeat.
+/// One keep-alive connection's loop: send, read the whole response, check it, repeat. With
+/// `expect`, a 200 must carry that header.
 async fn drive(
     dialer: Dialer,
     request: Arc<Vec<u8>>,
     mut conn: Connection<Tls>,
     deadline: Instant,
     mut pace: Option<Pace>,
+    expect: Option<Arc<str>>,
 ) -> Tally {
     let mut tally = Tally::default();
     let mut last_done = Instant::now();
@@ -293,9 +333,12 @@ async fn drive(
         }
         let broken = match tokio::time::timeout(TIMEOUT, conn.exchange(&request)).await {
             Ok(Ok(response)) => {
-                match response.status {
-                    200 => tally.record(due.elapsed()),
-                    status => tally.bad_status(status),
+                match (response.status, &expect) {
+                    (200, Some(name)) if response.watched.is_none() => {
+                        tally.error(format!("a 200 without the header {name}"))
+                    }
+                    (200, _) => tally.record(due.elapsed()),
+                    (status, _) => tally.bad_status(status),
                 }
                 response.close
             }
@@ -311,7 +354,7 @@ async fn drive(
         last_done = Instant::now();
         if broken {
             match reconnect(&dialer, deadline, &mut tally).await {
-                Some(fresh) => conn = fresh,
+                Some(fresh) => conn = fresh.watching(expect.as_deref()),
                 None => break,
             }
         }
@@ -427,4 +470,154 @@ async fn wait_for_release() -> Result<(), Error> {
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
+}
+
+/// How one request of `watch` ended.
+struct Answer {
+    status: u16,
+    marked: bool,
+    sent: SystemTime,
+    received: SystemTime,
+}
+
+/// Microseconds since the Unix epoch: the clock the script reads before it signals
+/// (`$EPOCHREALTIME`).
+fn epoch_us(t: SystemTime) -> u128 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+/// What every request of `watch` shares.
+struct Watcher {
+    dialer: Dialer,
+    request: Arc<Vec<u8>>,
+    /// The marker header's name and value.
+    name: String,
+    value: Vec<u8>,
+    /// Kept-alive connections with no request waiting on them.
+    idle: Mutex<Vec<Connection<Tls>>>,
+    limit: Duration,
+}
+
+impl Watcher {
+    fn take_idle(&self) -> Option<Connection<Tls>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// One request, on `conn` or a new connection; the connection goes back to the idle ones
+    /// if the server keeps it open.
+    async fn one(&self, conn: Option<Connection<Tls>>) -> Result<Answer, String> {
+        let sent = SystemTime::now();
+        let exchange = async {
+            let mut conn = match conn {
+                Some(c) => c,
+                None => Connection::new(self.dialer.connect().await?).watching(Some(&self.name)),
+            };
+            let response = conn.exchange(&self.request).await?;
+            Ok::<_, Error>((conn, response))
+        };
+        let (conn, response) = match tokio::time::timeout(self.limit, exchange).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {:?}", self.limit)),
+        };
+        let received = SystemTime::now();
+        if !response.close {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        }
+        let marked = response
+            .watched
+            .as_deref()
+            .is_some_and(|v| v.eq_ignore_ascii_case(&self.value));
+        Ok(Answer {
+            status: response.status,
+            marked,
+            sent,
+            received,
+        })
+    }
+}
+
+/// The `watch` mode: requests on a fixed schedule, each on an idle kept-alive connection or a
+/// new one, so that requests held by a silent primary do not delay the ones after them: the
+/// first marked answer arrives as soon as the proxy answers anything from the backup, whatever
+/// it does with the requests already waiting.
+async fn watch(
+    tls: &TlsArgs,
+    args: &RequestArgs,
+    every_ms: u64,
+    marker: &str,
+    max_secs: f64,
+) -> Result<(), Error> {
+    let (dialer, request) = setup(tls, args)?;
+    let (name, value) = marker
+        .split_once(':')
+        .ok_or_else(|| format!("--marker {marker:?}: expected NAME:VALUE"))?;
+    let limit = Duration::from_secs_f64(positive(max_secs, "--max-secs")?);
+    let watcher = Arc::new(Watcher {
+        dialer,
+        request,
+        name: name.trim().to_owned(),
+        value: value.trim().as_bytes().to_vec(),
+        idle: Mutex::default(),
+        limit,
+    });
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut tick = tokio::time::interval(Duration::from_millis(every_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let give_up = tokio::time::sleep(limit);
+    tokio::pin!(give_up);
+    let (mut sent, mut unmarked, mut errors, mut dialed) = (0u64, 0u64, 0u64, 0u64);
+    loop {
+        let outcome = tokio::select! {
+            _ = tick.tick() => {
+                let conn = watcher.take_idle();
+                sent += 1;
+                dialed += u64::from(conn.is_none());
+                let (watcher, tx) = (watcher.clone(), tx.clone());
+                tokio::spawn(async move { tx.send(watcher.one(conn).await) });
+                continue;
+            }
+            Some(outcome) = answers.recv() => outcome,
+            () = &mut give_up => {
+                return Err(format!(
+                    "no answer marked {marker} within {max_secs} s \
+                     ({sent} requests, {unmarked} unmarked, {errors} errors)"
+                )
+                .into());
+            }
+        };
+        match outcome {
+            Ok(a) if a.status == 200 && a.marked && unmarked == 0 => {
+                return Err(format!("the backup ({marker}) answered before the primary did").into());
+            }
+            Ok(a) if a.status == 200 && a.marked => {
+                println!(
+                    "RESULT mode=watch marked_us={} sent_us={} requests={sent} unmarked={unmarked} \
+                     errors={errors} connections={dialed}",
+                    epoch_us(a.received),
+                    epoch_us(a.sent)
+                );
+                return Ok(());
+            }
+            Ok(a) if a.status == 200 => {
+                unmarked += 1;
+                if unmarked == 1 {
+                    println!("READY");
+                }
+            }
+            Ok(a) => {
+                errors += 1;
+                if errors == 1 {
+                    eprintln!("loadgen: first error: HTTP status {}", a.status);
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if errors == 1 {
+                    eprintln!("loadgen: first error: {e}");
+                }
+            }
+        }
+    }
 }
