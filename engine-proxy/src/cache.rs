@@ -63,7 +63,7 @@ const RECENT_MAX: usize = 4096;
 /// The read cache.
 pub struct Cache {
     path: PathBuf,
-    fills: Mutex<mpsc::Sender<Fill>>,
+    fills: mpsc::Sender<Fill>,
     /// Recently filled keys, with when and a hash of the answer.
     recent: Mutex<std::collections::HashMap<[u8; 32], (std::time::Instant, u64)>>,
     reader: Mutex<Connection>,
@@ -114,7 +114,7 @@ impl Cache {
             })?;
         let cache = Cache {
             path,
-            fills: Mutex::new(tx),
+            fills: tx,
             recent: Mutex::new(std::collections::HashMap::new()),
             reader: Mutex::new(reader),
             bytes,
@@ -140,7 +140,7 @@ impl Cache {
             }
             recent.insert(fill.key, (now, digest));
         }
-        let _ = self.fills.lock().unwrap_or_else(|p| p.into_inner()).send(fill);
+        let _ = self.fills.send(fill);
     }
 
     /// The answer for `key` if it is still within its lifetime. A failing lookup is a miss: the

@@ -176,7 +176,7 @@ impl Engine {
     /// Routes one authorized call.
     pub async fn route(&self, req: Request<ProxyBody>, caller: &Caller) -> Result<Routed, RouteError> {
         let f = &self.failover;
-        let rule = f.rules.classify(req.uri().path()).cloned();
+        let rule = f.rules.classify(req.uri().path());
         let action = rule.as_ref().map_or(Action::Refuse, |r| r.action);
         let mode = f.health.mode();
         if mode == Mode::Emergency
@@ -191,12 +191,11 @@ impl Engine {
         match (action, &f.local) {
             (Action::Read, Local::Store { cache, .. }) => {
                 let (head, body) = self.buffer(req).await?;
-                self.read(head, body, rule.as_ref(), caller, Some(cache), mode)
-                    .await
+                self.read(head, body, rule, caller, Some(cache), mode).await
             }
             (Action::Read, Local::Engine { .. }) => {
                 let (head, body) = self.buffer(req).await?;
-                self.read(head, body, rule.as_ref(), caller, None, mode).await
+                self.read(head, body, rule, caller, None, mode).await
             }
             (Action::Write, Local::Store { journal, .. }) => {
                 let (head, body) = self.buffer(req).await?;

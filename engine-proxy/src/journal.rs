@@ -176,7 +176,7 @@ enum Job {
 /// use their own connection.
 pub struct Journal {
     path: PathBuf,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
     reader: Mutex<Connection>,
     pending: AtomicU64,
     /// Woken by every append: the replayer has work.
@@ -195,7 +195,7 @@ impl Journal {
         let journal = Arc::new(Journal {
             pending: AtomicU64::new(count_pending(&reader, &path)?),
             path: path.clone(),
-            jobs: Mutex::new(tx),
+            jobs: tx,
             reader: Mutex::new(reader),
             appended: Notify::new(),
         });
@@ -239,11 +239,7 @@ impl Journal {
     async fn send(&self, job: impl FnOnce(Reply) -> Job) -> Result<Done, String> {
         let (reply, answer) = oneshot::channel();
         let stopped = || format!("{}: the journal writer has stopped", self.path.display());
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job(reply))
-            .map_err(|_| stopped())?;
+        self.jobs.send(job(reply)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
