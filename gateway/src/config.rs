@@ -43,6 +43,9 @@ pub struct Config {
     pub admin: Admin,
     #[serde(default)]
     pub failover: Failover,
+    /// The WireGuard front door; absent, the gateway speaks TLS only.
+    #[serde(default)]
+    pub wireguard: Option<WireGuard>,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -108,6 +111,126 @@ impl Listener {
             (None, ListenerKind::Tcp) => format!("tcp:{}", self.address.port()),
             (None, ListenerKind::Api) => "api".into(),
         }
+    }
+}
+
+/// The WireGuard front door: one UDP socket for every terminal, and the gateway's address inside
+/// the tunnel where terminals reach the same routes as over TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuard {
+    /// The UDP address terminals send to (`0.0.0.0:51820` listens on every address).
+    pub listen: SocketAddr,
+    /// The gateway's tunnel address and the terminals' network, e.g. `10.77.0.1/24`; terminal
+    /// addresses are allocated from it.
+    pub address: TunnelNet,
+    /// The gateway's private key (base64, mode 0600); default `<data_dir>/wireguard.key`, created
+    /// on first use.
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
+    /// `host:port` written as `Endpoint` into terminal configs (default: `listen`, which is only
+    /// right when it is a specific address).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `userspace` (default: a TCP/IP stack inside the gateway, no privileges) or `tun` (a kernel
+    /// TUN device; needs CAP_NET_ADMIN).
+    #[serde(default)]
+    pub mode: WireGuardMode,
+    /// The TUN device's name in `tun` mode.
+    #[serde(default = "default_tun_name")]
+    pub tun_name: String,
+    /// The MTU inside the tunnel, also written into terminal configs.
+    #[serde(default = "default_wg_mtu")]
+    pub mtu: u16,
+    /// `PersistentKeepalive` written into terminal configs, seconds (0: none), so a terminal
+    /// behind NAT stays reachable.
+    #[serde(default = "default_keepalive")]
+    pub persistent_keepalive: u16,
+    /// Ports on the tunnel address and the listener route each one serves (default: port 8000
+    /// serving the first api listener's route).
+    #[serde(default, rename = "port")]
+    pub ports: Vec<WireGuardPort>,
+}
+
+/// How decrypted packets reach the gateway's routes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireGuardMode {
+    #[default]
+    Userspace,
+    Tun,
+}
+
+/// One port on the tunnel address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuardPort {
+    pub port: u16,
+    /// The route name of a `[[listener]]` (`api` for the default api listener).
+    pub route: String,
+    /// Expect TLS inside the tunnel (with the terminal's client certificate) instead of plain
+    /// HTTP or bytes; WireGuard already encrypts and identifies the terminal.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// An IPv4 address with its network prefix: `10.77.0.1/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TunnelNet {
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl TunnelNet {
+    /// Whether `ip` is inside this network.
+    pub fn contains(&self, ip: std::net::Ipv4Addr) -> bool {
+        let mask = self.mask();
+        u32::from(ip) & mask == u32::from(self.address) & mask
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0)
+    }
+
+    /// The addresses a terminal may be given: the network's hosts except the gateway's own.
+    pub fn hosts(&self) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
+        let network = u32::from(self.address) & self.mask();
+        let broadcast = network | !self.mask();
+        (network + 1..broadcast)
+            .map(std::net::Ipv4Addr::from)
+            .filter(move |ip| *ip != self.address)
+    }
+}
+
+impl std::str::FromStr for TunnelNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = || format!("expected an IPv4 address with its prefix such as \"10.77.0.1/24\", got {s:?}");
+        let (ip, prefix) = s.split_once('/').ok_or_else(expected)?;
+        let address: std::net::Ipv4Addr = ip.parse().map_err(|_| expected())?;
+        let prefix: u8 = prefix.parse().map_err(|_| expected())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("prefix /{prefix} in {s:?}: expected /8 to /30, room for terminals"));
+        }
+        let net = TunnelNet { address, prefix };
+        if u32::from(address) & !net.mask() == 0 || u32::from(address) | net.mask() == u32::MAX {
+            return Err(format!("{s:?}: the gateway needs a host address, not the network or broadcast address"));
+        }
+        Ok(net)
+    }
+}
+
+impl TryFrom<String> for TunnelNet {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for TunnelNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
     }
 }
 
@@ -342,6 +465,15 @@ fn default_cache_max_bytes() -> u64 {
 fn default_max_entry_bytes() -> usize {
     4 * 1024 * 1024
 }
+fn default_tun_name() -> String {
+    "kakehashi0".into()
+}
+fn default_wg_mtu() -> u16 {
+    1420
+}
+fn default_keepalive() -> u16 {
+    25
+}
 fn default_admin_address() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
@@ -436,6 +568,27 @@ impl Config {
         if let Some(ca) = &mut self.failover.engine_ca {
             rel(ca);
         }
+        let data_dir = self.data_dir.clone();
+        let first_api = self
+            .listeners
+            .iter()
+            .find(|l| l.kind == ListenerKind::Api)
+            .map(Listener::route);
+        if let Some(wg) = &mut self.wireguard {
+            match &mut wg.private_key {
+                Some(key) => rel(key),
+                None => wg.private_key = Some(data_dir.join(crate::wg::keys::GATEWAY_KEY_FILE)),
+            }
+            if wg.ports.is_empty()
+                && let Some(route) = first_api
+            {
+                wg.ports.push(WireGuardPort {
+                    port: 8000,
+                    route,
+                    tls: false,
+                });
+            }
+        }
     }
 
     fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -519,6 +672,7 @@ impl Config {
             Err(e) => return Err(self.invalid("upstream.url", format!("not a URL: {e}"))),
         }
         self.check_failover()?;
+        self.check_wireguard()?;
         if self.auth.lockout_failures == 0 {
             return Err(self.invalid("auth.lockout_failures", "expected at least 1"));
         }
@@ -543,6 +697,46 @@ impl Config {
             return Err(self.invalid("limits.max_header_bytes", "expected at least 8192"));
         }
         Ok(())
+    }
+
+    fn check_wireguard(&self) -> Result<(), ConfigError> {
+        let Some(wg) = &self.wireguard else {
+            return Ok(());
+        };
+        if let Some(e) = &wg.endpoint
+            && split_host_port(e).is_none()
+        {
+            return Err(self.invalid("wireguard.endpoint", format!("expected \"host:port\", got {e:?}")));
+        }
+        if !(1280..=9000).contains(&wg.mtu) {
+            return Err(self.invalid("wireguard.mtu", "expected 1280 to 9000"));
+        }
+        if wg.tun_name.is_empty() || wg.tun_name.len() > 15 || !wg.tun_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(self.invalid("wireguard.tun_name", "expected 1 to 15 letters, digits, - or _"));
+        }
+        for (i, p) in wg.ports.iter().enumerate() {
+            let key = |k: &str| format!("wireguard.port[{i}].{k}");
+            if p.port == 0 {
+                return Err(self.invalid(key("port"), "expected a port from 1 to 65535"));
+            }
+            if wg.ports[..i].iter().any(|o| o.port == p.port) {
+                return Err(self.invalid(key("port"), format!("port {} is listed twice", p.port)));
+            }
+            if !self.listeners.iter().any(|l| l.route() == p.route) {
+                let routes: Vec<_> = self.listeners.iter().map(Listener::route).collect();
+                return Err(self.invalid(
+                    key("route"),
+                    format!("no [[listener]] has the route {:?} (routes: {})", p.route, routes.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `host:port` that terminal configs name as the gateway's WireGuard endpoint.
+    pub fn wireguard_endpoint(&self) -> Option<String> {
+        let wg = self.wireguard.as_ref()?;
+        Some(wg.endpoint.clone().unwrap_or_else(|| wg.listen.to_string()))
     }
 
     fn check_failover(&self) -> Result<(), ConfigError> {

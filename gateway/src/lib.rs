@@ -32,3 +32,4 @@ pub mod systemd;
 pub mod tcp;
 pub mod tls;
 pub mod users;
+pub mod wg;
