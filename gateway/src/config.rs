@@ -206,16 +206,21 @@ impl TunnelNet {
 impl std::str::FromStr for TunnelNet {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let expected = || format!("expected an IPv4 address with its prefix such as \"10.77.0.1/24\", got {s:?}");
+        let expected =
+            || format!("expected an IPv4 address with its prefix such as \"10.77.0.1/24\", got {s:?}");
         let (ip, prefix) = s.split_once('/').ok_or_else(expected)?;
         let address: std::net::Ipv4Addr = ip.parse().map_err(|_| expected())?;
         let prefix: u8 = prefix.parse().map_err(|_| expected())?;
         if !(8..=30).contains(&prefix) {
-            return Err(format!("prefix /{prefix} in {s:?}: expected /8 to /30, room for terminals"));
+            return Err(format!(
+                "prefix /{prefix} in {s:?}: expected /8 to /30, room for terminals"
+            ));
         }
         let net = TunnelNet { address, prefix };
         if u32::from(address) & !net.mask() == 0 || u32::from(address) | net.mask() == u32::MAX {
-            return Err(format!("{s:?}: the gateway needs a host address, not the network or broadcast address"));
+            return Err(format!(
+                "{s:?}: the gateway needs a host address, not the network or broadcast address"
+            ));
         }
         Ok(net)
     }
@@ -711,7 +716,13 @@ impl Config {
         if !(1280..=9000).contains(&wg.mtu) {
             return Err(self.invalid("wireguard.mtu", "expected 1280 to 9000"));
         }
-        if wg.tun_name.is_empty() || wg.tun_name.len() > 15 || !wg.tun_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if wg.tun_name.is_empty()
+            || wg.tun_name.len() > 15
+            || !wg
+                .tun_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(self.invalid("wireguard.tun_name", "expected 1 to 15 letters, digits, - or _"));
         }
         for (i, p) in wg.ports.iter().enumerate() {
@@ -726,7 +737,11 @@ impl Config {
                 let routes: Vec<_> = self.listeners.iter().map(Listener::route).collect();
                 return Err(self.invalid(
                     key("route"),
-                    format!("no [[listener]] has the route {:?} (routes: {})", p.route, routes.join(", ")),
+                    format!(
+                        "no [[listener]] has the route {:?} (routes: {})",
+                        p.route,
+                        routes.join(", ")
+                    ),
                 ));
             }
         }

@@ -17,14 +17,13 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::CertificateDer;
 
 use engine_proxy::failover::{Caller, Engine, RouteError, Served};
 use engine_proxy::health::Mode;
 use engine_proxy::upstream::{ProxyBody, is_upgrade};
 
 use crate::audit::{Decision, Entry};
-use crate::identity::Terminal;
+use crate::identity::{Proof, Terminal};
 use crate::login;
 use crate::meter::Metered;
 use crate::metrics::Metrics;
@@ -37,7 +36,7 @@ pub struct Connection {
     /// This worker's route stage: the cloud engine, or the local one.
     pub engine: Arc<Engine>,
     pub terminal: Terminal,
-    pub chain: Vec<CertificateDer<'static>>,
+    pub proof: Proof,
     pub source: SocketAddr,
     pub route: String,
     /// The snapshot generation this connection was last checked against.
@@ -103,7 +102,7 @@ impl Connection {
             return Ok(());
         }
         let live = self.gateway.live();
-        live.admits(&self.chain)?;
+        live.admits(&self.proof)?;
         self.checked.store(live.generation, Relaxed);
         Ok(())
     }
@@ -432,7 +431,7 @@ async fn tunnel(
                 entry.bytes_out = down;
             }
         }
-        why = conn.gateway.revoked(&conn.chain) => {
+        why = conn.gateway.revoked(&conn.proof) => {
             entry.reason = format!("allowed; WebSocket closed by a reload: {why}");
         }
     }

@@ -1,13 +1,17 @@
 //! Who is on the other end of a connection: the terminal, named by its certificate.
 //!
-//! The certificate's subject CN is the terminal's inventory name (cert-tool writes it so). Its
-//! SHA-256 fingerprint binds a login session to the certificate that created it, so a stolen
-//! cookie is useless on another terminal.
+//! Two front doors identify a terminal: TLS by its client certificate, whose subject CN is the
+//! terminal's inventory name (cert-tool writes it so), and WireGuard by the peer's static public key,
+//! registered in the inventory. Either way the [`Proof`] stays with the connection so a reload can
+//! ask again, and its SHA-256 fingerprint binds a login session to it, so a stolen cookie is useless
+//! on another terminal.
 
 use rustls::pki_types::CertificateDer;
 
-/// A terminal that passed the handshake: its certificate chained to the clinic CA, was not
-/// revoked, and its name was enabled in the inventory at that moment.
+use crate::wg::keys::PublicKey;
+
+/// A terminal that passed the handshake: its certificate chained to the clinic CA and was not
+/// revoked, or its WireGuard key completed a handshake; and it was enabled in the inventory then.
 #[derive(Clone, Debug)]
 pub struct Terminal {
     pub name: String,
@@ -18,11 +22,39 @@ impl Terminal {
     /// The identity of a completed handshake's client certificate.
     pub fn from_certificate(cert: &CertificateDer<'_>) -> Result<Terminal, String> {
         let name = terminal_name(cert)?;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
-        let mut fingerprint = [0; 32];
-        fingerprint.copy_from_slice(digest.as_ref());
-        Ok(Terminal { name, fingerprint })
+        Ok(Terminal {
+            name,
+            fingerprint: sha256(&[cert.as_ref()]),
+        })
     }
+
+    /// The identity of a WireGuard peer registered under `name`.
+    pub fn from_wireguard(name: &str, key: &PublicKey) -> Terminal {
+        Terminal {
+            name: name.to_owned(),
+            // Domain-separated, so no certificate can share a peer's fingerprint.
+            fingerprint: sha256(&[b"kakehashi wireguard peer\0", &key.0]),
+        }
+    }
+}
+
+/// What proved a terminal's identity, kept with its connections for the re-check after a reload.
+#[derive(Clone, Debug)]
+pub enum Proof {
+    /// A TLS client certificate chain, leaf first.
+    Certificate(Vec<CertificateDer<'static>>),
+    /// The static public key of the WireGuard peer the connection came through.
+    WireGuard(PublicKey),
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    let mut out = [0; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// The subject CN of a certificate, which names the terminal.

@@ -28,6 +28,17 @@ pub struct Terminal {
     pub added: String,
     /// Free text for the vendor: whose it is, where it stands.
     pub note: Option<String>,
+    pub wireguard: Option<WireGuardPeer>,
+}
+
+/// A terminal's WireGuard identity: how the gateway recognises its packets and which inner
+/// source address they may carry.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WireGuardPeer {
+    pub public_key: crate::wg::keys::PublicKey,
+    #[serde(skip)]
+    pub preshared_key: Option<crate::wg::keys::Secret>,
+    pub address: std::net::Ipv4Addr,
 }
 
 /// An immutable snapshot of the inventory, for lookups on every connection without the database.
@@ -55,6 +66,20 @@ impl Inventory {
     /// The terminal with this certificate common name, enabled or not.
     pub fn get(&self, name: &str) -> Option<&Terminal> {
         self.terminals.get(name)
+    }
+
+    /// TEMPORARY (replaced by the inventory branch).
+    pub fn by_wireguard_key(&self, key: &crate::wg::keys::PublicKey) -> Option<&Terminal> {
+        self.terminals
+            .values()
+            .find(|t| t.wireguard.as_ref().is_some_and(|w| w.public_key == *key))
+    }
+
+    /// TEMPORARY (replaced by the inventory branch).
+    pub fn by_tunnel_address(&self, ip: std::net::Ipv4Addr) -> Option<&Terminal> {
+        self.terminals
+            .values()
+            .find(|t| t.wireguard.as_ref().is_some_and(|w| w.address == ip))
     }
 
     /// Whether a terminal of this name is registered and enabled: the gateway's whole question.
@@ -95,6 +120,7 @@ pub fn add(conn: &Connection, name: &str, note: Option<&str>) -> Result<Terminal
         enabled: true,
         added: db::now_text(),
         note: note.map(str::to_owned),
+        wireguard: None,
     };
     let tx = conn
         .unchecked_transaction()
@@ -171,6 +197,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Terminal> {
         enabled: r.get(1)?,
         added: r.get(2)?,
         note: r.get(3)?,
+        wireguard: None,
     })
 }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -18,7 +19,7 @@ use engine_proxy::failover::Engine;
 
 use crate::audit::{Decision, Entry};
 use crate::config::ListenerKind;
-use crate::identity::Terminal;
+use crate::identity::{Proof, Terminal};
 use crate::metrics::Metrics;
 use crate::state::Gateway;
 use crate::{http, tcp, tls};
@@ -83,13 +84,17 @@ pub async fn serve(
     }
 }
 
-/// What the handshake phase hands to the route: the TLS stream and who is on it.
-struct Admitted {
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
+/// What the handshake phase hands to the route: the stream and who is on it.
+pub(crate) struct Admitted<S> {
+    stream: S,
     terminal: Terminal,
-    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    proof: Proof,
     generation: u64,
 }
+
+/// A byte stream a route can serve: TCP, TLS over TCP, or a stream out of the WireGuard tunnel.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// One connection, in two phases, each its own allocation: the handshake's state (the TLS
 /// accept, its timeout) is freed before the connection settles into its long idle life, so an
@@ -105,32 +110,114 @@ async fn connection(
     let Some(admitted) = Box::pin(handshake(gateway, stream, source, route)).await else {
         return;
     };
+    Box::pin(serve_route(gateway, engine, admitted, source, route, stopping)).await
+}
+
+/// A connection that came through a WireGuard peer's tunnel, whose peer is the terminal. On a
+/// `tls` port the terminal also presents its certificate inside the tunnel, and the certificate
+/// must name the same terminal: one device, not a key borrowed from another.
+#[allow(clippy::too_many_arguments)]
+pub async fn tunnel<S: Io>(
+    gateway: &Arc<Gateway>,
+    engine: Arc<Engine>,
+    stream: S,
+    source: SocketAddr,
+    route: &Route,
+    terminal: Terminal,
+    key: crate::wg::keys::PublicKey,
+    tls: bool,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let Ok(permit) = gateway.connections.clone().try_acquire_owned() else {
+        Metrics::inc(&gateway.metrics.connections_refused_total);
+        tracing::warn!(%source, "connection limit reached; closing a new tunnel connection");
+        return;
+    };
+    Metrics::inc(&gateway.metrics.connections_open);
+    let started = Instant::now();
+    let entry = Entry {
+        terminal: Some(terminal.name.clone()),
+        source: source.to_string(),
+        route: route.name().to_owned(),
+        ..Entry::default()
+    };
+    if tls {
+        match Box::pin(handshake(gateway, stream, source, route)).await {
+            Some(a) if a.terminal.name == terminal.name => {
+                Box::pin(serve_route(gateway, engine, a, source, route, stopping)).await
+            }
+            Some(a) => {
+                gateway.audit.record_soon(Entry {
+                    decision: Decision::Deny,
+                    reason: format!(
+                        "the certificate of terminal {:?} inside the WireGuard tunnel of {:?}",
+                        a.terminal.name, terminal.name
+                    ),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    ..entry
+                });
+            }
+            None => {}
+        }
+    } else {
+        let live = gateway.live();
+        let proof = Proof::WireGuard(key);
+        match live.admits(&proof) {
+            Ok(()) => {
+                gateway.audit.record_soon(Entry {
+                    decision: Decision::Allow,
+                    reason: "terminal admitted (WireGuard)".into(),
+                    ..entry
+                });
+                let admitted = Admitted {
+                    stream,
+                    terminal,
+                    proof,
+                    generation: live.generation,
+                };
+                Box::pin(serve_route(gateway, engine, admitted, source, route, stopping)).await
+            }
+            Err(why) => gateway.audit.record_soon(Entry {
+                decision: Decision::Deny,
+                reason: why,
+                ..entry
+            }),
+        }
+    }
+    Metrics::dec(&gateway.metrics.connections_open);
+    drop(permit);
+}
+
+/// The route phase, the same for every front door.
+async fn serve_route<S: Io>(
+    gateway: &Arc<Gateway>,
+    engine: Arc<Engine>,
+    admitted: Admitted<S>,
+    source: SocketAddr,
+    route: &Route,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) {
     match route {
-        Route::Api(name) => Box::pin(serve_api(gateway, engine, admitted, source, name, stopping)).await,
+        Route::Api(name) => serve_api(gateway, engine, admitted, source, name, stopping).await,
         Route::Tcp(route) => {
             let Admitted {
-                tls, terminal, chain, ..
-            } = admitted;
-            Box::pin(tcp::serve(
-                gateway.clone(),
-                route.clone(),
-                tls,
+                stream,
                 terminal,
-                chain,
-                source,
-            ))
-            .await
+                proof,
+                ..
+            } = admitted;
+            tcp::serve(gateway.clone(), route.clone(), stream, terminal, proof, source).await
         }
     }
 }
 
 /// The TLS handshake (the terminal check runs inside it) and the audit entry either way.
-async fn handshake(
+async fn handshake<S: Io>(
     gateway: &Arc<Gateway>,
-    stream: TcpStream,
+    stream: S,
     source: SocketAddr,
     route: &Route,
-) -> Option<Admitted> {
+) -> Option<Admitted<tokio_rustls::server::TlsStream<S>>> {
     let started = Instant::now();
     let live = gateway.live();
     let config = match route.kind() {
@@ -175,8 +262,12 @@ async fn handshake(
     // its certificate was checked when the session began (in this snapshot: a reload starts new
     // sessions), so check validity and the rest again now.
     let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    let admitted = if resumed { live.admits(&chain) } else { Ok(()) };
+    let proof = Proof::Certificate(chain);
+    let admitted = if resumed { live.admits(&proof) } else { Ok(()) };
     let terminal = match admitted.and_then(|()| {
+        let Proof::Certificate(chain) = &proof else {
+            return Err("no client certificate".into());
+        };
         let leaf = chain.first().ok_or("no client certificate")?;
         Terminal::from_certificate(leaf)
     }) {
@@ -204,33 +295,33 @@ async fn handshake(
         ..deny(String::new())
     });
     Some(Admitted {
-        tls,
+        stream: tls,
         terminal,
-        chain,
+        proof,
         generation: live.generation,
     })
 }
 
 /// The api route: HTTP/1.1 on the admitted stream until either side closes or shutdown.
-async fn serve_api(
+async fn serve_api<S: Io>(
     gateway: &Arc<Gateway>,
     engine: Arc<Engine>,
-    admitted: Admitted,
+    admitted: Admitted<S>,
     source: SocketAddr,
     name: &str,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let Admitted {
-        tls,
+        stream,
         terminal,
-        chain,
+        proof,
         generation,
     } = admitted;
     let conn = Arc::new(http::Connection {
         gateway: gateway.clone(),
         engine,
         terminal,
-        chain,
+        proof,
         source,
         route: name.to_owned(),
         checked: AtomicU64::new(generation),
@@ -247,7 +338,7 @@ async fn serve_api(
         .writev(false);
     let service = hyper::service::service_fn(move |req| http::handle(conn.clone(), req));
     let served = builder
-        .serve_connection(TokioIo::new(tls), service)
+        .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(served);
     let ended = tokio::select! {

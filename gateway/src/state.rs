@@ -15,11 +15,12 @@ use engine_proxy::health::Health;
 use engine_proxy::journal::Journal;
 use engine_proxy::upstream::Upstream;
 use rustls::ServerConfig;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::UnixTime;
 use rustls::server::danger::ClientCertVerifier;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::identity::Proof;
 use crate::inventory::Inventory;
 use crate::metrics::Metrics;
 use crate::person::{People, Settings};
@@ -73,9 +74,20 @@ impl Live {
         })
     }
 
-    /// Whether a certificate admitted earlier is still admitted by this snapshot: chain, validity,
-    /// CRL and inventory, exactly as in a new handshake.
-    pub fn admits(&self, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+    /// Whether a terminal admitted earlier is still admitted by this snapshot: for a certificate,
+    /// chain, validity, CRL and inventory, exactly as in a new handshake; for a WireGuard peer, its
+    /// key still registered to an enabled terminal.
+    pub fn admits(&self, proof: &Proof) -> Result<(), String> {
+        let chain = match proof {
+            Proof::Certificate(chain) => chain,
+            Proof::WireGuard(key) => {
+                return match self.inventory.by_wireguard_key(key) {
+                    Some(t) if t.enabled => Ok(()),
+                    Some(t) => Err(format!("terminal {:?} is disabled", t.name)),
+                    None => Err("the WireGuard key is no longer registered".into()),
+                };
+            }
+        };
         let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
         self.verifier
             .verify_client_cert(leaf, intermediates, UnixTime::now())
@@ -227,10 +239,10 @@ impl Gateway {
 
     /// Resolves when a reload stops admitting this certificate, with the reason: what ends a
     /// long-lived stream (raw TCP, WebSocket) of a terminal that was revoked or disabled.
-    pub async fn revoked(&self, chain: &[CertificateDer<'static>]) -> String {
+    pub async fn revoked(&self, proof: &Proof) -> String {
         let mut reloads = self.reloaded.subscribe();
         while reloads.changed().await.is_ok() {
-            if let Err(why) = self.live().admits(chain) {
+            if let Err(why) = self.live().admits(proof) {
                 return why;
             }
         }

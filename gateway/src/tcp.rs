@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::audit::{Decision, Entry};
 use crate::config::{Listener, split_host_port};
-use crate::identity::Terminal;
+use crate::identity::{Proof, Terminal};
 use crate::metrics::Metrics;
 use crate::state::Gateway;
 
@@ -44,7 +44,7 @@ pub async fn serve<S>(
     route: Arc<Route>,
     mut stream: S,
     terminal: Terminal,
-    chain: Vec<CertificateDer<'static>>,
+    proof: Proof,
     source: SocketAddr,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -110,7 +110,7 @@ pub async fn serve<S>(
                 entry.bytes_out = down;
             }
         }
-        why = gateway.revoked(&chain) => {
+        why = gateway.revoked(&proof) => {
             entry.reason = format!("allowed; stream closed by a reload: {why}");
         }
     }
