@@ -355,6 +355,6 @@ async fn serve_api<S: Io>(
 }
 
 /// Resolves once shutdown has begun (or the run loop is gone).
-async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stopping.wait_for(|s| *s).await;
 }

@@ -60,6 +60,14 @@ metrics! {
     journal_retries_total: "counter", "Attempts to hand a journaled write back that did not get through.";
     refused_offline_total: "counter", "Calls refused in the engine's format because the cloud could not answer (not cached, cloud-only, journal failure).";
     onprem_answers_total: "counter", "Calls answered by the on-premises engine.";
+    wg_peers: "gauge", "WireGuard peers loaded from the inventory (enabled terminals with a key).";
+    wg_handshakes_total: "counter", "WireGuard handshakes answered for known peers.";
+    wg_packets_received_total: "counter", "Authenticated WireGuard data packets delivered inside the tunnel.";
+    wg_dropped_unknown_key_total: "counter", "WireGuard packets dropped: the key or receiver index belongs to no peer.";
+    wg_dropped_invalid_total: "counter", "WireGuard packets dropped: malformed, truncated, replayed or failing authentication.";
+    wg_dropped_spoofed_total: "counter", "WireGuard packets dropped: the inner source address is not the peer's.";
+    wg_dropped_unroutable_total: "counter", "Packets dropped: inside the tunnel, to an address other than the gateway's (or to no peer).";
+    wg_cookies_sent_total: "counter", "Cookie replies sent to handshakes under load (the rate limiter).";
 }
 
 impl Metrics {

@@ -173,6 +173,11 @@ async fn serve(config: Config) -> Result<(), StartError> {
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let (exit, exiting) = tokio::sync::watch::channel(false);
+    let routes = listeners
+        .iter()
+        .map(|(_, route, ..)| (route.name().to_owned(), route.clone()))
+        .collect();
+    let wireguard = crate::wg::start(&gateway, &routes, stopping.clone(), exiting.clone())?;
     let mut threads = Vec::new();
     for w in 0..workers {
         let sockets: Vec<_> = listeners
@@ -280,6 +285,9 @@ async fn serve(config: Config) -> Result<(), StartError> {
         tracing::warn!("requests still in flight after {grace:?}; closing them");
     }
     let _ = exit.send(true);
+    if let Some((_, thread)) = wireguard {
+        threads.push(thread);
+    }
     for thread in threads {
         let _ = thread.join();
     }
