@@ -7,3 +7,4 @@
 //! with the peer's inventory terminal as its identity.
 
 pub mod keys;
+pub mod quick;
