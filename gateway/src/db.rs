@@ -25,7 +25,7 @@ pub const GATEWAY_DB: &str = "gateway.db";
 pub const DIR_MODE: u32 = 0o700;
 
 /// The schema of `gateway.db` this binary writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE terminals (
@@ -44,6 +44,21 @@ CREATE TABLE users (
     changed           TEXT NOT NULL,
     CHECK ((upstream_id IS NULL) = (upstream_password IS NULL))
 ) STRICT;
+";
+
+/// Version 2: a terminal may have a WireGuard identity. Columns added in place (a v1 database
+/// keeps its rows; every terminal starts without one). SQLite cannot add a UNIQUE column, so
+/// uniqueness comes from indexes, which let any number of NULLs through: two terminals never
+/// share a key or a tunnel address, and TLS-only terminals have neither. The preshared key is
+/// stored as base64, as `wg` writes it: the file is already 0600 (it holds upstream passwords).
+const SCHEMA_V2: &str = "
+ALTER TABLE terminals ADD COLUMN wg_public_key TEXT;
+ALTER TABLE terminals ADD COLUMN wg_preshared_key TEXT
+    CHECK (wg_preshared_key IS NULL OR wg_public_key IS NOT NULL);
+ALTER TABLE terminals ADD COLUMN wg_address TEXT
+    CHECK ((wg_address IS NULL) = (wg_public_key IS NULL));
+CREATE UNIQUE INDEX terminals_wg_public_key ON terminals (wg_public_key);
+CREATE UNIQUE INDEX terminals_wg_address ON terminals (wg_address);
 ";
 
 /// Everything the local state can refuse or fail at, each naming the file, terminal or user.
@@ -91,6 +106,30 @@ pub enum StoreError {
     /// Adding a terminal that is already there.
     #[error("terminal {name:?} is already registered (added {added})")]
     TerminalExists { name: String, added: String },
+    /// Giving a WireGuard identity to a terminal that has one already.
+    #[error(
+        "terminal {name:?} already has a WireGuard identity (tunnel address {address}); \
+         remove and add it again to replace it"
+    )]
+    WireGuardExists {
+        name: String,
+        address: std::net::Ipv4Addr,
+    },
+    /// A WireGuard public key that another terminal has.
+    #[error("the WireGuard public key {key} is already the key of terminal {by:?}")]
+    WireGuardKeyTaken { key: String, by: String },
+    /// A tunnel address that another terminal has.
+    #[error("the tunnel address {address} is already the address of terminal {by:?}")]
+    TunnelAddressTaken { address: std::net::Ipv4Addr, by: String },
+    /// Every address of the tunnel network is given to a terminal.
+    #[error(
+        "no free tunnel address left in {net} (wireguard.address): remove unused WireGuard \
+         terminals, or make the network larger (a shorter prefix)"
+    )]
+    TunnelNetworkFull { net: String },
+    /// `gateway.toml` could not be read or is not valid (the message names the file and key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Enabling an enabled terminal, or disabling a disabled one.
     #[error("terminal {name:?} is already {state}; nothing changed")]
     TerminalAlready { name: String, state: &'static str },
@@ -209,7 +248,7 @@ pub struct DataDirArgs {
 pub fn open(data_dir: &Path) -> Result<Connection> {
     let path = data_dir.join(GATEWAY_DB);
     let conn = open_file(data_dir, &path)?;
-    migrate(&conn, &path, SCHEMA_VERSION, &[SCHEMA_V1])?;
+    migrate(&conn, &path, SCHEMA_VERSION, &[SCHEMA_V1, SCHEMA_V2])?;
     Ok(conn)
 }
 
@@ -372,5 +411,33 @@ mod tests {
             .unwrap();
         let err = open(tmp.path()).unwrap_err().to_string();
         assert!(err.contains("schema version 7"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_database_is_upgraded_in_place_and_keeps_its_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(GATEWAY_DB);
+        {
+            let conn = open_file(tmp.path(), &path).unwrap();
+            migrate(&conn, &path, 1, &[SCHEMA_V1]).unwrap();
+            conn.execute(
+                "INSERT INTO terminals (name, enabled, added) VALUES ('old-pc', 1, '2025-01-01T00:00:00Z')",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open(tmp.path()).unwrap();
+        assert_eq!(user_version(&conn, &path).unwrap(), 2);
+        let (name, key): (String, Option<String>) = conn
+            .query_row("SELECT name, wg_public_key FROM terminals", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((name.as_str(), key), ("old-pc", None));
+        // An address without a key is refused by the schema itself.
+        assert!(
+            conn.execute("UPDATE terminals SET wg_address = '10.77.0.2'", [])
+                .is_err()
+        );
     }
 }

@@ -1,12 +1,24 @@
 //! `kakehashi terminal …`: the inventory of terminals that may connect.
+//!
+//! `terminal add NAME --wireguard` and `terminal wireguard NAME` also make the terminal's
+//! WireGuard config: a fresh key pair whose private half goes only into the config file and the
+//! QR code, never into the gateway's state.
 
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use cert_tool::files::{self, Staged};
 use clap::{Args, Subcommand};
+use rusqlite::Connection;
+use zeroize::Zeroizing;
 
 use super::{or_dash, to_json};
-use crate::db::{self, DataDirArgs, Result};
-use crate::inventory::{self, Inventory};
+use crate::config::{Config, WireGuard};
+use crate::db::{self, DATA_DIR_ENV, DEFAULT_DATA_DIR, Result, StoreError};
+use crate::inventory::{self, Enroll, Inventory, Terminal, WireGuardPeer};
+use crate::wg::keys::{self, Secret};
+use crate::wg::quick::{Qr, TerminalConfig};
 
 /// What a running gateway needs to see a change to the inventory.
 const RELOAD_HINT: &str =
@@ -15,8 +27,10 @@ const RELOAD_HINT: &str =
 /// `kakehashi terminal [--data-dir DIR] COMMAND`.
 #[derive(Debug, Args)]
 pub struct TerminalArgs {
-    #[command(flatten)]
-    pub data: DataDirArgs,
+    /// The appliance's data directory (created with mode 0700 if missing) [default:
+    /// /var/lib/kakehashi; with --wireguard, the configuration's data_dir]
+    #[arg(long, value_name = "DIR", env = DATA_DIR_ENV, global = true)]
+    pub data_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: TerminalCommand,
 }
@@ -30,6 +44,19 @@ pub enum TerminalCommand {
         /// Free text: whose it is, where it stands (at most 200 characters)
         #[arg(long)]
         note: Option<String>,
+        /// Also give it a WireGuard identity and write its config (see `terminal wireguard`)
+        #[arg(long)]
+        wireguard: bool,
+        #[command(flatten)]
+        wg: WireGuardArgs,
+    },
+    /// Give a registered terminal a WireGuard identity: a new key pair, a preshared key and the
+    /// next free tunnel address; writes its wg-quick config and prints it as a QR code
+    #[command(name = "wireguard")]
+    WireGuard {
+        name: String,
+        #[command(flatten)]
+        wg: WireGuardArgs,
     },
     /// List the terminals
     List {
@@ -45,31 +72,97 @@ pub enum TerminalCommand {
     Remove { name: String },
 }
 
+/// Where a WireGuard terminal's settings come from and where its config goes.
+#[derive(Debug, Args)]
+pub struct WireGuardArgs {
+    /// The gateway's configuration: its [wireguard] section (network, endpoint, MTU, keepalive,
+    /// the gateway's key) and data_dir
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "KAKEHASHI_CONFIG",
+        default_value = "/etc/kakehashi/gateway.toml"
+    )]
+    pub config: PathBuf,
+    /// Where to write the terminal's wg-quick config (mode 0600; never overwritten) [default:
+    /// NAME-wg.conf]
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Also write the QR code as a PNG image (mode 0600: it holds the terminal's private key)
+    #[arg(long, value_name = "FILE")]
+    pub qr_png: Option<PathBuf>,
+    /// No preshared key (by default one is made: it keeps recorded traffic safe from a future
+    /// quantum computer)
+    #[arg(long)]
+    pub no_psk: bool,
+}
+
+/// The files a WireGuard enrollment writes.
+#[derive(Debug)]
+pub struct Outputs {
+    /// The wg-quick config.
+    pub config: PathBuf,
+    /// The QR code as PNG, if wanted.
+    pub qr_png: Option<PathBuf>,
+    /// Whether to make a preshared key.
+    pub psk: bool,
+}
+
+/// A terminal that got its WireGuard identity, and its config as a QR code for the terminal.
+#[derive(Debug)]
+pub struct Enrolled {
+    pub terminal: Terminal,
+    pub qr: Zeroizing<String>,
+}
+
 /// Runs one `terminal` command.
 pub fn run(args: TerminalArgs) -> Result<ExitCode> {
-    let conn = db::open(&args.data.data_dir)?;
     let changed = match args.command {
-        TerminalCommand::Add { name, note } => {
-            inventory::add(&conn, &name, note.as_deref())?;
+        TerminalCommand::Add {
+            name,
+            note,
+            wireguard: true,
+            wg,
+        } => wireguard(
+            args.data_dir,
+            &name,
+            Enroll::New {
+                note: note.as_deref(),
+            },
+            &wg,
+        )?,
+        TerminalCommand::WireGuard { name, wg } => wireguard(args.data_dir, &name, Enroll::Existing, &wg)?,
+        TerminalCommand::Add {
+            name,
+            note,
+            wireguard: false,
+            wg,
+        } => {
+            if wg.out.is_some() || wg.qr_png.is_some() || wg.no_psk {
+                return Err(StoreError::Invalid(
+                    "--out, --qr-png and --no-psk go with --wireguard".into(),
+                ));
+            }
+            inventory::add(&open(args.data_dir)?, &name, note.as_deref())?;
             format!("registered terminal {name} (enabled)")
         }
         TerminalCommand::Disable { name } => {
-            inventory::set_enabled(&conn, &name, false)?;
+            inventory::set_enabled(&open(args.data_dir)?, &name, false)?;
             format!("disabled terminal {name}: its connections are refused")
         }
         TerminalCommand::Enable { name } => {
-            inventory::set_enabled(&conn, &name, true)?;
+            inventory::set_enabled(&open(args.data_dir)?, &name, true)?;
             format!("enabled terminal {name}")
         }
         TerminalCommand::Remove { name } => {
-            inventory::remove(&conn, &name)?;
+            inventory::remove(&open(args.data_dir)?, &name)?;
             format!(
                 "removed terminal {name}; revoke its certificate too: \
                  `kakehashi cert revoke --dir CA --name {name}`"
             )
         }
         TerminalCommand::List { json } => {
-            list(&Inventory::load(&conn)?, json)?;
+            list(&Inventory::load(&open(args.data_dir)?)?, json)?;
             return Ok(ExitCode::SUCCESS);
         }
     };
@@ -78,18 +171,222 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `gateway.db` in `--data-dir`, or in the default data directory.
+fn open(data_dir: Option<PathBuf>) -> Result<Connection> {
+    db::open(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()))
+}
+
+/// `terminal add --wireguard` and `terminal wireguard`: everything is checked before anything is
+/// written (the configuration, the data directory, the output files), then [`enroll_wireguard`]
+/// does the work; prints the QR code and returns what changed.
+fn wireguard(data_dir: Option<PathBuf>, name: &str, how: Enroll<'_>, args: &WireGuardArgs) -> Result<String> {
+    let config = Config::load(&args.config)?;
+    let wg = config.wireguard.as_ref().ok_or_else(|| {
+        StoreError::Invalid(format!(
+            "{}: no [wireguard] section: add one (see the README, gateway.toml) to give terminals \
+             WireGuard configs",
+            args.config.display()
+        ))
+    })?;
+    if let Some(given) = &data_dir
+        && !same_dir(given, &config.data_dir)
+    {
+        return Err(StoreError::Invalid(format!(
+            "--data-dir (or {DATA_DIR_ENV}) is {}, but {} says data_dir = {}: a WireGuard terminal \
+             is registered where that gateway looks; leave --data-dir out",
+            given.display(),
+            args.config.display(),
+            config.data_dir.display()
+        )));
+    }
+    let endpoint = endpoint(&config, wg)?;
+    let outputs = Outputs {
+        config: args
+            .out
+            .clone()
+            .unwrap_or_else(|| format!("{name}-wg.conf").into()),
+        qr_png: args.qr_png.clone(),
+        psk: !args.no_psk,
+    };
+    // The name is checked before the default file name built from it is used.
+    if matches!(how, Enroll::New { .. }) {
+        inventory::check_name(name)?;
+    }
+    refuse_existing(&outputs)?;
+    let conn = db::open(&config.data_dir)?;
+    let enrolled = enroll_wireguard(&conn, wg, &endpoint, name, how, &outputs)?;
+    print!("{}", enrolled.qr.as_str());
+    let address = enrolled
+        .terminal
+        .wireguard
+        .as_ref()
+        .map_or(Ipv4Addr::UNSPECIFIED, |p| p.address);
+    let mut done = match how {
+        Enroll::New { .. } => format!("registered terminal {name} (enabled), WireGuard address {address}"),
+        Enroll::Existing => format!("gave terminal {name} a WireGuard identity, address {address}"),
+    };
+    done.push_str(&format!(
+        "\nwrote its WireGuard config to {} (mode 0600){}: it holds the terminal's private key, \
+         which the gateway does not keep; hand it over (`wg-quick up FILE`, or scan the QR code \
+         above in the WireGuard app), then delete it",
+        outputs.config.display(),
+        outputs
+            .qr_png
+            .as_ref()
+            .map_or(String::new(), |p| format!(" and its QR code to {}", p.display()))
+    ));
+    Ok(done)
+}
+
+/// The endpoint terminals are given, refusing a listen address that no terminal can reach.
+fn endpoint(config: &Config, wg: &WireGuard) -> Result<String> {
+    if wg.endpoint.is_none() && wg.listen.ip().is_unspecified() {
+        return Err(StoreError::Invalid(format!(
+            "{}: wireguard.endpoint is not set and wireguard.listen is {}, which a terminal cannot \
+             send to: set endpoint = \"HOST:{}\" (the address terminals reach the gateway at)",
+            config.source.display(),
+            wg.listen,
+            wg.listen.port()
+        )));
+    }
+    Ok(config.wireguard_endpoint().unwrap_or_default())
+}
+
+/// Whether two spellings name the same directory (one may not exist yet).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Refuses to overwrite a file: a config in place may be the only copy of another terminal's key.
+fn refuse_existing(outputs: &Outputs) -> Result<()> {
+    let files = std::iter::once(&outputs.config).chain(&outputs.qr_png);
+    for path in files {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(StoreError::Invalid(format!(
+                "{} exists already; not overwriting it (it may hold another terminal's key): \
+                 move it away or choose another file with --out / --qr-png",
+                path.display()
+            )));
+        }
+    }
+    if outputs.qr_png.as_ref() == Some(&outputs.config) {
+        return Err(StoreError::Invalid(
+            "--out and --qr-png name the same file".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Gives `name` (new, or registered: `how`) a WireGuard identity and writes its config.
+///
+/// The order makes the two stores agree whatever fails:
+/// 1. one database transaction holding the write lock allocates the address and records the
+///    identity, uncommitted;
+/// 2. inside it, the config (and PNG) are staged: written and flushed beside their destination
+///    under a temporary name. If that fails, the transaction rolls back: nothing registered;
+/// 3. the transaction commits. If that fails, the staged files delete themselves: no config;
+/// 4. the staged files are renamed into place (the rename cannot run short of space: the data
+///    is already on disk). If even that fails, step 1 is undone in a new transaction and the
+///    files already renamed are removed, so no terminal is left whose key nobody holds.
+///
+/// The gateway's own key is created first if missing, so that it exists before the gateway
+/// starts and the config names it; that is the gateway's identity, not the terminal's.
+pub fn enroll_wireguard(
+    conn: &Connection,
+    wg: &WireGuard,
+    endpoint: &str,
+    name: &str,
+    how: Enroll<'_>,
+    outputs: &Outputs,
+) -> Result<Enrolled> {
+    let key_path = wg
+        .private_key
+        .clone()
+        .ok_or_else(|| StoreError::Invalid("wireguard.private_key: not resolved".into()))?;
+    let gateway_key = keys::load_or_create(&key_path)?.public_key();
+    let (terminal, (staged, qr)) = inventory::enroll_wireguard(conn, name, how, &wg.address, |address| {
+        let private = Secret::generate()?;
+        let psk = if outputs.psk {
+            Some(Secret::generate()?)
+        } else {
+            None
+        };
+        let text = TerminalConfig {
+            private_key: &private,
+            address,
+            mtu: wg.mtu,
+            gateway_key,
+            preshared_key: psk.as_ref(),
+            endpoint,
+            gateway_address: wg.address.address,
+            persistent_keepalive: wg.persistent_keepalive,
+        }
+        .text();
+        let qr = Qr::new(&text)?;
+        let mut staged = vec![Staged::new(&outputs.config, text.as_bytes(), files::SECRET)?];
+        if let Some(png) = &outputs.qr_png {
+            staged.push(Staged::new(png, &qr.to_png()?, files::SECRET)?);
+        }
+        let peer = WireGuardPeer {
+            public_key: private.public_key(),
+            preshared_key: psk,
+            address,
+        };
+        Ok((peer, (staged, qr.to_terminal())))
+    })?;
+    let mut placed: Vec<PathBuf> = Vec::new();
+    for file in staged {
+        let dest = file.dest().to_owned();
+        // Checked again: a file may have appeared since `refuse_existing`.
+        let result = if std::fs::symlink_metadata(&dest).is_ok() {
+            Err(StoreError::Invalid(format!(
+                "{} appeared meanwhile; not overwriting it",
+                dest.display()
+            )))
+        } else {
+            file.commit().map_err(StoreError::from)
+        };
+        if let Err(e) = result {
+            for path in &placed {
+                let _ = std::fs::remove_file(path);
+            }
+            let undone = match how {
+                Enroll::New { .. } => inventory::remove(conn, name).map(drop),
+                Enroll::Existing => inventory::clear_wireguard(conn, name).map(drop),
+            };
+            return Err(match undone {
+                Ok(()) => e,
+                Err(undo) => StoreError::Invalid(format!(
+                    "{e}; and undoing the registration failed too ({undo}): run `kakehashi terminal \
+                     remove {name}`"
+                )),
+            });
+        }
+        placed.push(dest);
+    }
+    Ok(Enrolled { terminal, qr })
+}
+
 fn list(inventory: &Inventory, json: bool) -> Result<()> {
     if json {
         let all: Vec<_> = inventory.iter().collect();
         println!("{}", to_json(&all)?);
         return Ok(());
     }
-    println!("{:<32}  {:<8}  {:<20}  NOTE", "NAME", "STATUS", "ADDED");
+    println!(
+        "{:<32}  {:<8}  {:<15}  {:<20}  NOTE",
+        "NAME", "STATUS", "TUNNEL", "ADDED"
+    );
     for t in inventory.iter() {
+        let tunnel = t.wireguard.as_ref().map(|p| p.address.to_string());
         println!(
-            "{:<32}  {:<8}  {:<20}  {}",
+            "{:<32}  {:<8}  {:<15}  {:<20}  {}",
             t.name,
             if t.enabled { "enabled" } else { "disabled" },
+            or_dash(tunnel.as_deref()),
             t.added,
             or_dash(t.note.as_deref())
         );
