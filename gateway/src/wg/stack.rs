@@ -213,17 +213,23 @@ impl Stack {
                     Ok(Ok(0)) => break,
                     Ok(Ok(_)) => moved = true,
                     // The pipeline is gone: so is the connection.
-                    _ => {
+                    other => {
+                        tracing::debug!(peer = %c.peer, result = ?other, "tunnel connection aborted");
                         socket.abort();
                         break;
                     }
                 }
             }
-            if !c.closed_out
-                && !socket.may_recv()
-                && socket.recv_queue() == 0
-                && socket.state() != tcp::State::Listen
-            {
+            // The terminal sent FIN (or the connection died) and everything before it is through.
+            let ended = matches!(
+                socket.state(),
+                tcp::State::CloseWait
+                    | tcp::State::LastAck
+                    | tcp::State::Closing
+                    | tcp::State::TimeWait
+                    | tcp::State::Closed
+            );
+            if !c.closed_out && ended && socket.recv_queue() == 0 {
                 if let Poll::Ready(_) = Pin::new(&mut c.pipe).poll_shutdown(cx) {
                     c.closed_out = true;
                     moved = true;
@@ -232,6 +238,9 @@ impl Stack {
             // Pipeline → terminal.
             while !c.closed_in && socket.can_send() {
                 let read = socket.send(|space| {
+                    if space.is_empty() {
+                        return (0, None);
+                    }
                     let mut buf = ReadBuf::new(space);
                     match Pin::new(&mut c.pipe).poll_read(cx, &mut buf) {
                         Poll::Ready(Ok(())) => {
@@ -244,6 +253,7 @@ impl Stack {
                 });
                 match read {
                     Ok(Some(0)) | Err(_) => {
+                        tracing::trace!(peer = %c.peer, "tunnel connection closed by the gateway");
                         socket.close();
                         c.closed_in = true;
                         moved = true;
