@@ -261,15 +261,12 @@ fn without_a_wireguard_section_or_a_reachable_endpoint_nothing_is_written() {
     // A fresh data directory too: not even it may appear.
     let without =
         format!("{}{}", &toml[..start], &toml[end..]).replace("data_dir = \"data\"", "data_dir = \"fresh\"");
-    write(&c.path("clinic/no-wg.toml"), &without);
-    let before = snapshot(c.tmp.path());
-    sh(&format!(
-        "kakehashi terminal add tablet --wireguard --config {} --out {}",
-        s(&c.path("clinic/no-wg.toml")),
-        s(&c.path("tablet.conf"))
-    ))
-    .fails_with(&["no-wg.toml: no [wireguard] section"]);
-    assert_unchanged(&before, &snapshot(c.tmp.path()));
+    refused(
+        &c,
+        "no-wg.toml",
+        &without,
+        &["no-wg.toml: no [wireguard] section"],
+    );
 
     // Listening on every address with no endpoint: a config naming 0.0.0.0 would be useless.
     let unreachable = toml
@@ -282,13 +279,26 @@ fn without_a_wireguard_section_or_a_reachable_endpoint_nothing_is_written() {
         .collect::<Vec<_>>()
         .join("\n")
         .replace("data_dir = \"data\"", "data_dir = \"fresh\"");
-    write(&c.path("clinic/any.toml"), &unreachable);
+    refused(
+        &c,
+        "any.toml",
+        &unreachable,
+        &["wireguard.endpoint is not set", "0.0.0.0:"],
+    );
+}
+
+/// `terminal add --wireguard` with the configuration `text` fails naming `needles` and changes
+/// nothing.
+#[track_caller]
+fn refused(c: &Clinic, name: &str, text: &str, needles: &[&str]) {
+    let config = c.path("clinic").join(name);
+    write(&config, text);
     let before = snapshot(c.tmp.path());
     sh(&format!(
         "kakehashi terminal add tablet --wireguard --config {} --out {}",
-        s(&c.path("clinic/any.toml")),
+        s(&config),
         s(&c.path("tablet.conf"))
     ))
-    .fails_with(&["wireguard.endpoint is not set", "0.0.0.0:"]);
+    .fails_with(needles);
     assert_unchanged(&before, &snapshot(c.tmp.path()));
 }
