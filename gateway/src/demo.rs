@@ -8,11 +8,12 @@
 //!
 //! The directory is a contract that people and scripts rely on (DESIGN.md, "The demo directory
 //! is a contract"): `ca.pem`, `terminal.pem`, `terminal.key`, `terminal.p12`,
-//! `terminal.p12.password`, `user.txt`, `engine.toml` and `gateway.toml` keep their names; new
+//! `terminal.p12.password`, `user.txt`, `engine.toml`, `gateway.toml`, and for the WireGuard
+//! terminal `terminal-wg.conf`, `terminal-wg.url` (and `terminal-wg.png`) keep their names; new
 //! files are added as features land. Running it again on the same directory reuses the clinic.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -28,6 +29,14 @@ const ENGINE_HOST: &str = "engine.demo-clinic.test";
 /// The demo's terminal and staff account.
 const TERMINAL: &str = "reception-1";
 const USER: &str = "reception";
+/// The demo's WireGuard terminal: an inventory entry of its own, beside the TLS one.
+const WG_TERMINAL: &str = "terminal-wg";
+/// The gateway's tunnel address and the terminals' network.
+const WG_NET: &str = "10.77.0.1/24";
+/// The port on the tunnel address that serves the engine API (the `[wireguard]` default).
+const WG_API_PORT: u16 = 8000;
+/// WireGuard's customary port, used when it is free.
+const WG_PORT: u16 = 51820;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -46,6 +55,10 @@ pub struct DemoArgs {
     /// The gateway's metrics listener (written into a new clinic's gateway.toml)
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin_listen: SocketAddr,
+    /// Where the gateway listens for WireGuard, UDP (written into a new clinic's gateway.toml)
+    /// [default: 0.0.0.0:51820, or another free port when that one is taken]
+    #[arg(long, value_name = "ADDR")]
+    wg_listen: Option<SocketAddr>,
 }
 
 pub fn run(args: &DemoArgs) -> Result<ExitCode> {
@@ -161,6 +174,13 @@ fn create(dir: &Path, args: &DemoArgs) -> Result<()> {
     let store = |e: kakehashi_gateway::db::StoreError| Error::Refused(e.to_string());
     let conn = kakehashi_gateway::db::open(&data).map_err(store)?;
     kakehashi_gateway::inventory::add(&conn, TERMINAL, Some("the demo's reception PC")).map_err(store)?;
+    let wg_listen = wg_listen(args)?;
+    let wg_endpoint = match wg_listen.ip() {
+        ip if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), wg_listen.port()),
+        _ => wg_listen,
+    };
+    let wg_section = wireguard_toml(wg_listen, wg_endpoint);
+    enroll_wg_terminal(dir, &conn, &data, &wg_section, &wg_endpoint.to_string())?;
     let hash = kakehashi_gateway::users::hash_password(staff_password.as_bytes()).map_err(store)?;
     kakehashi_gateway::users::add(&conn, USER, &hash, None).map_err(store)?;
     files::write_atomic(
@@ -177,7 +197,57 @@ fn create(dir: &Path, args: &DemoArgs) -> Result<()> {
     // Last: gateway.toml marks a complete demo clinic.
     files::write_atomic(
         &dir.join("gateway.toml"),
-        gateway_toml(args).as_bytes(),
+        gateway_toml(args, &wg_section).as_bytes(),
+        files::PUBLIC,
+    )
+}
+
+/// The WireGuard UDP address: `--wg-listen`, else WireGuard's customary port when it is free,
+/// else any free port (as a second demo on the same machine needs).
+fn wg_listen(args: &DemoArgs) -> Result<SocketAddr> {
+    if let Some(listen) = args.wg_listen {
+        return Ok(listen);
+    }
+    let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), WG_PORT);
+    let port = std::net::UdpSocket::bind(any)
+        .or_else(|_| std::net::UdpSocket::bind(SocketAddr::new(any.ip(), 0)))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| Error::Refused(format!("cannot find a free UDP port for WireGuard: {e}")))?
+        .port();
+    Ok(SocketAddr::new(any.ip(), port))
+}
+
+/// Registers the WireGuard terminal with the very `[wireguard]` section gateway.toml gets (parsed
+/// here with the gateway's own defaults), and writes `terminal-wg.conf`, `.png` and `.url`.
+fn enroll_wg_terminal(
+    dir: &Path,
+    conn: &rusqlite::Connection,
+    data: &Path,
+    section: &str,
+    endpoint: &str,
+) -> Result<()> {
+    use kakehashi_gateway::cli::terminal::{self, Outputs};
+    #[derive(serde::Deserialize)]
+    struct Section {
+        wireguard: kakehashi_gateway::config::WireGuard,
+    }
+    let mut wg = toml::from_str::<Section>(section)
+        .map_err(|e| Error::Refused(format!("the demo's [wireguard] section: {e}")))?
+        .wireguard;
+    wg.private_key = Some(data.join(kakehashi_gateway::wg::keys::GATEWAY_KEY_FILE));
+    let outputs = Outputs {
+        config: dir.join(format!("{WG_TERMINAL}.conf")),
+        qr_png: Some(dir.join(format!("{WG_TERMINAL}.png"))),
+        psk: true,
+    };
+    let how = kakehashi_gateway::inventory::Enroll::New {
+        note: Some("the demo's WireGuard terminal (a tablet)"),
+    };
+    terminal::enroll_wireguard(conn, &wg, endpoint, WG_TERMINAL, how, &outputs)
+        .map_err(|e| Error::Refused(e.to_string()))?;
+    files::write_atomic(
+        &dir.join(format!("{WG_TERMINAL}.url")),
+        format!("http://{}:{WG_API_PORT}\n", wg.address.address).as_bytes(),
         files::PUBLIC,
     )
 }
@@ -212,7 +282,20 @@ client_ca = "ca.pem"      # like the cloud: only clients with a certificate (the
     )
 }
 
-fn gateway_toml(args: &DemoArgs) -> String {
+fn wireguard_toml(listen: SocketAddr, endpoint: SocketAddr) -> String {
+    // Commented as the rest of gateway.toml: values left, comments in one column.
+    let line = |setting: String, comment: &str| format!("{setting:<29} # {comment}\n");
+    [
+        "\n[wireguard]\n".to_owned(),
+        line(format!("listen = \"{listen}\""), "UDP: every WireGuard terminal sends here"),
+        line(format!("address = \"{WG_NET}\""), "the gateway in the tunnel; terminals get the next free addresses"),
+        line(format!("endpoint = \"{endpoint}\""), "written into terminal configs as the gateway's address"),
+        format!("# private_key: data/wireguard.key; port {WG_API_PORT} on the tunnel address serves the api listener\n"),
+    ]
+    .concat()
+}
+
+fn gateway_toml(args: &DemoArgs, wireguard: &str) -> String {
     format!(
         r#"# The demo clinic's gateway: `kakehashi gateway run --config gateway.toml`.
 # Paths are relative to this file. Every key is explained in the README (gateway.toml).
@@ -235,7 +318,7 @@ cert = "uplink.pem"           # the gateway's own client certificate
 key = "uplink.key"
 user = "ormaster"             # the clinic's engine account
 password_file = "upstream.password"
-
+{wireguard}
 [auth]
 person = true                 # ID and password on every request (user.txt has the demo's)
 lockout_failures = 5
@@ -357,12 +440,13 @@ Take the line down (the cloud stops answering), then read and write through the 
        '{gw}/orca11/acceptmodv2?class=01&format=json'            journaled: Api_Result W90
   kakehashi journal list --data-dir {d}/data      what waits for the cloud
   kill -CONT $(cat {d}/engine.pid)                10 s later the journal drains, back to normal
-
+{wireguard}
 Ctrl-C stops both.",
         engine_url = engine.url,
         gw = gateway.url,
         user_id = user.trim().split(':').next().unwrap_or(""),
         user = user.trim(),
+        wireguard = wireguard_walkthrough(dir, user.trim()),
         metrics = kakehashi_gateway::config::Config::load(&dir.join("gateway.toml"))
             .ok()
             .and_then(|c| c.admin.address)
@@ -410,6 +494,24 @@ fn wait(mut processes: Vec<Process>) -> Result<ExitCode> {
     }
 }
 
+/// The WireGuard part of the walk-through, for a clinic that has the WireGuard terminal.
+fn wireguard_walkthrough(dir: &Path, user: &str) -> String {
+    let Ok(url) = std::fs::read_to_string(dir.join(format!("{WG_TERMINAL}.url"))) else {
+        return String::new();
+    };
+    let d = dir.display();
+    format!(
+        "
+Or be the WireGuard terminal {WG_TERMINAL:?} (as root, with wireguard-tools; the README shows the
+same inside a network namespace, which leaves the machine's own routes alone):
+  wg-quick up {d}/{WG_TERMINAL}.conf
+  curl -u '{user}' '{url}/api01rv2/patientgetv2?id=1&format=json'
+  wg-quick down {d}/{WG_TERMINAL}.conf
+",
+        url = url.trim()
+    )
+}
+
 fn print_files(dir: &Path) {
     let d = dir.display();
     println!(
@@ -418,6 +520,8 @@ The demo clinic in {d}:
   ca.pem, ca.key            the clinic CA (terminals and the gateway trust it); `kakehashi cert` works on {d}
   terminal.pem, .key        the terminal {TERMINAL:?} (registered in the gateway's inventory)
   terminal.p12              the same for Windows/macOS/Java, password in terminal.p12.password
+  terminal-wg.conf, .png    the WireGuard terminal {WG_TERMINAL:?}: its wg-quick config and QR code
+  terminal-wg.url           the engine API's URL inside the tunnel
   user.txt                  the staff account, ID:password
   server.pem, .key          the gateway's server certificate ({ENGINE_HOST}, localhost, 127.0.0.1)
   uplink.pem, .key          the gateway's client certificate towards the cloud
@@ -425,7 +529,8 @@ The demo clinic in {d}:
   crl.pem                   the clinic CA's CRL
   engine.toml, gateway.toml the two processes' configuration
   engine.pid                the cloud engine's process id (while the demo runs)
-  data/                     the gateway's inventory, users, audit log, read cache and write journal"
+  data/                     the gateway's inventory, users, audit log, read cache and write journal,
+                            and its WireGuard key (wireguard.key)"
     );
 }
 

@@ -470,6 +470,11 @@ mod tests {
         }
     }
 
+    /// Enrolls with a fresh key and no preshared key.
+    fn enroll(conn: &Connection, name: &str, how: Enroll<'_>, net: &TunnelNet) -> Result<Terminal> {
+        enroll_wireguard(conn, name, how, net, |a| Ok((peer(a, false), ()))).map(|(t, ())| t)
+    }
+
     #[test]
     fn wireguard_identities_are_unique_looked_up_and_listed_without_the_psk() {
         let tmp = tempfile::tempdir().unwrap();
@@ -564,14 +569,8 @@ mod tests {
         remove(&conn, "t1").unwrap();
         assert_eq!(free_address(&conn, &net).unwrap(), Ipv4Addr::new(10, 77, 0, 3));
 
-        enroll_wireguard(&conn, "only", Enroll::New { note: None }, &small, |a| {
-            Ok((peer(a, false), ()))
-        })
-        .unwrap();
-        let err = enroll_wireguard(&conn, "more", Enroll::New { note: None }, &small, |a| {
-            Ok((peer(a, false), ()))
-        })
-        .unwrap_err();
+        enroll(&conn, "only", Enroll::New { note: None }, &small).unwrap();
+        let err = enroll(&conn, "more", Enroll::New { note: None }, &small).unwrap_err();
         assert!(
             err.to_string()
                 .contains("no free tunnel address left in 10.9.0.2/30"),
@@ -596,27 +595,15 @@ mod tests {
 
         add(&conn, "reception", None).unwrap();
         assert!(matches!(
-            enroll_wireguard(&conn, "reception", Enroll::New { note: None }, &net, |a| Ok((
-                peer(a, false),
-                ()
-            ))),
+            enroll(&conn, "reception", Enroll::New { note: None }, &net),
             Err(StoreError::TerminalExists { .. })
         ));
         assert!(matches!(
-            enroll_wireguard(&conn, "ghost", Enroll::Existing, &net, |a| Ok((
-                peer(a, false),
-                ()
-            ))),
+            enroll(&conn, "ghost", Enroll::Existing, &net),
             Err(StoreError::UnknownTerminal { .. })
         ));
-        enroll_wireguard(&conn, "reception", Enroll::Existing, &net, |a| {
-            Ok((peer(a, false), ()))
-        })
-        .unwrap();
-        let err = enroll_wireguard(&conn, "reception", Enroll::Existing, &net, |a| {
-            Ok((peer(a, false), ()))
-        })
-        .unwrap_err();
+        enroll(&conn, "reception", Enroll::Existing, &net).unwrap();
+        let err = enroll(&conn, "reception", Enroll::Existing, &net).unwrap_err();
         assert!(
             err.to_string()
                 .contains("already has a WireGuard identity (tunnel address 10.77.0.2)"),

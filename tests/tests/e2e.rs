@@ -14,4 +14,5 @@ mod e2e {
     mod inventory;
     mod journal_cli;
     mod pki;
+    mod wireguard_cli;
 }

@@ -18,7 +18,10 @@ fn help_lists_every_command_with_its_purpose() {
         );
     }
     for (group, cmds) in [
-        ("terminal", &["add", "list", "disable", "enable", "remove"][..]),
+        (
+            "terminal",
+            &["add", "wireguard", "list", "disable", "enable", "remove"][..],
+        ),
         (
             "user",
             &[
@@ -57,12 +60,14 @@ fn demo_setup_only_leaves_a_working_clinic_and_can_run_again() {
     for f in [
         "ca.pem", "terminal.pem", "terminal.key", "terminal.p12", "terminal.p12.password", "server.pem",
         "server.key", "crl.pem", "user.txt", "engine.toml", "gateway.toml", "uplink.pem", "engine.pem",
+        "terminal-wg.conf", "terminal-wg.url", "terminal-wg.png",
     ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     for f in [
         "terminal.key", "terminal.p12", "terminal.p12.password", "server.key", "ca.key", "user.txt",
-        "upstream.password", "uplink.key", "engine.key",
+        "upstream.password", "uplink.key", "engine.key", "terminal-wg.conf", "terminal-wg.png",
+        "data/wireguard.key",
     ] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
@@ -85,6 +90,43 @@ fn demo_setup_only_leaves_a_working_clinic_and_can_run_again() {
         "{server}"
     );
 
+    // The WireGuard terminal: its own inventory entry, a config wg-quick reads that names the
+    // gateway's key and outer address, and the URL inside the tunnel.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("terminal-wg.url")).unwrap(),
+        "http://10.77.0.1:8000\n"
+    );
+    let conf = std::fs::read_to_string(dir.join("terminal-wg.conf")).unwrap();
+    let toml = std::fs::read_to_string(dir.join("gateway.toml")).unwrap();
+    let port = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"0.0.0.0:"))
+        .and_then(|l| l.split('"').next())
+        .unwrap_or_else(|| panic!("no [wireguard] listen on 0.0.0.0 in gateway.toml:\n{toml}"));
+    assert!(conf.contains(&format!("Endpoint = 127.0.0.1:{port}\n")), "{conf}");
+    assert!(
+        conf.contains("AllowedIPs = 10.77.0.1/32\n") && conf.contains("Address = 10.77.0.2/32\n"),
+        "{conf}"
+    );
+    let gateway_key = std::fs::read_to_string(dir.join("data/wireguard.key")).unwrap();
+    let gateway_public = super::wireguard_cli::wg_pubkey(gateway_key.trim());
+    assert!(
+        conf.contains(&format!("PublicKey = {gateway_public}\n")),
+        "{conf}"
+    );
+    sh(&format!("wg-quick strip {}", s(&dir.join("terminal-wg.conf")))).ok();
+    let list = kakehashi(&["terminal", "list", "--json", "--data-dir", s(&dir.join("data"))]).ok();
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["name"], "reception-1");
+    assert!(list[0]["wireguard"].is_null());
+    assert_eq!(list[1]["name"], "terminal-wg");
+    assert_eq!(list[1]["wireguard"]["address"], "10.77.0.2");
+    sh(&format!(
+        "kakehashi gateway check --config {}",
+        s(&dir.join("gateway.toml"))
+    ))
+    .ok();
+
     let before = snapshot(&dir);
     let again = kakehashi(&["demo", "--setup-only", "--dir", s(&dir)]).ok();
     assert!(again.contains("Reusing the demo clinic"), "{again}");
@@ -103,6 +145,7 @@ fn demo_runs_the_cloud_and_the_gateway_and_its_curl_command_fetches_a_patient() 
             .to_string()
     };
     let (listen, engine, admin) = (port(0), port(1), port(2));
+    let wg = format!("127.0.0.1:{}", super::gateway::free_udp_port());
     let mut demo = Server::start(&[
         "demo",
         "--dir",
@@ -113,6 +156,8 @@ fn demo_runs_the_cloud_and_the_gateway_and_its_curl_command_fetches_a_patient() 
         &engine,
         "--admin-listen",
         &admin,
+        "--wg-listen",
+        &wg,
     ]);
     assert_eq!(demo.url, format!("https://{listen}"));
     let user = std::fs::read_to_string(dir.join("user.txt")).unwrap();

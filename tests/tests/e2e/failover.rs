@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use super::gateway::{Clinic, PATIENT, free_port};
+use super::gateway::{Clinic, PATIENT, free_port, free_udp_port};
 use crate::support::*;
 
 /// Quick return after an outage, so the tests do not wait out the production default.
@@ -473,10 +473,11 @@ fn a_full_disk_refuses_writes_clearly_and_loses_nothing_acknowledged() {
     let clinic_dir = dir.path().join("clinic");
     let port = free_port();
     sh(&format!(
-        "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{port} --admin-listen 127.0.0.1:{}",
+        "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{port} --admin-listen 127.0.0.1:{} --wg-listen 127.0.0.1:{}",
         s(&clinic_dir),
         free_port(),
-        free_port()
+        free_port(),
+        free_udp_port()
     ))
     .ok();
     let disk = SmallDisk::over(&clinic_dir.join("data"));

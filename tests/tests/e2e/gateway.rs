@@ -16,6 +16,15 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// A free loopback UDP port, for the WireGuard listener: clinics started in parallel must not all
+/// get the demo's preferred 51820.
+pub(crate) fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
+}
+
 /// A demo clinic with its cloud engine and gateway running.
 pub(crate) struct Clinic {
     pub(crate) dir: tempfile::TempDir,
@@ -38,11 +47,12 @@ impl Clinic {
     pub(crate) fn start_with(extra: &str, engine_extra: &str, env: &[(&str, &str)]) -> Clinic {
         let dir = tempfile::tempdir().expect("tempdir");
         sh(&format!(
-            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} --admin-listen 127.0.0.1:{}",
+            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} --admin-listen 127.0.0.1:{} --wg-listen 127.0.0.1:{}",
             s(&dir.path().join("clinic")),
             free_port(),
             free_port(),
             free_port(),
+            free_udp_port(),
         ))
         .ok();
         Clinic::adopt_with(dir, extra, engine_extra, env)

@@ -639,11 +639,12 @@ fn a_running_gateway_hands_a_retried_entry_to_the_cloud() {
     let clinic = tmp.path().join("clinic");
     sh(&format!(
         "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} \
-         --admin-listen 127.0.0.1:{}",
+         --admin-listen 127.0.0.1:{} --wg-listen 127.0.0.1:{}",
         s(&clinic),
         free_port(),
         free_port(),
-        free_port()
+        free_port(),
+        super::gateway::free_udp_port()
     ))
     .ok();
     let data = clinic.join("data");
