@@ -14,5 +14,6 @@ mod e2e {
     mod inventory;
     mod journal_cli;
     mod pki;
+    mod wireguard;
     mod wireguard_cli;
 }

@@ -89,7 +89,7 @@ pub fn start(
                 let inside = match device {
                     None => {
                         let served: Vec<u16> = ports.keys().copied().collect();
-                        server::Inside::Stack(stack::Stack::new(tunnel_ip, prefix, mtu, &served))
+                        server::Inside::Stack(Box::new(stack::Stack::new(tunnel_ip, prefix, mtu, &served)))
                     }
                     Some(device) => match ::tun::AsyncDevice::new(device) {
                         Ok(d) => server::Inside::Tun(d),

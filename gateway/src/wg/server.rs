@@ -42,7 +42,7 @@ const BUF: usize = 65536;
 /// Where decrypted packets go.
 pub enum Inside {
     /// The userspace stack holding the tunnel address.
-    Stack(Stack),
+    Stack(Box<Stack>),
     /// A kernel TUN device; the kernel holds the tunnel address.
     Tun(tun::AsyncDevice),
 }
@@ -110,7 +110,8 @@ impl Server {
 impl Running {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..ROUNDS {
-            if self.tick.poll_tick(cx).is_ready() {
+            // Until Pending, so that the next tick wakes this task.
+            while self.tick.poll_tick(cx).is_ready() {
                 if *self.s.exiting.borrow() {
                     return Poll::Ready(());
                 }
@@ -293,7 +294,7 @@ impl Running {
     /// The timers: boringtun's, the rate limiter's second, and reloads.
     fn on_tick(&mut self) {
         self.ticks += 1;
-        if self.ticks % 4 == 0 {
+        if self.ticks.is_multiple_of(4) {
             self.limiter.reset_count();
         }
         let generation = *self.s.gateway.reloaded.borrow();

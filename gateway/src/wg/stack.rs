@@ -229,11 +229,14 @@ impl Stack {
                     | tcp::State::TimeWait
                     | tcp::State::Closed
             );
-            if !c.closed_out && ended && socket.recv_queue() == 0 {
-                if let Poll::Ready(_) = Pin::new(&mut c.pipe).poll_shutdown(cx) {
-                    c.closed_out = true;
-                    moved = true;
-                }
+            if !c.closed_out
+                && ended
+                && socket.recv_queue() == 0
+                && Pin::new(&mut c.pipe).poll_shutdown(cx).is_ready()
+            {
+                tracing::trace!(peer = %c.peer, state = %socket.state(), "terminal closed its side");
+                c.closed_out = true;
+                moved = true;
             }
             // Pipeline → terminal.
             while !c.closed_in && socket.can_send() {

@@ -137,14 +137,6 @@ impl Clinic {
         self.gateway = Server::start(&["gateway", "run", "--config", s(&self.path("gateway.toml"))]);
     }
 
-    fn metric(&self, name: &str) -> u64 {
-        let text = sh(&format!("curl -s http://{}/metrics", self.admin)).ok();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("kakehashi_{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name}"))
-    }
-
     /// Waits for the hybrid state (0 normal, 1 emergency, 2 recovery).
     fn wait_mode(&self, mode: u64, within: Duration) {
         let deadline = Instant::now() + within;

@@ -45,9 +45,15 @@ impl Clinic {
 
     /// [`Clinic::start`], with `engine_extra` appended to engine.toml and `env` for the gateway.
     pub(crate) fn start_with(extra: &str, engine_extra: &str, env: &[(&str, &str)]) -> Clinic {
+        Clinic::adopt_with(Clinic::setup("127.0.0.1"), extra, engine_extra, env)
+    }
+
+    /// `demo --setup-only` into `dir/clinic`, WireGuard listening on `wg_host` (`0.0.0.0` for
+    /// terminals in other network namespaces).
+    pub(crate) fn setup(wg_host: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         sh(&format!(
-            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} --admin-listen 127.0.0.1:{} --wg-listen 127.0.0.1:{}",
+            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} --admin-listen 127.0.0.1:{} --wg-listen {wg_host}:{}",
             s(&dir.path().join("clinic")),
             free_port(),
             free_port(),
@@ -55,7 +61,7 @@ impl Clinic {
             free_udp_port(),
         ))
         .ok();
-        Clinic::adopt_with(dir, extra, engine_extra, env)
+        dir
     }
 
     /// Runs the clinic that `demo --setup-only` wrote into `dir/clinic`, `extra` appended to its
@@ -201,6 +207,15 @@ impl Clinic {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
+    }
+
+    /// A metric's value from the admin listener.
+    pub(crate) fn metric(&self, name: &str) -> u64 {
+        let text = sh(&format!("curl -s http://{}/metrics", self.admin)).ok();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("kakehashi_{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
     }
 
     pub(crate) fn audit_has(&self, decision: &str, reason: &str) -> bool {
