@@ -390,3 +390,50 @@ fn tun_mode_serves_the_same_pipeline_and_drops_spoofed_sources() {
     let (status, _) = t.curl(&["-u", &clinic.user], &patient_url("10.78.0.1"));
     assert_eq!(status, 0);
 }
+
+#[test]
+fn tls_inside_the_tunnel_needs_the_certificate_of_the_same_terminal() {
+    let clinic = clinic(|t| {
+        format!(
+            "{t}\n[[wireguard.port]]\nport = 8000\nroute = \"api\"\n\n[[wireguard.port]]\nport = 8443\nroute = \"api\"\ntls = true\n"
+        )
+    });
+    // The WireGuard terminal's own certificate, from the clinic CA.
+    let out = clinic.path("wgcert");
+    std::fs::create_dir_all(&out).unwrap();
+    sh(&format!(
+        "kakehashi cert issue --dir {} --profile terminal --name terminal-wg --out {}",
+        s(&clinic.path("")),
+        s(&out)
+    ))
+    .ok();
+    let t = Terminal::up(&clinic.path("terminal-wg.conf"), clinic.wg_port());
+    t.route(TUNNEL).wait_for_ping(TUNNEL, Duration::from_secs(10));
+    let tls = |cert: &str, key: &str| {
+        t.curl(
+            &[
+                "--resolve",
+                &format!("localhost:8443:{TUNNEL}"),
+                "--cacert",
+                s(&clinic.path("ca.pem")),
+                "--cert",
+                cert,
+                "--key",
+                key,
+                "-u",
+                &clinic.user,
+            ],
+            &format!("https://localhost:8443{PATIENT}"),
+        )
+    };
+    let own = (out.join("terminal-wg.pem"), out.join("terminal-wg.key"));
+    let (status, body) = tls(s(&own.0), s(&own.1));
+    assert_eq!(status, 200, "{body}");
+    // Another terminal's certificate inside this terminal's tunnel: refused.
+    let (status, _) = tls(s(&clinic.path("terminal.pem")), s(&clinic.path("terminal.key")));
+    assert_eq!(status, 0);
+    assert!(clinic.audit_has("deny", "inside the WireGuard tunnel of \"terminal-wg\""));
+    // Plain HTTP still serves port 8000.
+    let (status, _) = t.curl(&["-u", &clinic.user], &patient_url(TUNNEL));
+    assert_eq!(status, 200);
+}
