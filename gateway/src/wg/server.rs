@@ -151,9 +151,9 @@ impl Running {
             let from = match self.s.socket.poll_recv_from(cx, &mut buf) {
                 Poll::Ready(Ok(from)) => from,
                 Poll::Ready(Err(e)) => {
+                    // Not worth a busy loop: the next tick or datagram tries again.
                     tracing::debug!(error = %e, "WireGuard socket receive error");
-                    moved = true;
-                    continue;
+                    break;
                 }
                 Poll::Pending => break,
             };
