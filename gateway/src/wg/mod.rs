@@ -21,6 +21,9 @@ use crate::config::WireGuardMode;
 use crate::listener::Route;
 use crate::state::{Gateway, StartError};
 
+/// The WireGuard socket's kernel buffers, each way.
+const UDP_BUFFER: usize = 4 << 20;
+
 /// Binds the WireGuard socket (in TUN mode also creates the device and binds the routes' ports on
 /// the tunnel address), so that every failure is reported before the gateway says READY, then
 /// serves on a thread of its own: new connections until `stopping`, packets until `exiting` (so
@@ -48,6 +51,15 @@ pub fn start(
         address: bound,
         source,
     })?;
+    // Room for bursts at line rate, since every terminal shares this one socket: past the
+    // system's limit with CAP_NET_ADMIN, else up to it (net.core.rmem_max, wmem_max).
+    use rustix::net::sockopt as so;
+    if so::set_socket_recv_buffer_size_force(&udp, UDP_BUFFER).is_err() {
+        let _ = so::set_socket_recv_buffer_size(&udp, UDP_BUFFER);
+    }
+    if so::set_socket_send_buffer_size_force(&udp, UDP_BUFFER).is_err() {
+        let _ = so::set_socket_send_buffer_size(&udp, UDP_BUFFER);
+    }
     let ports: HashMap<u16, server::Port> = config
         .ports
         .iter()
