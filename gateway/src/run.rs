@@ -78,6 +78,20 @@ fn check(path: &std::path::Path) -> Result<ExitCode, StartError> {
         };
         println!("  listener {} on {}: {what}", l.route(), l.address);
     }
+    if let Some(wg) = &config.wireguard {
+        let ports: Vec<String> = wg
+            .ports
+            .iter()
+            .map(|p| format!("{} → {}{}", p.port, p.route, if p.tls { " (TLS)" } else { "" }))
+            .collect();
+        println!(
+            "  WireGuard on UDP {} ({:?} mode), tunnel {}: {}",
+            wg.listen,
+            wg.mode,
+            wg.address,
+            ports.join(", ")
+        );
+    }
     println!(
         "  terminals enabled: {enabled}; person authentication: {}",
         if config.auth.person { "on" } else { "OFF" }

@@ -437,3 +437,47 @@ fn tls_inside_the_tunnel_needs_the_certificate_of_the_same_terminal() {
     let (status, _) = t.curl(&["-u", &clinic.user], &patient_url(TUNNEL));
     assert_eq!(status, 200);
 }
+
+#[test]
+fn a_bad_wireguard_section_is_refused_naming_the_key() {
+    let dir = Clinic::setup("0.0.0.0");
+    let config = dir.path().join("clinic/gateway.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let cases: [(&str, &str, &[&str]); 6] = [
+        (
+            "address = \"10.77.0.1/24\"",
+            "address = \"10.77.0.0/24\"",
+            &["network or broadcast"],
+        ),
+        (
+            "address = \"10.77.0.1/24\"",
+            "address = \"10.77.0.1/31\"",
+            &["/31", "expected /8 to /30"],
+        ),
+        (
+            "address = \"10.77.0.1/24\"",
+            "address = \"10.77.0.1\"",
+            &["10.77.0.1/24"],
+        ),
+        (
+            "[wireguard]",
+            "[wireguard]\nmode = \"kernel\"",
+            &["kernel", "userspace", "tun"],
+        ),
+        (
+            "[wireguard]",
+            "[wireguard]\nmtu = 100",
+            &["wireguard.mtu", "1280 to 9000"],
+        ),
+        (
+            "[wireguard]",
+            "[[wireguard.port]]\nport = 8000\nroute = \"nope\"\n\n[wireguard]",
+            &["wireguard.port[0].route", "\"nope\"", "routes: api"],
+        ),
+    ];
+    for (from, to, needles) in cases {
+        assert!(good.contains(from), "{from}");
+        write(&config, good.replacen(from, to, 1));
+        sh(&format!("kakehashi gateway check --config {}", s(&config))).fails_with(needles);
+    }
+}
