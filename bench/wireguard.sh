@@ -15,7 +15,9 @@
 #      baseline, gateway, baseline, gateway …; medians and their ratio. During each run the CPU
 #      time (utime + stime from /proc/PID/task/*/stat) of every thread of the receiving side (the
 #      gateway, or B's wireguard-go) and of the terminal's wireguard-go is recorded, to show where
-#      the time goes; softirq work the kernel does on behalf of nobody is not in it.
+#      the time goes (and CPU seconds per run, which the machine's other load moves less than
+#      throughput), with the whole machine's busy share from /proc/stat; softirq work the kernel
+#      does on behalf of nobody in particular is in the latter only.
 #   2. ping RTT: the median of 50 pings (`ping -i 0.01`) through each established tunnel, and
 #      over the bare veth for reference.
 #   3. handshake latency: a fresh peer each trial. Gateway: `kakehashi terminal add hsN
@@ -271,6 +273,11 @@ cpu_by_name() {
       END {print total " (" list ")"}'
 }
 
+# cpu_secs BEFORE AFTER: the CPU seconds a process used between two `threads` snapshots.
+cpu_secs() {
+  awk -v hz="$(getconf CLK_TCK)" 'NR == FNR {before[$1] = $3; next} {all += $3 - before[$1]} END {printf "%.2f", all / hz}' "$1" "$2"
+}
+
 # machine BEFORE AFTER: the whole machine's CPU between two copies of /proc/stat's first line, as
 # shares of all cores: busy in all, then user, system and softirq (the kernel's network path).
 machine() {
@@ -282,7 +289,7 @@ machine() {
 }
 
 # bulk SIDE N: one transfer; appends its Mbit/s to mbits[SIDE] and notes the CPU it cost.
-declare -A mbits cpu_note
+declare -A mbits cpu_note recv_cpu send_cpu
 bulk() {
   local side=$1 out=$W/runs/bulk-$1-$2 rpid spid t0 t1 rate
   rpid=$(receiver_pid "$side") spid=$(sender_pid "$side")
@@ -299,6 +306,8 @@ bulk() {
   rate=$(awk '/receiver/ {for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") print $(i - 1)}' "$out")
   [[ -n $rate ]] || { cat "$out" >&2; die "$side, bulk run $2: no receiver line from iperf3"; }
   mbits[$side]+=" $rate"
+  recv_cpu[$side]+=" $(cpu_secs "$out.recv0" "$out.recv1")"
+  send_cpu[$side]+=" $(cpu_secs "$out.send0" "$out.send1")"
   local secs
   secs=$(calc "$t1 - $t0" 2)
   cpu_note[$side-$2]="receiving side: $(cpu_by_name "$out.recv0" "$out.recv1" "$secs"); terminal's wireguard-go: $(cpu_by_name "$out.send0" "$out.send1" "$secs" | sed 's/ (.*//'); machine: $(machine "$out.stat0" "$out.stat1")"
@@ -401,6 +410,10 @@ echo "  enrolled $((peers - have)) terminals in $enrol_secs s; RSS ${rss[gateway
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' what gateway wireguard-go gateway/baseline target
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "1. bulk $size, Mbit/s, median of $rounds" "$g" "$b" "$(calc "$g / $b")x" "at least 0.8x"
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   every run" "${mbits[gateway]# }" "${mbits[baseline]# }" - -
+  printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   CPU s per run, receiving side (gateway / B), median" \
+    "$(median ${recv_cpu[gateway]})" "$(median ${recv_cpu[baseline]})" "$(calc "$(median ${recv_cpu[gateway]}) / $(median ${recv_cpu[baseline]})")x" -
+  printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   CPU s per run, the terminal's wireguard-go, median" \
+    "$(median ${send_cpu[gateway]})" "$(median ${send_cpu[baseline]})" - -
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "2. ping RTT ms, median of 50 (bare veth ${rtt[veth]})" "${rtt[gateway]}" "${rtt[baseline]}" - -
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "3. first ping with handshake ms, median of $handshakes" \
     "$(median ${hs[gateway]})" "$(median ${hs[baseline]})" - -
