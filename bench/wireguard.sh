@@ -181,6 +181,9 @@ gateway_public=$(sed -n '/^\[Peer\]/,$ s/^PublicKey = //p' "$D/terminal-wg.conf"
 wait_for "$W/engine.out" '^READY ' $! >/dev/null
 
 start_gateway() {
+  # Emptied here, not by the redirection: that runs in the child, maybe after wait_for has read
+  # the previous run's READY.
+  : >"$W/gateway.out"
   "$bin" gateway run --config "$D/gateway.toml" >"$W/gateway.out" 2>>"$W/gateway.err" &
   gateway_pid=$!
   wait_for "$W/gateway.out" '^READY ' "$gateway_pid" >/dev/null
