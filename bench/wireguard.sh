@@ -413,9 +413,9 @@ echo "  enrolled $((peers - have)) terminals in $enrol_secs s; RSS ${rss[gateway
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' what gateway wireguard-go gateway/baseline target
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "1. bulk $size, Mbit/s, median of $rounds" "$g" "$b" "$(calc "$g / $b")x" "at least 0.8x"
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   every run" "${mbits[gateway]# }" "${mbits[baseline]# }" - -
-  printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   CPU s per run, receiving side (gateway / B), median" \
+  printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   receiving side CPU s per run (gateway / B), median" \
     "$(median ${recv_cpu[gateway]})" "$(median ${recv_cpu[baseline]})" "$(calc "$(median ${recv_cpu[gateway]}) / $(median ${recv_cpu[baseline]})")x" -
-  printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   CPU s per run, the terminal's wireguard-go, median" \
+  printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   terminal's wireguard-go CPU s per run, median" \
     "$(median ${send_cpu[gateway]})" "$(median ${send_cpu[baseline]})" - -
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "2. ping RTT ms, median of 50 (bare veth ${rtt[veth]})" "${rtt[gateway]}" "${rtt[baseline]}" - -
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "3. first ping with handshake ms, median of $handshakes" \
