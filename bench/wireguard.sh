@@ -300,7 +300,7 @@ bulk() {
   threads "$spid" >"$out.send0"
   head -1 /proc/stat >"$out.stat0"
   t0=$EPOCHREALTIME
-  timeout 600 ip netns exec "$(client_ns "$side")" iperf3 -c "$(server_ip "$side")" -p 5201 -n "$size" -f m \
+  timeout --foreground 600 ip netns exec "$(client_ns "$side")" iperf3 -c "$(server_ip "$side")" -p 5201 -n "$size" -f m \
     >"$out" 2>&1 || { cat "$out" >&2; die "$side, bulk run $2: iperf3 failed"; }
   t1=$EPOCHREALTIME
   head -1 /proc/stat >"$out.stat1"
@@ -319,7 +319,7 @@ bulk() {
 
 echo "0. iperf3's control and data connections through the raw TCP route" >&2
 out=$W/runs/check
-timeout 60 ip netns exec "$ns_t" iperf3 -c 10.77.0.1 -p 5201 -n 1M -f m >"$out" 2>&1 ||
+timeout --foreground 60 ip netns exec "$ns_t" iperf3 -c 10.77.0.1 -p 5201 -n 1M -f m >"$out" 2>&1 ||
   { cat "$out" >&2; die "iperf3 does not get through the gateway's tcp:bulk route"; }
 grep -q receiver "$out" || { cat "$out" >&2; die "iperf3 through the gateway: no result"; }
 
