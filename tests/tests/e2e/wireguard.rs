@@ -481,3 +481,48 @@ fn a_bad_wireguard_section_is_refused_naming_the_key() {
         sh(&format!("kakehashi gateway check --config {}", s(&config))).fails_with(needles);
     }
 }
+
+#[test]
+fn a_handshake_flood_gets_cookie_replies_and_the_terminal_still_connects() {
+    use boringtun::noise::{Tunn, TunnResult};
+    let clinic = clinic(|t| t);
+    let port = clinic.wg_port();
+    let key = std::fs::read_to_string(clinic.path("data/wireguard.key")).unwrap();
+    let gateway = kakehashi_gateway::wg::keys::Secret::from_base64(&key)
+        .unwrap()
+        .public_key();
+    // Valid initiations (correct MAC1 for this gateway) from a key it does not know, far over the
+    // rate limit, from one address.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let stranger = boringtun::x25519::StaticSecret::from([7u8; 32]);
+    let mut buf = vec![0u8; 2048];
+    for i in 0..400 {
+        let mut tunn = Tunn::new(
+            stranger.clone(),
+            boringtun::x25519::PublicKey::from(gateway.0),
+            None,
+            None,
+            i,
+            None,
+        );
+        if let TunnResult::WriteToNetwork(init) = tunn.format_handshake_initiation(&mut buf, false) {
+            udp.send_to(init, ("127.0.0.1", port)).unwrap();
+        }
+    }
+    let mut cookies = 0;
+    let mut reply = [0u8; 256];
+    while let Ok((n, _)) = udp.recv_from(&mut reply) {
+        assert_eq!((n, reply[0]), (64, 3), "only cookie replies (type 3, 64 bytes)");
+        cookies += 1;
+    }
+    assert!(cookies > 0, "no cookie reply under load");
+    // (This socket may not have kept every reply: its receive buffer is small.)
+    assert!(clinic.metric("wg_cookies_sent_total") >= cookies);
+    assert_eq!(clinic.metric("wg_handshakes_total"), 0);
+    // The real terminal (wireguard-go answers cookies) gets in.
+    let t = Terminal::up(&clinic.path("terminal-wg.conf"), port);
+    t.route(TUNNEL).wait_for_ping(TUNNEL, Duration::from_secs(15));
+    let (status, _) = t.curl(&["-u", &clinic.user], &patient_url(TUNNEL));
+    assert_eq!(status, 200);
+}
