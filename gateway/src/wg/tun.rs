@@ -55,18 +55,7 @@ pub async fn serve(
     port: Arc<Port>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, source) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "tunnel accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = listener::stopped(&mut stopping) => return,
-        };
+    while let Some((stream, source)) = listener::accept(&listener, &mut stopping).await {
         let _ = stream.set_nodelay(true);
         let IpAddr::V4(ip) = source.ip() else { continue };
         let found = gateway.live().inventory.by_tunnel_address(ip).and_then(|t| {
