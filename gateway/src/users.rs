@@ -328,15 +328,18 @@ mod tests {
         let hash = hash_password(b"password-1").unwrap();
         let time = |f: &dyn Fn()| {
             let start = std::time::Instant::now();
-            for _ in 0..3 {
-                f();
-            }
+            f();
             start.elapsed().as_secs_f64()
         };
-        let real = time(&|| {
-            verify_password(&hash, b"wrong-password");
-        });
-        let dummy = time(&|| dummy_verify(b"wrong-password"));
+        // Interleaved, and the fastest of each: the other tests share the cores, and a run that
+        // was preempted says nothing about the work itself.
+        let (mut real, mut dummy) = (f64::MAX, f64::MAX);
+        for _ in 0..5 {
+            real = real.min(time(&|| {
+                verify_password(&hash, b"wrong-password");
+            }));
+            dummy = dummy.min(time(&|| dummy_verify(b"wrong-password")));
+        }
         let ratio = dummy / real;
         assert!((0.5..2.0).contains(&ratio), "dummy {dummy}s vs real {real}s");
     }
