@@ -112,12 +112,36 @@ fn check(path: &std::path::Path) -> Result<ExitCode, StartError> {
 
 /// How often a stale CRL is reported again while no fresh one arrives.
 const STALE_CRL_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often the CRL file is looked at.
+const CRL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Keeps `crl_stale` current and warns, at once and then hourly, while the loaded CRL is past
-/// its next update. The CRL stays enforced all along (see [`crate::tls::crl_next_update`]).
+/// The CRL's modification time and size: what tells that a new one was written.
+fn crl_stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path?).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Watches the CRL file:
+/// - a new CRL (`kakehashi terminal revoke`, `cert crl`, an imported bundle) is loaded within a
+///   second, with the inventory, as SIGHUP would: a revocation takes effect at once;
+/// - while the loaded CRL is past its next update, `crl_stale` is 1 and a warning is logged at
+///   once and then hourly. The CRL stays enforced all along (see [`crate::tls::crl_next_update`]).
 async fn watch_crl(gateway: Arc<Gateway>) {
+    let path = gateway.config.tls.crl.clone();
+    let mut seen = crl_stamp(path.as_deref());
     let mut warned: Option<(u64, std::time::Instant)> = None;
     loop {
+        tokio::time::sleep(CRL_POLL).await;
+        let stamp = crl_stamp(path.as_deref());
+        if stamp != seen {
+            seen = stamp;
+            let g = gateway.clone();
+            match tokio::task::spawn_blocking(move || g.reload()).await {
+                Ok(Ok(())) => tracing::info!("loaded the new CRL (and the inventory)"),
+                Ok(Err(e)) => tracing::error!(error = %e, "the new CRL could not be loaded; keeping the previous one"),
+                Err(e) => tracing::error!(error = %e, "the new CRL could not be loaded; keeping the previous one"),
+            }
+        }
         let live = gateway.live();
         match live.crl_stale() {
             Some(since) => {
@@ -127,10 +151,10 @@ async fn watch_crl(gateway: Arc<Gateway>) {
                 });
                 if due {
                     tracing::warn!(
-                        crl = %gateway.config.tls.crl.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                        crl = %path.as_deref().unwrap_or(std::path::Path::new("")).display(),
                         next_update = %cert_tool::ca::rfc3339(since),
                         "the CRL is past its next update: still enforcing it (no terminal is locked \
-                         out for it); publish a fresh one (`kakehashi cert crl`) and reload"
+                         out for it); publish a fresh one (`kakehashi cert crl`)"
                     );
                     warned = Some((live.generation, std::time::Instant::now()));
                 }
@@ -140,7 +164,6 @@ async fn watch_crl(gateway: Arc<Gateway>) {
                 warned = None;
             }
         }
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     }
 }
 
