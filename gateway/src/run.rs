@@ -138,8 +138,12 @@ async fn watch_crl(gateway: Arc<Gateway>) {
             let g = gateway.clone();
             match tokio::task::spawn_blocking(move || g.reload()).await {
                 Ok(Ok(())) => tracing::info!("loaded the new CRL (and the inventory)"),
-                Ok(Err(e)) => tracing::error!(error = %e, "the new CRL could not be loaded; keeping the previous one"),
-                Err(e) => tracing::error!(error = %e, "the new CRL could not be loaded; keeping the previous one"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the new CRL could not be loaded; keeping the previous one")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the new CRL could not be loaded; keeping the previous one")
+                }
             }
         }
         let live = gateway.live();
