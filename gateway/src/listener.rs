@@ -53,19 +53,7 @@ pub async fn serve(
     route: Arc<Route>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors or memory: back off rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stopping) => return,
-        };
+    while let Some((stream, peer)) = accept(&listener, &mut stopping).await {
         Metrics::inc(&gateway.metrics.connections_accepted_total);
         let Ok(permit) = gateway.connections.clone().try_acquire_owned() else {
             Metrics::inc(&gateway.metrics.connections_refused_total);
@@ -351,6 +339,26 @@ async fn serve_api<S: Io>(
     };
     if let Err(e) = ended {
         tracing::debug!(%source, error = %e, "connection ended with an error");
+    }
+}
+
+/// The next connection, or `None` once shutdown has begun. A failed accept (out of file
+/// descriptors or memory) backs off rather than spins.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(e) => {
+                    tracing::warn!(error = %e, address = ?listener.local_addr().ok(), "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            () = stopped(stopping) => return None,
+        }
     }
 }
 

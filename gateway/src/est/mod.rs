@@ -72,18 +72,7 @@ pub async fn serve(
     listener: TcpListener,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "EST accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = crate::listener::stopped(&mut stopping) => return,
-        };
+    while let Some((stream, peer)) = crate::listener::accept(&listener, &mut stopping).await {
         let Ok(permit) = gateway.connections.clone().try_acquire_owned() else {
             Metrics::inc(&gateway.metrics.connections_refused_total);
             continue;

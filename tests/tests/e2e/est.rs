@@ -90,15 +90,16 @@ fn curl_as(c: &Clinic, cert: &str, key: &str) -> u16 {
     .0
 }
 
-/// What the appliance holds that an enrollment would change: the CA directory's files (not the
-/// data directory, whose audit log records every refusal), the inventory and the CA's index.
-fn state(
-    c: &Clinic,
-) -> (
+/// The CA directory's files, the inventory and the CA's index, as [`state`] takes them.
+type State = (
     std::collections::BTreeMap<std::path::PathBuf, (Vec<u8>, u32)>,
     String,
     String,
-) {
+);
+
+/// What the appliance holds that an enrollment would change: the CA directory's files (not the
+/// data directory, whose audit log records every refusal), the inventory and the CA's index.
+fn state(c: &Clinic) -> State {
     let mut files = snapshot(&c.path(""));
     files.retain(|p, _| !p.starts_with("data") && !p.to_string_lossy().contains(".lock"));
     let terminals = sh(&format!("kakehashi terminal list --json --data-dir {}", c.data())).ok();
@@ -340,18 +341,7 @@ fn refused_enrollments_are_audited_and_change_nothing() {
     assert_eq!(code, 200, "{answer}");
 }
 
-fn assert_unchanged_state(
-    before: &(
-        std::collections::BTreeMap<std::path::PathBuf, (Vec<u8>, u32)>,
-        String,
-        String,
-    ),
-    after: &(
-        std::collections::BTreeMap<std::path::PathBuf, (Vec<u8>, u32)>,
-        String,
-        String,
-    ),
-) {
+fn assert_unchanged_state(before: &State, after: &State) {
     assert_unchanged(&before.0, &after.0);
     assert_eq!(before.1, after.1, "the inventory changed");
     assert_eq!(before.2, after.2, "the CA's index changed");
