@@ -22,7 +22,13 @@ impl Csr {
     /// Reads a PKCS#10 request (PEM or DER) and checks its self-signature.
     pub fn read(path: &Path) -> Result<Csr> {
         let der = decode::pem_or_der(path, &files::read(path)?, "CERTIFICATE REQUEST")?;
-        let (rest, csr) = X509CertificationRequest::from_der(&der)
+        Csr::from_der(path, &der)
+    }
+
+    /// Parses a DER request that arrived some other way (an EST `simpleenroll` body) and checks
+    /// its self-signature; `path` names where it came from in every error.
+    pub fn from_der(path: &Path, der: &[u8]) -> Result<Csr> {
+        let (rest, csr) = X509CertificationRequest::from_der(der)
             .map_err(|e| Error::malformed(path, "certificate signing request", e))?;
         if !rest.is_empty() {
             return Err(Error::malformed(

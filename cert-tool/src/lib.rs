@@ -8,7 +8,7 @@
 //! - [`profile`]: what a terminal, server or uplink certificate may do;
 //! - [`keys`]: key algorithms, and keys at rest (encrypted PKCS#8, zeroized in memory);
 //! - [`index`]: the record of every certificate issued;
-//! - [`csr`], [`p12`], [`decode`]: the formats that come in and go out;
+//! - [`csr`], [`p12`], [`pkcs7`], [`decode`]: the formats that come in and go out;
 //! - [`inspect`], [`verify`]: reading and judging what others hand us;
 //! - [`files`]: writes that are whole or absent;
 //! - [`cli`]: `kakehashi cert …`.
@@ -24,6 +24,7 @@ pub mod index;
 pub mod inspect;
 pub mod keys;
 pub mod p12;
+pub mod pkcs7;
 pub mod profile;
 pub mod verify;
 

@@ -34,6 +34,9 @@ async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Respons
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => {
             crate::hybrid::refresh_metrics(&gateway);
+            crate::est::refresh_metrics(&gateway);
+            let stale = gateway.live().crl_stale().is_some();
+            crate::metrics::Metrics::set(&gateway.metrics.crl_stale, u64::from(stale));
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

@@ -46,6 +46,10 @@ pub struct Config {
     /// The WireGuard front door; absent, the gateway speaks TLS only.
     #[serde(default)]
     pub wireguard: Option<WireGuard>,
+    /// The EST enrollment listener (RFC 7030); absent, terminals get certificates only from
+    /// the vendor.
+    #[serde(default)]
+    pub est: Option<Est>,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -237,6 +241,28 @@ impl std::fmt::Display for TunnelNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.address, self.prefix)
     }
+}
+
+/// The EST listener: the one place a client may connect without a certificate, and where
+/// nothing but enrollment exists. The appliance issues terminal certificates with the clinic CA
+/// in `ca_dir`, and writes the CRL to `tls.crl` when it revokes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Est {
+    /// `IP:PORT` of the EST listener (TLS with the gateway's server certificate).
+    pub listen: SocketAddr,
+    /// The clinic CA's directory (`kakehashi cert init-ca --dir`); its `ca.pem` must be one of
+    /// the `tls.client_ca` certificates, so that what it issues is admitted.
+    pub ca_dir: PathBuf,
+    /// First line: the CA key's passphrase (mode 0600). Absent: the key must be unencrypted.
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Lifetime of an issued terminal certificate, days.
+    #[serde(default = "default_est_days")]
+    pub days: u32,
+    /// Days until the next update of a CRL the appliance signs (after a revocation or renewal).
+    #[serde(default = "default_crl_days")]
+    pub crl_days: u32,
 }
 
 /// The cloud engine and the gateway's own credentials for it.
@@ -479,6 +505,12 @@ fn default_wg_mtu() -> u16 {
 fn default_keepalive() -> u16 {
     25
 }
+fn default_est_days() -> u32 {
+    365
+}
+fn default_crl_days() -> u32 {
+    7
+}
 fn default_admin_address() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
@@ -572,6 +604,12 @@ impl Config {
         rel(&mut self.upstream.password_file);
         if let Some(ca) = &mut self.failover.engine_ca {
             rel(ca);
+        }
+        if let Some(est) = &mut self.est {
+            rel(&mut est.ca_dir);
+            if let Some(p) = &mut est.passphrase_file {
+                rel(p);
+            }
         }
         let data_dir = self.data_dir.clone();
         let first_api = self
@@ -678,6 +716,7 @@ impl Config {
         }
         self.check_failover()?;
         self.check_wireguard()?;
+        self.check_est()?;
         if self.auth.lockout_failures == 0 {
             return Err(self.invalid("auth.lockout_failures", "expected at least 1"));
         }
@@ -744,6 +783,49 @@ impl Config {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn check_est(&self) -> Result<(), ConfigError> {
+        let Some(est) = &self.est else {
+            return Ok(());
+        };
+        let ca = est.ca_dir.join("ca.pem");
+        if let Err(e) = std::fs::File::open(&ca) {
+            return Err(self.invalid(
+                "est.ca_dir",
+                format!(
+                    "expected a CA directory (kakehashi cert init-ca): cannot read {}: {e}",
+                    ca.display()
+                ),
+            ));
+        }
+        if let Some(p) = &est.passphrase_file
+            && let Err(e) = std::fs::File::open(p)
+        {
+            return Err(self.invalid("est.passphrase_file", format!("cannot read {}: {e}", p.display())));
+        }
+        if self.tls.crl.is_none() {
+            return Err(self.invalid(
+                "tls.crl",
+                "[est] needs it: the appliance writes the CRL there when it revokes or renews",
+            ));
+        }
+        if self.listeners.iter().any(|l| l.address == est.listen) {
+            return Err(self.invalid(
+                "est.listen",
+                format!(
+                    "{} is a terminal listener's address; EST needs its own",
+                    est.listen
+                ),
+            ));
+        }
+        if !(1..=3650).contains(&est.days) {
+            return Err(self.invalid("est.days", "expected 1 to 3650"));
+        }
+        if !(1..=365).contains(&est.crl_days) {
+            return Err(self.invalid("est.crl_days", "expected 1 to 365"));
         }
         Ok(())
     }

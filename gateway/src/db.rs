@@ -25,7 +25,7 @@ pub const GATEWAY_DB: &str = "gateway.db";
 pub const DIR_MODE: u32 = 0o700;
 
 /// The schema of `gateway.db` this binary writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE terminals (
@@ -59,6 +59,20 @@ ALTER TABLE terminals ADD COLUMN wg_address TEXT
     CHECK ((wg_address IS NULL) = (wg_public_key IS NULL));
 CREATE UNIQUE INDEX terminals_wg_public_key ON terminals (wg_public_key);
 CREATE UNIQUE INDEX terminals_wg_address ON terminals (wg_address);
+";
+
+/// Version 3: one-time enrollment tokens (EST `simpleenroll`, see [`crate::enrollment`]). One
+/// pending token per terminal name; the terminal itself is registered only when it enrolls. Only
+/// the token's SHA-256 is kept: a copy of the database enrolls nobody.
+const SCHEMA_V3: &str = "
+CREATE TABLE enrollment_tokens (
+    name     TEXT PRIMARY KEY NOT NULL,
+    hash     BLOB NOT NULL CHECK (length(hash) = 32),
+    created  TEXT NOT NULL,
+    expires  TEXT NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    used     TEXT
+) STRICT;
 ";
 
 /// Everything the local state can refuse or fail at, each naming the file, terminal or user.
@@ -248,7 +262,7 @@ pub struct DataDirArgs {
 pub fn open(data_dir: &Path) -> Result<Connection> {
     let path = data_dir.join(GATEWAY_DB);
     let conn = open_file(data_dir, &path)?;
-    migrate(&conn, &path, SCHEMA_VERSION, &[SCHEMA_V1, SCHEMA_V2])?;
+    migrate(&conn, &path, SCHEMA_VERSION, &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3])?;
     Ok(conn)
 }
 
@@ -427,7 +441,7 @@ mod tests {
             .unwrap();
         }
         let conn = open(tmp.path()).unwrap();
-        assert_eq!(user_version(&conn, &path).unwrap(), 2);
+        assert_eq!(user_version(&conn, &path).unwrap(), SCHEMA_VERSION);
         let (name, key): (String, Option<String>) = conn
             .query_row("SELECT name, wg_public_key FROM terminals", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -439,5 +453,9 @@ mod tests {
             conn.execute("UPDATE terminals SET wg_address = '10.77.0.2'", [])
                 .is_err()
         );
+        let tokens: i64 = conn
+            .query_row("SELECT count(*) FROM enrollment_tokens", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tokens, 0, "version 3 adds an empty token table");
     }
 }

@@ -8,8 +8,9 @@
 //!
 //! The directory is a contract that people and scripts rely on (DESIGN.md, "The demo directory
 //! is a contract"): `ca.pem`, `terminal.pem`, `terminal.key`, `terminal.p12`,
-//! `terminal.p12.password`, `user.txt`, `engine.toml`, `gateway.toml`, and for the WireGuard
-//! terminal `terminal-wg.conf`, `terminal-wg.url` (and `terminal-wg.png`) keep their names; new
+//! `terminal.p12.password`, `user.txt`, `engine.toml`, `gateway.toml`, for the WireGuard
+//! terminal `terminal-wg.conf`, `terminal-wg.url` (and `terminal-wg.png`), and `est.url` (the
+//! EST listener's base URL) keep their names; new
 //! files are added as features land. Running it again on the same directory reuses the clinic.
 
 use std::io::{BufRead, BufReader};
@@ -59,6 +60,10 @@ pub struct DemoArgs {
     /// [default: 0.0.0.0:51820, or another free port when that one is taken]
     #[arg(long, value_name = "ADDR")]
     wg_listen: Option<SocketAddr>,
+    /// Where the gateway's EST enrollment listener listens (written into a new clinic's
+    /// gateway.toml and est.url)
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    est_listen: SocketAddr,
 }
 
 pub fn run(args: &DemoArgs) -> Result<ExitCode> {
@@ -194,6 +199,11 @@ fn create(dir: &Path, args: &DemoArgs) -> Result<()> {
         engine_toml(args).as_bytes(),
         files::PUBLIC,
     )?;
+    files::write_atomic(
+        &dir.join("est.url"),
+        format!("https://{}{}\n", args.est_listen, kakehashi_gateway::est::PREFIX).as_bytes(),
+        files::PUBLIC,
+    )?;
     // Last: gateway.toml marks a complete demo clinic.
     files::write_atomic(
         &dir.join("gateway.toml"),
@@ -319,6 +329,11 @@ key = "uplink.key"
 user = "ormaster"             # the clinic's engine account
 password_file = "upstream.password"
 {wireguard}
+[est]                         # terminal enrollment (EST, RFC 7030): est.url has its base URL
+listen = "{est}"
+ca_dir = "."                  # the clinic CA (ca.pem, ca.key: unencrypted in the demo only)
+days = 365                    # lifetime of the certificates it issues
+
 [auth]
 person = true                 # ID and password on every request (user.txt has the demo's)
 lockout_failures = 5
@@ -330,6 +345,7 @@ address = "{admin}"           # Prometheus metrics at /metrics
         listen = args.listen,
         engine = args.engine_listen,
         admin = args.admin_listen,
+        est = args.est_listen,
     )
 }
 
@@ -440,13 +456,14 @@ Take the line down (the cloud stops answering), then read and write through the 
        '{gw}/orca11/acceptmodv2?class=01&format=json'            journaled: Api_Result W90
   kakehashi journal list --data-dir {d}/data      what waits for the cloud
   kill -CONT $(cat {d}/engine.pid)                10 s later the journal drains, back to normal
-{wireguard}
+{wireguard}{est}
 Ctrl-C stops both.",
         engine_url = engine.url,
         gw = gateway.url,
         user_id = user.trim().split(':').next().unwrap_or(""),
         user = user.trim(),
         wireguard = wireguard_walkthrough(dir, user.trim()),
+        est = est_walkthrough(dir, &gateway.url, user.trim()),
         metrics = kakehashi_gateway::config::Config::load(&dir.join("gateway.toml"))
             .ok()
             .and_then(|c| c.admin.address)
@@ -512,6 +529,33 @@ same inside a network namespace, which leaves the machine's own routes alone):
     )
 }
 
+/// The enrollment part of the walk-through: a new terminal from token to first request with
+/// openssl and curl only.
+fn est_walkthrough(dir: &Path, gateway: &str, user: &str) -> String {
+    let Ok(url) = std::fs::read_to_string(dir.join("est.url")) else {
+        return String::new();
+    };
+    let d = dir.display();
+    format!(
+        "
+Enroll a new terminal in seconds (EST, RFC 7030), with openssl and curl only:
+  kakehashi terminal add tablet-2 --enroll --data-dir {d}/data        prints a one-time TOKEN
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout tablet-2.key \\
+       -subj /CN=tablet-2 -outform DER | openssl base64 > tablet-2.csr.b64
+  curl --cacert {d}/ca.pem -u tablet-2:TOKEN -H 'Content-Type: application/pkcs10' \\
+       --data-binary @tablet-2.csr.b64 {url}/simpleenroll | openssl base64 -d | \\
+       openssl pkcs7 -inform DER -print_certs -out tablet-2.pem
+  curl --cacert {d}/ca.pem --cert tablet-2.pem --key tablet-2.key -u '{user}' '{gateway}/api01rv2/patientgetv2?id=1&format=json'
+Renew it before it expires (its current certificate authenticates):
+  curl --cacert {d}/ca.pem --cert tablet-2.pem --key tablet-2.key -H 'Content-Type: application/pkcs10' \\
+       --data-binary @tablet-2.csr.b64 {url}/simplereenroll | openssl base64 -d | openssl pkcs7 -inform DER -print_certs
+  kakehashi cert list --dir {d} --expiring-within 30       what expires soon
+  kakehashi terminal revoke tablet-2 --config {d}/gateway.toml    revoked at once (CRL, inventory; the gateway reloads on SIGHUP)
+",
+        url = url.trim()
+    )
+}
+
 fn print_files(dir: &Path) {
     let d = dir.display();
     println!(
@@ -522,6 +566,7 @@ The demo clinic in {d}:
   terminal.p12              the same for Windows/macOS/Java, password in terminal.p12.password
   terminal-wg.conf, .png    the WireGuard terminal {WG_TERMINAL:?}: its wg-quick config and QR code
   terminal-wg.url           the engine API's URL inside the tunnel
+  est.url                   the base URL of the EST enrollment listener (…/.well-known/est)
   user.txt                  the staff account, ID:password
   server.pem, .key          the gateway's server certificate ({ENGINE_HOST}, localhost, 127.0.0.1)
   uplink.pem, .key          the gateway's client certificate towards the cloud

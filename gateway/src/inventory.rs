@@ -232,7 +232,7 @@ fn commit(tx: rusqlite::Transaction<'_>, what: &'static str) -> Result<()> {
 }
 
 /// Inserts a new, enabled terminal inside the caller's transaction.
-fn insert(tx: &Connection, name: &str, note: Option<&str>) -> Result<Terminal> {
+pub(crate) fn insert(tx: &Connection, name: &str, note: Option<&str>) -> Result<Terminal> {
     check_name(name)?;
     if let Some(note) = note {
         db::check_text("--note", note, NOTE_MAX)?;

@@ -17,6 +17,8 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod enrollment;
+pub mod est;
 pub mod http;
 pub mod hybrid;
 pub mod identity;

@@ -343,7 +343,7 @@ async fn serve_api<S: Io>(
 }
 
 /// The next connection, or `None` once shutdown has begun. A failed accept (out of file
-/// descriptors or memory) backs off rather than spinning.
+/// descriptors or memory) backs off rather than spins.
 pub(crate) async fn accept(
     listener: &TcpListener,
     stopping: &mut tokio::sync::watch::Receiver<bool>,
@@ -353,7 +353,7 @@ pub(crate) async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => return Some(pair),
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %e, address = ?listener.local_addr().ok(), "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },

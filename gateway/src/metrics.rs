@@ -68,6 +68,11 @@ metrics! {
     wg_dropped_spoofed_total: "counter", "WireGuard packets dropped: the inner source address is not the peer's.";
     wg_dropped_unroutable_total: "counter", "Packets dropped: inside the tunnel, to an address other than the gateway's (or to no peer).";
     wg_cookies_sent_total: "counter", "Cookie replies sent to handshakes under load (the rate limiter).";
+    crl_stale: "gauge", "1 while the loaded CRL is past its next update (it is still enforced; publish a fresh one), else 0.";
+    est_enrollments_total: "counter", "Terminals enrolled through EST simpleenroll with a one-time token.";
+    est_renewals_total: "counter", "Terminal certificates renewed through EST simplereenroll.";
+    est_refusals_total: "counter", "EST requests refused (token, certificate, CSR); each is in the audit log with its reason.";
+    terminal_certs_expiring_30d: "gauge", "Valid terminal certificates of the appliance's CA ([est] ca_dir) that expire within 30 days.";
 }
 
 impl Metrics {

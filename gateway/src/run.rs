@@ -99,10 +99,90 @@ fn check(path: &std::path::Path) -> Result<ExitCode, StartError> {
     if let Some(admin) = config.admin.address {
         println!("  metrics: http://{admin}/metrics");
     }
+    if let Some(est) = &config.est {
+        if let Some(authority) = crate::est::authority::Authority::from_config(&config) {
+            crate::est::check_authority(&config, &authority)?;
+        }
+        println!(
+            "  EST enrollment: https://{}{} (CA {})",
+            est.listen,
+            crate::est::PREFIX,
+            est.ca_dir.display()
+        );
+    }
+    if let Some(t) = config.tls.crl.as_deref().and_then(crate::tls::crl_next_update)
+        && t <= time::OffsetDateTime::now_utc()
+    {
+        println!(
+            "  WARNING: the CRL's next update was {}: it is still enforced; publish a fresh one",
+            cert_tool::ca::rfc3339(t)
+        );
+    }
     if config.tls.crl.is_none() {
         println!("  WARNING: no tls.crl: a revoked terminal certificate would be admitted");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often a stale CRL is reported again while no fresh one arrives.
+const STALE_CRL_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often the CRL file is looked at.
+const CRL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The CRL's modification time and size: what tells that a new one was written.
+fn crl_stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path?).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Watches the CRL file:
+/// - a new CRL (`kakehashi terminal revoke`, `cert crl`, an imported bundle) is loaded within a
+///   second, with the inventory, as SIGHUP would: a revocation takes effect at once;
+/// - while the loaded CRL is past its next update, `crl_stale` is 1 and a warning is logged at
+///   once and then hourly. The CRL stays enforced all along (see [`crate::tls::crl_next_update`]).
+async fn watch_crl(gateway: Arc<Gateway>) {
+    let path = gateway.config.tls.crl.clone();
+    let mut seen = crl_stamp(path.as_deref());
+    let mut warned: Option<(u64, std::time::Instant)> = None;
+    loop {
+        tokio::time::sleep(CRL_POLL).await;
+        let stamp = crl_stamp(path.as_deref());
+        if stamp != seen {
+            seen = stamp;
+            let g = gateway.clone();
+            match tokio::task::spawn_blocking(move || g.reload()).await {
+                Ok(Ok(())) => tracing::info!("loaded the new CRL (and the inventory)"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the new CRL could not be loaded; keeping the previous one")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the new CRL could not be loaded; keeping the previous one")
+                }
+            }
+        }
+        let live = gateway.live();
+        match live.crl_stale() {
+            Some(since) => {
+                Metrics::set(&gateway.metrics.crl_stale, 1);
+                let due = warned.is_none_or(|(generation, at)| {
+                    generation != live.generation || at.elapsed() >= STALE_CRL_WARNING_EVERY
+                });
+                if due {
+                    tracing::warn!(
+                        crl = %path.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                        next_update = %cert_tool::ca::rfc3339(since),
+                        "the CRL is past its next update: still enforcing it (no terminal is locked \
+                         out for it); publish a fresh one (`kakehashi cert crl`)"
+                    );
+                    warned = Some((live.generation, std::time::Instant::now()));
+                }
+            }
+            None => {
+                Metrics::set(&gateway.metrics.crl_stale, 0);
+                warned = None;
+            }
+        }
+    }
 }
 
 /// Human-readable logs on a terminal, JSON under systemd (which sets `JOURNAL_STREAM`); the
@@ -176,6 +256,10 @@ async fn serve(config: Config) -> Result<(), StartError> {
         tracing::info!(%address, route = %route.name(), workers, "listening");
         listeners.push((address, route, l.kind, sockets));
     }
+    let est_listener = match &gateway.config.est {
+        Some(est) => Some(bind(est.listen).await?),
+        None => None,
+    };
     let admin_listener = match gateway.config.admin.address {
         Some(a) => Some(bind(a).await?),
         None => None,
@@ -243,6 +327,13 @@ async fn serve(config: Config) -> Result<(), StartError> {
         }
         tokio::spawn(admin::serve(gateway.clone(), l))
     });
+    let est_task = est_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(address = %a, "EST enrollment at https://{a}{}", crate::est::PREFIX);
+        }
+        tokio::spawn(crate::est::serve(gateway.clone(), l, stopping.clone()))
+    });
+    let crl_watch = tokio::spawn(watch_crl(gateway.clone()));
     if let Some(address) = ready {
         println!("READY https://{address}");
         let _ = std::io::stdout().flush();
@@ -289,6 +380,10 @@ async fn serve(config: Config) -> Result<(), StartError> {
     if let Some(t) = admin_task {
         t.abort();
     }
+    if let Some(t) = est_task {
+        t.abort();
+    }
+    crl_watch.abort();
     let grace = std::time::Duration::from_secs(gateway.config.limits.shutdown_secs);
     // Every open connection holds a permit: all of them back means all connections are closed.
     let all = gateway.config.limits.max_connections as u32;

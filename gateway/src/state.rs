@@ -43,6 +43,8 @@ pub enum StartError {
     LocalStore(#[from] engine_proxy::sqlite::DbError),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error(transparent)]
+    Ca(#[from] cert_tool::Error),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -59,19 +61,40 @@ pub struct Live {
     /// For api listeners (ALPN http/1.1) and for raw TCP listeners (no ALPN).
     pub api_tls: Arc<ServerConfig>,
     pub tcp_tls: Arc<ServerConfig>,
+    /// For the EST listener (client certificate optional), when there is one.
+    pub est_tls: Option<Arc<ServerConfig>>,
+    /// When the loaded CRL's next update is due; past it the CRL is still enforced, and
+    /// `crl_stale` and a log warning say a fresh one is late.
+    pub crl_next_update: Option<time::OffsetDateTime>,
 }
 
 impl Live {
     fn load(config: &Config, generation: u64) -> Result<Live, StartError> {
         let inventory = Arc::new(Inventory::load(&db::open(&config.data_dir)?)?);
         let verifier = tls::terminal_verifier(&config.tls, inventory.clone())?;
+        let est_tls = match &config.est {
+            Some(_) => Some(tls::server_config(
+                &config.tls,
+                tls::est_verifier(&config.tls)?,
+                &[b"http/1.1"],
+            )?),
+            None => None,
+        };
         Ok(Live {
             generation,
             api_tls: tls::server_config(&config.tls, verifier.clone(), &[b"http/1.1"])?,
             tcp_tls: tls::server_config(&config.tls, verifier.clone(), &[])?,
+            est_tls,
+            crl_next_update: config.tls.crl.as_deref().and_then(tls::crl_next_update),
             inventory,
             verifier,
         })
+    }
+
+    /// Whether the loaded CRL is past its next update (and since when).
+    pub fn crl_stale(&self) -> Option<time::OffsetDateTime> {
+        self.crl_next_update
+            .filter(|t| *t <= time::OffsetDateTime::now_utc())
     }
 
     /// Whether a terminal admitted earlier is still admitted by this snapshot: for a certificate,
@@ -113,6 +136,10 @@ pub struct Gateway {
     live: RwLock<Arc<Live>>,
     /// Tells raw TCP streams that a reload happened.
     pub reloaded: tokio::sync::watch::Sender<u64>,
+    /// The clinic CA, when the appliance issues certificates itself (`[est]`).
+    pub authority: Option<crate::est::authority::Authority>,
+    /// One reload at a time: SIGHUP and an enrollment may ask at once.
+    reloading: std::sync::Mutex<()>,
 }
 
 impl Gateway {
@@ -167,7 +194,13 @@ impl Gateway {
             max_entry_bytes: config.failover.max_entry_bytes,
         });
         Metrics::set(&metrics.terminals_enabled, live.inventory.enabled_count() as u64);
+        let authority = crate::est::authority::Authority::from_config(&config);
+        if let Some(authority) = &authority {
+            crate::est::check_authority(&config, authority)?;
+        }
         Ok(Gateway {
+            authority,
+            reloading: std::sync::Mutex::new(()),
             connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
             people,
             uplink: Arc::new(uplink),
@@ -225,6 +258,7 @@ impl Gateway {
 
     /// Re-reads the certificates, CA, CRL and inventory (SIGHUP). On error nothing changes.
     pub fn reload(&self) -> Result<(), StartError> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.live().generation + 1;
         let live = Live::load(&self.config, generation)?;
         Metrics::set(

@@ -39,6 +39,39 @@ fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
     Ok(crls)
 }
 
+/// The earliest next-update time of the CRLs in `path`; `None` when a CRL has none (it never
+/// goes stale) or cannot be parsed here (then [`load_crls`] and WebPKI have the last word).
+///
+/// A CRL past this time is still enforced (rustls' default `ExpirationPolicy::Ignore`, kept on
+/// purpose): refusing every terminal because the vendor was late with a CRL is the lock-out
+/// nginx, HAProxy and Pomerium users report, and admitting revoked ones would be worse. The
+/// gateway raises `crl_stale` and logs a warning instead (see [`crate::state::Live`]).
+pub fn crl_next_update(path: &Path) -> Option<time::OffsetDateTime> {
+    load_crls(path)
+        .ok()?
+        .iter()
+        .filter_map(|der| {
+            let (_, crl) = x509_parser::parse_x509_crl(der.as_ref()).ok()?;
+            crl.next_update().map(|t| t.to_datetime())
+        })
+        .min()
+}
+
+/// The EST listener's check: a client certificate is optional (`simpleenroll` comes without
+/// one); one that is presented must chain to the clinic CA and not be on the CRL. Whether it
+/// names an enabled terminal is judged by `simplereenroll` itself, which alone needs it.
+pub fn est_verifier(tls: &crate::config::Tls) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let roots = load_roots(&tls.client_ca)?;
+    let crls = match &tls.crl {
+        Some(path) => load_crls(path)?,
+        None => Vec::new(),
+    };
+    Ok(WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .with_crls(crls)
+        .allow_unauthenticated()
+        .build()?)
+}
+
 /// The terminal check: WebPKI (chain to the clinic CA, validity, CRL), then the inventory.
 /// Built anew on every reload from snapshots of the CA, CRL and inventory.
 pub fn terminal_verifier(
@@ -177,5 +210,77 @@ pub fn describe_error(error: &rustls::Error) -> String {
             format!("not a TLS client: {error}")
         }
         other => format!("handshake failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Tls;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber,
+    };
+    use time::{Duration, OffsetDateTime};
+
+    /// A CA, two terminals, and a CRL revoking the second whose next update passed a day ago.
+    #[test]
+    fn a_stale_crl_is_still_enforced_and_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(vec![]).unwrap();
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |name: &str, serial: u8| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(vec![]).unwrap();
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.serial_number = Some(SerialNumber::from_slice(&[serial]));
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            p.signed_by(&key, &issuer).unwrap().der().clone()
+        };
+        let good = leaf("good", 1);
+        let lost = leaf("lost", 2);
+        let now = OffsetDateTime::now_utc();
+        let crl = CertificateRevocationListParams {
+            this_update: now - Duration::days(8),
+            next_update: now - Duration::days(1),
+            crl_number: SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&[2]),
+                revocation_time: now - Duration::days(8),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("crl.pem"), crl.pem().unwrap()).unwrap();
+        let tls = Tls {
+            cert: dir.join("unused.pem"),
+            key: dir.join("unused.key"),
+            client_ca: dir.join("ca.pem"),
+            crl: Some(dir.join("crl.pem")),
+        };
+        let conn = crate::db::open(&dir.join("data")).unwrap();
+        crate::inventory::add(&conn, "good", None).unwrap();
+        crate::inventory::add(&conn, "lost", None).unwrap();
+        let inventory = Arc::new(Inventory::load(&conn).unwrap());
+        let verifier = terminal_verifier(&tls, inventory).unwrap();
+        let at = UnixTime::now();
+        verifier
+            .verify_client_cert(&good, &[], at)
+            .expect("a terminal not on the stale CRL is still admitted");
+        let err = verifier.verify_client_cert(&lost, &[], at).unwrap_err();
+        assert_eq!(describe_error(&err), "client certificate revoked", "{err:?}");
+        let next = crl_next_update(&dir.join("crl.pem")).expect("a next update");
+        assert!(next < OffsetDateTime::now_utc(), "the CRL is stale");
     }
 }

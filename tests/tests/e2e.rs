@@ -9,6 +9,7 @@ mod e2e {
     mod audit;
     mod cli;
     mod engine_sim;
+    mod est;
     mod failover;
     mod gateway;
     mod inventory;

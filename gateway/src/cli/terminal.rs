@@ -37,10 +37,26 @@ pub struct TerminalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TerminalCommand {
-    /// Register a terminal by its certificate's common name; it may connect at once (after SIGHUP)
+    /// Register a terminal by its certificate's common name; it may connect at once (after SIGHUP).
+    /// With --enroll: make a one-time EST token instead; the terminal registers itself with it
     Add {
         /// The name on its certificate (`kakehashi cert issue --name`)
-        name: String,
+        #[arg(required_unless_present = "name_option", conflicts_with = "name_option")]
+        name: Option<String>,
+        /// The same as the positional NAME
+        #[arg(long = "name", value_name = "NAME", id = "name_option")]
+        name_option: Option<String>,
+        /// Make a one-time enrollment token (EST simpleenroll, HTTP Basic NAME:TOKEN), shown once
+        /// and stored only as a hash; 5 wrong tries lock it. The terminal is registered when it
+        /// enrolls
+        #[arg(long, conflicts_with_all = ["wireguard", "note"])]
+        enroll: bool,
+        /// With --enroll: how long the token works, hours (1 to 720)
+        #[arg(long, value_name = "HOURS", default_value_t = crate::enrollment::DEFAULT_HOURS, requires = "enroll")]
+        token_hours: u32,
+        /// With --enroll: print the token as JSON (name, token, expires)
+        #[arg(long, requires = "enroll")]
+        json: bool,
         /// Free text: whose it is, where it stands (at most 200 characters)
         #[arg(long)]
         note: Option<String>,
@@ -70,6 +86,22 @@ pub enum TerminalCommand {
     Enable { name: String },
     /// Remove a terminal from the inventory (revoke its certificate too)
     Remove { name: String },
+    /// Revoke a terminal at once: its certificates in the clinic CA ([est] ca_dir), a new CRL
+    /// written to tls.crl, and the terminal disabled in the inventory
+    Revoke {
+        name: String,
+        /// Why, for the CRL
+        #[arg(long, value_enum, default_value = "key-compromise")]
+        reason: cert_tool::index::Reason,
+        /// The gateway's configuration: its [est] section (the CA), tls.crl and data_dir
+        #[arg(
+            long,
+            value_name = "FILE",
+            env = "KAKEHASHI_CONFIG",
+            default_value = "/etc/kakehashi/gateway.toml"
+        )]
+        config: PathBuf,
+    },
 }
 
 /// Where a WireGuard terminal's settings come from and where its config goes.
@@ -120,12 +152,32 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
     let changed = match args.command {
         TerminalCommand::Add {
             name,
+            name_option,
+            enroll: true,
+            token_hours,
+            json,
+            wg,
+            ..
+        } => {
+            if wg.out.is_some() || wg.qr_png.is_some() || wg.no_psk {
+                return Err(StoreError::Invalid(
+                    "--out, --qr-png and --no-psk go with --wireguard, not --enroll".into(),
+                ));
+            }
+            let name = name.or(name_option).unwrap_or_default();
+            return enroll(args.data_dir, &name, token_hours, json);
+        }
+        TerminalCommand::Revoke { name, reason, config } => revoke(args.data_dir, &name, reason, &config)?,
+        TerminalCommand::Add {
+            name,
+            name_option,
             note,
             wireguard: true,
             wg,
+            ..
         } => wireguard(
             args.data_dir,
-            &name,
+            &name.or(name_option).unwrap_or_default(),
             Enroll::New {
                 note: note.as_deref(),
             },
@@ -134,10 +186,13 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
         TerminalCommand::WireGuard { name, wg } => wireguard(args.data_dir, &name, Enroll::Existing, &wg)?,
         TerminalCommand::Add {
             name,
+            name_option,
             note,
             wireguard: false,
             wg,
+            ..
         } => {
+            let name = name.or(name_option).unwrap_or_default();
             if wg.out.is_some() || wg.qr_png.is_some() || wg.no_psk {
                 return Err(StoreError::Invalid(
                     "--out, --qr-png and --no-psk go with --wireguard".into(),
@@ -169,6 +224,91 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
     println!("{changed}");
     println!("{RELOAD_HINT}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `terminal add NAME --enroll`: a one-time token, printed once.
+fn enroll(data_dir: Option<PathBuf>, name: &str, hours: u32, json: bool) -> Result<ExitCode> {
+    let issued = crate::enrollment::create(&open(data_dir)?, name, hours)?;
+    let expires = cert_tool::ca::rfc3339(issued.expires);
+    if json {
+        let value = serde_json::json!({
+            "name": issued.name,
+            "token": issued.token.as_str(),
+            "expires": expires,
+            "replaced": issued.replaced,
+        });
+        println!("{}", to_json(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if issued.replaced {
+        println!("replaced the earlier enrollment token of {name}: it no longer works");
+    }
+    println!("enrollment token for terminal {name} (shown once; works once, until {expires}):");
+    println!();
+    println!("  {}", issued.token.as_str());
+    println!();
+    println!(
+        "On the terminal, with the EST URL of the gateway (est.url in the demo directory):\n  \
+         openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {name}.key \
+         -subj /CN={name} -outform DER | openssl base64 > {name}.csr.b64\n  \
+         curl --cacert ca.pem -u {name}:TOKEN -H 'Content-Type: application/pkcs10' \
+         --data-binary @{name}.csr.b64 EST_URL/simpleenroll | openssl base64 -d | \
+         openssl pkcs7 -inform DER -print_certs -out {name}.pem\n\
+         {} wrong tries lock the token; the terminal is registered (enabled) when it enrolls.",
+        crate::enrollment::MAX_FAILURES
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `terminal revoke NAME`: the CA first (the CRL is what the listeners enforce), then the
+/// inventory, so a failure half-way leaves the terminal refused rather than admitted.
+fn revoke(
+    data_dir: Option<PathBuf>,
+    name: &str,
+    reason: cert_tool::index::Reason,
+    path: &Path,
+) -> Result<String> {
+    let config = Config::load(path)?;
+    if let Some(given) = &data_dir
+        && !same_dir(given, &config.data_dir)
+    {
+        return Err(StoreError::Invalid(format!(
+            "--data-dir (or {DATA_DIR_ENV}) is {}, but {} says data_dir = {}: leave --data-dir out",
+            given.display(),
+            path.display(),
+            config.data_dir.display()
+        )));
+    }
+    let authority = crate::est::authority::Authority::from_config(&config).ok_or_else(|| {
+        StoreError::Invalid(format!(
+            "{}: no [est] section, so this appliance has no CA to revoke with: revoke with              `kakehashi cert revoke --dir CA --name {name}` and publish the CRL, or use              `kakehashi terminal disable {name}`",
+            path.display()
+        ))
+    })?;
+    let conn = db::open(&config.data_dir)?;
+    let registered = Inventory::load(&conn)?.get(name).cloned();
+    let revoked = match authority.revoke(name, reason) {
+        Ok(list) => list,
+        // No valid certificate (never enrolled, or revoked already): still disable the terminal.
+        Err(cert_tool::Error::UnknownName { .. }) if registered.is_some() => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut done = Vec::new();
+    for e in &revoked {
+        done.push(format!("revoked certificate {} of {name}", e.serial));
+    }
+    if !revoked.is_empty() {
+        done.push(format!("wrote the new CRL to {}", authority.crl.display()));
+    }
+    match registered {
+        Some(t) if t.enabled => {
+            inventory::set_enabled(&conn, name, false)?;
+            done.push(format!("disabled terminal {name}"));
+        }
+        Some(_) => done.push(format!("terminal {name} was already disabled")),
+        None => done.push(format!("terminal {name} is not in the inventory")),
+    }
+    Ok(done.join("\n"))
 }
 
 /// `gateway.db` in `--data-dir`, or in the default data directory.

@@ -53,12 +53,13 @@ impl Clinic {
     pub(crate) fn setup(wg_host: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         sh(&format!(
-            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} --admin-listen 127.0.0.1:{} --wg-listen {wg_host}:{}",
+            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} --admin-listen 127.0.0.1:{} --wg-listen {wg_host}:{} --est-listen 127.0.0.1:{}",
             s(&dir.path().join("clinic")),
             free_port(),
             free_port(),
             free_port(),
             free_udp_port(),
+            free_port(),
         ))
         .ok();
         dir
