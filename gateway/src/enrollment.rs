@@ -205,6 +205,21 @@ pub struct Pending {
     pub used: Option<String>,
 }
 
+impl Pending {
+    /// What the token can still do: `pending` (it works), `used`, `locked` (too many wrong
+    /// tries) or `expired`.
+    pub fn state(&self, now: OffsetDateTime) -> &'static str {
+        let expired = OffsetDateTime::parse(&self.expires, &time::format_description::well_known::Rfc3339)
+            .map_or(true, |t| t <= now);
+        match () {
+            _ if self.used.is_some() => "used",
+            _ if self.failures >= MAX_FAILURES => "locked",
+            _ if expired => "expired",
+            _ => "pending",
+        }
+    }
+}
+
 /// Every token, used or not.
 pub fn list(conn: &Connection) -> Result<Vec<Pending>> {
     let path = db_path(conn);

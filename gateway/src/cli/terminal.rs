@@ -80,6 +80,12 @@ pub enum TerminalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the enrollment tokens: pending, used, locked (too many wrong tries) or expired
+    Tokens {
+        /// Machine-readable output: a JSON array
+        #[arg(long)]
+        json: bool,
+    },
     /// Refuse a terminal's connections even with a valid certificate (a lost laptop)
     Disable { name: String },
     /// Let a disabled terminal connect again
@@ -218,6 +224,10 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
         }
         TerminalCommand::List { json } => {
             list(&Inventory::load(&open(args.data_dir)?)?, json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        TerminalCommand::Tokens { json } => {
+            tokens(&crate::enrollment::list(&open(args.data_dir)?)?, json)?;
             return Ok(ExitCode::SUCCESS);
         }
     };
@@ -508,6 +518,43 @@ pub fn enroll_wireguard(
         placed.push(dest);
     }
     Ok(Enrolled { terminal, qr })
+}
+
+/// The token table: never a token itself (only its hash is stored), only what it can still do.
+fn tokens(all: &[crate::enrollment::Pending], json: bool) -> Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    if json {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            #[serde(flatten)]
+            token: &'a crate::enrollment::Pending,
+            state: &'static str,
+        }
+        let rows: Vec<_> = all
+            .iter()
+            .map(|t| Row {
+                token: t,
+                state: t.state(now),
+            })
+            .collect();
+        println!("{}", to_json(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<32}  {:<8}  {:<20}  {:<8}  USED",
+        "NAME", "STATE", "EXPIRES", "FAILURES"
+    );
+    for t in all {
+        println!(
+            "{:<32}  {:<8}  {:<20}  {:<8}  {}",
+            t.name,
+            t.state(now),
+            t.expires,
+            t.failures,
+            or_dash(t.used.as_deref())
+        );
+    }
+    Ok(())
 }
 
 fn list(inventory: &Inventory, json: bool) -> Result<()> {

@@ -313,6 +313,22 @@ fn refused_enrollments_are_audited_and_change_nothing() {
     assert_eq!(code, 401);
     assert!(why.contains("locked after 5 wrong tries"), "{why}");
     assert_unchanged_state(&before, &state(&c));
+    // The administrator sees it locked, and never the token itself.
+    let tokens = sh(&format!(
+        "kakehashi terminal tokens --json --data-dir {}",
+        c.data()
+    ))
+    .ok();
+    assert!(!tokens.contains(&token), "a token must never be listed");
+    let tokens: Vec<serde_json::Value> = serde_json::from_str(&tokens).unwrap();
+    let t3 = tokens
+        .iter()
+        .find(|t| t["name"] == "tablet-3")
+        .expect("tablet-3's token");
+    assert_eq!(
+        (&t3["state"], &t3["failures"]),
+        (&serde_json::json!("locked"), &serde_json::json!(5))
+    );
 
     // An expired token (its expiry moved into the past, as time would).
     let fresh = self::token(&c, "tablet-3");
