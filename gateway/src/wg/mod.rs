@@ -90,6 +90,7 @@ pub fn start(
         })?;
     let gateway = gateway.clone();
     let (mtu, prefix) = (usize::from(config.mtu), config.address.prefix);
+    let max_conns = gateway.config.limits.max_connections;
     let thread = std::thread::Builder::new()
         .name("wireguard".into())
         .spawn(move || {
@@ -101,7 +102,9 @@ pub fn start(
                 let inside = match device {
                     None => {
                         let served: Vec<u16> = ports.keys().copied().collect();
-                        server::Inside::Stack(Box::new(stack::Stack::new(tunnel_ip, prefix, mtu, &served)))
+                        server::Inside::Stack(Box::new(stack::Stack::new(
+                            tunnel_ip, prefix, mtu, &served, max_conns,
+                        )))
                     }
                     Some(device) => match ::tun::AsyncDevice::new(device) {
                         Ok(d) => server::Inside::Tun(d),

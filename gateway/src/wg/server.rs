@@ -267,6 +267,7 @@ impl Running {
             Inside::Stack(stack) => {
                 let mut accepted = Vec::new();
                 let moved = stack.poll(cx, &mut |a| accepted.push(a));
+                Metrics::add(&metrics.connections_refused_total, stack.take_refused());
                 stack.outbound(|packet| seal(peers, work, &s.socket, metrics, packet));
                 for a in accepted {
                     spawn(s, peers, a);
@@ -341,6 +342,12 @@ impl Running {
 
 /// Encrypts a packet for the peer its destination names and sends it to the peer's endpoint.
 fn seal(peers: &mut Peers, work: &mut [u8], socket: &UdpSocket, metrics: &Metrics, packet: &[u8]) {
+    // boringtun panics on a destination buffer smaller than the packet plus its 32 bytes; the
+    // device's MTU keeps packets far below, and a packet that is not is dropped, not a panic.
+    if packet.len() + 32 > work.len() {
+        Metrics::inc(&metrics.wg_dropped_unroutable_total);
+        return;
+    }
     let Some(dst) = destination(packet) else { return };
     let Some(peer) = peers.by_address(dst).and_then(|slot| peers.get_mut(slot)) else {
         Metrics::inc(&metrics.wg_dropped_unroutable_total);

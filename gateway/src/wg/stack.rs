@@ -46,6 +46,12 @@ pub struct Stack {
     wire: Wire,
     listeners: Vec<(u16, SocketHandle)>,
     conns: Vec<Conn>,
+    /// Every open connection holds its socket's buffers, so their number is bounded
+    /// (`limits.max_connections`): one terminal's SYNs cannot take the gateway's memory.
+    max_conns: usize,
+    /// Connections over the bound, reset and removed once the reset is sent.
+    refusing: Vec<SocketHandle>,
+    refused: u64,
     started: std::time::Instant,
 }
 
@@ -61,7 +67,7 @@ struct Conn {
 }
 
 impl Stack {
-    pub fn new(address: Ipv4Addr, prefix: u8, mtu: usize, ports: &[u16]) -> Stack {
+    pub fn new(address: Ipv4Addr, prefix: u8, mtu: usize, ports: &[u16], max_conns: usize) -> Stack {
         let mut wire = Wire {
             mtu,
             rx: VecDeque::new(),
@@ -81,6 +87,9 @@ impl Stack {
             wire,
             listeners: Vec::new(),
             conns: Vec::new(),
+            max_conns,
+            refusing: Vec::new(),
+            refused: 0,
             started,
         };
         for &port in ports {
@@ -140,6 +149,12 @@ impl Stack {
         moved |= self.pump(cx);
         self.iface.poll_egress(now, &mut self.wire, &mut self.sockets);
         self.iface.poll_maintenance(now);
+        let sockets = &mut self.sockets;
+        self.refusing.retain(|&h| {
+            // An aborted socket is Closed at once; its reset went out with the egress above.
+            sockets.remove(h);
+            false
+        });
         moved
     }
 
@@ -180,6 +195,12 @@ impl Stack {
                 self.sockets.remove(handle);
                 continue;
             };
+            if self.conns.len() >= self.max_conns {
+                self.sockets.get_mut::<tcp::Socket>(handle).abort();
+                self.refusing.push(handle);
+                self.refused += 1;
+                continue;
+            }
             let (stream, pipe) = tokio::io::duplex(PIPE_BUFFER);
             self.conns.push(Conn {
                 handle,
@@ -281,9 +302,9 @@ impl Stack {
         }
     }
 
-    /// Open connections, for metrics.
-    pub fn connections(&self) -> usize {
-        self.conns.len()
+    /// Connections reset since the last call because the bound was reached, for metrics.
+    pub fn take_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.refused)
     }
 }
 
