@@ -47,6 +47,10 @@ impl Layout {
     pub fn key(&self) -> PathBuf {
         self.dir.join("ca.key")
     }
+    /// The CA's own CSR, for a CA that another CA signs ([`init_pending`]).
+    pub fn csr(&self) -> PathBuf {
+        self.dir.join("ca.csr")
+    }
     pub fn index(&self) -> PathBuf {
         self.dir.join("index.json")
     }
@@ -75,6 +79,29 @@ pub fn init(
     algorithm: KeyAlgorithm,
     passphrase: Option<&Passphrase>,
 ) -> Result<Created> {
+    create(dir, name, days, algorithm, passphrase, 0)
+}
+
+/// Creates a vendor root in `dir`: as [`init`], but with path length 1, so that it signs clinic
+/// and issuing CAs ([`Profile::ClinicCa`], [`Profile::IssuingCa`]) and they sign leaves only.
+pub fn init_vendor_root(
+    dir: &Path,
+    name: &str,
+    days: u32,
+    algorithm: KeyAlgorithm,
+    passphrase: Option<&Passphrase>,
+) -> Result<Created> {
+    create(dir, name, days, algorithm, passphrase, 1)
+}
+
+fn create(
+    dir: &Path,
+    name: &str,
+    days: u32,
+    algorithm: KeyAlgorithm,
+    passphrase: Option<&Passphrase>,
+    path_len: u8,
+) -> Result<Created> {
     if name.trim().is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(Error::Refused(format!(
             "{name:?}: a CA name must have 1 to 64 printable characters"
@@ -94,7 +121,7 @@ pub fn init(
     let key = algorithm.generate()?;
     let serial = random_serial()?;
     let serial_hex = hex::encode_upper(serial.to_bytes());
-    let params = profile::ca_params(name, serial, now - BACKDATE, not_after);
+    let params = profile::ca_params(name, serial, now - BACKDATE, not_after, path_len);
     let cert = params
         .self_signed(&key)
         .map_err(Error::crypto("signing the CA certificate"))?;
@@ -126,6 +153,66 @@ pub fn init(
         not_after,
         encrypted: passphrase.is_some(),
     })
+}
+
+/// Starts a CA whose certificate another CA signs (an appliance's issuing CA, signed by the
+/// vendor root): writes its key and an empty index, and returns a CSR (PEM) for its certificate,
+/// also kept as `ca.csr`. The directory is no CA until [`install`] puts the certificate in place.
+pub fn init_pending(
+    dir: &Path,
+    name: &str,
+    algorithm: KeyAlgorithm,
+    passphrase: Option<&Passphrase>,
+) -> Result<String> {
+    profile::check_name(name)?;
+    if let Some(p) = passphrase {
+        p.check_new()?;
+    }
+    let layout = Layout::new(dir);
+    files::create_dir(dir, 0o700)?;
+    let _lock = DirLock::acquire(dir)?;
+    if layout.cert().exists() || layout.key().exists() || layout.index().exists() {
+        return Err(Error::CaExists { dir: dir.into() });
+    }
+    let key = algorithm.generate()?;
+    let csr = crate::csr::create(name, &key)?;
+    // The key last: it is what makes the directory a pending CA.
+    let staged = [
+        Index::new().stage(&layout.index())?,
+        Staged::new(&layout.csr(), csr.as_bytes(), files::PUBLIC)?,
+        Staged::new(
+            &layout.key(),
+            keys::seal(&key, passphrase)?.as_bytes(),
+            files::SECRET,
+        )?,
+    ];
+    for s in staged {
+        s.commit()?;
+    }
+    Ok(csr)
+}
+
+/// Puts the signed certificate of a CA started with [`init_pending`] in place, after checking
+/// that it is a CA certificate for that CA's key (its public key is the CSR's). A certificate
+/// already there is replaced only by one for the same key (a renewal).
+pub fn install(dir: &Path, cert_pem: &str) -> Result<()> {
+    let layout = Layout::new(dir);
+    let _lock = DirLock::acquire(dir)?;
+    let origin = layout.cert();
+    let der = crate::decode::pem_or_der(&origin, cert_pem.as_bytes(), "CERTIFICATE")?;
+    let (_, cert) =
+        X509Certificate::from_der(&der).map_err(|e| Error::malformed(&origin, "CA certificate", e))?;
+    if !cert.is_ca() {
+        return Err(Error::malformed(&origin, "CA certificate", "it is not a CA (no CA:TRUE)"));
+    }
+    let csr = crate::csr::Csr::read(&layout.csr())?;
+    if cert.public_key().subject_public_key.data.as_ref() != rcgen::PublicKeyData::der_bytes(&csr.public_key) {
+        return Err(Error::KeyMismatch {
+            key: layout.key(),
+            cert: origin,
+        });
+    }
+    files::write_atomic(&origin, cert_pem.as_bytes(), files::PUBLIC)
 }
 
 /// A CA directory opened for work: locked, its certificate and index loaded.
@@ -284,7 +371,7 @@ impl Ca {
             }
         };
         let serial_hex = hex::encode_upper(serial.to_bytes());
-        let params = profile::leaf_params(
+        let params = profile::issued_params(
             req.profile,
             &req.name,
             &req.sans,
@@ -535,6 +622,51 @@ mod tests {
         assert_eq!(minimal_be(0), [0]);
         assert_eq!(minimal_be(1), [1]);
         assert_eq!(minimal_be(256), [1, 0]);
+    }
+
+    /// Vendor root → issuing CA made on the appliance (key never leaves) → terminal, and the
+    /// install refuses a certificate for another key.
+    #[test]
+    fn a_pending_ca_is_signed_elsewhere_and_then_issues() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root_dir, issuing_dir) = (tmp.path().join("root"), tmp.path().join("issuing"));
+        init_vendor_root(&root_dir, "Vendor Root", 3650, KeyAlgorithm::EcdsaP256, None).unwrap();
+        let csr_pem = init_pending(&issuing_dir, "issuing-c1", KeyAlgorithm::EcdsaP256, None).unwrap();
+        assert!(Ca::open(&issuing_dir).is_err(), "no CA before its certificate is installed");
+
+        let root = Ca::open(&root_dir).unwrap();
+        let signer = root.unlock(|| unreachable!()).unwrap();
+        let csr = crate::csr::Csr::read(&issuing_dir.join("ca.csr")).unwrap();
+        let req = Request {
+            profile: Profile::IssuingCa,
+            name: "issuing-c1".into(),
+            sans: vec![],
+            days: 365,
+            replace: false,
+            key: csr.key.clone(),
+        };
+        let signed = root.sign(&signer, &req, &csr.public_key).unwrap();
+        let other = init_pending(&tmp.path().join("other"), "x", KeyAlgorithm::EcdsaP256, None).unwrap();
+        assert_ne!(other, csr_pem);
+        assert!(matches!(
+            install(&tmp.path().join("other"), &signed.pem()),
+            Err(Error::KeyMismatch { .. })
+        ));
+        install(&issuing_dir, &signed.pem()).unwrap();
+
+        let mut issuing = Ca::open(&issuing_dir).unwrap();
+        let signer = issuing.unlock(|| unreachable!()).unwrap();
+        let leaf = Request {
+            profile: Profile::Terminal,
+            name: "t1".into(),
+            ..req
+        };
+        let (cert, key) = (tmp.path().join("t1.pem"), tmp.path().join("t1.key"));
+        issuing
+            .issue_to_files(&signer, &leaf, KeyAlgorithm::EcdsaP256, &cert, &key)
+            .unwrap();
+        let verdict = crate::verify::verify(&issuing_dir.join("ca.pem"), None, &cert, now()).unwrap();
+        assert!(matches!(verdict, crate::verify::Verdict::Valid(_)), "{verdict:?}");
     }
 
     #[test]

@@ -69,3 +69,15 @@ impl Csr {
         })
     }
 }
+
+/// Makes a PKCS#10 request (PEM) for `key`, with `name` as its common name: how an appliance asks
+/// for certificates for keys that never leave it.
+pub fn create(name: &str, key: &crate::keys::SecretKey) -> Result<String> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params
+        .serialize_request(key)
+        .and_then(|csr| csr.pem())
+        .map_err(crate::Error::crypto("making a certificate request"))
+}

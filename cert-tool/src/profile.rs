@@ -24,6 +24,16 @@ pub enum Profile {
     Server,
     /// The gateway's own client certificate towards the cloud engine: clientAuth only.
     Uplink,
+    /// A clinic's issuing CA on its appliance, signed by a vendor root: path length 0 and
+    /// clientAuth only, so it can issue terminal certificates and nothing else. Signed by
+    /// `kakehashi provision clinic add`, never on the `cert` command line.
+    #[value(skip)]
+    IssuingCa,
+    /// A clinic CA held by the vendor, signed by a vendor root: path length 0; it issues the
+    /// gateway's server certificate and the terminals the vendor makes. Made by `kakehashi
+    /// provision clinic add`, never on the `cert` command line.
+    #[value(skip)]
+    ClinicCa,
 }
 
 impl Profile {
@@ -33,7 +43,14 @@ impl Profile {
             Profile::Terminal => "terminal",
             Profile::Server => "server",
             Profile::Uplink => "uplink",
+            Profile::IssuingCa => "issuing-ca",
+            Profile::ClinicCa => "clinic-ca",
         }
+    }
+
+    /// Whether certificates of this profile are CAs.
+    pub fn is_ca(self) -> bool {
+        matches!(self, Profile::IssuingCa | Profile::ClinicCa)
     }
 }
 
@@ -108,8 +125,8 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// The parameters of a certificate issued under `profile`.
-pub fn leaf_params(
+/// The parameters of a certificate issued under `profile` (a leaf, or a CA under a vendor root).
+pub fn issued_params(
     profile: Profile,
     name: &str,
     sans: &[San],
@@ -125,6 +142,18 @@ pub fn leaf_params(
                 .into(),
         ));
     }
+    let usage = match profile {
+        Profile::Terminal | Profile::Uplink => ExtendedKeyUsagePurpose::ClientAuth,
+        Profile::Server => ExtendedKeyUsagePurpose::ServerAuth,
+        Profile::IssuingCa | Profile::ClinicCa => {
+            let mut params = ca_params(name, serial, not_before, not_after, 0);
+            params.use_authority_key_identifier_extension = true;
+            if profile == Profile::IssuingCa {
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            return Ok(params);
+        }
+    };
     let mut params = CertificateParams::default();
     params.distinguished_name = common_name(name);
     params.serial_number = Some(serial);
@@ -133,10 +162,7 @@ pub fn leaf_params(
     params.is_ca = IsCa::ExplicitNoCa;
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![match profile {
-        Profile::Terminal | Profile::Uplink => ExtendedKeyUsagePurpose::ClientAuth,
-        Profile::Server => ExtendedKeyUsagePurpose::ServerAuth,
-    }];
+    params.extended_key_usages = vec![usage];
     params.subject_alt_names = sans
         .iter()
         .map(|san| match san {
@@ -151,22 +177,24 @@ pub fn leaf_params(
     Ok(params)
 }
 
-/// The parameters of a clinic CA.
+/// The parameters of a CA.
 ///
-/// Path length 0: a clinic CA signs terminal, server and uplink certificates and nothing that
-/// could sign in turn, so a stolen terminal key never becomes a CA.
+/// Path length 0 for a clinic CA: it signs terminal, server and uplink certificates and nothing
+/// that could sign in turn, so a stolen terminal key never becomes a CA. A vendor root has path
+/// length 1: it signs clinic and issuing CAs, which sign leaves only.
 pub fn ca_params(
     name: &str,
     serial: SerialNumber,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    path_len: u8,
 ) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = common_name(name);
     params.serial_number = Some(serial);
     params.not_before = not_before;
     params.not_after = not_after;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyCertSign,

@@ -1,7 +1,10 @@
-//! The vendor workflow (not built yet).
+//! The vendor workflow: what a certified vendor does to set up a clinic's appliance.
 //!
-//! This crate will own what a certified vendor does to set up a clinic: the clinic profile, the
-//! terminal and user inventory, one-time enrollment tokens and the EST enrollment endpoint,
-//! WireGuard configs and QR codes, and signed bundles that an appliance imports. Until then it
-//! exports nothing, so that nothing can be mistaken for working.
+//! - [`request`]: what an appliance hands the vendor (`kakehashi gateway init`): public keys and
+//!   CSRs, never a private key.
+//! - [`bundle`]: what the vendor hands back (`kakehashi provision bundle build`): configuration,
+//!   certificates, CRL, inventory and people, signed by the vendor and encrypted to that appliance.
 #![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod request;
