@@ -55,6 +55,10 @@ pub struct Payload {
     /// One-time enrollment tokens the vendor made (`provision terminal add --enroll`).
     pub tokens: Vec<Token>,
     pub users: Vec<User>,
+    /// Terminals the vendor revoked (`provision terminal revoke`): the appliance removes them
+    /// from its inventory and revokes what its own issuing CA gave them (an EST enrollment);
+    /// what the clinic CA gave them is on `certificates.clinic_crl`.
+    pub revoked: Vec<String>,
 }
 
 /// Certificates and the CRL, all PEM.
@@ -423,6 +427,7 @@ mod tests {
             terminals: vec![],
             tokens: vec![],
             users: vec![],
+            revoked: vec![],
         }
     }
 
