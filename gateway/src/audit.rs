@@ -33,7 +33,9 @@ use crate::db::{self, Result, StoreError};
 pub const AUDIT_DB: &str = "audit.db";
 /// The chain head file inside the data directory: `ID HASH-HEX`, the last entry committed.
 pub const AUDIT_HEAD: &str = "audit.head";
-/// The lock file a writer holds while it runs: two writers would fork the chain.
+/// The lock file a writer holds while it appends: every commit takes it, reads the chain's end
+/// from the database, appends and moves the head file, so that several processes (the gateway,
+/// and a command such as `gateway import-bundle` beside it) extend one chain and never fork it.
 pub const AUDIT_LOCK: &str = "audit.lock";
 
 /// How many entries may wait for the writer before `record` waits in turn.
@@ -417,15 +419,12 @@ impl AuditLog {
     }
 }
 
-/// The writer thread's state: the connection and the end of the chain as committed.
+/// The writer thread's state: the connection and the lock file (see [`AUDIT_LOCK`]).
 struct Writer {
-    /// Held for the writer's life (see [`AUDIT_LOCK`]).
-    _lock: std::fs::File,
+    lock: std::fs::File,
     conn: Connection,
     db: PathBuf,
     head_file: PathBuf,
-    last_id: u64,
-    last_hash: [u8; 32],
     failing: Arc<AtomicBool>,
 }
 
@@ -434,27 +433,42 @@ impl Writer {
         let db = data_dir.join(AUDIT_DB);
         let head_file = data_dir.join(AUDIT_HEAD);
         let conn = db::open_file(data_dir, &db)?;
-        let lock = lock_writer(data_dir)?;
-        db::migrate(&conn, &db, SCHEMA_VERSION, &[SCHEMA_V1])?;
-        let last = last_entry(&conn, &db)?;
-        let head = read_head(&head_file)?;
-        if let Some(what) = head_problem(&conn, &db, head.as_ref(), last.as_ref().map_or(0, |l| l.0))? {
-            return Err(StoreError::AuditTampered { path: db, what });
-        }
-        let (last_id, last_hash) = last.unwrap_or((0, [0; 32]));
         let writer = Writer {
-            _lock: lock,
+            lock: open_lock(data_dir)?,
             conn,
             db,
             head_file,
-            last_id,
-            last_hash,
             failing: Arc::default(),
         };
-        if head != Some((last_id, last_hash)) {
-            writer.write_head()?;
+        let _held = writer.hold()?;
+        db::migrate(&writer.conn, &writer.db, SCHEMA_VERSION, &[SCHEMA_V1])?;
+        let last = last_entry(&writer.conn, &writer.db)?;
+        let head = read_head(&writer.head_file)?;
+        if let Some(what) = head_problem(
+            &writer.conn,
+            &writer.db,
+            head.as_ref(),
+            last.as_ref().map_or(0, |l| l.0),
+        )? {
+            return Err(StoreError::AuditTampered {
+                path: writer.db.clone(),
+                what,
+            });
         }
+        let last = last.unwrap_or((0, [0; 32]));
+        if head != Some(last) {
+            writer.write_head(last)?;
+        }
+        drop(_held);
         Ok(writer)
+    }
+
+    /// Takes the lock for one commit; it is released when the guard drops.
+    fn hold(&self) -> Result<Held<'_>> {
+        self.lock
+            .lock()
+            .map_err(StoreError::io("lock", self.db.with_file_name(AUDIT_LOCK)))?;
+        Ok(Held(&self.lock))
     }
 
     fn run(mut self, rx: &mut mpsc::Receiver<Msg>) {
@@ -487,7 +501,6 @@ impl Writer {
             if !batch.is_empty() {
                 last_commit = std::time::Instant::now();
                 self.retry(|w| w.commit(&batch));
-                self.retry(|w| w.write_head());
                 self.failing.store(false, Ordering::Relaxed);
                 batch.clear();
             }
@@ -503,28 +516,22 @@ impl Writer {
         }
     }
 
-    /// Runs `step` until it succeeds, marking the log failing and backing off in between.
+    /// Runs `step` until it succeeds (see [`retry`]).
     fn retry(&mut self, mut step: impl FnMut(&mut Writer) -> Result<()>) {
-        let mut delay = Duration::from_millis(50);
-        while let Err(e) = step(self) {
-            self.failing.store(true, Ordering::Relaxed);
-            eprintln!(
-                "kakehashi: error: audit log: {e}; entries are kept and retried in {} ms",
-                delay.as_millis()
-            );
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(MAX_BACKOFF);
-        }
+        let failing = self.failing.clone();
+        retry(&failing, || step(self));
     }
 
-    /// Appends a batch in one transaction; the chain end moves only if it commits.
+    /// Appends a batch in one transaction after the chain's end as it is on disk now (another
+    /// process may have appended since), then moves the head file, all under the lock.
     fn commit(&mut self, batch: &[(String, Entry)]) -> Result<()> {
+        let _held = self.hold()?;
         let fail = |what| StoreError::sqlite(&self.db, what);
         let tx = self
             .conn
             .unchecked_transaction()
             .map_err(fail("begin a transaction"))?;
-        let (mut id, mut prev) = (self.last_id, self.last_hash);
+        let (mut id, mut prev) = last_entry(&tx, &self.db)?.unwrap_or((0, [0; 32]));
         {
             let mut insert = tx
                 .prepare_cached(&format!(
@@ -561,33 +568,53 @@ impl Writer {
             }
         }
         tx.commit().map_err(fail("commit"))?;
-        (self.last_id, self.last_hash) = (id, prev);
+        // Committed: from here only the head file is retried (the batch must not be appended
+        // twice), still under the lock so that no other writer's head is overtaken by ours.
+        retry(&self.failing, || self.write_head((id, prev)));
         Ok(())
     }
 
-    fn write_head(&self) -> Result<()> {
-        let text = format!("{} {}\n", self.last_id, hex::encode(self.last_hash));
+    fn write_head(&self, (id, hash): (u64, [u8; 32])) -> Result<()> {
+        let text = format!("{id} {}\n", hex::encode(hash));
         cert_tool::files::write_atomic(&self.head_file, text.as_bytes(), cert_tool::files::SECRET)?;
         Ok(())
     }
 }
 
-/// Takes the writer's lock, or says that another process holds it.
-fn lock_writer(data_dir: &Path) -> Result<std::fs::File> {
+/// Runs `step` until it succeeds, marking the log failing and backing off in between.
+fn retry(failing: &AtomicBool, mut step: impl FnMut() -> Result<()>) {
+    let mut delay = Duration::from_millis(50);
+    while let Err(e) = step() {
+        failing.store(true, Ordering::Relaxed);
+        eprintln!(
+            "kakehashi: error: audit log: {e}; entries are kept and retried in {} ms",
+            delay.as_millis()
+        );
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The lock held for one commit.
+struct Held<'a>(&'a std::fs::File);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// Opens (creating) the lock file every writer takes for each commit.
+fn open_lock(data_dir: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(AUDIT_LOCK);
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(cert_tool::files::SECRET)
         .open(&path)
-        .map_err(StoreError::io("open", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::AuditBusy { path }),
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io("lock", &path)(e)),
-    }
+        .map_err(StoreError::io("open", &path))
 }
 
 /// An id as SQLite stores it (ids never come near `i64::MAX`).

@@ -181,9 +181,6 @@ pub enum StoreError {
         path.display()
     )]
     AuditTampered { path: PathBuf, what: String },
-    /// Another process (a second gateway) is writing the audit log: two writers would fork it.
-    #[error("{}: another kakehashi is writing this audit log (is a second gateway running?)", path.display())]
-    AuditBusy { path: PathBuf },
     /// The audit log's writer thread is gone, so nothing more can be recorded.
     #[error("the audit log writer has stopped; entries can no longer be recorded")]
     AuditStopped,

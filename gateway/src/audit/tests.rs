@@ -179,25 +179,36 @@ fn wait_until_failing(log: &AuditLog) {
 }
 
 #[test]
-fn a_second_writer_is_refused_until_the_first_is_closed() {
+fn two_writers_extend_one_chain() {
+    // The gateway and a command beside it (`gateway import-bundle`) both record; each commit
+    // continues from the chain's end on disk, so the chain stays one.
     let tmp = log_with(1);
-    let first = AuditLog::open(tmp.path()).unwrap();
-    let other = first.clone();
-    let err = AuditLog::open(tmp.path()).unwrap_err().to_string();
-    assert!(
-        err.contains("another kakehashi is writing this audit log"),
-        "{err}"
-    );
-    first.record_blocking(entry(2));
-    first.close_blocking().unwrap();
-    // Closed: the other handle is refused, and a new writer may start at once.
-    other.record_blocking(entry(3));
-    assert!(other.is_failing());
-    assert!(other.flush_blocking().is_err());
-    let second = AuditLog::open(tmp.path()).unwrap();
-    second.record_blocking(entry(3));
-    second.close_blocking().unwrap();
-    assert_eq!(verify(tmp.path()).unwrap().entries, 3);
+    let gateway = AuditLog::open(tmp.path()).unwrap();
+    let command = AuditLog::open(tmp.path()).unwrap();
+    for i in 0..20 {
+        let log = if i % 2 == 0 { &gateway } else { &command };
+        log.record_blocking(entry(i + 2));
+        log.flush_blocking().unwrap();
+    }
+    let threads: Vec<_> = [gateway.clone(), command.clone()]
+        .into_iter()
+        .map(|log| {
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    log.record_blocking(entry(i));
+                }
+                log.flush_blocking().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    command.close_blocking().unwrap();
+    gateway.close_blocking().unwrap();
+    let report = verify(tmp.path()).unwrap();
+    assert_eq!(report.entries, 121);
+    assert!(report.is_intact(), "{report:?}");
 }
 
 #[test]
