@@ -215,6 +215,39 @@ pub fn install(dir: &Path, cert_pem: &str) -> Result<()> {
     files::write_atomic(&origin, cert_pem.as_bytes(), files::PUBLIC)
 }
 
+/// Writes `crl` (PEM) into the CRL file at `path` in place of any CRL of the same issuer, keeping
+/// the other issuers' CRLs there: one file serves a listener that trusts several CAs (a clinic's
+/// CA held by its vendor and the issuing CA on its appliance), and each publisher updates only
+/// its own part. Updates take turns through `PATH.lock`; the file is replaced atomically.
+pub fn publish_crl(path: &Path, crl: &str) -> Result<()> {
+    let issuer_of = |origin: &Path, der: &[u8]| -> Result<Vec<u8>> {
+        let (_, parsed) = x509_parser::parse_x509_crl(der)
+            .map_err(|e| Error::malformed(origin, "CRL", e))?;
+        Ok(parsed.issuer().as_raw().to_vec())
+    };
+    let new: Vec<pem::Pem> = pem::parse_many(crl).map_err(|e| Error::malformed(path, "new CRL", e))?;
+    let [new] = new.as_slice() else {
+        return Err(Error::malformed(path, "new CRL", "expected exactly one CRL"));
+    };
+    let issuer = issuer_of(path, new.contents())?;
+    let lock = path.with_file_name(format!(
+        "{}.lock",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    let _lock = DirLock::file(&lock)?;
+    let mut out = String::new();
+    if path.exists() {
+        let text = files::read(path)?;
+        for old in pem::parse_many(&text).map_err(|e| Error::malformed(path, "CRL file", e))? {
+            if old.tag() == "X509 CRL" && issuer_of(path, old.contents())? != issuer {
+                out.push_str(&pem::encode(&old));
+            }
+        }
+    }
+    out.push_str(&pem::encode(new));
+    files::write_atomic(path, out.as_bytes(), files::PUBLIC)
+}
+
 /// A CA directory opened for work: locked, its certificate and index loaded.
 #[derive(Debug)]
 pub struct Ca {

@@ -125,21 +125,27 @@ pub struct DirLock {
 impl DirLock {
     /// Locks `dir`, waiting for another holder to finish.
     pub fn acquire(dir: &Path) -> Result<DirLock> {
-        let path = dir.join(".lock");
+        DirLock::file(&dir.join(".lock"))
+    }
+
+    /// Locks one file's updates through the lock file `path` (e.g. `crl.pem.lock`), waiting for
+    /// another holder to finish.
+    pub fn file(path: &Path) -> Result<DirLock> {
+        let dir = parent(path);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(SECRET)
-            .open(&path)
-            .map_err(Error::io("open lock file", &path))?;
+            .open(path)
+            .map_err(Error::io("open lock file", path))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                eprintln!("waiting for another kakehashi working on {} ...", dir.display());
-                file.lock().map_err(Error::io("lock", &path))?;
+                eprintln!("waiting for another kakehashi working in {} ...", dir.display());
+                file.lock().map_err(Error::io("lock", path))?;
             }
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path)(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", path)(e)),
         }
         Ok(DirLock { _file: file })
     }

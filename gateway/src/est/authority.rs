@@ -120,7 +120,7 @@ impl Authority {
 
     fn publish(&self, ca: &mut Ca, signer: &cert_tool::ca::Signer) -> Result<()> {
         let crl = ca.crl(signer, self.crl_days)?;
-        files::write_atomic(&self.crl, crl.pem().as_bytes(), files::PUBLIC)
+        cert_tool::ca::publish_crl(&self.crl, &crl.pem())
     }
 }
 
