@@ -25,7 +25,7 @@ pub const GATEWAY_DB: &str = "gateway.db";
 pub const DIR_MODE: u32 = 0o700;
 
 /// The schema of `gateway.db` this binary writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE terminals (
@@ -73,6 +73,14 @@ CREATE TABLE enrollment_tokens (
     failures INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
     used     TEXT
 ) STRICT;
+";
+
+/// Version 4: where a terminal or a person came from. `bundle`: declared by the vendor's bundle,
+/// so the next bundle may change or remove it; `local`: made on the appliance (`terminal add`,
+/// `user add`, an EST enrollment), which bundles leave alone.
+const SCHEMA_V4: &str = "
+ALTER TABLE terminals ADD COLUMN origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local', 'bundle'));
+ALTER TABLE users ADD COLUMN origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local', 'bundle'));
 ";
 
 /// Everything the local state can refuse or fail at, each naming the file, terminal or user.
@@ -259,7 +267,7 @@ pub struct DataDirArgs {
 pub fn open(data_dir: &Path) -> Result<Connection> {
     let path = data_dir.join(GATEWAY_DB);
     let conn = open_file(data_dir, &path)?;
-    migrate(&conn, &path, SCHEMA_VERSION, &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3])?;
+    migrate(&conn, &path, SCHEMA_VERSION, &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4])?;
     Ok(conn)
 }
 

@@ -9,10 +9,12 @@
 //!
 //! The appliance's own state lives in one data directory ([`db`]): the [`inventory`] of terminals,
 //! the [`users`] who sign in, and the hash-chained [`audit`] log; [`cli`] holds `kakehashi
-//! terminal|user|audit|journal`.
+//! terminal|user|audit|journal`. [`appliance`] is the appliance's side of the vendor workflow:
+//! `gateway init` (its own keys, a request for the vendor) and `gateway import-bundle`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod appliance;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -96,7 +96,7 @@ const CONCURRENT_VERIFICATIONS: usize = 4;
 pub struct People {
     settings: Settings,
     db: Mutex<Connection>,
-    clinic: HeaderValue,
+    clinic: std::sync::RwLock<HeaderValue>,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     lockout: Mutex<Lockout>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
@@ -166,7 +166,7 @@ impl People {
         People {
             settings,
             db: Mutex::new(db),
-            clinic,
+            clinic: std::sync::RwLock::new(clinic),
             cache: Mutex::default(),
             lockout: Mutex::default(),
             sessions: Mutex::default(),
@@ -174,6 +174,16 @@ impl People {
             verifying: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
             generation: Default::default(),
         }
+    }
+
+    /// The clinic's engine credential now.
+    fn clinic(&self) -> HeaderValue {
+        self.clinic.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the clinic's engine credential (a reload after an imported bundle changed it).
+    pub fn set_clinic(&self, clinic: HeaderValue) {
+        *self.clinic.write().unwrap_or_else(|p| p.into_inner()) = clinic;
     }
 
     /// Whether person authentication is on at all.
@@ -185,7 +195,7 @@ impl People {
     pub fn anonymous(&self) -> Person {
         Person {
             user: None,
-            upstream: self.clinic.clone(),
+            upstream: self.clinic(),
         }
     }
 
@@ -195,7 +205,7 @@ impl People {
         let own = user.and_then(|id| users::lookup(&lock(&self.db), id).ok().flatten()?.upstream);
         match own {
             Some(c) => basic(&c.id, &c.password),
-            None => self.clinic.clone(),
+            None => self.clinic(),
         }
     }
 
@@ -341,7 +351,7 @@ impl People {
         }
         let upstream = match &user.upstream {
             Some(c) => basic(&c.id, &c.password),
-            None => self.clinic.clone(),
+            None => self.clinic(),
         };
         Ok(Person {
             user: Some(user.id),

@@ -27,6 +27,45 @@ pub enum GatewayCommand {
     Run(ConfigArg),
     /// Check a configuration and every file it names, without starting anything
     Check(ConfigArg),
+    /// Make this appliance's keys (device identity, issuing CA, TLS server, uplink, WireGuard) in
+    /// a data directory, and the request file for the vendor (DIR/request.json)
+    Init(InitArgs),
+    /// Apply a bundle from the vendor: checked (signature, this appliance, newer than the
+    /// installed one), applied atomically, live in a running gateway without a restart
+    ImportBundle(ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// The appliance's data directory (created 0700 if missing)
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/kakehashi")]
+    pub data_dir: PathBuf,
+    /// The common name of the appliance's server and uplink requests
+    #[arg(long, default_value = "kakehashi-gateway")]
+    pub name: String,
+    /// Pin the vendor's bundle-signing key now: its SHA256:… fingerprint, or the vendor's
+    /// vendor-key.txt (otherwise the first import pins it with --trust-vendor)
+    #[arg(long, value_name = "FINGERPRINT|FILE")]
+    pub vendor_key: Option<String>,
+    /// Print the request as JSON instead of a summary
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The bundle file (from `kakehashi provision bundle build`)
+    pub file: PathBuf,
+    /// The appliance's data directory (made by `gateway init`)
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/kakehashi")]
+    pub data_dir: PathBuf,
+    /// On the first import when no vendor key is pinned: the fingerprint the vendor gave you;
+    /// the bundle must be signed by it, and it is pinned
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub trust_vendor: Option<String>,
+    /// Print what was done as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +79,8 @@ pub struct ConfigArg {
 pub fn run(cmd: GatewayCommand) -> Result<ExitCode, StartError> {
     match cmd {
         GatewayCommand::Check(args) => check(&args.config),
+        GatewayCommand::Init(args) => init(&args),
+        GatewayCommand::ImportBundle(args) => import_bundle(&args),
         GatewayCommand::Run(args) => {
             init_logging();
             let config = Config::load(&args.config)?;
@@ -54,6 +95,73 @@ pub fn run(cmd: GatewayCommand) -> Result<ExitCode, StartError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn init(args: &InitArgs) -> Result<ExitCode, StartError> {
+    let request = crate::appliance::init::init(&args.data_dir, &args.name, args.vendor_key.as_deref())?;
+    let layout = crate::appliance::Layout::new(&args.data_dir);
+    if args.json {
+        print!("{}", request.to_json());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Initialized the appliance in {}.", args.data_dir.display());
+    println!("  device identity     {}", request.appliance);
+    println!("  WireGuard key       {}", request.wireguard_public_key);
+    match &request.vendor_key {
+        Some(pin) => println!("  vendor key pinned   {pin}"),
+        None => println!("  vendor key          not pinned yet: the first import needs --trust-vendor"),
+    }
+    println!(
+        "Give {} to your vendor (it holds no secret). Then import the bundle they send:",
+        layout.request().display()
+    );
+    println!(
+        "  kakehashi gateway import-bundle BUNDLE --data-dir {}",
+        args.data_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import_bundle(args: &ImportArgs) -> Result<ExitCode, StartError> {
+    let report =
+        crate::appliance::import::import(&args.data_dir, &args.file, args.trust_vendor.as_deref())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let i = &report.installed;
+    match report.previous_version {
+        Some(v) => println!("Installed clinic {} bundle version {} (was {v}).", i.clinic, i.version),
+        None => println!("Installed clinic {} bundle version {}.", i.clinic, i.version),
+    }
+    if report.pinned {
+        println!("  pinned vendor key {}", i.vendor_key);
+    }
+    println!(
+        "  {} terminals, {} users; {} enrollment tokens added",
+        report.terminals, report.users, report.tokens_added
+    );
+    for (what, list) in [
+        ("removed terminals", &report.removed_terminals),
+        ("removed users", &report.removed_users),
+        ("revoked", &report.revoked),
+    ] {
+        if !list.is_empty() {
+            println!("  {what}: {}", list.join(", "));
+        }
+    }
+    let config = crate::appliance::Layout::new(&args.data_dir).config();
+    if report.previous_version.is_none() {
+        println!("Start the gateway: kakehashi gateway run --config {}", config.display());
+    } else if report.restart_for.is_empty() {
+        println!("A running gateway applies it within a second, without dropping connections.");
+    } else {
+        println!(
+            "A running gateway applies certificates, CRL, terminals and people now; restart it for: {}",
+            report.restart_for.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(path: &std::path::Path) -> Result<ExitCode, StartError> {
@@ -130,33 +238,41 @@ const STALE_CRL_WARNING_EVERY: std::time::Duration = std::time::Duration::from_s
 const CRL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The CRL's modification time and size: what tells that a new one was written.
-fn crl_stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
+fn file_stamp(path: Option<&std::path::Path>) -> Option<(std::time::SystemTime, u64)> {
     let meta = std::fs::metadata(path?).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Watches the CRL file:
-/// - a new CRL (`kakehashi terminal revoke`, `cert crl`, an imported bundle) is loaded within a
-///   second, with the inventory, as SIGHUP would: a revocation takes effect at once;
+/// Watches the CRL file and the installed bundle's record (`DATA_DIR/bundle.json`):
+/// - a new CRL (`kakehashi terminal revoke`, `cert crl`) or a newly imported bundle is loaded
+///   within a second, with the inventory, as SIGHUP would: a revocation takes effect at once;
 /// - while the loaded CRL is past its next update, `crl_stale` is 1 and a warning is logged at
 ///   once and then hourly. The CRL stays enforced all along (see [`crate::tls::crl_next_update`]).
 async fn watch_crl(gateway: Arc<Gateway>) {
     let path = gateway.config.tls.crl.clone();
-    let mut seen = crl_stamp(path.as_deref());
+    let installed = gateway.config.data_dir.join(crate::appliance::INSTALLED);
+    let stamps = || (file_stamp(path.as_deref()), file_stamp(Some(&installed)));
+    let mut seen = stamps();
     let mut warned: Option<(u64, std::time::Instant)> = None;
     loop {
         tokio::time::sleep(CRL_POLL).await;
-        let stamp = crl_stamp(path.as_deref());
+        let stamp = stamps();
         if stamp != seen {
             seen = stamp;
             let g = gateway.clone();
-            match tokio::task::spawn_blocking(move || g.reload()).await {
-                Ok(Ok(())) => tracing::info!("loaded the new CRL (and the inventory)"),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "the new CRL could not be loaded; keeping the previous one")
+            let failed = match tokio::task::spawn_blocking(move || g.reload()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            match failed {
+                None => {
+                    Metrics::inc(&gateway.metrics.reloads_total);
+                    tracing::info!("loaded the new CRL or bundle (certificates, inventory, people)")
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "the new CRL could not be loaded; keeping the previous one")
+                Some(error) => {
+                    Metrics::inc(&gateway.metrics.reload_failures_total);
+                    tracing::error!(%error, "the new CRL or bundle could not be loaded; keeping the previous state")
                 }
             }
         }

@@ -45,6 +45,8 @@ pub enum StartError {
     File { path: PathBuf, message: String },
     #[error(transparent)]
     Ca(#[from] cert_tool::Error),
+    #[error(transparent)]
+    Appliance(#[from] crate::appliance::ApplianceError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -256,11 +258,15 @@ impl Gateway {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Re-reads the certificates, CA, CRL and inventory (SIGHUP). On error nothing changes.
+    /// Re-reads the certificates, CA, CRL, inventory and the engine password (SIGHUP, a new
+    /// CRL, an imported bundle). On error nothing changes.
     pub fn reload(&self) -> Result<(), StartError> {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.live().generation + 1;
         let live = Live::load(&self.config, generation)?;
+        let password = read_secret(&self.config.upstream.password_file)?;
+        self.people
+            .set_clinic(crate::person::basic(&self.config.upstream.user, &password));
         Metrics::set(
             &self.metrics.terminals_enabled,
             live.inventory.enabled_count() as u64,
