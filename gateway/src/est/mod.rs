@@ -3,7 +3,8 @@
 //!
 //! The EST listener is its own TLS listener (the gateway's server certificate), the only place
 //! where a client may connect without a certificate, and where nothing but EST exists:
-//! - `GET /.well-known/est/cacerts`: the clinic CA, PKCS#7 certs-only;
+//! - `GET /.well-known/est/cacerts`: the issuing CA and the other CAs terminals trust
+//!   (`tls.client_ca`), PKCS#7 certs-only;
 //! - `POST /.well-known/est/simpleenroll`: a PKCS#10 CSR, HTTP Basic with the terminal's name
 //!   and its one-time token ([`crate::enrollment`]); the terminal is registered, enabled, and the
 //!   running gateway reloads, so it can connect at once;
@@ -203,9 +204,19 @@ async fn cacerts(gateway: &Arc<Gateway>) -> Outcome {
     let Some(authority) = gateway.authority.clone() else {
         return Outcome::refuse(StatusCode::NOT_FOUND, None, "no CA on this appliance");
     };
+    let anchors = gateway.config.tls.client_ca.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        let ca = authority.ca_cert()?;
-        cert_tool::pkcs7::certs_only(&[&ca])
+        // The issuing CA first, then the other CAs terminals trust (a clinic CA held by the
+        // vendor, which signed the gateway's server certificate): what a new terminal needs.
+        let mut certs = vec![authority.ca_cert()?];
+        let text = cert_tool::files::read(&anchors)?;
+        for block in pem::parse_many(&text).map_err(|e| cert_tool::Error::malformed(&anchors, "CA file", e))? {
+            if block.tag() == "CERTIFICATE" && !certs.iter().any(|c| c.as_slice() == block.contents()) {
+                certs.push(block.into_contents());
+            }
+        }
+        let refs: Vec<&[u8]> = certs.iter().map(Vec::as_slice).collect();
+        cert_tool::pkcs7::certs_only(&refs)
     })
     .await;
     match answer {
