@@ -301,7 +301,8 @@ fn attach(tx: &Connection, name: &str, peer: &WireGuardPeer) -> Result<()> {
     Ok(())
 }
 
-/// Enables or disables a terminal; refuses (changing nothing) if it already is so.
+/// Enables or disables a terminal; refuses (changing nothing) if it already is so. A terminal
+/// disabled on the appliance stays disabled through later bundles until it is enabled here.
 pub fn set_enabled(conn: &Connection, name: &str, enabled: bool) -> Result<()> {
     let path = db_path(conn);
     let tx = conn
@@ -314,8 +315,10 @@ pub fn set_enabled(conn: &Connection, name: &str, enabled: bool) -> Result<()> {
             state: if enabled { "enabled" } else { "disabled" },
         });
     }
+    // Disabled here, it is the appliance's to enable again: a later bundle does not re-enable
+    // it (see `appliance::import`).
     tx.execute(
-        "UPDATE terminals SET enabled = ?2 WHERE name = ?1",
+        "UPDATE terminals SET enabled = ?2, origin = CASE WHEN ?2 THEN origin ELSE 'local' END WHERE name = ?1",
         params![name, enabled],
     )
     .and_then(|_| tx.commit())

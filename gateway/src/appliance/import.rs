@@ -500,7 +500,8 @@ mod store {
         pub tokens_added: usize,
     }
 
-    /// The vendor's declaration wins for what it declares (`origin = 'bundle'`); what the
+    /// The vendor's declaration wins for what it declares (`origin = 'bundle'`), except that a
+    /// terminal disabled on the appliance (`terminal disable|revoke`) stays disabled; what the
     /// bundle no longer declares but an earlier one did is removed; what was made on the
     /// appliance is left alone, except a terminal the vendor revoked.
     pub fn apply(conn: &Connection, p: &Payload) -> Result<Changes, ApplianceError> {
@@ -548,9 +549,11 @@ mod store {
             tx.execute(
                 "INSERT INTO terminals (name, enabled, added, note, wg_public_key, wg_preshared_key, wg_address, origin) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'bundle') \
-                 ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled, note = excluded.note, \
-                 wg_public_key = excluded.wg_public_key, wg_preshared_key = excluded.wg_preshared_key, \
-                 wg_address = excluded.wg_address, origin = 'bundle'",
+                 ON CONFLICT (name) DO UPDATE SET \
+                 enabled = excluded.enabled AND NOT (terminals.origin = 'local' AND NOT terminals.enabled), \
+                 origin = CASE WHEN terminals.origin = 'local' AND NOT terminals.enabled THEN 'local' ELSE 'bundle' END, \
+                 note = excluded.note, wg_public_key = excluded.wg_public_key, \
+                 wg_preshared_key = excluded.wg_preshared_key, wg_address = excluded.wg_address",
                 params![
                     t.name,
                     t.enabled,
