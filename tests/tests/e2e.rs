@@ -6,6 +6,7 @@
 mod support;
 
 mod e2e {
+    mod appliance;
     mod audit;
     mod cli;
     mod engine_sim;

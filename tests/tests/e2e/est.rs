@@ -30,7 +30,7 @@ fn token(c: &Clinic, name: &str) -> String {
 
 /// A new P-256 key `dir/NAME.key` and a CSR for `cn`, base64 DER in `dir/NAME.csr.b64`: the
 /// body EST wants. Returns the CSR file.
-fn csr(dir: &Path, name: &str, cn: &str) -> String {
+pub(crate) fn csr(dir: &Path, name: &str, cn: &str) -> String {
     let key = dir.join(format!("{name}.key"));
     let der = dir.join(format!("{name}.csr.der"));
     sh(&format!(
@@ -56,7 +56,7 @@ fn post(c: &Clinic, op: &str, options: &str, body: &str) -> (u16, String) {
 }
 
 /// The certificates of a base64 PKCS#7 answer, as `openssl pkcs7 -print_certs` writes them.
-fn print_certs(dir: &Path, answer: &str, out: &str) -> String {
+pub(crate) fn print_certs(dir: &Path, answer: &str, out: &str) -> String {
     let b64 = dir.join(format!("{out}.p7.b64"));
     write(&b64, answer);
     let der = dir.join(format!("{out}.p7"));

@@ -1,0 +1,341 @@
+//! The vendor workflow end to end, on the real binary: `gateway init` on the appliance, the
+//! vendor's `provision …`, `gateway import-bundle`, then terminals we did not write (curl with the
+//! issued PKCS#12, openssl + curl over EST) reach engine-sim through the gateway. Every refusal
+//! of a bundle is audited and changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::e2e::est;
+use crate::e2e::gateway::free_port;
+use crate::support::*;
+
+const ENGINE_HOST: &str = "engine.clinic-one.test";
+
+/// A cloud (engine-sim with TLS that wants client certificates, from `demo --setup-only`; the
+/// demo's CA plays the cloud operator's CA), a vendor, and an initialized appliance.
+struct World {
+    tmp: tempfile::TempDir,
+    cloud: PathBuf,
+    engine_port: u16,
+    vendor: PathBuf,
+    appliance: PathBuf,
+    passphrase: PathBuf,
+    gateway_port: u16,
+    est_port: u16,
+}
+
+impl World {
+    fn new() -> World {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cloud = tmp.path().join("cloud");
+        let engine_port = free_port();
+        tool(
+            &bin_str(),
+            &[
+                "demo",
+                "--setup-only",
+                "--dir",
+                s(&cloud),
+                "--engine-listen",
+                &format!("127.0.0.1:{engine_port}"),
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--admin-listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--est-listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--wg-listen",
+                &format!("127.0.0.1:{}", crate::e2e::gateway::free_udp_port()),
+            ],
+        )
+        .ok();
+        let passphrase = tmp.path().join("vendor.passphrase");
+        write(&passphrase, "correct horse battery staple\n");
+        let w = World {
+            vendor: tmp.path().join("vendor"),
+            appliance: tmp.path().join("appliance"),
+            cloud,
+            engine_port,
+            passphrase,
+            gateway_port: free_port(),
+            est_port: free_port(),
+            tmp,
+        };
+        w.provision(&["vendor", "init"]).ok();
+        kakehashi(&["gateway", "init", "--data-dir", s(&w.appliance)]).ok();
+        w
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// `kakehashi provision --dir VENDOR --passphrase-file … ARGS`.
+    fn provision(&self, args: &[&str]) -> Run {
+        let mut all = vec![
+            "provision",
+            "--dir",
+            s(&self.vendor),
+            "--passphrase-file",
+            s(&self.passphrase),
+        ];
+        all.extend_from_slice(args);
+        kakehashi(&all)
+    }
+
+    /// `clinic add` for `request` (an appliance's request.json), with the cloud's engine.
+    fn add_clinic(&self, clinic: &str, request: &Path) {
+        let password = self.path("engine.password");
+        write(&password, "ormaster\n");
+        self.provision(&[
+            "clinic",
+            "add",
+            "--clinic",
+            clinic,
+            "--name",
+            "Clinic One",
+            "--request",
+            s(request),
+            "--engine-host",
+            ENGINE_HOST,
+            "--engine-url",
+            &format!("https://127.0.0.1:{}", self.engine_port),
+            "--engine-ca",
+            s(&self.cloud.join("ca.pem")),
+            "--engine-user",
+            "ormaster",
+            "--engine-password-file",
+            s(&password),
+            "--listen",
+            &format!("127.0.0.1:{}", self.gateway_port),
+            "--est-listen",
+            &format!("127.0.0.1:{}", self.est_port),
+            "--admin-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .ok();
+        // The cloud operator signs the uplink request; the vendor installs the certificate.
+        let csr = self.vendor.join("clinics").join(clinic).join("uplink.csr");
+        let uplink = self.path(&format!("{clinic}-uplink.pem"));
+        kakehashi(&[
+            "cert",
+            "sign-csr",
+            "--dir",
+            s(&self.cloud),
+            "--csr",
+            s(&csr),
+            "--profile",
+            "uplink",
+            "--name",
+            &format!("{clinic}-uplink"),
+            "--out",
+            s(&uplink),
+        ])
+        .ok();
+        self.provision(&["clinic", "set", "--clinic", clinic, "--uplink-cert", s(&uplink)])
+            .ok();
+    }
+
+    fn build(&self, clinic: &str, name: &str) -> PathBuf {
+        let out = self.path(name);
+        self.provision(&["bundle", "build", "--clinic", clinic, "--out", s(&out)])
+            .ok();
+        out
+    }
+
+    fn import(&self, bundle: &Path, extra: &[&str]) -> Run {
+        let mut args = vec!["gateway", "import-bundle", s(bundle), "--data-dir", s(&self.appliance)];
+        args.extend_from_slice(extra);
+        kakehashi(&args)
+    }
+
+    fn pin(&self) -> String {
+        std::fs::read_to_string(self.vendor.join("vendor-key.txt"))
+            .expect("vendor-key.txt")
+            .trim()
+            .to_owned()
+    }
+
+    fn clinic_ca(&self, clinic: &str) -> PathBuf {
+        self.vendor.join("clinics").join(clinic).join("clinic-ca").join("ca.pem")
+    }
+
+    /// curl to the gateway as the engine's host name; the status (0 when TLS refused) and body.
+    fn curl(&self, clinic: &str, options: &str, path: &str) -> (u16, String) {
+        let out = sh(&format!(
+            "curl -s -m 10 -w ~STATUS~%{{http_code}} --resolve {ENGINE_HOST}:{port}:127.0.0.1 --cacert {ca} \
+             {options} https://{ENGINE_HOST}:{port}{path}",
+            port = self.gateway_port,
+            ca = s(&self.clinic_ca(clinic)),
+        ));
+        let (body, code) = out.stdout.rsplit_once("~STATUS~").expect("status");
+        (code.trim().parse().expect("status"), body.to_owned())
+    }
+
+    /// What the appliance holds, minus the audit log (which records every refusal) and SQLite's
+    /// transient files: equal before and after a refused import.
+    fn state(&self) -> std::collections::BTreeMap<PathBuf, (Vec<u8>, u32)> {
+        let mut all = snapshot(&self.appliance);
+        all.retain(|p, _| {
+            let name = p.to_string_lossy();
+            !name.starts_with("audit.") && !name.ends_with("-wal") && !name.ends_with("-shm")
+        });
+        all
+    }
+
+    fn audit(&self) -> String {
+        kakehashi(&["audit", "export", "--data-dir", s(&self.appliance)]).ok()
+    }
+}
+
+fn bin_str() -> String {
+    bin().to_str().expect("utf-8").to_owned()
+}
+
+/// A field of `--json` output.
+fn field(json: &str, key: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    v.get(key)
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("no {key:?} in {json}"))
+        .to_owned()
+}
+
+#[test]
+fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
+    let w = World::new();
+    w.add_clinic("c1", &w.appliance.join("request.json"));
+    let tls = w
+        .provision(&["terminal", "add", "--clinic", "c1", "--name", "reception-1", "--kind", "tls", "--json"])
+        .ok();
+    let p12 = field(&tls, "p12");
+    let p12_password = field(&tls, "password");
+    let enroll = w
+        .provision(&[
+            "terminal", "add", "--clinic", "c1", "--name", "laptop-1", "--kind", "tls", "--enroll", "--json",
+        ])
+        .ok();
+    let token = field(&enroll, "token");
+    let staff = w.path("staff.password");
+    write(&staff, "a-long-staff-password\n");
+    w.provision(&["user", "add", "--clinic", "c1", "--id", "reception", "--password-file", s(&staff)])
+        .ok();
+    let b1 = w.build("c1", "b1.bundle");
+
+    // The first import needs the vendor's fingerprint confirmed; nothing changes until then.
+    let before = w.state();
+    w.import(&b1, &[]).fails_with(&["no vendor key is pinned", &w.pin()]);
+    assert_unchanged(&before, &w.state());
+    let out = w.import(&b1, &["--trust-vendor", &w.pin()]).ok();
+    assert!(out.contains("Installed clinic c1 bundle version 1"), "{out}");
+    assert_eq!(std::fs::read_to_string(w.appliance.join("vendor.pin")).unwrap().trim(), w.pin());
+    for secret in ["upstream.password", "device.key", "issuing-ca.passphrase", "server.key", "uplink.key"] {
+        assert_eq!(mode(&w.appliance.join(secret)), 0o600, "{secret}");
+    }
+    kakehashi(&["gateway", "check", "--config", s(&w.appliance.join("gateway.toml"))]).ok();
+
+    let _engine = Server::start(&["engine-sim", "--config", s(&w.cloud.join("engine.toml"))]);
+    let gateway = Server::start(&["gateway", "run", "--config", s(&w.appliance.join("gateway.toml"))]);
+    assert!(gateway.url.contains(&w.gateway_port.to_string()), "{}", gateway.url);
+
+    // The vendor's PKCS#12 and the staff password reach the cloud engine.
+    let p12_auth = format!("--cert-type P12 --cert {p12}:{p12_password} -u reception:a-long-staff-password");
+    let (status, body) = w.curl("c1", &p12_auth, "/api01rv2/patientgetv2?id=1&format=json");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Api_Result"), "{body}");
+    let (status, _) = w.curl("c1", &format!("--cert-type P12 --cert {p12}:{p12_password} -u reception:wrong-password-1"), "/api01rv2/patientgetv2?id=1");
+    assert_eq!(status, 401);
+
+    // The vendor's enrollment token works over EST with openssl and curl, once.
+    let body = est::csr(w.tmp.path(), "laptop-1", "laptop-1");
+    let enroll = || {
+        let out = sh(&format!(
+            "curl -s -w ~STATUS~%{{http_code}} --cacert {ca} -u laptop-1:{token} -H Content-Type:application/pkcs10 \
+             --data-binary @{body} https://127.0.0.1:{port}/.well-known/est/simpleenroll",
+            ca = s(&w.clinic_ca("c1")),
+            port = w.est_port,
+        ));
+        let (text, code) = out.stdout.rsplit_once("~STATUS~").expect("status");
+        (code.trim().parse::<u16>().expect("status"), text.to_owned())
+    };
+    let (code, answer) = enroll();
+    assert_eq!(code, 200, "{answer}");
+    let cert = est::print_certs(w.tmp.path(), &answer, "laptop-1");
+    let laptop = format!(
+        "--cert {cert} --key {} -u reception:a-long-staff-password",
+        s(&w.tmp.path().join("laptop-1.key"))
+    );
+    let (status, body) = w.curl("c1", &laptop, "/api01rv2/patientgetv2?id=1");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(enroll().0, 401, "a token works once");
+
+    // Refusals: each audited, each leaving the appliance as it was.
+    let b2 = w.build("c1", "b2.bundle");
+    let mut tampered = std::fs::read(&b2).unwrap();
+    let i = tampered.len() - 40;
+    tampered[i] ^= 0x01;
+    write(&w.path("tampered.bundle"), &tampered);
+    // Another appliance's bundle (the same vendor, another clinic).
+    let other = w.path("other-appliance");
+    kakehashi(&["gateway", "init", "--data-dir", s(&other)]).ok();
+    w.add_clinic("c2", &other.join("request.json"));
+    let foreign = w.build("c2", "other-appliance.bundle");
+    // Another vendor, for this very appliance's request.
+    let rogue = World {
+        vendor: w.path("rogue-vendor"),
+        ..World::shallow(&w)
+    };
+    rogue.provision(&["vendor", "init"]).ok();
+    rogue.add_clinic("c1", &w.appliance.join("request.json"));
+    let rogue_bundle = rogue.build("c1", "rogue.bundle");
+
+    let before = w.state();
+    w.import(&w.path("tampered.bundle"), &[]).fails_with(&["damaged or was changed"]);
+    w.import(&foreign, &[]).fails_with(&["encrypted for another appliance"]);
+    w.import(&rogue_bundle, &[]).fails_with(&["not by the pinned vendor key"]);
+    w.import(&rogue_bundle, &["--trust-vendor", &rogue.pin()]).fails_with(&["is not the vendor key this appliance has pinned"]);
+    w.import(&b1, &[]).fails_with(&["bundle version 1 is not newer than the installed version 1"]);
+    assert_unchanged(&before, &w.state());
+    let audit = w.audit();
+    assert_eq!(audit.matches("bundle refused").count(), 6, "{audit}");
+    assert!(audit.contains("bundle installed: clinic c1 version 1"), "{audit}");
+    kakehashi(&["audit", "verify", "--data-dir", s(&w.appliance)]).ok();
+
+    // Live: the vendor revokes the PKCS#12 terminal and locks nobody out but it; the running
+    // gateway applies bundle 3 without a restart.
+    w.import(&b2, &[]).ok();
+    w.provision(&["terminal", "revoke", "--clinic", "c1", "--name", "reception-1"]).ok();
+    let b3 = w.build("c1", "b3.bundle");
+    let out = w.import(&b3, &[]).ok();
+    assert!(out.contains("version 3 (was 2)"), "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = w.curl("c1", &p12_auth, "/api01rv2/patientgetv2?id=1");
+        if status != 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the revoked terminal still gets in");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = w.curl("c1", &laptop, "/api01rv2/patientgetv2?id=1");
+    assert_eq!(status, 200, "the enrolled terminal carries on: {body}");
+    let crl = tool("openssl", &["crl", "-in", s(&w.appliance.join("crl.pem")), "-noout", "-text"]).ok();
+    assert!(crl.contains("Revoked Certificates"), "{crl}");
+}
+
+impl World {
+    /// The same cloud and appliance, for a second vendor.
+    fn shallow(w: &World) -> World {
+        World {
+            tmp: tempfile::tempdir().expect("tempdir"),
+            cloud: w.cloud.clone(),
+            engine_port: w.engine_port,
+            vendor: w.vendor.clone(),
+            appliance: w.appliance.clone(),
+            passphrase: w.passphrase.clone(),
+            gateway_port: w.gateway_port,
+            est_port: w.est_port,
+        }
+    }
+}
