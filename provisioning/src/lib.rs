@@ -4,7 +4,30 @@
 //!   CSRs, never a private key.
 //! - [`bundle`]: what the vendor hands back (`kakehashi provision bundle build`): configuration,
 //!   certificates, CRL, inventory and people, signed by the vendor and encrypted to that appliance.
+//! - [`password`], [`token`], [`wireguard`]: what the vendor and the appliance make alike (staff
+//!   password hashes, one-time enrollment tokens, WireGuard terminal configs and QR codes), one
+//!   implementation for both.
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod error;
+pub mod password;
 pub mod request;
+pub mod token;
+pub mod wireguard;
+
+pub use error::{Error, Result};
+
+/// Free text given on the command line (a note, an engine user ID): at most `max` characters and
+/// no control characters, so that it prints on one line of a listing. `what` names the option.
+pub fn check_text(what: &str, text: &str, max: usize) -> Result<()> {
+    if text.chars().count() > max {
+        return Err(Error::Invalid(format!("{what}: at most {max} characters")));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "{what}: control characters (newlines, tabs, escapes) are not allowed"
+        )));
+    }
+    Ok(())
+}
