@@ -7,13 +7,27 @@
 //! - [`password`], [`token`], [`wireguard`]: what the vendor and the appliance make alike (staff
 //!   password hashes, one-time enrollment tokens, WireGuard terminal configs and QR codes), one
 //!   implementation for both.
+//!
+//! The vendor's side, `kakehashi provision …` ([`cli`]), one module a stage of the workflow:
+//! - [`vendor`]: the vendor directory, its root CA and bundle-signing key (`vendor init`);
+//! - [`clinic`]: a clinic's directory and its state file, `clinic.json`;
+//! - [`setup`]: a clinic from an appliance's request, and its settings (`clinic add`, `set`);
+//! - [`terminal`], [`user`]: the clinic's terminals and staff;
+//! - [`build`]: the clinic's next bundle (`bundle build`).
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod bundle;
+pub mod cli;
+pub mod clinic;
 pub mod error;
 pub mod password;
 pub mod request;
+pub mod setup;
+pub mod terminal;
 pub mod token;
+pub mod user;
+pub mod vendor;
 pub mod wireguard;
 
 pub use error::{Error, Result};
