@@ -203,10 +203,15 @@ pub fn install(dir: &Path, cert_pem: &str) -> Result<()> {
     let (_, cert) =
         X509Certificate::from_der(&der).map_err(|e| Error::malformed(&origin, "CA certificate", e))?;
     if !cert.is_ca() {
-        return Err(Error::malformed(&origin, "CA certificate", "it is not a CA (no CA:TRUE)"));
+        return Err(Error::malformed(
+            &origin,
+            "CA certificate",
+            "it is not a CA (no CA:TRUE)",
+        ));
     }
     let csr = crate::csr::Csr::read(&layout.csr())?;
-    if cert.public_key().subject_public_key.data.as_ref() != rcgen::PublicKeyData::der_bytes(&csr.public_key) {
+    if cert.public_key().subject_public_key.data.as_ref() != rcgen::PublicKeyData::der_bytes(&csr.public_key)
+    {
         return Err(Error::KeyMismatch {
             key: layout.key(),
             cert: origin,
@@ -221,8 +226,7 @@ pub fn install(dir: &Path, cert_pem: &str) -> Result<()> {
 /// its own part. Updates take turns through `PATH.lock`; the file is replaced atomically.
 pub fn publish_crl(path: &Path, crl: &str) -> Result<()> {
     let issuer_of = |origin: &Path, der: &[u8]| -> Result<Vec<u8>> {
-        let (_, parsed) = x509_parser::parse_x509_crl(der)
-            .map_err(|e| Error::malformed(origin, "CRL", e))?;
+        let (_, parsed) = x509_parser::parse_x509_crl(der).map_err(|e| Error::malformed(origin, "CRL", e))?;
         Ok(parsed.issuer().as_raw().to_vec())
     };
     let new: Vec<pem::Pem> = pem::parse_many(crl).map_err(|e| Error::malformed(path, "new CRL", e))?;
@@ -665,7 +669,10 @@ mod tests {
         let (root_dir, issuing_dir) = (tmp.path().join("root"), tmp.path().join("issuing"));
         init_vendor_root(&root_dir, "Vendor Root", 3650, KeyAlgorithm::EcdsaP256, None).unwrap();
         let csr_pem = init_pending(&issuing_dir, "issuing-c1", KeyAlgorithm::EcdsaP256, None).unwrap();
-        assert!(Ca::open(&issuing_dir).is_err(), "no CA before its certificate is installed");
+        assert!(
+            Ca::open(&issuing_dir).is_err(),
+            "no CA before its certificate is installed"
+        );
 
         let root = Ca::open(&root_dir).unwrap();
         let signer = root.unlock(|| unreachable!()).unwrap();

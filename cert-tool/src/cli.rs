@@ -193,7 +193,7 @@ pub struct PassphraseArgs {
 
 impl PassphraseArgs {
     /// The passphrase of an existing key; called only if the key turns out to be encrypted.
-    fn existing<'a>(&'a self, key: &'a Path) -> impl FnOnce() -> Result<Passphrase> + 'a {
+    pub fn existing<'a>(&'a self, key: &'a Path) -> impl FnOnce() -> Result<Passphrase> + 'a {
         move || match self.source() {
             Some(p) => p,
             None => prompt(key, &format!("Passphrase for {}: ", key.display()), false),
@@ -201,7 +201,7 @@ impl PassphraseArgs {
     }
 
     /// A new passphrase, asked twice at a prompt.
-    fn new_for(&self, key: &Path) -> Result<Passphrase> {
+    pub fn new_for(&self, key: &Path) -> Result<Passphrase> {
         match self.source() {
             Some(p) => p,
             None => prompt(key, &format!("New passphrase for {}: ", key.display()), true),

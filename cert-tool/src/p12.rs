@@ -69,6 +69,26 @@ pub fn export(
         )));
     }
 
+    build(&cert_der, &key, &[ca_der], password, encryption)
+}
+
+/// Builds a PKCS#12 file from a key and certificate already in memory, with the CA certificates
+/// of `chain` (issuer first) after it, so a terminal imports the whole chain at once. The caller
+/// vouches that the key is the certificate's (it has just made both); [`export`] checks files.
+pub fn build(
+    cert_der: &[u8],
+    key: &keys::SecretKey,
+    chain: &[Vec<u8>],
+    password: &Password,
+    encryption: Encryption,
+) -> Result<Vec<u8>> {
+    let failed = |what: &'static str| {
+        move |e: String| Error::Crypto {
+            what: "writing the PKCS#12 file",
+            detail: format!("{what}: {e}"),
+        }
+    };
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| failed("certificate")(e.to_string()))?;
     let alias = cert
         .subject()
         .iter_common_name()
@@ -76,20 +96,18 @@ pub fn export(
         .and_then(|cn| cn.as_str().ok())
         .unwrap_or("key")
         .to_owned();
-    fn bad(path: &Path, what: &'static str) -> impl FnOnce(p12_keystore::error::Error) -> Error {
-        let path = path.to_path_buf();
-        move |e| Error::malformed(path, what, e)
+    let bad = |what: &'static str| move |e: p12_keystore::error::Error| failed(what)(e.to_string());
+    let mut certs = vec![Certificate::from_der(cert_der).map_err(bad("certificate"))?];
+    for ca in chain {
+        certs.push(Certificate::from_der(ca).map_err(bad("CA certificate"))?);
     }
     // localKeyId ties the key to its certificate; OpenSSL and Windows use the certificate's SHA-1.
     let chain = PrivateKeyChain::new(
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &cert_der)
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, cert_der)
             .as_ref()
             .to_vec(),
-        PrivateKey::from_der(&Zeroizing::new(key.0.serialize_der())).map_err(bad(key_path, "private key"))?,
-        [
-            Certificate::from_der(&cert_der).map_err(bad(cert_path, "certificate"))?,
-            Certificate::from_der(&ca_der).map_err(bad(ca_path, "CA certificate"))?,
-        ],
+        PrivateKey::from_der(&Zeroizing::new(key.0.serialize_der())).map_err(bad("private key"))?,
+        certs,
     );
     let mut store = KeyStore::new();
     store.add_entry(&alias, KeyStoreEntry::PrivateKeyChain(chain));

@@ -178,70 +178,8 @@ pub struct WireGuardPort {
     pub tls: bool,
 }
 
-/// An IPv4 address with its network prefix: `10.77.0.1/24`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct TunnelNet {
-    pub address: std::net::Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl TunnelNet {
-    /// Whether `ip` is inside this network.
-    pub fn contains(&self, ip: std::net::Ipv4Addr) -> bool {
-        let mask = self.mask();
-        u32::from(ip) & mask == u32::from(self.address) & mask
-    }
-
-    fn mask(&self) -> u32 {
-        u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0)
-    }
-
-    /// The addresses a terminal may be given: the network's hosts except the gateway's own.
-    pub fn hosts(&self) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
-        let network = u32::from(self.address) & self.mask();
-        let broadcast = network | !self.mask();
-        (network + 1..broadcast)
-            .map(std::net::Ipv4Addr::from)
-            .filter(move |ip| *ip != self.address)
-    }
-}
-
-impl std::str::FromStr for TunnelNet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let expected =
-            || format!("expected an IPv4 address with its prefix such as \"10.77.0.1/24\", got {s:?}");
-        let (ip, prefix) = s.split_once('/').ok_or_else(expected)?;
-        let address: std::net::Ipv4Addr = ip.parse().map_err(|_| expected())?;
-        let prefix: u8 = prefix.parse().map_err(|_| expected())?;
-        if !(8..=30).contains(&prefix) {
-            return Err(format!(
-                "prefix /{prefix} in {s:?}: expected /8 to /30, room for terminals"
-            ));
-        }
-        let net = TunnelNet { address, prefix };
-        if u32::from(address) & !net.mask() == 0 || u32::from(address) | net.mask() == u32::MAX {
-            return Err(format!(
-                "{s:?}: the gateway needs a host address, not the network or broadcast address"
-            ));
-        }
-        Ok(net)
-    }
-}
-
-impl TryFrom<String> for TunnelNet {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl std::fmt::Display for TunnelNet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix)
-    }
-}
+/// An IPv4 address with its network prefix: `10.77.0.1/24` (shared with the vendor's tools).
+pub use provisioning::wireguard::TunnelNet;
 
 /// The EST listener: the one place a client may connect without a certificate, and where
 /// nothing but enrollment exists. The appliance issues terminal certificates with the clinic CA
@@ -500,10 +438,10 @@ fn default_tun_name() -> String {
     "kakehashi0".into()
 }
 fn default_wg_mtu() -> u16 {
-    1420
+    provisioning::wireguard::DEFAULT_MTU
 }
 fn default_keepalive() -> u16 {
-    25
+    provisioning::wireguard::DEFAULT_KEEPALIVE
 }
 fn default_est_days() -> u32 {
     365

@@ -218,6 +218,20 @@ pub enum StoreError {
 /// The local state's result type.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What provisioning's shared code (password policy and hashes, tokens, WireGuard configs)
+/// refuses, as the appliance's own errors, with the same messages.
+impl From<provisioning::Error> for StoreError {
+    fn from(e: provisioning::Error) -> StoreError {
+        match e {
+            provisioning::Error::WeakPassword(why) => StoreError::WeakPassword(why),
+            provisioning::Error::Hash(detail) => StoreError::Hash(detail),
+            provisioning::Error::Pki(e) => StoreError::Files(e),
+            provisioning::Error::Invalid(message) => StoreError::Invalid(message),
+            other => StoreError::Invalid(other.to_string()),
+        }
+    }
+}
+
 impl StoreError {
     /// An I/O error with the file it concerns.
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -267,7 +281,12 @@ pub struct DataDirArgs {
 pub fn open(data_dir: &Path) -> Result<Connection> {
     let path = data_dir.join(GATEWAY_DB);
     let conn = open_file(data_dir, &path)?;
-    migrate(&conn, &path, SCHEMA_VERSION, &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4])?;
+    migrate(
+        &conn,
+        &path,
+        SCHEMA_VERSION,
+        &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4],
+    )?;
     Ok(conn)
 }
 
@@ -389,15 +408,7 @@ pub(crate) fn now_text() -> String {
 /// Refuses text with control characters (which would break listings and logs) or longer than
 /// `max` characters; `what` names the option.
 pub(crate) fn check_text(what: &str, text: &str, max: usize) -> Result<()> {
-    if text.chars().count() > max {
-        return Err(StoreError::Invalid(format!("{what}: at most {max} characters")));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(StoreError::Invalid(format!(
-            "{what}: control characters (newlines, tabs, escapes) are not allowed"
-        )));
-    }
-    Ok(())
+    Ok(provisioning::check_text(what, text, max)?)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! yet; the terminal (or the person setting it up) sends it with its CSR to EST `simpleenroll`
 //! as HTTP Basic `NAME:TOKEN`. A token:
 //! - is 128 random bits, shown once and stored only as its SHA-256 (a copy of `gateway.db`
-//!   enrolls nobody), compared in constant time;
+//!   enrolls nobody), compared in constant time ([`provisioning::token`], which also makes the
+//!   vendor's tokens that a bundle carries);
 //! - works once, and only until it expires (24 hours unless `--token-hours` says otherwise);
 //! - locks after [`MAX_FAILURES`] wrong tries for its name, so it cannot be guessed online: a new
 //!   `terminal add --enroll` replaces a locked token.
@@ -20,14 +21,10 @@ use zeroize::Zeroizing;
 use crate::db::{self, Result, StoreError};
 use crate::inventory::{self, db_path};
 
+pub use provisioning::token::{DEFAULT_HOURS, MAX_HOURS};
+
 /// Wrong tokens for one name before its token locks.
 pub const MAX_FAILURES: u32 = 5;
-/// A token's lifetime when `--token-hours` is not given.
-pub const DEFAULT_HOURS: u32 = 24;
-/// The longest lifetime a token may be given: a month.
-pub const MAX_HOURS: u32 = 720;
-/// Random bytes in a token (128 bits), written as hex.
-const TOKEN_BYTES: usize = 16;
 
 /// A token just made: the only time its text exists outside the terminal's hands.
 #[derive(Debug)]
@@ -44,15 +41,8 @@ pub struct Issued {
 /// `simplereenroll`, or is removed first to be enrolled anew.
 pub fn create(conn: &Connection, name: &str, hours: u32) -> Result<Issued> {
     inventory::check_name(name)?;
-    if !(1..=MAX_HOURS).contains(&hours) {
-        return Err(StoreError::Invalid(format!(
-            "--token-hours {hours}: expected 1 to {MAX_HOURS}"
-        )));
-    }
-    let mut bytes = Zeroizing::new([0u8; TOKEN_BYTES]);
-    aws_lc_rs::rand::fill(bytes.as_mut())
-        .map_err(|_| StoreError::Invalid("the random number generator failed".into()))?;
-    let token = Zeroizing::new(hex::encode(bytes.as_ref()));
+    provisioning::token::check_hours(hours)?;
+    let token = provisioning::token::generate()?;
     let now = cert_tool::ca::now();
     let expires = now + time::Duration::hours(hours.into());
     let path = db_path(conn);
@@ -69,7 +59,12 @@ pub fn create(conn: &Connection, name: &str, hours: u32) -> Result<Issued> {
         > 0;
     tx.execute(
         "INSERT INTO enrollment_tokens (name, hash, created, expires) VALUES (?1, ?2, ?3, ?4)",
-        params![name, hash(&token).as_slice(), text(now), text(expires)],
+        params![
+            name,
+            provisioning::token::hash(token.as_bytes()).as_slice(),
+            text(now),
+            text(expires)
+        ],
     )
     .map_err(StoreError::sqlite(&path, "record the enrollment token"))?;
     tx.commit()
@@ -158,8 +153,7 @@ pub fn redeem<T>(
             name: name.to_owned(),
         });
     }
-    let given = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token);
-    if aws_lc_rs::constant_time::verify_slices_are_equal(given.as_ref(), &stored).is_err() {
+    if !provisioning::token::matches(token, &stored) {
         tx.execute(
             "UPDATE enrollment_tokens SET failures = failures + 1 WHERE name = ?1",
             params![name],
@@ -242,13 +236,6 @@ pub fn list(conn: &Connection) -> Result<Vec<Pending>> {
 fn begin(conn: &Connection) -> Result<rusqlite::Transaction<'_>> {
     rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
         .map_err(StoreError::sqlite(&db_path(conn), "begin a transaction"))
-}
-
-fn hash(token: &str) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 fn text(t: OffsetDateTime) -> String {

@@ -34,6 +34,8 @@ enum Command {
     /// The appliance: run the gateway, or check its configuration
     #[command(subcommand)]
     Gateway(kakehashi_gateway::run::GatewayCommand),
+    /// The vendor's workflow: vendor root, clinics from appliance requests, terminals, staff, bundles
+    Provision(provisioning::cli::ProvisionArgs),
     /// The terminal inventory: which terminals may connect (by certificate name), enable, disable
     Terminal(cli::terminal::TerminalArgs),
     /// The people who sign in at the terminals: passwords, locks, upstream engine accounts
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Cert(cmd) => exit(cert_tool::cli::run(cmd)),
         Command::Demo(args) => exit(demo::run(&args)),
         Command::Gateway(cmd) => exit(kakehashi_gateway::run::run(cmd)),
+        Command::Provision(args) => exit(provisioning::cli::run(args)),
         Command::Terminal(args) => exit(cli::terminal::run(args)),
         Command::User(args) => exit(cli::user::run(args)),
         Command::Audit(args) => exit(cli::audit::run(args)),

@@ -123,15 +123,17 @@ fn init(args: &InitArgs) -> Result<ExitCode, StartError> {
 }
 
 fn import_bundle(args: &ImportArgs) -> Result<ExitCode, StartError> {
-    let report =
-        crate::appliance::import::import(&args.data_dir, &args.file, args.trust_vendor.as_deref())?;
+    let report = crate::appliance::import::import(&args.data_dir, &args.file, args.trust_vendor.as_deref())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
     let i = &report.installed;
     match report.previous_version {
-        Some(v) => println!("Installed clinic {} bundle version {} (was {v}).", i.clinic, i.version),
+        Some(v) => println!(
+            "Installed clinic {} bundle version {} (was {v}).",
+            i.clinic, i.version
+        ),
         None => println!("Installed clinic {} bundle version {}.", i.clinic, i.version),
     }
     if report.pinned {
@@ -152,7 +154,10 @@ fn import_bundle(args: &ImportArgs) -> Result<ExitCode, StartError> {
     }
     let config = crate::appliance::Layout::new(&args.data_dir).config();
     if report.previous_version.is_none() {
-        println!("Start the gateway: kakehashi gateway run --config {}", config.display());
+        println!(
+            "Start the gateway: kakehashi gateway run --config {}",
+            config.display()
+        );
     } else if report.restart_for.is_empty() {
         println!("A running gateway applies it within a second, without dropping connections.");
     } else {

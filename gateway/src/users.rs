@@ -2,6 +2,8 @@
 //!
 //! Passwords are kept only as argon2id hashes (PHC strings) with OWASP's parameters, so sign-in
 //! works while the cloud is unreachable and a stolen database does not give the passwords away.
+//! The policy, the hash and its verification are provisioning's ([`provisioning::password`]), so
+//! the vendor's laptop and the appliance hash alike; this module stores the people.
 //! A person may also have an upstream credential: the ID and password the gateway presents to the
 //! cloud engine on their behalf, so the engine's own accounts never reach the terminals. That one
 //! must be usable, so it is stored as given; `gateway.db` is mode 0600 for that reason.
@@ -11,25 +13,12 @@
 
 use std::path::Path;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+pub use provisioning::password::{MAX_ID_CHARS, MIN_PASSWORD_CHARS, dummy_verify, verify_password};
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
 use crate::db::{self, Result, StoreError};
 use crate::inventory::db_path;
-
-/// A new password's shortest length, in characters.
-pub const MIN_PASSWORD_CHARS: usize = 10;
-/// The longest user ID.
-pub const MAX_ID_CHARS: usize = 64;
-
-/// OWASP's argon2id recommendation: 19 MiB of memory, 2 passes, 1 lane.
-const M_COST_KIB: u32 = 19_456;
-const T_COST: u32 = 2;
-const P_COST: u32 = 1;
-/// Salt length in bytes.
-const SALT_LEN: usize = 16;
 
 /// An account at the cloud engine that the gateway uses instead of the person's own.
 pub struct Credential {
@@ -118,83 +107,26 @@ pub fn list(conn: &Connection) -> Result<Vec<Summary>> {
     .map_err(StoreError::sqlite(&path, "read the users"))
 }
 
-/// Checks a password against a stored PHC hash in constant time; a malformed hash is `false`.
-pub fn verify_password(hash: &str, password: &[u8]) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// Spends what a real [`verify_password`] spends, for an ID that does not exist, so that a wrong
-/// ID cannot be told from a wrong password by the time the answer takes.
-pub fn dummy_verify(password: &[u8]) {
-    let mut out = Zeroizing::new([0u8; 32]);
-    let _ = hasher().hash_password_into(password, b"kakehashi-dummy-salt", out.as_mut_slice());
-    std::hint::black_box(&out);
-}
-
 /// Hashes a password with argon2id (m=19456 KiB, t=2, p=1) and a fresh 16-byte random salt.
 pub fn hash_password(password: &[u8]) -> Result<String> {
-    let mut salt = [0u8; SALT_LEN];
-    aws_lc_rs::rand::fill(&mut salt)
-        .map_err(|_| StoreError::Hash("the random number generator failed".into()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| StoreError::Hash(e.to_string()))?;
-    let hash = hasher()
-        .hash_password(password, &salt)
-        .map_err(|e| StoreError::Hash(e.to_string()))?;
-    Ok(hash.to_string())
-}
-
-fn hasher() -> Argon2<'static> {
-    // The constants are valid argon2 parameters; the fallback is never taken.
-    let params = Params::new(M_COST_KIB, T_COST, P_COST, None).unwrap_or_default();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+    Ok(provisioning::password::hash_password(password)?)
 }
 
 /// The policy for a new password: at least 10 characters, and not the ID in any case.
 pub fn check_new_password(id: &str, password: &str) -> Result<()> {
-    if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(StoreError::WeakPassword("it must have at least 10 characters"));
-    }
-    // Compared char by char: `to_lowercase` would leave an unzeroized copy of the password.
-    if password
-        .chars()
-        .flat_map(char::to_lowercase)
-        .eq(id.chars().flat_map(char::to_lowercase))
-    {
-        return Err(StoreError::WeakPassword("it must not be the user ID"));
-    }
-    Ok(())
+    Ok(provisioning::password::check_new_password(id, password)?)
 }
 
 /// The ID rule: 1 to 64 characters of `A-Z a-z 0-9 . _ @ -`, which fit HTTP Basic, logs and
 /// listings without quoting.
 pub fn check_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_CHARS
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "user ID {id:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '@' or '-'"
-        )))
-    }
+    Ok(provisioning::password::check_id(id)?)
 }
 
 /// The rule for an upstream engine user ID: 1 to 256 characters, no control characters, no ':'
 /// (it travels in HTTP Basic, where ':' ends the ID).
 pub fn check_upstream_id(id: &str) -> Result<()> {
-    db::check_text("--upstream-id", id, 256)?;
-    if id.is_empty() || id.contains(':') {
-        return Err(StoreError::Invalid(
-            "--upstream-id: must not be empty or contain ':' (HTTP Basic ends the ID there)".into(),
-        ));
-    }
-    Ok(())
+    Ok(provisioning::password::check_upstream_id("--upstream-id", id)?)
 }
 
 /// Adds a person with an already-computed hash (see [`hash_password`]).
@@ -311,50 +243,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_are_argon2id_owasp_salted_and_verify() {
-        let a = hash_password(b"correct horse").unwrap();
-        let b = hash_password(b"correct horse").unwrap();
-        assert!(a.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{a}");
-        assert_ne!(a, b, "a fresh salt each time");
-        assert!(verify_password(&a, b"correct horse"));
-        assert!(!verify_password(&a, b"correct horsf"));
-        assert!(!verify_password("not a hash", b"correct horse"));
-        assert!(!verify_password("", b""));
-        dummy_verify(b"anything");
-    }
-
-    #[test]
-    fn dummy_verify_costs_about_what_a_verify_costs() {
-        let hash = hash_password(b"password-1").unwrap();
-        let time = |f: &dyn Fn()| {
-            let start = std::time::Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        };
-        // Interleaved, and the fastest of each: the other tests share the cores, and a run that
-        // was preempted says nothing about the work itself.
-        let (mut real, mut dummy) = (f64::MAX, f64::MAX);
-        for _ in 0..5 {
-            real = real.min(time(&|| {
-                verify_password(&hash, b"wrong-password");
-            }));
-            dummy = dummy.min(time(&|| dummy_verify(b"wrong-password")));
-        }
-        let ratio = dummy / real;
-        assert!((0.5..2.0).contains(&ratio), "dummy {dummy}s vs real {real}s");
-    }
-
-    #[test]
-    fn policy_and_ids() {
-        assert!(check_new_password("alice", "short").is_err());
-        assert!(check_new_password("reception01", "RECEPTION01").is_err());
-        assert!(check_new_password("alice", "ten chars!").is_ok());
-        for bad in ["", "a b", "a:b", "é", &"x".repeat(65)] {
-            assert!(check_id(bad).is_err(), "{bad:?}");
-        }
-        for good in ["a", "dr.sato@clinic", "user_1-2", &"x".repeat(64)] {
-            assert!(check_id(good).is_ok(), "{good:?}");
-        }
+    fn the_gateway_refuses_what_provisioning_refuses_with_its_own_errors() {
+        assert!(matches!(
+            check_new_password("alice", "short"),
+            Err(StoreError::WeakPassword(_))
+        ));
+        assert!(matches!(check_id("a b"), Err(StoreError::Invalid(_))));
+        assert!(matches!(check_upstream_id("a:b"), Err(StoreError::Invalid(_))));
     }
 
     #[test]

@@ -243,9 +243,7 @@ pub enum BundleError {
     OtherVendor { found: String, pinned: String },
     #[error("the bundle is payload format {0}; this kakehashi reads format {FORMAT}")]
     Format(u32),
-    #[error(
-        "the bundle was made for appliance {found}, not for this one ({ours}), and re-encrypted"
-    )]
+    #[error("the bundle was made for appliance {found}, not for this one ({ours}), and re-encrypted")]
     WrongAppliance { found: String, ours: String },
     #[error("cannot build the bundle: {0}")]
     Build(String),
@@ -262,17 +260,21 @@ pub fn seal(payload: &Payload, key: &cert_tool::keys::SecretKey) -> Result<Vec<u
     seal_to(payload, key, &payload.appliance)
 }
 
-fn seal_to(payload: &Payload, key: &cert_tool::keys::SecretKey, appliance: &str) -> Result<Vec<u8>, BundleError> {
+fn seal_to(
+    payload: &Payload,
+    key: &cert_tool::keys::SecretKey,
+    appliance: &str,
+) -> Result<Vec<u8>, BundleError> {
     use rcgen::SigningKey as _;
     if key.0.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
-        return Err(BundleError::Build("the vendor signing key must be ECDSA P-256".into()));
+        return Err(BundleError::Build(
+            "the vendor signing key must be ECDSA P-256".into(),
+        ));
     }
     let recipient: age::x25519::Recipient = appliance
         .parse()
         .map_err(|e| BundleError::Build(format!("appliance {appliance:?}: {e}")))?;
-    let text = Zeroizing::new(
-        serde_json::to_string(payload).map_err(|e| BundleError::Build(e.to_string()))?,
-    );
+    let text = Zeroizing::new(serde_json::to_string(payload).map_err(|e| BundleError::Build(e.to_string()))?);
     let mut message = Zeroizing::new(Vec::with_capacity(CONTEXT.len() + text.len()));
     message.extend_from_slice(CONTEXT);
     message.extend_from_slice(text.as_bytes());
@@ -311,7 +313,11 @@ pub struct Opened {
 /// Decrypts `bytes` with the appliance's identity, verifies the signature and the payload's
 /// format and appliance. `pinned` is the vendor key fingerprint the appliance trusts, if it has
 /// one yet.
-pub fn open(bytes: &[u8], identity: &age::x25519::Identity, pinned: Option<&str>) -> Result<Opened, BundleError> {
+pub fn open(
+    bytes: &[u8],
+    identity: &age::x25519::Identity,
+    pinned: Option<&str>,
+) -> Result<Opened, BundleError> {
     if bytes.len() as u64 > MAX_BYTES {
         return Err(BundleError::TooLarge);
     }
@@ -321,7 +327,9 @@ pub fn open(bytes: &[u8], identity: &age::x25519::Identity, pinned: Option<&str>
     let mut reader = decryptor
         .decrypt(std::iter::once(identity as &dyn age::Identity))
         .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => BundleError::OtherAppliance { appliance: ours.clone() },
+            age::DecryptError::NoMatchingKeys => BundleError::OtherAppliance {
+                appliance: ours.clone(),
+            },
             other => BundleError::Damaged(other.to_string()),
         })?;
     let mut inner = Zeroizing::new(Vec::new());
@@ -360,7 +368,8 @@ pub fn open(bytes: &[u8], identity: &age::x25519::Identity, pinned: Option<&str>
         Some(f) => return Err(BundleError::Format(u32::try_from(f).unwrap_or(u32::MAX))),
         None => return Err(BundleError::Malformed("no \"format\"".into())),
     }
-    let payload: Payload = serde_json::from_value(value).map_err(|e| BundleError::Malformed(e.to_string()))?;
+    let payload: Payload =
+        serde_json::from_value(value).map_err(|e| BundleError::Malformed(e.to_string()))?;
     if payload.appliance != ours {
         return Err(BundleError::WrongAppliance {
             found: payload.appliance,
@@ -442,21 +451,33 @@ mod tests {
 
         let opened = open(&sealed, &appliance, Some(&vendor_fp)).unwrap();
         assert_eq!(opened.payload, p);
-        assert!(matches!(open(&sealed, &other, None), Err(BundleError::OtherAppliance { .. })));
+        assert!(matches!(
+            open(&sealed, &other, None),
+            Err(BundleError::OtherAppliance { .. })
+        ));
         assert!(matches!(
             open(&sealed, &appliance, Some("SHA256:00")),
             Err(BundleError::OtherVendor { .. })
         ));
-        assert!(matches!(open(b"garbage", &appliance, None), Err(BundleError::NotAge(_))));
+        assert!(matches!(
+            open(b"garbage", &appliance, None),
+            Err(BundleError::NotAge(_))
+        ));
         // Any byte changed past the header fails authentication.
         let mut tampered = sealed.clone();
         let i = tampered.len() - 10;
         tampered[i] ^= 1;
-        assert!(matches!(open(&tampered, &appliance, None), Err(BundleError::Damaged(_))));
+        assert!(matches!(
+            open(&tampered, &appliance, None),
+            Err(BundleError::Damaged(_))
+        ));
 
         // A payload made for another appliance but encrypted to this one: refused by name.
         let elsewhere = payload(&other.to_public().to_string(), &vendor_fp);
         let sealed = seal_to(&elsewhere, &vendor, &appliance.to_public().to_string()).unwrap();
-        assert!(matches!(open(&sealed, &appliance, None), Err(BundleError::WrongAppliance { .. })));
+        assert!(matches!(
+            open(&sealed, &appliance, None),
+            Err(BundleError::WrongAppliance { .. })
+        ));
     }
 }

@@ -142,7 +142,11 @@ fn apply(layout: &Layout, file: &Path, trust_vendor: Option<&str>) -> Result<Rep
     let uplink = certs.uplink.as_deref().unwrap_or_default();
     let outputs = [
         (layout.config(), config_text.as_bytes(), files::PUBLIC),
-        (layout.server_cert(), checked.server_chain.as_bytes(), files::PUBLIC),
+        (
+            layout.server_cert(),
+            checked.server_chain.as_bytes(),
+            files::PUBLIC,
+        ),
         (layout.client_ca(), checked.anchors.as_bytes(), files::PUBLIC),
         (layout.uplink_cert(), uplink.as_bytes(), files::PUBLIC),
         (layout.engine_ca(), payload.engine.ca.as_bytes(), files::PUBLIC),
@@ -165,7 +169,11 @@ fn apply(layout: &Layout, file: &Path, trust_vendor: Option<&str>) -> Result<Rep
         staged.push(Staged::new(path, data, *mode)?);
     }
     let password = zeroize::Zeroizing::new(format!("{}\n", payload.engine.password.expose()));
-    staged.push(Staged::new(&layout.upstream_password(), password.as_bytes(), files::SECRET)?);
+    staged.push(Staged::new(
+        &layout.upstream_password(),
+        password.as_bytes(),
+        files::SECRET,
+    )?);
 
     let conn = crate::db::open(&layout.dir)?;
     let changes = store::apply(&conn, &payload)?;
@@ -255,12 +263,16 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
     let clinic_ca = one_cert("clinic_ca", &c.clinic_ca)?;
     let issuing = one_cert("issuing_ca", &c.issuing_ca)?;
     let server = one_cert("server", &c.server)?;
-    let uplink = one_cert("uplink", c.uplink.as_deref().ok_or_else(|| {
-        bad(
-            "uplink certificate",
-            "missing: the vendor installs it (`provision clinic set --uplink-cert`) before building".into(),
-        )
-    })?)?;
+    let uplink = one_cert(
+        "uplink",
+        c.uplink.as_deref().ok_or_else(|| {
+            bad(
+                "uplink certificate",
+                "missing: the vendor installs it (`provision clinic set --uplink-cert`) before building"
+                    .into(),
+            )
+        })?,
+    )?;
     let engine_ca = pem::parse_many(&p.engine.ca).map_err(|e| bad("engine CA", e.to_string()))?;
     if engine_ca.is_empty() {
         return Err(bad("engine CA", "no certificate".into()));
@@ -285,8 +297,8 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
             same_key(cert, &layout.server_key(), "server certificate")
         })?;
         let crl_der = pem::parse(&c.clinic_crl).map_err(|e| bad("clinic CRL", e.to_string()))?;
-        let (_, crl) = x509_parser::parse_x509_crl(crl_der.contents())
-            .map_err(|e| bad("clinic CRL", e.to_string()))?;
+        let (_, crl) =
+            x509_parser::parse_x509_crl(crl_der.contents()).map_err(|e| bad("clinic CRL", e.to_string()))?;
         crl.verify_signature(ca.public_key())
             .map_err(|_| bad("clinic CRL", "not signed by the clinic CA".into()))
     })?;
@@ -305,9 +317,12 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
     }
     let net = match &s.wireguard {
         Some(wg) => {
-            wg.listen
-                .parse::<std::net::SocketAddr>()
-                .map_err(|_| bad("settings.wireguard.listen", format!("{:?} is not an address:port", wg.listen)))?;
+            wg.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                bad(
+                    "settings.wireguard.listen",
+                    format!("{:?} is not an address:port", wg.listen),
+                )
+            })?;
             Some(
                 wg.address
                     .parse::<crate::config::TunnelNet>()
@@ -317,7 +332,10 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
         None => None,
     };
     if !p.engine.url.starts_with("https://") {
-        return Err(bad("engine.url", format!("{:?} is not an https:// URL", p.engine.url)));
+        return Err(bad(
+            "engine.url",
+            format!("{:?} is not an https:// URL", p.engine.url),
+        ));
     }
     crate::users::check_upstream_id(&p.engine.user).map_err(|e| bad("engine.user", e.to_string()))?;
     let mut names = BTreeSet::new();
@@ -328,7 +346,10 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
         }
         if let Some(peer) = &t.wireguard {
             let net = net.as_ref().ok_or_else(|| {
-                bad(&format!("terminal {:?}", t.name), "a WireGuard peer, but no settings.wireguard".into())
+                bad(
+                    &format!("terminal {:?}", t.name),
+                    "a WireGuard peer, but no settings.wireguard".into(),
+                )
             })?;
             bundle::decode_key32(&peer.public_key)
                 .map_err(|e| bad(&format!("terminal {:?} public key", t.name), e))?;
@@ -339,14 +360,17 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
             if !net.contains(peer.address) || peer.address == net.address {
                 return Err(bad(
                     &format!("terminal {:?}", t.name),
-                    format!("tunnel address {} is not a terminal address in {net}", peer.address),
+                    format!(
+                        "tunnel address {} is not a terminal address in {net}",
+                        peer.address
+                    ),
                 ));
             }
         }
     }
     for u in &p.users {
         crate::users::check_id(&u.id).map_err(|e| bad("user", e.to_string()))?;
-        argon2::PasswordHash::new(&u.hash)
+        provisioning::password::check_hash(&u.hash)
             .map_err(|e| bad(&format!("user {:?}", u.id), format!("password hash: {e}")))?;
         if let Some(up) = &u.upstream {
             crate::users::check_upstream_id(&up.user)
@@ -357,7 +381,10 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
         crate::inventory::check_name(&t.name).map_err(|e| bad("token", e.to_string()))?;
         let hash = hex::decode(&t.sha256).ok().filter(|h| h.len() == 32);
         if hash.is_none() {
-            return Err(bad(&format!("token for {:?}", t.name), "sha256 is not 64 hex digits".into()));
+            return Err(bad(
+                &format!("token for {:?}", t.name),
+                "sha256 is not 64 hex digits".into(),
+            ));
         }
         for (what, at) in [("created", &t.created), ("expires", &t.expires)] {
             time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
@@ -371,7 +398,11 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
 }
 
 fn ensure_newline(text: &str) -> String {
-    if text.ends_with('\n') { text.to_owned() } else { format!("{text}\n") }
+    if text.ends_with('\n') {
+        text.to_owned()
+    } else {
+        format!("{text}\n")
+    }
 }
 
 /// The DER of the one certificate a PEM field holds.
@@ -401,7 +432,10 @@ fn with_cert<T>(
 fn same_key(cert: &X509Certificate<'_>, key_path: &Path, what: &str) -> Result<(), ApplianceError> {
     let text = zeroize::Zeroizing::new(files::read(key_path)?);
     let key = cert_tool::keys::open(key_path, &text, || {
-        Err(cert_tool::Error::Refused(format!("{} is encrypted", key_path.display())))
+        Err(cert_tool::Error::Refused(format!(
+            "{} is encrypted",
+            key_path.display()
+        )))
     })?;
     if cert.public_key().subject_public_key.data.as_ref() != key.0.public_key_raw() {
         return Err(ApplianceError::Refused(format!(
@@ -523,7 +557,8 @@ mod store {
                 .map_err(sql("read the terminals"))?
         };
         for (name, origin) in &existing {
-            let gone = (origin == "bundle" && !declared.contains(name.as_str())) || revoked.contains(name.as_str());
+            let gone =
+                (origin == "bundle" && !declared.contains(name.as_str())) || revoked.contains(name.as_str());
             if gone {
                 tx.execute("DELETE FROM terminals WHERE name = ?1", params![name])
                     .map_err(sql("remove a terminal"))?;
@@ -536,7 +571,27 @@ mod store {
         }
         // Clear the WireGuard identities first, so that keys and addresses may move between
         // terminals in one bundle without tripping the unique indexes half way.
-        for t in &p.terminals {
+        // A terminal with a token from the vendor that has not enrolled yet is registered by
+        // its enrollment (EST), not by the bundle: until then its token waits for it.
+        let mut pending = BTreeSet::new();
+        for t in &p.tokens {
+            let registered: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM terminals WHERE name = ?1)",
+                    params![t.name],
+                    |r| r.get(0),
+                )
+                .map_err(sql("read the terminals"))?;
+            if !registered && !revoked.contains(t.name.as_str()) {
+                pending.insert(t.name.as_str());
+            }
+        }
+        let terminals: Vec<_> = p
+            .terminals
+            .iter()
+            .filter(|t| !pending.contains(t.name.as_str()))
+            .collect();
+        for t in &terminals {
             tx.execute(
                 "UPDATE terminals SET wg_public_key = NULL, wg_preshared_key = NULL, wg_address = NULL \
                  WHERE name = ?1",
@@ -544,7 +599,7 @@ mod store {
             )
             .map_err(sql("update a terminal"))?;
         }
-        for t in &p.terminals {
+        for t in &terminals {
             let wg = t.wireguard.as_ref();
             tx.execute(
                 "INSERT INTO terminals (name, enabled, added, note, wg_public_key, wg_preshared_key, wg_address, origin) \
@@ -613,18 +668,7 @@ mod store {
             .map_err(sql("store a user"))?;
         }
 
-        for t in &p.tokens {
-            if revoked.contains(t.name.as_str()) {
-                continue;
-            }
-            let registered: bool = tx
-                .query_row("SELECT EXISTS (SELECT 1 FROM terminals WHERE name = ?1)", params![t.name], |r| {
-                    r.get(0)
-                })
-                .map_err(sql("read the terminals"))?;
-            if registered {
-                continue;
-            }
+        for t in p.tokens.iter().filter(|t| pending.contains(t.name.as_str())) {
             let hash = hex::decode(&t.sha256).unwrap_or_default();
             // A token already here with the same hash keeps its state (used, wrong tries); a new
             // token from the vendor replaces an unused one.

@@ -68,11 +68,23 @@ pub fn init(dir: &Path, name: &str, vendor_key: Option<&str>) -> Result<Request,
             format!("{}\n", passphrase.expose()).as_bytes(),
             files::SECRET,
         )?,
-        Staged::new(&layout.server_key(), keys::seal(&server, None)?.as_bytes(), files::SECRET)?,
-        Staged::new(&layout.uplink_key(), keys::seal(&uplink, None)?.as_bytes(), files::SECRET)?,
+        Staged::new(
+            &layout.server_key(),
+            keys::seal(&server, None)?.as_bytes(),
+            files::SECRET,
+        )?,
+        Staged::new(
+            &layout.uplink_key(),
+            keys::seal(&uplink, None)?.as_bytes(),
+            files::SECRET,
+        )?,
     ];
     if let Some(pin) = &pin {
-        staged.push(Staged::new(&layout.vendor_pin(), format!("{pin}\n").as_bytes(), files::PUBLIC)?);
+        staged.push(Staged::new(
+            &layout.vendor_pin(),
+            format!("{pin}\n").as_bytes(),
+            files::PUBLIC,
+        )?);
     }
     for s in staged {
         s.commit()?;
@@ -111,14 +123,12 @@ pub fn read_pin(given: &str) -> Result<String, ApplianceError> {
             ))
         })?
     };
-    let pin = text.trim();
-    let valid = pin
-        .strip_prefix("SHA256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !valid {
-        return Err(ApplianceError::Refused(format!(
-            "--vendor-key {given}: expected SHA256: and 64 hex digits (the vendor's vendor-key.txt)"
-        )));
+    match text.trim().strip_prefix("SHA256:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(format!("SHA256:{}", hex.to_ascii_uppercase()))
+        }
+        _ => Err(ApplianceError::Refused(format!(
+            "{given}: expected SHA256: and 64 hex digits (the vendor's vendor-key.txt)"
+        ))),
     }
-    Ok(pin.to_ascii_lowercase().replacen("sha256:", "SHA256:", 1))
 }

@@ -210,7 +210,9 @@ async fn cacerts(gateway: &Arc<Gateway>) -> Outcome {
         // vendor, which signed the gateway's server certificate): what a new terminal needs.
         let mut certs = vec![authority.ca_cert()?];
         let text = cert_tool::files::read(&anchors)?;
-        for block in pem::parse_many(&text).map_err(|e| cert_tool::Error::malformed(&anchors, "CA file", e))? {
+        for block in
+            pem::parse_many(&text).map_err(|e| cert_tool::Error::malformed(&anchors, "CA file", e))?
+        {
             if block.tag() == "CERTIFICATE" && !certs.iter().any(|c| c.as_slice() == block.contents()) {
                 certs.push(block.into_contents());
             }

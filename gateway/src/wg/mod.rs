@@ -8,7 +8,6 @@
 
 pub mod keys;
 pub mod peer;
-pub mod quick;
 pub mod server;
 pub mod stack;
 pub mod tun;

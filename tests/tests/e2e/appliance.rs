@@ -131,6 +131,7 @@ impl World {
             &format!("{clinic}-uplink"),
             "--out",
             s(&uplink),
+            "--replace",
         ])
         .ok();
         self.provision(&["clinic", "set", "--clinic", clinic, "--uplink-cert", s(&uplink)])
@@ -145,7 +146,13 @@ impl World {
     }
 
     fn import(&self, bundle: &Path, extra: &[&str]) -> Run {
-        let mut args = vec!["gateway", "import-bundle", s(bundle), "--data-dir", s(&self.appliance)];
+        let mut args = vec![
+            "gateway",
+            "import-bundle",
+            s(bundle),
+            "--data-dir",
+            s(&self.appliance),
+        ];
         args.extend_from_slice(extra);
         kakehashi(&args)
     }
@@ -158,19 +165,26 @@ impl World {
     }
 
     fn clinic_ca(&self, clinic: &str) -> PathBuf {
-        self.vendor.join("clinics").join(clinic).join("clinic-ca").join("ca.pem")
+        self.vendor
+            .join("clinics")
+            .join(clinic)
+            .join("clinic-ca")
+            .join("ca.pem")
     }
 
     /// curl to the gateway as the engine's host name; the status (0 when TLS refused) and body.
     fn curl(&self, clinic: &str, options: &str, path: &str) -> (u16, String) {
         let out = sh(&format!(
-            "curl -s -m 10 -w ~STATUS~%{{http_code}} --resolve {ENGINE_HOST}:{port}:127.0.0.1 --cacert {ca} \
+            "curl -sS -m 10 -w ~STATUS~%{{http_code}} --resolve {ENGINE_HOST}:{port}:127.0.0.1 --cacert {ca} \
              {options} https://{ENGINE_HOST}:{port}{path}",
             port = self.gateway_port,
             ca = s(&self.clinic_ca(clinic)),
         ));
         let (body, code) = out.stdout.rsplit_once("~STATUS~").expect("status");
-        (code.trim().parse().expect("status"), body.to_owned())
+        (
+            code.trim().parse().expect("status"),
+            format!("{body}{}", out.stderr),
+        )
     }
 
     /// What the appliance holds, minus the audit log (which records every refusal) and SQLite's
@@ -193,12 +207,13 @@ fn bin_str() -> String {
     bin().to_str().expect("utf-8").to_owned()
 }
 
-/// A field of `--json` output.
-fn field(json: &str, key: &str) -> String {
+/// A string in `--json` output, by its path of keys.
+fn field(json: &str, path: &[&str]) -> String {
     let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
-    v.get(key)
+    path.iter()
+        .try_fold(&v, |v, key| v.get(key))
         .and_then(|v| v.as_str())
-        .unwrap_or_else(|| panic!("no {key:?} in {json}"))
+        .unwrap_or_else(|| panic!("no {path:?} in {json}"))
         .to_owned()
 }
 
@@ -207,57 +222,94 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     let w = World::new();
     w.add_clinic("c1", &w.appliance.join("request.json"));
     let tls = w
-        .provision(&["terminal", "add", "--clinic", "c1", "--name", "reception-1", "--kind", "tls", "--json"])
+        .provision(&[
+            "terminal", "add", "--clinic", "c1", "--name", "reception-1", "--kind", "tls", "--json",
+        ])
         .ok();
-    let p12 = field(&tls, "p12");
-    let p12_password = field(&tls, "password");
+    let p12 = field(&tls, &["p12", "path"]);
+    let p12_password = field(&tls, &["p12", "password"]);
     let enroll = w
         .provision(&[
             "terminal", "add", "--clinic", "c1", "--name", "laptop-1", "--kind", "tls", "--enroll", "--json",
         ])
         .ok();
-    let token = field(&enroll, "token");
+    let token = field(&enroll, &["token", "token"]);
     let staff = w.path("staff.password");
     write(&staff, "a-long-staff-password\n");
-    w.provision(&["user", "add", "--clinic", "c1", "--id", "reception", "--password-file", s(&staff)])
-        .ok();
+    w.provision(&[
+        "user",
+        "add",
+        "--clinic",
+        "c1",
+        "--id",
+        "reception",
+        "--password-file",
+        s(&staff),
+    ])
+    .ok();
     let b1 = w.build("c1", "b1.bundle");
 
     // The first import needs the vendor's fingerprint confirmed; nothing changes until then.
     let before = w.state();
-    w.import(&b1, &[]).fails_with(&["no vendor key is pinned", &w.pin()]);
+    w.import(&b1, &[])
+        .fails_with(&["no vendor key is pinned", &w.pin()]);
     assert_unchanged(&before, &w.state());
     let out = w.import(&b1, &["--trust-vendor", &w.pin()]).ok();
     assert!(out.contains("Installed clinic c1 bundle version 1"), "{out}");
-    assert_eq!(std::fs::read_to_string(w.appliance.join("vendor.pin")).unwrap().trim(), w.pin());
-    for secret in ["upstream.password", "device.key", "issuing-ca.passphrase", "server.key", "uplink.key"] {
+    assert_eq!(
+        std::fs::read_to_string(w.appliance.join("vendor.pin"))
+            .unwrap()
+            .trim(),
+        w.pin()
+    );
+    for secret in [
+        "upstream.password", "device.key", "issuing-ca.passphrase", "server.key", "uplink.key",
+    ] {
         assert_eq!(mode(&w.appliance.join(secret)), 0o600, "{secret}");
     }
-    kakehashi(&["gateway", "check", "--config", s(&w.appliance.join("gateway.toml"))]).ok();
+    kakehashi(&[
+        "gateway",
+        "check",
+        "--config",
+        s(&w.appliance.join("gateway.toml")),
+    ])
+    .ok();
 
     let _engine = Server::start(&["engine-sim", "--config", s(&w.cloud.join("engine.toml"))]);
     let gateway = Server::start(&["gateway", "run", "--config", s(&w.appliance.join("gateway.toml"))]);
-    assert!(gateway.url.contains(&w.gateway_port.to_string()), "{}", gateway.url);
+    assert!(
+        gateway.url.contains(&w.gateway_port.to_string()),
+        "{}",
+        gateway.url
+    );
 
     // The vendor's PKCS#12 and the staff password reach the cloud engine.
     let p12_auth = format!("--cert-type P12 --cert {p12}:{p12_password} -u reception:a-long-staff-password");
     let (status, body) = w.curl("c1", &p12_auth, "/api01rv2/patientgetv2?id=1&format=json");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Api_Result"), "{body}");
-    let (status, _) = w.curl("c1", &format!("--cert-type P12 --cert {p12}:{p12_password} -u reception:wrong-password-1"), "/api01rv2/patientgetv2?id=1");
+    let (status, _) = w.curl(
+        "c1",
+        &format!("--cert-type P12 --cert {p12}:{p12_password} -u reception:wrong-password-1"),
+        "/api01rv2/patientgetv2?id=1",
+    );
     assert_eq!(status, 401);
 
     // The vendor's enrollment token works over EST with openssl and curl, once.
     let body = est::csr(w.tmp.path(), "laptop-1", "laptop-1");
     let enroll = || {
         let out = sh(&format!(
-            "curl -s -w ~STATUS~%{{http_code}} --cacert {ca} -u laptop-1:{token} -H Content-Type:application/pkcs10 \
-             --data-binary @{body} https://127.0.0.1:{port}/.well-known/est/simpleenroll",
+            "curl -sS -w ~STATUS~%{{http_code}} --cacert {ca} -u laptop-1:{token} -H Content-Type:application/pkcs10 \
+             --data-binary @{body} --resolve {ENGINE_HOST}:{port}:127.0.0.1 \
+             https://{ENGINE_HOST}:{port}/.well-known/est/simpleenroll",
             ca = s(&w.clinic_ca("c1")),
             port = w.est_port,
         ));
         let (text, code) = out.stdout.rsplit_once("~STATUS~").expect("status");
-        (code.trim().parse::<u16>().expect("status"), text.to_owned())
+        (
+            code.trim().parse::<u16>().expect("status"),
+            format!("{text}{}", out.stderr),
+        )
     };
     let (code, answer) = enroll();
     assert_eq!(code, 200, "{answer}");
@@ -291,11 +343,16 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     let rogue_bundle = rogue.build("c1", "rogue.bundle");
 
     let before = w.state();
-    w.import(&w.path("tampered.bundle"), &[]).fails_with(&["damaged or was changed"]);
-    w.import(&foreign, &[]).fails_with(&["encrypted for another appliance"]);
-    w.import(&rogue_bundle, &[]).fails_with(&["not by the pinned vendor key"]);
-    w.import(&rogue_bundle, &["--trust-vendor", &rogue.pin()]).fails_with(&["is not the vendor key this appliance has pinned"]);
-    w.import(&b1, &[]).fails_with(&["bundle version 1 is not newer than the installed version 1"]);
+    w.import(&w.path("tampered.bundle"), &[])
+        .fails_with(&["damaged or was changed"]);
+    w.import(&foreign, &[])
+        .fails_with(&["encrypted for another appliance"]);
+    w.import(&rogue_bundle, &[])
+        .fails_with(&["not by the pinned vendor key"]);
+    w.import(&rogue_bundle, &["--trust-vendor", &rogue.pin()])
+        .fails_with(&["is not the vendor key this appliance has pinned"]);
+    w.import(&b1, &[])
+        .fails_with(&["bundle version 1 is not newer than the installed version 1"]);
     assert_unchanged(&before, &w.state());
     let audit = w.audit();
     assert_eq!(audit.matches("bundle refused").count(), 6, "{audit}");
@@ -305,7 +362,8 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     // Live: the vendor revokes the PKCS#12 terminal and locks nobody out but it; the running
     // gateway applies bundle 3 without a restart.
     w.import(&b2, &[]).ok();
-    w.provision(&["terminal", "revoke", "--clinic", "c1", "--name", "reception-1"]).ok();
+    w.provision(&["terminal", "revoke", "--clinic", "c1", "--name", "reception-1"])
+        .ok();
     let b3 = w.build("c1", "b3.bundle");
     let out = w.import(&b3, &[]).ok();
     assert!(out.contains("version 3 (was 2)"), "{out}");
@@ -315,12 +373,19 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
         if status != 200 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the revoked terminal still gets in");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked terminal still gets in"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let (status, body) = w.curl("c1", &laptop, "/api01rv2/patientgetv2?id=1");
     assert_eq!(status, 200, "the enrolled terminal carries on: {body}");
-    let crl = tool("openssl", &["crl", "-in", s(&w.appliance.join("crl.pem")), "-noout", "-text"]).ok();
+    let crl = tool(
+        "openssl",
+        &["crl", "-in", s(&w.appliance.join("crl.pem")), "-noout", "-text"],
+    )
+    .ok();
     assert!(crl.contains("Revoked Certificates"), "{crl}");
 }
 

@@ -1,19 +1,186 @@
-//! A terminal's WireGuard config in the standard `wg-quick` format, and the same as a QR code.
+//! WireGuard for terminals: keys, the clinic's tunnel network, and a terminal's config in the
+//! standard `wg-quick` format and as a QR code.
 //!
-//! The format is the one every WireGuard client reads: `wg-quick up FILE` on Linux and macOS,
-//! "import from file" on Windows, and the QR code scanned by the Android and iOS apps (the text
-//! is the QR code's content, byte for byte). The config carries the terminal's private key, which
-//! the gateway never stores: every string and buffer holding it here is a [`Zeroizing`] one,
-//! wiped when dropped, and every file written from it is mode 0600. (The `qrcode` crate's own
+//! The vendor makes WireGuard terminals (`kakehashi provision terminal add --kind wireguard`) and
+//! so does the appliance (`kakehashi terminal add --wireguard`): both write the same config with
+//! this code. The format is the one every WireGuard client reads: `wg-quick up FILE` on Linux and
+//! macOS, "import from file" on Windows, and the QR code scanned by the Android and iOS apps (the
+//! text is the QR code's content, byte for byte).
+//!
+//! A config carries the terminal's private key, which neither the vendor nor the gateway stores:
+//! every key lives in a [`Secret`] (wiped when dropped), every string and buffer holding one here
+//! is a [`Zeroizing`] one, and every file written from it is mode 0600. (The `qrcode` crate's own
 //! working buffers are outside our reach; they live only while a code is being made.)
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::Ipv4Addr;
 
-use zeroize::Zeroizing;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::db::StoreError;
-use crate::wg::keys::{PublicKey, Secret};
+use crate::Error;
+
+/// The MTU inside the tunnel when the configuration does not say (`wireguard.mtu`).
+pub const DEFAULT_MTU: u16 = 1420;
+/// `PersistentKeepalive` in terminal configs when the configuration does not say, seconds.
+pub const DEFAULT_KEEPALIVE: u16 = 25;
+
+/// A 32-byte secret: a private key or a preshared key. Never printed by `Debug`.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Secret([u8; 32]);
+
+impl PartialEq for Secret {
+    /// In constant time, as every comparison of secrets here.
+    fn eq(&self, other: &Secret) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(&self.0, &other.0).is_ok()
+    }
+}
+
+impl Eq for Secret {}
+
+/// A public key: what the inventory stores to recognise a terminal.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl Secret {
+    /// 32 bytes from the operating system's generator (aws-lc-rs, as every other key here).
+    pub fn generate() -> Result<Secret, Error> {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Error::Random)?;
+        Ok(Secret(bytes))
+    }
+
+    pub fn from_base64(text: &str) -> Result<Secret, String> {
+        decode32(text).map(Secret)
+    }
+
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The public key of this private key (Curve25519, clamped as X25519 requires).
+    pub fn public_key(&self) -> PublicKey {
+        let secret = boringtun::x25519::StaticSecret::from(self.0);
+        PublicKey(boringtun::x25519::PublicKey::from(&secret).to_bytes())
+    }
+
+    /// The key for boringtun.
+    pub fn static_secret(&self) -> boringtun::x25519::StaticSecret {
+        boringtun::x25519::StaticSecret::from(self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl PublicKey {
+    pub fn from_base64(text: &str) -> Result<PublicKey, String> {
+        decode32(text).map(PublicKey)
+    }
+
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl serde::Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64())
+    }
+}
+
+fn decode32(text: &str) -> Result<[u8; 32], String> {
+    let bytes = STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("expected a WireGuard key (44 characters of base64): {e}"))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("expected a 32-byte WireGuard key, got {} bytes", bytes.len()))
+}
+
+/// An IPv4 address with its network prefix: `10.77.0.1/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct TunnelNet {
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl TunnelNet {
+    /// Whether `ip` is inside this network.
+    pub fn contains(&self, ip: std::net::Ipv4Addr) -> bool {
+        let mask = self.mask();
+        u32::from(ip) & mask == u32::from(self.address) & mask
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0)
+    }
+
+    /// The addresses a terminal may be given: the network's hosts except the gateway's own.
+    pub fn hosts(&self) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
+        let network = u32::from(self.address) & self.mask();
+        let broadcast = network | !self.mask();
+        (network + 1..broadcast)
+            .map(std::net::Ipv4Addr::from)
+            .filter(move |ip| *ip != self.address)
+    }
+}
+
+impl std::str::FromStr for TunnelNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected =
+            || format!("expected an IPv4 address with its prefix such as \"10.77.0.1/24\", got {s:?}");
+        let (ip, prefix) = s.split_once('/').ok_or_else(expected)?;
+        let address: std::net::Ipv4Addr = ip.parse().map_err(|_| expected())?;
+        let prefix: u8 = prefix.parse().map_err(|_| expected())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(format!(
+                "prefix /{prefix} in {s:?}: expected /8 to /30, room for terminals"
+            ));
+        }
+        let net = TunnelNet { address, prefix };
+        if u32::from(address) & !net.mask() == 0 || u32::from(address) | net.mask() == u32::MAX {
+            return Err(format!(
+                "{s:?}: the gateway needs a host address, not the network or broadcast address"
+            ));
+        }
+        Ok(net)
+    }
+}
+
+impl TryFrom<String> for TunnelNet {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for TunnelNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
 
 /// Modules of light margin around a QR code: the 4 the standard asks for, so scanners find it.
 pub const QUIET_ZONE: usize = 4;
@@ -90,10 +257,10 @@ impl std::fmt::Debug for Qr {
 impl Qr {
     /// The QR code of `text`, at error correction level L as `qrencode` makes them for
     /// `wg-quick`: the smallest code, which matters for a config of some 300 bytes.
-    pub fn new(text: &str) -> Result<Qr, StoreError> {
+    pub fn new(text: &str) -> Result<Qr, Error> {
         let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::L).map_err(
             |e| {
-                StoreError::Invalid(format!(
+                Error::Invalid(format!(
                     "the WireGuard config ({} bytes) does not fit a QR code: {e}",
                     text.len()
                 ))
@@ -155,7 +322,7 @@ impl Qr {
     }
 
     /// A grayscale PNG: [`PNG_SCALE`] pixels per module, black on white, with the quiet zone.
-    pub fn to_png(&self) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    pub fn to_png(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
         let pixels = self.side() * PNG_SCALE;
         let mut image = Zeroizing::new(vec![0u8; pixels * pixels]);
         for (i, pixel) in image.iter_mut().enumerate() {
@@ -163,10 +330,9 @@ impl Qr {
             *pixel = if self.dark(x, y) { 0 } else { 255 };
         }
         let side = u32::try_from(pixels)
-            .map_err(|_| StoreError::Invalid(format!("a QR code of {pixels} pixels is too large")))?;
+            .map_err(|_| Error::Invalid(format!("a QR code of {pixels} pixels is too large")))?;
         let mut png = Zeroizing::new(Vec::new());
-        let failed =
-            |e: png::EncodingError| StoreError::Invalid(format!("cannot encode the QR code as PNG: {e}"));
+        let failed = |e: png::EncodingError| Error::Invalid(format!("cannot encode the QR code as PNG: {e}"));
         let mut encoder = png::Encoder::new(&mut *png, side, side);
         encoder.set_color(png::ColorType::Grayscale);
         encoder.set_depth(png::BitDepth::Eight);
@@ -180,6 +346,19 @@ impl Qr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_round_trip_and_public_key_matches_wg() {
+        // The RFC 7748 test vector (Alice), as `wg pubkey` computes it.
+        let private = Secret::from_base64("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=").unwrap();
+        assert_eq!(
+            private.public_key().to_base64(),
+            "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+        );
+        assert!(PublicKey::from_base64("short").is_err());
+        assert!(PublicKey::from_base64(&STANDARD.encode([0u8; 31])).is_err());
+        assert_eq!(format!("{private:?}"), "Secret(…)");
+    }
 
     fn config<'a>(private: &'a Secret, psk: Option<&'a Secret>, keepalive: u16) -> TerminalConfig<'a> {
         TerminalConfig {
@@ -252,6 +431,19 @@ mod tests {
         let corner = QUIET_ZONE * PNG_SCALE;
         assert_eq!(at(corner, corner), 0);
         assert_eq!(at(corner - 1, corner), 255);
+    }
+
+    #[test]
+    fn tunnel_networks_parse_and_give_hosts_but_the_gateway() {
+        let net: TunnelNet = "10.9.0.2/30".parse().unwrap();
+        assert_eq!(net.to_string(), "10.9.0.2/30");
+        assert_eq!(net.hosts().collect::<Vec<_>>(), [Ipv4Addr::new(10, 9, 0, 1)]);
+        assert!(net.contains(Ipv4Addr::new(10, 9, 0, 3)) && !net.contains(Ipv4Addr::new(10, 9, 0, 4)));
+        for bad in [
+            "10.77.0.1", "10.77.0.0/24", "10.77.0.255/24", "10.77.0.1/31", "x/24",
+        ] {
+            assert!(bad.parse::<TunnelNet>().is_err(), "{bad}");
+        }
     }
 
     #[test]
