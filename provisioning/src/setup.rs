@@ -593,18 +593,18 @@ fn check_uplink(layout: &Layout, path: &Path) -> Result<String> {
         X509Certificate::from_der(&der).map_err(|e| cert_tool::Error::malformed(path, "certificate", e))?;
     let csr = cert_tool::csr::Csr::read(&layout.uplink_csr())?;
     let refuse = |why: String| Error::Invalid(format!("--uplink-cert {}: {why}", path.display()));
+    let summary = cert_tool::inspect::cert(path, &der)?;
+    if summary.ca {
+        return Err(refuse(
+            "it is a CA certificate; expected the gateway's client certificate (a leaf)".into(),
+        ));
+    }
     if cert.public_key().subject_public_key.data.as_ref() != rcgen::PublicKeyData::der_bytes(&csr.public_key)
     {
         return Err(refuse(format!(
             "it is not for the appliance's uplink key (the key of {}): was the right CSR signed?",
             layout.uplink_csr().display()
         )));
-    }
-    let summary = cert_tool::inspect::cert(path, &der)?;
-    if summary.ca {
-        return Err(refuse(
-            "it is a CA certificate; expected the gateway's client certificate (a leaf)".into(),
-        ));
     }
     if !summary.extended_key_usage.iter().any(|u| u == "clientAuth") {
         return Err(refuse(format!(
