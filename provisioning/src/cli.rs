@@ -68,7 +68,7 @@ pub enum VendorCommand {
         #[arg(long, default_value_t = vendor::DEFAULT_ROOT_DAYS)]
         days: u32,
         /// Store the keys unencrypted (mode 0600). Only for tests and demos
-        #[arg(long, conflicts_with = "passphrase_file")]
+        #[arg(long)]
         no_passphrase: bool,
     },
 }
@@ -361,6 +361,11 @@ pub fn run(args: ProvisionArgs) -> Result<ExitCode> {
 
 fn vendor_init(args: &ProvisionArgs, name: &str, days: u32, no_passphrase: bool) -> Result<()> {
     let passphrase = if no_passphrase {
+        if args.passphrase_file.is_some() {
+            return Err(Error::Invalid(
+                "--no-passphrase and --passphrase-file: give one or the other".into(),
+            ));
+        }
         None
     } else {
         Some(
@@ -637,7 +642,10 @@ impl Show {
             "  inventory       {} terminal(s), {} token(s), {} user(s), {} revoked",
             r.terminals, r.tokens, r.users, r.revoked
         );
-        println!("  bundle          version {} built", r.bundle_version);
+        match r.bundle_version {
+            0 => println!("  bundle          none built yet"),
+            v => println!("  bundle          version {v} built last"),
+        }
         for c in &self.certificates {
             println!(
                 "  certificate     {} ({}, until {})",
