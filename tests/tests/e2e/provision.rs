@@ -658,6 +658,11 @@ fn every_refusal_leaves_clinic_json_as_it_was() {
     kakehashi_env(&from_env, &[("KAKEHASHI_CA_PASSPHRASE", "not it either")])
         .fails_with(&["wrong passphrase"]);
     kakehashi(&from_env).fails_with(&["no passphrase was given", "--passphrase-file"]);
+    // A refusal that needs no key comes before the passphrase is asked for.
+    let pc1 = [
+        "provision", "--dir", &v.dir, "terminal", "add", "--clinic", "c1", "--name", "pc-1", "--kind", "tls",
+    ];
+    kakehashi(&pc1).fails_with(&["has a terminal \"pc-1\" already"]);
     assert_unchanged(&before, &snapshot(&v.clinic_dir("c1")));
     assert!(!Path::new(&out).join("pc-2.p12").exists());
     kakehashi_env(&from_env, &[("KAKEHASHI_CA_PASSPHRASE", PASS)]).ok();
