@@ -38,7 +38,7 @@ pub fn build(
     id: &str,
     out: &Path,
     crl_days: u32,
-    passphrase: Option<&Passphrase>,
+    passphrase: impl FnOnce() -> Result<Option<Passphrase>>,
 ) -> Result<Built> {
     let mut open = Locked::open(vendor, id)?;
     let layout = open.layout.clone();
@@ -60,6 +60,8 @@ pub fn build(
     };
     check_server(&layout.server(), &state.settings.engine_host)?;
     let vendor_key = vendor.fingerprint()?;
+    let passphrase = passphrase()?;
+    let passphrase = passphrase.as_ref();
     let signing_key = vendor.signing_key(passphrase)?;
     if bundle::fingerprint(signing_key.0.public_key_raw()) != vendor_key {
         return Err(Error::State {
@@ -184,7 +186,7 @@ mod tests {
         let f = Fixture::new();
         let out = f.tmp.path().join("b.age");
         let before = f.state();
-        let err = build(&f.vendor, "c1", &out, DEFAULT_CRL_DAYS, None)
+        let err = build(&f.vendor, "c1", &out, DEFAULT_CRL_DAYS, || Ok(None))
             .unwrap_err()
             .to_string();
         for want in [
@@ -196,7 +198,7 @@ mod tests {
         assert_eq!(f.state(), before);
 
         f.complete();
-        let built = build(&f.vendor, "c1", &out, DEFAULT_CRL_DAYS, None).unwrap();
+        let built = build(&f.vendor, "c1", &out, DEFAULT_CRL_DAYS, || Ok(None)).unwrap();
         assert_eq!(built.version, 1);
         let opened = bundle::open(
             &std::fs::read(&out).unwrap(),
@@ -209,13 +211,22 @@ mod tests {
         assert_eq!(opened.payload.engine.user, "ormaster");
         assert!(opened.payload.certificates.uplink.is_some());
         assert_eq!(f.clinic().bundle_version, 1);
-        let again = build(&f.vendor, "c1", &out, DEFAULT_CRL_DAYS, None).unwrap();
+        let again = build(&f.vendor, "c1", &out, DEFAULT_CRL_DAYS, || Ok(None)).unwrap();
         assert_eq!(again.version, 2);
         assert!(again.crl_number > built.crl_number);
 
         // A file that cannot be written leaves the version where it was.
         let before = f.state();
-        assert!(build(&f.vendor, "c1", &f.tmp.path().join("no/such/dir/b.age"), 30, None).is_err());
+        assert!(
+            build(
+                &f.vendor,
+                "c1",
+                &f.tmp.path().join("no/such/dir/b.age"),
+                30,
+                || Ok(None)
+            )
+            .is_err()
+        );
         assert_eq!(f.state(), before);
     }
 }

@@ -68,7 +68,7 @@ pub enum VendorCommand {
         #[arg(long, default_value_t = vendor::DEFAULT_ROOT_DAYS)]
         days: u32,
         /// Store the keys unencrypted (mode 0600). Only for tests and demos
-        #[arg(long, conflicts_with = "passphrase_file")]
+        #[arg(long)]
         no_passphrase: bool,
     },
 }
@@ -336,9 +336,7 @@ pub fn run(args: ProvisionArgs) -> Result<ExitCode> {
             crl_days,
         }) => {
             let vendor = Vendor::open(&args.dir)?;
-            clinic::layout(&vendor, clinic)?;
-            let passphrase = args.passphrase(&vendor)?;
-            let built = build::build(&vendor, clinic, out, *crl_days, passphrase.as_ref())?;
+            let built = build::build(&vendor, clinic, out, *crl_days, || args.passphrase(&vendor))?;
             println!(
                 "wrote bundle version {} of clinic {clinic} to {} ({} bytes, mode 0600)",
                 built.version,
@@ -361,6 +359,11 @@ pub fn run(args: ProvisionArgs) -> Result<ExitCode> {
 
 fn vendor_init(args: &ProvisionArgs, name: &str, days: u32, no_passphrase: bool) -> Result<()> {
     let passphrase = if no_passphrase {
+        if args.passphrase_file.is_some() {
+            return Err(Error::Invalid(
+                "--no-passphrase and --passphrase-file: give one or the other".into(),
+            ));
+        }
         None
     } else {
         Some(
@@ -405,8 +408,6 @@ fn clinic_command(args: &ProvisionArgs, cmd: &ClinicCommand) -> Result<()> {
             engine_host,
             settings,
         } => {
-            setup::check_id(clinic)?;
-            let passphrase = args.passphrase(&vendor)?;
             let added = setup::add(
                 &vendor,
                 &setup::NewClinic {
@@ -416,7 +417,7 @@ fn clinic_command(args: &ProvisionArgs, cmd: &ClinicCommand) -> Result<()> {
                     engine_host,
                     settings,
                 },
-                passphrase.as_ref(),
+                || args.passphrase(&vendor),
             )?;
             let l = &added.layout;
             println!("created clinic {clinic} (\"{name}\") in {}", l.dir.display());
@@ -462,12 +463,7 @@ fn clinic_command(args: &ProvisionArgs, cmd: &ClinicCommand) -> Result<()> {
                 settings,
                 uplink_cert: uplink_cert.as_deref(),
             };
-            let passphrase = if change.signs() {
-                args.passphrase(&vendor)?
-            } else {
-                None
-            };
-            let changed = setup::set(&vendor, clinic, &change, passphrase.as_ref())?;
+            let changed = setup::set(&vendor, clinic, &change, || args.passphrase(&vendor))?;
             println!("changed clinic {clinic}:");
             for line in &changed.lines {
                 println!("  {line}");
@@ -637,7 +633,10 @@ impl Show {
             "  inventory       {} terminal(s), {} token(s), {} user(s), {} revoked",
             r.terminals, r.tokens, r.users, r.revoked
         );
-        println!("  bundle          version {} built", r.bundle_version);
+        match r.bundle_version {
+            0 => println!("  bundle          none built yet"),
+            v => println!("  bundle          version {v} built last"),
+        }
         for c in &self.certificates {
             println!(
                 "  certificate     {} ({}, until {})",
@@ -675,17 +674,13 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
                 days: *days,
                 psk: !no_psk,
             };
-            // Only a PKCS#12 file is signed here; checked first so a refusal asks for nothing.
-            let passphrase = if kind.tls() && !enroll {
-                let state = clinic::load(&layout)?;
-                terminal::check_name(&state, name)?;
-                args.passphrase(&vendor)?
-            } else {
-                None
-            };
-            let added = terminal::add(&vendor, clinic, &new, passphrase.as_ref())?;
+            let added = terminal::add(&vendor, clinic, &new, || args.passphrase(&vendor))?;
             if *json {
-                println!("{}", to_json(&AddedJson::new(clinic, &added))?);
+                // It holds the password or the token: wiped once printed.
+                println!(
+                    "{}",
+                    Zeroizing::new(to_json(&AddedJson::new(clinic, &added))?).as_str()
+                );
             } else {
                 print_added(clinic, &added);
             }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use cert_tool::files::{self, DirLock, Staged};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::bundle::{Credential, Settings, Token, User, WireGuardPeer};
 use crate::error::{Error, Result};
@@ -157,10 +158,10 @@ impl Clinic {
         self.users.iter_mut().find(|u| u.id == id).ok_or(unknown)
     }
 
-    /// The state as the file's text.
-    pub fn to_json(&self) -> Result<String> {
+    /// The state as the file's text (wiped when dropped: it holds the clinic's secrets).
+    pub fn to_json(&self) -> Result<Zeroizing<String>> {
         serde_json::to_string_pretty(self)
-            .map(|t| t + "\n")
+            .map(|t| Zeroizing::new(t + "\n"))
             .map_err(|e| Error::Invalid(format!("clinic state: {e}")))
     }
 
@@ -170,11 +171,18 @@ impl Clinic {
             path: path.to_path_buf(),
             detail,
         };
-        let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| bad(e.to_string()))?;
-        if value.get("kind").and_then(|k| k.as_str()) != Some(KIND) {
+        // The kind and format first, so that another file, or a newer one, is named as such
+        // rather than as a list of unknown fields.
+        #[derive(Deserialize)]
+        struct Header {
+            kind: Option<String>,
+            format: Option<u64>,
+        }
+        let header: Header = serde_json::from_slice(text).map_err(|e| bad(e.to_string()))?;
+        if header.kind.as_deref() != Some(KIND) {
             return Err(bad(format!("no \"kind\": \"{KIND}\"")));
         }
-        match value.get("format").and_then(|f| f.as_u64()) {
+        match header.format {
             Some(f) if f == u64::from(FORMAT) => {}
             Some(f) => {
                 return Err(bad(format!(
@@ -183,7 +191,7 @@ impl Clinic {
             }
             None => return Err(bad("no \"format\"".into())),
         }
-        let clinic: Clinic = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        let clinic: Clinic = serde_json::from_slice(text).map_err(|e| bad(e.to_string()))?;
         if clinic.id
             != path
                 .parent()
@@ -301,7 +309,7 @@ pub fn layout(vendor: &Vendor, id: &str) -> Result<Layout> {
 /// Reads a clinic's state without locking (for listings: the file is only ever replaced whole).
 pub fn load(layout: &Layout) -> Result<Clinic> {
     let path = layout.state();
-    Clinic::parse(&path, &files::read(&path)?)
+    Clinic::parse(&path, &Zeroizing::new(files::read(&path)?))
 }
 
 /// Every clinic of the vendor, by ID.
@@ -427,7 +435,7 @@ pub(crate) mod tests {
                         engine_host: "orca.example.jp",
                         settings,
                     },
-                    None,
+                    || Ok(None),
                 )
                 .unwrap();
             }
@@ -494,7 +502,7 @@ pub(crate) mod tests {
                     settings: &settings,
                     uplink_cert: Some(&uplink),
                 },
-                None,
+                || Ok(None),
             )
             .unwrap();
         }
@@ -515,7 +523,7 @@ pub(crate) mod tests {
                 settings,
                 uplink_cert: uplink,
             },
-            None,
+            || Ok(None),
         )
         .map(drop)
     }
@@ -614,7 +622,7 @@ pub(crate) mod tests {
                     engine_host: host,
                     settings,
                 },
-                None,
+                || Ok(None),
             )
         };
         let none = SettingsArgs::default();
@@ -741,7 +749,7 @@ pub(crate) mod tests {
                 days: 365,
                 psk: true,
             },
-            None,
+            || Ok(None),
         )
         .unwrap();
         let before = f.state();
@@ -760,7 +768,7 @@ pub(crate) mod tests {
                 settings: &narrow,
                 uplink_cert: None,
             },
-            None,
+            || Ok(None),
         )
         .unwrap_err()
         .to_string();

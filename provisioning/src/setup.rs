@@ -162,9 +162,14 @@ fn check_clinic_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `clinic add`: see the module documentation. `passphrase` unlocks the vendor root and
-/// encrypts the new clinic CA key (`None` for a vendor without one).
-pub fn add(vendor: &Vendor, new: &NewClinic<'_>, passphrase: Option<&Passphrase>) -> Result<Added> {
+/// `clinic add`: see the module documentation. `passphrase` (called once every refusal that
+/// needs no key is behind) unlocks the vendor root and encrypts the new clinic CA key (`None` for
+/// a vendor without one).
+pub fn add(
+    vendor: &Vendor,
+    new: &NewClinic<'_>,
+    passphrase: impl FnOnce() -> Result<Option<Passphrase>>,
+) -> Result<Added> {
     check_id(new.id)?;
     check_clinic_name(new.name)?;
     let request = Request::read(new.request)?;
@@ -279,6 +284,8 @@ pub fn add(vendor: &Vendor, new: &NewClinic<'_>, passphrase: Option<&Passphrase>
     };
     root.check(&clinic_ca_req)?;
     root.check(&issuing_req)?;
+    let passphrase = passphrase()?;
+    let passphrase = passphrase.as_ref();
     let root_signer = root.unlock(give(passphrase, &ca::Layout::new(&vendor.root_dir()).key()))?;
 
     let staging = TempDir::new(&clinics, new.id)?;
@@ -311,22 +318,18 @@ pub fn add(vendor: &Vendor, new: &NewClinic<'_>, passphrase: Option<&Passphrase>
     drop(clinic_ca);
 
     let mut outputs = vec![
-        (staged.issuing_ca(), issuing_pem.into_bytes(), files::PUBLIC),
-        (staged.server(), server_pem.into_bytes(), files::PUBLIC),
-        (
-            staged.uplink_csr(),
-            request.uplink_csr.clone().into_bytes(),
-            files::PUBLIC,
-        ),
-        (staged.request(), request.to_json().into_bytes(), files::PUBLIC),
-        (staged.state(), clinic.to_json()?.into_bytes(), files::SECRET),
+        (staged.issuing_ca(), issuing_pem, files::PUBLIC),
+        (staged.server(), server_pem, files::PUBLIC),
+        (staged.uplink_csr(), request.uplink_csr.clone(), files::PUBLIC),
+        (staged.request(), request.to_json(), files::PUBLIC),
     ];
     if let Some(pem) = engine_ca {
-        outputs.push((staged.engine_ca(), pem.into_bytes(), files::PUBLIC));
+        outputs.push((staged.engine_ca(), pem, files::PUBLIC));
     }
-    for (path, data, mode) in outputs {
-        files::write_atomic(&path, &data, mode)?;
+    for (path, text, mode) in outputs {
+        files::write_atomic(&path, text.as_bytes(), mode)?;
     }
+    files::write_atomic(&staged.state(), clinic.to_json()?.as_bytes(), files::SECRET)?;
     // The commit point: the whole directory appears at once.
     std::fs::rename(&staging.path, &layout.dir).map_err(Error::io("move into place", &layout.dir))?;
     files::sync_dir(&clinics)?;
@@ -407,12 +410,13 @@ impl Change<'_> {
 }
 
 /// `clinic set`: changes settings, installs the uplink certificate, and signs a new server
-/// certificate when the engine host or `--days` is given. `passphrase` unlocks the clinic CA.
+/// certificate when the engine host or `--days` is given. `passphrase` unlocks the clinic CA
+/// (called only then, once the change is otherwise checked).
 pub fn set(
     vendor: &Vendor,
     id: &str,
     change: &Change<'_>,
-    passphrase: Option<&Passphrase>,
+    passphrase: impl FnOnce() -> Result<Option<Passphrase>>,
 ) -> Result<Changed> {
     let s = change.settings;
     let mut open = Locked::open(vendor, id)?;
@@ -505,7 +509,8 @@ pub fn set(
         };
         let clinic_ca = Ca::open(&layout.ca_dir())?;
         clinic_ca.check(&req)?;
-        let signer = clinic_ca.unlock(give(passphrase, &clinic_ca.layout().key()))?;
+        let passphrase = passphrase()?;
+        let signer = clinic_ca.unlock(give(passphrase.as_ref(), &clinic_ca.layout().key()))?;
         let pending = clinic_ca.sign(&signer, &req, &csr.public_key)?;
         staged.push(Staged::new(
             &layout.server(),
@@ -593,18 +598,18 @@ fn check_uplink(layout: &Layout, path: &Path) -> Result<String> {
         X509Certificate::from_der(&der).map_err(|e| cert_tool::Error::malformed(path, "certificate", e))?;
     let csr = cert_tool::csr::Csr::read(&layout.uplink_csr())?;
     let refuse = |why: String| Error::Invalid(format!("--uplink-cert {}: {why}", path.display()));
+    let summary = cert_tool::inspect::cert(path, &der)?;
+    if summary.ca {
+        return Err(refuse(
+            "it is a CA certificate; expected the gateway's client certificate (a leaf)".into(),
+        ));
+    }
     if cert.public_key().subject_public_key.data.as_ref() != rcgen::PublicKeyData::der_bytes(&csr.public_key)
     {
         return Err(refuse(format!(
             "it is not for the appliance's uplink key (the key of {}): was the right CSR signed?",
             layout.uplink_csr().display()
         )));
-    }
-    let summary = cert_tool::inspect::cert(path, &der)?;
-    if summary.ca {
-        return Err(refuse(
-            "it is a CA certificate; expected the gateway's client certificate (a leaf)".into(),
-        ));
     }
     if !summary.extended_key_usage.iter().any(|u| u == "clientAuth") {
         return Err(refuse(format!(

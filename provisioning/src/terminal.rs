@@ -109,7 +109,8 @@ pub fn check_name(clinic: &Clinic, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `terminal add`. `passphrase` unlocks the clinic CA (a PKCS#12 terminal only).
+/// `terminal add`. `passphrase` unlocks the clinic CA (called for a PKCS#12 terminal only, once
+/// every other refusal is behind).
 ///
 /// Everything is checked before anything is made; the files are staged, the clinic CA records
 /// the certificate, the files are renamed into place and `clinic.json` is written last.
@@ -117,7 +118,7 @@ pub fn add(
     vendor: &Vendor,
     id: &str,
     new: &NewTerminal<'_>,
-    passphrase: Option<&Passphrase>,
+    passphrase: impl FnOnce() -> Result<Option<Passphrase>>,
 ) -> Result<Added> {
     if let Some(note) = new.note {
         crate::check_text("--note", note, MAX_NOTE_CHARS)?;
@@ -199,7 +200,8 @@ pub fn add(
             key: KeyAlgorithm::EcdsaP256.name().into(),
         };
         clinic_ca.check(&req)?;
-        let signer = clinic_ca.unlock(give(passphrase, &clinic_ca.layout().key()))?;
+        let passphrase = passphrase()?;
+        let signer = clinic_ca.unlock(give(passphrase.as_ref(), &clinic_ca.layout().key()))?;
         let key = KeyAlgorithm::EcdsaP256.generate()?;
         let pending = clinic_ca.sign(&signer, &req, &key)?;
         let root = cert_tool::decode::certificate(&cert_tool::ca::Layout::new(&vendor.root_dir()).cert())?;
@@ -372,7 +374,7 @@ pub(crate) mod tests {
     fn terminals_of_each_kind_and_their_refusals() {
         let f = Fixture::new();
         let out = f.tmp.path().join("out");
-        let tls = add(&f.vendor, "c1", &new("pc-1", Kind::Tls, &out), None).unwrap();
+        let tls = add(&f.vendor, "c1", &new("pc-1", Kind::Tls, &out), || Ok(None)).unwrap();
         let p12 = tls.p12.unwrap();
         assert_eq!(p12.password.len(), 23);
         let (_, certs) = cert_tool::p12::open(
@@ -383,7 +385,7 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(certs.len(), 3, "leaf, clinic CA, vendor root");
 
-        let both = add(&f.vendor, "c1", &new("tab-1", Kind::Both, &out), None).unwrap();
+        let both = add(&f.vendor, "c1", &new("tab-1", Kind::Both, &out), || Ok(None)).unwrap();
         let wg = both.wireguard.unwrap();
         assert_eq!(wg.address, Ipv4Addr::new(10, 77, 0, 2));
         let conf = std::fs::read_to_string(&wg.config).unwrap();
@@ -392,19 +394,19 @@ pub(crate) mod tests {
             enroll: true,
             ..new("pc-2", Kind::Tls, &out)
         };
-        let token = add(&f.vendor, "c1", &enroll, None).unwrap().token.unwrap();
+        let token = add(&f.vendor, "c1", &enroll, || Ok(None)).unwrap().token.unwrap();
         let state = f.state();
         assert!(!state.contains(token.token.as_str()), "only the hash is kept");
         assert!(state.contains(&hex::encode(crate::token::hash(token.token.as_bytes()))));
-        let second = add(&f.vendor, "c1", &new("tab-2", Kind::WireGuard, &out), None).unwrap();
+        let second = add(&f.vendor, "c1", &new("tab-2", Kind::WireGuard, &out), || Ok(None)).unwrap();
         assert_eq!(second.wireguard.unwrap().address, Ipv4Addr::new(10, 77, 0, 3));
 
         // Every refusal leaves the state as it was.
         let before = f.state();
         let refused = [
-            add(&f.vendor, "c1", &new("pc-1", Kind::Tls, &out), None).unwrap_err(),
-            add(&f.vendor, "c1", &new("bad name", Kind::Tls, &out), None).unwrap_err(),
-            add(&f.vendor, "c1", &new(SERVER_NAME, Kind::Tls, &out), None).unwrap_err(),
+            add(&f.vendor, "c1", &new("pc-1", Kind::Tls, &out), || Ok(None)).unwrap_err(),
+            add(&f.vendor, "c1", &new("bad name", Kind::Tls, &out), || Ok(None)).unwrap_err(),
+            add(&f.vendor, "c1", &new(SERVER_NAME, Kind::Tls, &out), || Ok(None)).unwrap_err(),
             add(
                 &f.vendor,
                 "c1",
@@ -412,7 +414,7 @@ pub(crate) mod tests {
                     enroll: true,
                     ..new("wg-x", Kind::WireGuard, &out)
                 },
-                None,
+                || Ok(None),
             )
             .unwrap_err(),
             add(
@@ -423,7 +425,7 @@ pub(crate) mod tests {
                     token_hours: 721,
                     ..new("pc-x", Kind::Tls, &out)
                 },
-                None,
+                || Ok(None),
             )
             .unwrap_err(),
             add(
@@ -433,11 +435,11 @@ pub(crate) mod tests {
                     note: Some("two\nlines"),
                     ..new("pc-x", Kind::Tls, &out)
                 },
-                None,
+                || Ok(None),
             )
             .unwrap_err(),
-            add(&f.vendor, "nope", &new("pc-x", Kind::Tls, &out), None).unwrap_err(),
-            add(&f.vendor, "c2", &new("wg-y", Kind::WireGuard, &out), None).unwrap_err(),
+            add(&f.vendor, "nope", &new("pc-x", Kind::Tls, &out), || Ok(None)).unwrap_err(),
+            add(&f.vendor, "c2", &new("wg-y", Kind::WireGuard, &out), || Ok(None)).unwrap_err(),
             set_enabled(&f.vendor, "c1", "pc-1", true).unwrap_err(),
             set_enabled(&f.vendor, "c1", "ghost", false).unwrap_err(),
             revoke(&f.vendor, "c1", "ghost", cert_tool::index::Reason::KeyCompromise).unwrap_err(),
@@ -458,7 +460,7 @@ pub(crate) mod tests {
         assert_eq!(f.state(), before);
         // A file in the way is not overwritten, and nothing is recorded.
         std::fs::write(out.join("pc-9.p12"), "mine").unwrap();
-        assert!(add(&f.vendor, "c1", &new("pc-9", Kind::Tls, &out), None).is_err());
+        assert!(add(&f.vendor, "c1", &new("pc-9", Kind::Tls, &out), || Ok(None)).is_err());
         assert_eq!(std::fs::read(out.join("pc-9.p12")).unwrap(), b"mine");
         assert_eq!(f.state(), before);
 
@@ -476,7 +478,7 @@ pub(crate) mod tests {
         assert!(clinic.tokens.is_empty(), "a revoked terminal's token goes too");
         let before = f.state();
         assert!(matches!(
-            add(&f.vendor, "c1", &new("pc-1", Kind::Tls, &out), None),
+            add(&f.vendor, "c1", &new("pc-1", Kind::Tls, &out), || Ok(None)),
             Err(Error::TerminalRevoked { .. })
         ));
         assert_eq!(f.state(), before);
@@ -499,12 +501,12 @@ pub(crate) mod tests {
                 settings: &change,
                 uplink_cert: None,
             },
-            None,
+            || Ok(None),
         )
         .unwrap();
-        add(&f.vendor, "c1", &new("a", Kind::WireGuard, &out), None).unwrap();
+        add(&f.vendor, "c1", &new("a", Kind::WireGuard, &out), || Ok(None)).unwrap();
         let before = f.state();
-        let err = add(&f.vendor, "c1", &new("b", Kind::WireGuard, &out), None).unwrap_err();
+        let err = add(&f.vendor, "c1", &new("b", Kind::WireGuard, &out), || Ok(None)).unwrap_err();
         assert!(matches!(err, Error::TunnelNetworkFull { .. }), "{err}");
         assert_eq!(f.state(), before);
         assert!(!out.join("b.conf").exists());

@@ -16,6 +16,7 @@ mod e2e {
     mod inventory;
     mod journal_cli;
     mod pki;
+    mod provision;
     mod wireguard;
     mod wireguard_cli;
 }
