@@ -45,8 +45,8 @@ metrics! {
     tcp_streams_total: "counter", "Raw TCP streams forwarded.";
     bytes_from_terminals_total: "counter", "Body and stream bytes received from terminals.";
     bytes_to_terminals_total: "counter", "Body and stream bytes sent to terminals.";
-    reloads_total: "counter", "Successful SIGHUP reloads.";
-    reload_failures_total: "counter", "SIGHUP reloads that failed (the previous configuration stays).";
+    reloads_total: "counter", "Successful reloads (SIGHUP, a new CRL, an imported bundle).";
+    reload_failures_total: "counter", "Reloads that failed (the previous configuration stays).";
     terminals_enabled: "gauge", "Enabled terminals in the loaded inventory.";
     hybrid_mode: "gauge", "The hybrid state: 0 normal, 1 emergency (the local engine answers), 2 recovery (handing the journal back).";
     hybrid_changes_total: "counter", "Changes of the hybrid state.";

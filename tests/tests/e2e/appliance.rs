@@ -23,6 +23,7 @@ struct World {
     passphrase: PathBuf,
     gateway_port: u16,
     est_port: u16,
+    wg_port: u16,
 }
 
 impl World {
@@ -60,6 +61,7 @@ impl World {
             passphrase,
             gateway_port: free_port(),
             est_port: free_port(),
+            wg_port: crate::e2e::gateway::free_udp_port(),
             tmp,
         };
         w.provision(&["vendor", "init"]).ok();
@@ -113,6 +115,10 @@ impl World {
             &format!("127.0.0.1:{}", self.est_port),
             "--admin-listen",
             &format!("127.0.0.1:{}", free_port()),
+            "--wg-endpoint",
+            &format!("127.0.0.1:{}", self.wg_port),
+            "--wg-listen",
+            &format!("127.0.0.1:{}", self.wg_port),
         ])
         .ok();
         // The cloud operator signs the uplink request; the vendor installs the certificate.
@@ -234,6 +240,12 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
         ])
         .ok();
     let token = field(&enroll, &["token", "token"]);
+    let wg = w
+        .provision(&[
+            "terminal", "add", "--clinic", "c1", "--name", "tablet-1", "--kind", "wireguard", "--json",
+        ])
+        .ok();
+    let wg_config = field(&wg, &["wireguard", "config"]);
     let staff = w.path("staff.password");
     write(&staff, "a-long-staff-password\n");
     w.provision(&[
@@ -401,6 +413,36 @@ impl World {
             passphrase: w.passphrase.clone(),
             gateway_port: w.gateway_port,
             est_port: w.est_port,
+            wg_port: w.wg_port,
         }
     }
+}
+
+/// The rest of the first line of `text` that starts with `prefix`.
+fn field_in(text: &str, prefix: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {text}"))
+        .to_owned()
+}
+
+/// Runs a command with `input` on its standard input; its standard output.
+fn sh_stdin(line: &str, input: &str) -> String {
+    use std::io::Write as _;
+    let mut words = line.split_whitespace();
+    let mut child = std::process::Command::new(words.next().expect("a program"))
+        .args(words)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{line} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
