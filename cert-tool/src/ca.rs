@@ -107,15 +107,7 @@ fn create(
             "{name:?}: a CA name must have 1 to 64 printable characters"
         )));
     }
-    if let Some(p) = passphrase {
-        p.check_new()?;
-    }
-    let layout = Layout::new(dir);
-    files::create_dir(dir, 0o700)?;
-    let _lock = DirLock::acquire(dir)?;
-    if layout.cert().exists() || layout.key().exists() || layout.index().exists() {
-        return Err(Error::CaExists { dir: dir.into() });
-    }
+    let (layout, _lock) = new_dir(dir, passphrase)?;
     let now = now();
     let not_after = now + Duration::days(days_checked(days)?.into());
     let key = algorithm.generate()?;
@@ -155,6 +147,21 @@ fn create(
     })
 }
 
+/// Checks a new CA's passphrase, then creates and locks its directory, refusing one that holds a
+/// CA (or part of one) already.
+fn new_dir(dir: &Path, passphrase: Option<&Passphrase>) -> Result<(Layout, DirLock)> {
+    if let Some(p) = passphrase {
+        p.check_new()?;
+    }
+    let layout = Layout::new(dir);
+    files::create_dir(dir, 0o700)?;
+    let lock = DirLock::acquire(dir)?;
+    if layout.cert().exists() || layout.key().exists() || layout.index().exists() {
+        return Err(Error::CaExists { dir: dir.into() });
+    }
+    Ok((layout, lock))
+}
+
 /// Starts a CA whose certificate another CA signs (an appliance's issuing CA, signed by the
 /// vendor root): writes its key and an empty index, and returns a CSR (PEM) for its certificate,
 /// also kept as `ca.csr`. The directory is no CA until [`install`] puts the certificate in place.
@@ -165,15 +172,7 @@ pub fn init_pending(
     passphrase: Option<&Passphrase>,
 ) -> Result<String> {
     profile::check_name(name)?;
-    if let Some(p) = passphrase {
-        p.check_new()?;
-    }
-    let layout = Layout::new(dir);
-    files::create_dir(dir, 0o700)?;
-    let _lock = DirLock::acquire(dir)?;
-    if layout.cert().exists() || layout.key().exists() || layout.index().exists() {
-        return Err(Error::CaExists { dir: dir.into() });
-    }
+    let (layout, _lock) = new_dir(dir, passphrase)?;
     let key = algorithm.generate()?;
     let csr = crate::csr::create(name, &key)?;
     // The key last: it is what makes the directory a pending CA.

@@ -286,6 +286,17 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
         s(&w.appliance.join("gateway.toml")),
     ])
     .ok();
+    // The WireGuard terminal is in the appliance's inventory with the key of the config the
+    // vendor handed out, whose peer is this appliance's WireGuard key.
+    let config = std::fs::read_to_string(&wg_config).unwrap();
+    let public = sh_stdin("wg pubkey", &field_in(&config, "PrivateKey = "));
+    let listed = kakehashi(&["terminal", "list", "--json", "--data-dir", s(&w.appliance)]).ok();
+    assert!(
+        listed.contains(public.trim()) && listed.contains("tablet-1"),
+        "{listed}"
+    );
+    let request = std::fs::read_to_string(w.appliance.join("request.json")).unwrap();
+    assert!(request.contains(&field_in(&config, "PublicKey = ")), "{config}");
 
     let _engine = Server::start(&["engine-sim", "--config", s(&w.cloud.join("engine.toml"))]);
     let gateway = Server::start(&["gateway", "run", "--config", s(&w.appliance.join("gateway.toml"))]);
