@@ -63,6 +63,7 @@ impl Staged {
             .mode(mode)
             .open(&staged.tmp)
             .map_err(Error::io("create", dest))?;
+        same_owner_as_dir(&file, dir);
         file.write_all(data).map_err(Error::io("write", dest))?;
         file.sync_all().map_err(Error::io("flush", dest))?;
         Ok(staged)
@@ -86,6 +87,19 @@ impl Drop for Staged {
         if !self.committed {
             let _ = fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// Gives a new file its directory's owner when they differ: root running `kakehashi` on the
+/// appliance's data directory (an import, a revocation) must not leave files that the gateway,
+/// running as its own user, can no longer read. Only root may do this; for anyone else the
+/// attempt fails harmlessly and the file stays theirs, as it would have anyway.
+fn same_owner_as_dir(file: &File, dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(dir), Ok(ours)) = (fs::metadata(dir), file.metadata())
+        && (dir.uid(), dir.gid()) != (ours.uid(), ours.gid())
+    {
+        let _ = std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid()));
     }
 }
 
@@ -148,5 +162,27 @@ impl DirLock {
             Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", path)(e)),
         }
         Ok(DirLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_new_file_gets_its_directorys_owner_when_root_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // Only root can hand a directory to another user; for anyone else there is nothing to test.
+        if std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).is_err() {
+            return;
+        }
+        let path = dir.path().join("upstream.password");
+        write_atomic(&path, b"secret\n", SECRET).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (65534, 65534, 0o600)
+        );
     }
 }

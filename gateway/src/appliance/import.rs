@@ -87,7 +87,9 @@ pub fn import(dir: &Path, file: &Path, trust_vendor: Option<&str>) -> Result<Rep
     };
     let audit = AuditLog::open(dir)?;
     audit.record_blocking(entry);
-    audit.close_blocking()?;
+    let closed = audit.close_blocking();
+    super::match_owner(dir);
+    closed?;
     result
 }
 

@@ -109,6 +109,7 @@ pub fn init(dir: &Path, name: &str, vendor_key: Option<&str>) -> Result<Request,
     };
     // Last: request.json is what makes the directory an initialized appliance.
     files::write_atomic(&layout.request(), request.to_json().as_bytes(), files::PUBLIC)?;
+    super::match_owner(dir);
     Ok(request)
 }
 

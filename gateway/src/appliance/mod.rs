@@ -102,6 +102,34 @@ pub enum ApplianceError {
     Store(#[from] crate::db::StoreError),
 }
 
+/// Gives everything in the data directory the directory's owner. `gateway init` and
+/// `import-bundle` run as root on the appliance, while the gateway runs as its own user
+/// (`kakehashi`, which systemd's `StateDirectory=` makes the owner of `/var/lib/kakehashi`):
+/// without this, the databases, lock files and CA files root created would lock the gateway out
+/// of its own state. Only root can change owners; for anyone else there is nothing to do.
+pub fn match_owner(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(owner) = std::fs::metadata(dir) else { return };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            if (meta.uid(), meta.gid()) != (owner.uid(), owner.gid()) {
+                let _ = std::os::unix::fs::lchown(&path, Some(owner.uid()), Some(owner.gid()));
+            }
+        }
+    }
+}
+
 /// Random bytes as hex, for generated secrets.
 fn random_hex(bytes: usize) -> Result<zeroize::Zeroizing<String>, ApplianceError> {
     let mut raw = zeroize::Zeroizing::new(vec![0u8; bytes]);
