@@ -11,7 +11,7 @@ use cert_tool::files::{self, Staged};
 use cert_tool::keys::{self, KeyAlgorithm, Passphrase};
 use provisioning::request::{self, Request};
 
-use super::{ApplianceError, Layout, random_hex};
+use super::{ApplianceError, Layout};
 
 /// The issuing CA's common name; the vendor's signature decides what it may do.
 const ISSUING_CA_NAME: &str = "kakehashi-issuing-ca";
@@ -55,7 +55,9 @@ pub fn init(dir: &Path, name: &str, vendor_key: Option<&str>) -> Result<Request,
     files::create_dir(dir, crate::db::DIR_MODE)?;
 
     let device = provisioning::device::Identity::generate();
-    let passphrase = Passphrase::new(random_hex(24)?.to_string());
+    let passphrase = provisioning::password::generate()
+        .map(|p| Passphrase::new(p.to_string()))
+        .map_err(|e| ApplianceError::Refused(e.to_string()))?;
     let server = KeyAlgorithm::EcdsaP256.generate()?;
     let uplink = KeyAlgorithm::EcdsaP256.generate()?;
     let server_csr = cert_tool::csr::create(name, &server)?;

@@ -129,11 +129,3 @@ pub fn match_owner(dir: &Path) {
         }
     }
 }
-
-/// Random bytes as hex, for generated secrets.
-fn random_hex(bytes: usize) -> Result<zeroize::Zeroizing<String>, ApplianceError> {
-    let mut raw = zeroize::Zeroizing::new(vec![0u8; bytes]);
-    aws_lc_rs::rand::fill(&mut raw)
-        .map_err(|_| ApplianceError::Refused("the random number generator failed".into()))?;
-    Ok(zeroize::Zeroizing::new(hex::encode(&*raw)))
-}
