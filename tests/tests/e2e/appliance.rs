@@ -345,6 +345,42 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(enroll().0, 401, "a token works once");
 
+    // The vendor's PKCS#12 terminal renews on the appliance, over EST simplereenroll with its
+    // current certificate: the new one comes from the issuing CA and works at once.
+    let pem = w.path("reception-1.pem");
+    tool(
+        "openssl",
+        &[
+            "pkcs12",
+            "-in",
+            &p12,
+            "-passin",
+            &format!("pass:{p12_password}"),
+            "-nodes",
+            "-out",
+            s(&pem),
+        ],
+    )
+    .ok();
+    let renewal = est::csr(w.tmp.path(), "reception-1-new", "reception-1");
+    let out = sh(&format!(
+        "curl -sS -f --cacert {ca} --cert {cert} -H Content-Type:application/pkcs10 --data-binary @{renewal} \
+         --resolve {ENGINE_HOST}:{port}:127.0.0.1 https://{ENGINE_HOST}:{port}/.well-known/est/simplereenroll",
+        ca = s(&w.clinic_ca("c1")),
+        cert = s(&pem),
+        port = w.est_port,
+    ))
+    .ok();
+    let renewed = est::print_certs(w.tmp.path(), &out, "reception-1-renewed");
+    let issuer = tool("openssl", &["x509", "-in", &renewed, "-noout", "-issuer"]).ok();
+    assert!(issuer.contains("issuing-ca"), "{issuer}");
+    let with_renewed = format!(
+        "--cert {renewed} --key {} -u reception:a-long-staff-password",
+        s(&w.tmp.path().join("reception-1-new.key"))
+    );
+    let (status, body) = w.curl("c1", &with_renewed, "/api01rv2/patientgetv2?id=1");
+    assert_eq!(status, 200, "{body}");
+
     // Refusals: each audited, each leaving the appliance as it was.
     let b2 = w.build("c1", "b2.bundle");
     let mut tampered = std::fs::read(&b2).unwrap();
@@ -404,6 +440,10 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     }
     let (status, body) = w.curl("c1", &laptop, "/api01rv2/patientgetv2?id=1");
     assert_eq!(status, 200, "the enrolled terminal carries on: {body}");
+    // Its renewed certificate from the appliance's issuing CA is revoked there too.
+    assert_ne!(w.curl("c1", &with_renewed, "/api01rv2/patientgetv2?id=1").0, 200);
+    let listed = kakehashi(&["terminal", "list", "--json", "--data-dir", s(&w.appliance)]).ok();
+    assert!(!listed.contains("reception-1"), "{listed}");
     let crl = tool(
         "openssl",
         &["crl", "-in", s(&w.appliance.join("crl.pem")), "-noout", "-text"],
