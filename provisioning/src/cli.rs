@@ -193,6 +193,21 @@ pub enum TerminalCommand {
         #[arg(long)]
         name: String,
     },
+    /// A fresh one-time token for a terminal added with --enroll (the first expired or was lost)
+    Token {
+        /// The clinic (its ID)
+        #[arg(long, value_name = "ID")]
+        clinic: String,
+        /// The terminal's name
+        #[arg(long)]
+        name: String,
+        /// How long the token works, hours (1 to 720)
+        #[arg(long, value_name = "HOURS", default_value_t = token::DEFAULT_HOURS)]
+        token_hours: u32,
+        /// Machine-readable output (it holds the token)
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a terminal: its certificates go on the clinic CRL, it leaves the clinic, and every
     /// later bundle tells the appliance to remove it
     Revoke {
@@ -728,6 +743,29 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
             terminal::set_enabled(&vendor, clinic, name, true)?;
             println!("enabled terminal {name} of clinic {clinic}");
             println!("{}", next_bundle(clinic));
+        }
+        TerminalCommand::Token {
+            clinic,
+            name,
+            token_hours,
+            json,
+        } => {
+            let issued = terminal::new_token(&vendor, clinic, name, *token_hours)?;
+            if *json {
+                let shown = TokenJson {
+                    token: &issued.token,
+                    expires: &issued.expires,
+                };
+                println!("{}", Zeroizing::new(to_json(&shown)?).as_str());
+            } else {
+                println!(
+                    "enrollment token for terminal {name} (shown once; works once, until {}; kept only as its hash; \
+                     an earlier token stops working with the next bundle):",
+                    issued.expires
+                );
+                println!("  {}", issued.token.as_str());
+                println!("{}", next_bundle(clinic));
+            }
         }
         TerminalCommand::Revoke { clinic, name, reason } => {
             let revoked = terminal::revoke(&vendor, clinic, name, *reason)?;

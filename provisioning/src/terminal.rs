@@ -225,16 +225,7 @@ pub fn add(
     }
 
     if new.enroll {
-        let token = crate::token::generate()?;
-        let expires = ca::rfc3339(now + Duration::hours(new.token_hours.into()));
-        next.tokens.retain(|t| t.name != new.name);
-        next.tokens.push(Token {
-            name: new.name.to_owned(),
-            sha256: hex::encode(crate::token::hash(token.as_bytes())),
-            created: ca::rfc3339(now),
-            expires: expires.clone(),
-        });
-        added.token = Some(Issued { token, expires });
+        added.token = Some(put_token(&mut next, new.name, new.token_hours, now)?);
     }
 
     if let Some(wg) = &wg {
@@ -305,6 +296,39 @@ fn free_address(clinic: &Clinic, net: &TunnelNet) -> Result<Ipv4Addr> {
             clinic: clinic.id.clone(),
             net: net.to_string(),
         })
+}
+
+/// Makes a token for `name`, in place of any earlier one (which stops working with the next
+/// bundle, unless the terminal has enrolled with it already).
+fn put_token(next: &mut Clinic, name: &str, hours: u32, now: time::OffsetDateTime) -> Result<Issued> {
+    let token = crate::token::generate()?;
+    let expires = ca::rfc3339(now + Duration::hours(hours.into()));
+    next.tokens.retain(|t| t.name != name);
+    next.tokens.push(Token {
+        name: name.to_owned(),
+        sha256: hex::encode(crate::token::hash(token.as_bytes())),
+        created: ca::rfc3339(now),
+        expires: expires.clone(),
+    });
+    Ok(Issued { token, expires })
+}
+
+/// `terminal token`: a fresh one-time token for a terminal that enrolls (`add --enroll`), when
+/// the first expired or was lost before the terminal used it. A terminal that has enrolled
+/// already is registered on the appliance, which ignores the new token.
+pub fn new_token(vendor: &Vendor, id: &str, name: &str, hours: u32) -> Result<Issued> {
+    crate::token::check_hours(hours)?;
+    let mut open = Locked::open(vendor, id)?;
+    let mut next = open.clinic.clone();
+    if !next.terminal(name)?.enroll {
+        return Err(Error::Invalid(format!(
+            "terminal {name:?} of clinic {id:?} was not added with --enroll: it has a PKCS#12 file \
+             or a WireGuard config, not a token"
+        )));
+    }
+    let issued = put_token(&mut next, name, hours, ca::now())?;
+    open.commit(next, Vec::new())?;
+    Ok(issued)
 }
 
 /// `terminal enable` and `terminal disable`: the appliance refuses a disabled terminal's
@@ -398,6 +422,19 @@ pub(crate) mod tests {
         let state = f.state();
         assert!(!state.contains(token.token.as_str()), "only the hash is kept");
         assert!(state.contains(&hex::encode(crate::token::hash(token.token.as_bytes()))));
+        // A fresh token replaces the first; a terminal without --enroll has none to replace.
+        let fresh = new_token(&f.vendor, "c1", "pc-2", 48).unwrap();
+        let state = f.state();
+        assert!(state.contains(&hex::encode(crate::token::hash(fresh.token.as_bytes()))));
+        assert!(!state.contains(&hex::encode(crate::token::hash(token.token.as_bytes()))));
+        let before = f.state();
+        assert!(
+            new_token(&f.vendor, "c1", "pc-1", 24).is_err(),
+            "a PKCS#12 terminal"
+        );
+        assert!(new_token(&f.vendor, "c1", "nobody", 24).is_err());
+        assert!(new_token(&f.vendor, "c1", "pc-2", 721).is_err());
+        assert_eq!(before, f.state());
         let second = add(&f.vendor, "c1", &new("tab-2", Kind::WireGuard, &out), || Ok(None)).unwrap();
         assert_eq!(second.wireguard.unwrap().address, Ipv4Addr::new(10, 77, 0, 3));
 

@@ -239,7 +239,14 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
             "terminal", "add", "--clinic", "c1", "--name", "laptop-1", "--kind", "tls", "--enroll", "--json",
         ])
         .ok();
-    let token = field(&enroll, &["token", "token"]);
+    let first_token = field(&enroll, &["token", "token"]);
+    // The first token was lost: a fresh one replaces it.
+    let fresh = w
+        .provision(&[
+            "terminal", "token", "--clinic", "c1", "--name", "laptop-1", "--json",
+        ])
+        .ok();
+    let token = field(&fresh, &["token"]);
     let wg = w
         .provision(&[
             "terminal", "add", "--clinic", "c1", "--name", "tablet-1", "--kind", "wireguard", "--json",
@@ -320,7 +327,7 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
 
     // The vendor's enrollment token works over EST with openssl and curl, once.
     let body = est::csr(w.tmp.path(), "laptop-1", "laptop-1");
-    let enroll = || {
+    let enroll_with = |token: &str| {
         let out = sh(&format!(
             "curl -sS -w ~STATUS~%{{http_code}} --cacert {ca} -u laptop-1:{token} -H Content-Type:application/pkcs10 \
              --data-binary @{body} --resolve {ENGINE_HOST}:{port}:127.0.0.1 \
@@ -334,6 +341,9 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
             format!("{text}{}", out.stderr),
         )
     };
+    let enroll = || enroll_with(&token);
+    let (code, why) = enroll_with(&first_token);
+    assert_eq!(code, 401, "the replaced token: {why}");
     let (code, answer) = enroll();
     assert_eq!(code, 200, "{answer}");
     let cert = est::print_certs(w.tmp.path(), &answer, "laptop-1");
