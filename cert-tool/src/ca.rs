@@ -195,8 +195,16 @@ pub fn init_pending(
 /// that it is a CA certificate for that CA's key (its public key is the CSR's). A certificate
 /// already there is replaced only by one for the same key (a renewal).
 pub fn install(dir: &Path, cert_pem: &str) -> Result<()> {
-    let layout = Layout::new(dir);
     let _lock = DirLock::acquire(dir)?;
+    check_install(dir, cert_pem)?;
+    files::write_atomic(&Layout::new(dir).cert(), cert_pem.as_bytes(), files::PUBLIC)
+}
+
+/// What [`install`] checks, without writing: that `cert_pem` is a CA certificate for the key of
+/// the CA started in `dir` (its public key is `ca.csr`'s). For checking a whole bundle before
+/// any of it is applied.
+pub fn check_install(dir: &Path, cert_pem: &str) -> Result<()> {
+    let layout = Layout::new(dir);
     let origin = layout.cert();
     let der = crate::decode::pem_or_der(&origin, cert_pem.as_bytes(), "CERTIFICATE")?;
     let (_, cert) =
@@ -216,7 +224,7 @@ pub fn install(dir: &Path, cert_pem: &str) -> Result<()> {
             cert: origin,
         });
     }
-    files::write_atomic(&origin, cert_pem.as_bytes(), files::PUBLIC)
+    Ok(())
 }
 
 /// Writes `crl` (PEM) into the CRL file at `path` in place of any CRL of the same issuer, keeping

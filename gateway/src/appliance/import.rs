@@ -292,6 +292,13 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
         signed_by_root(&clinic_ca, "clinic_ca")?;
         signed_by_root(&issuing, "issuing_ca")
     })?;
+    // The issuing CA's key never left this appliance: its certificate must be for that key.
+    cert_tool::ca::check_install(&layout.issuing_ca(), &c.issuing_ca).map_err(|e| {
+        bad(
+            "issuing_ca",
+            format!("{e} (a bundle built from another appliance's request?)"),
+        )
+    })?;
     with_cert(&clinic_ca, "clinic_ca", |ca| {
         with_cert(&server, "server certificate", |cert| {
             cert.verify_signature(Some(ca.public_key()))
