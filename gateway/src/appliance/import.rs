@@ -137,9 +137,13 @@ fn apply(layout: &Layout, file: &Path, trust_vendor: Option<&str>) -> Result<Rep
         }
     }
     let checked = check(layout, &payload)?;
+    // The configuration the settings make must be one the gateway takes (its keys, addresses,
+    // the tunnel network, the engine URL), or nothing is applied.
+    let config_text = render_config(&payload);
+    toml::from_str::<crate::config::Config>(&config_text)
+        .map_err(|e| refused(format!("the bundle's settings make an invalid gateway.toml: {e}")))?;
 
     // Files: staged first, renamed into place after the database commits.
-    let config_text = render_config(&payload);
     let certs = &payload.certificates;
     let uplink = certs.uplink.as_deref().unwrap_or_default();
     let outputs = [
@@ -478,57 +482,59 @@ fn publish_issuing_crl(layout: &Layout, revoked: &[String]) -> Result<(), Applia
 /// The issuing CA's CRL lifetime when an import publishes it (the `[est] crl_days` default).
 const ISSUING_CRL_DAYS: u32 = 30;
 
-/// `gateway.toml` for the bundle's settings; every path is relative to the data directory.
+/// `gateway.toml` for the bundle's settings; every path is relative to the data directory. Every
+/// value from the bundle is written as a TOML string (quoted and escaped), and comments name
+/// only the version, so no setting can add a line of its own.
 fn render_config(p: &Payload) -> String {
+    let q = |v: &str| toml::Value::String(v.to_owned()).to_string();
     let s = &p.settings;
     let wireguard = match &s.wireguard {
         Some(wg) => format!(
-            "\n[wireguard]\nlisten = \"{}\"\naddress = \"{}\"\nendpoint = \"{}\"\n",
-            wg.listen, wg.address, wg.endpoint
+            "\n[wireguard]\nlisten = {}\naddress = {}\nendpoint = {}\n",
+            q(&wg.listen),
+            q(&wg.address),
+            q(&wg.endpoint)
         ),
         None => String::new(),
     };
     format!(
-        r#"# Written by `kakehashi gateway import-bundle` from clinic {clinic:?} bundle version {version}
-# (built {created}). The next import rewrites this file: change settings through the vendor.
+        r#"# Written by `kakehashi gateway import-bundle` from bundle version {version} (bundle.json
+# says which clinic). The next import rewrites this file: change settings through the vendor.
 # Every key is explained in the README (gateway.toml).
 data_dir = "."
 
 [tls]
-cert = "server.pem"           # the gateway's server certificate ({host}), then the clinic CA
+cert = "server.pem"           # the gateway's server certificate, then the clinic CA
 key = "server.key"
 client_ca = "client-ca.pem"   # the clinic CA and the appliance's issuing CA
 crl = "crl.pem"               # both CAs' CRLs
 
 [[listener]]
-address = "{listen}"
+address = {listen}
 kind = "api"
 
 [upstream]
-url = "{url}"
+url = {url}
 ca = "engine-ca.pem"
 cert = "uplink.pem"
 key = "uplink.key"
-user = "{user}"
+user = {user}
 password_file = "upstream.password"
 {wireguard}
 [est]
-listen = "{est}"
+listen = {est}
 ca_dir = "issuing-ca"
 passphrase_file = "issuing-ca.passphrase"
 
 [admin]
-address = "{admin}"
+address = {admin}
 "#,
-        clinic = p.clinic,
         version = p.version,
-        created = p.created,
-        host = s.engine_host,
-        listen = s.listen,
-        url = p.engine.url,
-        user = p.engine.user,
-        est = s.est_listen,
-        admin = s.admin_listen,
+        listen = q(&s.listen),
+        url = q(&p.engine.url),
+        user = q(&p.engine.user),
+        est = q(&s.est_listen),
+        admin = q(&s.admin_listen),
     )
 }
 
@@ -694,5 +700,33 @@ mod store {
         }
         tx.commit().map_err(sql("commit the bundle"))?;
         Ok(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value with quotes, a newline or a `[table]` stays one TOML string.
+    #[test]
+    fn settings_cannot_add_lines_to_gateway_toml() {
+        let payload: Payload = serde_json::from_value(serde_json::json!({
+            "format": 1, "clinic": "c1\n[admin]", "clinic_name": "C", "version": 7,
+            "created": "2026-11-22T00:00:00Z\nlisten = \"0.0.0.0:1\"", "appliance": "age1x",
+            "vendor_key": "SHA256:00",
+            "certificates": {"vendor_root": "", "clinic_ca": "", "clinic_crl": "", "issuing_ca": "",
+                             "server": "", "uplink": null},
+            "settings": {"engine_host": "e\n[x]", "listen": "127.0.0.1:8443",
+                         "est_listen": "127.0.0.1:8444", "admin_listen": "127.0.0.1:9090",
+                         "wireguard": null},
+            "engine": {"url": "https://e.test", "ca": "", "user": "or\"master\n[admin]",
+                       "password": "pw"},
+            "terminals": [], "tokens": [], "users": [], "revoked": []
+        }))
+        .unwrap();
+        let text = render_config(&payload);
+        let config: crate::config::Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.upstream.user, "or\"master\n[admin]");
+        assert_eq!(config.admin.address, Some("127.0.0.1:9090".parse().unwrap()));
     }
 }
