@@ -5,11 +5,14 @@ die() {
   exit 1
 }
 
-# free_port: a TCP port on 127.0.0.1 that nothing listens on now.
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now, below the kernel's ephemeral
+# range, so that no client connection of an earlier run (thousands, in the benchmarks) holds it.
 free_port() {
-  local port
+  local port low
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+  ((low > 11000)) || low=32768
   for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 30000))
+    port=$((10000 + RANDOM % (low - 10000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return
@@ -47,6 +50,17 @@ pss_kib() {
   for pid in "$@"; do
     kib=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup") || die "cannot read /proc/$pid/smaps_rollup"
     total=$((total + kib))
+  done
+  echo "$total"
+}
+
+# cpu_ticks PID…: user plus system CPU time the processes have used so far, in clock ticks
+# (all their threads; see proc(5), fields 14 and 15 of /proc/PID/stat).
+cpu_ticks() {
+  local total=0 pid t
+  for pid in "$@"; do
+    t=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat") || die "cannot read /proc/$pid/stat"
+    total=$((total + t))
   done
   echo "$total"
 }

@@ -194,8 +194,20 @@ load() {
   local args=(--cert "$pki/terminal.pem" --key "$pki/terminal.key" --ca "$pki/ca.pem"
     --server-name localhost --addr "${addr[$side]}")
   [[ -n ${user[$side]:-} && $mode != handshakes ]] && args+=(--user "${user[$side]}")
+  local procs=("${pid_of[$side]}" $(children "${pid_of[$side]}")) before engine_before
+  before=$(cpu_ticks "${procs[@]}") engine_before=$(cpu_ticks "${pid_of[direct]}")
   "$loadgen" "$mode" "${args[@]}" "$@" >"$out" 2>"$out.err" || { cat "$out.err" >&2; die "loadgen $mode against $side failed"; }
-  printf '  %-22s %s\n' "$label" "$(head -1 "$out")" >&2
+  printf '  %-22s %s' "$label" "$(head -1 "$out")" >&2
+  # CPU per request (or handshake) of the side's own processes, and of engine-sim behind it: on
+  # a shared machine the throughput ratio follows these.
+  local done=$(field "$out" requests) hz=$(getconf CLK_TCK)
+  [[ $mode == handshakes ]] && done=$(field "$out" handshakes)
+  if [[ $mode != latency && $side != direct && ${done:-0} -gt 0 ]]; then
+    printf "; CPU per %s: %s µs here, %s µs engine" "$([[ $mode == handshakes ]] && echo handshake || echo request)" \
+      "$(calc "($(cpu_ticks "${procs[@]}") - $before) * 1000000 / $hz / $done" 1)" \
+      "$(calc "($(cpu_ticks "${pid_of[direct]}") - $engine_before) * 1000000 / $hz / $done" 1)" >&2
+  fi
+  echo >&2
   [[ $(field "$out" errors) == 0 ]] || { cat "$out.err" >&2; die "$label: errors; every response must be a 200"; }
   field "$out" "$key"
 }

@@ -6,23 +6,22 @@
 //! **forward** (the uplink). Every decision, allow or deny, becomes one audit entry, written when
 //! the response body has been sent so that it carries the status, the bytes and the duration.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 
 use engine_proxy::failover::{Caller, Engine, RouteError, Served};
 use engine_proxy::health::Mode;
-use engine_proxy::upstream::{ProxyBody, is_upgrade};
+use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::{Decision, Entry};
+use crate::h1;
 use crate::identity::{Proof, Terminal};
 use crate::login;
 use crate::meter::Metered;
@@ -61,7 +60,7 @@ fn text(status: StatusCode, message: &str) -> Response<ProxyBody> {
 }
 
 impl Connection {
-    fn entry(&self, req: &Request<Incoming>) -> Entry {
+    fn entry(&self, req: &Request<h1::Body>) -> Entry {
         Entry {
             terminal: Some(self.terminal.name.clone()),
             source: self.source.to_string(),
@@ -113,19 +112,35 @@ pub const HYBRID_MODE: &str = "x-hybridmode";
 
 /// Serves one request through the stages. Every response says the hybrid state; an answer from
 /// the local engine says `emergency` (or `recovery`) even before the prober has confirmed it.
-pub async fn handle(
-    conn: Arc<Connection>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let Ok(mut resp) = stages(&conn, req).await;
+pub async fn handle(conn: Arc<Connection>, req: Request<h1::Body>) -> Response<ProxyBody> {
+    let mut resp = stages(&conn, req).await;
     if !resp.headers().contains_key(HYBRID_MODE) {
         let mode = conn.engine.failover.health.mode();
         resp.headers_mut().insert(HYBRID_MODE, mode.header());
     }
-    Ok(resp)
+    resp
 }
 
-async fn stages(conn: &Arc<Connection>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+impl h1::Service for Arc<Connection> {
+    fn call(&self, req: Request<h1::Body>) -> impl Future<Output = Response<ProxyBody>> + Send {
+        handle(self.clone(), req)
+    }
+
+    fn rejected(&self, status: StatusCode, why: &str) {
+        Metrics::inc(&self.gateway.metrics.requests_denied_total);
+        self.gateway.audit.record_soon(Entry {
+            decision: Decision::Deny,
+            reason: format!("request refused: {why}"),
+            terminal: Some(self.terminal.name.clone()),
+            source: self.source.to_string(),
+            route: self.route.clone(),
+            status: Some(status.as_u16()),
+            ..Entry::default()
+        });
+    }
+}
+
+async fn stages(conn: &Arc<Connection>, req: Request<h1::Body>) -> Response<ProxyBody> {
     let conn = conn.clone();
     let started = Instant::now();
     let metrics = &conn.gateway.metrics;
@@ -140,11 +155,11 @@ async fn stages(conn: &Arc<Connection>, req: Request<Incoming>) -> Result<Respon
         );
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(conn.deny(entry, started, reason, resp));
+        return conn.deny(entry, started, reason, resp);
     }
 
     if req.uri().path().starts_with(login::PREFIX) {
-        return Ok(login::handle(&conn, req, entry, started).await);
+        return login::handle(&conn, req, entry, started).await;
     }
 
     let person = match authenticate(&conn, &req).await {
@@ -154,14 +169,14 @@ async fn stages(conn: &Arc<Connection>, req: Request<Incoming>) -> Result<Respon
             entry.user = denied.user().map(str::to_owned);
             let resp = refusal(&req, &denied);
             count_denial(&conn.gateway.metrics, &denied);
-            return Ok(conn.deny(entry, started, denied.reason(), resp));
+            return conn.deny(entry, started, denied.reason(), resp);
         }
     };
-    Ok(forward(conn, req, entry, person, started).await)
+    forward(conn, req, entry, person, started).await
 }
 
 /// Stage 3: the person, by session cookie (browsers) or HTTP Basic (API clients).
-async fn authenticate(conn: &Arc<Connection>, req: &Request<Incoming>) -> Result<Person, Denied> {
+async fn authenticate(conn: &Arc<Connection>, req: &Request<h1::Body>) -> Result<Person, Denied> {
     let people = &conn.gateway.people;
     if !people.required() {
         return Ok(people.anonymous());
@@ -190,7 +205,7 @@ fn count_denial(metrics: &Metrics, denied: &Denied) {
 
 /// The answer to a refused person: a Basic challenge for API clients, the login page for a
 /// browser that asked for a page, a retry time when locked out.
-pub fn refusal(req: &Request<Incoming>, denied: &Denied) -> Response<ProxyBody> {
+pub fn refusal(req: &Request<h1::Body>, denied: &Denied) -> Response<ProxyBody> {
     match denied {
         Denied::NoCredentials if login::wants_page(req) => login::redirect_to_login(req.uri()),
         Denied::NoCredentials | Denied::WrongPassword { .. } => {
@@ -237,7 +252,7 @@ pub fn locked_out(secs: u64) -> Response<ProxyBody> {
 /// place), streaming both ways where the route does not need the whole body.
 async fn forward(
     conn: Arc<Connection>,
-    mut req: Request<Incoming>,
+    mut req: Request<h1::Body>,
     mut entry: Entry,
     person: Person,
     started: Instant,
@@ -261,7 +276,8 @@ async fn forward(
         );
     }
     login::strip_session_cookie(req.headers_mut());
-    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = req.extensions_mut().remove::<h1::OnUpgrade>();
+    let body_failure = req.body().failure();
     let received = Arc::new(AtomicU64::new(0));
     let req = req.map(|b| Metered::limited(b, received.clone(), limit).boxed());
     let caller = Caller {
@@ -293,6 +309,15 @@ async fn forward(
                 n as u64,
                 format!("a read or write body over failover.max_entry_bytes ({n})"),
             );
+        }
+        Err(RouteError::Body(_) | RouteError::Upstream(_))
+            if let Some(why) = body_failure.as_ref().and_then(|f| f.get()) =>
+        {
+            // The terminal's body broke (malformed chunks, a stall, a closed connection): the
+            // terminal's doing, not the engine's.
+            entry.bytes_in = received.load(Relaxed);
+            let resp = text(StatusCode::BAD_REQUEST, &format!("Kakehashi: {why}"));
+            return conn.deny(entry, started, format!("request body: {why}"), resp);
         }
         Err(RouteError::Body(why)) => {
             entry.bytes_in = received.load(Relaxed);
@@ -410,20 +435,17 @@ fn count_route(metrics: &Metrics, served: &Served) {
 /// Both sides switched protocols: copy bytes until either closes, then audit the totals.
 async fn tunnel(
     conn: Arc<Connection>,
-    client: hyper::upgrade::OnUpgrade,
+    client: h1::OnUpgrade,
     engine: hyper::upgrade::OnUpgrade,
     mut entry: Entry,
     started: Instant,
 ) {
-    let (client, engine) = match tokio::try_join!(client, engine) {
-        Ok(pair) => pair,
-        Err(e) => {
-            entry.reason = format!("allowed; upgrade failed: {e}");
-            conn.record(entry, started);
-            return;
-        }
+    let (mut client, engine) = match tokio::join!(client, engine) {
+        (Ok(client), Ok(engine)) => (client, engine),
+        (Err(e), _) => return upgrade_failed(&conn, entry, started, e),
+        (_, Err(e)) => return upgrade_failed(&conn, entry, started, &e.to_string()),
     };
-    let (mut client, mut engine) = (TokioIo::new(client), TokioIo::new(engine));
+    let mut engine = hyper_util::rt::TokioIo::new(engine);
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut engine) => {
             if let Ok((up, down)) = copied {
@@ -435,5 +457,10 @@ async fn tunnel(
             entry.reason = format!("allowed; WebSocket closed by a reload: {why}");
         }
     }
+    conn.record(entry, started);
+}
+
+fn upgrade_failed(conn: &Connection, mut entry: Entry, started: Instant, why: &str) {
+    entry.reason = format!("allowed; upgrade failed: {why}");
     conn.record(entry, started);
 }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod enrollment;
 pub mod est;
+pub mod h1;
 pub mod http;
 pub mod hybrid;
 pub mod identity;

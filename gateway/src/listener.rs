@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -98,7 +97,7 @@ async fn connection(
     let Some(admitted) = Box::pin(handshake(gateway, stream, source, route)).await else {
         return;
     };
-    Box::pin(serve_route(gateway, engine, admitted, source, route, stopping)).await
+    serve_route(gateway, engine, admitted, source, route, stopping).await
 }
 
 /// A connection that came through a WireGuard peer's tunnel, whose peer is the terminal. On a
@@ -132,7 +131,7 @@ pub async fn tunnel<S: Io>(
     if tls {
         match Box::pin(handshake(gateway, stream, source, route)).await {
             Some(a) if a.terminal.name == terminal.name => {
-                Box::pin(serve_route(gateway, engine, a, source, route, stopping)).await
+                serve_route(gateway, engine, a, source, route, stopping).await
             }
             Some(a) => {
                 gateway.audit.record_soon(Entry {
@@ -163,7 +162,7 @@ pub async fn tunnel<S: Io>(
                     proof,
                     generation: live.generation,
                 };
-                Box::pin(serve_route(gateway, engine, admitted, source, route, stopping)).await
+                serve_route(gateway, engine, admitted, source, route, stopping).await
             }
             Err(why) => gateway.audit.record_soon(Entry {
                 decision: Decision::Deny,
@@ -176,17 +175,19 @@ pub async fn tunnel<S: Io>(
     drop(permit);
 }
 
-/// The route phase, the same for every front door.
-async fn serve_route<S: Io>(
-    gateway: &Arc<Gateway>,
+/// The route phase, the same for every front door: a connection's future for its whole life,
+/// boxed at its own size (an api connection's is not sized for the tcp route's, or the other
+/// way round), since it is most of what an idle terminal costs.
+fn serve_route<'a, S: Io>(
+    gateway: &'a Arc<Gateway>,
     engine: Arc<Engine>,
     admitted: Admitted<S>,
     source: SocketAddr,
-    route: &Route,
+    route: &'a Route,
     stopping: tokio::sync::watch::Receiver<bool>,
-) {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
     match route {
-        Route::Api(name) => serve_api(gateway, engine, admitted, source, name, stopping).await,
+        Route::Api(name) => Box::pin(serve_api(gateway, engine, admitted, source, name, stopping)),
         Route::Tcp(route) => {
             let Admitted {
                 stream,
@@ -194,7 +195,14 @@ async fn serve_route<S: Io>(
                 proof,
                 ..
             } = admitted;
-            tcp::serve(gateway.clone(), route.clone(), stream, terminal, proof, source).await
+            Box::pin(tcp::serve(
+                gateway.clone(),
+                route.clone(),
+                stream,
+                terminal,
+                proof,
+                source,
+            ))
         }
     }
 }
@@ -291,14 +299,16 @@ async fn handshake<S: Io>(
 }
 
 /// The api route: HTTP/1.1 on the admitted stream until either side closes or shutdown.
-async fn serve_api<S: Io>(
+/// (A plain function returning the server's future, not an `async fn` around it: that would
+/// keep a second copy of the stream in its own state.)
+fn serve_api<S: Io>(
     gateway: &Arc<Gateway>,
     engine: Arc<Engine>,
     admitted: Admitted<S>,
     source: SocketAddr,
     name: &str,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let Admitted {
         stream,
         terminal,
@@ -315,31 +325,11 @@ async fn serve_api<S: Io>(
         checked: AtomicU64::new(generation),
         memo: Default::default(),
     });
-    let limits = &gateway.config.limits;
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout())
-        .max_header_size(limits.max_header_bytes)
-        // Headers and body in one buffer: one TLS record and one write per response instead of
-        // one per part (a TLS stream gains nothing from vectored writes).
-        .writev(false);
-    let service = hyper::service::service_fn(move |req| http::handle(conn.clone(), req));
-    let served = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(served);
-    let ended = tokio::select! {
-        ended = served.as_mut() => ended,
-        () = stopped(&mut stopping) => {
-            // Finish the request in flight, then close instead of keeping alive.
-            served.as_mut().graceful_shutdown();
-            served.await
-        }
+    let limits = crate::h1::Limits {
+        header_timeout: gateway.config.limits.header_timeout(),
+        max_header_bytes: gateway.config.limits.max_header_bytes,
     };
-    if let Err(e) = ended {
-        tracing::debug!(%source, error = %e, "connection ended with an error");
-    }
+    crate::h1::serve(stream, conn, limits, stopping)
 }
 
 /// The next connection, or `None` once shutdown has begun. A failed accept (out of file

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::{Decision, Entry};
+use crate::h1;
 use crate::http::{Connection, locked_out, reply};
 use crate::person::Denied;
 
@@ -62,7 +62,7 @@ pub fn strip_session_cookie(headers: &mut HeaderMap) {
 
 /// Whether a refused request came from a browser wanting a page (it gets the login page, not a
 /// Basic challenge that would pop up the browser's own dialog).
-pub fn wants_page(req: &Request<Incoming>) -> bool {
+pub fn wants_page(req: &Request<h1::Body>) -> bool {
     req.method() == Method::GET
         && req
             .headers()
@@ -140,7 +140,7 @@ fn page(status: StatusCode, terminal: &str, next: &str, message: Option<&str>) -
 /// Serves `/kakehashi/…`.
 pub async fn handle(
     conn: &Arc<Connection>,
-    req: Request<Incoming>,
+    req: Request<h1::Body>,
     mut entry: Entry,
     started: Instant,
 ) -> Response<ProxyBody> {
@@ -190,7 +190,7 @@ pub async fn handle(
 
 async fn sign_in(
     conn: &Arc<Connection>,
-    req: Request<Incoming>,
+    req: Request<h1::Body>,
     mut entry: Entry,
     started: Instant,
 ) -> Response<ProxyBody> {

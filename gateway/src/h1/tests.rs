@@ -1,0 +1,397 @@
+use super::*;
+
+use http_body_util::{BodyExt, Full};
+use tokio::io::duplex;
+
+fn head(text: &str) -> Result<Option<Head>, Refusal> {
+    parse(&mut BytesMut::from(text.as_bytes()), 16 * 1024)
+}
+
+fn refused(text: &str) -> (Option<StatusCode>, String) {
+    match head(text) {
+        Err(r) => (r.status, r.why),
+        Ok(h) => panic!("{text:?} was accepted: {:?}", h.map(|h| h.framing)),
+    }
+}
+
+#[test]
+fn a_head_is_taken_off_the_buffer_and_its_values_share_the_bytes() {
+    let mut buf =
+        BytesMut::from(&b"GET /api01rv2/patientgetv2?id=1 HTTP/1.1\r\nHost: x\r\nX-A: b\r\n\r\nNEXT"[..]);
+    let head = parse(&mut buf, 1024).unwrap().unwrap();
+    assert_eq!(&buf[..], b"NEXT", "the rest stays for the next read");
+    assert_eq!(head.request.method(), Method::GET);
+    assert_eq!(head.request.uri().path(), "/api01rv2/patientgetv2");
+    assert_eq!(head.request.uri().query(), Some("id=1"));
+    assert_eq!(head.request.headers()["x-a"], "b");
+    assert_eq!(head.framing, Framing::Length(0));
+    assert!(head.keep_alive && !head.expect_continue && !head.upgrade);
+}
+
+#[test]
+fn a_partial_head_waits_and_a_long_one_is_431() {
+    let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n"[..]);
+    assert!(parse(&mut buf, 1024).unwrap().is_none());
+    assert_eq!(&buf[..], b"GET / HTTP/1.1\r\nHost: x\r\n", "nothing taken");
+    let long = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(2000));
+    let Err(r) = parse(&mut BytesMut::from(long.as_bytes()), 1024) else {
+        panic!()
+    };
+    assert_eq!(r.status, Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+    let partial = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(2000));
+    let Err(r) = parse(&mut BytesMut::from(partial.as_bytes()), 1024) else {
+        panic!()
+    };
+    assert_eq!(r.status, Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+    let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+    let (status, _) = refused(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"));
+    assert_eq!(status, Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+}
+
+#[test]
+fn every_framing_ambiguity_is_refused() {
+    let bad = StatusCode::BAD_REQUEST;
+    for (text, status, why) in [
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            bad,
+            "both",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            bad,
+            "disagree",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n",
+            bad,
+            "disagree",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n",
+            bad,
+            "malformed Content-Length",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            bad,
+            "malformed",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            StatusCode::NOT_IMPLEMENTED,
+            "other than chunked",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n",
+            StatusCode::NOT_IMPLEMENTED,
+            "other than chunked",
+        ),
+        (
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            bad,
+            "HTTP/1.0",
+        ),
+        ("GET / HTTP/1.1\r\n\r\n", bad, "Host"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", bad, "Host"),
+        (
+            "CONNECT engine:443 HTTP/1.1\r\nHost: engine:443\r\n\r\n",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT",
+        ),
+        ("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", bad, "target"),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n",
+            bad,
+            "malformed",
+        ),
+    ] {
+        let (s, w) = refused(text);
+        assert_eq!(s, Some(status), "{text:?}: {w}");
+        assert!(w.contains(why), "{text:?}: {w}");
+    }
+}
+
+#[test]
+fn framing_and_connection_semantics() {
+    let h = head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7, 7\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.framing, Framing::Length(7));
+    let h = head("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.framing, Framing::Chunked);
+    assert!(h.expect_continue);
+    let h = head("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(!h.keep_alive);
+    let h = head("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+    assert!(!h.keep_alive, "HTTP/1.0 is served one request per connection");
+    let h = head("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(h.upgrade);
+    let h = head("GET http://engine/api01rv2/x HTTP/1.1\r\nHost: engine\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.request.uri().path(), "/api01rv2/x", "absolute form");
+}
+
+/// Decodes `wire` fed in pieces of `step` bytes, as reads would deliver it.
+fn dechunk(wire: &[u8], step: usize) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
+    let mut decoder = Decoder::Chunked(Chunk::Size);
+    let (mut buf, mut out, mut fed) = (BytesMut::new(), Vec::new(), 0);
+    loop {
+        match decoder.decode(&mut buf)? {
+            Step::Data(d) => out.extend_from_slice(&d),
+            Step::Done => return Ok((out, buf.to_vec())),
+            Step::More if fed == wire.len() => return Err("ran out"),
+            Step::More => {
+                let n = step.min(wire.len() - fed);
+                buf.extend_from_slice(&wire[fed..fed + n]);
+                fed += n;
+            }
+        }
+    }
+}
+
+#[test]
+fn chunked_bodies_decode_whatever_the_reads_and_bad_ones_are_refused() {
+    let wire = b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\nGET";
+    for step in [1, 2, 3, 7, 100] {
+        let (body, rest) = dechunk(wire, step).unwrap();
+        assert_eq!(body, b"hello world", "step {step}");
+        assert!(b"GET".starts_with(&rest), "the next request stays: {rest:?}");
+    }
+    for bad in [
+        &b"zz\r\n"[..],
+        b"5\r\nhelloX\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"ffffffffffffffffff\r\n",
+        b"-5\r\nhello\r\n",
+        b" 5\r\nhello\r\n",
+    ] {
+        assert!(dechunk(bad, 100).is_err(), "{:?}", String::from_utf8_lossy(bad));
+    }
+    let long_line = format!("5;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
+    assert_eq!(
+        dechunk(long_line.as_bytes(), 100),
+        Err("chunk size line too long")
+    );
+}
+
+/// Echoes what it got: the target and the body's length; `/unsized` answers with a body whose
+/// length is not known in advance; `/slow-body` refuses without reading its body.
+struct Echo;
+
+struct Unsized(Option<Bytes>);
+
+impl HttpBody for Unsized {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+impl Service for Echo {
+    async fn call(&self, req: Request<Body>) -> Response<ProxyBody> {
+        let target = req.uri().to_string();
+        if target == "/refuse" {
+            let mut r = Response::new(Full::new(Bytes::from("no\n")).map_err(|e| match e {}).boxed());
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            return r;
+        }
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        let text = match body {
+            Ok(b) => format!("{target} {}", b.len()),
+            Err(e) => format!("{target} error {e}"),
+        };
+        if target == "/unsized" {
+            return Response::new(Unsized(Some(text.into())).boxed());
+        }
+        Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed())
+    }
+
+    fn rejected(&self, _: StatusCode, _: &str) {}
+}
+
+/// A connection served by `service`: the client's end, and the server's task.
+fn connect<V: Service + Send + Sync + 'static>(
+    service: V,
+) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
+    let (client, server) = duplex(1 << 20);
+    let (stop, stopping) = watch::channel(false);
+    let limits = Limits {
+        header_timeout: Duration::from_secs(5),
+        max_header_bytes: 16 * 1024,
+    };
+    let served = tokio::spawn(async move {
+        serve(server, service, limits, stopping).await;
+        drop(stop);
+    });
+    (client, served)
+}
+
+/// Writes `input` to a connection served by [`Echo`], closes the write side, returns all the
+/// server wrote.
+async fn exchange_bytes(input: &[u8]) -> String {
+    let (mut client, served) = connect(Echo);
+    client.write_all(input).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    client.read_to_end(&mut out).await.unwrap();
+    served.await.unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_with_their_framing() {
+    let out = exchange_bytes(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+          POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+          GET /unsized HTTP/1.1\r\nHost: x\r\n\r\n\
+          HEAD /e HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n\
+          GET /never HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 6, "{out}");
+    assert!(answers[0].starts_with("200 OK\r\n") && answers[0].contains("content-length: 4\r\n"));
+    assert!(
+        answers[0].contains("\r\ndate: ") && answers[0].ends_with("\r\n\r\n/a 0"),
+        "{}",
+        answers[0]
+    );
+    assert!(answers[1].ends_with("/b 3"), "{}", answers[1]);
+    assert!(answers[2].ends_with("/c 5"), "{}", answers[2]);
+    assert!(
+        answers[3].contains("transfer-encoding: chunked\r\n"),
+        "{}",
+        answers[3]
+    );
+    assert!(
+        answers[3].ends_with("\r\n\r\na\r\n/unsized 0\r\n0\r\n\r\n"),
+        "{}",
+        answers[3]
+    );
+    assert!(
+        answers[4].contains("content-length: 0") || !answers[4].contains("/e"),
+        "{}",
+        answers[4]
+    );
+    assert!(answers[4].ends_with("\r\n\r\n"), "HEAD: no body: {}", answers[4]);
+    assert!(answers[5].contains("connection: close\r\n") && answers[5].ends_with("/f 0"));
+    assert!(!out.contains("/never"), "nothing after Connection: close");
+}
+
+#[tokio::test]
+async fn bad_requests_get_their_status_and_the_connection_closes() {
+    let out = exchange_bytes(
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nGET /a HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(
+        out.contains("connection: close\r\n") && out.contains("disagree"),
+        "{out}"
+    );
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
+
+    let out =
+        exchange_bytes(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await;
+    assert!(
+        out.contains("/c error malformed chunk size"),
+        "the service sees the body fail: {out}"
+    );
+    assert!(
+        out.contains("connection: close"),
+        "and the connection ends: {out}"
+    );
+
+    let out = exchange_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+    assert_eq!(out, "", "a head cut short by the client: nobody to answer");
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_only_when_the_body_is_wanted() {
+    let out = exchange_bytes(
+        b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 401"), "refused before any 100: {out}");
+    assert!(
+        out.contains("connection: close"),
+        "its body was never read: {out}"
+    );
+
+    let (mut client, served) = connect(Echo);
+    client
+        .write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 25];
+    client.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 100 Continue\r\n\r\n");
+    client.write_all(&vec![b'x'; 70000]).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut out = String::new();
+    client.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK") && out.ends_with("/up 70000"),
+        "{out}"
+    );
+    served.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_upgrade_hands_over_the_stream_with_the_bytes_already_read() {
+    struct Switch;
+    impl Service for Switch {
+        fn call(&self, mut req: Request<Body>) -> impl Future<Output = Response<ProxyBody>> + Send {
+            let on = req.extensions_mut().remove::<OnUpgrade>();
+            async move {
+                let on = on.expect("an upgrade request carries its OnUpgrade");
+                tokio::spawn(async move {
+                    let mut io = on.await.expect("upgraded");
+                    let mut first = [0u8; 5];
+                    io.read_exact(&mut first).await.unwrap();
+                    io.write_all(&first).await.unwrap();
+                });
+                let mut r = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+                *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                r.headers_mut()
+                    .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                r
+            }
+        }
+        fn rejected(&self, _: StatusCode, _: &str) {}
+    }
+    let (mut client, _served) = connect(Switch);
+    client
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nhello")
+        .await
+        .unwrap();
+    let mut out = vec![0u8; 4096];
+    let mut got = String::new();
+    while !got.ends_with("hello") {
+        let n = client.read(&mut out).await.unwrap();
+        assert!(n > 0, "{got}");
+        got.push_str(std::str::from_utf8(&out[..n]).unwrap());
+    }
+    assert!(got.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{got}");
+    assert!(
+        got.contains("connection: upgrade\r\n") && got.contains("upgrade: websocket\r\n"),
+        "{got}"
+    );
+    assert!(!got.contains("content-length"), "{got}");
+}
