@@ -54,15 +54,21 @@ pss_kib() {
   echo "$total"
 }
 
-# cpu_ticks PID…: user plus system CPU time the processes have used so far, in clock ticks
-# (all their threads; see proc(5), fields 14 and 15 of /proc/PID/stat).
+# cpu_ticks PID…: "USER SYSTEM", the CPU time the processes have used so far in user space and in
+# the kernel, in clock ticks (all their threads; see proc(5), fields 14 and 15 of /proc/PID/stat).
 cpu_ticks() {
-  local total=0 pid t
+  local user=0 system=0 pid u s
   for pid in "$@"; do
-    t=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat") || die "cannot read /proc/$pid/stat"
-    total=$((total + t))
+    read -r u s < <(awk '{sub(/^.*\) /, ""); print $12, $13}' "/proc/$pid/stat") || die "cannot read /proc/$pid/stat"
+    user=$((user + u)) system=$((system + s))
   done
-  echo "$total"
+  echo "$user $system"
+}
+
+# machine_ticks: the CPU time every core has spent busy so far (user, nice, system, irq, softirq),
+# in clock ticks.
+machine_ticks() {
+  awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat
 }
 
 # field FILE KEY: the value of KEY=… on FILE's RESULT line.

@@ -8,9 +8,10 @@
 #   3. memory per idle mTLS connection: PSS of all server processes with --idle connections open
 #      (each after a handshake and one request), minus PSS before, divided by the connections
 #   4. p99 latency added over calling engine-sim directly, at half of each proxy's peak rate
-#      (open loop, fixed rate, over as many connections as the peak was measured with; more
-#      connections than nginx keeps upstream (--latency-conns 128) make it open an upstream mTLS
-#      connection per request, and its latency collapses)
+#      (the medians of --rounds back-to-back pairs, direct then proxy; open loop, fixed rate, over
+#      as many connections as the peak was measured with; more connections than nginx keeps
+#      upstream (--latency-conns 128) make it open an upstream mTLS connection per request, and
+#      its latency collapses)
 #   5. requests/s with the gateway's person authentication on (HTTP Basic on every request) as a
 #      ratio to off
 # nginx: the Debian package, one worker per core with `reuseport`, `ssl_verify_client on` with the
@@ -194,18 +195,27 @@ load() {
   local args=(--cert "$pki/terminal.pem" --key "$pki/terminal.key" --ca "$pki/ca.pem"
     --server-name localhost --addr "${addr[$side]}")
   [[ -n ${user[$side]:-} && $mode != handshakes ]] && args+=(--user "${user[$side]}")
-  local procs=("${pid_of[$side]}" $(children "${pid_of[$side]}")) before engine_before
-  before=$(cpu_ticks "${procs[@]}") engine_before=$(cpu_ticks "${pid_of[direct]}")
+  local procs=("${pid_of[$side]}" $(children "${pid_of[$side]}")) user0 sys0 engine0 engine_sys0
+  read -r user0 sys0 < <(cpu_ticks "${procs[@]}")
+  read -r engine0 engine_sys0 < <(cpu_ticks "${pid_of[direct]}")
+  local machine0=$(machine_ticks)
   "$loadgen" "$mode" "${args[@]}" "$@" >"$out" 2>"$out.err" || { cat "$out.err" >&2; die "loadgen $mode against $side failed"; }
   printf '  %-22s %s' "$label" "$(head -1 "$out")" >&2
-  # CPU per request (or handshake) of the side's own processes, and of engine-sim behind it: on
-  # a shared machine the throughput ratio follows these.
-  local done=$(field "$out" requests) hz=$(getconf CLK_TCK)
+  # CPU per request (or handshake) of the side's own processes (and how much of it in the
+  # kernel), of engine-sim behind it, and of the whole machine (the client included): on a
+  # shared machine the throughput ratio follows these.
+  local done=$(field "$out" requests) hz=$(getconf CLK_TCK) user1 sys1 engine1 engine_sys1
   [[ $mode == handshakes ]] && done=$(field "$out" handshakes)
   if [[ $mode != latency && $side != direct && ${done:-0} -gt 0 ]]; then
-    printf "; CPU per %s: %s µs here, %s µs engine" "$([[ $mode == handshakes ]] && echo handshake || echo request)" \
-      "$(calc "($(cpu_ticks "${procs[@]}") - $before) * 1000000 / $hz / $done" 1)" \
-      "$(calc "($(cpu_ticks "${pid_of[direct]}") - $engine_before) * 1000000 / $hz / $done" 1)" >&2
+    read -r user1 sys1 < <(cpu_ticks "${procs[@]}")
+    read -r engine1 engine_sys1 < <(cpu_ticks "${pid_of[direct]}")
+    local machine1=$(machine_ticks)
+    local per="* 1000000 / $hz / $done"
+    printf "; CPU per %s: %s µs here (%s in the kernel), %s µs engine, %s µs the whole machine" \
+      "$([[ $mode == handshakes ]] && echo handshake || echo request)" \
+      "$(calc "($user1 + $sys1 - $user0 - $sys0) $per" 1)" "$(calc "($sys1 - $sys0) $per" 1)" \
+      "$(calc "($engine1 + $engine_sys1 - $engine0 - $engine_sys0) $per" 1)" \
+      "$(calc "($machine1 - $machine0) $per" 1)" >&2
   fi
   echo >&2
   [[ $(field "$out" errors) == 0 ]] || { cat "$out.err" >&2; die "$label: errors; every response must be a 200"; }
@@ -278,18 +288,25 @@ echo "3. memory per idle mTLS connection" >&2
 for side in "${proxies[@]}"; do kib[$side]=$(idle_kib "$side"); done
 
 echo "4. p99 latency added at half of each proxy's peak" >&2
+# Each round measures engine-sim directly and then through the proxy at the same rate, back to
+# back, so that both see the machine in the same state; the medians of the rounds are reported.
 for side in "${proxies[@]}"; do
   rate[$side]=$(calc "${rps[$side]} / 2" 0)
   # Warm-up, not counted: the proxy's upstream connections for this many terminals are opened here.
   load "warm-up-$side" latency "$side" p99_us --rate "${rate[$side]}" --conns "$latency_conns" --duration 2 >/dev/null
-  p99_direct[$side]=$(load "latency-direct-${rate[$side]}" latency direct p99_us --rate "${rate[$side]}" --conns "$latency_conns" --duration "$duration")
-  p99[$side]=$(load "latency-$side" latency "$side" p99_us --rate "${rate[$side]}" --conns "$latency_conns" --duration "$duration")
+  direct_samples= proxy_samples=
+  for ((r = 1; r <= rounds; r++)); do
+    direct_samples+=" $(load "latency-direct-${rate[$side]}-$r" latency direct p99_us --rate "${rate[$side]}" --conns "$latency_conns" --duration "$duration")"
+    proxy_samples+=" $(load "latency-$side-$r" latency "$side" p99_us --rate "${rate[$side]}" --conns "$latency_conns" --duration "$duration")"
+  done
+  p99_direct[$side]=$(calc "$(median $direct_samples)" 0)
+  p99[$side]=$(calc "$(median $proxy_samples)" 0)
 done
 
 # --- The summary.
 gw() { has gateway && echo "$1" || echo "skipped"; }
 ratio() { has gateway && echo "$(calc "$1")x" || echo "-"; }
-added() { echo "+$((${p99[$1]} - ${p99_direct[$1]})) µs (p99 ${p99[$1]} at ${rate[$1]}/s; direct ${p99_direct[$1]})"; }
+added() { printf '%+d µs (p99 %d at %d/s; direct %d)\n' "$((${p99[$1]} - ${p99_direct[$1]}))" "${p99[$1]}" "${rate[$1]}" "${p99_direct[$1]}"; }
 {
   echo
   echo "TLS front door, $(date -u +%Y-%m-%d), $(nproc) cores: $command_line"
