@@ -379,14 +379,17 @@ fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Refusal> {
     };
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let method = parsed.method.unwrap_or_default();
+    // A complete head always has both; a missing one is refused rather than assumed.
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return Err(Refusal::bad("malformed request line"));
+    };
     let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| Refusal::bad(format!("malformed method {method:?}")))?;
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let target = offset(parsed.path.unwrap_or_default().as_bytes());
+    let target = offset(path.as_bytes());
     let mut named = Vec::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
