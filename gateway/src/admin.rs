@@ -37,6 +37,8 @@ async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Respons
             crate::est::refresh_metrics(&gateway);
             let stale = gateway.live().crl_stale().is_some();
             crate::metrics::Metrics::set(&gateway.metrics.crl_stale, u64::from(stale));
+            let checks = gateway.people.password_checks();
+            crate::metrics::Metrics::set(&gateway.metrics.password_checks_total, checks);
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

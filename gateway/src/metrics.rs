@@ -39,6 +39,7 @@ metrics! {
     requests_total: "counter", "HTTP requests answered on api listeners.";
     requests_denied_total: "counter", "HTTP requests refused by the gateway (person, terminal, limits).";
     auth_failures_total: "counter", "Wrong or unknown ID and password.";
+    password_checks_total: "counter", "ID and password checks that ran argon2id (the others were answered from the auth.cache_secs cache).";
     lockouts_total: "counter", "Requests refused because a user or terminal is locked out.";
     upstream_errors_total: "counter", "Requests the engine did not answer (connect error, timeout).";
     upstream_responses_5xx_total: "counter", "Engine answers with a 5xx status.";

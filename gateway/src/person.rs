@@ -103,6 +103,8 @@ pub struct People {
     /// Terminals (by certificate fingerprint) with a person signed in, until when.
     signed_in: Mutex<HashMap<[u8; 32], Instant>>,
     verifying: tokio::sync::Semaphore,
+    /// argon2id verifications run so far (the metric `password_checks_total`).
+    checks: std::sync::atomic::AtomicU64,
     /// Bumped when cached credentials are forgotten; per-connection memos of an older value are
     /// void.
     generation: std::sync::atomic::AtomicU64,
@@ -172,6 +174,7 @@ impl People {
             sessions: Mutex::default(),
             signed_in: Mutex::default(),
             verifying: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
+            checks: Default::default(),
             generation: Default::default(),
         }
     }
@@ -289,12 +292,7 @@ impl People {
             return Err(denied);
         }
         let key = sha256(&[id.as_bytes(), password]);
-        if let Some(hit) = lock(&self.cache).get(&key).filter(|c| c.until > now) {
-            let person = Person {
-                user: Some(hit.user.clone()),
-                upstream: hit.upstream.clone(),
-            };
-            self.mark_signed_in(terminal);
+        if let Some(person) = self.cached(&key, terminal) {
             return Ok(person);
         }
         let _permit = self
@@ -302,6 +300,11 @@ impl People {
             .acquire()
             .await
             .map_err(|_| Denied::Unavailable("shutting down".into()))?;
+        // The same ID and password may have been verified while this request waited its turn (a
+        // client opening many connections at once sends them on all): argon2id runs once.
+        if let Some(person) = self.cached(&key, terminal) {
+            return Ok(person);
+        }
         let this = self.clone();
         let (id_owned, password) = (id.to_owned(), Zeroizing::new(password.to_vec()));
         let verdict = tokio::task::spawn_blocking(move || this.check_password(&id_owned, &password))
@@ -330,8 +333,27 @@ impl People {
         }
     }
 
+    /// How many ID and password checks have run argon2id (the rest came from the cache).
+    pub fn password_checks(&self) -> u64 {
+        self.checks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The person for credentials verified within `auth.cache_secs` (by their hash).
+    fn cached(&self, key: &[u8; 32], terminal: &Terminal) -> Option<Person> {
+        let person = lock(&self.cache)
+            .get(key)
+            .filter(|c| c.until > Instant::now())
+            .map(|hit| Person {
+                user: Some(hit.user.clone()),
+                upstream: hit.upstream.clone(),
+            })?;
+        self.mark_signed_in(terminal);
+        Some(person)
+    }
+
     /// The slow part, on a blocking thread: the user's record and argon2id.
     fn check_password(&self, id: &str, password: &[u8]) -> Result<Person, Denied> {
+        self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let user = users::lookup(&lock(&self.db), id).map_err(|e| Denied::Unavailable(e.to_string()))?;
         let Some(user) = user else {
             users::dummy_verify(password);
@@ -502,6 +524,38 @@ mod tests {
             window: Duration::from_secs(900),
             session: Duration::from_secs(3600),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_requests_with_the_same_new_password_run_argon2id_once_per_permit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::open(dir.path()).unwrap();
+        let hash = users::hash_password(b"correct horse battery").unwrap();
+        users::add(&db, "nurse", &hash, None).unwrap();
+        let people = Arc::new(People::new(
+            settings(),
+            db,
+            HeaderValue::from_static("Basic eA=="),
+        ));
+        let terminal = Terminal {
+            name: "reception-1".into(),
+            fingerprint: [7; 32],
+        };
+        // A client opening 16 connections at once sends the same credentials on each.
+        let verdicts: Vec<_> = (0..16)
+            .map(|_| {
+                let (people, terminal) = (people.clone(), terminal.clone());
+                tokio::spawn(async move { people.verify("nurse", b"correct horse battery", &terminal).await })
+            })
+            .collect();
+        for verdict in verdicts {
+            assert_eq!(verdict.await.unwrap().unwrap().user.as_deref(), Some("nurse"));
+        }
+        let checks = people.password_checks();
+        assert!(
+            (1..=CONCURRENT_VERIFICATIONS as u64).contains(&checks),
+            "{checks} argon2id runs: the requests that waited for a permit found the answer cached"
+        );
     }
 
     #[test]
