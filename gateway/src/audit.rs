@@ -16,7 +16,8 @@
 //! callers wait; an entry is never dropped). The writer commits whatever is queued in one
 //! transaction, so a busy gateway pays one fsync per batch, not per request. When a write fails
 //! (a full disk), the writer keeps the batch, reports the error on stderr, retries with backoff,
-//! and [`AuditLog::is_failing`] tells the gateway to refuse new access until the log is writable.
+//! and [`AuditLog::is_failing`] tells the gateway to refuse new access until the log is writable
+//! (api requests get `503`, raw TCP streams are closed, EST issues nothing, `/health` is `503`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +38,10 @@ pub const AUDIT_HEAD: &str = "audit.head";
 /// from the database, appends and moves the head file, so that several processes (the gateway,
 /// and a command such as `gateway import-bundle` beside it) extend one chain and never fork it.
 pub const AUDIT_LOCK: &str = "audit.lock";
+
+/// The reason given for access refused while [`AuditLog::is_failing`]: the gateway grants no
+/// access it cannot record.
+pub const FAILING: &str = "the audit log cannot be written";
 
 /// How many entries may wait for the writer before `record` waits in turn.
 const QUEUE: usize = 16_384;

@@ -158,6 +158,17 @@ async fn stages(conn: &Arc<Connection>, req: Request<h1::Body>) -> Response<Prox
         return conn.deny(entry, started, reason, resp);
     }
 
+    if conn.gateway.audit.is_failing() {
+        // Deny by default: no access that cannot be recorded. The refusal itself waits in
+        // memory and is written once the log is writable again.
+        let resp = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Kakehashi: the audit log cannot be written, so access is refused until it can; \
+             ask the clinic's administrator",
+        );
+        return conn.deny(entry, started, crate::audit::FAILING.into(), resp);
+    }
+
     if req.uri().path().starts_with(login::PREFIX) {
         return login::handle(&conn, req, entry, started).await;
     }

@@ -57,9 +57,16 @@ pub async fn serve<S>(
         upstream: Some(route.upstream.clone()),
         ..Entry::default()
     };
-    if route.require_login && !gateway.people.signed_in(&terminal) {
+    let refused = if gateway.audit.is_failing() {
+        Some(crate::audit::FAILING)
+    } else if route.require_login && !gateway.people.signed_in(&terminal) {
+        Some("no person signed in on this terminal")
+    } else {
+        None
+    };
+    if let Some(why) = refused {
         entry.decision = Decision::Deny;
-        entry.reason = "no person signed in on this terminal".into();
+        entry.reason = why.into();
         gateway.audit.record_soon(entry);
         return;
     }

@@ -168,6 +168,12 @@ async fn handle(
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let outcome = match (method.clone(), path.strip_prefix(PREFIX)) {
+        // No certificate is issued that the audit log cannot record.
+        (Method::POST, Some(_)) if gateway.audit.is_failing() => Outcome::refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            crate::audit::FAILING.to_owned(),
+        ),
         (Method::GET, Some("/cacerts")) => cacerts(gateway).await,
         (Method::POST, Some("/simpleenroll")) => simpleenroll(gateway, req).await,
         (Method::POST, Some("/simplereenroll")) => simplereenroll(gateway, chain, req).await,

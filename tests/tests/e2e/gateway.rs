@@ -980,3 +980,60 @@ fn systemd_hears_ready_reloading_and_stopping() {
     sh(&format!("kill -TERM {}", c.gateway.pid())).ok();
     assert_eq!(next(), "STOPPING=1");
 }
+
+/// A disk the audit log cannot be written to (every insert fails, as on a full disk): new access
+/// is refused until it can, and no decision is lost meanwhile.
+#[test]
+fn no_access_is_granted_while_the_audit_log_cannot_be_written() {
+    let c = Clinic::start("");
+    let ok = format!("{} -u {}", c.tls(), c.user);
+    assert_eq!(c.curl(&ok, PATIENT).0, 200);
+    let sql = |statement: &str| {
+        let db = rusqlite::Connection::open(c.path("data").join("audit.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        db.execute_batch(statement).unwrap();
+    };
+    sql("CREATE TRIGGER full BEFORE INSERT ON entries BEGIN SELECT RAISE(ABORT, 'disk full'); END");
+    let health = || {
+        sh(&format!(
+            "curl -s -o /dev/null -w %{{http_code}} http://{}/health",
+            c.admin
+        ))
+        .ok()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while health() != "503" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never reported failing"
+        );
+        c.curl(&ok, PATIENT); // an entry that cannot be committed
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = c.curl(&ok, PATIENT);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("audit log cannot be written"), "{body}");
+
+    sql("DROP TRIGGER full");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while health() != "200" {
+        assert!(std::time::Instant::now() < deadline, "the log never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        c.curl(&ok, PATIENT).0,
+        200,
+        "access again once the log is writable"
+    );
+    // The refusal waited in memory and is in the log now, in one intact chain.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !c.audit_has("deny", "the audit log cannot be written") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal was not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let verify = sh(&format!("kakehashi audit verify --data-dir {}", c.data())).ok();
+    assert!(verify.contains("intact"), "{verify}");
+}
