@@ -19,7 +19,7 @@
 //! stages and the uplink after this module do not know it is not hyper.
 
 use std::future::{Future, poll_fn};
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -281,7 +281,7 @@ async fn refuse<S: Io, V: Service>(mut io: S, service: &V, refusal: Refusal) {
     let mut out = Vec::with_capacity(256 + body.len());
     status_line(&mut out, status);
     out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n");
-    out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    let _ = write!(out, "content-length: {}\r\n", body.len());
     date_line(&mut out);
     out.extend_from_slice(b"connection: close\r\n\r\n");
     out.extend_from_slice(body.as_bytes());
@@ -868,7 +868,9 @@ async fn respond<S: Io>(io: &mut S, response: Response<ProxyBody>, to: Answering
     let chunked = !bodiless && length.is_none() && to.version == Version::HTTP_11;
     if !bodiless {
         match length {
-            Some(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+            Some(n) => {
+                let _ = write!(out, "content-length: {n}\r\n");
+            }
             None if chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             // An HTTP/1.0 client: the body ends when the connection does.
             None => keep_alive = false,
@@ -917,7 +919,7 @@ async fn respond<S: Io>(io: &mut S, response: Response<ProxyBody>, to: Answering
                 }
                 sent += data.len() as u64;
                 if chunked {
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    let _ = write!(out, "{:x}\r\n", data.len());
                 }
                 if data.len() >= RECORD {
                     io.write_all(&out).await?;
