@@ -72,8 +72,10 @@ pub enum Local {
     Engine { url: String },
 }
 
-/// One worker's view: its own clients, the shared rest.
-pub struct Engine {
+/// The route stage as one worker runs it: its own clients to the cloud and the on-premises
+/// engine (a request and the connection carrying it stay on the worker's thread), the failover
+/// state shared by all.
+pub struct Router {
     pub cloud: Upstream,
     pub onprem: Option<Upstream>,
     pub failover: Arc<Failover>,
@@ -172,7 +174,7 @@ enum Attempt {
     Failed(String),
 }
 
-impl Engine {
+impl Router {
     /// Routes one authorized call.
     pub async fn route(&self, req: Request<ProxyBody>, caller: &Caller) -> Result<Routed, RouteError> {
         let f = &self.failover;

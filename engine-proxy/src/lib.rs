@@ -15,5 +15,6 @@ pub mod replay;
 pub mod rules;
 pub mod sim;
 pub mod sqlite;
+pub mod stream;
 pub mod tls;
 pub mod upstream;

@@ -28,7 +28,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{self, Result, StoreError};
+use crate::store::{self, Result, StoreError};
 
 /// The audit database inside the data directory.
 pub const AUDIT_DB: &str = "audit.db";
@@ -437,7 +437,7 @@ impl Writer {
     fn open(data_dir: &Path) -> Result<Writer> {
         let db = data_dir.join(AUDIT_DB);
         let head_file = data_dir.join(AUDIT_HEAD);
-        let conn = db::open_file(data_dir, &db)?;
+        let conn = store::open_file(data_dir, &db)?;
         let writer = Writer {
             lock: open_lock(data_dir)?,
             conn,
@@ -446,7 +446,7 @@ impl Writer {
             failing: Arc::default(),
         };
         let _held = writer.hold()?;
-        db::migrate(&writer.conn, &writer.db, SCHEMA_VERSION, &[SCHEMA_V1])?;
+        store::migrate(&writer.conn, &writer.db, SCHEMA_VERSION, &[SCHEMA_V1])?;
         let last = last_entry(&writer.conn, &writer.db)?;
         let head = read_head(&writer.head_file)?;
         if let Some(what) = head_problem(
@@ -863,10 +863,10 @@ pub fn parse_since(text: &str) -> Result<String> {
 
 /// Opens an existing log without creating anything; `None` if there is none or it has no schema.
 fn open_log(db: &Path) -> Result<Option<Connection>> {
-    let Some(conn) = db::open_existing(db)? else {
+    let Some(conn) = store::open_existing(db)? else {
         return Ok(None);
     };
-    match db::user_version(&conn, db)? {
+    match store::user_version(&conn, db)? {
         0 => Ok(None),
         SCHEMA_VERSION => Ok(Some(conn)),
         found => Err(StoreError::NewerSchema {

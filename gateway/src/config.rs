@@ -156,6 +156,9 @@ pub struct WireGuard {
     pub ports: Vec<WireGuardPort>,
 }
 
+/// The gateway's private key inside the data directory when `wireguard.private_key` is not set.
+pub const GATEWAY_KEY_FILE: &str = "wireguard.key";
+
 /// How decrypted packets reach the gateway's routes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -558,7 +561,7 @@ impl Config {
         if let Some(wg) = &mut self.wireguard {
             match &mut wg.private_key {
                 Some(key) => rel(key),
-                None => wg.private_key = Some(data_dir.join(crate::wg::keys::GATEWAY_KEY_FILE)),
+                None => wg.private_key = Some(data_dir.join(GATEWAY_KEY_FILE)),
             }
             if wg.ports.is_empty()
                 && let Some(route) = first_api
@@ -828,13 +831,6 @@ impl Config {
     }
 }
 
-/// Splits `host:port` (with `[v6]:port`), the form of a raw TCP upstream.
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let port = port.parse().ok()?;
-    (!host.is_empty()).then_some((host, port))
-}
+/// Splits `host:port`, the form of a raw TCP upstream (the router's own rule, so that what the
+/// configuration accepts is what the route can connect to).
+pub use engine_proxy::stream::split_host_port;

@@ -34,7 +34,8 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use engine_proxy::upstream::{BoxError, ProxyBody};
 
-use crate::listener::{Io, stopped};
+use crate::io::Io;
+use crate::shutdown::stopped;
 
 /// Header fields allowed in one request head (hyper's limit too).
 const MAX_HEADERS: usize = 100;

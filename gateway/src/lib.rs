@@ -1,40 +1,28 @@
-//! The Kakehashi appliance: configuration, the TLS front door, terminal identity, person
-//! authentication, the audit log, metrics, and the daemon's life cycle.
+//! The Kakehashi appliance: the `kakehashi` binary's library.
 //!
-//! A connection's journey, by module: [`listener`] (accept, limit, handshake) → [`tls`] (the
-//! policy and the terminal check inside the handshake) → [`identity`] (which terminal) → a route:
-//! [`http`] (the engine API: [`person`] and [`login`] authenticate, `engine_proxy::upstream`
-//! forwards, [`meter`] counts) or [`tcp`] (raw bytes) → [`audit`]. [`state`] holds what they share
-//! and what SIGHUP replaces; [`run`] starts and stops it all.
+//! A connection's journey, by folder: [`doors`] (accept, the TLS or WireGuard door, the one
+//! admission rule: an [`doors::Admitted`] connection) → [`pipeline`] (the stages: admit, gateway
+//! pages, authenticate ([`person`]), authorize, limit, forward (`engine_proxy`), respond) over
+//! [`h1`], the terminal side's HTTP/1.1 → [`audit`]. The EST listener ([`est`]) enrolls terminals
+//! through the TLS door's handshake.
 //!
-//! The appliance's own state lives in one data directory ([`db`]): the [`inventory`] of terminals,
-//! the [`users`] who sign in, and the hash-chained [`audit`] log; [`cli`] holds `kakehashi
-//! terminal|user|audit|journal`. [`appliance`] is the appliance's side of the vendor workflow:
-//! `gateway init` (its own keys, a request for the vendor) and `gateway import-bundle`.
+//! [`daemon`] starts and stops it all and holds what is shared; [`config`] is `gateway.toml`;
+//! [`store`] is the data directory's SQLite state (inventory, people, enrollment tokens);
+//! [`appliance`] is the appliance's side of the vendor workflow; [`cli`] holds every command
+//! line of the appliance (`kakehashi gateway|terminal|user|audit|journal|demo`).
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod appliance;
 pub mod audit;
 pub mod cli;
 pub mod config;
-pub mod db;
-pub mod enrollment;
+pub mod daemon;
+pub mod doors;
 pub mod est;
 pub mod h1;
-pub mod http;
-pub mod hybrid;
-pub mod identity;
-pub mod inventory;
-pub mod listener;
-pub mod login;
-pub mod meter;
+pub mod io;
 pub mod metrics;
 pub mod person;
-pub mod run;
-pub mod state;
-pub mod systemd;
-pub mod tcp;
-pub mod tls;
-pub mod users;
-pub mod wg;
+pub mod pipeline;
+pub mod shutdown;
+pub mod store;

@@ -5,8 +5,6 @@
 //! 0 success, 1 failure (or "invalid" from `cert verify`), 2 a command line clap rejected.
 #![forbid(unsafe_code)]
 
-mod demo;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -33,7 +31,7 @@ enum Command {
     EngineSim(engine_proxy::sim::SimArgs),
     /// The appliance: run the gateway, or check its configuration
     #[command(subcommand)]
-    Gateway(kakehashi_gateway::run::GatewayCommand),
+    Gateway(cli::gateway::GatewayCommand),
     /// The vendor's workflow: vendor root, clinics from appliance requests, terminals, staff, bundles
     Provision(provisioning::cli::ProvisionArgs),
     /// The terminal inventory: which terminals may connect (by certificate name), enable, disable
@@ -45,7 +43,7 @@ enum Command {
     /// The write journal of cloud outages: list, show, retry or discard what waits or was refused
     Journal(cli::journal::JournalArgs),
     /// Set up a demo clinic in a directory and show what to try with it
-    Demo(demo::DemoArgs),
+    Demo(cli::demo::DemoArgs),
 }
 
 /// Runs a server to completion on a multi-threaded runtime; its error becomes exit code 1.
@@ -64,8 +62,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Cert(cmd) => exit(cert_tool::cli::run(cmd)),
-        Command::Demo(args) => exit(demo::run(&args)),
-        Command::Gateway(cmd) => exit(kakehashi_gateway::run::run(cmd)),
+        Command::Demo(args) => exit(cli::demo::run(&args)),
+        Command::Gateway(cmd) => exit(cli::gateway::run(cmd)),
         Command::Provision(args) => exit(provisioning::cli::run(args)),
         Command::Terminal(args) => exit(cli::terminal::run(args)),
         Command::User(args) => exit(cli::user::run(args)),

@@ -16,8 +16,8 @@ use hyper::header::HeaderValue;
 use rusqlite::Connection;
 use zeroize::Zeroizing;
 
-use crate::identity::Terminal;
-use crate::users;
+use crate::doors::identity::Terminal;
+use crate::store::users;
 
 /// What the gateway knows about the person after authentication.
 #[derive(Clone, Debug)]
@@ -529,7 +529,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_requests_with_the_same_new_password_run_argon2id_once_per_permit() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::db::open(dir.path()).unwrap();
+        let db = crate::store::open(dir.path()).unwrap();
         let hash = users::hash_password(b"correct horse battery").unwrap();
         users::add(&db, "nurse", &hash, None).unwrap();
         let people = Arc::new(People::new(

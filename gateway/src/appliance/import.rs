@@ -181,7 +181,7 @@ fn apply(layout: &Layout, file: &Path, trust_vendor: Option<&str>) -> Result<Rep
         files::SECRET,
     )?);
 
-    let conn = crate::db::open(&layout.dir)?;
+    let conn = crate::store::open(&layout.dir)?;
     let changes = store::apply(&conn, &payload)?;
     for s in staged {
         s.commit()?;
@@ -350,10 +350,10 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
             format!("{:?} is not an https:// URL", p.engine.url),
         ));
     }
-    crate::users::check_upstream_id(&p.engine.user).map_err(|e| bad("engine.user", e.to_string()))?;
+    crate::store::users::check_upstream_id(&p.engine.user).map_err(|e| bad("engine.user", e.to_string()))?;
     let mut names = BTreeSet::new();
     for t in &p.terminals {
-        crate::inventory::check_name(&t.name).map_err(|e| bad("terminal", e.to_string()))?;
+        crate::store::inventory::check_name(&t.name).map_err(|e| bad("terminal", e.to_string()))?;
         if !names.insert(&t.name) {
             return Err(bad("terminals", format!("{:?} is listed twice", t.name)));
         }
@@ -382,16 +382,16 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
         }
     }
     for u in &p.users {
-        crate::users::check_id(&u.id).map_err(|e| bad("user", e.to_string()))?;
+        crate::store::users::check_id(&u.id).map_err(|e| bad("user", e.to_string()))?;
         provisioning::password::check_hash(&u.hash)
             .map_err(|e| bad(&format!("user {:?}", u.id), format!("password hash: {e}")))?;
         if let Some(up) = &u.upstream {
-            crate::users::check_upstream_id(&up.user)
+            crate::store::users::check_upstream_id(&up.user)
                 .map_err(|e| bad(&format!("user {:?} upstream", u.id), e.to_string()))?;
         }
     }
     for t in &p.tokens {
-        crate::inventory::check_name(&t.name).map_err(|e| bad("token", e.to_string()))?;
+        crate::store::inventory::check_name(&t.name).map_err(|e| bad("token", e.to_string()))?;
         let hash = hex::decode(&t.sha256).ok().filter(|h| h.len() == 32);
         if hash.is_none() {
             return Err(bad(
@@ -554,11 +554,11 @@ mod store {
     /// bundle no longer declares but an earlier one did is removed; what was made on the
     /// appliance is left alone, except a terminal the vendor revoked.
     pub fn apply(conn: &Connection, p: &Payload) -> Result<Changes, ApplianceError> {
-        let path = crate::inventory::db_path(conn);
-        let sql = |what: &'static str| crate::db::StoreError::sqlite(&path, what);
+        let path = crate::store::db_path(conn);
+        let sql = |what: &'static str| crate::store::StoreError::sqlite(&path, what);
         let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
             .map_err(sql("begin a transaction"))?;
-        let now = crate::db::now_text();
+        let now = crate::store::now_text();
         let mut changes = Changes::default();
 
         let declared: BTreeSet<&str> = p.terminals.iter().map(|t| t.name.as_str()).collect();

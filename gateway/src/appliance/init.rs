@@ -52,7 +52,7 @@ pub fn init(dir: &Path, name: &str, vendor_key: Option<&str>) -> Result<Request,
     }
     cert_tool::profile::check_name(name).map_err(|e| ApplianceError::Refused(format!("--name: {e}")))?;
     let pin = vendor_key.map(read_pin).transpose()?;
-    files::create_dir(dir, crate::db::DIR_MODE)?;
+    files::create_dir(dir, crate::store::DIR_MODE)?;
 
     let device = provisioning::device::Identity::generate();
     let passphrase = provisioning::password::generate()
@@ -97,7 +97,7 @@ pub fn init(dir: &Path, name: &str, vendor_key: Option<&str>) -> Result<Request,
         KeyAlgorithm::EcdsaP256,
         Some(&passphrase),
     )?;
-    let wireguard = crate::wg::keys::load_or_create(&layout.wireguard_key())?;
+    let wireguard = crate::doors::wireguard::keys::load_or_create(&layout.wireguard_key())?;
     let request = Request {
         kind: request::KIND.into(),
         format: request::FORMAT,

@@ -50,7 +50,7 @@ impl Layout {
         self.file("uplink.key")
     }
     pub fn wireguard_key(&self) -> PathBuf {
-        self.file(crate::wg::keys::GATEWAY_KEY_FILE)
+        self.file(crate::config::GATEWAY_KEY_FILE)
     }
     pub fn config(&self) -> PathBuf {
         self.file("gateway.toml")
@@ -99,7 +99,7 @@ pub enum ApplianceError {
     #[error(transparent)]
     Ca(#[from] cert_tool::Error),
     #[error(transparent)]
-    Store(#[from] crate::db::StoreError),
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Gives everything in the data directory the directory's owner. `gateway init` and

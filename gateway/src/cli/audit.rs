@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use crate::audit::{self, Record};
-use crate::db::{DataDirArgs, Result, StoreError};
+use crate::store::{DataDirArgs, Result, StoreError};
 
 /// `kakehashi audit [--data-dir DIR] COMMAND`.
 #[derive(Debug, Args)]

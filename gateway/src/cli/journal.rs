@@ -20,7 +20,7 @@ use engine_proxy::journal::{self, Entry, State, operator};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
 
-use crate::db::{DataDirArgs, Result, StoreError};
+use crate::store::{DataDirArgs, Result, StoreError};
 
 /// What a running gateway does with an entry put back in line.
 const RETRY_HINT: &str = "a running gateway sends it to the cloud within about a second once the cloud is up; \

@@ -1,17 +1,20 @@
-//! The command line of the appliance's state: `kakehashi terminal`, `user`, `audit` and `journal`.
+//! The command lines of the appliance: `kakehashi gateway`, `terminal`, `user`, `audit`,
+//! `journal` and `demo`, one file each.
 //!
-//! Every command takes `--data-dir DIR` (or `KAKEHASHI_DATA_DIR`; default `/var/lib/kakehashi`),
-//! before or after the subcommand. Exit codes: 0 done; 1 refused or failed, with one line
-//! `kakehashi: error: …` on stderr saying why, and nothing changed. Asking for a state that
-//! already holds (disable a disabled terminal, lock a locked user) is refused the same way, so
-//! that a script learns its picture of the appliance was wrong.
+//! Every state command takes `--data-dir DIR` (or `KAKEHASHI_DATA_DIR`; default
+//! `/var/lib/kakehashi`), before or after the subcommand. Exit codes: 0 done; 1 refused or
+//! failed, with one line `kakehashi: error: …` on stderr saying why, and nothing changed. Asking
+//! for a state that already holds (disable a disabled terminal, lock a locked user) is refused the
+//! same way, so that a script learns its picture of the appliance was wrong.
 
 pub mod audit;
+pub mod demo;
+pub mod gateway;
 pub mod journal;
 pub mod terminal;
 pub mod user;
 
-use crate::db::{Result, StoreError};
+use crate::store::{Result, StoreError};
 
 /// Pretty JSON for `--json` listings.
 fn to_json(value: &impl serde::Serialize) -> Result<String> {

@@ -15,9 +15,9 @@ use zeroize::Zeroizing;
 
 use super::{or_dash, to_json};
 use crate::config::{Config, WireGuard};
-use crate::db::{self, DATA_DIR_ENV, DEFAULT_DATA_DIR, Result, StoreError};
-use crate::inventory::{self, Enroll, Inventory, Terminal, WireGuardPeer};
-use crate::wg::keys::{self, Secret};
+use crate::store::{self, DATA_DIR_ENV, DEFAULT_DATA_DIR, Result, StoreError};
+use crate::store::inventory::{self, Enroll, Inventory, Registration, WireGuardPeer};
+use crate::doors::wireguard::keys::{self, Secret};
 use provisioning::wireguard::{Qr, TerminalConfig};
 
 /// What a running gateway needs to see a change to the inventory.
@@ -52,7 +52,7 @@ pub enum TerminalCommand {
         #[arg(long, conflicts_with_all = ["wireguard", "note"])]
         enroll: bool,
         /// With --enroll: how long the token works, hours (1 to 720)
-        #[arg(long, value_name = "HOURS", default_value_t = crate::enrollment::DEFAULT_HOURS, requires = "enroll")]
+        #[arg(long, value_name = "HOURS", default_value_t = crate::store::tokens::DEFAULT_HOURS, requires = "enroll")]
         token_hours: u32,
         /// With --enroll: print the token as JSON (name, token, expires)
         #[arg(long, requires = "enroll")]
@@ -149,7 +149,7 @@ pub struct Outputs {
 /// A terminal that got its WireGuard identity, and its config as a QR code for the terminal.
 #[derive(Debug)]
 pub struct Enrolled {
-    pub terminal: Terminal,
+    pub terminal: Registration,
     pub qr: Zeroizing<String>,
 }
 
@@ -227,7 +227,7 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         TerminalCommand::Tokens { json } => {
-            tokens(&crate::enrollment::list(&open(args.data_dir)?)?, json)?;
+            tokens(&crate::store::tokens::list(&open(args.data_dir)?)?, json)?;
             return Ok(ExitCode::SUCCESS);
         }
     };
@@ -238,7 +238,7 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
 
 /// `terminal add NAME --enroll`: a one-time token, printed once.
 fn enroll(data_dir: Option<PathBuf>, name: &str, hours: u32, json: bool) -> Result<ExitCode> {
-    let issued = crate::enrollment::create(&open(data_dir)?, name, hours)?;
+    let issued = crate::store::tokens::create(&open(data_dir)?, name, hours)?;
     let expires = cert_tool::ca::rfc3339(issued.expires);
     if json {
         let value = serde_json::json!({
@@ -265,7 +265,7 @@ fn enroll(data_dir: Option<PathBuf>, name: &str, hours: u32, json: bool) -> Resu
          --data-binary @{name}.csr.b64 EST_URL/simpleenroll | openssl base64 -d | \
          openssl pkcs7 -inform DER -print_certs -out {name}.pem\n\
          {} wrong tries lock the token; the terminal is registered (enabled) when it enrolls.",
-        crate::enrollment::MAX_FAILURES
+        crate::store::tokens::MAX_FAILURES
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -295,7 +295,7 @@ fn revoke(
             path.display()
         ))
     })?;
-    let conn = db::open(&config.data_dir)?;
+    let conn = store::open(&config.data_dir)?;
     let registered = Inventory::load(&conn)?.get(name).cloned();
     let revoked = match authority.revoke(name, reason) {
         Ok(list) => list,
@@ -323,7 +323,7 @@ fn revoke(
 
 /// `gateway.db` in `--data-dir`, or in the default data directory.
 fn open(data_dir: Option<PathBuf>) -> Result<Connection> {
-    db::open(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()))
+    store::open(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()))
 }
 
 /// `terminal add --wireguard` and `terminal wireguard`: everything is checked before anything is
@@ -363,7 +363,7 @@ fn wireguard(data_dir: Option<PathBuf>, name: &str, how: Enroll<'_>, args: &Wire
         inventory::check_name(name)?;
     }
     refuse_existing(&outputs)?;
-    let conn = db::open(&config.data_dir)?;
+    let conn = store::open(&config.data_dir)?;
     let enrolled = enroll_wireguard(&conn, wg, &endpoint, name, how, &outputs)?;
     print!("{}", enrolled.qr.as_str());
     let address = enrolled
@@ -521,13 +521,13 @@ pub fn enroll_wireguard(
 }
 
 /// The token table: never a token itself (only its hash is stored), only what it can still do.
-fn tokens(all: &[crate::enrollment::Pending], json: bool) -> Result<()> {
+fn tokens(all: &[crate::store::tokens::Pending], json: bool) -> Result<()> {
     let now = time::OffsetDateTime::now_utc();
     if json {
         #[derive(serde::Serialize)]
         struct Row<'a> {
             #[serde(flatten)]
-            token: &'a crate::enrollment::Pending,
+            token: &'a crate::store::tokens::Pending,
             state: &'static str,
         }
         let rows: Vec<_> = all

@@ -12,8 +12,8 @@ use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
 use super::{or_dash, to_json};
-use crate::db::{self, DataDirArgs, Result, StoreError};
-use crate::users::{self, Credential};
+use crate::store::{self, DataDirArgs, Result, StoreError};
+use crate::store::users::{self, Credential};
 
 /// The environment variable that may hold a new password (for scripts; a file is safer).
 pub const PASSWORD_ENV: &str = "KAKEHASHI_USER_PASSWORD";
@@ -118,7 +118,7 @@ impl UpstreamArgs {
 
 /// Runs one `user` command.
 pub fn run(args: UserArgs) -> Result<ExitCode> {
-    let conn = db::open(&args.data.data_dir)?;
+    let conn = store::open(&args.data.data_dir)?;
     let changed = match args.command {
         UserCommand::Add {
             id,

@@ -6,7 +6,7 @@
 //! - `GET /.well-known/est/cacerts`: the issuing CA and the other CAs terminals trust
 //!   (`tls.client_ca`), PKCS#7 certs-only;
 //! - `POST /.well-known/est/simpleenroll`: a PKCS#10 CSR, HTTP Basic with the terminal's name
-//!   and its one-time token ([`crate::enrollment`]); the terminal is registered, enabled, and the
+//!   and its one-time token ([`crate::store::tokens`]); the terminal is registered, enabled, and the
 //!   running gateway reloads, so it can connect at once;
 //! - `POST /.well-known/est/simplereenroll`: the same, authenticated by the terminal's current
 //!   certificate in the handshake (chained, not revoked, an enabled terminal); the CSR must name
@@ -21,25 +21,26 @@ mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::pki_types::CertificateDer;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use zeroize::Zeroizing;
 
 use crate::audit::{Decision, Entry};
 use crate::config::Config;
-use crate::enrollment::{self, Refused};
-use crate::identity::Proof;
+use crate::doors::identity::Proof;
+use crate::doors::{Admitted, Doors, tcp, tls};
 use crate::metrics::Metrics;
-use crate::state::{Gateway, StartError};
+use crate::shutdown::Shutdown;
+use crate::store::tokens::{self, Refused};
 use authority::Authority;
 
 /// The route name of EST decisions in the audit log.
@@ -49,85 +50,115 @@ pub const PREFIX: &str = "/.well-known/est";
 /// A CSR is a few hundred bytes; base64 of an RSA-4096 one stays far below this.
 const MAX_BODY: usize = 64 * 1024;
 
+/// What the EST listener uses of the gateway.
+pub struct Est {
+    pub doors: Doors,
+    /// The clinic CA that issues; `None` answers every operation 404.
+    pub authority: Option<Authority>,
+    /// `tls.client_ca`: the CAs terminals trust, sent by `cacerts`.
+    pub client_ca: PathBuf,
+    /// Where the inventory and the enrollment tokens are.
+    pub data_dir: PathBuf,
+    /// `limits.header_timeout_secs` and `limits.max_header_bytes`.
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// Reloads the running gateway (inventory, CRL) after an enrollment, so the new terminal
+    /// can connect at once.
+    pub reload: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+/// Why the CA cannot serve the terminal listeners.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error(transparent)]
+    Ca(#[from] cert_tool::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::doors::tls::policy::TlsError),
+    #[error("{}: est.ca_dir: {}/ca.pem is not among the tls.client_ca certificates ({}): the \
+             terminals it enrolls would be refused; point both at the same clinic CA",
+            config.display(), ca_dir.display(), client_ca.display())]
+    Untrusted {
+        config: PathBuf,
+        ca_dir: PathBuf,
+        client_ca: PathBuf,
+    },
+}
+
 /// Checks at start that the CA unlocks and that the terminal listeners trust what it issues.
-pub fn check_authority(config: &Config, authority: &Authority) -> Result<(), StartError> {
+pub fn check_authority(config: &Config, authority: &Authority) -> Result<(), AuthorityError> {
     let ca = authority.check()?;
-    let trusted = crate::tls::load_certs(&config.tls.client_ca)?;
+    let trusted = crate::doors::tls::policy::load_certs(&config.tls.client_ca)?;
     if !trusted.iter().any(|c| c.as_ref() == ca.as_slice()) {
-        return Err(StartError::File {
-            path: config.source.clone(),
-            message: format!(
-                "est.ca_dir: {}/ca.pem is not among the tls.client_ca certificates ({}): the \
-                 terminals it enrolls would be refused; point both at the same clinic CA",
-                authority.ca_dir.display(),
-                config.tls.client_ca.display()
-            ),
+        return Err(AuthorityError::Untrusted {
+            config: config.source.clone(),
+            ca_dir: authority.ca_dir.clone(),
+            client_ca: config.tls.client_ca.clone(),
         });
     }
     Ok(())
 }
 
-/// Accepts EST connections until `stopping` turns true.
-pub async fn serve(
-    gateway: Arc<Gateway>,
-    listener: TcpListener,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
-    while let Some((stream, peer)) = crate::listener::accept(&listener, &mut stopping).await {
-        let Ok(permit) = gateway.connections.clone().try_acquire_owned() else {
-            Metrics::inc(&gateway.metrics.connections_refused_total);
+/// Accepts EST connections until shutdown begins.
+pub async fn serve(est: Est, listener: TcpListener, mut shutdown: Shutdown) {
+    let est = Arc::new(est);
+    while let Some((stream, source)) = tcp::accept(&listener, &mut shutdown).await {
+        let Some(slot) = est.doors.slots.take() else {
             continue;
         };
-        let gateway = gateway.clone();
+        let est = est.clone();
         tokio::spawn(async move {
-            connection(gateway, stream, peer).await;
-            drop(permit);
+            if let Some(admitted) = admit(&est, stream, source, slot).await {
+                connection(est, admitted).await;
+            }
         });
     }
 }
 
-/// One EST connection: the handshake (a certificate is optional here), then HTTP/1.1.
-async fn connection(gateway: Arc<Gateway>, stream: tokio::net::TcpStream, source: SocketAddr) {
-    let Some(config) = gateway.live().est_tls.clone() else {
-        return;
-    };
-    let limits = &gateway.config.limits;
-    let tls = match tokio::time::timeout(
-        limits.handshake_timeout(),
-        TlsAcceptor::from(config).accept(stream),
-    )
-    .await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            Metrics::inc(&gateway.metrics.est_refusals_total);
-            gateway.audit.record_soon(Entry::new(
-                Decision::Deny,
-                ROUTE,
-                &source.to_string(),
-                &crate::tls::describe_failure(&e),
-            ));
-            return;
+/// The TLS door's handshake, with a certificate optional: `simpleenroll` comes without one.
+async fn admit(
+    est: &Est,
+    stream: TcpStream,
+    source: SocketAddr,
+    slot: crate::doors::slot::Slot,
+) -> Option<Admitted<TlsStream<TcpStream>, Option<Proof>>> {
+    let config = est.doors.live.now().est_tls.clone()?;
+    match tls::handshake(stream, config, est.doors.handshake_timeout).await {
+        Ok(handshake) => Some(Admitted {
+            who: (!handshake.chain.is_empty()).then_some(Proof::Certificate(handshake.chain)),
+            stream: handshake.stream,
+            source,
+            slot,
+        }),
+        Err(tls::Failed::Refused(why)) => {
+            Metrics::inc(&est.doors.metrics.est_refusals_total);
+            let entry = Entry::new(Decision::Deny, ROUTE, &source.to_string(), &why);
+            est.doors.audit.record_soon(entry);
+            None
         }
-        Err(_) => return,
-    };
-    let chain: Vec<CertificateDer<'static>> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default();
-    let chain = Arc::new(chain);
+        // A client that never finished its handshake asked for nothing.
+        Err(tls::Failed::TimedOut(_)) => None,
+    }
+}
+
+/// One EST connection: HTTP/1.1 until either side closes.
+async fn connection(est: Arc<Est>, admitted: Admitted<TlsStream<TcpStream>, Option<Proof>>) {
+    let Admitted {
+        stream,
+        who,
+        source,
+        slot: _slot,
+    } = admitted;
+    let proof = Arc::new(who);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout())
-        .max_header_size(limits.max_header_bytes);
+        .header_read_timeout(est.header_timeout)
+        .max_header_size(est.max_header_bytes);
     let service = hyper::service::service_fn(move |req| {
-        let (gateway, chain) = (gateway.clone(), chain.clone());
-        async move { Ok::<_, Infallible>(handle(&gateway, &chain, source, req).await) }
+        let (est, proof) = (est.clone(), proof.clone());
+        async move { Ok::<_, Infallible>(handle(&est, proof.as_ref().as_ref(), source, req).await) }
     });
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
         tracing::debug!(%source, error = %e, "EST connection ended with an error");
     }
 }
@@ -159,24 +190,19 @@ impl Outcome {
     }
 }
 
-async fn handle(
-    gateway: &Arc<Gateway>,
-    chain: &[CertificateDer<'static>],
-    source: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn handle(est: &Est, proof: Option<&Proof>, source: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let outcome = match (method.clone(), path.strip_prefix(PREFIX)) {
         // No certificate is issued that the audit log cannot record.
-        (Method::POST, Some(_)) if gateway.audit.is_failing() => Outcome::refuse(
+        (Method::POST, Some(_)) if est.doors.audit.is_failing() => Outcome::refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             None,
             crate::audit::FAILING.to_owned(),
         ),
-        (Method::GET, Some("/cacerts")) => cacerts(gateway).await,
-        (Method::POST, Some("/simpleenroll")) => simpleenroll(gateway, req).await,
-        (Method::POST, Some("/simplereenroll")) => simplereenroll(gateway, chain, req).await,
+        (Method::GET, Some("/cacerts")) => cacerts(est).await,
+        (Method::POST, Some("/simpleenroll")) => simpleenroll(est, req).await,
+        (Method::POST, Some("/simplereenroll")) => simplereenroll(est, proof, req).await,
         (_, Some("/cacerts" | "/simpleenroll" | "/simplereenroll")) => Outcome::refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             None,
@@ -192,10 +218,10 @@ async fn handle(
         ),
     };
     if outcome.decision == Decision::Deny {
-        Metrics::inc(&gateway.metrics.est_refusals_total);
+        Metrics::inc(&est.doors.metrics.est_refusals_total);
         tracing::info!(%source, terminal = ?outcome.terminal, reason = %outcome.reason, "EST refused");
     }
-    gateway.audit.record_soon(Entry {
+    est.doors.audit.record_soon(Entry {
         terminal: outcome.terminal,
         method: Some(method.to_string()),
         path: Some(path),
@@ -206,11 +232,11 @@ async fn handle(
     outcome.response
 }
 
-async fn cacerts(gateway: &Arc<Gateway>) -> Outcome {
-    let Some(authority) = gateway.authority.clone() else {
+async fn cacerts(est: &Est) -> Outcome {
+    let Some(authority) = est.authority.clone() else {
         return Outcome::refuse(StatusCode::NOT_FOUND, None, "no CA on this appliance");
     };
-    let anchors = gateway.config.tls.client_ca.clone();
+    let anchors = est.client_ca.clone();
     let answer = tokio::task::spawn_blocking(move || {
         // The issuing CA first, then the other CAs terminals trust (a clinic CA held by the
         // vendor, which signed the gateway's server certificate): what a new terminal needs.
@@ -240,8 +266,8 @@ async fn cacerts(gateway: &Arc<Gateway>) -> Outcome {
 }
 
 /// `simpleenroll`: the token names the terminal; the CSR must name the same one.
-async fn simpleenroll(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Outcome {
-    let Some(authority) = gateway.authority.clone() else {
+async fn simpleenroll(est: &Est, req: Request<Incoming>) -> Outcome {
+    let Some(authority) = est.authority.clone() else {
         return Outcome::refuse(StatusCode::NOT_FOUND, None, "no CA on this appliance");
     };
     let (name, token) = match basic(req.headers().get(AUTHORIZATION)) {
@@ -252,12 +278,12 @@ async fn simpleenroll(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Outcome
         Ok(der) => der,
         Err(o) => return o.named(&name),
     };
-    let data_dir = gateway.config.data_dir.clone();
+    let data_dir = est.data_dir.clone();
     let who = name.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let conn = crate::db::open(&data_dir)?;
+        let conn = crate::store::open(&data_dir)?;
         let issued = std::cell::RefCell::new(None::<String>);
-        let redeemed = enrollment::redeem(&conn, &who, token.as_bytes(), || {
+        let redeemed = tokens::redeem(&conn, &who, token.as_bytes(), || {
             let csr = request(&who, &csr)?;
             let done = authority.issue(&who, &csr, false).map_err(ca_refusal)?;
             *issued.borrow_mut() = Some(done.entry.serial.clone());
@@ -276,9 +302,9 @@ async fn simpleenroll(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Outcome
     .await;
     match result {
         Ok(Ok(issued)) => {
-            Metrics::inc(&gateway.metrics.est_enrollments_total);
+            Metrics::inc(&est.doors.metrics.est_enrollments_total);
             issued_outcome(
-                gateway,
+                est,
                 &name,
                 issued,
                 "terminal enrolled with its one-time token",
@@ -300,27 +326,26 @@ async fn simpleenroll(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Outcome
 
 /// `simplereenroll`: the handshake's certificate names the terminal, which must still be
 /// admitted; the CSR must name the same terminal.
-async fn simplereenroll(
-    gateway: &Arc<Gateway>,
-    chain: &[CertificateDer<'static>],
-    req: Request<Incoming>,
-) -> Outcome {
-    let Some(authority) = gateway.authority.clone() else {
+async fn simplereenroll(est: &Est, proof: Option<&Proof>, req: Request<Incoming>) -> Outcome {
+    let Some(authority) = est.authority.clone() else {
         return Outcome::refuse(StatusCode::NOT_FOUND, None, "no CA on this appliance");
     };
-    let Some(leaf) = chain.first() else {
+    let Some((proof, leaf)) = proof.and_then(|p| match p {
+        Proof::Certificate(chain) => Some((p, chain.first()?)),
+        Proof::WireGuard(_) => None,
+    }) else {
         return Outcome::refuse(
             StatusCode::UNAUTHORIZED,
             None,
             "simplereenroll needs the terminal's current certificate in the TLS handshake",
         );
     };
-    let name = match crate::identity::terminal_name(leaf) {
+    let name = match crate::doors::identity::terminal_name(leaf) {
         Ok(n) => n,
         Err(why) => return Outcome::refuse(StatusCode::FORBIDDEN, None, why),
     };
-    if let Err(why) = gateway.live().admits(&Proof::Certificate(chain.to_vec())) {
-        return Outcome::refuse(StatusCode::FORBIDDEN, Some(&name), why);
+    if let Err(why) = est.doors.live.now().admission.proof(proof) {
+        return Outcome::refuse(StatusCode::FORBIDDEN, Some(&name), why.to_string());
     }
     let csr = match body(req).await {
         Ok(der) => der,
@@ -334,8 +359,8 @@ async fn simplereenroll(
     .await;
     match result {
         Ok(Ok(issued)) => {
-            Metrics::inc(&gateway.metrics.est_renewals_total);
-            issued_outcome(gateway, &name, issued, "terminal certificate renewed").await
+            Metrics::inc(&est.doors.metrics.est_renewals_total);
+            issued_outcome(est, &name, issued, "terminal certificate renewed").await
         }
         Ok(Err(Refused::Request(why))) => Outcome::refuse(StatusCode::BAD_REQUEST, Some(&name), why),
         Ok(Err(other)) => Outcome::refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(&name), other.to_string()),
@@ -345,13 +370,13 @@ async fn simplereenroll(
 
 /// The certificate in PKCS#7, after the running gateway has loaded the new inventory and CRL.
 async fn issued_outcome(
-    gateway: &Arc<Gateway>,
+    est: &Est,
     name: &str,
     issued: authority::Issued,
     what: &str,
 ) -> Outcome {
-    let g = gateway.clone();
-    match tokio::task::spawn_blocking(move || g.reload()).await {
+    let reload = est.reload.clone();
+    match tokio::task::spawn_blocking(move || reload()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "reload after an enrollment failed; SIGHUP retries"),
         Err(e) => tracing::error!(error = %e, "reload after an enrollment failed; SIGHUP retries"),
@@ -474,8 +499,8 @@ fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 }
 
 /// Sets `terminal_certs_expiring_30d` from the CA's index (for each /metrics scrape).
-pub fn refresh_metrics(gateway: &Gateway) {
-    let Some(authority) = &gateway.authority else {
+pub fn refresh_metrics(authority: Option<&Authority>, metrics: &Metrics) {
+    let Some(authority) = authority else {
         return;
     };
     let path = cert_tool::ca::Layout::new(&authority.ca_dir).index();
@@ -490,5 +515,5 @@ pub fn refresh_metrics(gateway: &Gateway) {
         .filter(|e| e.profile == cert_tool::profile::Profile::Terminal)
         .filter(|e| e.status(now) == cert_tool::index::Status::Valid && e.not_after <= horizon)
         .count();
-    Metrics::set(&gateway.metrics.terminal_certs_expiring_30d, soon as u64);
+    Metrics::set(&metrics.terminal_certs_expiring_30d, soon as u64);
 }

@@ -1,0 +1,68 @@
+//! The admin listener: Prometheus metrics and a health check, plain HTTP on loopback by default.
+//! It carries no terminal traffic and no secrets; whoever can reach it learns counts only.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::daemon::gateway::Gateway;
+
+/// Serves `/metrics` and `/health` until the task is dropped.
+pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| answer(gateway.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/metrics" => {
+            crate::daemon::failover::refresh_metrics(&gateway);
+            crate::est::refresh_metrics(gateway.authority.as_ref(), &gateway.metrics);
+            let stale = gateway.live.now().crl_stale().is_some();
+            crate::metrics::Metrics::set(&gateway.metrics.crl_stale, u64::from(stale));
+            let checks = gateway.people.password_checks();
+            crate::metrics::Metrics::set(&gateway.metrics.password_checks_total, checks);
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                gateway.metrics.render(),
+            )
+        }
+        "/health" if gateway.audit.is_failing() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "audit log cannot be written\n".into(),
+        ),
+        "/health" => {
+            let mode = gateway.failover.health.mode().as_str();
+            (StatusCode::OK, "text/plain", format!("ok\nhybrid mode: {mode}\n"))
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /health\n".into(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(resp)
+}

@@ -1,0 +1,328 @@
+//! The running gateway: what the daemon starts once and shares between its doors, workers and
+//! tasks, and the reload that replaces its reloadable part.
+//!
+//! Nothing below the daemon takes this whole: each door and each stage is given the parts it
+//! uses ([`Gateway::doors`], [`Gateway::pipeline`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use engine_proxy::cache::Cache;
+use engine_proxy::failover::{Failover, Local, Router};
+use engine_proxy::health::Health;
+use engine_proxy::journal::Journal;
+use engine_proxy::stream::{Target, Targets};
+use engine_proxy::upstream::Upstream;
+
+use crate::audit::AuditLog;
+use crate::config::{Config, Listener, ListenerKind};
+use crate::doors::Doors;
+use crate::doors::live::{Live, LoadError, Snapshot};
+use crate::doors::slot::Slots;
+use crate::doors::tls::policy::{self, TlsError};
+use crate::est::authority::Authority;
+use crate::h1;
+use crate::metrics::Metrics;
+use crate::person::{People, Settings};
+use crate::pipeline::stream::{StreamRoute, Streams};
+use crate::pipeline::{Pipeline, Route, admit, authenticate, authorize, forward, limit, pages, respond};
+use crate::store::{self, StoreError};
+
+/// Why the gateway could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Snapshot(#[from] LoadError),
+    #[error(transparent)]
+    Upstream(#[from] engine_proxy::upstream::UpstreamError),
+    #[error(transparent)]
+    Journal(#[from] engine_proxy::journal::JournalError),
+    #[error(transparent)]
+    LocalStore(#[from] engine_proxy::sqlite::DbError),
+    #[error(transparent)]
+    WireGuard(#[from] crate::doors::wireguard::SetupError),
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error(transparent)]
+    Ca(#[from] cert_tool::Error),
+    #[error(transparent)]
+    Appliance(#[from] crate::appliance::ApplianceError),
+    #[error(transparent)]
+    Authority(#[from] crate::est::AuthorityError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The running gateway.
+pub struct Gateway {
+    pub config: Config,
+    /// Who is admitted now: the reloadable snapshot.
+    pub live: Arc<Live>,
+    pub people: Arc<People>,
+    /// The uplink's TLS client configuration.
+    pub uplink: Arc<rustls::ClientConfig>,
+    /// The uplink certificate with the on-premises engine's trust anchors, when there is one.
+    pub onprem_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Health, the rules table, and the local engine.
+    pub failover: Arc<Failover>,
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
+    pub slots: Slots,
+    /// The clinic CA, when the appliance issues certificates itself (`[est]`).
+    pub authority: Option<Authority>,
+    /// One reload at a time: SIGHUP, the file watcher and an enrollment may ask at once.
+    reloading: std::sync::Mutex<()>,
+}
+
+impl Gateway {
+    pub fn start(config: Config) -> Result<Gateway, StartError> {
+        let snapshot = Snapshot::load(&config, 0)?;
+        let uplink = policy::client_config(&config.upstream.ca, &config.upstream.cert, &config.upstream.key)?;
+        // Each worker builds its own client (see `router`); this one proves the URL is usable.
+        Upstream::new(
+            &config.upstream.url,
+            uplink.clone(),
+            config.limits.upstream_timeout(),
+        )?;
+        let password = read_secret(&config.upstream.password_file)?;
+        let clinic = crate::person::basic(&config.upstream.user, &password);
+        let settings = Settings {
+            person: config.auth.person,
+            cache: std::time::Duration::from_secs(config.auth.cache_secs),
+            failures: config.auth.lockout_failures,
+            window: std::time::Duration::from_secs(config.auth.lockout_window_secs),
+            session: std::time::Duration::from_secs(config.auth.session_secs),
+        };
+        let people = Arc::new(People::new(settings, store::open(&config.data_dir)?, clinic));
+        let audit = AuditLog::open(&config.data_dir)?;
+        let metrics = Arc::new(Metrics::default());
+        let local = match &config.failover.engine {
+            Some(url) => Local::Engine { url: url.clone() },
+            None => {
+                let (cache, note) = Cache::open(&config.data_dir, config.failover.cache_max_bytes)?;
+                if let Some(note) = note {
+                    tracing::warn!("{note}");
+                }
+                let journal = Journal::open(&config.data_dir)?;
+                Local::Store {
+                    cache: Box::new(cache),
+                    journal,
+                }
+            }
+        };
+        let onprem_tls = match &config.failover.engine {
+            Some(_) => {
+                let ca = config.failover.engine_ca.as_ref().unwrap_or(&config.upstream.ca);
+                Some(Arc::new(policy::client_config(
+                    ca,
+                    &config.upstream.cert,
+                    &config.upstream.key,
+                )?))
+            }
+            None => None,
+        };
+        let failover = Arc::new(Failover {
+            rules: config.failover.rules(),
+            health: Health::new(config.failover.health()),
+            local,
+            max_entry_bytes: config.failover.max_entry_bytes,
+        });
+        Metrics::set(
+            &metrics.terminals_enabled,
+            snapshot.inventory().enabled_count() as u64,
+        );
+        let authority = Authority::from_config(&config);
+        if let Some(authority) = &authority {
+            crate::est::check_authority(&config, authority)?;
+        }
+        Ok(Gateway {
+            authority,
+            reloading: std::sync::Mutex::new(()),
+            slots: Slots::new(config.limits.max_connections, metrics.clone()),
+            people,
+            uplink: Arc::new(uplink),
+            onprem_tls,
+            failover,
+            audit,
+            metrics,
+            live: Arc::new(Live::new(snapshot)),
+            config,
+        })
+    }
+
+    /// A pooled client to the cloud engine. Each worker has its own, so that a request and the
+    /// upstream connection carrying it live on the same thread; the prober and the replayer have
+    /// theirs.
+    pub fn upstream(&self) -> Result<Upstream, StartError> {
+        let config = &self.config;
+        Ok(Upstream::new(
+            &config.upstream.url,
+            (*self.uplink).clone(),
+            config.limits.upstream_timeout(),
+        )?)
+    }
+
+    /// The route stage for one worker: its clients to the cloud and the on-premises engine.
+    pub fn router(&self) -> Result<Router, StartError> {
+        let onprem = match (&self.failover.local, &self.onprem_tls) {
+            (Local::Engine { url }, Some(tls)) => Some(Upstream::new(
+                url,
+                (**tls).clone(),
+                self.config.limits.upstream_timeout(),
+            )?),
+            _ => None,
+        };
+        Ok(Router {
+            cloud: self.upstream()?,
+            onprem,
+            failover: self.failover.clone(),
+        })
+    }
+
+    /// What the doors share.
+    pub fn doors(&self) -> Doors {
+        Doors {
+            live: self.live.clone(),
+            slots: self.slots.clone(),
+            audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
+            handshake_timeout: self.config.limits.handshake_timeout(),
+        }
+    }
+
+    /// The stages for one worker, with its own router.
+    pub fn pipeline(&self) -> Result<Pipeline, StartError> {
+        let limits = &self.config.limits;
+        Ok(Pipeline {
+            admit: admit::Admit {
+                live: self.live.clone(),
+                audit: self.audit.clone(),
+            },
+            pages: pages::Pages {
+                people: self.people.clone(),
+                metrics: self.metrics.clone(),
+            },
+            authenticate: authenticate::Authenticate {
+                people: self.people.clone(),
+                metrics: self.metrics.clone(),
+            },
+            authorize: authorize::Authorize,
+            limit: limit::Limit {
+                max_body_bytes: limits.max_body_bytes,
+            },
+            forward: forward::Forward {
+                router: Arc::new(self.router()?),
+                metrics: self.metrics.clone(),
+                onprem: self.config.failover.engine.clone(),
+            },
+            respond: respond::Respond {
+                audit: self.audit.clone(),
+                metrics: self.metrics.clone(),
+                health: self.failover.health.clone(),
+                live: self.live.clone(),
+            },
+            streams: Streams {
+                live: self.live.clone(),
+                people: self.people.clone(),
+                health: self.failover.health.clone(),
+                audit: self.audit.clone(),
+                metrics: self.metrics.clone(),
+            },
+            http: h1::Limits {
+                header_timeout: limits.header_timeout(),
+                max_header_bytes: limits.max_header_bytes,
+            },
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// What a listener serves.
+    pub fn route(&self, listener: &Listener) -> Route {
+        let name: Arc<str> = listener.route().into();
+        match listener.kind {
+            ListenerKind::Api => Route::Api(name),
+            ListenerKind::Tcp => {
+                // The on-premises engine's scheme says whether it speaks TLS.
+                let onprem_tls = self.onprem_tls.clone().filter(|_| {
+                    self.config
+                        .failover
+                        .engine
+                        .as_deref()
+                        .is_some_and(|u| u.starts_with("https:"))
+                });
+                Route::Stream(Arc::new(StreamRoute {
+                    name,
+                    require_login: listener.require_login,
+                    targets: Targets {
+                        cloud: Target {
+                            address: listener.upstream.clone().unwrap_or_default(),
+                            tls: listener.upstream_tls.then(|| self.uplink.clone()),
+                        },
+                        fallback: listener.fallback.clone().map(|address| Target {
+                            address,
+                            tls: onprem_tls,
+                        }),
+                        timeout: self.config.limits.upstream_timeout(),
+                    },
+                }))
+            }
+        }
+    }
+
+    /// The journal, when the local engine is the appliance's own.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        match &self.failover.local {
+            Local::Store { journal, .. } => Some(journal),
+            Local::Engine { .. } => None,
+        }
+    }
+
+    /// Re-reads the certificates, CA, CRL, inventory and the engine password (SIGHUP, a new
+    /// CRL, an imported bundle, an enrollment). On error nothing changes.
+    pub fn reload(&self) -> Result<(), StartError> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = Snapshot::load(&self.config, self.live.generation() + 1)?;
+        let password = read_secret(&self.config.upstream.password_file)?;
+        self.people
+            .set_clinic(crate::person::basic(&self.config.upstream.user, &password));
+        Metrics::set(
+            &self.metrics.terminals_enabled,
+            snapshot.inventory().enabled_count() as u64,
+        );
+        self.live.replace(snapshot);
+        self.people.forget_cached();
+        Ok(())
+    }
+}
+
+/// The first line of a secret file, which must not be readable by others.
+pub fn read_secret(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |message: String| StartError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err(format!(
+            "holds a password but has mode {:o}: expected 0600 (chmod 600 {})",
+            meta.permissions().mode() & 0o777,
+            path.display()
+        )));
+    }
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err(err("expected the password on the first line".into()));
+    }
+    Ok(zeroize::Zeroizing::new(line.to_owned()))
+}

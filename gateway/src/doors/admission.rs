@@ -1,0 +1,128 @@
+//! Whether a terminal may connect: one rule for every door, and for the re-check after a reload.
+//!
+//! A terminal is admitted when its proof holds and the inventory has it registered and enabled.
+//! The proof is a client certificate that chains to the clinic CA, is valid now and is not on the
+//! CRL (WebPKI's checks), whose subject CN names the terminal; or the static key of a WireGuard
+//! peer, which the inventory maps to a terminal. The TLS door runs this rule inside the handshake
+//! (see [`crate::doors::tls`]), the WireGuard door when a tunnel connection opens, and every
+//! long-lived connection again when a reload changes the snapshot, so a terminal disabled or
+//! revoked by the reload loses its connections too.
+
+use std::sync::Arc;
+
+use rustls::CertificateError;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+
+use crate::doors::identity::{self, Proof, Terminal};
+use crate::doors::wireguard::keys::PublicKey;
+use crate::store::inventory::Inventory;
+
+/// Why a terminal is not admitted. Its text is what the audit log records.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("no client certificate")]
+    NoCertificate,
+    /// WebPKI refused the certificate (chain, validity, CRL).
+    #[error("{}", describe(.0))]
+    Certificate(rustls::Error),
+    #[error("the certificate names no terminal: {0}")]
+    NoName(String),
+    #[error("terminal {0:?} is not registered in the inventory")]
+    Unregistered(String),
+    #[error("terminal {0:?} is disabled")]
+    Disabled(String),
+    #[error("the WireGuard key is no longer registered")]
+    UnknownKey,
+}
+
+/// The rule, with the inventory and the clinic CA (and CRL) of one snapshot.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    inventory: Arc<Inventory>,
+    /// WebPKI's chain, validity and CRL checks against the clinic CA.
+    webpki: Arc<dyn ClientCertVerifier>,
+}
+
+impl Admission {
+    pub fn new(inventory: Arc<Inventory>, webpki: Arc<dyn ClientCertVerifier>) -> Admission {
+        Admission { inventory, webpki }
+    }
+
+    pub fn inventory(&self) -> &Arc<Inventory> {
+        &self.inventory
+    }
+
+    /// WebPKI's verifier, for what rustls asks of a client verifier besides the verdict (root
+    /// hints, signature checks).
+    pub fn webpki(&self) -> &Arc<dyn ClientCertVerifier> {
+        &self.webpki
+    }
+
+    /// The inventory's half of the rule: registered, and enabled now.
+    pub fn registered(&self, name: &str) -> Result<(), Refusal> {
+        match self.inventory.get(name) {
+            Some(t) if t.enabled => Ok(()),
+            Some(_) => Err(Refusal::Disabled(name.to_owned())),
+            None => Err(Refusal::Unregistered(name.to_owned())),
+        }
+    }
+
+    /// A client certificate (leaf and intermediates): WebPKI's checks, then the terminal it names.
+    pub fn certificate(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<String, Refusal> {
+        self.webpki
+            .verify_client_cert(leaf, intermediates, now)
+            .map_err(Refusal::Certificate)?;
+        let name = identity::terminal_name(leaf).map_err(Refusal::NoName)?;
+        self.registered(&name)?;
+        Ok(name)
+    }
+
+    /// A WireGuard peer's static key: the terminal it is registered to, if that one is enabled.
+    pub fn wireguard(&self, key: &PublicKey) -> Result<Terminal, Refusal> {
+        let registered = self.inventory.by_wireguard_key(key).ok_or(Refusal::UnknownKey)?;
+        self.registered(&registered.name)?;
+        Ok(Terminal::from_wireguard(&registered.name, key))
+    }
+
+    /// Whether a terminal admitted under an earlier snapshot still is under this one.
+    pub fn proof(&self, proof: &Proof) -> Result<(), Refusal> {
+        match proof {
+            Proof::WireGuard(key) => self.wireguard(key).map(drop),
+            Proof::Certificate(chain) => {
+                let (leaf, intermediates) = chain.split_first().ok_or(Refusal::NoCertificate)?;
+                self.certificate(leaf, intermediates, UnixTime::now()).map(drop)
+            }
+        }
+    }
+}
+
+/// A TLS or certificate error in words an operator reads in the audit log.
+pub fn describe(error: &rustls::Error) -> String {
+    use rustls::Error as E;
+    match error {
+        E::NoCertificatesPresented => "no client certificate".into(),
+        E::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => "client certificate not issued by the clinic CA".into(),
+            CertificateError::Revoked => "client certificate revoked".into(),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "client certificate expired".into()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "client certificate not yet valid".into()
+            }
+            CertificateError::Other(other) => other.0.to_string(),
+            other => format!("client certificate refused: {other:?}"),
+        },
+        E::PeerIncompatible(why) => format!("client offers nothing the policy allows: {why:?}"),
+        E::InvalidMessage(_) | E::InappropriateHandshakeMessage { .. } | E::InappropriateMessage { .. } => {
+            format!("not a TLS client: {error}")
+        }
+        other => format!("handshake failed: {other}"),
+    }
+}

@@ -1,0 +1,134 @@
+//! What admits terminals now, and what a reload replaces.
+//!
+//! The reloadable part ([`Snapshot`]: certificates, CA, CRL, inventory) is immutable, behind one
+//! lock, swapped whole on SIGHUP: a connection works with one consistent snapshot, and a failed
+//! reload leaves the previous one in place. Established connections are checked against a new
+//! snapshot on their next request (or at once, for streams: [`Live::revoked`]), so a terminal
+//! revoked or disabled by the reload loses its connections too, while every other connection
+//! carries on undisturbed.
+
+use std::sync::{Arc, RwLock};
+
+use rustls::ServerConfig;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::doors::admission::{Admission, Refusal};
+use crate::doors::identity::Proof;
+use crate::doors::tls::policy::{self, TlsError};
+use crate::store::{self, StoreError, inventory::Inventory};
+
+/// Why a snapshot could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// The reloadable snapshot.
+pub struct Snapshot {
+    /// Counts reloads; a connection that saw an older one re-checks its terminal.
+    pub generation: u64,
+    pub admission: Admission,
+    /// For api listeners (ALPN http/1.1) and for raw TCP listeners (no ALPN).
+    pub api_tls: Arc<ServerConfig>,
+    pub tcp_tls: Arc<ServerConfig>,
+    /// For the EST listener (client certificate optional), when there is one.
+    pub est_tls: Option<Arc<ServerConfig>>,
+    /// When the loaded CRL's next update is due; past it the CRL is still enforced, and
+    /// `crl_stale` and a log warning say a fresh one is late.
+    pub crl_next_update: Option<time::OffsetDateTime>,
+}
+
+impl Snapshot {
+    /// Reads the inventory, the clinic CA, the CRL and the gateway's certificate.
+    pub fn load(config: &Config, generation: u64) -> Result<Snapshot, LoadError> {
+        let inventory = Arc::new(Inventory::load(&store::open(&config.data_dir)?)?);
+        Snapshot::with_inventory(config, inventory, generation)
+    }
+
+    /// The same, with an inventory already read (`gateway check` reads none from a data
+    /// directory that does not exist yet).
+    pub fn with_inventory(
+        config: &Config,
+        inventory: Arc<Inventory>,
+        generation: u64,
+    ) -> Result<Snapshot, LoadError> {
+        let admission = Admission::new(inventory, policy::webpki(&config.tls, false)?);
+        let verifier = policy::terminal_verifier(admission.clone());
+        let est_tls = match &config.est {
+            Some(_) => Some(policy::server_config(
+                &config.tls,
+                policy::webpki(&config.tls, true)?,
+                &[b"http/1.1"],
+            )?),
+            None => None,
+        };
+        Ok(Snapshot {
+            generation,
+            api_tls: policy::server_config(&config.tls, verifier.clone(), &[b"http/1.1"])?,
+            tcp_tls: policy::server_config(&config.tls, verifier, &[])?,
+            est_tls,
+            crl_next_update: config.tls.crl.as_deref().and_then(policy::crl_next_update),
+            admission,
+        })
+    }
+
+    /// Whether the loaded CRL is past its next update (and since when).
+    pub fn crl_stale(&self) -> Option<time::OffsetDateTime> {
+        self.crl_next_update
+            .filter(|t| *t <= time::OffsetDateTime::now_utc())
+    }
+
+    pub fn inventory(&self) -> &Arc<Inventory> {
+        self.admission.inventory()
+    }
+}
+
+/// The current snapshot, and news of the next one.
+pub struct Live {
+    current: RwLock<Arc<Snapshot>>,
+    /// The generation of the current snapshot, for those that wait for a reload.
+    reloaded: watch::Sender<u64>,
+}
+
+impl Live {
+    pub fn new(first: Snapshot) -> Live {
+        Live {
+            reloaded: watch::channel(first.generation).0,
+            current: RwLock::new(Arc::new(first)),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn now(&self) -> Arc<Snapshot> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current snapshot's generation, without taking the snapshot: what a keep-alive
+    /// connection reads on every request to see whether it must check its terminal again.
+    pub fn generation(&self) -> u64 {
+        *self.reloaded.borrow()
+    }
+
+    /// Puts a new snapshot in place; every connection checks its terminal against it.
+    pub fn replace(&self, next: Snapshot) {
+        let generation = next.generation;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.reloaded.send_replace(generation);
+    }
+
+    /// Resolves when a reload stops admitting this proof, with the reason: what ends a
+    /// long-lived stream (raw TCP, WebSocket) of a terminal that was revoked or disabled.
+    pub async fn revoked(&self, proof: &Proof) -> Refusal {
+        let mut reloads = self.reloaded.subscribe();
+        while reloads.changed().await.is_ok() {
+            if let Err(why) = self.now().admission.proof(proof) {
+                return why;
+            }
+        }
+        std::future::pending().await
+    }
+}

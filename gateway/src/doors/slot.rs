@@ -1,0 +1,101 @@
+//! Connection slots: `limits.max_connections` bounds what every door together may hold open.
+//!
+//! A connection takes a slot before it costs anything (a handshake, a tunnel socket's buffers)
+//! and holds it until it closes, whichever door it came through (TLS, WireGuard, EST). The slot
+//! also keeps the `connections_open` gauge, and a connection turned away for want of one counts
+//! in `connections_refused_total`, so the limit and its figures cannot disagree.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
+
+/// Every slot of the gateway; cheap to clone.
+#[derive(Clone)]
+pub struct Slots {
+    semaphore: Arc<Semaphore>,
+    total: u32,
+    metrics: Arc<Metrics>,
+}
+
+/// One open connection's slot, given back when its last holder drops it (a tunnel connection
+/// is held by the userspace stack's socket and by the route serving it).
+#[derive(Clone)]
+pub struct Slot {
+    _held: Arc<Held>,
+}
+
+/// The permit itself; its drop closes the connection's account.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Slots {
+    pub fn new(total: usize, metrics: Arc<Metrics>) -> Slots {
+        let total = u32::try_from(total).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
+        Slots {
+            semaphore: Arc::new(Semaphore::new(total as usize)),
+            total,
+            metrics,
+        }
+    }
+
+    /// A slot for a new connection, or `None` (counted) when all are taken: the caller closes
+    /// the connection at once.
+    pub fn take(&self) -> Option<Slot> {
+        match self.semaphore.clone().try_acquire_owned() {
+            Ok(permit) => {
+                Metrics::inc(&self.metrics.connections_open);
+                Some(Slot {
+                    _held: Arc::new(Held {
+                        _permit: permit,
+                        metrics: self.metrics.clone(),
+                    }),
+                })
+            }
+            Err(_) => {
+                Metrics::inc(&self.metrics.connections_refused_total);
+                None
+            }
+        }
+    }
+
+    /// Waits until every slot is back (all connections closed), at most `grace`; whether they
+    /// all came back.
+    pub async fn drained(&self, grace: Duration) -> bool {
+        tokio::time::timeout(grace, self.semaphore.acquire_many(self.total))
+            .await
+            .is_ok_and(|all| all.is_ok())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        Metrics::dec(&self.metrics.connections_open);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn slots_bound_connections_and_keep_the_gauge() {
+        let metrics = Arc::new(Metrics::default());
+        let slots = Slots::new(2, metrics.clone());
+        let a = slots.take().expect("a first slot");
+        let b = slots.take().expect("a second slot");
+        assert!(slots.take().is_none(), "the limit holds");
+        let load = |g: &std::sync::atomic::AtomicU64| g.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(load(&metrics.connections_open), 2);
+        assert_eq!(load(&metrics.connections_refused_total), 1);
+        drop(a);
+        assert_eq!(load(&metrics.connections_open), 1);
+        assert!(!slots.drained(Duration::from_millis(10)).await, "one is still open");
+        drop(b);
+        assert!(slots.drained(Duration::from_millis(10)).await);
+    }
+}

@@ -1,0 +1,58 @@
+//! Stage 1, admit: is the terminal still admitted, and can its access be recorded?
+//!
+//! A door admitted the terminal when the connection opened. A keep-alive connection lives long,
+//! so when a reload has made a new snapshot since the last request, the terminal is checked
+//! again against it (a revoked or disabled terminal loses its open connections too). And no
+//! access is granted that the audit log cannot record: while it cannot be written, every request
+//! is refused (the refusal itself waits in memory until the log is writable again).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use hyper::StatusCode;
+use hyper::header::{self, HeaderValue};
+
+use crate::audit::AuditLog;
+use crate::doors::identity::Proof;
+use crate::doors::live::Live;
+use crate::pipeline::reply::Refused;
+
+/// What the stage consults: the current snapshot, and whether the audit log is writable.
+pub struct Admit {
+    pub live: Arc<Live>,
+    pub audit: AuditLog,
+}
+
+impl Admit {
+    /// `checked`: the snapshot generation this connection was last checked against, moved on
+    /// when it passes against a newer one.
+    pub fn check(&self, proof: &Proof, checked: &AtomicU64) -> Result<(), Refused> {
+        // The common case, nothing reloaded since the last request, reads the generation only:
+        // no snapshot is taken.
+        if checked.load(Relaxed) != self.live.generation() {
+            let snapshot = self.live.now();
+            if let Err(why) = snapshot.admission.proof(proof) {
+                let mut refused = Refused::text(
+                    StatusCode::FORBIDDEN,
+                    &format!("this terminal is no longer admitted ({why})"),
+                    format!("terminal no longer admitted: {why}"),
+                );
+                refused
+                    .response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Err(refused);
+            }
+            checked.store(snapshot.generation, Relaxed);
+        }
+        if self.audit.is_failing() {
+            return Err(Refused::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit log cannot be written, so access is refused until it can; ask the \
+                 clinic's administrator",
+                crate::audit::FAILING,
+            ));
+        }
+        Ok(())
+    }
+}

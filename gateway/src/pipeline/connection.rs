@@ -1,0 +1,118 @@
+//! One terminal connection on an api listener, and one request's way through the stages.
+//!
+//! The order is the design's (DESIGN.md, "The data path"): admit → gateway pages → authenticate
+//! → authorize → limit → forward → respond and audit. Each stage is a type of its own with only
+//! the inputs it needs ([`Pipeline`]); this file only strings them together and keeps what one
+//! connection remembers between requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use hyper::{Request, Response, StatusCode};
+
+use engine_proxy::upstream::ProxyBody;
+
+use crate::audit::{Decision, Entry};
+use crate::doors::identity::Identified;
+use crate::doors::slot::Slot;
+use crate::h1;
+use crate::metrics::Metrics;
+use crate::person::Memo;
+use crate::pipeline::Pipeline;
+use crate::pipeline::pages::Pages;
+use crate::pipeline::respond::Outcome;
+
+/// One terminal connection on an api listener.
+pub struct Connection {
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) who: Identified,
+    pub(crate) source: SocketAddr,
+    pub(crate) route: Arc<str>,
+    /// The snapshot generation this connection was last checked against.
+    pub(crate) checked: AtomicU64,
+    /// The person last verified on this connection.
+    pub(crate) memo: Memo,
+    pub(crate) _slot: Slot,
+}
+
+impl Connection {
+    /// The audit entry every request starts with.
+    fn entry(&self, req: &Request<h1::Body>) -> Entry {
+        Entry {
+            terminal: Some(self.who.terminal.name.clone()),
+            source: self.source.to_string(),
+            route: self.route.to_string(),
+            method: Some(req.method().to_string()),
+            path: Some(req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned()),
+            ..Entry::default()
+        }
+    }
+
+    /// One request through every stage.
+    async fn exchange(self: Arc<Self>, req: Request<h1::Body>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let p = &self.pipeline;
+        Metrics::inc(&p.metrics.requests_total);
+        let mut entry = self.entry(&req);
+        let mut received = None;
+        let outcome = self.stages(req, &mut entry, &mut received).await;
+        p.respond.finish(outcome, entry, started, received, &self.who.proof)
+    }
+
+    /// The stages up to the answer; `entry` learns the person and the engine on the way.
+    async fn stages(
+        &self,
+        req: Request<h1::Body>,
+        entry: &mut Entry,
+        received: &mut Option<Arc<AtomicU64>>,
+    ) -> Outcome {
+        let p = &self.pipeline;
+        let terminal = &self.who.terminal;
+        if let Err(refused) = p.admit.check(&self.who.proof, &self.checked) {
+            return Outcome::Refused(refused);
+        }
+        if Pages::serves(&req) {
+            return Outcome::Page(p.pages.serve(req, terminal).await);
+        }
+        let person = match p.authenticate.person(&req, terminal, &self.memo).await {
+            Ok(person) => person,
+            Err(refused) => return Outcome::Refused(refused),
+        };
+        entry.user = person.user.clone();
+        if let Err(refused) = p.authorize.check(&req, terminal, &person) {
+            return Outcome::Refused(refused);
+        }
+        entry.upstream = Some(p.forward.upstream().to_owned());
+        let limited = match p.limit.apply(req) {
+            Ok(limited) => limited,
+            Err(refused) => return Outcome::Refused(refused),
+        };
+        *received = Some(limited.received.clone());
+        match p.forward.call(limited, &person, terminal).await {
+            Ok(forwarded) => Outcome::Forwarded(forwarded),
+            Err(refused) => Outcome::Refused(refused),
+        }
+    }
+}
+
+impl h1::Service for Arc<Connection> {
+    fn call(&self, req: Request<h1::Body>) -> impl Future<Output = Response<ProxyBody>> + Send {
+        self.clone().exchange(req)
+    }
+
+    fn rejected(&self, status: StatusCode, why: &str) {
+        let p = &self.pipeline;
+        Metrics::inc(&p.metrics.requests_denied_total);
+        p.respond.audit.record_soon(Entry {
+            decision: Decision::Deny,
+            reason: format!("request refused: {why}"),
+            terminal: Some(self.who.terminal.name.clone()),
+            source: self.source.to_string(),
+            route: self.route.to_string(),
+            status: Some(status.as_u16()),
+            ..Entry::default()
+        });
+    }
+}

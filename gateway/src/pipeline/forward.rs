@@ -1,0 +1,194 @@
+//! Stage 6, forward: the call goes to the cloud engine, or to the local engine in its place
+//! (`engine_proxy::failover`), streaming both ways where the route does not need the whole body.
+//!
+//! The gateway's own session cookie never reaches the engine, and the engine gets the engine
+//! credential of the person (or the clinic), never what the terminal sent. What comes back is
+//! told apart here: the terminal's body breaking is the terminal's fault (400), a body past the
+//! limit too (413); the engine not answering, or refusing the gateway's own credential, is the
+//! gateway's to answer for (502), and is recorded as an allowed access that failed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use hyper::{Response, StatusCode};
+
+use engine_proxy::failover::{Caller, RouteError, Router, Served};
+use engine_proxy::health::Mode;
+use engine_proxy::upstream::ProxyBody;
+
+use crate::audit::Decision;
+use crate::doors::identity::Terminal;
+use crate::h1;
+use crate::metrics::Metrics;
+use crate::person::Person;
+use crate::pipeline::limit::{Limited, too_large};
+use crate::pipeline::pages;
+use crate::pipeline::reply::{Refused, text};
+
+/// What the stage uses: this worker's router, the counters, and the on-premises engine's URL for
+/// the audit log.
+pub struct Forward {
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+    pub onprem: Option<String>,
+}
+
+/// What came of a call that was allowed.
+pub enum Forwarded {
+    /// An answer whose body goes to the terminal; its audit entry is complete when it ends.
+    Answer {
+        response: Response<ProxyBody>,
+        decision: Decision,
+        reason: String,
+        /// The hybrid state to report when the local engine answered (`emergency` even before
+        /// the prober has confirmed it).
+        local: Option<Mode>,
+        /// Who answered, for the audit log, when not the cloud.
+        upstream: Option<String>,
+    },
+    /// The engine side failed, and the gateway answers for it: recorded at once.
+    Failed {
+        response: Response<ProxyBody>,
+        reason: String,
+    },
+    /// Both sides switched protocols (the push WebSocket): bytes are relayed until either closes.
+    Upgraded {
+        response: Response<ProxyBody>,
+        client: h1::OnUpgrade,
+        engine: hyper::upgrade::OnUpgrade,
+    },
+}
+
+impl Forward {
+    /// The engine a call is headed for, for the audit log.
+    pub fn upstream(&self) -> &str {
+        self.router.cloud.authority()
+    }
+
+    pub async fn call(&self, limited: Limited, person: &Person, terminal: &Terminal) -> Result<Forwarded, Refused> {
+        let Limited {
+            mut request,
+            received,
+            body_failure,
+            limit,
+        } = limited;
+        pages::strip_session_cookie(request.headers_mut());
+        let upgrade = request.extensions_mut().remove::<h1::OnUpgrade>();
+        let caller = Caller {
+            terminal: Some(terminal.name.clone()),
+            user: person.user.clone(),
+            authorization: person.upstream.clone(),
+        };
+        let routed = match self.router.route(request, &caller).await {
+            Ok(routed) => routed,
+            Err(RouteError::Body(_) | RouteError::Upstream(_)) if received.load(Relaxed) > limit => {
+                // A body without a declared length ran past the limit: the counter cut it off,
+                // which ended the call. That is the terminal's doing, not the engine's.
+                return Err(too_large(
+                    limit,
+                    format!("streamed body over the limit of {limit} bytes"),
+                ));
+            }
+            Err(RouteError::TooLarge(n)) => {
+                return Err(too_large(
+                    n as u64,
+                    format!("a read or write body over failover.max_entry_bytes ({n})"),
+                ));
+            }
+            Err(RouteError::Body(_) | RouteError::Upstream(_))
+                if let Some(why) = body_failure.as_ref().and_then(|f| f.get()) =>
+            {
+                // The terminal's body broke (malformed chunks, a stall, a closed connection).
+                return Err(Refused::text(
+                    StatusCode::BAD_REQUEST,
+                    why,
+                    format!("request body: {why}"),
+                ));
+            }
+            Err(RouteError::Body(why)) => {
+                return Err(Refused::text(StatusCode::BAD_REQUEST, &why, why.clone()));
+            }
+            Err(RouteError::Upstream(e)) => {
+                Metrics::inc(&self.metrics.upstream_errors_total);
+                return Ok(Forwarded::Failed {
+                    response: text(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("Kakehashi: the engine did not answer: {e}"),
+                    ),
+                    reason: format!("allowed; engine unreachable: {e}"),
+                });
+            }
+        };
+        let mut response = routed.response;
+        self.count(&routed.served);
+        if matches!(routed.served, Served::Cloud) && response.status().is_server_error() {
+            Metrics::inc(&self.metrics.upstream_responses_5xx_total);
+        }
+        if matches!(routed.served, Served::Cloud | Served::OnPrem(_))
+            && response.status() == StatusCode::UNAUTHORIZED
+        {
+            // The person was verified here; the engine refusing the gateway's own credential is
+            // a configuration fault, not the terminal's. Passing the 401 on would make the
+            // terminal ask its user for a password that cannot help.
+            let whose = match &person.user {
+                Some(user) => format!(
+                    "for user {user:?} (kakehashi user set-upstream) or the clinic (upstream.user)"
+                ),
+                None => "of the clinic (upstream.user, upstream.password_file)".into(),
+            };
+            return Ok(Forwarded::Failed {
+                response: text(
+                    StatusCode::BAD_GATEWAY,
+                    "Kakehashi: the engine refused the gateway's credential; ask the clinic's administrator",
+                ),
+                reason: format!("allowed; the engine refused the upstream credential {whose}"),
+            });
+        }
+        if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
+            let engine = hyper::upgrade::on(&mut response);
+            return Ok(Forwarded::Upgraded {
+                response,
+                client,
+                engine,
+            });
+        }
+        let local = match &routed.served {
+            Served::Cloud => None,
+            _ => Some(match self.router.failover.health.mode() {
+                Mode::Normal => Mode::Emergency,
+                other => other,
+            }),
+        };
+        let upstream = match &routed.served {
+            Served::Cloud => None,
+            Served::OnPrem(_) => Some(self.onprem.clone().unwrap_or_default()),
+            Served::Cache { .. } => Some("local:cache".into()),
+            Served::Journaled { .. } => Some("local:journal".into()),
+            Served::Refused(_) => Some("local".into()),
+        };
+        let (decision, reason) = match &routed.served {
+            Served::Cloud => (Decision::Allow, "allowed".into()),
+            // The person and terminal were allowed; the call was not, for want of the cloud.
+            Served::Refused(why) => (Decision::Deny, format!("refused offline: {why}")),
+            served => (Decision::Allow, format!("allowed; answered by {}", served.describe())),
+        };
+        Ok(Forwarded::Answer {
+            response,
+            decision,
+            reason,
+            local,
+            upstream,
+        })
+    }
+
+    fn count(&self, served: &Served) {
+        let m = &self.metrics;
+        match served {
+            Served::Cloud => {}
+            Served::OnPrem(_) => Metrics::inc(&m.onprem_answers_total),
+            Served::Cache { .. } => Metrics::inc(&m.cache_answers_total),
+            Served::Journaled { .. } => Metrics::inc(&m.journal_appends_total),
+            Served::Refused(_) => Metrics::inc(&m.refused_offline_total),
+        }
+    }
+}

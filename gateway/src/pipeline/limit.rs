@@ -1,0 +1,67 @@
+//! Stage 5, limit: what one request may make the gateway carry.
+//!
+//! A request whose declared length is over `limits.max_body_bytes` is refused before a byte of
+//! its body is read; one without a declared length is counted as it streams and cut off at the
+//! limit (the `forward` stage then tells the terminal why its call ended).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+
+use http_body_util::BodyExt;
+use hyper::header;
+use hyper::{Request, StatusCode};
+
+use engine_proxy::upstream::ProxyBody;
+
+use crate::h1;
+use crate::pipeline::counted::Counted;
+use crate::pipeline::reply::Refused;
+
+/// The stage's setting.
+pub struct Limit {
+    pub max_body_bytes: u64,
+}
+
+/// A request within the limit, its body counted on the way.
+pub struct Limited {
+    pub request: Request<ProxyBody>,
+    /// Body bytes received from the terminal so far.
+    pub received: Arc<AtomicU64>,
+    /// Set when the terminal's body broke (malformed chunks, a stall, a closed connection): what
+    /// tells the terminal's fault from the engine's.
+    pub body_failure: Option<Arc<OnceLock<String>>>,
+    pub limit: u64,
+}
+
+impl Limit {
+    pub fn apply(&self, req: Request<h1::Body>) -> Result<Limited, Refused> {
+        let limit = self.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = declared.filter(|n| *n > limit) {
+            return Err(too_large(limit, format!("body of {n} bytes over the limit")));
+        }
+        let body_failure = req.body().failure();
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
+        let request = req.map(|b| Counted::limited(b, counter, limit).boxed());
+        Ok(Limited {
+            request,
+            received,
+            body_failure,
+            limit,
+        })
+    }
+}
+
+/// 413: a body the gateway will not carry, and why, for the audit log.
+pub fn too_large(limit: u64, reason: String) -> Refused {
+    Refused::text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("request body larger than {limit} bytes"),
+        reason,
+    )
+}

@@ -1,0 +1,54 @@
+//! Byte relays for what the gateway carries without understanding it: a protocol upgrade (the
+//! engine's push WebSocket) and raw TCP routes. Both end when either side closes, or when a
+//! reload stops admitting the terminal: a revoked terminal's long-lived streams end with it.
+
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::audit::{AuditLog, Entry};
+use crate::doors::identity::Proof;
+use crate::doors::live::Live;
+use crate::h1;
+
+/// Copies both ways until either side closes or a reload refuses `proof`; fills in the entry's
+/// byte counts, and its reason when a reload ended it (`what` names the stream in it).
+pub async fn relay<A, B>(terminal: &mut A, engine: &mut B, live: &Live, proof: &Proof, entry: &mut Entry, what: &str)
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(terminal, engine) => {
+            if let Ok((up, down)) = copied {
+                entry.bytes_in = up;
+                entry.bytes_out = down;
+            }
+        }
+        why = live.revoked(proof) => {
+            entry.reason = format!("allowed; {what} closed by a reload: {why}");
+        }
+    }
+}
+
+/// Both sides of a `101 Switching Protocols`: relays until the end, then records the entry.
+pub async fn upgraded(
+    live: std::sync::Arc<Live>,
+    audit: AuditLog,
+    proof: Proof,
+    client: h1::OnUpgrade,
+    engine: hyper::upgrade::OnUpgrade,
+    mut entry: Entry,
+    started: Instant,
+) {
+    match tokio::join!(client, engine) {
+        (Ok(mut client), Ok(engine)) => {
+            let mut engine = hyper_util::rt::TokioIo::new(engine);
+            relay(&mut client, &mut engine, &live, &proof, &mut entry, "WebSocket").await;
+        }
+        (Err(e), _) => entry.reason = format!("allowed; upgrade failed: {e}"),
+        (_, Err(e)) => entry.reason = format!("allowed; upgrade failed: {e}"),
+    }
+    entry.duration_ms = started.elapsed().as_millis() as u64;
+    audit.record_soon(entry);
+}

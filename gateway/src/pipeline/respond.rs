@@ -1,0 +1,161 @@
+//! Stage 7, respond and audit: the answer goes out saying the hybrid state, and every decision
+//! becomes one audit entry, written when the answer's body has been sent so that it carries the
+//! status, the bytes and the duration.
+//!
+//! `X-Hybridmode` is set here and only here: the engine's own value on a cloud answer passes
+//! through; an answer from the local engine says `emergency` (or `recovery`) even before the
+//! prober has confirmed it; the gateway's own answers say the current state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::Response;
+
+use engine_proxy::health::Health;
+use engine_proxy::upstream::ProxyBody;
+
+use crate::audit::{AuditLog, Decision, Entry};
+use crate::doors::identity::Proof;
+use crate::doors::live::Live;
+use crate::metrics::Metrics;
+use crate::pipeline::counted::Counted;
+use crate::pipeline::forward::Forwarded;
+use crate::pipeline::pages::Page;
+use crate::pipeline::relay;
+use crate::pipeline::reply::Refused;
+
+/// The hybrid state a response reports, as the engine's own responses do.
+pub const HYBRID_MODE: &str = "x-hybridmode";
+
+/// What the stages made of a request.
+pub enum Outcome {
+    /// A stage refused it.
+    Refused(Refused),
+    /// The gateway's own page answered it.
+    Page(Page),
+    /// It went to the engine (or the local engine in its place).
+    Forwarded(Forwarded),
+}
+
+/// What the stage uses: the audit log and counters, the hybrid state, and the snapshot that a
+/// relayed stream is checked against on every reload.
+pub struct Respond {
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub live: Arc<Live>,
+}
+
+impl Respond {
+    /// The response for `outcome`, with `entry` recorded now or when the body has gone out.
+    /// `received` counts the request body's bytes, when one was read.
+    pub fn finish(
+        &self,
+        outcome: Outcome,
+        mut entry: Entry,
+        started: Instant,
+        received: Option<Arc<AtomicU64>>,
+        proof: &Proof,
+    ) -> Response<ProxyBody> {
+        let bytes_in = |received: &Option<Arc<AtomicU64>>| received.as_ref().map_or(0, |r| r.load(Relaxed));
+        let (mut response, local) = match outcome {
+            Outcome::Refused(refused) => {
+                entry.user = refused.user.or(entry.user);
+                entry.bytes_in = bytes_in(&received);
+                self.record(entry, started, Decision::Deny, refused.reason, &refused.response);
+                (*refused.response, None)
+            }
+            Outcome::Page(page) => {
+                if let Some(recorded) = page.recorded {
+                    entry.user = recorded.user;
+                    self.record(entry, started, recorded.decision, recorded.reason, &page.response);
+                }
+                (page.response, None)
+            }
+            Outcome::Forwarded(Forwarded::Failed { response, reason }) => {
+                entry.bytes_in = bytes_in(&received);
+                self.record(entry, started, Decision::Allow, reason, &response);
+                (response, None)
+            }
+            Outcome::Forwarded(Forwarded::Upgraded {
+                response,
+                client,
+                engine,
+            }) => {
+                entry.decision = Decision::Allow;
+                entry.status = Some(response.status().as_u16());
+                entry.reason = "allowed; protocol upgrade (WebSocket) to the engine".into();
+                tokio::spawn(relay::upgraded(
+                    self.live.clone(),
+                    self.audit.clone(),
+                    proof.clone(),
+                    client,
+                    engine,
+                    entry,
+                    started,
+                ));
+                (response.map(|_| Empty::new().map_err(|e| match e {}).boxed()), None)
+            }
+            Outcome::Forwarded(Forwarded::Answer {
+                response,
+                decision,
+                reason,
+                local,
+                upstream,
+            }) => {
+                entry.decision = decision;
+                entry.reason = reason;
+                entry.status = Some(response.status().as_u16());
+                if upstream.is_some() {
+                    entry.upstream = upstream;
+                }
+                let (audit, metrics) = (self.audit.clone(), self.metrics.clone());
+                let response = response.map(move |body| {
+                    Counted::finished(body, move |sent| {
+                        entry.bytes_in = bytes_in(&received);
+                        entry.bytes_out = sent;
+                        Metrics::add(&metrics.bytes_from_terminals_total, entry.bytes_in);
+                        Metrics::add(&metrics.bytes_to_terminals_total, sent);
+                        entry.duration_ms = started.elapsed().as_millis() as u64;
+                        audit.record_soon(entry);
+                    })
+                    .boxed()
+                });
+                (response, local)
+            }
+        };
+        match local {
+            Some(mode) => {
+                response.headers_mut().insert(HYBRID_MODE, mode.header());
+            }
+            None if !response.headers().contains_key(HYBRID_MODE) => {
+                response
+                    .headers_mut()
+                    .insert(HYBRID_MODE, self.health.mode().header());
+            }
+            None => {}
+        }
+        response
+    }
+
+    /// Records a decision made before any body went out; a refusal is counted too.
+    fn record(
+        &self,
+        mut entry: Entry,
+        started: Instant,
+        decision: Decision,
+        reason: String,
+        response: &Response<ProxyBody>,
+    ) {
+        if decision == Decision::Deny {
+            Metrics::inc(&self.metrics.requests_denied_total);
+        }
+        entry.decision = decision;
+        entry.reason = reason;
+        entry.status = Some(response.status().as_u16());
+        entry.duration_ms = started.elapsed().as_millis() as u64;
+        self.audit.record_soon(entry);
+    }
+}

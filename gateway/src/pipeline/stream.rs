@@ -1,0 +1,95 @@
+//! The raw TCP route: bytes from an admitted terminal to a fixed upstream, for protocols the
+//! gateway does not understand.
+//!
+//! The same stages as an api request, as far as a stream has them: admit (the audit log must be
+//! writable), authenticate (a person signed in on this terminal, when the route requires it: a
+//! stream carries no credentials of its own), forward (the upstream the hybrid state chooses,
+//! `engine_proxy::stream`), and one audit entry with the bytes moved when it ends. A reload that
+//! stops admitting the terminal ends the stream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use engine_proxy::health::Health;
+use engine_proxy::stream::Targets;
+
+use crate::audit::{AuditLog, Decision, Entry};
+use crate::doors::Admitted;
+use crate::doors::live::Live;
+use crate::io::Io;
+use crate::metrics::Metrics;
+use crate::person::People;
+use crate::pipeline::relay::relay;
+
+/// One raw TCP route, fixed at start.
+pub struct StreamRoute {
+    pub name: Arc<str>,
+    pub require_login: bool,
+    pub targets: Targets,
+}
+
+/// What a stream uses of the gateway.
+pub struct Streams {
+    pub live: Arc<Live>,
+    pub people: Arc<People>,
+    pub health: Arc<Health>,
+    pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Streams {
+    /// Carries one terminal's stream to the route's upstream, and audits it.
+    pub async fn serve<S: Io>(&self, route: &StreamRoute, admitted: Admitted<S>) {
+        let started = Instant::now();
+        // The slot is held until the stream ends.
+        let Admitted {
+            mut stream,
+            who,
+            source,
+            slot: _slot,
+        } = admitted;
+        let mut entry = Entry {
+            terminal: Some(who.terminal.name.clone()),
+            source: source.to_string(),
+            route: route.name.to_string(),
+            upstream: Some(route.targets.cloud.address.clone()),
+            ..Entry::default()
+        };
+        // New streams follow the hybrid state; streams in flight stay where they are.
+        let target = if self.audit.is_failing() {
+            Err(crate::audit::FAILING.to_owned())
+        } else if route.require_login && !self.people.signed_in(&who.terminal) {
+            Err("no person signed in on this terminal".to_owned())
+        } else {
+            route.targets.choose(self.health.mode()).map_err(|e| e.to_string())
+        };
+        let target = match target {
+            Ok(target) => target,
+            Err(why) => {
+                entry.decision = Decision::Deny;
+                entry.reason = why;
+                self.audit.record_soon(entry);
+                return;
+            }
+        };
+        entry.upstream = Some(target.address.clone());
+        let mut upstream = match route.targets.connect(target).await {
+            Ok(s) => s,
+            Err(e) => {
+                Metrics::inc(&self.metrics.upstream_errors_total);
+                entry.decision = Decision::Allow;
+                entry.reason = format!("allowed; upstream unreachable: {e}");
+                self.audit.record_soon(entry);
+                return;
+            }
+        };
+        Metrics::inc(&self.metrics.tcp_streams_total);
+        entry.decision = Decision::Allow;
+        entry.reason = "allowed".into();
+        relay(&mut stream, &mut *upstream, &self.live, &who.proof, &mut entry, "stream").await;
+        Metrics::add(&self.metrics.bytes_from_terminals_total, entry.bytes_in);
+        Metrics::add(&self.metrics.bytes_to_terminals_total, entry.bytes_out);
+        entry.duration_ms = started.elapsed().as_millis() as u64;
+        self.audit.record_soon(entry);
+    }
+}
