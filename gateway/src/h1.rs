@@ -542,14 +542,14 @@ enum Kind {
 }
 
 impl Body {
-    fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Body {
             kind: Kind::Empty,
             failure: None,
         }
     }
 
-    fn full(bytes: Bytes) -> Self {
+    pub(crate) fn full(bytes: Bytes) -> Self {
         Body {
             kind: Kind::Full(Some(bytes)),
             failure: None,

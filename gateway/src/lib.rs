@@ -26,3 +26,5 @@ pub mod person;
 pub mod pipeline;
 pub mod shutdown;
 pub mod store;
+#[cfg(test)]
+mod testing;

@@ -158,7 +158,7 @@ fn check(path: &std::path::Path) -> Result<ExitCode, StartError> {
         Arc::new(Inventory::default())
     };
     let enabled = inventory.enabled_count();
-    Snapshot::with_inventory(&config, inventory, 0)?;
+    Snapshot::with_inventory(&config.tls, config.est.is_some(), inventory, 0)?;
     policy::client_config(&config.upstream.ca, &config.upstream.cert, &config.upstream.key)?;
     read_secret(&config.upstream.password_file)?;
     println!("{}: OK", path.display());

@@ -126,3 +126,62 @@ pub fn describe(error: &rustls::Error) -> String {
         other => format!("handshake failed: {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::inventory::{self, WireGuardPeer};
+    use crate::testing::Clinic;
+
+    #[test]
+    fn certificates_of_registered_enabled_terminals_only() {
+        let c = Clinic::new(&[("reception-1", true), ("lost-laptop", false)], &[]);
+        let rule = c.live.now().admission.clone();
+        let now = UnixTime::now();
+        let name = rule.certificate(&c.certificate("reception-1"), &[], now).unwrap();
+        assert_eq!(name, "reception-1");
+        let refused = |r: Result<String, Refusal>| r.unwrap_err().to_string();
+        assert_eq!(
+            refused(rule.certificate(&c.certificate("lost-laptop"), &[], now)),
+            "terminal \"lost-laptop\" is disabled"
+        );
+        assert_eq!(
+            refused(rule.certificate(&c.certificate("stranger"), &[], now)),
+            "terminal \"stranger\" is not registered in the inventory"
+        );
+        let elsewhere = Clinic::new(&[], &[]);
+        assert_eq!(
+            refused(rule.certificate(&elsewhere.certificate("reception-1"), &[], now)),
+            "client certificate not issued by the clinic CA"
+        );
+        assert!(matches!(
+            rule.proof(&Proof::Certificate(Vec::new())),
+            Err(Refusal::NoCertificate)
+        ));
+    }
+
+    #[test]
+    fn a_wireguard_key_is_admitted_as_the_terminal_it_is_registered_to() {
+        let c = Clinic::new(&[("tablet", true), ("old-tablet", false)], &[]);
+        let conn = crate::store::open(&c.data_dir).unwrap();
+        let key = |name: &str, address: [u8; 4]| {
+            let public_key = crate::doors::wireguard::keys::Secret::generate().unwrap().public_key();
+            let peer = WireGuardPeer {
+                public_key,
+                preshared_key: None,
+                address: address.into(),
+            };
+            inventory::set_wireguard(&conn, name, &peer).unwrap();
+            public_key
+        };
+        let (tablet, old) = (key("tablet", [10, 77, 0, 2]), key("old-tablet", [10, 77, 0, 3]));
+        c.reload();
+        let rule = c.live.now().admission.clone();
+        let terminal = rule.wireguard(&tablet).unwrap();
+        assert_eq!(terminal.name, "tablet");
+        assert_eq!(terminal.fingerprint, Terminal::from_wireguard("tablet", &tablet).fingerprint);
+        assert!(matches!(rule.wireguard(&old), Err(Refusal::Disabled(_))));
+        let unknown = crate::doors::wireguard::keys::Secret::generate().unwrap().public_key();
+        assert!(matches!(rule.proof(&Proof::WireGuard(unknown)), Err(Refusal::UnknownKey)));
+    }
+}

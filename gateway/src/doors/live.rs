@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use rustls::ServerConfig;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Tls};
 use crate::doors::admission::{Admission, Refusal};
 use crate::doors::identity::Proof;
 use crate::doors::tls::policy::{self, TlsError};
@@ -46,32 +46,29 @@ impl Snapshot {
     /// Reads the inventory, the clinic CA, the CRL and the gateway's certificate.
     pub fn load(config: &Config, generation: u64) -> Result<Snapshot, LoadError> {
         let inventory = Arc::new(Inventory::load(&store::open(&config.data_dir)?)?);
-        Snapshot::with_inventory(config, inventory, generation)
+        Snapshot::with_inventory(&config.tls, config.est.is_some(), inventory, generation)
     }
 
     /// The same, with an inventory already read (`gateway check` reads none from a data
-    /// directory that does not exist yet).
+    /// directory that does not exist yet); `est`: with the EST listener's TLS configuration.
     pub fn with_inventory(
-        config: &Config,
+        tls: &Tls,
+        est: bool,
         inventory: Arc<Inventory>,
         generation: u64,
     ) -> Result<Snapshot, LoadError> {
-        let admission = Admission::new(inventory, policy::webpki(&config.tls, false)?);
+        let admission = Admission::new(inventory, policy::webpki(tls, false)?);
         let verifier = policy::terminal_verifier(admission.clone());
-        let est_tls = match &config.est {
-            Some(_) => Some(policy::server_config(
-                &config.tls,
-                policy::webpki(&config.tls, true)?,
-                &[b"http/1.1"],
-            )?),
-            None => None,
+        let est_tls = match est {
+            true => Some(policy::server_config(tls, policy::webpki(tls, true)?, &[b"http/1.1"])?),
+            false => None,
         };
         Ok(Snapshot {
             generation,
-            api_tls: policy::server_config(&config.tls, verifier.clone(), &[b"http/1.1"])?,
-            tcp_tls: policy::server_config(&config.tls, verifier, &[])?,
+            api_tls: policy::server_config(tls, verifier.clone(), &[b"http/1.1"])?,
+            tcp_tls: policy::server_config(tls, verifier, &[])?,
             est_tls,
-            crl_next_update: config.tls.crl.as_deref().and_then(policy::crl_next_update),
+            crl_next_update: tls.crl.as_deref().and_then(policy::crl_next_update),
             admission,
         })
     }
@@ -130,5 +127,32 @@ impl Live {
             }
         }
         std::future::pending().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::Clinic;
+
+    #[tokio::test]
+    async fn a_reload_that_refuses_a_terminal_ends_its_streams() {
+        let c = Clinic::new(&[("reception-1", true), ("reception-2", true)], &[]);
+        let (one, two) = (c.admitted("reception-1"), c.admitted("reception-2"));
+        let live = c.live.clone();
+        let watching = tokio::spawn(async move { live.revoked(&one.proof).await.to_string() });
+        // A reload that changes nothing for it, then one that disables the other terminal.
+        c.reload();
+        c.disable("reception-2");
+        c.reload();
+        tokio::task::yield_now().await;
+        assert!(!watching.is_finished(), "its terminal is still admitted");
+        assert!(c.live.now().admission.proof(&two.proof).is_err());
+        c.disable("reception-1");
+        c.reload();
+        let why = tokio::time::timeout(std::time::Duration::from_secs(5), watching)
+            .await
+            .expect("the stream ends")
+            .unwrap();
+        assert_eq!(why, "terminal \"reception-1\" is disabled");
     }
 }

@@ -56,3 +56,36 @@ impl Admit {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Clinic;
+
+    #[test]
+    fn a_terminal_is_checked_again_only_after_a_reload() {
+        let c = Clinic::new(&[("reception-1", true)], &[]);
+        let admit = Admit {
+            live: c.live.clone(),
+            audit: c.audit.clone(),
+        };
+        let who = c.admitted("reception-1");
+        let checked = AtomicU64::new(who.generation);
+        assert!(admit.check(&who.proof, &checked).is_ok());
+        c.reload();
+        assert!(admit.check(&who.proof, &checked).is_ok(), "nothing changed for it");
+        assert_eq!(checked.load(Relaxed), 1, "checked against the new snapshot");
+        c.disable("reception-1");
+        c.reload();
+        let refused = admit.check(&who.proof, &checked).unwrap_err();
+        assert_eq!(refused.response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            refused.response.headers().get(header::CONNECTION).unwrap(),
+            "close"
+        );
+        assert_eq!(
+            refused.reason,
+            "terminal no longer admitted: terminal \"reception-1\" is disabled"
+        );
+    }
+}

@@ -85,3 +85,74 @@ fn refusal(req: &Request<h1::Body>, denied: &Denied) -> Response<ProxyBody> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Clinic, PASSWORD, basic, request};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn stage(c: &Clinic) -> Authenticate {
+        Authenticate {
+            people: c.people.clone(),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_api_client_is_challenged_and_a_browser_sent_to_the_login_page() {
+        let c = Clinic::new(&[("reception-1", true)], &["nurse"]);
+        let (stage, terminal) = (stage(&c), c.admitted("reception-1").terminal);
+        let memo = Memo::default();
+        let api = request("POST", "/api01rv2/patientlst2v2?class=01", &[], "");
+        let refused = stage.person(&api, &terminal, &memo).await.unwrap_err();
+        assert_eq!(refused.response.status(), StatusCode::UNAUTHORIZED);
+        assert!(refused.response.headers().contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(refused.reason, "no ID and password");
+        let page = request("GET", "/api01rv2/patientgetv2?id=1", &[("accept", "text/html")], "");
+        let refused = stage.person(&page, &terminal, &memo).await.unwrap_err();
+        assert_eq!(refused.response.status(), StatusCode::SEE_OTHER);
+        let location = refused.response.headers().get(header::LOCATION).unwrap();
+        assert_eq!(location, "/kakehashi/login?next=%2Fapi01rv2%2Fpatientgetv2%3Fid%3D1");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_names_the_user_and_counts_and_the_right_one_passes() {
+        let c = Clinic::new(&[("reception-1", true)], &["nurse"]);
+        let (stage, terminal) = (stage(&c), c.admitted("reception-1").terminal);
+        let memo = Memo::default();
+        let wrong = basic("nurse", "not the password");
+        let refused = stage
+            .person(&request("GET", "/", &[("authorization", &wrong)], ""), &terminal, &memo)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!((refused.reason.as_str(), refused.user.as_deref()), ("wrong password", Some("nurse")));
+        assert_eq!(stage.metrics.auth_failures_total.load(Relaxed), 1);
+        let malformed = stage
+            .person(&request("GET", "/", &[("authorization", "Bearer x")], ""), &terminal, &memo)
+            .await
+            .unwrap_err();
+        assert_eq!(malformed.response.status(), StatusCode::BAD_REQUEST);
+        let right = basic("nurse", PASSWORD);
+        let person = stage
+            .person(&request("GET", "/", &[("authorization", &right)], ""), &terminal, &memo)
+            .await
+            .unwrap();
+        assert_eq!(person.user.as_deref(), Some("nurse"));
+    }
+
+    #[tokio::test]
+    async fn a_session_cookie_is_good_only_on_the_terminal_that_signed_in() {
+        let c = Clinic::new(&[("reception-1", true), ("reception-2", true)], &["nurse"]);
+        let stage = stage(&c);
+        let (one, two) = (c.admitted("reception-1").terminal, c.admitted("reception-2").terminal);
+        let person = c.people.verify("nurse", PASSWORD.as_bytes(), &one).await.unwrap();
+        let token = c.people.open_session(&person, &one);
+        let cookie = format!("theme=dark; kakehashi_session={token}");
+        let req = request("GET", "/", &[("cookie", &cookie)], "");
+        let signed_in = stage.person(&req, &one, &Memo::default()).await.unwrap();
+        assert_eq!(signed_in.user.as_deref(), Some("nurse"));
+        assert!(stage.person(&req, &two, &Memo::default()).await.is_err(), "a copied cookie");
+    }
+}

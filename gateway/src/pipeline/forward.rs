@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use hyper::{Response, StatusCode};
 
-use engine_proxy::failover::{Caller, RouteError, Router, Served};
+use engine_proxy::failover::{Caller, RouteError, Routed, Router, Served};
 use engine_proxy::health::Mode;
 use engine_proxy::upstream::ProxyBody;
 
@@ -79,46 +79,58 @@ impl Forward {
             user: person.user.clone(),
             authorization: person.upstream.clone(),
         };
-        let routed = match self.router.route(request, &caller).await {
-            Ok(routed) => routed,
-            Err(RouteError::Body(_) | RouteError::Upstream(_)) if received.load(Relaxed) > limit => {
+        match self.router.route(request, &caller).await {
+            Ok(routed) => Ok(self.answered(routed, person, upgrade)),
+            Err(e) => self.failed(e, received.load(Relaxed), limit, body_failure.as_ref().and_then(|f| f.get())),
+        }
+    }
+
+    /// What a call the router could not answer becomes: the terminal's fault (its body), or the
+    /// engine's, which the gateway answers for. `received`: the body bytes read before it ended.
+    fn failed(
+        &self,
+        e: RouteError,
+        received: u64,
+        limit: u64,
+        body_failure: Option<&String>,
+    ) -> Result<Forwarded, Refused> {
+        match e {
+            RouteError::Body(_) | RouteError::Upstream(_) if received > limit => {
                 // A body without a declared length ran past the limit: the counter cut it off,
                 // which ended the call. That is the terminal's doing, not the engine's.
-                return Err(too_large(
+                Err(too_large(
                     limit,
                     format!("streamed body over the limit of {limit} bytes"),
-                ));
+                ))
             }
-            Err(RouteError::TooLarge(n)) => {
-                return Err(too_large(
-                    n as u64,
-                    format!("a read or write body over failover.max_entry_bytes ({n})"),
-                ));
-            }
-            Err(RouteError::Body(_) | RouteError::Upstream(_))
-                if let Some(why) = body_failure.as_ref().and_then(|f| f.get()) =>
-            {
+            RouteError::TooLarge(n) => Err(too_large(
+                n as u64,
+                format!("a read or write body over failover.max_entry_bytes ({n})"),
+            )),
+            RouteError::Body(_) | RouteError::Upstream(_) if let Some(why) = body_failure => {
                 // The terminal's body broke (malformed chunks, a stall, a closed connection).
-                return Err(Refused::text(
+                Err(Refused::text(
                     StatusCode::BAD_REQUEST,
                     why,
                     format!("request body: {why}"),
-                ));
+                ))
             }
-            Err(RouteError::Body(why)) => {
-                return Err(Refused::text(StatusCode::BAD_REQUEST, &why, why.clone()));
-            }
-            Err(RouteError::Upstream(e)) => {
+            RouteError::Body(why) => Err(Refused::text(StatusCode::BAD_REQUEST, &why, why.clone())),
+            RouteError::Upstream(e) => {
                 Metrics::inc(&self.metrics.upstream_errors_total);
-                return Ok(Forwarded::Failed {
+                Ok(Forwarded::Failed {
                     response: text(
                         StatusCode::BAD_GATEWAY,
                         &format!("Kakehashi: the engine did not answer: {e}"),
                     ),
                     reason: format!("allowed; engine unreachable: {e}"),
-                });
+                })
             }
-        };
+        }
+    }
+
+    /// What an answer becomes, by who gave it.
+    fn answered(&self, routed: Routed, person: &Person, upgrade: Option<h1::OnUpgrade>) -> Forwarded {
         let mut response = routed.response;
         self.count(&routed.served);
         if matches!(routed.served, Served::Cloud) && response.status().is_server_error() {
@@ -136,21 +148,21 @@ impl Forward {
                 ),
                 None => "of the clinic (upstream.user, upstream.password_file)".into(),
             };
-            return Ok(Forwarded::Failed {
+            return Forwarded::Failed {
                 response: text(
                     StatusCode::BAD_GATEWAY,
                     "Kakehashi: the engine refused the gateway's credential; ask the clinic's administrator",
                 ),
                 reason: format!("allowed; the engine refused the upstream credential {whose}"),
-            });
+            };
         }
         if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
             let engine = hyper::upgrade::on(&mut response);
-            return Ok(Forwarded::Upgraded {
+            return Forwarded::Upgraded {
                 response,
                 client,
                 engine,
-            });
+            };
         }
         let local = match &routed.served {
             Served::Cloud => None,
@@ -172,13 +184,13 @@ impl Forward {
             Served::Refused(why) => (Decision::Deny, format!("refused offline: {why}")),
             served => (Decision::Allow, format!("allowed; answered by {}", served.describe())),
         };
-        Ok(Forwarded::Answer {
+        Forwarded::Answer {
             response,
             decision,
             reason,
             local,
             upstream,
-        })
+        }
     }
 
     fn count(&self, served: &Served) {
@@ -190,5 +202,128 @@ impl Forward {
             Served::Journaled { .. } => Metrics::inc(&m.journal_appends_total),
             Served::Refused(_) => Metrics::inc(&m.refused_offline_total),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::reply;
+    use engine_proxy::failover::{Failover, Local};
+    use engine_proxy::upstream::{Upstream, UpstreamError};
+    use std::time::Duration;
+
+    fn forward() -> Forward {
+        let tls = rustls::ClientConfig::builder_with_provider(engine_proxy::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let failover = Failover {
+            rules: engine_proxy::rules::Rules::new(Vec::new()),
+            health: engine_proxy::health::Health::new(engine_proxy::health::Settings {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                healthy_for: Duration::from_secs(1),
+            }),
+            local: Local::Engine {
+                url: "http://onprem.test:8000".into(),
+            },
+            max_entry_bytes: 1024,
+        };
+        Forward {
+            router: Arc::new(Router {
+                cloud: Upstream::new("https://engine.test", tls, Duration::from_secs(1)).unwrap(),
+                onprem: None,
+                failover: Arc::new(failover),
+            }),
+            metrics: Arc::new(Metrics::default()),
+            onprem: Some("http://onprem.test:8000".into()),
+        }
+    }
+
+    fn nurse() -> Person {
+        Person {
+            user: Some("nurse".into()),
+            upstream: hyper::header::HeaderValue::from_static("Basic eA=="),
+        }
+    }
+
+    #[test]
+    fn the_terminal_is_blamed_for_its_body_and_the_gateway_answers_for_the_engine() {
+        let f = forward();
+        let status = |r: Result<Forwarded, Refused>| match r {
+            Ok(Forwarded::Failed { response, reason }) => (response.status(), reason),
+            Ok(_) => panic!("expected the gateway's own answer"),
+            Err(refused) => (refused.response.status(), refused.reason),
+        };
+        let unreachable = || RouteError::Upstream(UpstreamError::Connect("connection refused".into()));
+        assert_eq!(
+            status(f.failed(unreachable(), 9, 8, None)),
+            (StatusCode::PAYLOAD_TOO_LARGE, "streamed body over the limit of 8 bytes".into())
+        );
+        assert_eq!(
+            status(f.failed(RouteError::TooLarge(4), 0, 8, None)),
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "a read or write body over failover.max_entry_bytes (4)".into()
+            )
+        );
+        let broke = "malformed chunk size".to_owned();
+        assert_eq!(
+            status(f.failed(unreachable(), 3, 8, Some(&broke))),
+            (StatusCode::BAD_REQUEST, "request body: malformed chunk size".into())
+        );
+        assert_eq!(
+            status(f.failed(unreachable(), 3, 8, None)),
+            (
+                StatusCode::BAD_GATEWAY,
+                "allowed; engine unreachable: cannot reach the engine: connection refused".into()
+            )
+        );
+        assert_eq!(f.metrics.upstream_errors_total.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn answers_say_who_gave_them() {
+        let f = forward();
+        let routed = |status, served| Routed {
+            response: reply::text(status, "x"),
+            served,
+        };
+        let cached = Served::Cache {
+            age: 5,
+            why: "the cloud is down".into(),
+        };
+        match f.answered(routed(StatusCode::OK, cached), &nurse(), None) {
+            Forwarded::Answer {
+                decision,
+                reason,
+                local,
+                upstream,
+                ..
+            } => {
+                assert_eq!(decision, Decision::Allow);
+                assert_eq!(reason, "allowed; answered by the cache, an answer 5 s old (the cloud is down)");
+                assert_eq!(local, Some(Mode::Emergency), "even before the prober says so");
+                assert_eq!(upstream.as_deref(), Some("local:cache"));
+            }
+            _ => panic!("an answer"),
+        }
+        match f.answered(routed(StatusCode::OK, Served::Refused("not cached".into())), &nurse(), None) {
+            Forwarded::Answer { decision, reason, .. } => {
+                assert_eq!((decision, reason.as_str()), (Decision::Deny, "refused offline: not cached"))
+            }
+            _ => panic!("an answer"),
+        }
+        match f.answered(routed(StatusCode::UNAUTHORIZED, Served::Cloud), &nurse(), None) {
+            Forwarded::Failed { response, reason } => {
+                assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+                assert!(reason.contains("for user \"nurse\""), "{reason}");
+            }
+            _ => panic!("the engine refusing the gateway's credential is the gateway's to answer"),
+        }
+        assert_eq!(f.metrics.cache_answers_total.load(Relaxed), 1);
+        assert_eq!(f.metrics.refused_offline_total.load(Relaxed), 1);
     }
 }

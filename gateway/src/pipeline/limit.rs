@@ -65,3 +65,31 @@ pub fn too_large(limit: u64, reason: String) -> Refused {
         reason,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::request;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_and_a_streamed_one_cut_off() {
+        let limit = Limit { max_body_bytes: 8 };
+        let declared = request("POST", "/orca11/acceptmodv2", &[("content-length", "11")], "hello world");
+        let refused = limit.apply(declared).err().unwrap();
+        assert_eq!(refused.response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(refused.reason, "body of 11 bytes over the limit");
+
+        let within = limit
+            .apply(request("POST", "/", &[("content-length", "5")], "hello"))
+            .ok()
+            .unwrap();
+        let body = within.request.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!((&body[..], within.received.load(Relaxed)), (&b"hello"[..], 5));
+
+        // No declared length (chunked): counted as it passes, and cut off past the limit.
+        let streamed = limit.apply(request("POST", "/", &[], "hello world")).ok().unwrap();
+        assert!(streamed.request.into_body().collect().await.is_err());
+        assert_eq!(streamed.received.load(Relaxed), 11);
+    }
+}

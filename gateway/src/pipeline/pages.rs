@@ -320,3 +320,69 @@ impl Pages {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Clinic, PASSWORD, request, text};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    const FORM: &[(&str, &str)] = &[("content-type", "application/x-www-form-urlencoded")];
+
+    #[tokio::test]
+    async fn the_login_page_signs_in_with_a_cookie_for_this_terminal_and_out_again() {
+        let c = Clinic::new(&[("reception-1", true)], &["nurse"]);
+        let pages = Pages {
+            people: c.people.clone(),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let terminal = c.admitted("reception-1").terminal;
+        let form = pages
+            .serve(request("GET", "/kakehashi/login?next=/x%22y", &[], ""), &terminal)
+            .await;
+        assert!(form.recorded.is_none(), "showing the form decides nothing");
+        let html = text(form.response).await;
+        assert!(html.contains("<strong>reception-1</strong>"), "{html}");
+        assert!(html.contains("value=\"/x&quot;y\""), "the next path, escaped: {html}");
+
+        let wrong = pages
+            .serve(request("POST", LOGIN, FORM, "id=nurse&password=nope&next=/a"), &terminal)
+            .await;
+        assert_eq!(wrong.response.status(), StatusCode::UNAUTHORIZED);
+        let recorded = wrong.recorded.unwrap();
+        assert_eq!(recorded.decision, Decision::Deny);
+        assert_eq!(recorded.reason, "login page: wrong password");
+        assert_eq!(recorded.user.as_deref(), Some("nurse"));
+        assert_eq!(pages.metrics.auth_failures_total.load(Relaxed), 1);
+
+        let body = format!("id=nurse&password={}&next=https://elsewhere.example/", PASSWORD.replace(' ', "+"));
+        let right = pages.serve(request("POST", LOGIN, FORM, &body), &terminal).await;
+        assert_eq!(right.response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(right.response.headers().get(header::LOCATION).unwrap(), "/", "never another site");
+        let cookie = right.response.headers().get(header::SET_COOKIE).unwrap().to_str().unwrap();
+        assert!(cookie.contains("Secure; HttpOnly; SameSite=Strict"), "{cookie}");
+        let token = cookie.trim_start_matches("kakehashi_session=").split(';').next().unwrap();
+        assert!(c.people.session(token, &terminal).is_some());
+        assert_eq!(right.recorded.unwrap().decision, Decision::Allow);
+
+        let cookie = format!("kakehashi_session={token}");
+        let out = pages
+            .serve(request("POST", LOGOUT, &[("cookie", &cookie)], ""), &terminal)
+            .await;
+        assert_eq!(out.response.status(), StatusCode::SEE_OTHER);
+        assert!(c.people.session(token, &terminal).is_none(), "the session is over");
+        let put = pages.serve(request("PUT", LOGIN, &[], ""), &terminal).await;
+        assert_eq!(put.response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn the_gateway_cookie_never_reaches_the_engine_and_others_do() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; kakehashi_session=secret; b=2"),
+        );
+        strip_session_cookie(&mut headers);
+        assert_eq!(headers.get(header::COOKIE).unwrap(), "a=1; b=2");
+    }
+}

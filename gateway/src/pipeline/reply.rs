@@ -34,6 +34,16 @@ pub struct Refused {
     pub user: Option<String>,
 }
 
+impl std::fmt::Debug for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refused")
+            .field("status", &self.response.status())
+            .field("reason", &self.reason)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
 impl Refused {
     pub fn new(response: Response<ProxyBody>, reason: impl Into<String>) -> Refused {
         Refused {

@@ -159,3 +159,84 @@ impl Respond {
         self.audit.record_soon(entry);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::reply::{self, Refused};
+    use crate::testing::Clinic;
+    use hyper::StatusCode;
+    use hyper::header::HeaderValue;
+
+    fn respond(c: &Clinic) -> Respond {
+        Respond {
+            audit: c.audit.clone(),
+            metrics: Arc::new(Metrics::default()),
+            health: engine_proxy::health::Health::new(engine_proxy::health::Settings {
+                interval: std::time::Duration::from_secs(1),
+                timeout: std::time::Duration::from_secs(1),
+                healthy_for: std::time::Duration::from_secs(1),
+            }),
+            live: c.live.clone(),
+        }
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            terminal: Some("reception-1".into()),
+            source: "192.0.2.7:50000".into(),
+            route: "api".into(),
+            ..Entry::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_recorded_counted_and_says_the_hybrid_state() {
+        let c = Clinic::new(&[("reception-1", true)], &[]);
+        let r = respond(&c);
+        let proof = c.admitted("reception-1").proof;
+        let refused = Refused::text(StatusCode::FORBIDDEN, "no", "because");
+        let resp = r.finish(Outcome::Refused(refused), entry(), Instant::now(), None, &proof);
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(resp.headers().get(HYBRID_MODE).unwrap(), "normal");
+        assert_eq!(r.metrics.requests_denied_total.load(Relaxed), 1);
+        let audited = c.audited().await;
+        let last = audited.last().unwrap();
+        assert_eq!((last.decision.as_str(), last.reason.as_str(), last.status), ("deny", "because", Some(403)));
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_recorded_once_its_body_has_gone_out() {
+        let c = Clinic::new(&[("reception-1", true)], &[]);
+        let r = respond(&c);
+        let proof = c.admitted("reception-1").proof;
+        let mut engine = reply::text(StatusCode::OK, "patient 1");
+        engine.headers_mut().insert(HYBRID_MODE, HeaderValue::from_static("recovery"));
+        let answer = Forwarded::Answer {
+            response: engine,
+            decision: Decision::Allow,
+            reason: "allowed".into(),
+            local: None,
+            upstream: None,
+        };
+        let received = Some(Arc::new(AtomicU64::new(42)));
+        let resp = r.finish(Outcome::Forwarded(answer), entry(), Instant::now(), received, &proof);
+        assert_eq!(resp.headers().get(HYBRID_MODE).unwrap(), "recovery", "the engine's own state");
+        assert!(c.audited().await.is_empty(), "nothing recorded before the body went out");
+        let body = crate::testing::text(resp).await;
+        let audited = c.audited().await;
+        let last = audited.last().expect("recorded when the body ended");
+        assert_eq!((last.bytes_in, last.bytes_out), (42, body.len() as i64));
+        assert_eq!(r.metrics.bytes_to_terminals_total.load(Relaxed), body.len() as u64);
+
+        let local = Forwarded::Answer {
+            response: reply::text(StatusCode::OK, "cached"),
+            decision: Decision::Allow,
+            reason: "allowed; answered by the cache".into(),
+            local: Some(engine_proxy::health::Mode::Emergency),
+            upstream: Some("local:cache".into()),
+        };
+        let resp = r.finish(Outcome::Forwarded(local), entry(), Instant::now(), None, &proof);
+        assert_eq!(resp.headers().get(HYBRID_MODE).unwrap(), "emergency");
+    }
+}
