@@ -2,6 +2,10 @@
 
 use super::*;
 
+use std::time::Duration;
+
+use rusqlite::Connection;
+
 fn entry(n: u64) -> Entry {
     Entry {
         terminal: Some("reception-1".into()),

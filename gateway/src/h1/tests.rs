@@ -1,9 +1,20 @@
 use super::*;
 
-use http_body_util::{BodyExt, Full};
-use tokio::io::duplex;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-fn head(text: &str) -> Result<Option<Head>, Refusal> {
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Bytes, Frame};
+use hyper::header::{self, HeaderValue};
+use tokio::io::{AsyncReadExt, duplex};
+
+use engine_proxy::upstream::BoxError;
+
+use super::body::Decoder;
+use super::chunked::{Chunk, MAX_CHUNK_LINE, Step};
+use super::head::parse;
+
+fn head(text: &str) -> Result<Option<Head>, Rejection> {
     parse(&mut BytesMut::from(text.as_bytes()), 16 * 1024)
 }
 

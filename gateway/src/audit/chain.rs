@@ -1,0 +1,157 @@
+//! What makes the log tamper-evident: the chain hash that links every entry to the one before
+//! it, the time text it hashes, and the head file that attests the chain's end. Writing and
+//! verifying both rely on these, so they are defined once, here.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use time::OffsetDateTime;
+
+use super::AUDIT_HEAD;
+use super::entry::{Record, get_u64, sql_int};
+use crate::store::{Result, StoreError};
+
+/// Domain separation for the chain hash, and its version.
+const HASH_DOMAIN: &[u8] = b"kakehashi-audit-v1\0";
+
+/// The chain hash of an entry: SHA-256 over a length-prefixed encoding that no two different
+/// entries share:
+///
+/// ```text
+/// "kakehashi-audit-v1" 0x00 || prev_hash (32 bytes) || id (u64 BE)
+/// || time || decision || reason || terminal || user || source || route || method || path
+/// || upstream || status || bytes_in || bytes_out || duration_ms
+/// ```
+///
+/// A text is `u32 BE byte length || UTF-8 bytes`; a number is `i64 BE`; an optional field is
+/// `0x00` when absent and `0x01 ||` its encoding when present. `prev_hash` is not in `record`
+/// but the argument, so that [`verify`](super::verify) checks the link and the contents separately.
+pub fn chain_hash(prev: &[u8; 32], record: &Record) -> [u8; 32] {
+    use aws_lc_rs::digest::{Context, SHA256};
+    let mut h = Context::new(&SHA256);
+    let text = |h: &mut Context, s: &str| {
+        h.update(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+        h.update(s.as_bytes());
+    };
+    let opt_text = |h: &mut Context, s: &Option<String>| match s {
+        None => h.update(&[0]),
+        Some(s) => {
+            h.update(&[1]);
+            text(h, s);
+        }
+    };
+    h.update(HASH_DOMAIN);
+    h.update(prev);
+    h.update(&record.id.to_be_bytes());
+    text(&mut h, &record.time);
+    text(&mut h, &record.decision);
+    text(&mut h, &record.reason);
+    opt_text(&mut h, &record.terminal);
+    opt_text(&mut h, &record.user);
+    text(&mut h, &record.source);
+    text(&mut h, &record.route);
+    opt_text(&mut h, &record.method);
+    opt_text(&mut h, &record.path);
+    opt_text(&mut h, &record.upstream);
+    match record.status {
+        None => h.update(&[0]),
+        Some(s) => {
+            h.update(&[1]);
+            h.update(&s.to_be_bytes());
+        }
+    }
+    for n in [record.bytes_in, record.bytes_out, record.duration_ms] {
+        h.update(&n.to_be_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finish().as_ref());
+    out
+}
+
+/// The current time as the log records it: RFC 3339, UTC, milliseconds. The fixed width makes
+/// text order time order, which `export --since` relies on.
+pub(super) fn timestamp(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&format).unwrap_or_else(|_| t.to_string())
+}
+
+/// The last committed entry's id and hash.
+pub(super) fn last_entry(conn: &Connection, db: &Path) -> Result<Option<(u64, [u8; 32])>> {
+    conn.query_row("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1", [], |r| {
+        Ok((get_u64(r, 0)?, r.get::<_, Vec<u8>>(1)?))
+    })
+    .optional()
+    .map_err(StoreError::sqlite(db, "read the last entry"))?
+    .map(|(id, hash)| {
+        <[u8; 32]>::try_from(hash.as_slice())
+            .map(|h| (id, h))
+            .map_err(|_| StoreError::Corrupt {
+                path: db.into(),
+                what: format!("entry {id}: its hash is not 32 bytes"),
+            })
+    })
+    .transpose()
+}
+
+/// The head file's id and hash; `None` if there is no head file. A malformed one is an error.
+pub(super) fn read_head(path: &Path) -> Result<Option<(u64, [u8; 32])>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("read", path)(e)),
+    };
+    let parsed = text.trim_end().split_once(' ').and_then(|(id, hash)| {
+        let id = id.parse::<u64>().ok()?;
+        let hash = <[u8; 32]>::try_from(hex::decode(hash).ok()?.as_slice()).ok()?;
+        Some((id, hash))
+    });
+    parsed.map(Some).ok_or_else(|| StoreError::Corrupt {
+        path: path.into(),
+        what: "not a chain head (expected \"ID HASH\", the hash as 64 hex digits)".into(),
+    })
+}
+
+/// What is wrong between the head file and a log that ends at `last_id`, if anything.
+pub(super) fn head_problem(
+    conn: &Connection,
+    db: &Path,
+    head: Option<&(u64, [u8; 32])>,
+    last_id: u64,
+) -> Result<Option<String>> {
+    let Some(&(head_id, head_hash)) = head else {
+        return Ok((last_id > 0).then(|| {
+            format!("{AUDIT_HEAD} is missing but the log has {last_id} entries: its end cannot be checked")
+        }));
+    };
+    if head_id > last_id {
+        return Ok(Some(format!(
+            "the log ends at entry {last_id} but {AUDIT_HEAD} records entry {head_id}: \
+             the last {} entries were removed",
+            head_id - last_id
+        )));
+    }
+    if head_id == 0 {
+        return Ok(None);
+    }
+    let stored: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT hash FROM entries WHERE id = ?1",
+            params![sql_int(head_id)],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(StoreError::sqlite(db, "read an entry"))?;
+    Ok(match stored {
+        None => Some(format!(
+            "entry {head_id}, recorded in {AUDIT_HEAD}, is missing from the log"
+        )),
+        Some(h) if h != head_hash => Some(format!(
+            "entry {head_id}: its hash differs from the one recorded in {AUDIT_HEAD}: \
+             the end of the log was replaced"
+        )),
+        Some(_) => None,
+    })
+}

@@ -1,0 +1,172 @@
+//! An entry twice: as the gateway hands it to the log, and as the log stores it. The stored
+//! form, its table and its columns are in one place, so that what is written, what is hashed and
+//! what is read back cannot drift apart.
+
+pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_V1: &str = "
+CREATE TABLE entries (
+    id          INTEGER PRIMARY KEY NOT NULL,
+    time        TEXT NOT NULL,
+    decision    TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    terminal    TEXT,
+    user        TEXT,
+    source      TEXT NOT NULL,
+    route       TEXT NOT NULL,
+    method      TEXT,
+    path        TEXT,
+    upstream    TEXT,
+    status      INTEGER,
+    bytes_in    INTEGER NOT NULL,
+    bytes_out   INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    prev_hash   BLOB NOT NULL,
+    hash        BLOB NOT NULL
+) STRICT;
+";
+pub(super) const COLUMNS: &str = "id, time, decision, reason, terminal, user, source, route, method, path, \
+                                  upstream, status, bytes_in, bytes_out, duration_ms, prev_hash, hash";
+
+/// What the gateway decided. The default is `Deny`, so an entry whose decision was forgotten
+/// records a refusal rather than an access that did not happen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    #[default]
+    Deny,
+}
+
+impl Decision {
+    /// `allow` or `deny`, as stored and exported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
+/// One access decision, as the gateway hands it to [`AuditLog::record`](super::AuditLog::record).
+/// The log adds the id, the time (when `record` is called) and the hashes.
+///
+/// Build one with [`Entry::new`] and struct update syntax for the rest:
+/// `Entry { user: Some(id), ..Entry::new(Decision::Allow, "api", peer, "signed in") }`.
+#[derive(Clone, Debug, Default)]
+pub struct Entry {
+    pub decision: Decision,
+    /// Why, in a few words: "password ok", "terminal disabled", "unknown user".
+    pub reason: String,
+    /// The terminal's certificate common name (or WireGuard peer name), once known.
+    pub terminal: Option<String>,
+    /// The person's ID, once known (also for a failed sign-in: the ID that was tried).
+    pub user: Option<String>,
+    /// The peer address, `ip:port`.
+    pub source: String,
+    /// Which route or stage: "api", "tcp:pacs", "handshake", "login".
+    pub route: String,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    /// Which engine answered: "cloud", "local".
+    pub upstream: Option<String>,
+    /// The HTTP status sent to the terminal.
+    pub status: Option<u16>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: u64,
+}
+
+impl Entry {
+    /// An entry with the fields every decision has; the rest default to absent or zero.
+    pub fn new(decision: Decision, route: &str, source: &str, reason: &str) -> Entry {
+        Entry {
+            decision,
+            route: route.to_owned(),
+            source: source.to_owned(),
+            reason: reason.to_owned(),
+            ..Entry::default()
+        }
+    }
+}
+
+/// One entry as stored: what `export` prints and `verify` checks. Hashes are lower-case hex.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Record {
+    pub id: u64,
+    /// RFC 3339, UTC, milliseconds: `2025-04-01T00:12:34.567Z`.
+    pub time: String,
+    pub decision: String,
+    pub reason: String,
+    pub terminal: Option<String>,
+    pub user: Option<String>,
+    pub source: String,
+    pub route: String,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub upstream: Option<String>,
+    pub status: Option<i64>,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub duration_ms: i64,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl Record {
+    /// The stored form of an entry (numbers beyond SQLite's range are clamped), without its hash.
+    pub(super) fn from_entry(id: u64, time: &str, e: &Entry, prev: &[u8; 32]) -> Record {
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        Record {
+            id,
+            time: time.to_owned(),
+            decision: e.decision.as_str().to_owned(),
+            reason: e.reason.clone(),
+            terminal: e.terminal.clone(),
+            user: e.user.clone(),
+            source: e.source.clone(),
+            route: e.route.clone(),
+            method: e.method.clone(),
+            path: e.path.clone(),
+            upstream: e.upstream.clone(),
+            status: e.status.map(i64::from),
+            bytes_in: int(e.bytes_in),
+            bytes_out: int(e.bytes_out),
+            duration_ms: int(e.duration_ms),
+            prev_hash: hex::encode(prev),
+            hash: String::new(),
+        }
+    }
+
+    pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+        let blob = |i: usize| row.get::<_, Vec<u8>>(i).map(hex::encode);
+        Ok(Record {
+            id: get_u64(row, 0)?,
+            time: row.get(1)?,
+            decision: row.get(2)?,
+            reason: row.get(3)?,
+            terminal: row.get(4)?,
+            user: row.get(5)?,
+            source: row.get(6)?,
+            route: row.get(7)?,
+            method: row.get(8)?,
+            path: row.get(9)?,
+            upstream: row.get(10)?,
+            status: row.get(11)?,
+            bytes_in: row.get(12)?,
+            bytes_out: row.get(13)?,
+            duration_ms: row.get(14)?,
+            prev_hash: blob(15)?,
+            hash: blob(16)?,
+        })
+    }
+}
+
+/// An id as SQLite stores it (ids never come near `i64::MAX`).
+pub(super) fn sql_int(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+/// A column that must hold a non-negative integer (an id).
+pub(super) fn get_u64(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    let v: i64 = row.get(i)?;
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, v))
+}

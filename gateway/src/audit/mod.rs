@@ -1,0 +1,205 @@
+//! The audit log: every access decision the gateway makes, in a hash chain that shows tampering.
+//!
+//! The log is `DATA_DIR/audit.db` (SQLite, WAL, mode 0600), one row per decision. Each row carries
+//! the hash of the row before it (`prev_hash`; 32 zero bytes for the first) and its own `hash`,
+//! SHA-256 over `prev_hash` and every field (see [`chain_hash`] for the exact encoding). Editing a
+//! row breaks its hash; deleting one leaves a gap in the ids and breaks the next row's
+//! `prev_hash`. Deleting rows at the end leaves a valid chain, so after every commit the writer
+//! also records the last id and hash in `DATA_DIR/audit.head` (written atomically), and
+//! [`verify`] compares the two.
+//!
+//! The chain shows changes made by someone who cannot also recompute every later hash and
+//! rewrite the head file; it is tamper-evidence for the clinic's records, not a signature.
+//!
+//! Writing: [`AuditLog`] is a cheap handle to one writer thread that owns the connection. Callers
+//! send entries over a bounded channel (backpressure: when the disk is slower than the traffic,
+//! callers wait; an entry is never dropped). The writer commits whatever is queued in one
+//! transaction, so a busy gateway pays one fsync per batch, not per request. When a write fails
+//! (a full disk), the writer keeps the batch, reports the error on stderr, retries with backoff,
+//! and [`AuditLog::is_failing`] tells the gateway to refuse new access until the log is writable
+//! (api requests get `503`, raw TCP streams are closed, EST issues nothing, `/health` is `503`).
+mod chain;
+mod entry;
+mod read;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{Result, StoreError};
+use chain::timestamp;
+use writer::Writer;
+
+pub use chain::chain_hash;
+pub use entry::{Decision, Entry, Record};
+pub use read::{Broken, VerifyReport, export, parse_since, verify};
+
+/// The audit database inside the data directory.
+pub const AUDIT_DB: &str = "audit.db";
+/// The chain head file inside the data directory: `ID HASH-HEX`, the last entry committed.
+pub const AUDIT_HEAD: &str = "audit.head";
+/// The lock file a writer holds while it appends: every commit takes it, reads the chain's end
+/// from the database, appends and moves the head file, so that several processes (the gateway,
+/// and a command such as `gateway import-bundle` beside it) extend one chain and never fork it.
+pub const AUDIT_LOCK: &str = "audit.lock";
+
+/// The reason given for access refused while [`AuditLog::is_failing`]: the gateway grants no
+/// access it cannot record.
+pub const FAILING: &str = "the audit log cannot be written";
+
+/// How many entries may wait for the writer before `record` waits in turn.
+const QUEUE: usize = 16_384;
+
+// Entries are the traffic and flushes are rare: boxing every entry would cost an allocation per
+// request to save queue space.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Entry(String, Entry),
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+/// A handle to the audit log's writer; clone it freely (every clone feeds the same writer).
+///
+/// The writer thread ends when the last handle is dropped, after writing what was queued; call
+/// [`AuditLog::flush`] (or [`AuditLog::close`]) at shutdown to know that everything is on disk.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    failing: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("failing", &self.is_failing())
+            .finish()
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating if needed) `DATA_DIR/audit.db`, checks it against `audit.head`, and starts
+    /// the writer thread.
+    ///
+    /// Refuses a log whose end does not match the head file (entries removed from the end, or
+    /// the head file deleted): recording on would hide that. `kakehashi audit verify` shows the
+    /// damage; moving `audit.db` and `audit.head` aside (keep them) starts a new chain.
+    pub fn open(data_dir: &Path) -> Result<AuditLog> {
+        let mut writer = Writer::open(data_dir)?;
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let failing = Arc::new(AtomicBool::new(false));
+        writer.failing = failing.clone();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(&mut rx))
+            .map_err(StoreError::io(
+                "start the audit writer thread for",
+                data_dir.join(AUDIT_DB),
+            ))?;
+        Ok(AuditLog { tx, failing })
+    }
+
+    /// Records an entry, waiting while the queue is full (never dropping it). The time is taken
+    /// now.
+    pub async fn record(&self, entry: Entry) {
+        let stamped = Msg::Entry(timestamp(OffsetDateTime::now_utc()), entry);
+        if self.tx.send(stamped).await.is_err() {
+            self.writer_gone();
+        }
+    }
+
+    /// Records without waiting, for code that cannot await (a response body's `Drop`): straight
+    /// into the queue when it has room, the common case, with no task spawned; otherwise on a
+    /// task that waits for room. Never drops the entry.
+    pub fn record_soon(&self, entry: Entry) {
+        let stamped = Msg::Entry(timestamp(OffsetDateTime::now_utc()), entry);
+        match self.tx.try_send(stamped) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let log = self.clone();
+                    runtime.spawn(async move {
+                        if log.tx.send(msg).await.is_err() {
+                            log.writer_gone();
+                        }
+                    });
+                }
+                Err(_) => {
+                    if self.tx.blocking_send(msg).is_err() {
+                        self.writer_gone();
+                    }
+                }
+            },
+            Err(mpsc::error::TrySendError::Closed(_)) => self.writer_gone(),
+        }
+    }
+
+    /// [`AuditLog::record`] for threads outside the async runtime (it panics inside one, as
+    /// tokio's `blocking_send` does).
+    pub fn record_blocking(&self, entry: Entry) {
+        let stamped = Msg::Entry(timestamp(OffsetDateTime::now_utc()), entry);
+        if self.tx.blocking_send(stamped).is_err() {
+            self.writer_gone();
+        }
+    }
+
+    /// Returns once every entry recorded before the call is committed to disk (and the head file
+    /// written). While the disk is failing this waits until the writer gets through.
+    pub async fn flush(&self) -> Result<()> {
+        self.ask(Msg::Flush).await
+    }
+
+    /// [`AuditLog::flush`] for threads outside the async runtime.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.ask_blocking(Msg::Flush)
+    }
+
+    /// Writes everything queued, stops the writer and releases the log (its connection and lock)
+    /// for the next writer: the gateway's last word at graceful shutdown. Other handles' later
+    /// `record`s are refused (they report the writer stopped and [`AuditLog::is_failing`]).
+    pub async fn close(self) -> Result<()> {
+        self.ask(Msg::Close).await
+    }
+
+    /// [`AuditLog::close`] for threads outside the async runtime.
+    pub fn close_blocking(self) -> Result<()> {
+        self.ask_blocking(Msg::Close)
+    }
+
+    /// Sends the writer a request and waits for its answer.
+    async fn ask(&self, request: fn(oneshot::Sender<()>) -> Msg) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(request(done))
+            .await
+            .map_err(|_| StoreError::AuditStopped)?;
+        wait.await.map_err(|_| StoreError::AuditStopped)
+    }
+
+    fn ask_blocking(&self, request: fn(oneshot::Sender<()>) -> Msg) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .blocking_send(request(done))
+            .map_err(|_| StoreError::AuditStopped)?;
+        wait.blocking_recv().map_err(|_| StoreError::AuditStopped)
+    }
+
+    /// Whether the log cannot be written right now (a full disk, a stopped writer). The gateway
+    /// should refuse new access while this is true: what is not audited must not happen.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    fn writer_gone(&self) {
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            eprintln!("kakehashi: error: {}", StoreError::AuditStopped);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! `gateway.toml`: the appliance's configuration.
+//!
+//! Parsing is strict (an unknown key is an error, not a silently ignored typo) and every error
+//! names the file, the key and what was expected. Relative paths are relative to the file, so a
+//! configuration directory can be moved as a whole (the demo clinic relies on this).
+
+mod admin;
+mod auth;
+mod est;
+mod failover;
+mod limits;
+mod listener;
+mod tls;
+mod upstream;
+mod wireguard;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use admin::Admin;
+pub use auth::Auth;
+pub use est::Est;
+pub use failover::{Failover, RouteRule};
+pub use limits::Limits;
+pub use listener::{Listener, ListenerKind};
+pub use tls::Tls;
+pub use upstream::Upstream;
+pub use wireguard::{GATEWAY_KEY_FILE, TunnelNet, WireGuard, WireGuardMode, WireGuardPort};
+
+/// What is wrong with a configuration, precisely enough to fix it without reading the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration, as read from `gateway.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where `gateway.db` (inventory, users) and `audit.db` live.
+    pub data_dir: PathBuf,
+    pub tls: Tls,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<Listener>,
+    pub upstream: Upstream,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub failover: Failover,
+    /// The WireGuard front door; absent, the gateway speaks TLS only.
+    #[serde(default)]
+    pub wireguard: Option<WireGuard>,
+    /// The EST enrollment listener (RFC 7030); absent, terminals get certificates only from
+    /// the vendor.
+    #[serde(default)]
+    pub est: Option<Est>,
+    /// The file this was read from (not a TOML key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// The default of the settings that are on unless turned off.
+fn yes() -> bool {
+    true
+}
+
+impl Config {
+    /// Reads, parses and checks a configuration: every referenced file must be readable, so that
+    /// `gateway check` catches what `gateway run` would trip over.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.source = path.to_owned();
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base);
+        config.check()?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let rel = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rel(&mut self.data_dir);
+        rel(&mut self.tls.cert);
+        rel(&mut self.tls.key);
+        rel(&mut self.tls.client_ca);
+        if let Some(crl) = &mut self.tls.crl {
+            rel(crl);
+        }
+        rel(&mut self.upstream.ca);
+        rel(&mut self.upstream.cert);
+        rel(&mut self.upstream.key);
+        rel(&mut self.upstream.password_file);
+        if let Some(ca) = &mut self.failover.engine_ca {
+            rel(ca);
+        }
+        if let Some(est) = &mut self.est {
+            rel(&mut est.ca_dir);
+            if let Some(p) = &mut est.passphrase_file {
+                rel(p);
+            }
+        }
+        let data_dir = self.data_dir.clone();
+        let first_api = self
+            .listeners
+            .iter()
+            .find(|l| l.kind == ListenerKind::Api)
+            .map(Listener::route);
+        if let Some(wg) = &mut self.wireguard {
+            match &mut wg.private_key {
+                Some(key) => rel(key),
+                None => wg.private_key = Some(data_dir.join(GATEWAY_KEY_FILE)),
+            }
+            if wg.ports.is_empty()
+                && let Some(route) = first_api
+            {
+                wg.ports.push(WireGuardPort {
+                    port: 8000,
+                    route,
+                    tls: false,
+                });
+            }
+        }
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let files = [
+            ("tls.cert", Some(&self.tls.cert)),
+            ("tls.key", Some(&self.tls.key)),
+            ("tls.client_ca", Some(&self.tls.client_ca)),
+            ("tls.crl", self.tls.crl.as_ref()),
+            ("upstream.ca", Some(&self.upstream.ca)),
+            ("upstream.cert", Some(&self.upstream.cert)),
+            ("upstream.key", Some(&self.upstream.key)),
+            ("upstream.password_file", Some(&self.upstream.password_file)),
+            ("failover.engine_ca", self.failover.engine_ca.as_ref()),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path
+                && let Err(e) = std::fs::File::open(path)
+            {
+                return Err(self.invalid(key, format!("cannot read {}: {e}", path.display())));
+            }
+        }
+        self.check_listeners()?;
+        self.check_upstream()?;
+        self.check_failover()?;
+        self.check_wireguard()?;
+        self.check_est()?;
+        self.check_auth()?;
+        self.check_limits()?;
+        Ok(())
+    }
+}
+
+/// Splits `host:port`, the form of a raw TCP upstream (the router's own rule, so that what the
+/// configuration accepts is what the route can connect to).
+pub use engine_proxy::stream::split_host_port;

@@ -1,0 +1,109 @@
+//! The chunked transfer coding (RFC 9112 §7.1), decoded as a state machine over whatever the
+//! read buffer holds: a chunk may arrive in any number of reads, and a malformed or oversized
+//! line is refused rather than waited for.
+
+use bytes::{Bytes, BytesMut};
+
+/// One step of decoding a body out of the read buffer.
+#[derive(Debug, PartialEq)]
+pub(super) enum Step {
+    Data(Bytes),
+    /// The buffer ends mid-body: read more.
+    More,
+    Done,
+}
+
+/// Where a chunked body is (RFC 9112 §7.1).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Chunk {
+    /// Expecting `hex-size [; extensions] CRLF`.
+    Size,
+    /// In a chunk's data, this many bytes to go.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields until an empty line; `seen` bytes of them so far.
+    Trailers {
+        seen: usize,
+    },
+    Done,
+}
+
+/// A chunk-size line, extensions included, longer than this is not a client being reasonable.
+pub(super) const MAX_CHUNK_LINE: usize = 4096;
+/// Trailer fields are read and dropped, up to this many bytes.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+pub(super) fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, &'static str> {
+    loop {
+        match *state {
+            Chunk::Size => {
+                let Some(end) = line_end(buf, MAX_CHUNK_LINE, "chunk size line too long")? else {
+                    return Ok(Step::More);
+                };
+                let line = &buf[..end];
+                let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                let rest = &line[digits..];
+                if digits == 0 || digits > 15 || !(rest.is_empty() || rest.starts_with(b";")) {
+                    return Err("malformed chunk size");
+                }
+                let size = std::str::from_utf8(&line[..digits])
+                    .ok()
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                    .ok_or("malformed chunk size")?;
+                let _ = buf.split_to(end + 2);
+                *state = if size == 0 {
+                    Chunk::Trailers { seen: 0 }
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            Chunk::Data(remaining) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let n = remaining.min(buf.len() as u64) as usize;
+                *state = if n as u64 == remaining {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(remaining - n as u64)
+                };
+                return Ok(Step::Data(buf.split_to(n).freeze()));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::More);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err("chunk data not followed by CRLF");
+                }
+                let _ = buf.split_to(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers { seen } => {
+                let Some(end) = line_end(buf, MAX_TRAILERS - seen, "trailer fields too large")? else {
+                    return Ok(Step::More);
+                };
+                let _ = buf.split_to(end + 2);
+                *state = if end == 0 {
+                    Chunk::Done
+                } else {
+                    Chunk::Trailers { seen: seen + end + 2 }
+                };
+            }
+            Chunk::Done => return Ok(Step::Done),
+        }
+    }
+}
+
+/// Where the CRLF-terminated line at the front of `buf` ends (the index of its CR), if it is all
+/// there; a bare LF, or no end within `max` bytes, is an error.
+fn line_end(buf: &[u8], max: usize, too_long: &'static str) -> Result<Option<usize>, &'static str> {
+    match buf.iter().take(max).position(|&b| b == b'\n') {
+        Some(0) => Err("bare LF in a chunked body"),
+        Some(lf) if buf[lf - 1] == b'\r' => Ok(Some(lf - 1)),
+        Some(_) => Err("bare LF in a chunked body"),
+        None if buf.len() >= max => Err(too_long),
+        None => Ok(None),
+    }
+}

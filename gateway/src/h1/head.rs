@@ -1,0 +1,186 @@
+//! Reading a request head off the connection and parsing it. An idle connection spends its life
+//! here, waiting for the next head, so the read goes through a buffer on the stack and the
+//! parsed head shares the bytes it was read into.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::BytesMut;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri, Version};
+use tokio::io::ReadBuf;
+
+use super::Rejection;
+use super::framing::{Framing, framing};
+use crate::io::Io;
+
+/// Header fields allowed in one request head (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// The most one read of a request head takes (on the stack; the head is then copied out).
+const HEAD_BUFFER: usize = 4096;
+
+/// A parsed request head and what it says about the exchange.
+pub(super) struct Head {
+    pub(super) request: Request<()>,
+    pub(super) framing: Framing,
+    /// The client allows another request after this one.
+    pub(super) keep_alive: bool,
+    pub(super) expect_continue: bool,
+    pub(super) upgrade: bool,
+}
+
+/// Reads until `buf` holds a whole request head, and takes it out of `buf`. `None`: the client
+/// closed before sending anything.
+pub(super) async fn read_head<S: Io>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Head>, Rejection> {
+    loop {
+        if !buf.is_empty()
+            && let Some(head) = parse(buf, max)?
+        {
+            return Ok(Some(head));
+        }
+        match read_through_stack(io, buf).await {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => {
+                return Err(Rejection {
+                    status: None,
+                    why: "connection closed mid-head".into(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Rejection {
+                    status: None,
+                    why: format!("reading a request head: {e}"),
+                });
+            }
+        }
+    }
+}
+
+/// Reads what has arrived and appends it to `buf`, through a buffer on the stack: a connection
+/// waiting for its next request holds no buffer of its own, only its TLS state (rustls keeps
+/// 4 KiB of its own for records).
+async fn read_through_stack<S: Io>(io: &mut S, buf: &mut BytesMut) -> io::Result<usize> {
+    poll_fn(|cx| {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_BUFFER];
+        let mut read = ReadBuf::uninit(&mut stack);
+        match Pin::new(&mut *io).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok(read.filled().len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The head at the front of `buf`, if it is all there; the head's bytes leave `buf` and are
+/// shared by the header values and the target.
+pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Rejection> {
+    let too_large = || {
+        Rejection::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request head larger than {max} bytes"),
+        )
+    };
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= max => len,
+        Ok(httparse::Status::Complete(_)) => return Err(too_large()),
+        Ok(httparse::Status::Partial) if buf.len() > max => return Err(too_large()),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Rejection::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("more than {MAX_HEADERS} header fields"),
+            ));
+        }
+        Err(e) => return Err(Rejection::bad(format!("malformed request head: {e}"))),
+    };
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    // A complete head always has both; a missing one is refused rather than assumed.
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return Err(Rejection::bad("malformed request line"));
+    };
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| Rejection::bad(format!("malformed method {method:?}")))?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let target = offset(path.as_bytes());
+    let mut named = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Rejection::bad(format!("malformed header name {:?}", field.name)))?;
+        named.push((name, offset(field.value)));
+    }
+    let bytes = buf.split_to(len).freeze();
+    let slice = |(at, len): (usize, usize)| bytes.slice(at..at + len);
+
+    if method == Method::CONNECT {
+        let rejection = Rejection::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not served here".into(),
+        );
+        return Err(rejection);
+    }
+    let uri = Uri::from_maybe_shared(slice(target))
+        .map_err(|e| Rejection::bad(format!("malformed target: {e}")))?;
+    if uri.path_and_query().is_none_or(|p| !p.as_str().starts_with('/')) {
+        return Err(Rejection::bad(
+            "the request target must be a path (origin form) or a URL",
+        ));
+    }
+    let mut headers = HeaderMap::with_capacity(named.len());
+    for (name, value) in named {
+        let value = HeaderValue::from_maybe_shared(slice(value))
+            .map_err(|_| Rejection::bad(format!("malformed value of header {name}")))?;
+        headers.append(name, value);
+    }
+    if version == Version::HTTP_11 && headers.get_all(header::HOST).iter().count() != 1 {
+        return Err(Rejection::bad(
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
+    let framing = framing(&headers, version)?;
+    let keep_alive = version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+    let expect_continue = version == Version::HTTP_11
+        && framing != Framing::Length(0)
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let upgrade = has_token(&headers, header::CONNECTION, "upgrade") && headers.contains_key(header::UPGRADE);
+
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(Head {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    }))
+}
+
+/// Whether a comma-separated header (such as `Connection`) lists `token`.
+pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}

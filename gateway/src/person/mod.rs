@@ -1,0 +1,173 @@
+//! The person at the terminal: ID and password, verified on the gateway itself.
+//!
+//! argon2id is deliberately slow, so a verified ID and password is remembered for a short time
+//! (keyed by a SHA-256 of both, never the password itself) and API clients that send HTTP Basic
+//! on every request pay for it once. Browsers sign in once on the login page and get a session
+//! cookie that is valid only together with the certificate of the terminal that signed in.
+//! Repeated failures lock the user, and the terminal they came from, for a while; while locked,
+//! nothing is verified at all.
+
+mod lockout;
+mod sessions;
+mod verify;
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hyper::header::HeaderValue;
+use rusqlite::Connection;
+use zeroize::Zeroizing;
+
+use lockout::Lockout;
+use sessions::Session;
+use verify::{CONCURRENT_VERIFICATIONS, Cached};
+
+pub use verify::Memo;
+
+/// What the gateway knows about the person after authentication.
+#[derive(Clone, Debug)]
+pub struct Person {
+    /// `None` when person authentication is off (the certificate alone admits).
+    pub user: Option<String>,
+    /// The `Authorization` value to send upstream: the user's own engine account, or the clinic's.
+    pub upstream: HeaderValue,
+}
+
+/// Why a person was not admitted. Each maps to one HTTP status and one audit reason.
+#[derive(Debug)]
+pub enum Denied {
+    /// No credentials at all: ask for them.
+    NoCredentials,
+    /// Credentials that are not HTTP Basic `id:password`.
+    Malformed(&'static str),
+    /// Unknown ID or wrong password. The client is told the same in both cases.
+    WrongPassword { user: String, known: bool },
+    /// An administrator locked the account (`kakehashi user lock`).
+    AccountLocked { user: String },
+    /// Too many failures: try again after `retry_after`.
+    LockedOut {
+        user: Option<String>,
+        by: String,
+        retry_after: Duration,
+    },
+    /// The user database could not be read.
+    Unavailable(String),
+}
+
+impl Denied {
+    /// The reason written to the audit log.
+    pub fn reason(&self) -> String {
+        match self {
+            Denied::NoCredentials => "no ID and password".into(),
+            Denied::Malformed(why) => format!("malformed credentials: {why}"),
+            Denied::WrongPassword { known: true, .. } => "wrong password".into(),
+            Denied::WrongPassword { known: false, .. } => "unknown user".into(),
+            Denied::AccountLocked { .. } => "account locked by an administrator".into(),
+            Denied::LockedOut { by, retry_after, .. } => {
+                format!(
+                    "locked out ({by}) after repeated failures, {} s left",
+                    retry_after.as_secs()
+                )
+            }
+            Denied::Unavailable(e) => format!("user database unavailable: {e}"),
+        }
+    }
+
+    /// The user ID the attempt named, if any.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Denied::WrongPassword { user, .. } | Denied::AccountLocked { user } => Some(user),
+            Denied::LockedOut { user, .. } => user.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The authentication settings from `[auth]`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub person: bool,
+    pub cache: Duration,
+    pub failures: u32,
+    pub window: Duration,
+    pub session: Duration,
+}
+
+/// Verified credentials, sessions, and failure counts; shared by every connection.
+pub struct People {
+    settings: Settings,
+    db: Mutex<Connection>,
+    clinic: std::sync::RwLock<HeaderValue>,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    lockout: Mutex<Lockout>,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    /// Terminals (by certificate fingerprint) with a person signed in, until when.
+    signed_in: Mutex<HashMap<[u8; 32], Instant>>,
+    verifying: tokio::sync::Semaphore,
+    /// argon2id verifications run so far (the metric `password_checks_total`).
+    checks: std::sync::atomic::AtomicU64,
+    /// Bumped when cached credentials are forgotten; per-connection memos of an older value are
+    /// void.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl People {
+    pub fn new(settings: Settings, db: Connection, clinic: HeaderValue) -> People {
+        People {
+            settings,
+            db: Mutex::new(db),
+            clinic: std::sync::RwLock::new(clinic),
+            cache: Mutex::default(),
+            lockout: Mutex::default(),
+            sessions: Mutex::default(),
+            signed_in: Mutex::default(),
+            verifying: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
+            checks: Default::default(),
+            generation: Default::default(),
+        }
+    }
+}
+
+/// The Basic `Authorization` value for an engine account.
+pub fn basic(id: &str, password: &str) -> HeaderValue {
+    let token = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(format!("{id}:{password}")));
+    let mut value = HeaderValue::from_str(&format!("Basic {}", token.as_str()))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    value.set_sensitive(true);
+    value
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_be_bytes());
+        ctx.update(p);
+    }
+    let mut out = [0; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves it consistent (every update is one insert
+    // or remove), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings the tests of every part run with: three failures lock for 15 minutes.
+    pub(super) fn settings() -> Settings {
+        Settings {
+            person: true,
+            cache: Duration::from_secs(60),
+            failures: 3,
+            window: Duration::from_secs(900),
+            session: Duration::from_secs(3600),
+        }
+    }
+}
