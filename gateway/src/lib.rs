@@ -2,8 +2,8 @@
 //!
 //! A connection's journey, by folder: [`doors`] (accept, the TLS or WireGuard door, the one
 //! admission rule: an [`doors::Admitted`] connection) → [`pipeline`] (the stages: admit, gateway
-//! pages, authenticate ([`person`]), authorize, limit, forward (`engine_proxy`), respond) over
-//! [`h1`], the terminal side's HTTP/1.1 → [`audit`]. The EST listener ([`est`]) enrolls terminals
+//! pages, authenticate ([`auth`]), authorize, limit, forward (`engine_proxy`), respond) over
+//! [`http1`], the terminal side's HTTP/1.1 → [`audit`]. The EST listener ([`est`]) enrolls terminals
 //! through the TLS door's handshake.
 //!
 //! [`daemon`] starts and stops it all and holds what is shared; [`config`] is `gateway.toml`;
@@ -14,15 +14,15 @@
 
 pub mod appliance;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod doors;
 pub mod est;
-pub mod h1;
+pub mod http1;
 pub mod io;
 pub mod metrics;
-pub mod person;
 pub mod pipeline;
 pub mod shutdown;
 pub mod store;

@@ -21,9 +21,9 @@ use crate::doors::live::{Live, LoadError, Snapshot};
 use crate::doors::slot::Slots;
 use crate::doors::tls::policy::{self, TlsError};
 use crate::est::authority::Authority;
-use crate::h1;
+use crate::http1;
 use crate::metrics::Metrics;
-use crate::person::{People, Settings};
+use crate::auth::{People, Settings};
 use crate::pipeline::stream::{StreamRoute, Streams};
 use crate::pipeline::{Pipeline, Route, admit, authenticate, authorize, forward, limit, pages, respond};
 use crate::store::{self, StoreError};
@@ -94,7 +94,7 @@ impl Gateway {
             config.limits.upstream_timeout(),
         )?;
         let password = read_secret(&config.upstream.password_file)?;
-        let clinic = crate::person::basic(&config.upstream.user, &password);
+        let clinic = crate::auth::basic(&config.upstream.user, &password);
         let settings = Settings {
             person: config.auth.person,
             cache: std::time::Duration::from_secs(config.auth.cache_secs),
@@ -237,7 +237,7 @@ impl Gateway {
                 audit: self.audit.clone(),
                 metrics: self.metrics.clone(),
             },
-            http: h1::Limits {
+            http: http1::Limits {
                 header_timeout: limits.header_timeout(),
                 max_header_bytes: limits.max_header_bytes,
             },
@@ -293,7 +293,7 @@ impl Gateway {
         let snapshot = Snapshot::load(&self.config, self.live.generation() + 1)?;
         let password = read_secret(&self.config.upstream.password_file)?;
         self.people
-            .set_clinic(crate::person::basic(&self.config.upstream.user, &password));
+            .set_clinic(crate::auth::basic(&self.config.upstream.user, &password));
         Metrics::set(
             &self.metrics.terminals_enabled,
             snapshot.inventory().enabled_count() as u64,

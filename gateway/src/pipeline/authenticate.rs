@@ -1,5 +1,5 @@
 //! Stage 3, authenticate: the person at the terminal, by the login page's session cookie
-//! (browsers) or HTTP Basic (API clients), verified on the gateway itself (`crate::person`).
+//! (browsers) or HTTP Basic (API clients), verified on the gateway itself (`crate::auth`).
 //!
 //! A refused person gets what their client can act on: a Basic challenge for an API client, the
 //! login page for a browser that asked for a page, the retry time when locked out.
@@ -12,9 +12,9 @@ use hyper::{Request, Response, StatusCode};
 use engine_proxy::upstream::ProxyBody;
 
 use crate::doors::identity::Terminal;
-use crate::h1;
+use crate::http1;
 use crate::metrics::Metrics;
-use crate::person::{Denied, Memo, People, Person};
+use crate::auth::{Denied, Memo, People, Person};
 use crate::pipeline::pages;
 use crate::pipeline::reply::{Refused, locked_out, text};
 
@@ -28,7 +28,7 @@ impl Authenticate {
     /// The person of this request; `memo` remembers the last one verified on this connection.
     pub async fn person(
         &self,
-        req: &Request<h1::Body>,
+        req: &Request<http1::Body>,
         terminal: &Terminal,
         memo: &Memo,
     ) -> Result<Person, Refused> {
@@ -59,7 +59,7 @@ impl Authenticate {
 }
 
 /// The answer to a refused person.
-fn refusal(req: &Request<h1::Body>, denied: &Denied) -> Response<ProxyBody> {
+fn refusal(req: &Request<http1::Body>, denied: &Denied) -> Response<ProxyBody> {
     match denied {
         Denied::NoCredentials if pages::wants_page(req) => pages::redirect_to_login(req.uri()),
         Denied::NoCredentials | Denied::WrongPassword { .. } => {

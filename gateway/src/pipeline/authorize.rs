@@ -9,8 +9,8 @@
 use hyper::Request;
 
 use crate::doors::identity::Terminal;
-use crate::h1;
-use crate::person::Person;
+use crate::http1;
+use crate::auth::Person;
 use crate::pipeline::reply::Refused;
 
 /// The stage; it holds no settings yet.
@@ -18,7 +18,7 @@ pub struct Authorize;
 
 impl Authorize {
     /// Whether `person` at `terminal` may make this call.
-    pub fn check(&self, _req: &Request<h1::Body>, _terminal: &Terminal, _person: &Person) -> Result<(), Refused> {
+    pub fn check(&self, _req: &Request<http1::Body>, _terminal: &Terminal, _person: &Person) -> Result<(), Refused> {
         Ok(())
     }
 }

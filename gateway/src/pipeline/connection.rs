@@ -17,9 +17,9 @@ use engine_proxy::upstream::ProxyBody;
 use crate::audit::{Decision, Entry};
 use crate::doors::identity::Identified;
 use crate::doors::slot::Slot;
-use crate::h1;
+use crate::http1;
 use crate::metrics::Metrics;
-use crate::person::Memo;
+use crate::auth::Memo;
 use crate::pipeline::Pipeline;
 use crate::pipeline::pages::Pages;
 use crate::pipeline::respond::Outcome;
@@ -39,7 +39,7 @@ pub struct Connection {
 
 impl Connection {
     /// The audit entry every request starts with.
-    fn entry(&self, req: &Request<h1::Body>) -> Entry {
+    fn entry(&self, req: &Request<http1::Body>) -> Entry {
         Entry {
             terminal: Some(self.who.terminal.name.clone()),
             source: self.source.to_string(),
@@ -51,7 +51,7 @@ impl Connection {
     }
 
     /// One request through every stage.
-    async fn exchange(self: Arc<Self>, req: Request<h1::Body>) -> Response<ProxyBody> {
+    async fn exchange(self: Arc<Self>, req: Request<http1::Body>) -> Response<ProxyBody> {
         let started = Instant::now();
         let p = &self.pipeline;
         Metrics::inc(&p.metrics.requests_total);
@@ -64,7 +64,7 @@ impl Connection {
     /// The stages up to the answer; `entry` learns the person and the engine on the way.
     async fn stages(
         &self,
-        req: Request<h1::Body>,
+        req: Request<http1::Body>,
         entry: &mut Entry,
         received: &mut Option<Arc<AtomicU64>>,
     ) -> Outcome {
@@ -97,8 +97,8 @@ impl Connection {
     }
 }
 
-impl h1::Service for Arc<Connection> {
-    fn call(&self, req: Request<h1::Body>) -> impl Future<Output = Response<ProxyBody>> + Send {
+impl http1::Service for Arc<Connection> {
+    fn call(&self, req: Request<http1::Body>) -> impl Future<Output = Response<ProxyBody>> + Send {
         self.clone().exchange(req)
     }
 

@@ -18,9 +18,9 @@ use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::Decision;
 use crate::doors::identity::Terminal;
-use crate::h1;
+use crate::http1;
 use crate::metrics::Metrics;
-use crate::person::Person;
+use crate::auth::Person;
 use crate::pipeline::limit::{Limited, too_large};
 use crate::pipeline::pages;
 use crate::pipeline::reply::{Refused, text};
@@ -54,7 +54,7 @@ pub enum Forwarded {
     /// Both sides switched protocols (the push WebSocket): bytes are relayed until either closes.
     Upgraded {
         response: Response<ProxyBody>,
-        client: h1::OnUpgrade,
+        client: http1::OnUpgrade,
         engine: hyper::upgrade::OnUpgrade,
     },
 }
@@ -73,7 +73,7 @@ impl Forward {
             limit,
         } = limited;
         pages::strip_session_cookie(request.headers_mut());
-        let upgrade = request.extensions_mut().remove::<h1::OnUpgrade>();
+        let upgrade = request.extensions_mut().remove::<http1::OnUpgrade>();
         let caller = Caller {
             terminal: Some(terminal.name.clone()),
             user: person.user.clone(),
@@ -130,7 +130,7 @@ impl Forward {
     }
 
     /// What an answer becomes, by who gave it.
-    fn answered(&self, routed: Routed, person: &Person, upgrade: Option<h1::OnUpgrade>) -> Forwarded {
+    fn answered(&self, routed: Routed, person: &Person, upgrade: Option<http1::OnUpgrade>) -> Forwarded {
         let mut response = routed.response;
         self.count(&routed.served);
         if matches!(routed.served, Served::Cloud) && response.status().is_server_error() {

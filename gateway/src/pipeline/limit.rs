@@ -13,7 +13,7 @@ use hyper::{Request, StatusCode};
 
 use engine_proxy::upstream::ProxyBody;
 
-use crate::h1;
+use crate::http1;
 use crate::pipeline::counted::Counted;
 use crate::pipeline::reply::Refused;
 
@@ -34,7 +34,7 @@ pub struct Limited {
 }
 
 impl Limit {
-    pub fn apply(&self, req: Request<h1::Body>) -> Result<Limited, Refused> {
+    pub fn apply(&self, req: Request<http1::Body>) -> Result<Limited, Refused> {
         let limit = self.max_body_bytes;
         let declared = req
             .headers()

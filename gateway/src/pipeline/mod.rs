@@ -12,7 +12,7 @@
 //! 6. [`forward`]: the cloud engine, or the local engine in its place;
 //! 7. [`respond`]: the answer with its hybrid state, and the audit entry.
 //!
-//! [`connection`] strings them together for one HTTP/1.1 connection (`crate::h1`); [`stream`]
+//! [`connection`] strings them together for one HTTP/1.1 connection (`crate::http1`); [`stream`]
 //! is the raw TCP route, with the stages a stream has. [`reply`] makes the gateway's own
 //! answers, [`counted`] counts bodies, [`relay`] copies upgraded and raw streams.
 
@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use crate::doors::Admitted;
-use crate::h1;
+use crate::http1;
 use crate::io::Io;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -52,7 +52,7 @@ pub struct Pipeline {
     /// The raw TCP route's stages.
     pub streams: stream::Streams,
     /// What every request's head is held to (`limits.header_timeout_secs`, `max_header_bytes`).
-    pub http: h1::Limits,
+    pub http: http1::Limits,
     pub metrics: Arc<Metrics>,
 }
 
@@ -113,6 +113,6 @@ impl Pipeline {
             memo: Default::default(),
             _slot: slot,
         });
-        h1::serve(stream, conn, self.http, shutdown)
+        http1::serve(stream, conn, self.http, shutdown)
     }
 }

@@ -16,9 +16,9 @@ use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::Decision;
 use crate::doors::identity::Terminal;
-use crate::h1;
+use crate::http1;
 use crate::metrics::Metrics;
-use crate::person::{Denied, People};
+use crate::auth::{Denied, People};
 use crate::pipeline::reply::{locked_out, reply};
 
 /// Paths the gateway answers itself.
@@ -64,7 +64,7 @@ pub fn strip_session_cookie(headers: &mut HeaderMap) {
 
 /// Whether a refused request came from a browser wanting a page (it gets the login page, not a
 /// Basic challenge that would pop up the browser's own dialog).
-pub fn wants_page(req: &Request<h1::Body>) -> bool {
+pub fn wants_page(req: &Request<http1::Body>) -> bool {
     req.method() == Method::GET
         && req
             .headers()
@@ -171,12 +171,12 @@ impl Page {
 
 impl Pages {
     /// Whether a request is for the gateway's own pages rather than the engine.
-    pub fn serves(req: &Request<h1::Body>) -> bool {
+    pub fn serves(req: &Request<http1::Body>) -> bool {
         req.uri().path().starts_with(PREFIX)
     }
 
     /// Serves `/kakehashi/…` to the terminal `terminal`.
-    pub async fn serve(&self, req: Request<h1::Body>, terminal: &Terminal) -> Page {
+    pub async fn serve(&self, req: Request<http1::Body>, terminal: &Terminal) -> Page {
         let query_next = req
             .uri()
             .query()
@@ -232,7 +232,7 @@ impl Pages {
         }
     }
 
-    async fn sign_in(&self, req: Request<h1::Body>, terminal: &Terminal) -> Page {
+    async fn sign_in(&self, req: Request<http1::Body>, terminal: &Terminal) -> Page {
         let body = match Limited::new(req.into_body(), MAX_FORM).collect().await {
             Ok(b) => zeroize::Zeroizing::new(b.to_bytes().to_vec()),
             Err(_) => {

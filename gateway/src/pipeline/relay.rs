@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::audit::{AuditLog, Entry};
 use crate::doors::identity::Proof;
 use crate::doors::live::Live;
-use crate::h1;
+use crate::http1;
 
 /// Copies both ways until either side closes or a reload refuses `proof`; fills in the entry's
 /// byte counts, and its reason when a reload ended it (`what` names the stream in it).
@@ -36,7 +36,7 @@ pub async fn upgraded(
     live: std::sync::Arc<Live>,
     audit: AuditLog,
     proof: Proof,
-    client: h1::OnUpgrade,
+    client: http1::OnUpgrade,
     engine: hyper::upgrade::OnUpgrade,
     mut entry: Entry,
     started: Instant,

@@ -18,7 +18,7 @@ use crate::doors::Admitted;
 use crate::doors::live::Live;
 use crate::io::Io;
 use crate::metrics::Metrics;
-use crate::person::People;
+use crate::auth::People;
 use crate::pipeline::relay::relay;
 
 /// One raw TCP route, fixed at start.

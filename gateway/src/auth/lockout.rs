@@ -79,7 +79,7 @@ impl Lockout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::person::tests::settings;
+    use crate::auth::tests::settings;
 
     #[test]
     fn failures_lock_the_user_and_the_terminal_for_the_window() {

@@ -245,7 +245,7 @@ impl People {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::person::tests::settings;
+    use crate::auth::tests::settings;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_requests_with_the_same_new_password_run_argon2id_once_per_permit() {
