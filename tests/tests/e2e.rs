@@ -9,6 +9,7 @@ mod e2e {
     mod appliance;
     mod audit;
     mod cli;
+    mod docs;
     mod engine_sim;
     mod est;
     mod failover;

@@ -21,7 +21,7 @@ pub use store::Store;
 /// How to run the reference engine: options, or a TOML file with the same settings.
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {
-    /// Read every setting from this TOML file instead (see README, engine.toml)
+    /// Read every setting from this TOML file instead (see docs/engine-sim.md, engine.toml)
     #[arg(long, conflicts_with_all = ["listen", "db", "seed", "users", "tls_cert", "tls_key", "client_ca"])]
     pub config: Option<PathBuf>,
     /// Address to listen on

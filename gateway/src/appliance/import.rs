@@ -500,7 +500,7 @@ fn render_config(p: &Payload) -> String {
     format!(
         r#"# Written by `kakehashi gateway import-bundle` from bundle version {version} (bundle.json
 # says which clinic). The next import rewrites this file: change settings through the vendor.
-# Every key is explained in the README (gateway.toml).
+# Every key is explained in docs/configuration.md.
 data_dir = "."
 
 [tls]

@@ -3,7 +3,7 @@
 //! One data directory holds everything (DESIGN.md, "State on the appliance"). `init` fills it
 //! with keys made here and a request for the vendor; `import-bundle` adds what the vendor sends
 //! back and writes `gateway.toml`, so that `gateway run --config DIR/gateway.toml` serves the
-//! clinic. [`Layout`] names every file; the README's table says the same.
+//! clinic. [`Layout`] names every file; docs/provisioning.md's table says the same.
 
 pub mod import;
 pub mod init;

@@ -308,7 +308,7 @@ fn wireguard_toml(listen: SocketAddr, endpoint: SocketAddr) -> String {
 fn gateway_toml(args: &DemoArgs, wireguard: &str) -> String {
     format!(
         r#"# The demo clinic's gateway: `kakehashi gateway run --config gateway.toml`.
-# Paths are relative to this file. Every key is explained in the README (gateway.toml).
+# Paths are relative to this file. Every key is explained in docs/configuration.md.
 data_dir = "data"             # inventory and users (gateway.db), audit log (audit.db)
 
 [tls]
@@ -519,8 +519,8 @@ fn wireguard_walkthrough(dir: &Path, user: &str) -> String {
     let d = dir.display();
     format!(
         "
-Or be the WireGuard terminal {WG_TERMINAL:?} (as root, with wireguard-tools; the README shows the
-same inside a network namespace, which leaves the machine's own routes alone):
+Or be the WireGuard terminal {WG_TERMINAL:?} (as root, with wireguard-tools; docs/wireguard.md shows
+the same inside a network namespace, which leaves the machine's own routes alone):
   wg-quick up {d}/{WG_TERMINAL}.conf
   curl -u '{user}' '{url}/api01rv2/patientgetv2?id=1&format=json'
   wg-quick down {d}/{WG_TERMINAL}.conf

@@ -60,7 +60,7 @@ pub struct ImportArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
-    /// The configuration file (TOML; see the README's gateway.toml reference)
+    /// The configuration file (TOML; see docs/configuration.md)
     #[arg(long, env = "KAKEHASHI_CONFIG", default_value = "/etc/kakehashi/gateway.toml")]
     pub config: PathBuf,
 }

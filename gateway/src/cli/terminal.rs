@@ -333,7 +333,7 @@ fn wireguard(data_dir: Option<PathBuf>, name: &str, how: Enroll<'_>, args: &Wire
     let config = Config::load(&args.config)?;
     let wg = config.wireguard.as_ref().ok_or_else(|| {
         StoreError::Invalid(format!(
-            "{}: no [wireguard] section: add one (see the README, gateway.toml) to give terminals \
+            "{}: no [wireguard] section: add one (see docs/configuration.md) to give terminals \
              WireGuard configs",
             args.config.display()
         ))
