@@ -27,18 +27,29 @@
 #      reply's time (ping's own `time=`, handshake included) is the figure, the reload beside it.
 #      Baseline: a new key pair and preshared key for A (`wg set A private-key … peer …
 #      preshared-key …`), B's old peer removed and the new one added, then one ping. Alternating.
+#   5. parallel work (run before 4, on the demo's one terminal): `iperf3 -P STREAMS -t 8` through
+#      each tunnel (the [SUM] receiver line; the gateway's streams go through the tcp:bulk route),
+#      and HTTP keep-alive requests/s through the gateway's tunnel with wrk (--conns connections,
+#      2 threads, 8 s) to the api route on port 8000 (`GET /api01rv2/patientgetv2?id=1`, the demo
+#      user's HTTP Basic: person authentication, the audit log and the cloud engine behind it, as
+#      a WireGuard tablet would use it). The gateway's CPU per thread during each run shows where
+#      the work goes: packet crypto and the userspace TCP/IP stack on the `wireguard` thread, the
+#      routes (relays, HTTP, authentication, proxying) on the `worker-N` threads. There is no
+#      wireguard-go baseline for the HTTP figure (it has no proxy); compare two builds of the
+#      gateway with KAKEHASHI_BIN.
 #   4. memory: the gateway's VmRSS (/proc/PID/status) 1 s after READY with the demo's one
 #      WireGuard peer; after the transfers; with 500 configured peers (terminals enrolled with
 #      `kakehashi terminal add tN --wireguard`, the tunnel network widened to /16 for them) after
 #      SIGHUP (`kakehashi_wg_peers` must say 500); and 1 s after a restart with the 500. Beside it
 #      B's wireguard-go (one peer), fresh and after the transfers.
 #
-#   bench/wireguard.sh [--rounds N] [--size SIZE] [--handshakes N] [--peers N] [--quick] [--keep]
+#   bench/wireguard.sh [--rounds N] [--size SIZE] [--handshakes N] [--peers N] [--streams N]
+#                      [--conns N] [--quick] [--keep]
 #
 # Defaults: 3 bulk rounds per side of 1G (iperf3's -n, so 1 GiB), 5 handshakes per side, 500
-# peers. --quick: 1 round, 2 handshakes (a smoke run, about a minute); --keep: leave the
+# peers, 4 parallel streams, 16 HTTP connections. --quick: 1 round, 2 handshakes (a smoke run, about a minute); --keep: leave the
 # temporary directory (configurations, logs, every iperf3 and ping output).
-# Needs root (network namespaces), iproute2, ping, wireguard-go, wireguard-tools, curl and iperf3;
+# Needs root (network namespaces), iproute2, ping, wireguard-go, wireguard-tools, curl, iperf3 and wrk;
 # installs the missing ones through apt-get. Builds target/release/kakehashi unless
 # KAKEHASHI_BIN is set. Stops every process it started, and removes its namespaces and veths, on
 # exit, Ctrl-C included.
@@ -50,13 +61,15 @@ source bench/lib.sh
 command_line="bench/wireguard.sh $*"
 trap 'echo "$(basename "$0"): line $LINENO: \`$BASH_COMMAND\` failed" >&2' ERR
 
-rounds=3 size=1G handshakes=5 peers=500 keep=0
+rounds=3 size=1G handshakes=5 peers=500 streams=4 conns=16 keep=0
 while (($#)); do
   case $1 in
     --rounds) rounds=$2 && shift ;;
     --size) size=$2 && shift ;;
     --handshakes) handshakes=$2 && shift ;;
     --peers) peers=$2 && shift ;;
+    --streams) streams=$2 && shift ;;
+    --conns) conns=$2 && shift ;;
     --quick) rounds=1 handshakes=2 ;;
     --keep) keep=1 ;;
     *) die "unknown option $1 (see the comment at the top of the script)" ;;
@@ -73,6 +86,7 @@ command -v wg >/dev/null || need+=(wireguard-tools)
 command -v wireguard-go >/dev/null || need+=(wireguard-go)
 command -v curl >/dev/null || need+=(curl)
 command -v iperf3 >/dev/null || need+=(iperf3)
+command -v wrk >/dev/null || need+=(wrk)
 if ((${#need[@]})); then
   echo "installing ${need[*]}" >&2
   apt-get update -qq
@@ -384,6 +398,39 @@ for ((i = 1; i <= handshakes; i++)); do
 done
 [[ $(nsx "$ns_t" wg show "$ns_t" latest-handshakes | awk '{print $2}') != 0 ]] || die "the gateway's terminal has no handshake"
 
+# busy SIDE LABEL COMMAND…: runs COMMAND in the side's client namespace while recording the
+# receiving side's CPU per thread; prints the per-thread note.
+busy() {
+  local side=$1 label=$2 out=$W/runs/$2 rpid t0 t1
+  shift 2
+  rpid=$(receiver_pid "$side")
+  threads "$rpid" >"$out.recv0"
+  head -1 /proc/stat >"$out.stat0"
+  t0=$EPOCHREALTIME
+  timeout --foreground 120 ip netns exec "$(client_ns "$side")" "$@" >"$out" 2>&1 || { cat "$out" >&2; die "$label failed"; }
+  t1=$EPOCHREALTIME
+  head -1 /proc/stat >"$out.stat1"
+  threads "$rpid" >"$out.recv1"
+  echo "$(cpu_by_name "$out.recv0" "$out.recv1" "$(calc "$t1 - $t0" 2)"); machine: $(machine "$out.stat0" "$out.stat1")"
+}
+
+echo "5. parallel work: $streams streams, $conns HTTP connections" >&2
+declare -A par_mbits par_note
+for side in baseline gateway; do
+  par_note[$side]=$(busy "$side" "parallel-$side" iperf3 -c "$(server_ip "$side")" -p 5201 -P "$streams" -t 8 -f m)
+  par_mbits[$side]=$(awk '/SUM.*receiver/ {for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") print $(i - 1)}' "$W/runs/parallel-$side")
+  [[ -n ${par_mbits[$side]} ]] || { cat "$W/runs/parallel-$side" >&2; die "$side: no [SUM] receiver line from iperf3 -P $streams"; }
+  printf '  %-9s %6s Mbit/s over %s streams; receiving side: %s\n' "$side" "${par_mbits[$side]}" "$streams" "${par_note[$side]}" >&2
+done
+basic=$(tr -d '\n' <"$D/user.txt" | base64 -w0)
+http_note=$(busy gateway http wrk -t 2 -c "$conns" -d 8s --latency -H "Authorization: Basic $basic" \
+  "http://10.77.0.1:8000/api01rv2/patientgetv2?id=1&format=json")
+http_rps=$(awk '/^Requests\/sec:/ {print $2}' "$W/runs/http")
+http_p99=$(awk '$1 == "99%" {print $2}' "$W/runs/http")
+grep -q "Non-2xx" "$W/runs/http" && { cat "$W/runs/http" >&2; die "wrk got answers other than 2xx through the gateway"; }
+[[ -n $http_rps ]] || { cat "$W/runs/http" >&2; die "no Requests/sec from wrk"; }
+printf '  gateway   %s requests/s (p99 %s) over %s connections; gateway: %s\n' "$http_rps" "$http_p99" "$conns" "$http_note" >&2
+
 echo "4. memory with $peers configured peers" >&2
 have=$(metric wg_peers)
 t0=$EPOCHREALTIME
@@ -426,10 +473,16 @@ echo "  enrolled $((peers - have)) terminals in $enrol_secs s; RSS ${rss[gateway
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   after the bulk transfers" "$(mib "${rss[gateway-bulk]}")" "$(mib "${rss[wg-bulk]}")" - -
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   $peers peers, after SIGHUP" "$(mib "${rss[gateway-reload]}")" - - -
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   $peers peers, 1 s after a restart" "$(mib "${rss[gateway-restart]}")" - - -
+  printf '%-52s | %-20s | %-20s | %-16s | %s\n' "5. $streams parallel streams, Mbit/s (iperf3 -P, 8 s)" "${par_mbits[gateway]}" "${par_mbits[baseline]}" "$(calc "${par_mbits[gateway]} / ${par_mbits[baseline]}")x" -
+  printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   HTTP keep-alive requests/s, $conns conns (wrk, 8 s)" "$http_rps (p99 $http_p99)" - - -
   echo "   ${per_peer} KiB per configured peer (restart with $peers against start with 1); $((peers - have)) terminals enrolled in $enrol_secs s"
   echo "   CPU during the bulk runs (processes: share of one core over the run; machine: share of all $(nproc) cores):"
   for ((i = 1; i <= rounds; i++)); do
     echo "     baseline $i: ${cpu_note[baseline-$i]}"
     echo "     gateway  $i: ${cpu_note[gateway-$i]}"
   done
+  echo "   CPU during the parallel runs (the receiving side, per thread):"
+  echo "     baseline, $streams streams: ${par_note[baseline]}"
+  echo "     gateway,  $streams streams: ${par_note[gateway]}"
+  echo "     gateway,  HTTP: $http_note"
 }

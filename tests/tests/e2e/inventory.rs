@@ -217,7 +217,7 @@ fn users_are_added_changed_locked_and_removed_without_showing_a_secret() {
     assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
     assert!(!hash.contains(PASSWORD));
     assert_eq!(upstream, UPSTREAM_SECRET, "the gateway must be able to send it");
-    assert!(kakehashi_gateway::users::verify_password(
+    assert!(kakehashi_gateway::store::users::verify_password(
         &hash,
         PASSWORD.as_bytes()
     ));
@@ -229,10 +229,10 @@ fn users_are_added_changed_locked_and_removed_without_showing_a_secret() {
         .db()
         .query_row("SELECT hash FROM users WHERE id = 'reception'", [], |r| r.get(0))
         .expect("row");
-    assert!(kakehashi_gateway::users::verify_password(
+    assert!(kakehashi_gateway::store::users::verify_password(
         &hash2, b"a-brand-new-password"
     ));
-    assert!(!kakehashi_gateway::users::verify_password(
+    assert!(!kakehashi_gateway::store::users::verify_password(
         &hash2,
         PASSWORD.as_bytes()
     ));

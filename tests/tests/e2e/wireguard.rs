@@ -496,7 +496,7 @@ fn a_handshake_flood_gets_cookie_replies_and_the_terminal_still_connects() {
     let clinic = clinic(|t| t);
     let port = clinic.wg_port();
     let key = std::fs::read_to_string(clinic.path("data/wireguard.key")).unwrap();
-    let gateway = kakehashi_gateway::wg::keys::Secret::from_base64(&key)
+    let gateway = kakehashi_gateway::doors::wireguard::keys::Secret::from_base64(&key)
         .unwrap()
         .public_key();
     // Valid initiations (correct MAC1 for this gateway) from a key it does not know, far over the
