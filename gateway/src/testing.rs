@@ -175,3 +175,13 @@ pub fn basic(id: &str, password: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(format!("{id}:{password}"))
     )
 }
+
+/// The cloud's health as a freshly started gateway sees it: `normal`.
+pub fn health() -> Arc<engine_proxy::health::Health> {
+    let second = Duration::from_secs(1);
+    engine_proxy::health::Health::new(engine_proxy::health::Settings {
+        interval: second,
+        timeout: second,
+        healthy_for: second,
+    })
+}

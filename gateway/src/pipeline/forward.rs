@@ -221,11 +221,7 @@ mod tests {
             .with_no_client_auth();
         let failover = Failover {
             rules: engine_proxy::rules::Rules::new(Vec::new()),
-            health: engine_proxy::health::Health::new(engine_proxy::health::Settings {
-                interval: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                healthy_for: Duration::from_secs(1),
-            }),
+            health: crate::testing::health(),
             local: Local::Engine {
                 url: "http://onprem.test:8000".into(),
             },

@@ -172,11 +172,7 @@ mod tests {
         Respond {
             audit: c.audit.clone(),
             metrics: Arc::new(Metrics::default()),
-            health: engine_proxy::health::Health::new(engine_proxy::health::Settings {
-                interval: std::time::Duration::from_secs(1),
-                timeout: std::time::Duration::from_secs(1),
-                healthy_for: std::time::Duration::from_secs(1),
-            }),
+            health: crate::testing::health(),
             live: c.live.clone(),
         }
     }

@@ -104,11 +104,6 @@ impl Inventory {
         self.terminals.get(name)
     }
 
-    /// Whether a terminal of this name is registered and enabled: the gateway's whole question.
-    pub fn allows(&self, name: &str) -> bool {
-        self.get(name).is_some_and(|t| t.enabled)
-    }
-
     /// How many terminals are registered (enabled or not).
     pub fn len(&self) -> usize {
         self.terminals.len()
@@ -446,9 +441,9 @@ mod tests {
         ));
         let inv = Inventory::load(&conn).unwrap();
         assert_eq!(inv.len(), 2);
-        assert!(!inv.allows("reception-1"));
-        assert!(inv.allows("dr.sato@clinic"));
-        assert!(!inv.allows("nobody"));
+        assert_eq!(inv.get("reception-1").map(|t| t.enabled), Some(false));
+        assert_eq!(inv.get("dr.sato@clinic").map(|t| t.enabled), Some(true));
+        assert!(inv.get("nobody").is_none());
         assert_eq!(
             inv.get("reception-1").unwrap().note.as_deref(),
             Some("front desk")

@@ -268,7 +268,8 @@ mod tests {
         assert!(matches!(err, Refused::Request(_)));
         assert!(inventory::Inventory::load(&conn).unwrap().is_empty());
         redeem(&conn, "tablet-1", issued.token.as_bytes(), ok).unwrap();
-        assert!(inventory::Inventory::load(&conn).unwrap().allows("tablet-1"));
+        let registered = inventory::Inventory::load(&conn).unwrap();
+        assert_eq!(registered.get("tablet-1").map(|t| t.enabled), Some(true));
         let again = redeem(&conn, "tablet-1", issued.token.as_bytes(), ok).unwrap_err();
         assert!(matches!(again, Refused::Used { .. }), "{again}");
         // A registered terminal gets no token.
