@@ -32,7 +32,7 @@ macro_rules! metrics {
 metrics! {
     connections_accepted_total: "counter", "TCP connections accepted on terminal listeners.";
     connections_refused_total: "counter", "Connections closed at once because limits.max_connections was reached.";
-    connections_open: "gauge", "Terminal connections open now.";
+    connections_open: "gauge", "Connections open now, each holding one of limits.max_connections slots (terminal listeners, WireGuard tunnels, EST).";
     handshakes_total: "counter", "TLS handshakes completed with an admitted terminal.";
     handshake_failures_total: "counter", "TLS handshakes that failed or were refused (certificate, inventory, protocol).";
     handshake_timeouts_total: "counter", "TLS handshakes not finished within limits.handshake_timeout_secs.";

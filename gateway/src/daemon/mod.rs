@@ -124,12 +124,8 @@ async fn serve(config: Config) -> Result<(), StartError> {
         tokio::spawn(crate::est::serve(est_service(&gateway), l, shutdown.clone()))
     });
     let watching = tokio::spawn(watch::crl_and_bundle(gateway.clone()));
-    if let Some(address) = ready {
-        println!("READY https://{address}");
-        let _ = std::io::stdout().flush();
-    }
-    systemd::notify("READY=1");
-
+    // Before READY: a SIGHUP sent as soon as READY is seen must find its handler, not the
+    // default action (which ends the process).
     let signals = || -> Result<_, StartError> {
         let sig = |kind| {
             signal(kind).map_err(|e| StartError::File {
@@ -144,6 +140,12 @@ async fn serve(config: Config) -> Result<(), StartError> {
         ))
     };
     let (mut hup, mut term, mut int) = signals()?;
+    if let Some(address) = ready {
+        println!("READY https://{address}");
+        let _ = std::io::stdout().flush();
+    }
+    systemd::notify("READY=1");
+
     loop {
         tokio::select! {
             _ = hup.recv() => {
