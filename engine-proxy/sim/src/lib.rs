@@ -5,11 +5,22 @@
 //! (`?format=json`) and typed XML bodies, `Api_Result` codes, the optional `/api` prefix, an
 //! SQLite file, idempotency keys on writes, and the push WebSocket. Optional HTTPS, and client
 //! certificates required as the cloud requires them.
+//!
+//! Its own crate, apart from `engine-proxy`: the appliance never runs it, so the proxy carries
+//! none of its WebSocket, TOML or command-line code. It shares with the proxy what must match:
+//! the engine's body formats ([`engine_proxy::format`]) and the TLS provider and PEM loading
+//! ([`engine_proxy::tls`]).
+//!
+//! Inside, a module a concern: `http` (accept, authenticate, parse, dispatch) and `reply` (what
+//! it answers with), `api` (the engine's calls), `store` (its SQLite file), `push` (the push
+//! WebSocket) and `bulk` (the `/sim/…` bulk-transfer diagnostics).
+#![forbid(unsafe_code)]
 
 mod api;
 mod bulk;
 mod http;
 mod push;
+mod reply;
 mod store;
 
 use std::net::SocketAddr;
