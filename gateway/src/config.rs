@@ -179,7 +179,7 @@ pub struct WireGuardPort {
 }
 
 /// An IPv4 address with its network prefix: `10.77.0.1/24` (shared with the vendor's tools).
-pub use provisioning::wireguard::TunnelNet;
+pub use provisioning_shared::wireguard::TunnelNet;
 
 /// The EST listener: the one place a client may connect without a certificate, and where
 /// nothing but enrollment exists. The appliance issues terminal certificates with the clinic CA
@@ -438,10 +438,10 @@ fn default_tun_name() -> String {
     "kakehashi0".into()
 }
 fn default_wg_mtu() -> u16 {
-    provisioning::wireguard::DEFAULT_MTU
+    provisioning_shared::wireguard::DEFAULT_MTU
 }
 fn default_keepalive() -> u16 {
-    provisioning::wireguard::DEFAULT_KEEPALIVE
+    provisioning_shared::wireguard::DEFAULT_KEEPALIVE
 }
 fn default_est_days() -> u32 {
     365

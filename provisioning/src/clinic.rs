@@ -22,10 +22,10 @@
 use std::path::{Path, PathBuf};
 
 use cert_tool::files::{self, DirLock, Staged};
+use provisioning_shared::bundle::{Credential, Settings, Token, User, WireGuardPeer};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::bundle::{Credential, Settings, Token, User, WireGuardPeer};
 use crate::error::{Error, Result};
 use crate::vendor::Vendor;
 
@@ -391,15 +391,15 @@ pub(crate) mod tests {
             (cert_tool::csr::create(name, &key).unwrap(), key)
         };
         let (uplink_csr, uplink_key) = csr("uplink");
-        let request = crate::request::Request {
-            kind: crate::request::KIND.into(),
-            format: crate::request::FORMAT,
+        let request = provisioning_shared::request::Request {
+            kind: provisioning_shared::request::KIND.into(),
+            format: provisioning_shared::request::FORMAT,
             created: "2026-11-22T00:00:00Z".into(),
             appliance: identity.to_public().to_string(),
             issuing_ca_csr: csr("issuing").0,
             server_csr: csr("server").0,
             uplink_csr,
-            wireguard_public_key: crate::wireguard::Secret::generate()
+            wireguard_public_key: provisioning_shared::wireguard::Secret::generate()
                 .unwrap()
                 .public_key()
                 .to_base64(),
@@ -656,7 +656,7 @@ pub(crate) mod tests {
         };
         assert!(add("c3", "r3.json", "h.example", &wg_alone).is_err());
         // A CSR changed on the way: its signature no longer verifies.
-        let mut damaged = crate::request::Request::read(&f.path("r3.json")).unwrap();
+        let mut damaged = provisioning_shared::request::Request::read(&f.path("r3.json")).unwrap();
         let mut der = cert_tool::decode::pem_or_der(
             Path::new("x"),
             damaged.server_csr.as_bytes(),

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use zeroize::Zeroize;
 
-pub use provisioning::wireguard::{PublicKey, Secret};
+pub use provisioning_shared::wireguard::{PublicKey, Secret};
 
 use crate::db::StoreError;
 

@@ -41,7 +41,8 @@ pub fn bin() -> PathBuf {
 /// The most recently modified source file of the crates the binary is built from.
 fn newest_source(workspace: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     let mut stack: Vec<PathBuf> = [
-        "gateway", "cert-tool", "provisioning", "engine-proxy", "engine-proxy/sim", "firmware",
+        "gateway", "cert-tool", "provisioning", "provisioning/shared", "engine-proxy", "engine-proxy/sim",
+        "firmware",
     ]
     .iter()
     .map(|c| workspace.join(c).join("src"))
