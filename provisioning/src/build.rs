@@ -105,7 +105,7 @@ pub fn build(
         terminals: state
             .terminals
             .iter()
-            .map(|t| bundle::Terminal {
+            .map(|t| bundle::DeclaredTerminal {
                 name: t.name.clone(),
                 note: t.note.clone(),
                 enabled: t.enabled,

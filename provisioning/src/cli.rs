@@ -912,7 +912,7 @@ struct TerminalRow {
 }
 
 impl TerminalRow {
-    fn new(c: &Clinic, t: &clinic::Terminal) -> TerminalRow {
+    fn new(c: &Clinic, t: &clinic::TerminalRecord) -> TerminalRow {
         TerminalRow {
             clinic: c.id.clone(),
             name: t.name.clone(),

@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 
 use cert_tool::files::{self, DirLock, Staged};
-use provisioning_shared::bundle::{Credential, Settings, Token, User, WireGuardPeer};
+use provisioning_shared::bundle::{Credential, Settings, StaffAccount, Token, WireGuardPeer};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -61,10 +61,10 @@ pub struct Clinic {
     pub engine_url: String,
     /// The clinic's engine account (`--engine-user`, `--engine-password-file`), once given.
     pub engine_credential: Option<Credential>,
-    pub terminals: Vec<Terminal>,
+    pub terminals: Vec<TerminalRecord>,
     /// One-time enrollment tokens (only their hashes).
     pub tokens: Vec<Token>,
-    pub users: Vec<User>,
+    pub users: Vec<StaffAccount>,
     /// Terminals revoked: every later bundle carries their names.
     pub revoked: Vec<Revoked>,
 }
@@ -98,10 +98,12 @@ impl Kind {
     }
 }
 
-/// One terminal as the vendor declared it.
+/// The vendor's record of a terminal in `clinic.json`: how it connects, when it was added, the
+/// certificates the clinic CA gave it. What the appliance gets of it is a
+/// [`provisioning_shared::bundle::DeclaredTerminal`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Terminal {
+pub struct TerminalRecord {
     pub name: String,
     pub kind: Kind,
     pub note: Option<String>,
@@ -130,14 +132,14 @@ pub struct Revoked {
 
 impl Clinic {
     /// The terminal called `name`.
-    pub fn terminal(&self, name: &str) -> Result<&Terminal> {
+    pub fn terminal(&self, name: &str) -> Result<&TerminalRecord> {
         self.terminals
             .iter()
             .find(|t| t.name == name)
             .ok_or_else(|| self.unknown_terminal(name))
     }
 
-    pub fn terminal_mut(&mut self, name: &str) -> Result<&mut Terminal> {
+    pub fn terminal_mut(&mut self, name: &str) -> Result<&mut TerminalRecord> {
         let unknown = self.unknown_terminal(name);
         self.terminals.iter_mut().find(|t| t.name == name).ok_or(unknown)
     }
@@ -150,7 +152,7 @@ impl Clinic {
     }
 
     /// The user with `id`.
-    pub fn user_mut(&mut self, id: &str) -> Result<&mut User> {
+    pub fn user_mut(&mut self, id: &str) -> Result<&mut StaffAccount> {
         let unknown = Error::UnknownUser {
             clinic: self.id.clone(),
             id: id.to_owned(),

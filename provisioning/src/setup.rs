@@ -13,7 +13,7 @@ use cert_tool::ca::{self, Ca, Pending};
 use cert_tool::files::{self, DirLock, Staged};
 use cert_tool::keys::{KeyAlgorithm, Passphrase};
 use cert_tool::profile::{Profile, San};
-use provisioning_shared::bundle::{Credential, Secret, Settings, WireGuard};
+use provisioning_shared::bundle::{Credential, SecretText, Settings, WireGuard};
 use provisioning_shared::request::Request;
 use provisioning_shared::wireguard::TunnelNet;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -360,7 +360,7 @@ fn engine_credential(s: &SettingsArgs) -> Result<Option<Credential>> {
     let password = Passphrase::from_file(file)?;
     Ok(Some(Credential {
         user: user.clone(),
-        password: Secret::new(password.expose()),
+        password: SecretText::new(password.expose()),
     }))
 }
 

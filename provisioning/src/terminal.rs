@@ -22,7 +22,7 @@ use provisioning_shared::wireguard::{self, PublicKey, Qr, Secret, TerminalConfig
 use time::Duration;
 use zeroize::Zeroizing;
 
-use crate::clinic::{Clinic, Kind, Locked, Revoked, SERVER_NAME, Terminal};
+use crate::clinic::{Clinic, Kind, Locked, Revoked, SERVER_NAME, TerminalRecord};
 use crate::error::{Error, Result};
 use crate::vendor::{Vendor, give};
 
@@ -51,7 +51,7 @@ pub struct NewTerminal<'a> {
 /// What `terminal add` made: every secret here is shown once and kept nowhere.
 #[derive(Debug)]
 pub struct Added {
-    pub terminal: Terminal,
+    pub terminal: TerminalRecord,
     pub p12: Option<P12>,
     pub token: Option<Issued>,
     pub wireguard: Option<WireGuardFiles>,
@@ -165,7 +165,7 @@ pub fn add(
 
     let now = ca::now();
     let mut next = open.clinic.clone();
-    let mut terminal = Terminal {
+    let mut terminal = TerminalRecord {
         name: new.name.to_owned(),
         kind: new.kind,
         note: new.note.map(str::to_owned),
@@ -254,7 +254,7 @@ pub fn add(
         staged.push(Staged::new(&png_path, &qr.to_png()?, files::SECRET)?);
         terminal.wireguard = Some(WireGuardPeer {
             public_key: private.public_key().to_base64(),
-            preshared_key: psk.map(|k| provisioning_shared::bundle::Secret::new(k.to_base64())),
+            preshared_key: psk.map(|k| provisioning_shared::bundle::SecretText::new(k.to_base64())),
             address,
         });
         added.wireguard = Some(WireGuardFiles {

@@ -5,7 +5,7 @@
 //! account, if they have one, is kept as given (the appliance must present it), which is one
 //! reason `clinic.json` is mode 0600.
 
-use provisioning_shared::bundle::{Credential, Secret, User};
+use provisioning_shared::bundle::{Credential, SecretText, StaffAccount};
 use provisioning_shared::password;
 use zeroize::Zeroizing;
 
@@ -63,7 +63,7 @@ pub fn add(
     }
     let (secret, generated) = new.resolve(id)?;
     let mut next = open.clinic.clone();
-    next.users.push(User {
+    next.users.push(StaffAccount {
         id: id.to_owned(),
         hash: password::hash_password(secret.as_bytes())?,
         locked: false,
@@ -120,7 +120,7 @@ pub fn upstream(user: &str, password_file: &std::path::Path) -> Result<Credentia
     let p = cert_tool::keys::Passphrase::from_file(password_file)?;
     Ok(Credential {
         user: user.to_owned(),
-        password: Secret::new(p.expose()),
+        password: SecretText::new(p.expose()),
     })
 }
 
@@ -162,7 +162,7 @@ mod tests {
                 given("another long one"),
                 Some(Credential {
                     user: "a:b".into(),
-                    password: Secret::new("x"),
+                    password: SecretText::new("x"),
                 }),
             )
             .unwrap_err(),

@@ -84,7 +84,7 @@ pub struct SimConfig {
     pub db: PathBuf,
     #[serde(default)]
     pub seed: Option<Seed>,
-    pub users: Vec<User>,
+    pub users: Vec<Account>,
     #[serde(default)]
     pub tls: Option<TlsFiles>,
 }
@@ -96,10 +96,10 @@ pub enum Seed {
     Demo,
 }
 
-/// An account for HTTP Basic.
+/// An account allowed to call the engine, with HTTP Basic (`[[users]]` in engine.toml).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct User {
+pub struct Account {
     pub id: String,
     pub password: String,
 }
@@ -151,7 +151,7 @@ impl SimConfig {
             .iter()
             .map(|u| {
                 u.split_once(':')
-                    .map(|(id, password)| User {
+                    .map(|(id, password)| Account {
                         id: id.to_owned(),
                         password: password.to_owned(),
                     })
