@@ -8,7 +8,7 @@
 //! `interval`, failed when it gets no answer within `timeout` or a 5xx. Real traffic that fails
 //! ([`Health::suspect`]) asks for a probe at once instead of waiting for the next tick, so a
 //! refused connection is noticed in milliseconds and a black hole within `interval + timeout`.
-//! One failed probe takes the cloud down (the one-second budget leaves no room for
+//! One failed probe takes the cloud down (DESIGN.md's one-second budget leaves no room for
 //! more); coming back needs `healthy_for` of unbroken successful probes, so a cloud that flaps
 //! stays down instead of dragging the clinic back and forth.
 

@@ -1,9 +1,26 @@
-//! Everything behind "route".
+//! Everything behind "route": where an authorized request goes, and what answers it.
 //!
-//! [`upstream`]: the pooled mutual-TLS uplink that forwards authorized requests to the cloud
-//! engine. [`sim`]: the reference engine (`kakehashi engine-sim`). This crate will also own
-//! upstream health, the local engine (read cache, durable write journal, exactly-once replay) and
-//! the engine API rules table.
+//! The uplink and its health:
+//! - [`upstream`]: the pooled mutual-TLS uplink to the cloud engine, which makes an authorized
+//!   request a correct proxied one (hop-by-hop fields, `Via`, the engine credential) and streams
+//!   its bodies both ways;
+//! - [`health`]: whether the cloud answers (an active prober with hysteresis, passive suspicion
+//!   from failing traffic), and the hybrid state `normal`, `emergency`, `recovery` it decides;
+//! - [`tls`]: the one crypto provider, PEM loading, and the uplink's client configuration.
+//!
+//! HTTP proxying and failover: [`failover`] is the route stage. It forwards to the cloud, or
+//! answers in its place from the local engine, by the engine API rules ([`rules`]: which calls
+//! read, which write, which must not be made offline; data, with DESIGN.md's defaults), in the
+//! engine's own body formats ([`format`](mod@format): JSON and ORCA's typed XML).
+//!
+//! The local engine, which keeps the clinic working while the cloud cannot answer:
+//! - [`cache`]: the read cache, filled from the cloud's answers;
+//! - [`journal`]: the durable write journal (on disk before the terminal hears "accepted");
+//! - [`replay`]: handing the journal back to the cloud in order, each entry exactly once;
+//! - [`sqlite`]: how both open their files.
+//!
+//! The reference engine that tests and the demo run against is its own crate, `engine-sim`
+//! (`engine-proxy/sim`): the appliance never needs it.
 #![forbid(unsafe_code)]
 
 pub mod cache;
@@ -13,7 +30,6 @@ pub mod health;
 pub mod journal;
 pub mod replay;
 pub mod rules;
-pub mod sim;
 pub mod sqlite;
 pub mod stream;
 pub mod tls;

@@ -28,7 +28,7 @@ enum Command {
     #[command(subcommand)]
     Cert(cert_tool::cli::CertCommand),
     /// Run the reference cloud engine (for installation checks, the demo, tests and benchmarks)
-    EngineSim(engine_proxy::sim::SimArgs),
+    EngineSim(engine_sim::SimArgs),
     /// The appliance: run the gateway, or check its configuration
     #[command(subcommand)]
     Gateway(cli::gateway::GatewayCommand),
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Command::User(args) => exit(cli::user::run(args)),
         Command::Audit(args) => exit(cli::audit::run(args)),
         Command::Journal(args) => exit(cli::journal::run(args)),
-        Command::EngineSim(args) => run_async(engine_proxy::sim::run(args)),
+        Command::EngineSim(args) => run_async(engine_sim::run(args)),
     }
 }
 

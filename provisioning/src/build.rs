@@ -1,14 +1,14 @@
 //! `provision bundle build`: a clinic's state, certificates and a fresh CRL as one bundle, signed
-//! by the vendor and encrypted to the clinic's appliance ([`crate::bundle`]).
+//! by the vendor and encrypted to the clinic's appliance ([`provisioning_shared::bundle`]).
 
 use std::path::Path;
 
 use cert_tool::ca::{self, Ca};
 use cert_tool::files;
 use cert_tool::keys::Passphrase;
+use provisioning_shared::bundle::{self, Certificates, Engine, Payload};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::bundle::{self, Certificates, Engine, Payload};
 use crate::clinic::{self, Locked};
 use crate::error::{Error, Result};
 use crate::vendor::{Vendor, give};
@@ -105,7 +105,7 @@ pub fn build(
         terminals: state
             .terminals
             .iter()
-            .map(|t| bundle::Terminal {
+            .map(|t| bundle::DeclaredTerminal {
                 name: t.name.clone(),
                 note: t.note.clone(),
                 enabled: t.enabled,

@@ -14,16 +14,17 @@ use cert_tool::ca::{self, rfc3339};
 use cert_tool::cli::PassphraseArgs;
 use cert_tool::keys::Passphrase;
 use clap::{Args, Subcommand};
+use provisioning_shared::token;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use crate::build;
 use crate::clinic::{self, Clinic, Kind, Layout};
 use crate::error::{Error, Result};
 use crate::setup::{self, SettingsArgs};
 use crate::terminal::{self, NewTerminal};
 use crate::user::{self, NewPassword};
 use crate::vendor::{self, Vendor};
-use crate::{build, token};
 
 /// `kakehashi provision [--dir V] [--passphrase-file F] COMMAND`.
 #[derive(Debug, Args)]
@@ -587,7 +588,7 @@ struct Show {
     wireguard_public_key: String,
     engine_url: String,
     engine_user: Option<String>,
-    settings: crate::bundle::Settings,
+    settings: provisioning_shared::bundle::Settings,
     certificates: Vec<CertRow>,
 }
 
@@ -911,7 +912,7 @@ struct TerminalRow {
 }
 
 impl TerminalRow {
-    fn new(c: &Clinic, t: &clinic::Terminal) -> TerminalRow {
+    fn new(c: &Clinic, t: &clinic::TerminalRecord) -> TerminalRow {
         TerminalRow {
             clinic: c.id.clone(),
             name: t.name.clone(),

@@ -22,10 +22,10 @@
 use std::path::{Path, PathBuf};
 
 use cert_tool::files::{self, DirLock, Staged};
+use provisioning_shared::bundle::{Credential, Settings, StaffAccount, Token, WireGuardPeer};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::bundle::{Credential, Settings, Token, User, WireGuardPeer};
 use crate::error::{Error, Result};
 use crate::vendor::Vendor;
 
@@ -61,10 +61,10 @@ pub struct Clinic {
     pub engine_url: String,
     /// The clinic's engine account (`--engine-user`, `--engine-password-file`), once given.
     pub engine_credential: Option<Credential>,
-    pub terminals: Vec<Terminal>,
+    pub terminals: Vec<TerminalRecord>,
     /// One-time enrollment tokens (only their hashes).
     pub tokens: Vec<Token>,
-    pub users: Vec<User>,
+    pub users: Vec<StaffAccount>,
     /// Terminals revoked: every later bundle carries their names.
     pub revoked: Vec<Revoked>,
 }
@@ -98,10 +98,12 @@ impl Kind {
     }
 }
 
-/// One terminal as the vendor declared it.
+/// The vendor's record of a terminal in `clinic.json`: how it connects, when it was added, the
+/// certificates the clinic CA gave it. What the appliance gets of it is a
+/// [`provisioning_shared::bundle::DeclaredTerminal`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Terminal {
+pub struct TerminalRecord {
     pub name: String,
     pub kind: Kind,
     pub note: Option<String>,
@@ -130,14 +132,14 @@ pub struct Revoked {
 
 impl Clinic {
     /// The terminal called `name`.
-    pub fn terminal(&self, name: &str) -> Result<&Terminal> {
+    pub fn terminal(&self, name: &str) -> Result<&TerminalRecord> {
         self.terminals
             .iter()
             .find(|t| t.name == name)
             .ok_or_else(|| self.unknown_terminal(name))
     }
 
-    pub fn terminal_mut(&mut self, name: &str) -> Result<&mut Terminal> {
+    pub fn terminal_mut(&mut self, name: &str) -> Result<&mut TerminalRecord> {
         let unknown = self.unknown_terminal(name);
         self.terminals.iter_mut().find(|t| t.name == name).ok_or(unknown)
     }
@@ -150,7 +152,7 @@ impl Clinic {
     }
 
     /// The user with `id`.
-    pub fn user_mut(&mut self, id: &str) -> Result<&mut User> {
+    pub fn user_mut(&mut self, id: &str) -> Result<&mut StaffAccount> {
         let unknown = Error::UnknownUser {
             clinic: self.id.clone(),
             id: id.to_owned(),
@@ -391,15 +393,15 @@ pub(crate) mod tests {
             (cert_tool::csr::create(name, &key).unwrap(), key)
         };
         let (uplink_csr, uplink_key) = csr("uplink");
-        let request = crate::request::Request {
-            kind: crate::request::KIND.into(),
-            format: crate::request::FORMAT,
+        let request = provisioning_shared::request::Request {
+            kind: provisioning_shared::request::KIND.into(),
+            format: provisioning_shared::request::FORMAT,
             created: "2026-11-22T00:00:00Z".into(),
             appliance: identity.to_public().to_string(),
             issuing_ca_csr: csr("issuing").0,
             server_csr: csr("server").0,
             uplink_csr,
-            wireguard_public_key: crate::wireguard::Secret::generate()
+            wireguard_public_key: provisioning_shared::wireguard::Secret::generate()
                 .unwrap()
                 .public_key()
                 .to_base64(),
@@ -656,7 +658,7 @@ pub(crate) mod tests {
         };
         assert!(add("c3", "r3.json", "h.example", &wg_alone).is_err());
         // A CSR changed on the way: its signature no longer verifies.
-        let mut damaged = crate::request::Request::read(&f.path("r3.json")).unwrap();
+        let mut damaged = provisioning_shared::request::Request::read(&f.path("r3.json")).unwrap();
         let mut der = cert_tool::decode::pem_or_der(
             Path::new("x"),
             damaged.server_csr.as_bytes(),

@@ -9,12 +9,16 @@ pub enum Error {
     /// The PKI refused or failed (a CA directory, a key, a passphrase, a certificate file).
     #[error(transparent)]
     Pki(#[from] cert_tool::Error),
+    /// A password, ID or value that the rules both sides share refuse, or no random numbers
+    /// (`provisioning_shared`'s own messages).
+    #[error(transparent)]
+    Shared(#[from] provisioning_shared::Error),
     /// The appliance's request file cannot be used.
     #[error(transparent)]
-    Request(#[from] crate::request::RequestError),
+    Request(#[from] provisioning_shared::request::RequestError),
     /// A bundle could not be made.
     #[error(transparent)]
-    Bundle(#[from] crate::bundle::BundleError),
+    Bundle(#[from] provisioning_shared::bundle::BundleError),
     /// The operating system refused an operation on a file (missing, permissions, full disk).
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
@@ -107,16 +111,6 @@ pub enum Error {
         id: String,
         state: &'static str,
     },
-    /// A new password that the policy refuses (the reason, never the password).
-    #[error("password refused: {0}")]
-    WeakPassword(&'static str),
-    /// argon2 could not hash (should not happen with valid parameters).
-    #[error("password hashing failed: {0}")]
-    Hash(String),
-    /// The operating system's random number generator failed.
-    #[error("the random number generator failed")]
-    Random,
-
     /// `bundle build` for a clinic that lacks something the appliance needs.
     #[error("clinic {clinic:?}: cannot build a bundle yet: {missing}")]
     NotReady { clinic: String, missing: String },

@@ -13,14 +13,14 @@ use cert_tool::ca::{self, Ca, Pending};
 use cert_tool::files::{self, DirLock, Staged};
 use cert_tool::keys::{KeyAlgorithm, Passphrase};
 use cert_tool::profile::{Profile, San};
+use provisioning_shared::bundle::{Credential, SecretText, Settings, WireGuard};
+use provisioning_shared::request::Request;
+use provisioning_shared::wireguard::TunnelNet;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::bundle::{Credential, Secret, Settings, WireGuard};
 use crate::clinic::{self, Clinic, Layout, Locked, SERVER_NAME};
 use crate::error::{Error, Result};
-use crate::request::Request;
 use crate::vendor::{TempDir, Vendor, give};
-use crate::wireguard::TunnelNet;
 
 /// Validity of the clinic CA, the issuing CA and the server certificate unless `--days` says.
 pub const DEFAULT_DAYS: u32 = 1825;
@@ -153,7 +153,7 @@ pub fn check_id(id: &str) -> Result<()> {
 }
 
 fn check_clinic_name(name: &str) -> Result<()> {
-    crate::check_text("--name", name, 200)?;
+    provisioning_shared::check_text("--name", name, 200)?;
     if name.trim().is_empty() {
         return Err(Error::Invalid(
             "--name: the clinic's name must not be empty".into(),
@@ -356,11 +356,11 @@ fn engine_credential(s: &SettingsArgs) -> Result<Option<Credential>> {
     let (Some(user), Some(file)) = (&s.engine_user, &s.engine_password_file) else {
         return Ok(None);
     };
-    crate::password::check_upstream_id("--engine-user", user)?;
+    provisioning_shared::password::check_upstream_id("--engine-user", user)?;
     let password = Passphrase::from_file(file)?;
     Ok(Some(Credential {
         user: user.clone(),
-        password: Secret::new(password.expose()),
+        password: SecretText::new(password.expose()),
     }))
 }
 

@@ -17,14 +17,14 @@ use cert_tool::ca::{self, Ca};
 use cert_tool::files::{self, Staged};
 use cert_tool::keys::{KeyAlgorithm, Passphrase};
 use cert_tool::profile::Profile;
+use provisioning_shared::bundle::{Token, WireGuardPeer};
+use provisioning_shared::wireguard::{self, PublicKey, Qr, Secret, TerminalConfig, TunnelNet};
 use time::Duration;
 use zeroize::Zeroizing;
 
-use crate::bundle::{Token, WireGuardPeer};
-use crate::clinic::{Clinic, Kind, Locked, Revoked, SERVER_NAME, Terminal};
+use crate::clinic::{Clinic, Kind, Locked, Revoked, SERVER_NAME, TerminalRecord};
 use crate::error::{Error, Result};
 use crate::vendor::{Vendor, give};
-use crate::wireguard::{self, PublicKey, Qr, Secret, TerminalConfig, TunnelNet};
 
 /// A terminal certificate's validity unless `--days` says otherwise.
 pub const DEFAULT_DAYS: u32 = 365;
@@ -51,7 +51,7 @@ pub struct NewTerminal<'a> {
 /// What `terminal add` made: every secret here is shown once and kept nowhere.
 #[derive(Debug)]
 pub struct Added {
-    pub terminal: Terminal,
+    pub terminal: TerminalRecord,
     pub p12: Option<P12>,
     pub token: Option<Issued>,
     pub wireguard: Option<WireGuardFiles>,
@@ -121,7 +121,7 @@ pub fn add(
     passphrase: impl FnOnce() -> Result<Option<Passphrase>>,
 ) -> Result<Added> {
     if let Some(note) = new.note {
-        crate::check_text("--note", note, MAX_NOTE_CHARS)?;
+        provisioning_shared::check_text("--note", note, MAX_NOTE_CHARS)?;
     }
     if new.enroll {
         if !new.kind.tls() {
@@ -129,7 +129,7 @@ pub fn add(
                 "--enroll makes a token for a TLS certificate: it goes with --kind tls or both".into(),
             ));
         }
-        crate::token::check_hours(new.token_hours)?;
+        provisioning_shared::token::check_hours(new.token_hours)?;
     }
     let mut open = Locked::open(vendor, id)?;
     let clinic = &open.clinic;
@@ -165,7 +165,7 @@ pub fn add(
 
     let now = ca::now();
     let mut next = open.clinic.clone();
-    let mut terminal = Terminal {
+    let mut terminal = TerminalRecord {
         name: new.name.to_owned(),
         kind: new.kind,
         note: new.note.map(str::to_owned),
@@ -205,7 +205,7 @@ pub fn add(
         let key = KeyAlgorithm::EcdsaP256.generate()?;
         let pending = clinic_ca.sign(&signer, &req, &key)?;
         let root = cert_tool::decode::certificate(&cert_tool::ca::Layout::new(&vendor.root_dir()).cert())?;
-        let password = crate::password::generate()?;
+        let password = provisioning_shared::password::generate()?;
         let bytes = Zeroizing::new(cert_tool::p12::build(
             &pending.der,
             &key,
@@ -254,7 +254,7 @@ pub fn add(
         staged.push(Staged::new(&png_path, &qr.to_png()?, files::SECRET)?);
         terminal.wireguard = Some(WireGuardPeer {
             public_key: private.public_key().to_base64(),
-            preshared_key: psk.map(|k| crate::bundle::Secret::new(k.to_base64())),
+            preshared_key: psk.map(|k| provisioning_shared::bundle::SecretText::new(k.to_base64())),
             address,
         });
         added.wireguard = Some(WireGuardFiles {
@@ -301,12 +301,12 @@ fn free_address(clinic: &Clinic, net: &TunnelNet) -> Result<Ipv4Addr> {
 /// Makes a token for `name`, in place of any earlier one (which stops working with the next
 /// bundle, unless the terminal has enrolled with it already).
 fn put_token(next: &mut Clinic, name: &str, hours: u32, now: time::OffsetDateTime) -> Result<Issued> {
-    let token = crate::token::generate()?;
+    let token = provisioning_shared::token::generate()?;
     let expires = ca::rfc3339(now + Duration::hours(hours.into()));
     next.tokens.retain(|t| t.name != name);
     next.tokens.push(Token {
         name: name.to_owned(),
-        sha256: hex::encode(crate::token::hash(token.as_bytes())),
+        sha256: hex::encode(provisioning_shared::token::hash(token.as_bytes())),
         created: ca::rfc3339(now),
         expires: expires.clone(),
     });
@@ -317,7 +317,7 @@ fn put_token(next: &mut Clinic, name: &str, hours: u32, now: time::OffsetDateTim
 /// the first expired or was lost before the terminal used it. A terminal that has enrolled
 /// already is registered on the appliance, which ignores the new token.
 pub fn new_token(vendor: &Vendor, id: &str, name: &str, hours: u32) -> Result<Issued> {
-    crate::token::check_hours(hours)?;
+    provisioning_shared::token::check_hours(hours)?;
     let mut open = Locked::open(vendor, id)?;
     let mut next = open.clinic.clone();
     if !next.terminal(name)?.enroll {
@@ -386,7 +386,7 @@ pub(crate) mod tests {
             name,
             kind,
             enroll: false,
-            token_hours: crate::token::DEFAULT_HOURS,
+            token_hours: provisioning_shared::token::DEFAULT_HOURS,
             note: None,
             out,
             days: DEFAULT_DAYS,
@@ -421,12 +421,18 @@ pub(crate) mod tests {
         let token = add(&f.vendor, "c1", &enroll, || Ok(None)).unwrap().token.unwrap();
         let state = f.state();
         assert!(!state.contains(token.token.as_str()), "only the hash is kept");
-        assert!(state.contains(&hex::encode(crate::token::hash(token.token.as_bytes()))));
+        assert!(state.contains(&hex::encode(provisioning_shared::token::hash(
+            token.token.as_bytes()
+        ))));
         // A fresh token replaces the first; a terminal without --enroll has none to replace.
         let fresh = new_token(&f.vendor, "c1", "pc-2", 48).unwrap();
         let state = f.state();
-        assert!(state.contains(&hex::encode(crate::token::hash(fresh.token.as_bytes()))));
-        assert!(!state.contains(&hex::encode(crate::token::hash(token.token.as_bytes()))));
+        assert!(state.contains(&hex::encode(provisioning_shared::token::hash(
+            fresh.token.as_bytes()
+        ))));
+        assert!(!state.contains(&hex::encode(provisioning_shared::token::hash(
+            token.token.as_bytes()
+        ))));
         let before = f.state();
         assert!(
             new_token(&f.vendor, "c1", "pc-1", 24).is_err(),

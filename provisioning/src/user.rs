@@ -1,16 +1,16 @@
 //! `provision user …`: the clinic's staff, who sign in at the terminals with ID and password.
 //!
 //! Passwords are checked against the appliance's policy and kept only as argon2id hashes
-//! ([`crate::password`], the same code the appliance uses); a person's own engine account, if
-//! they have one, is kept as given (the appliance must present it), which is one reason
-//! `clinic.json` is mode 0600.
+//! ([`provisioning_shared::password`], the same code the appliance uses); a person's own engine
+//! account, if they have one, is kept as given (the appliance must present it), which is one
+//! reason `clinic.json` is mode 0600.
 
+use provisioning_shared::bundle::{Credential, SecretText, StaffAccount};
+use provisioning_shared::password;
 use zeroize::Zeroizing;
 
-use crate::bundle::{Credential, Secret, User};
 use crate::clinic::Locked;
 use crate::error::{Error, Result};
-use crate::password;
 use crate::vendor::Vendor;
 
 /// Where a new password comes from.
@@ -63,7 +63,7 @@ pub fn add(
     }
     let (secret, generated) = new.resolve(id)?;
     let mut next = open.clinic.clone();
-    next.users.push(User {
+    next.users.push(StaffAccount {
         id: id.to_owned(),
         hash: password::hash_password(secret.as_bytes())?,
         locked: false,
@@ -120,7 +120,7 @@ pub fn upstream(user: &str, password_file: &std::path::Path) -> Result<Credentia
     let p = cert_tool::keys::Passphrase::from_file(password_file)?;
     Ok(Credential {
         user: user.to_owned(),
-        password: Secret::new(p.expose()),
+        password: SecretText::new(p.expose()),
     })
 }
 
@@ -162,7 +162,7 @@ mod tests {
                 given("another long one"),
                 Some(Credential {
                     user: "a:b".into(),
-                    password: Secret::new("x"),
+                    password: SecretText::new("x"),
                 }),
             )
             .unwrap_err(),
@@ -171,8 +171,14 @@ mod tests {
             set_locked(&f.vendor, "c1", "bob", false).unwrap_err(),
             remove(&f.vendor, "c1", "ghost").unwrap_err(),
         ];
-        assert!(matches!(refused[0], Error::WeakPassword(_)));
-        assert!(matches!(refused[1], Error::WeakPassword(_)));
+        assert!(matches!(
+            refused[0],
+            Error::Shared(provisioning_shared::Error::WeakPassword(_))
+        ));
+        assert!(matches!(
+            refused[1],
+            Error::Shared(provisioning_shared::Error::WeakPassword(_))
+        ));
         assert!(matches!(refused[2], Error::UserExists { .. }));
         assert!(matches!(refused[5], Error::UnknownUser { .. }));
         assert!(matches!(refused[7], Error::UserAlready { .. }));

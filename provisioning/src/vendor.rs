@@ -165,7 +165,7 @@ pub fn init(dir: &Path, name: &str, days: u32, passphrase: Option<&Passphrase>) 
     let root = staging.path.join("root");
     let made = cert_tool::ca::init_vendor_root(&root, name, days, KeyAlgorithm::EcdsaP256, passphrase)?;
     let key = KeyAlgorithm::EcdsaP256.generate()?;
-    let fingerprint = crate::bundle::fingerprint(key.0.public_key_raw());
+    let fingerprint = provisioning_shared::bundle::fingerprint(key.0.public_key_raw());
     let signing = Staged::new(
         &vendor.signing_key_path(),
         keys::seal(&key, passphrase)?.as_bytes(),
@@ -204,7 +204,7 @@ impl TempDir {
     /// `PARENT/.WHAT.RANDOM.tmp`, mode 0700.
     pub fn new(parent: &Path, what: &str) -> Result<TempDir> {
         let mut nonce = [0u8; 6];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| Error::Random)?;
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| provisioning_shared::Error::Random)?;
         let path = parent.join(format!(".{what}.{}.tmp", hex::encode(nonce)));
         files::create_dir(&path, 0o700)?;
         Ok(TempDir { path })
@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(vendor.fingerprint().unwrap(), made.fingerprint);
         let key = vendor.signing_key(None).unwrap();
         assert_eq!(
-            crate::bundle::fingerprint(key.0.public_key_raw()),
+            provisioning_shared::bundle::fingerprint(key.0.public_key_raw()),
             made.fingerprint
         );
         assert!(!vendor.encrypted().unwrap());

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use cert_tool::files::{self, Staged};
-use provisioning::bundle::{self, Payload};
+use provisioning_shared::bundle::{self, Payload};
 use rusqlite::{Connection, TransactionBehavior, params};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -96,7 +96,7 @@ pub fn import(dir: &Path, file: &Path, trust_vendor: Option<&str>) -> Result<Rep
 fn apply(layout: &Layout, file: &Path, trust_vendor: Option<&str>) -> Result<Report, ApplianceError> {
     let refused = |m: String| ApplianceError::Refused(m);
     let bytes = read_limited(file)?;
-    let identity = provisioning::device::Identity::read(&layout.device_key()).map_err(refused)?;
+    let identity = provisioning_shared::device::Identity::read(&layout.device_key()).map_err(refused)?;
     let pinned = match std::fs::read_to_string(layout.vendor_pin()) {
         Ok(text) => Some(text.trim().to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -383,7 +383,7 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
     }
     for u in &p.users {
         crate::store::users::check_id(&u.id).map_err(|e| bad("user", e.to_string()))?;
-        provisioning::password::check_hash(&u.hash)
+        provisioning_shared::password::check_hash(&u.hash)
             .map_err(|e| bad(&format!("user {:?}", u.id), format!("password hash: {e}")))?;
         if let Some(up) = &u.upstream {
             crate::store::users::check_upstream_id(&up.user)

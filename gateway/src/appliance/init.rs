@@ -9,7 +9,7 @@ use std::path::Path;
 
 use cert_tool::files::{self, Staged};
 use cert_tool::keys::{self, KeyAlgorithm, Passphrase};
-use provisioning::request::{self, Request};
+use provisioning_shared::request::{self, Request};
 
 use super::{ApplianceError, Layout};
 
@@ -54,8 +54,8 @@ pub fn init(dir: &Path, name: &str, vendor_key: Option<&str>) -> Result<Request,
     let pin = vendor_key.map(read_pin).transpose()?;
     files::create_dir(dir, crate::store::DIR_MODE)?;
 
-    let device = provisioning::device::Identity::generate();
-    let passphrase = provisioning::password::generate()
+    let device = provisioning_shared::device::Identity::generate();
+    let passphrase = provisioning_shared::password::generate()
         .map(|p| Passphrase::new(p.to_string()))
         .map_err(|e| ApplianceError::Refused(e.to_string()))?;
     let server = KeyAlgorithm::EcdsaP256.generate()?;

@@ -95,7 +95,7 @@ pub enum ApplianceError {
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
-    Bundle(#[from] provisioning::bundle::BundleError),
+    Bundle(#[from] provisioning_shared::bundle::BundleError),
     #[error(transparent)]
     Ca(#[from] cert_tool::Error),
     #[error(transparent)]

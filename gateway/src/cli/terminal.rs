@@ -18,7 +18,7 @@ use crate::config::{Config, WireGuard};
 use crate::store::{self, DATA_DIR_ENV, DEFAULT_DATA_DIR, Result, StoreError};
 use crate::store::inventory::{self, Enroll, Inventory, Registration, WireGuardPeer};
 use crate::doors::wireguard::keys::{self, Secret};
-use provisioning::wireguard::{Qr, TerminalConfig};
+use provisioning_shared::wireguard::{Qr, TerminalConfig};
 
 /// What a running gateway needs to see a change to the inventory.
 const RELOAD_HINT: &str =

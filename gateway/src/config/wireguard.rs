@@ -71,7 +71,7 @@ pub struct WireGuardPort {
 }
 
 /// An IPv4 address with its network prefix: `10.77.0.1/24` (shared with the vendor's tools).
-pub use provisioning::wireguard::TunnelNet;
+pub use provisioning_shared::wireguard::TunnelNet;
 
 /// The gateway's private key inside the data directory when `wireguard.private_key` is not set.
 pub const GATEWAY_KEY_FILE: &str = "wireguard.key";
@@ -80,10 +80,10 @@ fn default_tun_name() -> String {
     "kakehashi0".into()
 }
 fn default_wg_mtu() -> u16 {
-    provisioning::wireguard::DEFAULT_MTU
+    provisioning_shared::wireguard::DEFAULT_MTU
 }
 fn default_keepalive() -> u16 {
-    provisioning::wireguard::DEFAULT_KEEPALIVE
+    provisioning_shared::wireguard::DEFAULT_KEEPALIVE
 }
 
 impl Config {

@@ -20,7 +20,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::TunnelNet;
-use provisioning::wireguard::{PublicKey, Secret};
+use provisioning_shared::wireguard::{PublicKey, Secret};
 use crate::store::{self, Result, StoreError, db_path};
 
 /// Every column of a terminal, in the order [`from_row`] reads them.

@@ -222,13 +222,12 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What provisioning's shared code (password policy and hashes, tokens, WireGuard configs)
 /// refuses, as the appliance's own errors, with the same messages.
-impl From<provisioning::Error> for StoreError {
-    fn from(e: provisioning::Error) -> StoreError {
+impl From<provisioning_shared::Error> for StoreError {
+    fn from(e: provisioning_shared::Error) -> StoreError {
         match e {
-            provisioning::Error::WeakPassword(why) => StoreError::WeakPassword(why),
-            provisioning::Error::Hash(detail) => StoreError::Hash(detail),
-            provisioning::Error::Pki(e) => StoreError::Files(e),
-            provisioning::Error::Invalid(message) => StoreError::Invalid(message),
+            provisioning_shared::Error::WeakPassword(why) => StoreError::WeakPassword(why),
+            provisioning_shared::Error::Hash(detail) => StoreError::Hash(detail),
+            provisioning_shared::Error::Invalid(message) => StoreError::Invalid(message),
             other => StoreError::Invalid(other.to_string()),
         }
     }
@@ -377,7 +376,7 @@ pub(crate) fn now_text() -> String {
 /// Refuses text with control characters (which would break listings and logs) or longer than
 /// `max` characters; `what` names the option.
 pub(crate) fn check_text(what: &str, text: &str, max: usize) -> Result<()> {
-    Ok(provisioning::check_text(what, text, max)?)
+    Ok(provisioning_shared::check_text(what, text, max)?)
 }
 
 #[cfg(test)]

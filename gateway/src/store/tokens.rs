@@ -4,7 +4,7 @@
 //! yet; the terminal (or the person setting it up) sends it with its CSR to EST `simpleenroll`
 //! as HTTP Basic `NAME:TOKEN`. A token:
 //! - is 128 random bits, shown once and stored only as its SHA-256 (a copy of `gateway.db`
-//!   enrolls nobody), compared in constant time ([`provisioning::token`], which also makes the
+//!   enrolls nobody), compared in constant time ([`provisioning_shared::token`], which also makes the
 //!   vendor's tokens that a bundle carries);
 //! - works once, and only until it expires (24 hours unless `--token-hours` says otherwise);
 //! - locks after [`MAX_FAILURES`] wrong tries for its name, so it cannot be guessed online: a new
@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::store::{self, Result, StoreError, db_path};
 use crate::store::inventory;
 
-pub use provisioning::token::{DEFAULT_HOURS, MAX_HOURS};
+pub use provisioning_shared::token::{DEFAULT_HOURS, MAX_HOURS};
 
 /// Wrong tokens for one name before its token locks.
 pub const MAX_FAILURES: u32 = 5;
@@ -41,8 +41,8 @@ pub struct Issued {
 /// `simplereenroll`, or is removed first to be enrolled anew.
 pub fn create(conn: &Connection, name: &str, hours: u32) -> Result<Issued> {
     inventory::check_name(name)?;
-    provisioning::token::check_hours(hours)?;
-    let token = provisioning::token::generate()?;
+    provisioning_shared::token::check_hours(hours)?;
+    let token = provisioning_shared::token::generate()?;
     let now = cert_tool::ca::now();
     let expires = now + time::Duration::hours(hours.into());
     let path = db_path(conn);
@@ -61,7 +61,7 @@ pub fn create(conn: &Connection, name: &str, hours: u32) -> Result<Issued> {
         "INSERT INTO enrollment_tokens (name, hash, created, expires) VALUES (?1, ?2, ?3, ?4)",
         params![
             name,
-            provisioning::token::hash(token.as_bytes()).as_slice(),
+            provisioning_shared::token::hash(token.as_bytes()).as_slice(),
             text(now),
             text(expires)
         ],
@@ -153,7 +153,7 @@ pub fn redeem<T>(
             name: name.to_owned(),
         });
     }
-    if !provisioning::token::matches(token, &stored) {
+    if !provisioning_shared::token::matches(token, &stored) {
         tx.execute(
             "UPDATE enrollment_tokens SET failures = failures + 1 WHERE name = ?1",
             params![name],

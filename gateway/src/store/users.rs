@@ -2,7 +2,7 @@
 //!
 //! Passwords are kept only as argon2id hashes (PHC strings) with OWASP's parameters, so sign-in
 //! works while the cloud is unreachable and a stolen database does not give the passwords away.
-//! The policy, the hash and its verification are provisioning's ([`provisioning::password`]), so
+//! The policy, the hash and its verification are provisioning's ([`provisioning_shared::password`]), so
 //! the vendor's laptop and the appliance hash alike; this module stores the people.
 //! A person may also have an upstream credential: the ID and password the gateway presents to the
 //! cloud engine on their behalf, so the engine's own accounts never reach the terminals. That one
@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-pub use provisioning::password::{MAX_ID_CHARS, MIN_PASSWORD_CHARS, dummy_verify, verify_password};
+pub use provisioning_shared::password::{MAX_ID_CHARS, MIN_PASSWORD_CHARS, dummy_verify, verify_password};
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
@@ -108,24 +108,26 @@ pub fn list(conn: &Connection) -> Result<Vec<Summary>> {
 
 /// Hashes a password with argon2id (m=19456 KiB, t=2, p=1) and a fresh 16-byte random salt.
 pub fn hash_password(password: &[u8]) -> Result<String> {
-    Ok(provisioning::password::hash_password(password)?)
+    Ok(provisioning_shared::password::hash_password(password)?)
 }
 
 /// The policy for a new password: at least 10 characters, and not the ID in any case.
 pub fn check_new_password(id: &str, password: &str) -> Result<()> {
-    Ok(provisioning::password::check_new_password(id, password)?)
+    Ok(provisioning_shared::password::check_new_password(id, password)?)
 }
 
 /// The ID rule: 1 to 64 characters of `A-Z a-z 0-9 . _ @ -`, which fit HTTP Basic, logs and
 /// listings without quoting.
 pub fn check_id(id: &str) -> Result<()> {
-    Ok(provisioning::password::check_id(id)?)
+    Ok(provisioning_shared::password::check_id(id)?)
 }
 
 /// The rule for an upstream engine user ID: 1 to 256 characters, no control characters, no ':'
 /// (it travels in HTTP Basic, where ':' ends the ID).
 pub fn check_upstream_id(id: &str) -> Result<()> {
-    Ok(provisioning::password::check_upstream_id("--upstream-id", id)?)
+    Ok(provisioning_shared::password::check_upstream_id(
+        "--upstream-id", id,
+    )?)
 }
 
 /// Adds a person with an already-computed hash (see [`hash_password`]).

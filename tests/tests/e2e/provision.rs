@@ -105,9 +105,9 @@ fn open_bundle(
     path: &str,
     identity: &age::x25519::Identity,
     vendor_key: &str,
-) -> provisioning::bundle::Payload {
+) -> provisioning_shared::bundle::Payload {
     let bytes = std::fs::read(path).expect("bundle");
-    provisioning::bundle::open(&bytes, identity, Some(vendor_key))
+    provisioning_shared::bundle::open(&bytes, identity, Some(vendor_key))
         .unwrap_or_else(|e| panic!("{path}: {e}"))
         .payload
 }
@@ -461,7 +461,7 @@ fn a_clinic_from_request_to_bundles_checked_by_openssl() {
         ("laptop-1", token_hash.as_str())
     );
     assert_eq!(b1.users.len(), 2);
-    assert!(provisioning::password::verify_password(
+    assert!(provisioning_shared::password::verify_password(
         &b1.users[0].hash,
         generated.as_bytes()
     ));
@@ -488,7 +488,7 @@ fn a_clinic_from_request_to_bundles_checked_by_openssl() {
     assert!(b1.revoked.is_empty());
     let other_appliance = age::x25519::Identity::generate();
     let bytes = std::fs::read(bundle(1)).expect("bundle");
-    assert!(provisioning::bundle::open(&bytes, &other_appliance, None).is_err());
+    assert!(provisioning_shared::bundle::open(&bytes, &other_appliance, None).is_err());
     v.run(&["bundle", "build", "--clinic", "sakura", "--out", &bundle(2)])
         .ok();
     assert_eq!(open_bundle(&bundle(2), &appliance, &fingerprint).version, 2);

@@ -40,10 +40,13 @@ pub fn bin() -> PathBuf {
 
 /// The most recently modified source file of the crates the binary is built from.
 fn newest_source(workspace: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
-    let mut stack: Vec<PathBuf> = ["gateway", "cert-tool", "provisioning", "engine-proxy", "firmware"]
-        .iter()
-        .map(|c| workspace.join(c).join("src"))
-        .collect();
+    let mut stack: Vec<PathBuf> = [
+        "gateway", "cert-tool", "provisioning", "provisioning/shared", "engine-proxy", "engine-proxy/sim",
+        "firmware",
+    ]
+    .iter()
+    .map(|c| workspace.join(c).join("src"))
+    .collect();
     let mut newest = None;
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {

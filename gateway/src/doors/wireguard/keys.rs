@@ -10,7 +10,7 @@ use std::path::Path;
 
 use zeroize::Zeroize;
 
-pub use provisioning::wireguard::{PublicKey, Secret};
+pub use provisioning_shared::wireguard::{PublicKey, Secret};
 
 use crate::store::StoreError;
 

@@ -5,11 +5,22 @@
 //! (`?format=json`) and typed XML bodies, `Api_Result` codes, the optional `/api` prefix, an
 //! SQLite file, idempotency keys on writes, and the push WebSocket. Optional HTTPS, and client
 //! certificates required as the cloud requires them.
+//!
+//! Its own crate, apart from `engine-proxy`: the appliance never runs it, so the proxy carries
+//! none of its WebSocket, TOML or command-line code. It shares with the proxy what must match:
+//! the engine's body formats ([`engine_proxy::format`]) and the TLS provider and PEM loading
+//! ([`engine_proxy::tls`]).
+//!
+//! Inside, a module a concern: `http` (accept, authenticate, parse, dispatch) and `reply` (what
+//! it answers with), `api` (the engine's calls), `store` (its SQLite file), `push` (the push
+//! WebSocket) and `bulk` (the `/sim/…` bulk-transfer diagnostics).
+#![forbid(unsafe_code)]
 
 mod api;
 mod bulk;
 mod http;
 mod push;
+mod reply;
 mod store;
 
 use std::net::SocketAddr;
@@ -73,7 +84,7 @@ pub struct SimConfig {
     pub db: PathBuf,
     #[serde(default)]
     pub seed: Option<Seed>,
-    pub users: Vec<User>,
+    pub users: Vec<Account>,
     #[serde(default)]
     pub tls: Option<TlsFiles>,
 }
@@ -85,10 +96,10 @@ pub enum Seed {
     Demo,
 }
 
-/// An account for HTTP Basic.
+/// An account allowed to call the engine, with HTTP Basic (`[[users]]` in engine.toml).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct User {
+pub struct Account {
     pub id: String,
     pub password: String,
 }
@@ -140,7 +151,7 @@ impl SimConfig {
             .iter()
             .map(|u| {
                 u.split_once(':')
-                    .map(|(id, password)| User {
+                    .map(|(id, password)| Account {
                         id: id.to_owned(),
                         password: password.to_owned(),
                     })

@@ -4,8 +4,8 @@ use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use engine_proxy::format::{self as body, Format};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -13,10 +13,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::SimError;
-use super::api::{self, Call, Outcome};
-use super::store::Store;
-use crate::format::{self as body, Format};
+use crate::SimError;
+use crate::api::{self, Call, Outcome};
+use crate::reply::{Reply, full, plain};
+use crate::store::Store;
 
 /// Largest request body the engine reads.
 const MAX_BODY: usize = 4 << 20;
@@ -45,7 +45,7 @@ impl State {
 
 /// Builds the TLS acceptor; with `client_ca`, a client certificate from that CA is required.
 pub fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor, SimError> {
-    use crate::tls::{self, TlsError};
+    use engine_proxy::tls::{self, TlsError};
     let tls_err = |e: TlsError| match e {
         TlsError::File { path, message } => SimError::Tls {
             path: path.display().to_string(),
@@ -134,22 +134,6 @@ async fn shutdown_signal() {
     }
 }
 
-pub(super) type Reply = Response<BoxBody<Bytes, Infallible>>;
-
-fn full(bytes: impl Into<Bytes>) -> BoxBody<Bytes, Infallible> {
-    Full::new(bytes.into()).boxed()
-}
-
-pub(super) fn plain(status: StatusCode, text: &str) -> Reply {
-    let mut r = Response::new(full(format!("{text}\n")));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
     let mut reply = respond(&state, req).await;
     reply
@@ -171,7 +155,7 @@ async fn respond(state: &State, req: Request<Incoming>) -> Reply {
         return upgrade(state, req);
     }
     if let Some(diagnostic) = req.uri().path().strip_prefix("/sim/").map(str::to_owned) {
-        return super::bulk::handle(&diagnostic, req).await;
+        return crate::bulk::handle(&diagnostic, req).await;
     }
     let full_path = req.uri().path().to_owned();
     let path = full_path
@@ -243,7 +227,7 @@ fn upgrade(state: &State, req: Request<Incoming>) -> Reply {
     let events = state.events.subscribe();
     tokio::spawn(async move {
         if let Ok(upgraded) = hyper::upgrade::on(req).await {
-            super::push::session(TokioIo::new(upgraded), events).await;
+            crate::push::session(TokioIo::new(upgraded), events).await;
         }
     });
     let mut r = Response::new(full(Bytes::new()));
@@ -257,7 +241,7 @@ fn upgrade(state: &State, req: Request<Incoming>) -> Reply {
     r
 }
 
-fn answer(a: super::store::Answer) -> Reply {
+fn answer(a: crate::store::Answer) -> Reply {
     let mut r = Response::new(full(a.body));
     if let Ok(v) = HeaderValue::from_str(&a.content_type) {
         r.headers_mut().insert(CONTENT_TYPE, v);

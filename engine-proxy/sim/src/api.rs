@@ -3,12 +3,12 @@
 //! Business outcomes are HTTP 200 with an `Api_Result` code in the body, as the real engine does:
 //! `00` success, anything else a refusal with `Api_Result_Message` saying why.
 
+use engine_proxy::format::{self as body, Format};
 use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 use time::{OffsetDateTime, UtcOffset};
 
-use super::store::{self, Answer, Patient, Store, StoreError, Visit, VisitKind, Written};
-use crate::format::{self as body, Format};
+use crate::store::{self, Answer, Patient, Store, StoreError, Visit, VisitKind, Written};
 
 /// One parsed call.
 pub struct Call<'a> {

@@ -51,10 +51,10 @@ pub struct Payload {
     pub certificates: Certificates,
     pub settings: Settings,
     pub engine: Engine,
-    pub terminals: Vec<Terminal>,
+    pub terminals: Vec<DeclaredTerminal>,
     /// One-time enrollment tokens the vendor made (`provision terminal add --enroll`).
     pub tokens: Vec<Token>,
-    pub users: Vec<User>,
+    pub users: Vec<StaffAccount>,
     /// Terminals the vendor revoked (`provision terminal revoke`): the appliance removes them
     /// from its inventory and revokes what its own issuing CA gave them (an EST enrollment);
     /// what the clinic CA gave them is on `certificates.clinic_crl`.
@@ -119,13 +119,14 @@ pub struct Engine {
     pub ca: String,
     /// The clinic's engine account, sent upstream for people without one of their own.
     pub user: String,
-    pub password: Secret,
+    pub password: SecretText,
 }
 
-/// One terminal as the vendor declares it.
+/// A terminal the vendor declares for the appliance's inventory: what the appliance needs to
+/// admit it (the vendor's own record of it, with its kind and certificates, stays in clinic.json).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Terminal {
+pub struct DeclaredTerminal {
     pub name: String,
     pub note: Option<String>,
     pub enabled: bool,
@@ -139,7 +140,7 @@ pub struct WireGuardPeer {
     /// base64, 32 bytes.
     pub public_key: String,
     /// base64, 32 bytes.
-    pub preshared_key: Option<Secret>,
+    pub preshared_key: Option<SecretText>,
     pub address: std::net::Ipv4Addr,
 }
 
@@ -156,10 +157,11 @@ pub struct Token {
     pub expires: String,
 }
 
-/// A staff account.
+/// A staff account for the appliance: a person who signs in at the terminals, as the appliance
+/// verifies them (the hash, never the password).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct User {
+pub struct StaffAccount {
     pub id: String,
     /// argon2id, PHC string.
     pub hash: String,
@@ -173,37 +175,38 @@ pub struct User {
 #[serde(deny_unknown_fields)]
 pub struct Credential {
     pub user: String,
-    pub password: Secret,
+    pub password: SecretText,
 }
 
-/// A secret string in the payload: wiped from memory when dropped, never shown by `Debug`.
+/// A secret string in the payload (a password, a preshared key in base64): wiped from memory when
+/// dropped, never shown by `Debug`. Text, unlike the 32-byte keys of [`crate::wireguard::Secret`].
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub Zeroizing<String>);
+pub struct SecretText(pub Zeroizing<String>);
 
-impl Serialize for Secret {
+impl Serialize for SecretText {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
     }
 }
 
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
-        String::deserialize(d).map(Secret::new)
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SecretText, D::Error> {
+        String::deserialize(d).map(SecretText::new)
     }
 }
 
-impl Secret {
-    pub fn new(text: impl Into<String>) -> Secret {
-        Secret(Zeroizing::new(text.into()))
+impl SecretText {
+    pub fn new(text: impl Into<String>) -> SecretText {
+        SecretText(Zeroizing::new(text.into()))
     }
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl std::fmt::Debug for Secret {
+impl std::fmt::Debug for SecretText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(…)")
+        f.write_str("SecretText(…)")
     }
 }
 
@@ -431,7 +434,7 @@ mod tests {
                 url: "https://engine.test".into(),
                 ca: "E".into(),
                 user: "ormaster".into(),
-                password: Secret::new("pw"),
+                password: SecretText::new("pw"),
             },
             terminals: vec![],
             tokens: vec![],

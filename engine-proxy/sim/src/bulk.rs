@@ -14,7 +14,7 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::http::{Reply, plain};
+use crate::reply::{Reply, plain};
 
 const CHUNK: usize = 64 * 1024;
 
