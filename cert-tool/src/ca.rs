@@ -355,6 +355,11 @@ impl Ca {
         &self.layout
     }
 
+    /// When the CA's own certificate expires: nothing it signs may outlive it.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
     /// The CA certificate, DER.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der

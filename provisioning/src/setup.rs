@@ -499,15 +499,21 @@ pub fn set(
         let der =
             cert_tool::decode::pem_or_der(&origin, request.server_csr.as_bytes(), "CERTIFICATE REQUEST")?;
         let csr = cert_tool::csr::Csr::from_der(&origin, &der)?;
+        let clinic_ca = Ca::open(&layout.ca_dir())?;
+        // Without --days, a day less than the clinic CA has left, as at `clinic add`: the
+        // default must never be a certificate the CA refuses to sign.
+        let left = (clinic_ca.not_after() - ca::now()).whole_days() - 1;
+        let days = s
+            .days
+            .unwrap_or_else(|| u32::try_from(left).unwrap_or(1).clamp(1, DEFAULT_DAYS));
         let req = ca::Request {
             profile: Profile::Server,
             name: SERVER_NAME.into(),
             sans: vec![engine_san(&next.settings.engine_host)?],
-            days: s.days.unwrap_or(DEFAULT_DAYS),
+            days,
             replace: true,
             key: csr.key.clone(),
         };
-        let clinic_ca = Ca::open(&layout.ca_dir())?;
         clinic_ca.check(&req)?;
         let passphrase = passphrase()?;
         let signer = clinic_ca.unlock(give(passphrase.as_ref(), &clinic_ca.layout().key()))?;
