@@ -445,8 +445,8 @@ Fetch a patient through the gateway as the terminal {TERMINAL:?}, signed in as {
   curl --cacert {d}/ca.pem --cert {d}/terminal.pem --key {d}/terminal.key -u '{user}' '{gw}/api01rv2/patientgetv2?id=1&format=json'
 
 Without -u the gateway answers 401; without --cert it refuses the TLS handshake. Then:
-  kakehashi audit export --data-dir {d}/data      every decision the gateway made
-  kakehashi terminal list --data-dir {d}/data     the inventory
+  kakehashi audit export --config {d}/gateway.toml      every decision the gateway made
+  kakehashi terminal list --config {d}/gateway.toml     the inventory
   curl {metrics}   the gateway's metrics
 
 Take the line down (the cloud stops answering), then read and write through the gateway:
@@ -454,8 +454,8 @@ Take the line down (the cloud stops answering), then read and write through the 
   curl ... '{gw}/api01rv2/patientgetv2?id=1&format=json'       from the cache, X-Hybridmode: emergency
   curl ... -H 'Content-Type: application/json' -d '{{\"acceptreq\":{{\"Patient_ID\":\"1\"}}}}' \\
        '{gw}/orca11/acceptmodv2?class=01&format=json'            journaled: Api_Result W90
-  kakehashi journal list --data-dir {d}/data      what waits for the cloud
-  kill -CONT $(cat {d}/engine.pid)                10 s later the journal drains, back to normal
+  kakehashi journal list --config {d}/gateway.toml      what waits for the cloud
+  kill -CONT $(cat {d}/engine.pid)                      10 s later the journal drains, back to normal
 {wireguard}{est}
 Ctrl-C stops both.",
         engine_url = engine.url,
@@ -539,7 +539,7 @@ fn est_walkthrough(dir: &Path, gateway: &str, user: &str) -> String {
     format!(
         "
 Enroll a new terminal in seconds (EST, RFC 7030), with openssl and curl only:
-  kakehashi terminal add tablet-2 --enroll --data-dir {d}/data        prints a one-time TOKEN
+  kakehashi terminal add tablet-2 --enroll --config {d}/gateway.toml        prints a one-time TOKEN
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout tablet-2.key \\
        -subj /CN=tablet-2 -outform DER | openssl base64 > tablet-2.csr.b64
   curl --cacert {d}/ca.pem -u tablet-2:TOKEN -H 'Content-Type: application/pkcs10' \\

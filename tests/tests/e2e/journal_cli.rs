@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::support::*;
 
-const RECEPTION: &str = "/orca11/acceptmodv2?class=01&format=json";
-const RECEPTION_BODY: &str =
+pub(crate) const RECEPTION: &str = "/orca11/acceptmodv2?class=01&format=json";
+pub(crate) const RECEPTION_BODY: &str =
     r#"{"acceptreq":{"Patient_ID":"2","Department_Code":"01","Physician_Code":"10001"}}"#;
 const APPOINTMENT: &str = "/orca14/appointmodv2?class=01&format=json";
 const REFUSED_ANSWER: &str =
@@ -23,7 +23,13 @@ const BINARY_BODY: &[u8] = &[0xff, 0x00, 0x1b, b'[', b'2', b'J', 0x80];
 /// UTF-8, but with an escape sequence (clear the screen) that must not reach it either.
 const ESCAPING_ANSWER: &[u8] = b"\x1b[2Jrefused";
 
-fn write_entry(path: &str, body: &[u8], key: &str, terminal: Option<&str>, user: Option<&str>) -> NewEntry {
+pub(crate) fn write_entry(
+    path: &str,
+    body: &[u8],
+    key: &str,
+    terminal: Option<&str>,
+    user: Option<&str>,
+) -> NewEntry {
     NewEntry {
         terminal: terminal.map(str::to_owned),
         user: user.map(str::to_owned),
@@ -46,7 +52,7 @@ fn refused(status: u16, api_result: Option<&str>, answer: &[u8], reason: &str) -
 
 /// Appends `entries` to `DIR/journal.db` through the gateway's journal and settles each as given
 /// (`None`: left pending, never tried). Returns their ids.
-fn fill(dir: &Path, entries: Vec<(NewEntry, Option<Settlement>)>) -> Vec<u64> {
+pub(crate) fn fill(dir: &Path, entries: Vec<(NewEntry, Option<Settlement>)>) -> Vec<u64> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -566,7 +572,7 @@ fn a_missing_or_damaged_journal_is_named_and_left_alone() {
     ] {
         let run = journal(dir, cmd).fails_with(&[
             &format!("{}/journal.db: no such file", s(dir)),
-            "is --data-dir right?",
+            "are --config and --data-dir right?",
         ]);
         assert_eq!(run.stdout, "", "{cmd}");
     }

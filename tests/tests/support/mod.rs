@@ -108,8 +108,8 @@ impl Run {
     }
 }
 
-/// Runs `kakehashi ARGS` with no terminal on stdin and no passphrase, password or data directory
-/// in the environment.
+/// Runs `kakehashi ARGS` with no terminal on stdin and no passphrase, password, configuration or
+/// data directory in the environment.
 pub fn kakehashi(args: &[&str]) -> Run {
     kakehashi_env(args, &[])
 }
@@ -121,7 +121,8 @@ pub fn kakehashi_env(args: &[&str], env: &[(&str, &str)]) -> Run {
         .stdin(Stdio::null())
         .env_remove("KAKEHASHI_CA_PASSPHRASE")
         .env_remove("KAKEHASHI_USER_PASSWORD")
-        .env_remove("KAKEHASHI_DATA_DIR");
+        .env_remove("KAKEHASHI_DATA_DIR")
+        .env_remove("KAKEHASHI_CONFIG");
     for (k, v) in env {
         cmd.env(k, v);
     }
