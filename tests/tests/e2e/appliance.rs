@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::e2e::est;
-use crate::e2e::gateway::free_port;
 use crate::support::*;
 
 const ENGINE_HOST: &str = "engine.clinic-one.test";
@@ -47,7 +46,7 @@ impl World {
                 "--est-listen",
                 &format!("127.0.0.1:{}", free_port()),
                 "--wg-listen",
-                &format!("127.0.0.1:{}", crate::e2e::gateway::free_udp_port()),
+                &format!("127.0.0.1:{}", free_udp_port()),
             ],
         )
         .ok();
@@ -61,7 +60,7 @@ impl World {
             passphrase,
             gateway_port: free_port(),
             est_port: free_port(),
-            wg_port: crate::e2e::gateway::free_udp_port(),
+            wg_port: free_udp_port(),
             tmp,
         };
         w.provision(&["vendor", "init"]).ok();

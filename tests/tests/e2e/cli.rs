@@ -138,28 +138,9 @@ fn demo_setup_only_leaves_a_working_clinic_and_can_run_again() {
 fn demo_runs_the_cloud_and_the_gateway_and_its_curl_command_fetches_a_patient() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let port = |_| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .to_string()
-    };
-    let (listen, engine, admin) = (port(0), port(1), port(2));
-    let wg = format!("127.0.0.1:{}", super::gateway::free_udp_port());
-    let mut demo = Server::start(&[
-        "demo",
-        "--dir",
-        s(&dir),
-        "--listen",
-        &listen,
-        "--engine-listen",
-        &engine,
-        "--admin-listen",
-        &admin,
-        "--wg-listen",
-        &wg,
-    ]);
-    assert_eq!(demo.url, format!("https://{listen}"));
+    let ports = DemoPorts::new("127.0.0.1");
+    let mut demo = start_demo(&dir, &ports);
+    assert_eq!(demo.url, format!("https://{}", ports.listen));
     let user = std::fs::read_to_string(dir.join("user.txt")).unwrap();
     let d = s(&dir);
     let out = sh(&format!(
@@ -171,14 +152,33 @@ fn demo_runs_the_cloud_and_the_gateway_and_its_curl_command_fetches_a_patient() 
     assert!(out.contains("\"Patient_ID\":\"1\""), "{out}");
     // SIGTERM stops both children, gracefully (the gateway flushes its audit log).
     sh(&format!("kill -TERM {}", demo.pid())).ok();
+    wait_until_closed(&ports);
+    demo.kill();
+    sh(&format!("kakehashi audit verify --config {d}/gateway.toml")).ok();
+}
+
+fn start_demo(dir: &std::path::Path, ports: &DemoPorts) -> Server {
+    let mut args = vec!["demo", "--dir", s(dir)];
+    args.extend(ports.args());
+    Server::start(&args)
+}
+
+/// Waits until nothing accepts connections on the demo's TCP ports any more.
+fn wait_until_closed(ports: &DemoPorts) {
     let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(&listen).is_ok() || std::net::TcpStream::connect(&engine).is_ok() {
+    let open = || {
+        [&ports.listen, &ports.engine, &ports.admin, &ports.est]
+            .into_iter()
+            .filter(|a| std::net::TcpStream::connect(a.as_str()).is_ok())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    while !open().is_empty() {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(10),
-            "still listening"
+            "still listening: {:?}",
+            open()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    demo.kill();
-    sh(&format!("kakehashi audit verify --data-dir {d}/data")).ok();
 }

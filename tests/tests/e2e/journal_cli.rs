@@ -630,13 +630,6 @@ fn help_lists_journal_and_its_commands() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The promise `retry` prints: a running gateway, idle with nothing pending, notices an entry put
 /// back in line and hands it to the cloud engine, which takes it.
 #[test]
@@ -644,13 +637,9 @@ fn a_running_gateway_hands_a_retried_entry_to_the_cloud() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let clinic = tmp.path().join("clinic");
     sh(&format!(
-        "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} \
-         --admin-listen 127.0.0.1:{} --wg-listen 127.0.0.1:{}",
+        "kakehashi demo --setup-only --dir {} {}",
         s(&clinic),
-        free_port(),
-        free_port(),
-        free_port(),
-        super::gateway::free_udp_port()
+        DemoPorts::new("127.0.0.1").line()
     ))
     .ok();
     let data = clinic.join("data");

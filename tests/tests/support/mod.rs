@@ -209,6 +209,61 @@ pub fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
+/// A free loopback TCP port (bound and released: good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A free loopback UDP port, for the WireGuard listener: clinics started in parallel must not all
+/// get the demo's preferred 51820.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
+}
+
+/// Every address `kakehashi demo` listens on, each a free port chosen here: no test depends on
+/// the demo's defaults (8443, 8444, 9090, 18000, 51820) being free on the machine.
+pub struct DemoPorts {
+    pub listen: String,
+    pub engine: String,
+    pub admin: String,
+    pub wg: String,
+    pub est: String,
+}
+
+impl DemoPorts {
+    /// Free ports on 127.0.0.1; WireGuard on `wg_host` (`0.0.0.0` for terminals in other
+    /// network namespaces).
+    pub fn new(wg_host: &str) -> DemoPorts {
+        let local = |port: u16| format!("127.0.0.1:{port}");
+        DemoPorts {
+            listen: local(free_port()),
+            engine: local(free_port()),
+            admin: local(free_port()),
+            wg: format!("{wg_host}:{}", free_udp_port()),
+            est: local(free_port()),
+        }
+    }
+
+    /// The demo's options for these addresses.
+    pub fn args(&self) -> Vec<&str> {
+        vec![
+            "--listen", &self.listen, "--engine-listen", &self.engine, "--admin-listen", &self.admin,
+            "--wg-listen", &self.wg, "--est-listen", &self.est,
+        ]
+    }
+
+    /// [`DemoPorts::args`] as one line, for [`sh`].
+    pub fn line(&self) -> String {
+        self.args().join(" ")
+    }
+}
+
 /// A `kakehashi` server process (engine-sim, gateway) that printed `READY <URL>`; SIGKILLed on drop.
 pub struct Server {
     child: std::process::Child,
