@@ -38,6 +38,9 @@ const WG_NET: &str = "10.77.0.1/24";
 const WG_API_PORT: u16 = 8000;
 /// WireGuard's customary port, used when it is free.
 const WG_PORT: u16 = 51820;
+/// Set by the demo for each process it starts: the demo's own process id. The child asks the
+/// kernel to send it SIGTERM when that process dies (see [`end_with_demo`]).
+pub const DEMO_PID_ENV: &str = "KAKEHASHI_DEMO_PID";
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -349,7 +352,8 @@ address = "{admin}"           # Prometheus metrics at /metrics
     )
 }
 
-/// A child process that printed `READY <URL>`; killed and reaped when dropped.
+/// A child process that printed `READY <URL>`; killed and reaped when dropped, and ended by the
+/// kernel if the demo dies without dropping it (`kill -9`: see [`end_with_demo`]).
 struct Process {
     name: &'static str,
     child: Child,
@@ -374,11 +378,15 @@ impl Drop for Process {
 }
 
 /// Starts `kakehashi ARGS` and waits for its READY line (its logs go to our stderr).
+///
+/// Called on the main thread only: the kernel's parent-death signal fires when the thread that
+/// started the child ends, and the main thread lives as long as the demo.
 fn start(name: &'static str, args: &[&std::ffi::OsStr]) -> Result<Process> {
     let exe =
         std::env::current_exe().map_err(|e| Error::Refused(format!("cannot find my own binary: {e}")))?;
     let mut child = Command::new(exe)
         .args(args)
+        .env(DEMO_PID_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -587,4 +595,33 @@ Start the two processes by hand (each prints READY <URL> once it listens):
   kakehashi engine-sim --config {d}/engine.toml
   kakehashi gateway run --config {d}/gateway.toml"
     );
+}
+
+/// For `gateway run` and `engine-sim` started by the demo (`KAKEHASHI_DEMO_PID` set): end with
+/// the demo, however it ends. The kernel sends SIGTERM (so the gateway still shuts down
+/// gracefully and flushes its audit log) when the demo dies, even by `kill -9`, which would
+/// otherwise leave both children running and holding the demo's ports. Without `unsafe` there is
+/// no `pre_exec` to ask for it before `exec`, so the child asks itself, first thing, and then
+/// checks that its parent is still the demo: if the demo died before the request, nobody would
+/// send the signal, so the child exits at once.
+///
+/// Does nothing when the variable is not set (a gateway started by hand or by systemd).
+pub fn end_with_demo() -> std::result::Result<(), String> {
+    let Some(value) = std::env::var_os(DEMO_PID_ENV) else {
+        return Ok(());
+    };
+    let demo = value
+        .to_str()
+        .and_then(|v| v.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| format!("{DEMO_PID_ENV} is {value:?}, not a process id"))?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+        .map_err(|e| format!("cannot ask to end with the demo (prctl PR_SET_PDEATHSIG): {e}"))?;
+    if rustix::process::getppid() != Some(demo) {
+        return Err(format!(
+            "the demo that started this process (pid {}) has ended; not starting",
+            demo.as_raw_nonzero()
+        ));
+    }
+    Ok(())
 }

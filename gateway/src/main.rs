@@ -62,6 +62,14 @@ fn run_async<E: std::fmt::Display>(server: impl std::future::Future<Output = Res
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The two servers the demo starts end when the demo does.
+    if let Command::EngineSim(_) | Command::Gateway(kakehashi_gateway::run::GatewayCommand::Run(_)) =
+        &cli.command
+        && let Err(e) = demo::end_with_demo()
+    {
+        eprintln!("kakehashi: error: {e}");
+        return ExitCode::FAILURE;
+    }
     match cli.command {
         Command::Cert(cmd) => exit(cert_tool::cli::run(cmd)),
         Command::Demo(args) => exit(demo::run(&args)),
