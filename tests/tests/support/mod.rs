@@ -240,13 +240,18 @@ impl DemoPorts {
     /// Free ports on 127.0.0.1; WireGuard on `wg_host` (`0.0.0.0` for terminals in other
     /// network namespaces).
     pub fn new(wg_host: &str) -> DemoPorts {
-        let local = |port: u16| format!("127.0.0.1:{port}");
+        // All bound at once, then released: one port released before the next is chosen may be
+        // chosen again (a gateway whose EST listener has its API listener's address).
+        let tcp: Vec<_> = (0..4)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let local = |i: usize| tcp[i].local_addr().expect("a free port").to_string();
         DemoPorts {
-            listen: local(free_port()),
-            engine: local(free_port()),
-            admin: local(free_port()),
+            listen: local(0),
+            engine: local(1),
+            admin: local(2),
             wg: format!("{wg_host}:{}", free_udp_port()),
-            est: local(free_port()),
+            est: local(3),
         }
     }
 
