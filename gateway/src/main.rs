@@ -60,6 +60,14 @@ fn run_async<E: std::fmt::Display>(server: impl std::future::Future<Output = Res
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The two servers the demo starts end when the demo does.
+    if let Command::EngineSim(_) | Command::Gateway(cli::gateway::GatewayCommand::Run(_)) =
+        &cli.command
+        && let Err(e) = cli::demo::end_with_demo()
+    {
+        eprintln!("kakehashi: error: {e}");
+        return ExitCode::FAILURE;
+    }
     match cli.command {
         Command::Cert(cmd) => exit(cert_tool::cli::run(cmd)),
         Command::Demo(args) => exit(cli::demo::run(&args)),

@@ -16,6 +16,7 @@ mod e2e {
     mod gateway;
     mod inventory;
     mod journal_cli;
+    mod locator;
     mod pki;
     mod provision;
     mod wireguard;

@@ -6,14 +6,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use super::locator::ApplianceArgs;
 use crate::audit::{self, Record};
-use crate::store::{DataDirArgs, Result, StoreError};
+use crate::store::{Result, StoreError};
 
-/// `kakehashi audit [--data-dir DIR] COMMAND`.
+/// `kakehashi audit [--config FILE | --data-dir DIR] COMMAND`.
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     #[command(flatten)]
-    pub data: DataDirArgs,
+    pub appliance: ApplianceArgs,
     #[command(subcommand)]
     pub command: AuditCommand,
 }
@@ -36,7 +37,7 @@ pub enum AuditCommand {
 
 /// Runs one `audit` command.
 pub fn run(args: AuditArgs) -> Result<ExitCode> {
-    let dir = &args.data.data_dir;
+    let dir = &args.appliance.data_dir()?;
     match args.command {
         AuditCommand::Verify => {
             let report = audit::verify(dir)?;

@@ -38,6 +38,9 @@ const WG_NET: &str = "10.77.0.1/24";
 const WG_API_PORT: u16 = 8000;
 /// WireGuard's customary port, used when it is free.
 const WG_PORT: u16 = 51820;
+/// Set by the demo for each process it starts: the demo's own process id. The child asks the
+/// kernel to send it SIGTERM when that process dies (see [`end_with_demo`]).
+pub const DEMO_PID_ENV: &str = "KAKEHASHI_DEMO_PID";
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -349,7 +352,8 @@ address = "{admin}"           # Prometheus metrics at /metrics
     )
 }
 
-/// A child process that printed `READY <URL>`; killed and reaped when dropped.
+/// A child process that printed `READY <URL>`; killed and reaped when dropped, and ended by the
+/// kernel if the demo dies without dropping it (`kill -9`: see [`end_with_demo`]).
 struct Process {
     name: &'static str,
     child: Child,
@@ -374,11 +378,15 @@ impl Drop for Process {
 }
 
 /// Starts `kakehashi ARGS` and waits for its READY line (its logs go to our stderr).
+///
+/// Called on the main thread only: the kernel's parent-death signal fires when the thread that
+/// started the child ends, and the main thread lives as long as the demo.
 fn start(name: &'static str, args: &[&std::ffi::OsStr]) -> Result<Process> {
     let exe =
         std::env::current_exe().map_err(|e| Error::Refused(format!("cannot find my own binary: {e}")))?;
     let mut child = Command::new(exe)
         .args(args)
+        .env(DEMO_PID_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -445,8 +453,8 @@ Fetch a patient through the gateway as the terminal {TERMINAL:?}, signed in as {
   curl --cacert {d}/ca.pem --cert {d}/terminal.pem --key {d}/terminal.key -u '{user}' '{gw}/api01rv2/patientgetv2?id=1&format=json'
 
 Without -u the gateway answers 401; without --cert it refuses the TLS handshake. Then:
-  kakehashi audit export --data-dir {d}/data      every decision the gateway made
-  kakehashi terminal list --data-dir {d}/data     the inventory
+  kakehashi audit export --config {d}/gateway.toml      every decision the gateway made
+  kakehashi terminal list --config {d}/gateway.toml     the inventory
   curl {metrics}   the gateway's metrics
 
 Take the line down (the cloud stops answering), then read and write through the gateway:
@@ -454,8 +462,8 @@ Take the line down (the cloud stops answering), then read and write through the 
   curl ... '{gw}/api01rv2/patientgetv2?id=1&format=json'       from the cache, X-Hybridmode: emergency
   curl ... -H 'Content-Type: application/json' -d '{{\"acceptreq\":{{\"Patient_ID\":\"1\"}}}}' \\
        '{gw}/orca11/acceptmodv2?class=01&format=json'            journaled: Api_Result W90
-  kakehashi journal list --data-dir {d}/data      what waits for the cloud
-  kill -CONT $(cat {d}/engine.pid)                10 s later the journal drains, back to normal
+  kakehashi journal list --config {d}/gateway.toml      what waits for the cloud
+  kill -CONT $(cat {d}/engine.pid)                      10 s later the journal drains, back to normal
 {wireguard}{est}
 Ctrl-C stops both.",
         engine_url = engine.url,
@@ -539,7 +547,7 @@ fn est_walkthrough(dir: &Path, gateway: &str, user: &str) -> String {
     format!(
         "
 Enroll a new terminal in seconds (EST, RFC 7030), with openssl and curl only:
-  kakehashi terminal add tablet-2 --enroll --data-dir {d}/data        prints a one-time TOKEN
+  kakehashi terminal add tablet-2 --enroll --config {d}/gateway.toml        prints a one-time TOKEN
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout tablet-2.key \\
        -subj /CN=tablet-2 -outform DER | openssl base64 > tablet-2.csr.b64
   curl --cacert {d}/ca.pem -u tablet-2:TOKEN -H 'Content-Type: application/pkcs10' \\
@@ -587,4 +595,33 @@ Start the two processes by hand (each prints READY <URL> once it listens):
   kakehashi engine-sim --config {d}/engine.toml
   kakehashi gateway run --config {d}/gateway.toml"
     );
+}
+
+/// For `gateway run` and `engine-sim` started by the demo (`KAKEHASHI_DEMO_PID` set): end with
+/// the demo, however it ends. The kernel sends SIGTERM (so the gateway still shuts down
+/// gracefully and flushes its audit log) when the demo dies, even by `kill -9`, which would
+/// otherwise leave both children running and holding the demo's ports. Without `unsafe` there is
+/// no `pre_exec` to ask for it before `exec`, so the child asks itself, first thing, and then
+/// checks that its parent is still the demo: if the demo died before the request, nobody would
+/// send the signal, so the child exits at once.
+///
+/// Does nothing when the variable is not set (a gateway started by hand or by systemd).
+pub fn end_with_demo() -> std::result::Result<(), String> {
+    let Some(value) = std::env::var_os(DEMO_PID_ENV) else {
+        return Ok(());
+    };
+    let demo = value
+        .to_str()
+        .and_then(|v| v.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| format!("{DEMO_PID_ENV} is {value:?}, not a process id"))?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+        .map_err(|e| format!("cannot ask to end with the demo (prctl PR_SET_PDEATHSIG): {e}"))?;
+    if rustix::process::getppid() != Some(demo) {
+        return Err(format!(
+            "the demo that started this process (pid {}) has ended; not starting",
+            demo.as_raw_nonzero()
+        ));
+    }
+    Ok(())
 }

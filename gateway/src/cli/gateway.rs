@@ -5,18 +5,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::{Config, ListenerKind};
+use crate::cli::locator::ApplianceArgs;
+use crate::config::ListenerKind;
 use crate::daemon::gateway::{StartError, read_secret};
 use crate::doors::live::Snapshot;
 use crate::doors::tls::policy;
+use crate::store::StoreError;
 use crate::store::inventory::Inventory;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum GatewayCommand {
     /// Run the gateway (prints READY <URL> once it listens; SIGHUP reloads, SIGTERM stops)
-    Run(ConfigArg),
+    Run(ApplianceArgs),
     /// Check a configuration and every file it names, without starting anything
-    Check(ConfigArg),
+    Check(ApplianceArgs),
     /// Make this appliance's keys (device identity, issuing CA, TLS server, uplink, WireGuard) in
     /// a data directory, and the request file for the vendor (DIR/request.json)
     Init(InitArgs),
@@ -25,11 +27,12 @@ pub enum GatewayCommand {
     ImportBundle(ImportArgs),
 }
 
+/// `gateway init`: the data directory is created (0700); before the first bundle there is no
+/// configuration, so it is usually named with `--data-dir`.
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
-    /// The appliance's data directory (created 0700 if missing)
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/kakehashi")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub appliance: ApplianceArgs,
     /// The common name of the appliance's server and uplink requests
     #[arg(long, default_value = "kakehashi-gateway")]
     pub name: String,
@@ -46,9 +49,9 @@ pub struct InitArgs {
 pub struct ImportArgs {
     /// The bundle file (from `kakehashi provision bundle build`)
     pub file: PathBuf,
-    /// The appliance's data directory (made by `gateway init`)
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/kakehashi")]
-    pub data_dir: PathBuf,
+    /// The appliance (made by `gateway init`); the import writes DATA_DIR/gateway.toml
+    #[command(flatten)]
+    pub appliance: ApplianceArgs,
     /// On the first import when no vendor key is pinned: the fingerprint the vendor gave you;
     /// the bundle must be signed by it, and it is pinned
     #[arg(long, value_name = "FINGERPRINT")]
@@ -58,34 +61,28 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct ConfigArg {
-    /// The configuration file (TOML; see docs/configuration.md)
-    #[arg(long, env = "KAKEHASHI_CONFIG", default_value = "/etc/kakehashi/gateway.toml")]
-    pub config: PathBuf,
-}
-
 /// Runs `gateway run` or `gateway check`.
 pub fn run(cmd: GatewayCommand) -> Result<ExitCode, StartError> {
     match cmd {
-        GatewayCommand::Check(args) => check(&args.config),
+        GatewayCommand::Check(args) => check(&args),
         GatewayCommand::Init(args) => init(&args),
         GatewayCommand::ImportBundle(args) => import_bundle(&args),
         GatewayCommand::Run(args) => {
-            crate::daemon::run(Config::load(&args.config)?)?;
+            crate::daemon::run(args.load("gateway run").map_err(StoreError::from)?)?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 fn init(args: &InitArgs) -> Result<ExitCode, StartError> {
-    let request = crate::appliance::init::init(&args.data_dir, &args.name, args.vendor_key.as_deref())?;
-    let layout = crate::appliance::Layout::new(&args.data_dir);
+    let data_dir = args.appliance.data_dir().map_err(StoreError::from)?;
+    let request = crate::appliance::init::init(&data_dir, &args.name, args.vendor_key.as_deref())?;
+    let layout = crate::appliance::Layout::new(&data_dir);
     if args.json {
         print!("{}", request.to_json());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Initialized the appliance in {}.", args.data_dir.display());
+    println!("Initialized the appliance in {}.", data_dir.display());
     println!("  device identity     {}", request.appliance);
     println!("  WireGuard key       {}", request.wireguard_public_key);
     match &request.vendor_key {
@@ -98,13 +95,14 @@ fn init(args: &InitArgs) -> Result<ExitCode, StartError> {
     );
     println!(
         "  kakehashi gateway import-bundle BUNDLE --data-dir {}",
-        args.data_dir.display()
+        data_dir.display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn import_bundle(args: &ImportArgs) -> Result<ExitCode, StartError> {
-    let report = crate::appliance::import::import(&args.data_dir, &args.file, args.trust_vendor.as_deref())?;
+    let data_dir = args.appliance.data_dir().map_err(StoreError::from)?;
+    let report = crate::appliance::import::import(&data_dir, &args.file, args.trust_vendor.as_deref())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
@@ -133,7 +131,19 @@ fn import_bundle(args: &ImportArgs) -> Result<ExitCode, StartError> {
             println!("  {what}: {}", list.join(", "));
         }
     }
-    let config = crate::appliance::Layout::new(&args.data_dir).config();
+    let config = crate::appliance::Layout::new(&data_dir).config();
+    // The data directory came from another configuration file than the one the import writes:
+    // that file, which a gateway may be running with, is not changed.
+    if args.appliance.data_dir.is_none()
+        && !crate::cli::locator::same_path(args.appliance.config_file(), &config)
+    {
+        println!(
+            "Note: the bundle's settings are in {}; {} (which named this data directory) is not \
+             changed: a gateway run with it does not see new settings",
+            config.display(),
+            args.appliance.config_file().display()
+        );
+    }
     if report.previous_version.is_none() {
         println!(
             "Start the gateway: kakehashi gateway run --config {}",
@@ -150,8 +160,9 @@ fn import_bundle(args: &ImportArgs) -> Result<ExitCode, StartError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(path: &std::path::Path) -> Result<ExitCode, StartError> {
-    let config = Config::load(path)?;
+fn check(args: &ApplianceArgs) -> Result<ExitCode, StartError> {
+    let config = args.load("gateway check").map_err(StoreError::from)?;
+    let path = &config.source;
     let inventory = if config.data_dir.join(crate::store::GATEWAY_DB).exists() {
         Arc::new(Inventory::load(&crate::store::open(&config.data_dir)?)?)
     } else {

@@ -20,7 +20,8 @@ use engine_proxy::journal::{self, Entry, State, operator};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
 
-use crate::store::{DataDirArgs, Result, StoreError};
+use super::locator::ApplianceArgs;
+use crate::store::{Result, StoreError};
 
 /// What a running gateway does with an entry put back in line.
 const RETRY_HINT: &str = "a running gateway sends it to the cloud within about a second once the cloud is up; \
@@ -29,11 +30,11 @@ const RETRY_HINT: &str = "a running gateway sends it to the cloud within about a
 /// How much of a last error a listing shows; `journal show` has all of it.
 const ERROR_WIDTH: usize = 100;
 
-/// `kakehashi journal [--data-dir DIR] COMMAND`.
+/// `kakehashi journal [--config FILE | --data-dir DIR] COMMAND`.
 #[derive(Debug, Args)]
 pub struct JournalArgs {
     #[command(flatten)]
-    pub data: DataDirArgs,
+    pub appliance: ApplianceArgs,
     #[command(subcommand)]
     pub command: JournalCommand,
 }
@@ -110,7 +111,7 @@ impl From<StateArg> for State {
 
 /// Runs one `journal` command.
 pub fn run(args: JournalArgs) -> Result<ExitCode> {
-    let (mut conn, path) = open(&args.data.data_dir)?;
+    let (mut conn, path) = open(&args.appliance.data_dir()?)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.command {

@@ -1,16 +1,19 @@
 //! The command lines of the appliance: `kakehashi gateway`, `terminal`, `user`, `audit`,
-//! `journal` and `demo`, one file each.
+//! `journal` and `demo`, a file each.
 //!
-//! Every state command takes `--data-dir DIR` (or `KAKEHASHI_DATA_DIR`; default
-//! `/var/lib/kakehashi`), before or after the subcommand. Exit codes: 0 done; 1 refused or
-//! failed, with one line `kakehashi: error: …` on stderr saying why, and nothing changed. Asking
-//! for a state that already holds (disable a disabled terminal, lock a locked user) is refused the
-//! same way, so that a script learns its picture of the appliance was wrong.
+//! Every appliance command finds the appliance the same way ([`locator`]): `--config FILE` (or
+//! `KAKEHASHI_CONFIG`; default `/etc/kakehashi/gateway.toml`) and its `data_dir`, or
+//! `--data-dir DIR` (or `KAKEHASHI_DATA_DIR`) instead, before or after the subcommand. Exit
+//! codes: 0 done; 1 refused or failed, with one line `kakehashi: error: …` on stderr saying why,
+//! and nothing changed. Asking for a state that
+//! already holds (disable a disabled terminal, lock a locked user) is refused the same way, so
+//! that a script learns its picture of the appliance was wrong.
 
 pub mod audit;
 pub mod demo;
 pub mod gateway;
 pub mod journal;
+pub mod locator;
 pub mod terminal;
 pub mod user;
 

@@ -5,7 +5,7 @@
 //! QR code, never into the gateway's state.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cert_tool::files::{self, Staged};
@@ -13,9 +13,10 @@ use clap::{Args, Subcommand};
 use rusqlite::Connection;
 use zeroize::Zeroizing;
 
+use super::locator::ApplianceArgs;
 use super::{or_dash, to_json};
 use crate::config::{Config, WireGuard};
-use crate::store::{self, DATA_DIR_ENV, DEFAULT_DATA_DIR, Result, StoreError};
+use crate::store::{self, Result, StoreError};
 use crate::store::inventory::{self, Enroll, Inventory, Registration, WireGuardPeer};
 use crate::doors::wireguard::keys::{self, Secret};
 use provisioning_shared::wireguard::{Qr, TerminalConfig};
@@ -24,13 +25,14 @@ use provisioning_shared::wireguard::{Qr, TerminalConfig};
 const RELOAD_HINT: &str =
     "a running gateway picks this up on SIGHUP: `systemctl reload kakehashi` or `kill -HUP <pid>`";
 
-/// `kakehashi terminal [--data-dir DIR] COMMAND`.
+/// `kakehashi terminal [--config FILE | --data-dir DIR] COMMAND`.
+///
+/// `revoke`, `add --wireguard` and `wireguard` also use the configuration's `[est]` CA,
+/// `tls.crl` or `[wireguard]` section: the same `--config`, loaded whole.
 #[derive(Debug, Args)]
 pub struct TerminalArgs {
-    /// The appliance's data directory (created with mode 0700 if missing) [default:
-    /// /var/lib/kakehashi; with --wireguard, the configuration's data_dir]
-    #[arg(long, value_name = "DIR", env = DATA_DIR_ENV, global = true)]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub appliance: ApplianceArgs,
     #[command(subcommand)]
     pub command: TerminalCommand,
 }
@@ -92,36 +94,20 @@ pub enum TerminalCommand {
     Enable { name: String },
     /// Remove a terminal from the inventory (revoke its certificate too)
     Remove { name: String },
-    /// Revoke a terminal at once: its certificates in the clinic CA ([est] ca_dir), a new CRL
-    /// written to tls.crl, and the terminal disabled in the inventory
+    /// Revoke a terminal at once: its certificates in the clinic CA ([est] ca_dir of --config),
+    /// a new CRL written to tls.crl, and the terminal disabled in the inventory
     Revoke {
         name: String,
         /// Why, for the CRL
         #[arg(long, value_enum, default_value = "key-compromise")]
         reason: cert_tool::index::Reason,
-        /// The gateway's configuration: its [est] section (the CA), tls.crl and data_dir
-        #[arg(
-            long,
-            value_name = "FILE",
-            env = "KAKEHASHI_CONFIG",
-            default_value = "/etc/kakehashi/gateway.toml"
-        )]
-        config: PathBuf,
     },
 }
 
-/// Where a WireGuard terminal's settings come from and where its config goes.
+/// Where a WireGuard terminal's config goes. Its settings (network, endpoint, MTU, keepalive,
+/// the gateway's key) come from the `[wireguard]` section of `--config`.
 #[derive(Debug, Args)]
 pub struct WireGuardArgs {
-    /// The gateway's configuration: its [wireguard] section (network, endpoint, MTU, keepalive,
-    /// the gateway's key) and data_dir
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "KAKEHASHI_CONFIG",
-        default_value = "/etc/kakehashi/gateway.toml"
-    )]
-    pub config: PathBuf,
     /// Where to write the terminal's wg-quick config (mode 0600; never overwritten) [default:
     /// NAME-wg.conf]
     #[arg(long, value_name = "FILE")]
@@ -171,9 +157,9 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
                 ));
             }
             let name = name.or(name_option).unwrap_or_default();
-            return enroll(args.data_dir, &name, token_hours, json);
+            return enroll(&args.appliance, &name, token_hours, json);
         }
-        TerminalCommand::Revoke { name, reason, config } => revoke(args.data_dir, &name, reason, &config)?,
+        TerminalCommand::Revoke { name, reason } => revoke(&args.appliance, &name, reason)?,
         TerminalCommand::Add {
             name,
             name_option,
@@ -182,14 +168,14 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
             wg,
             ..
         } => wireguard(
-            args.data_dir,
+            &args.appliance,
             &name.or(name_option).unwrap_or_default(),
             Enroll::New {
                 note: note.as_deref(),
             },
             &wg,
         )?,
-        TerminalCommand::WireGuard { name, wg } => wireguard(args.data_dir, &name, Enroll::Existing, &wg)?,
+        TerminalCommand::WireGuard { name, wg } => wireguard(&args.appliance, &name, Enroll::Existing, &wg)?,
         TerminalCommand::Add {
             name,
             name_option,
@@ -204,30 +190,30 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
                     "--out, --qr-png and --no-psk go with --wireguard".into(),
                 ));
             }
-            inventory::add(&open(args.data_dir)?, &name, note.as_deref())?;
+            inventory::add(&open(&args.appliance)?, &name, note.as_deref())?;
             format!("registered terminal {name} (enabled)")
         }
         TerminalCommand::Disable { name } => {
-            inventory::set_enabled(&open(args.data_dir)?, &name, false)?;
+            inventory::set_enabled(&open(&args.appliance)?, &name, false)?;
             format!("disabled terminal {name}: its connections are refused")
         }
         TerminalCommand::Enable { name } => {
-            inventory::set_enabled(&open(args.data_dir)?, &name, true)?;
+            inventory::set_enabled(&open(&args.appliance)?, &name, true)?;
             format!("enabled terminal {name}")
         }
         TerminalCommand::Remove { name } => {
-            inventory::remove(&open(args.data_dir)?, &name)?;
+            inventory::remove(&open(&args.appliance)?, &name)?;
             format!(
                 "removed terminal {name}; revoke its certificate too: \
                  `kakehashi cert revoke --dir CA --name {name}`"
             )
         }
         TerminalCommand::List { json } => {
-            list(&Inventory::load(&open(args.data_dir)?)?, json)?;
+            list(&Inventory::load(&open(&args.appliance)?)?, json)?;
             return Ok(ExitCode::SUCCESS);
         }
         TerminalCommand::Tokens { json } => {
-            tokens(&crate::store::tokens::list(&open(args.data_dir)?)?, json)?;
+            tokens(&crate::store::tokens::list(&open(&args.appliance)?)?, json)?;
             return Ok(ExitCode::SUCCESS);
         }
     };
@@ -237,8 +223,8 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
 }
 
 /// `terminal add NAME --enroll`: a one-time token, printed once.
-fn enroll(data_dir: Option<PathBuf>, name: &str, hours: u32, json: bool) -> Result<ExitCode> {
-    let issued = crate::store::tokens::create(&open(data_dir)?, name, hours)?;
+fn enroll(appliance: &ApplianceArgs, name: &str, hours: u32, json: bool) -> Result<ExitCode> {
+    let issued = crate::store::tokens::create(&open(appliance)?, name, hours)?;
     let expires = cert_tool::ca::rfc3339(issued.expires);
     if json {
         let value = serde_json::json!({
@@ -272,26 +258,14 @@ fn enroll(data_dir: Option<PathBuf>, name: &str, hours: u32, json: bool) -> Resu
 
 /// `terminal revoke NAME`: the CA first (the CRL is what the listeners enforce), then the
 /// inventory, so a failure half-way leaves the terminal refused rather than admitted.
-fn revoke(
-    data_dir: Option<PathBuf>,
-    name: &str,
-    reason: cert_tool::index::Reason,
-    path: &Path,
-) -> Result<String> {
-    let config = Config::load(path)?;
-    if let Some(given) = &data_dir
-        && !same_dir(given, &config.data_dir)
-    {
-        return Err(StoreError::Invalid(format!(
-            "--data-dir (or {DATA_DIR_ENV}) is {}, but {} says data_dir = {}: leave --data-dir out",
-            given.display(),
-            path.display(),
-            config.data_dir.display()
-        )));
-    }
+fn revoke(appliance: &ApplianceArgs, name: &str, reason: cert_tool::index::Reason) -> Result<String> {
+    let config = appliance.load("its [est] section, the CA, and tls.crl")?;
+    let path = &config.source;
     let authority = crate::est::authority::Authority::from_config(&config).ok_or_else(|| {
         StoreError::Invalid(format!(
-            "{}: no [est] section, so this appliance has no CA to revoke with: revoke with              `kakehashi cert revoke --dir CA --name {name}` and publish the CRL, or use              `kakehashi terminal disable {name}`",
+            "{}: no [est] section, so this appliance has no CA to revoke with: revoke with \
+             `kakehashi cert revoke --dir CA --name {name}` and publish the CRL, or use \
+             `kakehashi terminal disable {name}`",
             path.display()
         ))
     })?;
@@ -321,34 +295,23 @@ fn revoke(
     Ok(done.join("\n"))
 }
 
-/// `gateway.db` in `--data-dir`, or in the default data directory.
-fn open(data_dir: Option<PathBuf>) -> Result<Connection> {
-    store::open(&data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()))
+/// `gateway.db` in the appliance's data directory (see [`super::locator`]).
+fn open(appliance: &ApplianceArgs) -> Result<Connection> {
+    store::open(&appliance.data_dir()?)
 }
 
 /// `terminal add --wireguard` and `terminal wireguard`: everything is checked before anything is
 /// written (the configuration, the data directory, the output files), then [`enroll_wireguard`]
 /// does the work; prints the QR code and returns what changed.
-fn wireguard(data_dir: Option<PathBuf>, name: &str, how: Enroll<'_>, args: &WireGuardArgs) -> Result<String> {
-    let config = Config::load(&args.config)?;
+fn wireguard(appliance: &ApplianceArgs, name: &str, how: Enroll<'_>, args: &WireGuardArgs) -> Result<String> {
+    let config = appliance.load("its [wireguard] section")?;
     let wg = config.wireguard.as_ref().ok_or_else(|| {
         StoreError::Invalid(format!(
-            "{}: no [wireguard] section: add one (see docs/configuration.md) to give terminals \
+            "{}: no [wireguard] section: add one (see the README, gateway.toml) to give terminals \
              WireGuard configs",
-            args.config.display()
+            config.source.display()
         ))
     })?;
-    if let Some(given) = &data_dir
-        && !same_dir(given, &config.data_dir)
-    {
-        return Err(StoreError::Invalid(format!(
-            "--data-dir (or {DATA_DIR_ENV}) is {}, but {} says data_dir = {}: a WireGuard terminal \
-             is registered where that gateway looks; leave --data-dir out",
-            given.display(),
-            args.config.display(),
-            config.data_dir.display()
-        )));
-    }
     let endpoint = endpoint(&config, wg)?;
     let outputs = Outputs {
         config: args
@@ -400,14 +363,6 @@ fn endpoint(config: &Config, wg: &WireGuard) -> Result<String> {
         )));
     }
     Ok(config.wireguard_endpoint().unwrap_or_default())
-}
-
-/// Whether two spellings name the same directory (one may not exist yet).
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
 }
 
 /// Refuses to overwrite a file: a config in place may be the only copy of another terminal's key.

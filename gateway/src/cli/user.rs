@@ -11,18 +11,19 @@ use cert_tool::keys::Passphrase;
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
+use super::locator::ApplianceArgs;
 use super::{or_dash, to_json};
-use crate::store::{self, DataDirArgs, Result, StoreError};
+use crate::store::{self, Result, StoreError};
 use crate::store::users::{self, Credential};
 
 /// The environment variable that may hold a new password (for scripts; a file is safer).
 pub const PASSWORD_ENV: &str = "KAKEHASHI_USER_PASSWORD";
 
-/// `kakehashi user [--data-dir DIR] COMMAND`.
+/// `kakehashi user [--config FILE | --data-dir DIR] COMMAND`.
 #[derive(Debug, Args)]
 pub struct UserArgs {
     #[command(flatten)]
-    pub data: DataDirArgs,
+    pub appliance: ApplianceArgs,
     #[command(subcommand)]
     pub command: UserCommand,
 }
@@ -118,7 +119,7 @@ impl UpstreamArgs {
 
 /// Runs one `user` command.
 pub fn run(args: UserArgs) -> Result<ExitCode> {
-    let conn = store::open(&args.data.data_dir)?;
+    let conn = store::open(&args.appliance.data_dir()?)?;
     let changed = match args.command {
         UserCommand::Add {
             id,

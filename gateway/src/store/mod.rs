@@ -17,9 +17,8 @@ use std::path::{Path, PathBuf};
 use engine_proxy::sqlite::{DbError, Durability};
 use rusqlite::Connection;
 
-/// The data directory when neither `--data-dir` nor `KAKEHASHI_DATA_DIR` says otherwise.
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/kakehashi";
-/// The environment variable naming the data directory (set by the systemd unit, tests and scripts).
+/// The environment variable naming the data directory instead of the configuration's `data_dir`
+/// (see [`crate::cli::locator`]; for tests and scripts).
 pub const DATA_DIR_ENV: &str = "KAKEHASHI_DATA_DIR";
 /// The inventory and users database inside the data directory.
 pub const GATEWAY_DB: &str = "gateway.db";
@@ -154,6 +153,9 @@ pub enum StoreError {
     /// `gateway.toml` could not be read or is not valid (the message names the file and key).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The appliance could not be found from `--config` and `--data-dir`.
+    #[error(transparent)]
+    Locate(#[from] crate::cli::locator::LocateError),
     /// Enabling an enabled terminal, or disabling a disabled one.
     #[error("terminal {name:?} is already {state}; nothing changed")]
     TerminalAlready { name: String, state: &'static str },
@@ -195,11 +197,12 @@ pub enum StoreError {
     #[error("the audit log writer has stopped; entries can no longer be recorded")]
     AuditStopped,
 
-    /// `journal.db` is not in the data directory: a wrong `--data-dir`, or no gateway with a
-    /// local journal has run there. Reported as such rather than as a damaged database.
+    /// `journal.db` is not in the data directory: a wrong `--config` or `--data-dir`, or no
+    /// gateway with a local journal has run there. Reported as such rather than as a damaged
+    /// database.
     #[error(
         "{}: no such file: no gateway with a local journal has run on this data directory \
-         (is --data-dir right?)",
+         (are --config and --data-dir right?)",
         path.display()
     )]
     NoJournal { path: PathBuf },
@@ -285,14 +288,6 @@ impl StoreError {
             _ => StoreError::Sqlite { path, what, source },
         }
     }
-}
-
-/// The `--data-dir` option every command that touches the appliance's state takes.
-#[derive(Clone, Debug, clap::Args)]
-pub struct DataDirArgs {
-    /// The appliance's data directory (created with mode 0700 if missing)
-    #[arg(long, value_name = "DIR", env = DATA_DIR_ENV, default_value = DEFAULT_DATA_DIR, global = true)]
-    pub data_dir: PathBuf,
 }
 
 /// Opens (creating if needed) `DATA_DIR/gateway.db` with the current schema.

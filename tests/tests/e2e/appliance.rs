@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::e2e::est;
-use crate::e2e::gateway::free_port;
 use crate::support::*;
 
 const ENGINE_HOST: &str = "engine.clinic-one.test";
@@ -47,7 +46,7 @@ impl World {
                 "--est-listen",
                 &format!("127.0.0.1:{}", free_port()),
                 "--wg-listen",
-                &format!("127.0.0.1:{}", crate::e2e::gateway::free_udp_port()),
+                &format!("127.0.0.1:{}", free_udp_port()),
             ],
         )
         .ok();
@@ -61,7 +60,7 @@ impl World {
             passphrase,
             gateway_port: free_port(),
             est_port: free_port(),
-            wg_port: crate::e2e::gateway::free_udp_port(),
+            wg_port: free_udp_port(),
             tmp,
         };
         w.provision(&["vendor", "init"]).ok();
@@ -434,8 +433,18 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     w.provision(&["terminal", "revoke", "--clinic", "c1", "--name", "reception-1"])
         .ok();
     let b3 = w.build("c1", "b3.bundle");
-    let out = w.import(&b3, &[]).ok();
+    // Found by its configuration this time, as the systemd unit's KAKEHASHI_CONFIG names it.
+    let config = w.appliance.join("gateway.toml");
+    let out = kakehashi_env(
+        &["gateway", "import-bundle", s(&b3)],
+        &[("KAKEHASHI_CONFIG", s(&config))],
+    )
+    .ok();
     assert!(out.contains("version 3 (was 2)"), "{out}");
+    assert!(
+        !out.contains("Note:"),
+        "the configuration is the one the import writes: {out}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let (status, _) = w.curl("c1", &p12_auth, "/api01rv2/patientgetv2?id=1");

@@ -138,28 +138,9 @@ fn demo_setup_only_leaves_a_working_clinic_and_can_run_again() {
 fn demo_runs_the_cloud_and_the_gateway_and_its_curl_command_fetches_a_patient() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let port = |_| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .to_string()
-    };
-    let (listen, engine, admin) = (port(0), port(1), port(2));
-    let wg = format!("127.0.0.1:{}", super::gateway::free_udp_port());
-    let mut demo = Server::start(&[
-        "demo",
-        "--dir",
-        s(&dir),
-        "--listen",
-        &listen,
-        "--engine-listen",
-        &engine,
-        "--admin-listen",
-        &admin,
-        "--wg-listen",
-        &wg,
-    ]);
-    assert_eq!(demo.url, format!("https://{listen}"));
+    let ports = DemoPorts::new("127.0.0.1");
+    let mut demo = start_demo(&dir, &ports);
+    assert_eq!(demo.url, format!("https://{}", ports.listen));
     let user = std::fs::read_to_string(dir.join("user.txt")).unwrap();
     let d = s(&dir);
     let out = sh(&format!(
@@ -171,14 +152,99 @@ fn demo_runs_the_cloud_and_the_gateway_and_its_curl_command_fetches_a_patient() 
     assert!(out.contains("\"Patient_ID\":\"1\""), "{out}");
     // SIGTERM stops both children, gracefully (the gateway flushes its audit log).
     sh(&format!("kill -TERM {}", demo.pid())).ok();
+    wait_until_closed(&ports);
+    demo.kill();
+    sh(&format!("kakehashi audit verify --config {d}/gateway.toml")).ok();
+}
+
+/// `kill -9` of the demo leaves nothing behind: the kernel ends its cloud engine and gateway
+/// (the parent-death signal they asked for), so the ports are free and the same demo starts
+/// again at once instead of failing with "Address already in use".
+#[test]
+fn killing_the_demo_ends_its_children_and_frees_its_ports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let ports = DemoPorts::new("127.0.0.1");
+    let mut demo = start_demo(&dir, &ports);
+    let children = children_of(demo.pid());
+    assert_eq!(
+        children.len(),
+        2,
+        "the demo runs engine-sim and the gateway: {children:?}"
+    );
+    let engine: u32 = std::fs::read_to_string(dir.join("engine.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(children.contains(&engine), "{children:?} {engine}");
+
+    demo.kill();
     let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(&listen).is_ok() || std::net::TcpStream::connect(&engine).is_ok() {
+    while children.iter().any(|&pid| running(pid)) {
         assert!(
             started.elapsed() < std::time::Duration::from_secs(10),
-            "still listening"
+            "the demo's children outlived it: {:?}",
+            children.iter().filter(|&&p| running(p)).collect::<Vec<_>>()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    demo.kill();
-    sh(&format!("kakehashi audit verify --data-dir {d}/data")).ok();
+    wait_until_closed(&ports);
+    // The same ports, the same clinic: a second demo starts.
+    let mut again = start_demo(&dir, &ports);
+    assert_eq!(again.url, format!("https://{}", ports.listen));
+    sh(&format!("kill -TERM {}", again.pid())).ok();
+    wait_until_closed(&ports);
+    again.kill();
+}
+
+fn start_demo(dir: &std::path::Path, ports: &DemoPorts) -> Server {
+    let mut args = vec!["demo", "--dir", s(dir)];
+    args.extend(ports.args());
+    Server::start(&args)
+}
+
+/// Waits until nothing accepts connections on the demo's TCP ports any more.
+fn wait_until_closed(ports: &DemoPorts) {
+    let started = std::time::Instant::now();
+    let open = || {
+        [&ports.listen, &ports.engine, &ports.admin, &ports.est]
+            .into_iter()
+            .filter(|a| std::net::TcpStream::connect(a.as_str()).is_ok())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    while !open().is_empty() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "still listening: {:?}",
+            open()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The process ids whose parent is `pid` (from /proc/PID/stat: "PID (COMM) STATE PPID ...").
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| stat(p).is_some_and(|(_, ppid)| ppid == pid))
+        .collect()
+}
+
+/// Whether `pid` is still a live process (a zombie waiting for a reaper has ended).
+fn running(pid: u32) -> bool {
+    stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// A process's state letter and parent id.
+fn stat(pid: u32) -> Option<(char, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields follow the last ')'.
+    let mut fields = text[text.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use super::gateway::{Clinic, PATIENT, free_port, free_udp_port};
+use super::gateway::{Clinic, PATIENT};
 use crate::support::*;
 
 /// Quick return after an outage, so the tests do not wait out the production default.
@@ -463,13 +463,10 @@ impl Drop for SmallDisk {
 fn a_full_disk_refuses_writes_clearly_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let clinic_dir = dir.path().join("clinic");
-    let port = free_port();
     sh(&format!(
-        "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{port} --admin-listen 127.0.0.1:{} --wg-listen 127.0.0.1:{}",
+        "kakehashi demo --setup-only --dir {} {}",
         s(&clinic_dir),
-        free_port(),
-        free_port(),
-        free_udp_port()
+        DemoPorts::new("127.0.0.1").line()
     ))
     .ok();
     let disk = SmallDisk::over(&clinic_dir.join("data"));

@@ -8,23 +8,6 @@ use crate::support::*;
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
 
-/// A free loopback port (bound and released: good enough for tests on one machine).
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A free loopback UDP port, for the WireGuard listener: clinics started in parallel must not all
-/// get the demo's preferred 51820.
-pub(crate) fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port()
-}
-
 /// A demo clinic with its cloud engine and gateway running.
 pub(crate) struct Clinic {
     pub(crate) dir: tempfile::TempDir,
@@ -53,13 +36,9 @@ impl Clinic {
     pub(crate) fn setup(wg_host: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         sh(&format!(
-            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} --admin-listen 127.0.0.1:{} --wg-listen {wg_host}:{} --est-listen 127.0.0.1:{}",
+            "kakehashi demo --setup-only --dir {} {}",
             s(&dir.path().join("clinic")),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_udp_port(),
-            free_port(),
+            DemoPorts::new(wg_host).line()
         ))
         .ok();
         dir

@@ -176,7 +176,9 @@ fn the_data_dir_comes_from_the_environment_too() {
     assert!(a.k("terminal list").ok().contains("env-terminal"));
     let help = kakehashi(&["terminal", "--help"]).ok();
     assert!(
-        help.contains("KAKEHASHI_DATA_DIR") && help.contains("/var/lib/kakehashi"),
+        help.contains("KAKEHASHI_DATA_DIR")
+            && help.contains("KAKEHASHI_CONFIG")
+            && help.contains("/etc/kakehashi/gateway.toml"),
         "{help}"
     );
 }

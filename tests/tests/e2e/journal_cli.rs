@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use crate::support::*;
 
-const RECEPTION: &str = "/orca11/acceptmodv2?class=01&format=json";
-const RECEPTION_BODY: &str =
+pub(crate) const RECEPTION: &str = "/orca11/acceptmodv2?class=01&format=json";
+pub(crate) const RECEPTION_BODY: &str =
     r#"{"acceptreq":{"Patient_ID":"2","Department_Code":"01","Physician_Code":"10001"}}"#;
 const APPOINTMENT: &str = "/orca14/appointmodv2?class=01&format=json";
 const REFUSED_ANSWER: &str =
@@ -23,7 +23,13 @@ const BINARY_BODY: &[u8] = &[0xff, 0x00, 0x1b, b'[', b'2', b'J', 0x80];
 /// UTF-8, but with an escape sequence (clear the screen) that must not reach it either.
 const ESCAPING_ANSWER: &[u8] = b"\x1b[2Jrefused";
 
-fn write_entry(path: &str, body: &[u8], key: &str, terminal: Option<&str>, user: Option<&str>) -> NewEntry {
+pub(crate) fn write_entry(
+    path: &str,
+    body: &[u8],
+    key: &str,
+    terminal: Option<&str>,
+    user: Option<&str>,
+) -> NewEntry {
     NewEntry {
         terminal: terminal.map(str::to_owned),
         user: user.map(str::to_owned),
@@ -46,7 +52,7 @@ fn refused(status: u16, api_result: Option<&str>, answer: &[u8], reason: &str) -
 
 /// Appends `entries` to `DIR/journal.db` through the gateway's journal and settles each as given
 /// (`None`: left pending, never tried). Returns their ids.
-fn fill(dir: &Path, entries: Vec<(NewEntry, Option<Settlement>)>) -> Vec<u64> {
+pub(crate) fn fill(dir: &Path, entries: Vec<(NewEntry, Option<Settlement>)>) -> Vec<u64> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -566,7 +572,7 @@ fn a_missing_or_damaged_journal_is_named_and_left_alone() {
     ] {
         let run = journal(dir, cmd).fails_with(&[
             &format!("{}/journal.db: no such file", s(dir)),
-            "is --data-dir right?",
+            "are --config and --data-dir right?",
         ]);
         assert_eq!(run.stdout, "", "{cmd}");
     }
@@ -624,13 +630,6 @@ fn help_lists_journal_and_its_commands() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The promise `retry` prints: a running gateway, idle with nothing pending, notices an entry put
 /// back in line and hands it to the cloud engine, which takes it.
 #[test]
@@ -638,13 +637,9 @@ fn a_running_gateway_hands_a_retried_entry_to_the_cloud() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let clinic = tmp.path().join("clinic");
     sh(&format!(
-        "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} \
-         --admin-listen 127.0.0.1:{} --wg-listen 127.0.0.1:{}",
+        "kakehashi demo --setup-only --dir {} {}",
         s(&clinic),
-        free_port(),
-        free_port(),
-        free_port(),
-        super::gateway::free_udp_port()
+        DemoPorts::new("127.0.0.1").line()
     ))
     .ok();
     let data = clinic.join("data");

@@ -297,7 +297,7 @@ fn a_disabled_terminal_is_cut_off_after_sighup_and_a_roaming_one_keeps_its_sessi
         .stdout
         .trim()
         .to_owned();
-    let new_port = super::gateway::free_udp_port().to_string();
+    let new_port = free_udp_port().to_string();
     run(&format!("ip netns exec {ns} wg set {ns} listen-port {new_port}"));
     assert_ne!(before, new_port);
     let (status, _) = t.curl(&["-u", &clinic.user], &patient_url(TUNNEL));

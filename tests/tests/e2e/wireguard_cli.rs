@@ -5,7 +5,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::gateway::{free_port, free_udp_port};
 use crate::support::*;
 
 /// The public key `wg pubkey` derives from a private key.
@@ -36,13 +35,9 @@ impl Clinic {
     fn new() -> Clinic {
         let tmp = tempfile::tempdir().expect("tempdir");
         sh(&format!(
-            "kakehashi demo --setup-only --dir {} --listen 127.0.0.1:{} --engine-listen 127.0.0.1:{} \
-             --admin-listen 127.0.0.1:{} --wg-listen 127.0.0.1:{}",
+            "kakehashi demo --setup-only --dir {} {}",
             s(&tmp.path().join("clinic")),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_udp_port()
+            DemoPorts::new("127.0.0.1").line()
         ))
         .ok();
         Clinic { tmp }

@@ -111,8 +111,8 @@ impl Run {
     }
 }
 
-/// Runs `kakehashi ARGS` with no terminal on stdin and no passphrase, password or data directory
-/// in the environment.
+/// Runs `kakehashi ARGS` with no terminal on stdin and no passphrase, password, configuration or
+/// data directory in the environment.
 pub fn kakehashi(args: &[&str]) -> Run {
     kakehashi_env(args, &[])
 }
@@ -124,7 +124,8 @@ pub fn kakehashi_env(args: &[&str], env: &[(&str, &str)]) -> Run {
         .stdin(Stdio::null())
         .env_remove("KAKEHASHI_CA_PASSPHRASE")
         .env_remove("KAKEHASHI_USER_PASSWORD")
-        .env_remove("KAKEHASHI_DATA_DIR");
+        .env_remove("KAKEHASHI_DATA_DIR")
+        .env_remove("KAKEHASHI_CONFIG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -209,6 +210,66 @@ pub fn write(path: &Path, data: impl AsRef<[u8]>) {
 /// A path as &str (test paths are always UTF-8).
 pub fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
+}
+
+/// A free loopback TCP port (bound and released: good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A free loopback UDP port, for the WireGuard listener: clinics started in parallel must not all
+/// get the demo's preferred 51820.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
+}
+
+/// Every address `kakehashi demo` listens on, each a free port chosen here: no test depends on
+/// the demo's defaults (8443, 8444, 9090, 18000, 51820) being free on the machine.
+pub struct DemoPorts {
+    pub listen: String,
+    pub engine: String,
+    pub admin: String,
+    pub wg: String,
+    pub est: String,
+}
+
+impl DemoPorts {
+    /// Free ports on 127.0.0.1; WireGuard on `wg_host` (`0.0.0.0` for terminals in other
+    /// network namespaces).
+    pub fn new(wg_host: &str) -> DemoPorts {
+        // All bound at once, then released: one port released before the next is chosen may be
+        // chosen again (a gateway whose EST listener has its API listener's address).
+        let tcp: Vec<_> = (0..4)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let local = |i: usize| tcp[i].local_addr().expect("a free port").to_string();
+        DemoPorts {
+            listen: local(0),
+            engine: local(1),
+            admin: local(2),
+            wg: format!("{wg_host}:{}", free_udp_port()),
+            est: local(3),
+        }
+    }
+
+    /// The demo's options for these addresses.
+    pub fn args(&self) -> Vec<&str> {
+        vec![
+            "--listen", &self.listen, "--engine-listen", &self.engine, "--admin-listen", &self.admin,
+            "--wg-listen", &self.wg, "--est-listen", &self.est,
+        ]
+    }
+
+    /// [`DemoPorts::args`] as one line, for [`sh`].
+    pub fn line(&self) -> String {
+        self.args().join(" ")
+    }
 }
 
 /// A `kakehashi` server process (engine-sim, gateway) that printed `READY <URL>`; SIGKILLed on drop.
