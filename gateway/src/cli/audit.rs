@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::locator::ApplianceArgs;
+use crate::config::locate::ApplianceArgs;
 use crate::audit::{self, Record};
 use crate::store::{Result, StoreError};
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::cli::locator::ApplianceArgs;
+use crate::config::locate::ApplianceArgs;
 use crate::config::ListenerKind;
 use crate::daemon::gateway::{StartError, read_secret};
 use crate::doors::live::Snapshot;
@@ -135,7 +135,7 @@ fn import_bundle(args: &ImportArgs) -> Result<ExitCode, StartError> {
     // The data directory came from another configuration file than the one the import writes:
     // that file, which a gateway may be running with, is not changed.
     if args.appliance.data_dir.is_none()
-        && !crate::cli::locator::same_path(args.appliance.config_file(), &config)
+        && !crate::config::locate::same_path(args.appliance.config_file(), &config)
     {
         println!(
             "Note: the bundle's settings are in {}; {} (which named this data directory) is not \

@@ -20,7 +20,7 @@ use engine_proxy::journal::{self, Entry, State, operator};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
 
-use super::locator::ApplianceArgs;
+use crate::config::locate::ApplianceArgs;
 use crate::store::{Result, StoreError};
 
 /// What a running gateway does with an entry put back in line.

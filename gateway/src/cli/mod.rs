@@ -1,7 +1,7 @@
 //! The command lines of the appliance: `kakehashi gateway`, `terminal`, `user`, `audit`,
 //! `journal` and `demo`, a file each.
 //!
-//! Every appliance command finds the appliance the same way ([`locator`]): `--config FILE` (or
+//! Every appliance command finds the appliance the same way ([`crate::config::locate`]): `--config FILE` (or
 //! `KAKEHASHI_CONFIG`; default `/etc/kakehashi/gateway.toml`) and its `data_dir`, or
 //! `--data-dir DIR` (or `KAKEHASHI_DATA_DIR`) instead, before or after the subcommand. Exit
 //! codes: 0 done; 1 refused or failed, with one line `kakehashi: error: …` on stderr saying why,
@@ -13,7 +13,6 @@ pub mod audit;
 pub mod demo;
 pub mod gateway;
 pub mod journal;
-pub mod locator;
 pub mod terminal;
 pub mod user;
 

@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use rusqlite::Connection;
 use zeroize::Zeroizing;
 
-use super::locator::ApplianceArgs;
+use crate::config::locate::ApplianceArgs;
 use super::{or_dash, to_json};
 use crate::config::{Config, WireGuard};
 use crate::store::{self, Result, StoreError};
@@ -295,7 +295,7 @@ fn revoke(appliance: &ApplianceArgs, name: &str, reason: cert_tool::index::Reaso
     Ok(done.join("\n"))
 }
 
-/// `gateway.db` in the appliance's data directory (see [`super::locator`]).
+/// `gateway.db` in the appliance's data directory (see [`crate::config::locate`]).
 fn open(appliance: &ApplianceArgs) -> Result<Connection> {
     store::open(&appliance.data_dir()?)
 }

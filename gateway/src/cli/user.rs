@@ -11,7 +11,7 @@ use cert_tool::keys::Passphrase;
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
-use super::locator::ApplianceArgs;
+use crate::config::locate::ApplianceArgs;
 use super::{or_dash, to_json};
 use crate::store::{self, Result, StoreError};
 use crate::store::users::{self, Credential};

@@ -10,6 +10,7 @@ mod est;
 mod failover;
 mod limits;
 mod listener;
+pub mod locate;
 mod tls;
 mod upstream;
 mod wireguard;
@@ -82,6 +83,16 @@ impl Config {
     /// Reads, parses and checks a configuration: every referenced file must be readable, so that
     /// `gateway check` catches what `gateway run` would trip over.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::parse(path)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a configuration, as strictly as [`Config::load`] (an unknown key or a
+    /// wrong type is an error naming it), with its paths resolved, but without opening the files
+    /// it names: for a command that needs only where the appliance is
+    /// ([`locate::ApplianceArgs::data_dir`]).
+    pub fn parse(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -93,7 +104,6 @@ impl Config {
         config.source = path.to_owned();
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
-        config.check()?;
         Ok(config)
     }
 

@@ -17,9 +17,6 @@ use std::path::{Path, PathBuf};
 use engine_proxy::sqlite::{DbError, Durability};
 use rusqlite::Connection;
 
-/// The environment variable naming the data directory instead of the configuration's `data_dir`
-/// (see [`crate::cli::locator`]; for tests and scripts).
-pub const DATA_DIR_ENV: &str = "KAKEHASHI_DATA_DIR";
 /// The inventory and users database inside the data directory.
 pub const GATEWAY_DB: &str = "gateway.db";
 /// Mode of the data directory: only the gateway's user may look inside.
@@ -155,7 +152,7 @@ pub enum StoreError {
     Config(#[from] crate::config::ConfigError),
     /// The appliance could not be found from `--config` and `--data-dir`.
     #[error(transparent)]
-    Locate(#[from] crate::cli::locator::LocateError),
+    Locate(#[from] crate::config::locate::LocateError),
     /// Enabling an enabled terminal, or disabling a disabled one.
     #[error("terminal {name:?} is already {state}; nothing changed")]
     TerminalAlready { name: String, state: &'static str },

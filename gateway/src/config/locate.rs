@@ -23,8 +23,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError};
-use crate::store::DATA_DIR_ENV;
 
+/// The environment variable naming the data directory instead of the configuration's
+/// `data_dir` (for tests and scripts).
+pub const DATA_DIR_ENV: &str = "KAKEHASHI_DATA_DIR";
 /// The environment variable naming the configuration (set by the systemd unit).
 pub const CONFIG_ENV: &str = "KAKEHASHI_CONFIG";
 /// The configuration when neither `--config` nor `KAKEHASHI_CONFIG` names one.
@@ -88,6 +90,20 @@ pub enum LocateError {
 }
 
 impl ApplianceArgs {
+    /// A configuration error, or, for a configuration file that does not exist, the error that
+    /// names the options that would find the appliance (and what the command `needs` it for).
+    fn missing(&self, e: ConfigError, needs: Option<&'static str>) -> LocateError {
+        let path = self.config_file().to_owned();
+        let default = self.config.is_none();
+        match e {
+            ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => match needs {
+                None => LocateError::NoConfig { path, default },
+                Some(needs) => LocateError::ConfigNeeded { path, default, needs },
+            },
+            e => e.into(),
+        }
+    }
+
     /// The configuration file: `--config`, `KAKEHASHI_CONFIG` or the default.
     pub fn config_file(&self) -> &Path {
         self.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG))
@@ -100,23 +116,8 @@ impl ApplianceArgs {
             return Ok(dir.clone());
         }
         let path = self.config_file();
-        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => LocateError::NoConfig {
-                path: path.to_owned(),
-                default: self.config.is_none(),
-            },
-            _ => ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            }
-            .into(),
-        })?;
-        // The whole configuration, as strictly as `Config::load` parses it.
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        Ok(relative_to(path, config.data_dir))
+        let config = Config::parse(path).map_err(|e| self.missing(e, None))?;
+        Ok(config.data_dir)
     }
 
     /// The whole configuration, checked as `gateway check` checks it, for a command that uses
@@ -124,16 +125,7 @@ impl ApplianceArgs {
     /// its `data_dir` is refused.
     pub fn load(&self, needs: &'static str) -> Result<Config, LocateError> {
         let path = self.config_file();
-        let config = Config::load(path).map_err(|e| match e {
-            ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                LocateError::ConfigNeeded {
-                    path: path.to_owned(),
-                    default: self.config.is_none(),
-                    needs,
-                }
-            }
-            e => e.into(),
-        })?;
+        let config = Config::load(path).map_err(|e| self.missing(e, Some(needs)))?;
         if let Some(given) = &self.data_dir
             && !same_path(given, &config.data_dir)
         {
@@ -144,15 +136,6 @@ impl ApplianceArgs {
             });
         }
         Ok(config)
-    }
-}
-
-/// `dir` as the configuration `file` means it: relative paths are relative to the file.
-fn relative_to(file: &Path, dir: PathBuf) -> PathBuf {
-    if dir.is_relative() {
-        file.parent().unwrap_or(Path::new(".")).join(dir)
-    } else {
-        dir
     }
 }
 
