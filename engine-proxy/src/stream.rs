@@ -59,7 +59,8 @@ impl Targets {
     pub async fn connect(&self, target: &Target) -> Result<Box<dyn Stream>, StreamError> {
         let fail = StreamError::Connect;
         let timeout = self.timeout;
-        let (host, port) = split_host_port(&target.address).ok_or_else(|| fail("bad upstream address".into()))?;
+        let (host, port) =
+            split_host_port(&target.address).ok_or_else(|| fail("bad upstream address".into()))?;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
             .await
             .map_err(|_| fail(format!("no connection within {timeout:?}")))?

@@ -61,8 +61,7 @@ fn run_async<E: std::fmt::Display>(server: impl std::future::Future<Output = Res
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The two servers the demo starts end when the demo does.
-    if let Command::EngineSim(_) | Command::Gateway(cli::gateway::GatewayCommand::Run(_)) =
-        &cli.command
+    if let Command::EngineSim(_) | Command::Gateway(cli::gateway::GatewayCommand::Run(_)) = &cli.command
         && let Err(e) = cli::demo::end_with_demo()
     {
         eprintln!("kakehashi: error: {e}");

@@ -14,10 +14,10 @@ use rcgen::{
 use rustls::pki_types::CertificateDer;
 
 use crate::audit::{AuditLog, Record};
+use crate::auth::{People, Settings};
 use crate::config::Tls;
 use crate::doors::identity::{Identified, Proof, Terminal};
 use crate::doors::live::{Live, Snapshot};
-use crate::auth::{People, Settings};
 use crate::store::{self, inventory, inventory::Inventory, users};
 
 /// The test clinic and its files.
@@ -148,7 +148,12 @@ fn snapshot(tls: &Tls, data_dir: &std::path::Path, generation: u64) -> Snapshot 
 }
 
 /// A request as the terminal side's HTTP/1.1 server hands it to the stages.
-pub fn request(method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> hyper::Request<crate::http1::Body> {
+pub fn request(
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> hyper::Request<crate::http1::Body> {
     let mut req = hyper::Request::builder().method(method).uri(uri);
     for (name, value) in headers {
         req = req.header(*name, *value);

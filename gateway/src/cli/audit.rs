@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::config::locate::ApplianceArgs;
 use crate::audit::{self, Record};
+use crate::config::locate::ApplianceArgs;
 use crate::store::{Result, StoreError};
 
 /// `kakehashi audit [--config FILE | --data-dir DIR] COMMAND`.

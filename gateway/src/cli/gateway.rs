@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::locate::ApplianceArgs;
 use crate::config::ListenerKind;
+use crate::config::locate::ApplianceArgs;
 use crate::daemon::gateway::{StartError, read_secret};
 use crate::doors::live::Snapshot;
 use crate::doors::tls::policy;

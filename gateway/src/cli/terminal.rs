@@ -13,12 +13,12 @@ use clap::{Args, Subcommand};
 use rusqlite::Connection;
 use zeroize::Zeroizing;
 
-use crate::config::locate::ApplianceArgs;
 use super::{or_dash, to_json};
+use crate::config::locate::ApplianceArgs;
 use crate::config::{Config, WireGuard};
-use crate::store::{self, Result, StoreError};
-use crate::store::inventory::{self, Enroll, Inventory, Registration, WireGuardPeer};
 use crate::doors::wireguard::keys::{self, Secret};
+use crate::store::inventory::{self, Enroll, Inventory, Registration, WireGuardPeer};
+use crate::store::{self, Result, StoreError};
 use provisioning_shared::wireguard::{Qr, TerminalConfig};
 
 /// What a running gateway needs to see a change to the inventory.

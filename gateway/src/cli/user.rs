@@ -11,10 +11,10 @@ use cert_tool::keys::Passphrase;
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
-use crate::config::locate::ApplianceArgs;
 use super::{or_dash, to_json};
-use crate::store::{self, Result, StoreError};
+use crate::config::locate::ApplianceArgs;
 use crate::store::users::{self, Credential};
+use crate::store::{self, Result, StoreError};
 
 /// The environment variable that may hold a new password (for scripts; a file is safer).
 pub const PASSWORD_ENV: &str = "KAKEHASHI_USER_PASSWORD";

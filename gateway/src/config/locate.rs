@@ -96,10 +96,12 @@ impl ApplianceArgs {
         let path = self.config_file().to_owned();
         let default = self.config.is_none();
         match e {
-            ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => match needs {
-                None => LocateError::NoConfig { path, default },
-                Some(needs) => LocateError::ConfigNeeded { path, default, needs },
-            },
+            ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                match needs {
+                    None => LocateError::NoConfig { path, default },
+                    Some(needs) => LocateError::ConfigNeeded { path, default, needs },
+                }
+            }
             e => e.into(),
         }
     }

@@ -13,8 +13,8 @@ use engine_proxy::journal::{Entry as JournalEntry, Settlement};
 use engine_proxy::replay;
 
 use crate::audit::{Decision, Entry};
-use crate::metrics::Metrics;
 use crate::daemon::gateway::{Gateway, StartError};
+use crate::metrics::Metrics;
 
 /// The route name of these entries in the audit log.
 const ROUTE: &str = "hybrid";

@@ -15,6 +15,7 @@ use engine_proxy::stream::{Target, Targets};
 use engine_proxy::upstream::Upstream;
 
 use crate::audit::AuditLog;
+use crate::auth::{People, Settings};
 use crate::config::{Config, Listener, ListenerKind};
 use crate::doors::Doors;
 use crate::doors::live::{Live, LoadError, Snapshot};
@@ -23,7 +24,6 @@ use crate::doors::tls::policy::{self, TlsError};
 use crate::est::authority::Authority;
 use crate::http1;
 use crate::metrics::Metrics;
-use crate::auth::{People, Settings};
 use crate::pipeline::stream::{StreamRoute, Streams};
 use crate::pipeline::{Pipeline, Route, admit, authenticate, authorize, forward, limit, pages, respond};
 use crate::store::{self, StoreError};
@@ -123,9 +123,7 @@ impl Gateway {
             Some(_) => {
                 let ca = config.failover.engine_ca.as_ref().unwrap_or(&config.upstream.ca);
                 Some(Arc::new(policy::client_config(
-                    ca,
-                    &config.upstream.cert,
-                    &config.upstream.key,
+                    ca, &config.upstream.cert, &config.upstream.key,
                 )?))
             }
             None => None,

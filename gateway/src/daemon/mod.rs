@@ -79,13 +79,16 @@ async fn serve(config: Config) -> Result<(), StartError> {
 
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (exit, exiting) = tokio::sync::watch::channel(false);
-    let (workers, mut threads) = Workers::start(&gateway, count, listening, shutdown.clone(), exiting.clone())?;
+    let (workers, mut threads) =
+        Workers::start(&gateway, count, listening, shutdown.clone(), exiting.clone())?;
     if let Some(wg) = &gateway.config.wireguard {
         let mut ports = HashMap::new();
         let mut served = Vec::new();
         for p in &wg.ports {
             // `gateway check` made sure every port names a listener's route.
-            let Some((route, kind)) = routes.get(&p.route) else { continue };
+            let Some((route, kind)) = routes.get(&p.route) else {
+                continue;
+            };
             served.push((p.port, route.name().clone()));
             let door = wireguard::Port {
                 route: route.name().clone(),

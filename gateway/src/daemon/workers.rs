@@ -133,8 +133,14 @@ impl Workers {
                         for (socket, route, kind, handler) in serving {
                             match TcpListener::from_std(socket) {
                                 Ok(socket) => {
-                                    let accepting =
-                                        tcp::serve(doors.clone(), socket, route, kind, shutdown.clone(), handler);
+                                    let accepting = tcp::serve(
+                                        doors.clone(),
+                                        socket,
+                                        route,
+                                        kind,
+                                        shutdown.clone(),
+                                        handler,
+                                    );
                                     tokio::spawn(accepting);
                                 }
                                 Err(e) => tracing::error!(error = %e, "a worker cannot use its socket"),
@@ -160,15 +166,26 @@ impl Workers {
     /// Where the WireGuard door hands the connections its tunnel opens: each to the next worker
     /// in turn, which admits it (the admission rule for the peer's key, and TLS inside the tunnel
     /// on a `tls` port) and serves it on the port's route.
-    pub fn handoff(self: &Arc<Self>, doors: Doors, ports: HashMap<u16, TunnelPort>, shutdown: Shutdown) -> Handoff {
+    pub fn handoff(
+        self: &Arc<Self>,
+        doors: Doors,
+        ports: HashMap<u16, TunnelPort>,
+        shutdown: Shutdown,
+    ) -> Handoff {
         let (workers, ports) = (self.clone(), Arc::new(ports));
         Arc::new(move |opened: Opened| {
             let n = workers.next.fetch_add(1, Relaxed) % workers.workers.len();
             let worker = &workers.workers[n];
-            let (doors, ports, pipeline, shutdown) =
-                (doors.clone(), ports.clone(), worker.pipeline.clone(), shutdown.clone());
+            let (doors, ports, pipeline, shutdown) = (
+                doors.clone(),
+                ports.clone(),
+                worker.pipeline.clone(),
+                shutdown.clone(),
+            );
             worker.runtime.spawn(async move {
-                let Some(port) = ports.get(&opened.port) else { return };
+                let Some(port) = ports.get(&opened.port) else {
+                    return;
+                };
                 if let Some(admitted) = Box::pin(wireguard::admit(&doors, opened, &port.door)).await {
                     pipeline.serve(admitted, &port.route, shutdown).await;
                 }

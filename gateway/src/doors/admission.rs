@@ -165,7 +165,9 @@ mod tests {
         let c = Clinic::new(&[("tablet", true), ("old-tablet", false)], &[]);
         let conn = crate::store::open(&c.data_dir).unwrap();
         let key = |name: &str, address: [u8; 4]| {
-            let public_key = crate::doors::wireguard::keys::Secret::generate().unwrap().public_key();
+            let public_key = crate::doors::wireguard::keys::Secret::generate()
+                .unwrap()
+                .public_key();
             let peer = WireGuardPeer {
                 public_key,
                 preshared_key: None,
@@ -179,9 +181,17 @@ mod tests {
         let rule = c.live.now().admission.clone();
         let terminal = rule.wireguard(&tablet).unwrap();
         assert_eq!(terminal.name, "tablet");
-        assert_eq!(terminal.fingerprint, Terminal::from_wireguard("tablet", &tablet).fingerprint);
+        assert_eq!(
+            terminal.fingerprint,
+            Terminal::from_wireguard("tablet", &tablet).fingerprint
+        );
         assert!(matches!(rule.wireguard(&old), Err(Refusal::Disabled(_))));
-        let unknown = crate::doors::wireguard::keys::Secret::generate().unwrap().public_key();
-        assert!(matches!(rule.proof(&Proof::WireGuard(unknown)), Err(Refusal::UnknownKey)));
+        let unknown = crate::doors::wireguard::keys::Secret::generate()
+            .unwrap()
+            .public_key();
+        assert!(matches!(
+            rule.proof(&Proof::WireGuard(unknown)),
+            Err(Refusal::UnknownKey)
+        ));
     }
 }

@@ -60,7 +60,11 @@ impl Snapshot {
         let admission = Admission::new(inventory, policy::webpki(tls, false)?);
         let verifier = policy::terminal_verifier(admission.clone());
         let est_tls = match est {
-            true => Some(policy::server_config(tls, policy::webpki(tls, true)?, &[b"http/1.1"])?),
+            true => Some(policy::server_config(
+                tls,
+                policy::webpki(tls, true)?,
+                &[b"http/1.1"],
+            )?),
             false => None,
         };
         Ok(Snapshot {

@@ -35,7 +35,9 @@ struct Held {
 
 impl Slots {
     pub fn new(total: usize, metrics: Arc<Metrics>) -> Slots {
-        let total = u32::try_from(total).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
+        let total = u32::try_from(total)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
         Slots {
             semaphore: Arc::new(Semaphore::new(total as usize)),
             total,
@@ -94,7 +96,10 @@ mod tests {
         assert_eq!(load(&metrics.connections_refused_total), 1);
         drop(a);
         assert_eq!(load(&metrics.connections_open), 1);
-        assert!(!slots.drained(Duration::from_millis(10)).await, "one is still open");
+        assert!(
+            !slots.drained(Duration::from_millis(10)).await,
+            "one is still open"
+        );
         drop(b);
         assert!(slots.drained(Duration::from_millis(10)).await);
     }

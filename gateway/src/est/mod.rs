@@ -190,7 +190,12 @@ impl Outcome {
     }
 }
 
-async fn handle(est: &Est, proof: Option<&Proof>, source: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    est: &Est,
+    proof: Option<&Proof>,
+    source: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let outcome = match (method.clone(), path.strip_prefix(PREFIX)) {
@@ -303,13 +308,7 @@ async fn simpleenroll(est: &Est, req: Request<Incoming>) -> Outcome {
     match result {
         Ok(Ok(issued)) => {
             Metrics::inc(&est.doors.metrics.est_enrollments_total);
-            issued_outcome(
-                est,
-                &name,
-                issued,
-                "terminal enrolled with its one-time token",
-            )
-            .await
+            issued_outcome(est, &name, issued, "terminal enrolled with its one-time token").await
         }
         Ok(Err(refused)) => {
             let status = match refused {
@@ -369,12 +368,7 @@ async fn simplereenroll(est: &Est, proof: Option<&Proof>, req: Request<Incoming>
 }
 
 /// The certificate in PKCS#7, after the running gateway has loaded the new inventory and CRL.
-async fn issued_outcome(
-    est: &Est,
-    name: &str,
-    issued: authority::Issued,
-    what: &str,
-) -> Outcome {
+async fn issued_outcome(est: &Est, name: &str, issued: authority::Issued, what: &str) -> Outcome {
     let reload = est.reload.clone();
     match tokio::task::spawn_blocking(move || reload()).await {
         Ok(Ok(())) => {}

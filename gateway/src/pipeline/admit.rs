@@ -73,7 +73,10 @@ mod tests {
         let checked = AtomicU64::new(who.generation);
         assert!(admit.check(&who.proof, &checked).is_ok());
         c.reload();
-        assert!(admit.check(&who.proof, &checked).is_ok(), "nothing changed for it");
+        assert!(
+            admit.check(&who.proof, &checked).is_ok(),
+            "nothing changed for it"
+        );
         assert_eq!(checked.load(Relaxed), 1, "checked against the new snapshot");
         c.disable("reception-1");
         c.reload();

@@ -11,10 +11,10 @@ use hyper::{Request, Response, StatusCode};
 
 use engine_proxy::upstream::ProxyBody;
 
+use crate::auth::{Denied, Memo, People, Person};
 use crate::doors::identity::Terminal;
 use crate::http1;
 use crate::metrics::Metrics;
-use crate::auth::{Denied, Memo, People, Person};
 use crate::pipeline::pages;
 use crate::pipeline::reply::{Refused, locked_out, text};
 
@@ -109,11 +109,19 @@ mod tests {
         assert_eq!(refused.response.status(), StatusCode::UNAUTHORIZED);
         assert!(refused.response.headers().contains_key(header::WWW_AUTHENTICATE));
         assert_eq!(refused.reason, "no ID and password");
-        let page = request("GET", "/api01rv2/patientgetv2?id=1", &[("accept", "text/html")], "");
+        let page = request(
+            "GET",
+            "/api01rv2/patientgetv2?id=1",
+            &[("accept", "text/html")],
+            "",
+        );
         let refused = stage.person(&page, &terminal, &memo).await.unwrap_err();
         assert_eq!(refused.response.status(), StatusCode::SEE_OTHER);
         let location = refused.response.headers().get(header::LOCATION).unwrap();
-        assert_eq!(location, "/kakehashi/login?next=%2Fapi01rv2%2Fpatientgetv2%3Fid%3D1");
+        assert_eq!(
+            location,
+            "/kakehashi/login?next=%2Fapi01rv2%2Fpatientgetv2%3Fid%3D1"
+        );
     }
 
     #[tokio::test]
@@ -123,20 +131,35 @@ mod tests {
         let memo = Memo::default();
         let wrong = basic("nurse", "not the password");
         let refused = stage
-            .person(&request("GET", "/", &[("authorization", &wrong)], ""), &terminal, &memo)
+            .person(
+                &request("GET", "/", &[("authorization", &wrong)], ""),
+                &terminal,
+                &memo,
+            )
             .await
             .unwrap_err();
         assert_eq!(refused.response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!((refused.reason.as_str(), refused.user.as_deref()), ("wrong password", Some("nurse")));
+        assert_eq!(
+            (refused.reason.as_str(), refused.user.as_deref()),
+            ("wrong password", Some("nurse"))
+        );
         assert_eq!(stage.metrics.auth_failures_total.load(Relaxed), 1);
         let malformed = stage
-            .person(&request("GET", "/", &[("authorization", "Bearer x")], ""), &terminal, &memo)
+            .person(
+                &request("GET", "/", &[("authorization", "Bearer x")], ""),
+                &terminal,
+                &memo,
+            )
             .await
             .unwrap_err();
         assert_eq!(malformed.response.status(), StatusCode::BAD_REQUEST);
         let right = basic("nurse", PASSWORD);
         let person = stage
-            .person(&request("GET", "/", &[("authorization", &right)], ""), &terminal, &memo)
+            .person(
+                &request("GET", "/", &[("authorization", &right)], ""),
+                &terminal,
+                &memo,
+            )
             .await
             .unwrap();
         assert_eq!(person.user.as_deref(), Some("nurse"));
@@ -146,13 +169,19 @@ mod tests {
     async fn a_session_cookie_is_good_only_on_the_terminal_that_signed_in() {
         let c = Clinic::new(&[("reception-1", true), ("reception-2", true)], &["nurse"]);
         let stage = stage(&c);
-        let (one, two) = (c.admitted("reception-1").terminal, c.admitted("reception-2").terminal);
+        let (one, two) = (
+            c.admitted("reception-1").terminal,
+            c.admitted("reception-2").terminal,
+        );
         let person = c.people.verify("nurse", PASSWORD.as_bytes(), &one).await.unwrap();
         let token = c.people.open_session(&person, &one);
         let cookie = format!("theme=dark; kakehashi_session={token}");
         let req = request("GET", "/", &[("cookie", &cookie)], "");
         let signed_in = stage.person(&req, &one, &Memo::default()).await.unwrap();
         assert_eq!(signed_in.user.as_deref(), Some("nurse"));
-        assert!(stage.person(&req, &two, &Memo::default()).await.is_err(), "a copied cookie");
+        assert!(
+            stage.person(&req, &two, &Memo::default()).await.is_err(),
+            "a copied cookie"
+        );
     }
 }

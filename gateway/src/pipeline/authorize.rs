@@ -8,9 +8,9 @@
 
 use hyper::Request;
 
+use crate::auth::Person;
 use crate::doors::identity::Terminal;
 use crate::http1;
-use crate::auth::Person;
 use crate::pipeline::reply::Refused;
 
 /// The stage; it holds no settings yet.
@@ -18,7 +18,12 @@ pub struct Authorize;
 
 impl Authorize {
     /// Whether `person` at `terminal` may make this call.
-    pub fn check(&self, _req: &Request<http1::Body>, _terminal: &Terminal, _person: &Person) -> Result<(), Refused> {
+    pub fn check(
+        &self,
+        _req: &Request<http1::Body>,
+        _terminal: &Terminal,
+        _person: &Person,
+    ) -> Result<(), Refused> {
         Ok(())
     }
 }
@@ -33,8 +38,16 @@ mod tests {
         let c = Clinic::new(&[("reception-1", true)], &[]);
         let terminal = c.admitted("reception-1").terminal;
         let person = c.people.anonymous();
-        for (method, path) in [("POST", "/api01rv2/patientlst2v2"), ("POST", "/orca11/acceptmodv2"), ("POST", "/rpc/")] {
-            assert!(Authorize.check(&request(method, path, &[], ""), &terminal, &person).is_ok());
+        for (method, path) in [
+            ("POST", "/api01rv2/patientlst2v2"),
+            ("POST", "/orca11/acceptmodv2"),
+            ("POST", "/rpc/"),
+        ] {
+            assert!(
+                Authorize
+                    .check(&request(method, path, &[], ""), &terminal, &person)
+                    .is_ok()
+            );
         }
     }
 }

@@ -15,11 +15,11 @@ use hyper::{Request, Response, StatusCode};
 use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::{Decision, Entry};
+use crate::auth::Memo;
 use crate::doors::identity::Identified;
 use crate::doors::slot::Slot;
 use crate::http1;
 use crate::metrics::Metrics;
-use crate::auth::Memo;
 use crate::pipeline::Pipeline;
 use crate::pipeline::pages::Pages;
 use crate::pipeline::respond::Outcome;
@@ -58,7 +58,8 @@ impl Connection {
         let mut entry = self.entry(&req);
         let mut received = None;
         let outcome = self.stages(req, &mut entry, &mut received).await;
-        p.respond.finish(outcome, entry, started, received, &self.who.proof)
+        p.respond
+            .finish(outcome, entry, started, received, &self.who.proof)
     }
 
     /// The stages up to the answer; `entry` learns the person and the engine on the way.

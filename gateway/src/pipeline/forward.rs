@@ -17,10 +17,10 @@ use engine_proxy::health::Mode;
 use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::Decision;
+use crate::auth::Person;
 use crate::doors::identity::Terminal;
 use crate::http1;
 use crate::metrics::Metrics;
-use crate::auth::Person;
 use crate::pipeline::limit::{Limited, too_large};
 use crate::pipeline::pages;
 use crate::pipeline::reply::{Refused, text};
@@ -65,7 +65,12 @@ impl Forward {
         self.router.cloud.authority()
     }
 
-    pub async fn call(&self, limited: Limited, person: &Person, terminal: &Terminal) -> Result<Forwarded, Refused> {
+    pub async fn call(
+        &self,
+        limited: Limited,
+        person: &Person,
+        terminal: &Terminal,
+    ) -> Result<Forwarded, Refused> {
         let Limited {
             mut request,
             received,
@@ -81,7 +86,12 @@ impl Forward {
         };
         match self.router.route(request, &caller).await {
             Ok(routed) => Ok(self.answered(routed, person, upgrade)),
-            Err(e) => self.failed(e, received.load(Relaxed), limit, body_failure.as_ref().and_then(|f| f.get())),
+            Err(e) => self.failed(
+                e,
+                received.load(Relaxed),
+                limit,
+                body_failure.as_ref().and_then(|f| f.get()),
+            ),
         }
     }
 
@@ -143,9 +153,9 @@ impl Forward {
             // a configuration fault, not the terminal's. Passing the 401 on would make the
             // terminal ask its user for a password that cannot help.
             let whose = match &person.user {
-                Some(user) => format!(
-                    "for user {user:?} (kakehashi user set-upstream) or the clinic (upstream.user)"
-                ),
+                Some(user) => {
+                    format!("for user {user:?} (kakehashi user set-upstream) or the clinic (upstream.user)")
+                }
                 None => "of the clinic (upstream.user, upstream.password_file)".into(),
             };
             return Forwarded::Failed {
@@ -182,7 +192,10 @@ impl Forward {
             Served::Cloud => (Decision::Allow, "allowed".into()),
             // The person and terminal were allowed; the call was not, for want of the cloud.
             Served::Refused(why) => (Decision::Deny, format!("refused offline: {why}")),
-            served => (Decision::Allow, format!("allowed; answered by {}", served.describe())),
+            served => (
+                Decision::Allow,
+                format!("allowed; answered by {}", served.describe()),
+            ),
         };
         Forwarded::Answer {
             response,
@@ -256,7 +269,10 @@ mod tests {
         let unreachable = || RouteError::Upstream(UpstreamError::Connect("connection refused".into()));
         assert_eq!(
             status(f.failed(unreachable(), 9, 8, None)),
-            (StatusCode::PAYLOAD_TOO_LARGE, "streamed body over the limit of 8 bytes".into())
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "streamed body over the limit of 8 bytes".into()
+            )
         );
         assert_eq!(
             status(f.failed(RouteError::TooLarge(4), 0, 8, None)),
@@ -268,7 +284,10 @@ mod tests {
         let broke = "malformed chunk size".to_owned();
         assert_eq!(
             status(f.failed(unreachable(), 3, 8, Some(&broke))),
-            (StatusCode::BAD_REQUEST, "request body: malformed chunk size".into())
+            (
+                StatusCode::BAD_REQUEST,
+                "request body: malformed chunk size".into()
+            )
         );
         assert_eq!(
             status(f.failed(unreachable(), 3, 8, None)),
@@ -300,15 +319,25 @@ mod tests {
                 ..
             } => {
                 assert_eq!(decision, Decision::Allow);
-                assert_eq!(reason, "allowed; answered by the cache, an answer 5 s old (the cloud is down)");
+                assert_eq!(
+                    reason,
+                    "allowed; answered by the cache, an answer 5 s old (the cloud is down)"
+                );
                 assert_eq!(local, Some(Mode::Emergency), "even before the prober says so");
                 assert_eq!(upstream.as_deref(), Some("local:cache"));
             }
             _ => panic!("an answer"),
         }
-        match f.answered(routed(StatusCode::OK, Served::Refused("not cached".into())), &nurse(), None) {
+        match f.answered(
+            routed(StatusCode::OK, Served::Refused("not cached".into())),
+            &nurse(),
+            None,
+        ) {
             Forwarded::Answer { decision, reason, .. } => {
-                assert_eq!((decision, reason.as_str()), (Decision::Deny, "refused offline: not cached"))
+                assert_eq!(
+                    (decision, reason.as_str()),
+                    (Decision::Deny, "refused offline: not cached")
+                )
             }
             _ => panic!("an answer"),
         }

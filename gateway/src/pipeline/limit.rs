@@ -75,7 +75,12 @@ mod tests {
     #[tokio::test]
     async fn a_declared_length_over_the_limit_is_refused_and_a_streamed_one_cut_off() {
         let limit = Limit { max_body_bytes: 8 };
-        let declared = request("POST", "/orca11/acceptmodv2", &[("content-length", "11")], "hello world");
+        let declared = request(
+            "POST",
+            "/orca11/acceptmodv2",
+            &[("content-length", "11")],
+            "hello world",
+        );
         let refused = limit.apply(declared).err().unwrap();
         assert_eq!(refused.response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(refused.reason, "body of 11 bytes over the limit");
@@ -88,7 +93,10 @@ mod tests {
         assert_eq!((&body[..], within.received.load(Relaxed)), (&b"hello"[..], 5));
 
         // No declared length (chunked): counted as it passes, and cut off past the limit.
-        let streamed = limit.apply(request("POST", "/", &[], "hello world")).ok().unwrap();
+        let streamed = limit
+            .apply(request("POST", "/", &[], "hello world"))
+            .ok()
+            .unwrap();
         assert!(streamed.request.into_body().collect().await.is_err());
         assert_eq!(streamed.received.load(Relaxed), 11);
     }

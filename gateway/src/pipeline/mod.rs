@@ -79,7 +79,12 @@ impl Pipeline {
     /// Serves an admitted connection on `route` until it ends, boxed at its route's own size (an
     /// api connection's future is not sized for the raw route's, or the other way round), since
     /// it is most of what an idle terminal costs.
-    pub fn serve<S: Io>(self: &Arc<Self>, admitted: Admitted<S>, route: &Route, shutdown: Shutdown) -> Serving {
+    pub fn serve<S: Io>(
+        self: &Arc<Self>,
+        admitted: Admitted<S>,
+        route: &Route,
+        shutdown: Shutdown,
+    ) -> Serving {
         match route {
             Route::Api(name) => Box::pin(self.serve_api(admitted, name.clone(), shutdown)),
             Route::Stream(route) => {

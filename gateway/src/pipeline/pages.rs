@@ -15,10 +15,10 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::Decision;
+use crate::auth::{Denied, People};
 use crate::doors::identity::Terminal;
 use crate::http1;
 use crate::metrics::Metrics;
-use crate::auth::{Denied, People};
 use crate::pipeline::reply::{locked_out, reply};
 
 /// Paths the gateway answers itself.
@@ -307,7 +307,11 @@ impl Pages {
                         Some("Wrong ID or password."),
                     ),
                 };
-                (response, Decision::Deny, format!("login page: {}", denied.reason()))
+                (
+                    response,
+                    Decision::Deny,
+                    format!("login page: {}", denied.reason()),
+                )
             }
         };
         Page {
@@ -343,10 +347,16 @@ mod tests {
         assert!(form.recorded.is_none(), "showing the form decides nothing");
         let html = text(form.response).await;
         assert!(html.contains("<strong>reception-1</strong>"), "{html}");
-        assert!(html.contains("value=\"/x&quot;y\""), "the next path, escaped: {html}");
+        assert!(
+            html.contains("value=\"/x&quot;y\""),
+            "the next path, escaped: {html}"
+        );
 
         let wrong = pages
-            .serve(request("POST", LOGIN, FORM, "id=nurse&password=nope&next=/a"), &terminal)
+            .serve(
+                request("POST", LOGIN, FORM, "id=nurse&password=nope&next=/a"),
+                &terminal,
+            )
             .await;
         assert_eq!(wrong.response.status(), StatusCode::UNAUTHORIZED);
         let recorded = wrong.recorded.unwrap();
@@ -355,13 +365,30 @@ mod tests {
         assert_eq!(recorded.user.as_deref(), Some("nurse"));
         assert_eq!(pages.metrics.auth_failures_total.load(Relaxed), 1);
 
-        let body = format!("id=nurse&password={}&next=https://elsewhere.example/", PASSWORD.replace(' ', "+"));
+        let body = format!(
+            "id=nurse&password={}&next=https://elsewhere.example/",
+            PASSWORD.replace(' ', "+")
+        );
         let right = pages.serve(request("POST", LOGIN, FORM, &body), &terminal).await;
         assert_eq!(right.response.status(), StatusCode::SEE_OTHER);
-        assert_eq!(right.response.headers().get(header::LOCATION).unwrap(), "/", "never another site");
-        let cookie = right.response.headers().get(header::SET_COOKIE).unwrap().to_str().unwrap();
+        assert_eq!(
+            right.response.headers().get(header::LOCATION).unwrap(),
+            "/",
+            "never another site"
+        );
+        let cookie = right
+            .response
+            .headers()
+            .get(header::SET_COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap();
         assert!(cookie.contains("Secure; HttpOnly; SameSite=Strict"), "{cookie}");
-        let token = cookie.trim_start_matches("kakehashi_session=").split(';').next().unwrap();
+        let token = cookie
+            .trim_start_matches("kakehashi_session=")
+            .split(';')
+            .next()
+            .unwrap();
         assert!(c.people.session(token, &terminal).is_some());
         assert_eq!(right.recorded.unwrap().decision, Decision::Allow);
 
@@ -370,7 +397,10 @@ mod tests {
             .serve(request("POST", LOGOUT, &[("cookie", &cookie)], ""), &terminal)
             .await;
         assert_eq!(out.response.status(), StatusCode::SEE_OTHER);
-        assert!(c.people.session(token, &terminal).is_none(), "the session is over");
+        assert!(
+            c.people.session(token, &terminal).is_none(),
+            "the session is over"
+        );
         let put = pages.serve(request("PUT", LOGIN, &[], ""), &terminal).await;
         assert_eq!(put.response.status(), StatusCode::METHOD_NOT_ALLOWED);
     }

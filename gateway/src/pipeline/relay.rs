@@ -13,8 +13,14 @@ use crate::http1;
 
 /// Copies both ways until either side closes or a reload refuses `proof`; fills in the entry's
 /// byte counts, and its reason when a reload ended it (`what` names the stream in it).
-pub async fn relay<A, B>(terminal: &mut A, engine: &mut B, live: &Live, proof: &Proof, entry: &mut Entry, what: &str)
-where
+pub async fn relay<A, B>(
+    terminal: &mut A,
+    engine: &mut B,
+    live: &Live,
+    proof: &Proof,
+    entry: &mut Entry,
+    what: &str,
+) where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {

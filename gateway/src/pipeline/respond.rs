@@ -96,7 +96,10 @@ impl Respond {
                     entry,
                     started,
                 ));
-                (response.map(|_| Empty::new().map_err(|e| match e {}).boxed()), None)
+                (
+                    response.map(|_| Empty::new().map_err(|e| match e {}).boxed()),
+                    None,
+                )
             }
             Outcome::Forwarded(Forwarded::Answer {
                 response,
@@ -198,7 +201,10 @@ mod tests {
         assert_eq!(r.metrics.requests_denied_total.load(Relaxed), 1);
         let audited = c.audited().await;
         let last = audited.last().unwrap();
-        assert_eq!((last.decision.as_str(), last.reason.as_str(), last.status), ("deny", "because", Some(403)));
+        assert_eq!(
+            (last.decision.as_str(), last.reason.as_str(), last.status),
+            ("deny", "because", Some(403))
+        );
     }
 
     #[tokio::test]
@@ -207,7 +213,9 @@ mod tests {
         let r = respond(&c);
         let proof = c.admitted("reception-1").proof;
         let mut engine = reply::text(StatusCode::OK, "patient 1");
-        engine.headers_mut().insert(HYBRID_MODE, HeaderValue::from_static("recovery"));
+        engine
+            .headers_mut()
+            .insert(HYBRID_MODE, HeaderValue::from_static("recovery"));
         let answer = Forwarded::Answer {
             response: engine,
             decision: Decision::Allow,
@@ -216,14 +224,30 @@ mod tests {
             upstream: None,
         };
         let received = Some(Arc::new(AtomicU64::new(42)));
-        let resp = r.finish(Outcome::Forwarded(answer), entry(), Instant::now(), received, &proof);
-        assert_eq!(resp.headers().get(HYBRID_MODE).unwrap(), "recovery", "the engine's own state");
-        assert!(c.audited().await.is_empty(), "nothing recorded before the body went out");
+        let resp = r.finish(
+            Outcome::Forwarded(answer),
+            entry(),
+            Instant::now(),
+            received,
+            &proof,
+        );
+        assert_eq!(
+            resp.headers().get(HYBRID_MODE).unwrap(),
+            "recovery",
+            "the engine's own state"
+        );
+        assert!(
+            c.audited().await.is_empty(),
+            "nothing recorded before the body went out"
+        );
         let body = crate::testing::text(resp).await;
         let audited = c.audited().await;
         let last = audited.last().expect("recorded when the body ended");
         assert_eq!((last.bytes_in, last.bytes_out), (42, body.len() as i64));
-        assert_eq!(r.metrics.bytes_to_terminals_total.load(Relaxed), body.len() as u64);
+        assert_eq!(
+            r.metrics.bytes_to_terminals_total.load(Relaxed),
+            body.len() as u64
+        );
 
         let local = Forwarded::Answer {
             response: reply::text(StatusCode::OK, "cached"),

@@ -14,11 +14,11 @@ use engine_proxy::health::Health;
 use engine_proxy::stream::Targets;
 
 use crate::audit::{AuditLog, Decision, Entry};
+use crate::auth::People;
 use crate::doors::Admitted;
 use crate::doors::live::Live;
 use crate::io::Io;
 use crate::metrics::Metrics;
-use crate::auth::People;
 use crate::pipeline::relay::relay;
 
 /// One raw TCP route, fixed at start.
@@ -61,7 +61,10 @@ impl Streams {
         } else if route.require_login && !self.people.signed_in(&who.terminal) {
             Err("no person signed in on this terminal".to_owned())
         } else {
-            route.targets.choose(self.health.mode()).map_err(|e| e.to_string())
+            route
+                .targets
+                .choose(self.health.mode())
+                .map_err(|e| e.to_string())
         };
         let target = match target {
             Ok(target) => target,
@@ -86,7 +89,10 @@ impl Streams {
         Metrics::inc(&self.metrics.tcp_streams_total);
         entry.decision = Decision::Allow;
         entry.reason = "allowed".into();
-        relay(&mut stream, &mut *upstream, &self.live, &who.proof, &mut entry, "stream").await;
+        relay(
+            &mut stream, &mut *upstream, &self.live, &who.proof, &mut entry, "stream",
+        )
+        .await;
         Metrics::add(&self.metrics.bytes_from_terminals_total, entry.bytes_in);
         Metrics::add(&self.metrics.bytes_to_terminals_total, entry.bytes_out);
         entry.duration_ms = started.elapsed().as_millis() as u64;

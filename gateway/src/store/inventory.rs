@@ -20,8 +20,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::TunnelNet;
-use provisioning_shared::wireguard::{PublicKey, Secret};
 use crate::store::{self, Result, StoreError, db_path};
+use provisioning_shared::wireguard::{PublicKey, Secret};
 
 /// Every column of a terminal, in the order [`from_row`] reads them.
 const COLUMNS: &str = "name, enabled, added, note, wg_public_key, wg_preshared_key, wg_address";
@@ -415,7 +415,6 @@ fn unknown(name: &str) -> StoreError {
         name: name.to_owned(),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

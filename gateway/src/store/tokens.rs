@@ -18,8 +18,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::store::{self, Result, StoreError, db_path};
 use crate::store::inventory;
+use crate::store::{self, Result, StoreError, db_path};
 
 pub use provisioning_shared::token::{DEFAULT_HOURS, MAX_HOURS};
 

@@ -115,7 +115,11 @@ fn discover(path: &KeyPath, into: &mut Vec<KeyPath>) {
         panic!(
             "{}: an unknown key was not refused as an unknown field; does every configuration \
              struct still have #[serde(deny_unknown_fields)]?",
-            if path.is_empty() { "the root".into() } else { dotted(path) }
+            if path.is_empty() {
+                "the root".into()
+            } else {
+                dotted(path)
+            }
         )
     });
     assert!(!keys.is_empty(), "{}: serde listed no keys", dotted(path));
@@ -168,9 +172,15 @@ fn the_probe_finds_the_keys_it_must() {
         "`[est]`",
         "`est.crl_days`",
     ] {
-        assert!(found.contains(expected), "{expected} not found by the probe; it found:\n{found:#?}");
+        assert!(
+            found.contains(expected),
+            "{expected} not found by the probe; it found:\n{found:#?}"
+        );
     }
-    assert!(!found.iter().any(|k| k.contains("source")), "a #[serde(skip)] field was listed: {found:#?}");
+    assert!(
+        !found.iter().any(|k| k.contains("source")),
+        "a #[serde(skip)] field was listed: {found:#?}"
+    );
 }
 
 #[test]

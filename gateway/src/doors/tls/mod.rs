@@ -150,7 +150,10 @@ pub async fn admit<S: Io>(
     Metrics::inc(&doors.metrics.handshakes_total);
     doors.audit.record_soon(Entry {
         terminal: Some(terminal.name.clone()),
-        ..entry(Decision::Allow, format!("terminal admitted ({})", handshake.summary()))
+        ..entry(
+            Decision::Allow,
+            format!("terminal admitted ({})", handshake.summary()),
+        )
     });
     Some(Admitted {
         who: Identified {

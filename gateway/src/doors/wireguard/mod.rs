@@ -208,7 +208,9 @@ pub async fn admit(doors: &Doors, opened: Opened, port: &Port) -> Option<Admitte
     let peer = match snapshot.admission.wireguard(&key) {
         Ok(terminal) => terminal,
         Err(why) => {
-            doors.audit.record_soon(entry(Decision::Deny, None, why.to_string()));
+            doors
+                .audit
+                .record_soon(entry(Decision::Deny, None, why.to_string()));
             return None;
         }
     };

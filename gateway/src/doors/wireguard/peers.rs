@@ -106,9 +106,7 @@ impl Peers {
                 };
                 match wanted.get(key) {
                     Some((t, w)) => {
-                        t.name != peer.name
-                            || w.address != peer.address
-                            || w.preshared_key != peer.psk
+                        t.name != peer.name || w.address != peer.address || w.preshared_key != peer.psk
                     }
                     None => true,
                 }

@@ -17,7 +17,9 @@ impl Running {
     /// Runs the inside (stack or device) and encrypts what it sends.
     pub(super) fn inside(&mut self, cx: &mut Context<'_>) -> bool {
         let mut accepted = Vec::new();
-        let Running { d, peers, work, recv, .. } = self;
+        let Running {
+            d, peers, work, recv, ..
+        } = self;
         let metrics = &d.doors.metrics;
         let moved = match &mut d.inside {
             Inside::Stack(stack) => {

@@ -39,7 +39,9 @@ impl Running {
     pub(super) fn sync(&mut self) {
         let snapshot = self.d.doors.live.now();
         self.generation = snapshot.generation;
-        let cut = self.peers.sync(&snapshot.admission, &self.d.private, &self.limiter);
+        let cut = self
+            .peers
+            .sync(&snapshot.admission, &self.d.private, &self.limiter);
         for address in &cut {
             if let Inside::Stack(stack) = &mut self.d.inside {
                 stack.cut(*address);
