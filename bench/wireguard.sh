@@ -186,6 +186,11 @@ require_login = false
 [[wireguard.port]]
 port = 5201
 route = "tcp:bulk"
+
+# Listing a port replaces the default one: the api route on 8000 (section 5's HTTP load).
+[[wireguard.port]]
+port = 8000
+route = "api"
 CONF
 "$bin" gateway check --config "$D/gateway.toml" >/dev/null || die "the gateway refuses $D/gateway.toml"
 gateway_public=$(sed -n '/^\[Peer\]/,$ s/^PublicKey = //p' "$D/terminal-wg.conf")

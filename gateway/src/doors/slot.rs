@@ -20,15 +20,27 @@ pub struct Slots {
     metrics: Arc<Metrics>,
 }
 
-/// One open connection's slot, given back when its last holder drops it (a tunnel connection
-/// is held by the userspace stack's socket and by the route serving it).
-#[derive(Clone)]
-pub struct Slot {
-    _held: Arc<Held>,
+/// One open connection's slot, given back when its last holder drops it. A TLS connection has
+/// one holder, so its slot is the permit itself (no allocation); a tunnel connection has two,
+/// the userspace stack's socket and the route serving it ([`Slot::share`]).
+pub enum Slot {
+    Own(Held),
+    Shared(Arc<Held>),
+}
+
+impl Slot {
+    /// The slot for two holders: it is given back when both have let it go.
+    pub fn share(self) -> (Slot, Slot) {
+        let shared = match self {
+            Slot::Own(held) => Arc::new(held),
+            Slot::Shared(shared) => shared,
+        };
+        (Slot::Shared(shared.clone()), Slot::Shared(shared))
+    }
 }
 
 /// The permit itself; its drop closes the connection's account.
-struct Held {
+pub struct Held {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
 }
@@ -51,12 +63,10 @@ impl Slots {
         match self.semaphore.clone().try_acquire_owned() {
             Ok(permit) => {
                 Metrics::inc(&self.metrics.connections_open);
-                Some(Slot {
-                    _held: Arc::new(Held {
-                        _permit: permit,
-                        metrics: self.metrics.clone(),
-                    }),
-                })
+                Some(Slot::Own(Held {
+                    _permit: permit,
+                    metrics: self.metrics.clone(),
+                }))
             }
             Err(_) => {
                 Metrics::inc(&self.metrics.connections_refused_total);
@@ -89,7 +99,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let slots = Slots::new(2, metrics.clone());
         let a = slots.take().expect("a first slot");
-        let b = slots.take().expect("a second slot");
+        let (b, b_too) = slots.take().expect("a second slot").share();
         assert!(slots.take().is_none(), "the limit holds");
         let load = |g: &std::sync::atomic::AtomicU64| g.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(load(&metrics.connections_open), 2);
@@ -101,6 +111,8 @@ mod tests {
             "one is still open"
         );
         drop(b);
+        assert!(!slots.drained(Duration::from_millis(10)).await, "a shared slot has a holder left");
+        drop(b_too);
         assert!(slots.drained(Duration::from_millis(10)).await);
     }
 }

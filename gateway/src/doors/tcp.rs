@@ -22,6 +22,16 @@ use crate::shutdown::{Shutdown, stopped};
 /// size, since it is most of what an idle terminal costs.
 pub type Handler<S> = Arc<dyn Fn(Admitted<S>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// One listener's door, shared by its connections' tasks: a task holds one pointer to it, not a
+/// copy of each part (a connection's task lives as long as the connection, and an idle terminal
+/// costs what its task holds).
+struct Door {
+    doors: Doors,
+    route: Arc<str>,
+    kind: ListenerKind,
+    handler: Handler<TlsStream<TcpStream>>,
+}
+
 /// Accepts until shutdown begins; each connection is admitted on a task of its own.
 pub async fn serve(
     doors: Doors,
@@ -31,20 +41,27 @@ pub async fn serve(
     mut shutdown: Shutdown,
     handler: Handler<TlsStream<TcpStream>>,
 ) {
+    let door = Arc::new(Door {
+        doors,
+        route,
+        kind,
+        handler,
+    });
     while let Some((stream, source)) = accept(&listener, &mut shutdown).await {
+        let doors = &door.doors;
         Metrics::inc(&doors.metrics.connections_accepted_total);
         let Some(slot) = doors.slots.take() else {
             tracing::warn!(peer = %source, "connection limit reached; closing a new connection");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (doors, route, handler) = (doors.clone(), route.clone(), handler.clone());
+        let door = door.clone();
         tokio::spawn(async move {
             // The handshake's state is its own allocation, freed before the connection settles
             // into its long idle life.
-            let admitted = Box::pin(tls::admit(&doors, stream, source, slot, &route, kind)).await;
+            let admitted = Box::pin(tls::admit(&door.doors, stream, source, slot, &door.route, door.kind)).await;
             if let Some(admitted) = admitted {
-                handler(admitted).await;
+                (door.handler)(admitted).await;
             }
         });
     }

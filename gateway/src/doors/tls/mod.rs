@@ -127,17 +127,23 @@ pub async fn admit<S: Io>(
             return None;
         }
     };
-    let proof = Proof::Certificate(handshake.chain.clone());
+    let summary = handshake.summary();
+    let Handshake {
+        stream,
+        chain,
+        resumed,
+    } = handshake;
+    let proof = Proof::Certificate(chain);
     // A full handshake ran the verifier just now, with this snapshot. A resumed one did not:
     // its certificate was checked when the session began (in this snapshot: a reload starts new
     // sessions), so check validity and the rest again now.
-    let checked = match handshake.resumed {
+    let checked = match resumed {
         true => snapshot.admission.proof(&proof).map_err(|r| r.to_string()),
         false => Ok(()),
     };
-    let terminal = checked.and_then(|()| {
-        let leaf = handshake.chain.first().ok_or("no client certificate")?;
-        Terminal::from_certificate(leaf)
+    let terminal = checked.and_then(|()| match &proof {
+        Proof::Certificate(chain) => Terminal::from_certificate(chain.first().ok_or("no client certificate")?),
+        Proof::WireGuard(_) => Err("not a certificate".into()),
     });
     let terminal = match terminal {
         Ok(t) => t,
@@ -150,10 +156,7 @@ pub async fn admit<S: Io>(
     Metrics::inc(&doors.metrics.handshakes_total);
     doors.audit.record_soon(Entry {
         terminal: Some(terminal.name.clone()),
-        ..entry(
-            Decision::Allow,
-            format!("terminal admitted ({})", handshake.summary()),
-        )
+        ..entry(Decision::Allow, format!("terminal admitted ({summary})"))
     });
     Some(Admitted {
         who: Identified {
@@ -161,7 +164,7 @@ pub async fn admit<S: Io>(
             proof,
             generation: snapshot.generation,
         },
-        stream: handshake.stream,
+        stream,
         source,
         slot,
     })

@@ -205,13 +205,14 @@ impl Stack {
                 continue;
             };
             let (stream, pipe) = tokio::io::duplex(PIPE_BUFFER);
+            let (slot, held) = slot.share();
             self.conns.push(Conn {
                 handle,
                 pipe,
                 peer,
                 closed_in: false,
                 closed_out: false,
-                _slot: slot.clone(),
+                _slot: held,
             });
             accept(Accepted {
                 source: (peer, peer_port).into(),
