@@ -48,6 +48,10 @@ pub mod codes {
     pub const REFUSED_OFFLINE: &str = "91";
     /// A write the journal could not store (disk full, failing disk).
     pub const NOT_STORED: &str = "92";
+    /// A call outside the caller's scopes, or one the rules do not know (with HTTP 403).
+    pub const OUT_OF_SCOPE: &str = "93";
+    /// A journaled write whose terminal or person may no longer make it: quarantined at replay.
+    pub const NO_LONGER_ALLOWED: &str = "94";
 }
 
 /// What the local engine shares across workers.
@@ -175,10 +179,15 @@ enum Attempt {
 }
 
 impl Router {
-    /// Routes one authorized call.
-    pub async fn route(&self, req: Request<ProxyBody>, caller: &Caller) -> Result<Routed, RouteError> {
+    /// Routes one authorized call, by the rule that authorized it (`None`: a call the table does
+    /// not know).
+    pub async fn route(
+        &self,
+        req: Request<ProxyBody>,
+        caller: &Caller,
+        rule: Option<&Rule>,
+    ) -> Result<Routed, RouteError> {
         let f = &self.failover;
-        let rule = f.rules.classify(req.uri().path());
         let action = rule.as_ref().map_or(Action::Refuse, |r| r.action);
         let mode = f.health.mode();
         if mode == Mode::Emergency

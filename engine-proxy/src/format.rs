@@ -70,16 +70,22 @@ pub fn render(format: Format, response: &Map<String, Value>) -> Vec<u8> {
 
 /// The `Api_Result` of an engine answer, if it parses.
 pub fn api_result(format: Format, bytes: &[u8]) -> Option<String> {
-    answer_field(format, bytes, "Api_Result")
+    record_field(format, bytes, "Api_Result")
 }
 
 /// The `Api_Result_Message` of an engine answer, if it parses.
 pub fn api_result_message(format: Format, bytes: &[u8]) -> Option<String> {
-    answer_field(format, bytes, "Api_Result_Message")
+    record_field(format, bytes, "Api_Result_Message")
 }
 
-/// A text field of an answer's first record that has it.
-fn answer_field(format: Format, bytes: &[u8], name: &str) -> Option<String> {
+/// The `Request_Number` of a request (`{"acceptreq": {"Request_Number": "01", …}}`), which picks
+/// what some calls do; `None` when the body does not parse or has none.
+pub fn request_number(format: Format, bytes: &[u8]) -> Option<String> {
+    record_field(format, bytes, "Request_Number")
+}
+
+/// A text field of a body's first record that has it.
+fn record_field(format: Format, bytes: &[u8], name: &str) -> Option<String> {
     let top = parse(format, bytes).ok()?;
     top.values()
         .find_map(|record| record.get(name)?.as_str().map(str::to_owned))

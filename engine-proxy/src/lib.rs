@@ -11,7 +11,8 @@
 //! HTTP proxying and failover: [`failover`] is the route stage. It forwards to the cloud, or
 //! answers in its place from the local engine, by the engine API rules ([`rules`]: which calls
 //! read, which write, which must not be made offline; data, with DESIGN.md's defaults), in the
-//! engine's own body formats ([`format`](mod@format): JSON and ORCA's typed XML).
+//! engine's own body formats ([`format`](mod@format): JSON and ORCA's typed XML). The same rules
+//! say which [`scope`] a call needs: the authorize stage asks them before the call is routed.
 //!
 //! The local engine, which keeps the clinic working while the cloud cannot answer:
 //! - [`cache`]: the read cache, filled from the cloud's answers;
@@ -30,6 +31,7 @@ pub mod health;
 pub mod journal;
 pub mod replay;
 pub mod rules;
+pub mod scope;
 pub mod sqlite;
 pub mod stream;
 pub mod tls;

@@ -1,12 +1,17 @@
-//! The engine API rules: which calls read, which write, which must not be made offline.
+//! The engine API rules: which calls read, which write, which must not be made offline, and
+//! which scope ([`crate::scope`]) a caller needs for each.
 //!
 //! The engine's method does not tell reads from writes (most reads are POST), so the proxy asks
 //! this table, in order, first match wins: the configured rules, then the defaults below (from
-//! DESIGN.md, "The cloud engine's API"). A call no rule names is treated as `refuse`: forwarded
-//! while the cloud answers, refused while it does not. Deny by default: a call the gateway does
-//! not understand is never answered from a cache or journaled.
+//! DESIGN.md, "The cloud engine's API"). A row matches a path pattern and, where one call does
+//! several things, the query's `class` or the body's `Request_Number`. A call no rule names is
+//! treated as `refuse`: forwarded while the cloud answers, refused while it does not, and only
+//! for callers the configuration trusts with unknown calls. Deny by default: a call the gateway
+//! does not understand is never answered from a cache or journaled.
 
 use std::time::Duration;
+
+use crate::scope::Scope;
 
 /// What the local engine may do with a call when the cloud cannot answer it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -35,37 +40,94 @@ impl Action {
 pub struct Rule {
     /// A path pattern without the `/api` prefix; `*` matches any run of characters.
     pub path: String,
+    /// The query's `class`, for calls that pick their function by it (`None`: any).
+    pub class: Option<String>,
+    /// The body's `Request_Number`, for calls that do several things by it (`None`: any).
+    pub request_number: Option<String>,
     pub action: Action,
+    /// What a caller must hold to make the call.
+    pub scope: Scope,
     /// For reads: how long a cached answer may still be served.
     pub ttl: Duration,
+}
+
+impl Rule {
+    /// The scope a row asks for when it names none: reading needs `reference`; writing, and a
+    /// cloud-only call (which may change anything), `write`.
+    pub fn default_scope(action: Action) -> Scope {
+        match action {
+            Action::Read => Scope::Reference,
+            Action::Write | Action::Refuse => Scope::Write,
+        }
+    }
+
+    fn matches_head(&self, path: &str, class: Option<&str>) -> bool {
+        glob(&self.path, path) && self.class.as_deref().is_none_or(|c| Some(c) == class)
+    }
 }
 
 /// How long a cached read may be served when its rule does not say.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// One built-in row: path, `class`, `Request_Number`, action, scope.
+type Builtin = (&'static str, Option<&'static str>, Option<&'static str>, Action, Scope);
+
 /// The built-in table, after any configured rules.
-const DEFAULTS: &[(&str, Action)] = &[
+const DEFAULTS: &[Builtin] = &[
+    // The desktop client: its JSON-RPC, its blob API and the push WebSocket. Stateful, cloud only.
+    ("/rpc/*", None, None, Action::Refuse, Scope::Client),
+    ("/blobapi/*", None, None, Action::Refuse, Scope::Client),
+    ("/ws", None, None, Action::Refuse, Scope::Client),
     // The multi-step "v3" calls hold locks on the engine that started them.
-    ("*/medicalmodv3*", Action::Refuse),
-    ("*/patientmodv3*", Action::Refuse),
-    ("*/incomev3*", Action::Refuse),
+    ("*/medicalmodv3*", None, None, Action::Refuse, Scope::Write),
+    ("*/patientmodv3*", None, None, Action::Refuse, Scope::Write),
+    ("*/incomev3*", None, None, Action::Refuse, Scope::Write),
     // Under /api01rv2 but changing state.
-    ("/api01rv2/okusuriputv2", Action::Write),
+    ("/api01rv2/okusuriputv2", None, None, Action::Write, Scope::Write),
     // Under /api01rv2 but making print data and blobs on the engine.
-    ("/api01rv2/prescriptionv2", Action::Refuse),
-    ("/api01rv2/medicinenotebookv2", Action::Refuse),
-    ("/api01rv2/karteno1v2", Action::Refuse),
-    ("/api01rv2/karteno3v2", Action::Refuse),
-    ("/api01rv2/invoicereceiptv2", Action::Refuse),
-    ("/api01rv2/statementv2", Action::Refuse),
-    ("/api01rv2/*", Action::Read),
-    ("/orca51/*lst*", Action::Read),
-    ("/api21/*", Action::Write),
-    ("/orca1*", Action::Write),
-    ("/orca2*", Action::Write),
-    ("/orca3*", Action::Write),
-    ("/orca4*", Action::Write),
+    ("/api01rv2/prescriptionv2", None, None, Action::Refuse, Scope::Write),
+    ("/api01rv2/medicinenotebookv2", None, None, Action::Refuse, Scope::Write),
+    ("/api01rv2/karteno1v2", None, None, Action::Refuse, Scope::Write),
+    ("/api01rv2/karteno3v2", None, None, Action::Refuse, Scope::Write),
+    ("/api01rv2/invoicereceiptv2", None, None, Action::Refuse, Scope::Write),
+    ("/api01rv2/statementv2", None, None, Action::Refuse, Scope::Write),
+    ("/api01rv2/*", None, None, Action::Read, Scope::Reference),
+    ("/orca51/*lst*", None, None, Action::Read, Scope::Reference),
+    // Calls that write, except the function named by their body: reading a reception
+    // (`acceptmodv2`, since late 2024) and listing the engine's users (`manageusersv2`).
+    ("/orca11/acceptmodv2", None, Some("00"), Action::Read, Scope::Reference),
+    ("/orca101/manageusersv2", None, Some("01"), Action::Read, Scope::Reference),
+    ("/api21/*", None, None, Action::Write, Scope::Write),
+    ("/orca1*", None, None, Action::Write, Scope::Write),
+    ("/orca2*", None, None, Action::Write, Scope::Write),
+    ("/orca3*", None, None, Action::Write, Scope::Write),
+    ("/orca4*", None, None, Action::Write, Scope::Write),
 ];
+
+/// What the table looks at in a call: its path, its query's `class`, and (only when a row asks
+/// for it, see [`Rules::needs_request_number`]) its body's `Request_Number`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Call<'a> {
+    /// The request path, query excluded, `/api` prefix or not.
+    pub path: &'a str,
+    pub class: Option<&'a str>,
+    pub request_number: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    /// A call's path and query `class`, from its path-and-query.
+    pub fn new(path: &'a str, query: Option<&'a str>) -> Call<'a> {
+        let class = query.and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("class="))
+        });
+        Call {
+            path,
+            class,
+            request_number: None,
+        }
+    }
+}
 
 /// The ordered table.
 #[derive(Debug, Clone)]
@@ -76,25 +138,49 @@ pub struct Rules {
 impl Rules {
     /// `configured` rules first, then the defaults.
     pub fn new(configured: Vec<Rule>) -> Rules {
-        let defaults = DEFAULTS.iter().map(|&(path, action)| Rule {
-            path: path.to_owned(),
-            action,
-            ttl: DEFAULT_TTL,
-        });
+        let defaults = DEFAULTS
+            .iter()
+            .map(|&(path, class, request_number, action, scope)| Rule {
+                path: path.to_owned(),
+                class: class.map(str::to_owned),
+                request_number: request_number.map(str::to_owned),
+                action,
+                scope,
+                ttl: DEFAULT_TTL,
+            });
         Rules {
             rules: configured.into_iter().chain(defaults).collect(),
         }
     }
 
-    /// The rule for a request path (query excluded), or `None`: treat as [`Action::Refuse`].
-    pub fn classify(&self, path: &str) -> Option<&Rule> {
-        let path = engine_path(path);
-        self.rules.iter().find(|r| glob(&r.path, path))
+    /// The first rule that matches the call, or `None`: a call the gateway does not know, treated
+    /// as [`Action::Refuse`] offline and refused to anyone the configuration does not trust with
+    /// unknown calls.
+    pub fn classify(&self, call: &Call<'_>) -> Option<&Rule> {
+        let path = engine_path(call.path);
+        self.rules.iter().find(|r| {
+            r.matches_head(path, call.class)
+                && r.request_number
+                    .as_deref()
+                    .is_none_or(|n| Some(n) == call.request_number)
+        })
+    }
+
+    /// Whether the call's rule depends on its body's `Request_Number`: the first row that
+    /// matches its path and `class` asks for one. Only then is the body read before the call
+    /// is authorized.
+    pub fn needs_request_number(&self, call: &Call<'_>) -> bool {
+        let path = engine_path(call.path);
+        self.rules
+            .iter()
+            .find(|r| r.matches_head(path, call.class))
+            .is_some_and(|r| r.request_number.is_some())
     }
 
     /// The action for a path, unknown paths refused.
     pub fn action(&self, path: &str) -> Action {
-        self.classify(path).map_or(Action::Refuse, |r| r.action)
+        self.classify(&Call::new(path, None))
+            .map_or(Action::Refuse, |r| r.action)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Rule> {
@@ -165,10 +251,47 @@ mod tests {
     }
 
     #[test]
+    fn scopes_by_path_class_and_request_number() {
+        let r = Rules::new(vec![Rule {
+            path: "/api01rv2/system01lstv2".into(),
+            class: Some("99".into()),
+            request_number: None,
+            action: Action::Refuse,
+            scope: Scope::Write,
+            ttl: DEFAULT_TTL,
+        }]);
+        let scope = |path: &str, query: Option<&str>, number: Option<&str>| {
+            let call = Call {
+                request_number: number,
+                ..Call::new(path, query)
+            };
+            r.classify(&call).map(|rule| rule.scope)
+        };
+        assert_eq!(scope("/rpc/", None, None), Some(Scope::Client));
+        assert_eq!(scope("/api/ws", None, None), Some(Scope::Client));
+        assert_eq!(scope("/api01rv2/patientgetv2", Some("id=1"), None), Some(Scope::Reference));
+        assert_eq!(scope("/api01rv2/system01lstv2", Some("class=01"), None), Some(Scope::Reference));
+        assert_eq!(scope("/api01rv2/system01lstv2", Some("format=json&class=99"), None), Some(Scope::Write));
+        assert_eq!(scope("/orca11/acceptmodv2", Some("class=01"), Some("01")), Some(Scope::Write));
+        assert_eq!(scope("/orca11/acceptmodv2", None, Some("00")), Some(Scope::Reference));
+        assert_eq!(scope("/orca11/acceptmodv2", None, None), Some(Scope::Write));
+        assert_eq!(scope("/api01rv2/prescriptionv2", None, None), Some(Scope::Write));
+        assert_eq!(scope("/sim/upload", None, None), None);
+
+        assert!(r.needs_request_number(&Call::new("/orca11/acceptmodv2", None)));
+        assert!(r.needs_request_number(&Call::new("/api/orca101/manageusersv2", None)));
+        assert!(!r.needs_request_number(&Call::new("/orca14/appointmodv2", Some("class=01"))));
+        assert!(!r.needs_request_number(&Call::new("/api01rv2/patientgetv2", None)));
+    }
+
+    #[test]
     fn configured_rules_come_first() {
         let r = Rules::new(vec![Rule {
             path: "/api01rv2/system01dailyv2".into(),
+            class: None,
+            request_number: None,
             action: Action::Refuse,
+            scope: Scope::Write,
             ttl: DEFAULT_TTL,
         }]);
         assert_eq!(r.action("/api01rv2/system01dailyv2"), Action::Refuse);

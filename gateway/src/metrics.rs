@@ -37,7 +37,17 @@ metrics! {
     handshake_failures_total: "counter", "TLS handshakes that failed or were refused (certificate, inventory, protocol).";
     handshake_timeouts_total: "counter", "TLS handshakes not finished within limits.handshake_timeout_secs.";
     requests_total: "counter", "HTTP requests answered on api listeners.";
-    requests_denied_total: "counter", "HTTP requests refused by the gateway (person, terminal, limits).";
+    requests_denied_total: "counter", "HTTP requests refused by the gateway (person, terminal, scope, limits).";
+    requests_scope_client_total: "counter", "Calls allowed that needed the client scope.";
+    requests_scope_reference_total: "counter", "Calls allowed that needed the reference scope.";
+    requests_scope_write_total: "counter", "Calls allowed that needed the write scope (unknown calls allowed by authorize.unknown_calls included).";
+    requests_denied_scope_client_total: "counter", "Calls refused (403) for want of the client scope.";
+    requests_denied_scope_reference_total: "counter", "Calls refused (403) for want of the reference scope.";
+    requests_denied_scope_write_total: "counter", "Calls refused (403) for want of the write scope.";
+    requests_denied_unknown_call_total: "counter", "Calls refused (403) because the engine API rules do not know them (authorize.unknown_calls = \"deny\").";
+    requests_denied_noncanonical_total: "counter", "Requests refused (400) because their path is not canonical (dot-segments, //, encoded separators).";
+    streams_denied_scope_total: "counter", "Raw TCP streams refused because terminal or person lacks the route's scope.";
+    journal_no_longer_allowed_total: "counter", "Journaled writes quarantined at replay because their terminal or person may no longer make them.";
     auth_failures_total: "counter", "Wrong or unknown ID and password.";
     password_checks_total: "counter", "ID and password checks that ran argon2id (the others were answered from the auth.cache_secs cache).";
     lockouts_total: "counter", "Requests refused because a user or terminal is locked out.";

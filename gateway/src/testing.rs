@@ -13,6 +13,8 @@ use rcgen::{
 };
 use rustls::pki_types::CertificateDer;
 
+use engine_proxy::scope::Scopes;
+
 use crate::audit::{AuditLog, Record};
 use crate::auth::{People, Settings};
 use crate::config::Tls;
@@ -66,14 +68,14 @@ impl Clinic {
         let data_dir = path("data");
         let conn = store::open(&data_dir).unwrap();
         for (name, enabled) in terminals {
-            inventory::add(&conn, name, None).unwrap();
+            inventory::add(&conn, name, None, Scopes::ALL).unwrap();
             if !enabled {
                 inventory::set_enabled(&conn, name, false).unwrap();
             }
         }
         let hash = users::hash_password(PASSWORD.as_bytes()).unwrap();
         for id in users {
-            users::add(&conn, id, &hash, None).unwrap();
+            users::add(&conn, id, &hash, None, Scopes::ALL).unwrap();
         }
         let settings = Settings {
             person: true,
@@ -109,6 +111,11 @@ impl Clinic {
         inventory::set_enabled(&store::open(&self.data_dir).unwrap(), name, false).unwrap();
     }
 
+    /// Sets what a terminal may call (on disk; [`Clinic::reload`] makes it count).
+    pub fn set_scopes(&self, name: &str, scopes: Scopes) {
+        inventory::set_scopes(&store::open(&self.data_dir).unwrap(), name, scopes).unwrap();
+    }
+
     /// A client certificate for `name`, issued by the clinic CA.
     pub fn certificate(&self, name: &str) -> CertificateDer<'static> {
         let key = KeyPair::generate().unwrap();
@@ -123,6 +130,7 @@ impl Clinic {
         let cert = self.certificate(name);
         Identified {
             terminal: Terminal::from_certificate(&cert).unwrap(),
+            scopes: self.live.now().admission.registered(name).unwrap_or(Scopes::NONE),
             proof: Proof::Certificate(vec![cert]),
             generation: self.live.generation(),
         }
@@ -182,6 +190,19 @@ pub fn basic(id: &str, password: &str) -> String {
 }
 
 /// The cloud's health as a freshly started gateway sees it: `normal`.
+/// The failover state of a gateway with an on-premises engine (nothing on disk), the default
+/// rules after `rules`, and a 1 KiB bound on buffered bodies.
+pub fn failover(rules: Vec<engine_proxy::rules::Rule>) -> engine_proxy::failover::Failover {
+    engine_proxy::failover::Failover {
+        rules: engine_proxy::rules::Rules::new(rules),
+        health: health(),
+        local: engine_proxy::failover::Local::Engine {
+            url: "http://onprem.test:8000".into(),
+        },
+        max_entry_bytes: 1024,
+    }
+}
+
 pub fn health() -> Arc<engine_proxy::health::Health> {
     let second = Duration::from_secs(1);
     engine_proxy::health::Health::new(engine_proxy::health::Settings {

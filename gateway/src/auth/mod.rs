@@ -16,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use engine_proxy::scope::Scopes;
 use hyper::header::HeaderValue;
 use rusqlite::Connection;
 use zeroize::Zeroizing;
@@ -33,6 +34,9 @@ pub struct Person {
     pub user: Option<String>,
     /// The `Authorization` value to send upstream: the user's own engine account, or the clinic's.
     pub upstream: HeaderValue,
+    /// What the person may call (every scope when authentication is off: the terminal's
+    /// scopes alone decide then).
+    pub scopes: Scopes,
 }
 
 /// Why a person was not admitted. Each maps to one HTTP status and one audit reason.
@@ -103,8 +107,9 @@ pub struct People {
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     lockout: Mutex<Lockout>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
-    /// Terminals (by certificate fingerprint) with a person signed in, until when.
-    signed_in: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Terminals (by certificate fingerprint) with a person signed in: until when, and what
+    /// that person may call.
+    signed_in: Mutex<HashMap<[u8; 32], (Instant, Scopes)>>,
     verifying: tokio::sync::Semaphore,
     /// argon2id verifications run so far (the metric `password_checks_total`).
     checks: std::sync::atomic::AtomicU64,

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use engine_proxy::scope::Scopes;
 use hyper::header::HeaderValue;
 
 use super::{People, Person, lock, sha256};
@@ -14,6 +15,7 @@ pub(super) struct Session {
     user: String,
     terminal: [u8; 32],
     upstream: HeaderValue,
+    scopes: Scopes,
     until: Instant,
 }
 
@@ -33,6 +35,7 @@ impl People {
                 user: person.user.clone().unwrap_or_default(),
                 terminal: terminal.fingerprint,
                 upstream: person.upstream.clone(),
+                scopes: person.scopes,
                 until: now + self.settings.session,
             },
         );
@@ -46,6 +49,7 @@ impl People {
         (s.until > Instant::now() && s.terminal == terminal.fingerprint).then(|| Person {
             user: Some(s.user.clone()),
             upstream: s.upstream.clone(),
+            scopes: s.scopes,
         })
     }
 
@@ -54,25 +58,27 @@ impl People {
         lock(&self.sessions).remove(&sha256(&[token.as_bytes()]));
     }
 
-    pub(super) fn mark_signed_in(&self, terminal: &Terminal) {
+    /// Records that a person who may call `scopes` signed in on this terminal.
+    pub(super) fn mark_signed_in(&self, terminal: &Terminal, scopes: Scopes) {
         let until = Instant::now() + self.settings.session;
         let mut signed_in = lock(&self.signed_in);
         match signed_in.get_mut(&terminal.fingerprint) {
-            Some(t) => *t = until,
+            Some(t) => *t = (until, scopes),
             None => {
                 let now = Instant::now();
-                signed_in.retain(|_, t| *t > now);
-                signed_in.insert(terminal.fingerprint, until);
+                signed_in.retain(|_, (t, _)| *t > now);
+                signed_in.insert(terminal.fingerprint, (until, scopes));
             }
         }
     }
 
-    /// Whether a person signed in on this terminal (same certificate) within the session lifetime:
-    /// what raw TCP routes require.
-    pub fn signed_in(&self, terminal: &Terminal) -> bool {
+    /// The scopes of the person who signed in last on this terminal (same certificate) within the
+    /// session lifetime, if anyone did: what raw TCP routes require.
+    pub fn signed_in(&self, terminal: &Terminal) -> Option<Scopes> {
         lock(&self.signed_in)
             .get(&terminal.fingerprint)
-            .is_some_and(|until| *until > Instant::now())
+            .filter(|(until, _)| *until > Instant::now())
+            .map(|(_, scopes)| *scopes)
     }
 
     /// The session lifetime, for the cookie's Max-Age.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use base64::Engine as _;
+use engine_proxy::scope::Scopes;
 use hyper::header::HeaderValue;
 use zeroize::Zeroizing;
 
@@ -35,6 +36,7 @@ struct Remembered {
 pub(super) struct Cached {
     user: String,
     upstream: HeaderValue,
+    scopes: Scopes,
     until: Instant,
 }
 
@@ -59,6 +61,7 @@ impl People {
         Person {
             user: None,
             upstream: self.clinic(),
+            scopes: Scopes::ALL,
         }
     }
 
@@ -178,10 +181,11 @@ impl People {
                     Cached {
                         user: id.to_owned(),
                         upstream: person.upstream.clone(),
+                        scopes: person.scopes,
                         until: Instant::now() + self.settings.cache,
                     },
                 );
-                self.mark_signed_in(terminal);
+                self.mark_signed_in(terminal, person.scopes);
                 Ok(person)
             }
             Err(denied @ Denied::WrongPassword { .. }) => {
@@ -206,8 +210,9 @@ impl People {
             .map(|hit| Person {
                 user: Some(hit.user.clone()),
                 upstream: hit.upstream.clone(),
+                scopes: hit.scopes,
             })?;
-        self.mark_signed_in(terminal);
+        self.mark_signed_in(terminal, person.scopes);
         Some(person)
     }
 
@@ -238,6 +243,7 @@ impl People {
         Ok(Person {
             user: Some(user.id),
             upstream,
+            scopes: user.scopes,
         })
     }
 }
@@ -252,7 +258,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::open(dir.path()).unwrap();
         let hash = users::hash_password(b"correct horse battery").unwrap();
-        users::add(&db, "nurse", &hash, None).unwrap();
+        users::add(&db, "nurse", &hash, None, engine_proxy::scope::Scopes::ALL).unwrap();
         let people = Arc::new(People::new(
             settings(),
             db,

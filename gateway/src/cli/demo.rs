@@ -181,7 +181,12 @@ fn create(dir: &Path, args: &DemoArgs) -> Result<()> {
     let data = dir.join("data");
     let store = |e: crate::store::StoreError| Error::Refused(e.to_string());
     let conn = crate::store::open(&data).map_err(store)?;
-    crate::store::inventory::add(&conn, TERMINAL, Some("the demo's reception PC")).map_err(store)?;
+    crate::store::inventory::add(
+        &conn,
+        TERMINAL,
+        Some("the demo's reception PC"),
+        engine_proxy::scope::Scopes::ALL,
+    ).map_err(store)?;
     let wg_listen = wg_listen(args)?;
     let wg_endpoint = match wg_listen.ip() {
         ip if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), wg_listen.port()),
@@ -190,7 +195,7 @@ fn create(dir: &Path, args: &DemoArgs) -> Result<()> {
     let wg_section = wireguard_toml(wg_listen, wg_endpoint);
     enroll_wg_terminal(dir, &conn, &data, &wg_section, &wg_endpoint.to_string())?;
     let hash = crate::store::users::hash_password(staff_password.as_bytes()).map_err(store)?;
-    crate::store::users::add(&conn, USER, &hash, None).map_err(store)?;
+    crate::store::users::add(&conn, USER, &hash, None, engine_proxy::scope::Scopes::ALL).map_err(store)?;
     files::write_atomic(
         &dir.join("user.txt"),
         format!("{USER}:{staff_password}\n").as_bytes(),
@@ -255,6 +260,7 @@ fn enroll_wg_terminal(
     };
     let how = crate::store::inventory::Enroll::New {
         note: Some("the demo's WireGuard terminal (a tablet)"),
+        scopes: engine_proxy::scope::Scopes::ALL,
     };
     terminal::enroll_wireguard(conn, &wg, endpoint, WG_TERMINAL, how, &outputs)
         .map_err(|e| Error::Refused(e.to_string()))?;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use cert_tool::files::{self, Staged};
 use clap::{Args, Subcommand};
+use engine_proxy::scope::Scopes;
 use rusqlite::Connection;
 use zeroize::Zeroizing;
 
@@ -65,6 +66,10 @@ pub enum TerminalCommand {
         /// Also give it a WireGuard identity and write its config (see `terminal wireguard`)
         #[arg(long)]
         wireguard: bool,
+        /// What may be called from it, whoever signs in: client, reference, write
+        /// (comma-separated; write includes reference), all or none
+        #[arg(long, value_name = "LIST", default_value = "all", conflicts_with = "enroll")]
+        scopes: Scopes,
         #[command(flatten)]
         wg: WireGuardArgs,
     },
@@ -87,6 +92,14 @@ pub enum TerminalCommand {
         /// Machine-readable output: a JSON array
         #[arg(long)]
         json: bool,
+    },
+    /// Change what may be called from a terminal (applied to its open connections at the next
+    /// SIGHUP)
+    Set {
+        name: String,
+        /// client, reference, write (comma-separated; write includes reference), all or none
+        #[arg(long, value_name = "LIST")]
+        scopes: Scopes,
     },
     /// Refuse a terminal's connections even with a valid certificate (a lost laptop)
     Disable { name: String },
@@ -166,12 +179,14 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
             note,
             wireguard: true,
             wg,
+            scopes,
             ..
         } => wireguard(
             &args.appliance,
             &name.or(name_option).unwrap_or_default(),
             Enroll::New {
                 note: note.as_deref(),
+                scopes,
             },
             &wg,
         )?,
@@ -182,6 +197,7 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
             note,
             wireguard: false,
             wg,
+            scopes,
             ..
         } => {
             let name = name.or(name_option).unwrap_or_default();
@@ -190,8 +206,12 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
                     "--out, --qr-png and --no-psk go with --wireguard".into(),
                 ));
             }
-            inventory::add(&open(&args.appliance)?, &name, note.as_deref())?;
-            format!("registered terminal {name} (enabled)")
+            inventory::add(&open(&args.appliance)?, &name, note.as_deref(), scopes)?;
+            format!("registered terminal {name} (enabled, scopes {scopes})")
+        }
+        TerminalCommand::Set { name, scopes } => {
+            inventory::set_scopes(&open(&args.appliance)?, &name, scopes)?;
+            format!("terminal {name} may now call: {scopes}")
         }
         TerminalCommand::Disable { name } => {
             inventory::set_enabled(&open(&args.appliance)?, &name, false)?;
@@ -519,15 +539,16 @@ fn list(inventory: &Inventory, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<32}  {:<8}  {:<15}  {:<20}  NOTE",
-        "NAME", "STATUS", "TUNNEL", "ADDED"
+        "{:<32}  {:<8}  {:<23}  {:<15}  {:<20}  NOTE",
+        "NAME", "STATUS", "SCOPES", "TUNNEL", "ADDED"
     );
     for t in inventory.iter() {
         let tunnel = t.wireguard.as_ref().map(|p| p.address.to_string());
         println!(
-            "{:<32}  {:<8}  {:<15}  {:<20}  {}",
+            "{:<32}  {:<8}  {:<23}  {:<15}  {:<20}  {}",
             t.name,
             if t.enabled { "enabled" } else { "disabled" },
+            t.scopes.to_string(),
             or_dash(tunnel.as_deref()),
             t.added,
             or_dash(t.note.as_deref())

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use cert_tool::keys::Passphrase;
 use clap::{Args, Subcommand};
+use engine_proxy::scope::Scopes;
 use zeroize::Zeroizing;
 
 use super::{or_dash, to_json};
@@ -38,6 +39,17 @@ pub enum UserCommand {
         password: PasswordArgs,
         #[command(flatten)]
         upstream: UpstreamArgs,
+        /// What this person may call, at terminals that may call it too: client, reference,
+        /// write (comma-separated; write includes reference), all or none
+        #[arg(long, value_name = "LIST", default_value = "all")]
+        scopes: Scopes,
+    },
+    /// Change what a person may call (from their next sign-in; SIGHUP for one already signed in)
+    Set {
+        id: String,
+        /// client, reference, write (comma-separated; write includes reference), all or none
+        #[arg(long, value_name = "LIST")]
+        scopes: Scopes,
     },
     /// Set a new password
     Passwd {
@@ -125,6 +137,7 @@ pub fn run(args: UserArgs) -> Result<ExitCode> {
             id,
             password,
             upstream,
+            scopes,
         } => {
             users::check_id(&id)?;
             // Refuse before asking for a password that would be thrown away.
@@ -133,11 +146,15 @@ pub fn run(args: UserArgs) -> Result<ExitCode> {
             }
             let credential = upstream.credential()?;
             let hash = users::hash_password(password.new_password(&id)?.expose().as_bytes())?;
-            users::add(&conn, &id, &hash, credential.as_ref())?;
+            users::add(&conn, &id, &hash, credential.as_ref(), scopes)?;
             match credential {
-                Some(c) => format!("added user {id} (upstream account {})", c.id),
-                None => format!("added user {id}"),
+                Some(c) => format!("added user {id} (scopes {scopes}, upstream account {})", c.id),
+                None => format!("added user {id} (scopes {scopes})"),
             }
+        }
+        UserCommand::Set { id, scopes } => {
+            users::set_scopes(&conn, &id, scopes)?;
+            format!("user {id} may now call: {scopes} (from their next sign-in)")
         }
         UserCommand::Passwd { id, password } => {
             if !users::exists(&conn, &id)? {
@@ -173,14 +190,15 @@ pub fn run(args: UserArgs) -> Result<ExitCode> {
                 println!("{}", to_json(&all)?);
             } else {
                 println!(
-                    "{:<24}  {:<8}  {:<24}  {:<20}  CHANGED",
-                    "ID", "STATUS", "UPSTREAM", "CREATED"
+                    "{:<24}  {:<8}  {:<23}  {:<24}  {:<20}  CHANGED",
+                    "ID", "STATUS", "SCOPES", "UPSTREAM", "CREATED"
                 );
                 for u in all {
                     println!(
-                        "{:<24}  {:<8}  {:<24}  {:<20}  {}",
+                        "{:<24}  {:<8}  {:<23}  {:<24}  {:<20}  {}",
                         u.id,
                         if u.locked { "locked" } else { "active" },
+                        u.scopes.to_string(),
                         or_dash(u.upstream_id.as_deref()),
                         u.created,
                         u.changed

@@ -51,7 +51,16 @@ pub struct Failover {
 pub struct RouteRule {
     /// A path pattern without the `/api` prefix; `*` matches any run of characters.
     pub path: String,
+    /// Only calls with this `class` in the query.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// Only calls whose body's first record has this `Request_Number`.
+    #[serde(default)]
+    pub request_number: Option<String>,
     pub action: engine_proxy::rules::Action,
+    /// What a caller must hold (default: `reference` for a read, `write` otherwise).
+    #[serde(default)]
+    pub scope: Option<engine_proxy::scope::Scope>,
     /// `read` only: how long a cached answer may be served (default one day).
     #[serde(default)]
     pub ttl_secs: Option<u64>,
@@ -79,7 +88,12 @@ impl Failover {
                 .iter()
                 .map(|r| engine_proxy::rules::Rule {
                     path: r.path.clone(),
+                    class: r.class.clone(),
+                    request_number: r.request_number.clone(),
                     action: r.action,
+                    scope: r
+                        .scope
+                        .unwrap_or_else(|| engine_proxy::rules::Rule::default_scope(r.action)),
                     ttl: r
                         .ttl_secs
                         .map_or(engine_proxy::rules::DEFAULT_TTL, Duration::from_secs),
@@ -174,6 +188,16 @@ impl Config {
                     key("path"),
                     format!("expected a path such as \"/api01rv2/*\", got {:?}", r.path),
                 ));
+            }
+            for (k, value) in [("class", &r.class), ("request_number", &r.request_number)] {
+                if let Some(v) = value
+                    && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric()))
+                {
+                    return Err(self.invalid(
+                        key(k),
+                        format!("expected letters and digits such as \"01\", got {v:?}"),
+                    ));
+                }
             }
             if r.ttl_secs.is_some() && r.action != engine_proxy::rules::Action::Read {
                 return Err(self.invalid(key("ttl_secs"), "only a read rule has a cache lifetime"));

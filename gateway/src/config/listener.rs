@@ -40,6 +40,10 @@ pub struct Listener {
     /// address); without it, new streams are refused while the cloud is down.
     #[serde(default)]
     pub fallback: Option<String>,
+    /// `tcp` only: what terminal and signed-in person must both hold to open a stream (default
+    /// `write`: the gateway cannot see what the bytes do).
+    #[serde(default)]
+    pub scope: Option<engine_proxy::scope::Scope>,
 }
 
 impl Listener {
@@ -73,6 +77,13 @@ impl Config {
                 }
                 (ListenerKind::Tcp, Some(u)) if split_host_port(u).is_none() => {
                     return Err(self.invalid(key("upstream"), format!("expected \"host:port\", got {u:?}")));
+                }
+                (ListenerKind::Api, _) if l.scope.is_some() => {
+                    return Err(self.invalid(
+                        key("scope"),
+                        "an api listener's calls take their scopes from the engine API rules \
+                         ([[failover.route]]); scope is for kind = \"tcp\"",
+                    ));
                 }
                 (ListenerKind::Api, _) if l.fallback.is_some() => {
                     return Err(self.invalid(

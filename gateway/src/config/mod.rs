@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod authorize;
 mod est;
 mod failover;
 mod limits;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use admin::Admin;
 pub use auth::Auth;
+pub use authorize::{Authorize, UnknownCalls};
 pub use est::Est;
 pub use failover::{Failover, RouteRule};
 pub use limits::Limits;
@@ -56,6 +58,8 @@ pub struct Config {
     pub upstream: Upstream,
     #[serde(default)]
     pub auth: Auth,
+    #[serde(default)]
+    pub authorize: Authorize,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]

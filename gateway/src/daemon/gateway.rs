@@ -213,7 +213,11 @@ impl Gateway {
                 people: self.people.clone(),
                 metrics: self.metrics.clone(),
             },
-            authorize: authorize::Authorize,
+            authorize: authorize::Authorize {
+                failover: self.failover.clone(),
+                unknown_calls: self.config.authorize.unknown_calls,
+                metrics: self.metrics.clone(),
+            },
             limit: limit::Limit {
                 max_body_bytes: limits.max_body_bytes,
             },
@@ -260,6 +264,7 @@ impl Gateway {
                 Route::Stream(Arc::new(StreamRoute {
                     name,
                     require_login: listener.require_login,
+                    scope: listener.scope.unwrap_or(engine_proxy::scope::Scope::Write),
                     targets: Targets {
                         cloud: Target {
                             address: listener.upstream.clone().unwrap_or_default(),

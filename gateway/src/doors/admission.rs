@@ -14,6 +14,8 @@ use rustls::CertificateError;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 
+use engine_proxy::scope::Scopes;
+
 use crate::doors::identity::{self, Proof, Terminal};
 use crate::doors::wireguard::keys::PublicKey;
 use crate::store::inventory::Inventory;
@@ -59,10 +61,10 @@ impl Admission {
         &self.webpki
     }
 
-    /// The inventory's half of the rule: registered, and enabled now.
-    pub fn registered(&self, name: &str) -> Result<(), Refusal> {
+    /// The inventory's half of the rule: registered, and enabled now; and what it may call.
+    pub fn registered(&self, name: &str) -> Result<Scopes, Refusal> {
         match self.inventory.get(name) {
-            Some(t) if t.enabled => Ok(()),
+            Some(t) if t.enabled => Ok(t.scopes),
             Some(_) => Err(Refusal::Disabled(name.to_owned())),
             None => Err(Refusal::Unregistered(name.to_owned())),
         }
@@ -83,20 +85,23 @@ impl Admission {
         Ok(name)
     }
 
-    /// A WireGuard peer's static key: the terminal it is registered to, if that one is enabled.
-    pub fn wireguard(&self, key: &PublicKey) -> Result<Terminal, Refusal> {
+    /// A WireGuard peer's static key: the terminal it is registered to, if that one is enabled,
+    /// and what it may call.
+    pub fn wireguard(&self, key: &PublicKey) -> Result<(Terminal, Scopes), Refusal> {
         let registered = self.inventory.by_wireguard_key(key).ok_or(Refusal::UnknownKey)?;
-        self.registered(&registered.name)?;
-        Ok(Terminal::from_wireguard(&registered.name, key))
+        let scopes = self.registered(&registered.name)?;
+        Ok((Terminal::from_wireguard(&registered.name, key), scopes))
     }
 
-    /// Whether a terminal admitted under an earlier snapshot still is under this one.
-    pub fn proof(&self, proof: &Proof) -> Result<(), Refusal> {
+    /// Whether a terminal admitted under an earlier snapshot still is under this one, and what
+    /// it may call now.
+    pub fn proof(&self, proof: &Proof) -> Result<Scopes, Refusal> {
         match proof {
-            Proof::WireGuard(key) => self.wireguard(key).map(drop),
+            Proof::WireGuard(key) => self.wireguard(key).map(|(_, scopes)| scopes),
             Proof::Certificate(chain) => {
                 let (leaf, intermediates) = chain.split_first().ok_or(Refusal::NoCertificate)?;
-                self.certificate(leaf, intermediates, UnixTime::now()).map(drop)
+                let name = self.certificate(leaf, intermediates, UnixTime::now())?;
+                self.registered(&name)
             }
         }
     }
@@ -179,7 +184,7 @@ mod tests {
         let (tablet, old) = (key("tablet", [10, 77, 0, 2]), key("old-tablet", [10, 77, 0, 3]));
         c.reload();
         let rule = c.live.now().admission.clone();
-        let terminal = rule.wireguard(&tablet).unwrap();
+        let (terminal, _) = rule.wireguard(&tablet).unwrap();
         assert_eq!(terminal.name, "tablet");
         assert_eq!(
             terminal.fingerprint,

@@ -6,6 +6,7 @@
 //! ask again, and its SHA-256 fingerprint binds a login session to it, so a stolen cookie is useless
 //! on another terminal.
 
+use engine_proxy::scope::Scopes;
 use rustls::pki_types::CertificateDer;
 
 use crate::doors::wireguard::keys::PublicKey;
@@ -78,4 +79,6 @@ pub struct Identified {
     pub proof: Proof,
     /// The generation of the snapshot ([`crate::doors::live::Snapshot`]) that admitted it.
     pub generation: u64,
+    /// What the inventory let it call under that snapshot.
+    pub scopes: Scopes,
 }

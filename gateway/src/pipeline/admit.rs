@@ -7,15 +7,39 @@
 //! is refused (the refusal itself waits in memory until the log is writable again).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+
+use engine_proxy::scope::Scopes;
 
 use hyper::StatusCode;
 use hyper::header::{self, HeaderValue};
 
 use crate::audit::AuditLog;
-use crate::doors::identity::Proof;
+use crate::doors::identity::{Identified, Proof};
 use crate::doors::live::Live;
 use crate::pipeline::reply::Refused;
+
+/// Where a connection's terminal stands: the snapshot it was last checked against, and what the
+/// inventory let it call then.
+pub struct Standing {
+    checked: AtomicU64,
+    scopes: AtomicU8,
+}
+
+impl Standing {
+    /// As the door admitted it.
+    pub fn new(who: &Identified) -> Standing {
+        Standing {
+            checked: AtomicU64::new(who.generation),
+            scopes: AtomicU8::new(who.scopes.bits()),
+        }
+    }
+
+    /// What the terminal may call, as of its last check.
+    pub fn scopes(&self) -> Scopes {
+        Scopes::from_bits(self.scopes.load(Relaxed))
+    }
+}
 
 /// What the stage consults: the current snapshot, and whether the audit log is writable.
 pub struct Admit {
@@ -24,14 +48,15 @@ pub struct Admit {
 }
 
 impl Admit {
-    /// `checked`: the snapshot generation this connection was last checked against, moved on
-    /// when it passes against a newer one.
-    pub fn check(&self, proof: &Proof, checked: &AtomicU64) -> Result<(), Refused> {
+    /// `standing` moves on when the terminal passes against a newer snapshot, with the scopes
+    /// that snapshot gives it.
+    pub fn check(&self, proof: &Proof, standing: &Standing) -> Result<(), Refused> {
         // The common case, nothing reloaded since the last request, reads the generation only:
         // no snapshot is taken.
-        if checked.load(Relaxed) != self.live.generation() {
+        if standing.checked.load(Relaxed) != self.live.generation() {
             let snapshot = self.live.now();
-            if let Err(why) = snapshot.admission.proof(proof) {
+            let scopes = snapshot.admission.proof(proof);
+            if let Err(why) = scopes {
                 let mut refused = Refused::text(
                     StatusCode::FORBIDDEN,
                     &format!("this terminal is no longer admitted ({why})"),
@@ -43,7 +68,10 @@ impl Admit {
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return Err(refused);
             }
-            checked.store(snapshot.generation, Relaxed);
+            if let Ok(scopes) = scopes {
+                standing.scopes.store(scopes.bits(), Relaxed);
+            }
+            standing.checked.store(snapshot.generation, Relaxed);
         }
         if self.audit.is_failing() {
             return Err(Refused::text(
@@ -70,17 +98,22 @@ mod tests {
             audit: c.audit.clone(),
         };
         let who = c.admitted("reception-1");
-        let checked = AtomicU64::new(who.generation);
-        assert!(admit.check(&who.proof, &checked).is_ok());
+        let standing = Standing::new(&who);
+        assert!(admit.check(&who.proof, &standing).is_ok());
         c.reload();
         assert!(
-            admit.check(&who.proof, &checked).is_ok(),
+            admit.check(&who.proof, &standing).is_ok(),
             "nothing changed for it"
         );
-        assert_eq!(checked.load(Relaxed), 1, "checked against the new snapshot");
+        assert_eq!(standing.checked.load(Relaxed), 1, "checked against the new snapshot");
+        assert_eq!(standing.scopes(), Scopes::ALL);
+        c.set_scopes("reception-1", "reference".parse().unwrap());
+        c.reload();
+        assert!(admit.check(&who.proof, &standing).is_ok());
+        assert_eq!(standing.scopes().to_string(), "reference", "a reload narrows it at once");
         c.disable("reception-1");
         c.reload();
-        let refused = admit.check(&who.proof, &checked).unwrap_err();
+        let refused = admit.check(&who.proof, &standing).unwrap_err();
         assert_eq!(refused.response.status(), StatusCode::FORBIDDEN);
         assert_eq!(
             refused.response.headers().get(header::CONNECTION).unwrap(),

@@ -21,6 +21,7 @@ use crate::doors::slot::Slot;
 use crate::http1;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::pipeline::admit::Standing;
 use crate::pipeline::pages::Pages;
 use crate::pipeline::respond::Outcome;
 
@@ -30,8 +31,8 @@ pub struct Connection {
     pub(crate) who: Identified,
     pub(crate) source: SocketAddr,
     pub(crate) route: Arc<str>,
-    /// The snapshot generation this connection was last checked against.
-    pub(crate) checked: AtomicU64,
+    /// Where its terminal stands since the last check.
+    pub(crate) standing: Standing,
     /// The person last verified on this connection.
     pub(crate) memo: Memo,
     pub(crate) _slot: Slot,
@@ -71,7 +72,11 @@ impl Connection {
     ) -> Outcome {
         let p = &self.pipeline;
         let terminal = &self.who.terminal;
-        if let Err(refused) = p.admit.check(&self.who.proof, &self.checked) {
+        if let Err(refused) = p.admit.check(&self.who.proof, &self.standing) {
+            return Outcome::Refused(refused);
+        }
+        // Before any page or rule looks at the path.
+        if let Err(refused) = p.authorize.canonical(&req) {
             return Outcome::Refused(refused);
         }
         if Pages::serves(&req) {
@@ -82,16 +87,18 @@ impl Connection {
             Err(refused) => return Outcome::Refused(refused),
         };
         entry.user = person.user.clone();
-        if let Err(refused) = p.authorize.check(&req, terminal, &person) {
-            return Outcome::Refused(refused);
-        }
+        let scopes = self.standing.scopes();
+        let (req, rule) = match p.authorize.check(req, scopes, &person).await {
+            Ok(authorized) => (authorized.request, authorized.rule),
+            Err(refused) => return Outcome::Refused(refused),
+        };
         entry.upstream = Some(p.forward.upstream().to_owned());
         let limited = match p.limit.apply(req) {
             Ok(limited) => limited,
             Err(refused) => return Outcome::Refused(refused),
         };
         *received = Some(limited.received.clone());
-        match p.forward.call(limited, &person, terminal).await {
+        match p.forward.call(limited, &person, terminal, rule).await {
             Ok(forwarded) => Outcome::Forwarded(forwarded),
             Err(refused) => Outcome::Refused(refused),
         }

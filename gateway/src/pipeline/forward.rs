@@ -14,6 +14,7 @@ use hyper::{Response, StatusCode};
 
 use engine_proxy::failover::{Caller, RouteError, Routed, Router, Served};
 use engine_proxy::health::Mode;
+use engine_proxy::rules::Rule;
 use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::Decision;
@@ -65,11 +66,13 @@ impl Forward {
         self.router.cloud.authority()
     }
 
+    /// `rule`: the engine API rule the authorize stage allowed the call by.
     pub async fn call(
         &self,
         limited: Limited,
         person: &Person,
         terminal: &Terminal,
+        rule: Option<&Rule>,
     ) -> Result<Forwarded, Refused> {
         let Limited {
             mut request,
@@ -84,7 +87,7 @@ impl Forward {
             user: person.user.clone(),
             authorization: person.upstream.clone(),
         };
-        match self.router.route(request, &caller).await {
+        match self.router.route(request, &caller, rule).await {
             Ok(routed) => Ok(self.answered(routed, person, upgrade)),
             Err(e) => self.failed(
                 e,
@@ -222,7 +225,6 @@ impl Forward {
 mod tests {
     use super::*;
     use crate::pipeline::reply;
-    use engine_proxy::failover::{Failover, Local};
     use engine_proxy::upstream::{Upstream, UpstreamError};
     use std::time::Duration;
 
@@ -232,14 +234,7 @@ mod tests {
             .unwrap()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        let failover = Failover {
-            rules: engine_proxy::rules::Rules::new(Vec::new()),
-            health: crate::testing::health(),
-            local: Local::Engine {
-                url: "http://onprem.test:8000".into(),
-            },
-            max_entry_bytes: 1024,
-        };
+        let failover = crate::testing::failover(Vec::new());
         Forward {
             router: Arc::new(Router {
                 cloud: Upstream::new("https://engine.test", tls, Duration::from_secs(1)).unwrap(),
@@ -255,6 +250,7 @@ mod tests {
         Person {
             user: Some("nurse".into()),
             upstream: hyper::header::HeaderValue::from_static("Basic eA=="),
+            scopes: engine_proxy::scope::Scopes::ALL,
         }
     }
 

@@ -32,7 +32,6 @@ pub mod stream;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use crate::doors::Admitted;
 use crate::http1;
@@ -111,7 +110,7 @@ impl Pipeline {
         } = admitted;
         let conn = Arc::new(connection::Connection {
             pipeline: self.clone(),
-            checked: AtomicU64::new(who.generation),
+            standing: admit::Standing::new(&who),
             who,
             source,
             route,

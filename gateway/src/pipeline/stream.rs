@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use engine_proxy::health::Health;
+use engine_proxy::scope::{Scope, Scopes};
 use engine_proxy::stream::Targets;
 
 use crate::audit::{AuditLog, Decision, Entry};
@@ -25,6 +26,8 @@ use crate::pipeline::relay::relay;
 pub struct StreamRoute {
     pub name: Arc<str>,
     pub require_login: bool,
+    /// What terminal and signed-in person must both hold.
+    pub scope: Scope,
     pub targets: Targets,
 }
 
@@ -56,10 +59,14 @@ impl Streams {
             ..Entry::default()
         };
         // New streams follow the hybrid state; streams in flight stay where they are.
+        let person = match route.require_login {
+            true => self.people.signed_in(&who.terminal),
+            false => Some(Scopes::ALL),
+        };
         let target = if self.audit.is_failing() {
             Err(crate::audit::FAILING.to_owned())
-        } else if route.require_login && !self.people.signed_in(&who.terminal) {
-            Err("no person signed in on this terminal".to_owned())
+        } else if let Some(why) = refusal(route.scope, who.scopes, person) {
+            Err(why)
         } else {
             route
                 .targets
@@ -69,6 +76,9 @@ impl Streams {
         let target = match target {
             Ok(target) => target,
             Err(why) => {
+                if why.starts_with("refused: the route needs") {
+                    Metrics::inc(&self.metrics.streams_denied_scope_total);
+                }
                 entry.decision = Decision::Deny;
                 entry.reason = why;
                 self.audit.record_soon(entry);
@@ -97,5 +107,36 @@ impl Streams {
         Metrics::add(&self.metrics.bytes_to_terminals_total, entry.bytes_out);
         entry.duration_ms = started.elapsed().as_millis() as u64;
         self.audit.record_soon(entry);
+    }
+}
+
+/// Why a stream may not open: nobody signed in (where the route requires it), or the route's
+/// scope missing from the terminal's or the person's.
+fn refusal(needed: Scope, terminal: Scopes, person: Option<Scopes>) -> Option<String> {
+    let Some(person) = person else {
+        return Some("no person signed in on this terminal".to_owned());
+    };
+    (!terminal.intersection(person).contains(needed)).then(|| {
+        format!("refused: the route needs scope {needed}; terminal has {terminal}, person has {person}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_needs_a_person_where_required_and_the_routes_scope_from_both() {
+        let client: Scopes = "client".parse().unwrap();
+        assert_eq!(
+            refusal(Scope::Client, Scopes::ALL, None).as_deref(),
+            Some("no person signed in on this terminal")
+        );
+        assert!(refusal(Scope::Client, Scopes::ALL, Some(client)).is_none());
+        assert!(refusal(Scope::Client, client, Some(Scopes::ALL)).is_none());
+        assert_eq!(
+            refusal(Scope::Write, client, Some(Scopes::ALL)).as_deref(),
+            Some("refused: the route needs scope write; terminal has client, person has client,reference,write")
+        );
     }
 }

@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
+use engine_proxy::scope::Scopes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -24,7 +25,7 @@ use crate::store::{self, Result, StoreError, db_path};
 use provisioning_shared::wireguard::{PublicKey, Secret};
 
 /// Every column of a terminal, in the order [`from_row`] reads them.
-const COLUMNS: &str = "name, enabled, added, note, wg_public_key, wg_preshared_key, wg_address";
+const COLUMNS: &str = "name, enabled, added, note, wg_public_key, wg_preshared_key, wg_address, scopes";
 
 /// A note's longest length, so that listings stay readable.
 pub const NOTE_MAX: usize = 200;
@@ -43,6 +44,8 @@ pub struct Registration {
     pub note: Option<String>,
     /// Its WireGuard identity, if it connects over WireGuard too (`null` in JSON when not).
     pub wireguard: Option<WireGuardPeer>,
+    /// What may be called from it, whoever signs in.
+    pub scopes: Scopes,
 }
 
 /// A terminal's WireGuard identity: how the gateway recognises its packets and which inner
@@ -125,10 +128,11 @@ impl Inventory {
     }
 }
 
-/// Registers a new, enabled terminal. The name follows the certificate name rule.
-pub fn add(conn: &Connection, name: &str, note: Option<&str>) -> Result<Registration> {
+/// Registers a new, enabled terminal that may call `scopes`. The name follows the certificate
+/// name rule.
+pub fn add(conn: &Connection, name: &str, note: Option<&str>, scopes: Scopes) -> Result<Registration> {
     let tx = begin(conn)?;
-    let terminal = insert(&tx, name, note)?;
+    let terminal = insert(&tx, name, note, scopes)?;
     commit(tx, "add the terminal")?;
     Ok(terminal)
 }
@@ -176,8 +180,8 @@ pub fn free_address(conn: &Connection, net: &TunnelNet) -> Result<Ipv4Addr> {
 /// Whether [`enroll_wireguard`] registers a new terminal or equips a registered one.
 #[derive(Clone, Copy, Debug)]
 pub enum Enroll<'a> {
-    /// `terminal add NAME --wireguard`: a new terminal, with this note.
-    New { note: Option<&'a str> },
+    /// `terminal add NAME --wireguard`: a new terminal, with this note and these scopes.
+    New { note: Option<&'a str>, scopes: Scopes },
     /// `terminal wireguard NAME`: a registered terminal without a WireGuard identity yet.
     Existing,
 }
@@ -198,7 +202,7 @@ pub fn enroll_wireguard<T>(
 ) -> Result<(Registration, T)> {
     let tx = begin(conn)?;
     let mut terminal = match how {
-        Enroll::New { note } => insert(&tx, name, note)?,
+        Enroll::New { note, scopes } => insert(&tx, name, note, scopes)?,
         Enroll::Existing => find(&tx, name)?.ok_or_else(|| unknown(name))?,
     };
     if let Some(peer) = &terminal.wireguard {
@@ -228,7 +232,7 @@ fn commit(tx: rusqlite::Transaction<'_>, what: &'static str) -> Result<()> {
 }
 
 /// Inserts a new, enabled terminal inside the caller's transaction.
-pub(crate) fn insert(tx: &Connection, name: &str, note: Option<&str>) -> Result<Registration> {
+pub(crate) fn insert(tx: &Connection, name: &str, note: Option<&str>, scopes: Scopes) -> Result<Registration> {
     check_name(name)?;
     if let Some(note) = note {
         store::check_text("--note", note, NOTE_MAX)?;
@@ -245,10 +249,11 @@ pub(crate) fn insert(tx: &Connection, name: &str, note: Option<&str>) -> Result<
         added: store::now_text(),
         note: note.map(str::to_owned),
         wireguard: None,
+        scopes,
     };
     tx.execute(
-        "INSERT INTO terminals (name, enabled, added, note) VALUES (?1, 1, ?2, ?3)",
-        params![terminal.name, terminal.added, terminal.note],
+        "INSERT INTO terminals (name, enabled, added, note, scopes) VALUES (?1, 1, ?2, ?3, ?4)",
+        params![terminal.name, terminal.added, terminal.note, store::scopes_text(scopes)],
     )
     .map_err(StoreError::sqlite(&db_path(tx), "add the terminal"))?;
     Ok(terminal)
@@ -322,6 +327,19 @@ pub fn set_enabled(conn: &Connection, name: &str, enabled: bool) -> Result<()> {
     Ok(())
 }
 
+/// Replaces what may be called from a terminal; the running gateway applies it at its next
+/// reload (SIGHUP), to connections already open too.
+pub fn set_scopes(conn: &Connection, name: &str, scopes: Scopes) -> Result<()> {
+    let path = db_path(conn);
+    let n = conn
+        .execute(
+            "UPDATE terminals SET scopes = ?2 WHERE name = ?1",
+            params![name, store::scopes_text(scopes)],
+        )
+        .map_err(StoreError::sqlite(&path, "change the terminal"))?;
+    if n == 0 { Err(unknown(name)) } else { Ok(()) }
+}
+
 /// Removes a terminal from the inventory; its certificate should be revoked too.
 pub fn remove(conn: &Connection, name: &str) -> Result<Registration> {
     let path = db_path(conn);
@@ -360,6 +378,7 @@ struct Row {
     public_key: Option<String>,
     preshared_key: Option<Zeroizing<String>>,
     address: Option<String>,
+    scopes: Option<String>,
 }
 
 impl Row {
@@ -391,6 +410,11 @@ impl Row {
             }
         };
         self.terminal.wireguard = peer;
+        self.terminal.scopes = store::scopes_column(
+            path,
+            &format!("terminal {:?}", self.terminal.name),
+            self.scopes.as_deref(),
+        )?;
         Ok(self.terminal)
     }
 }
@@ -403,10 +427,12 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
             added: r.get(2)?,
             note: r.get(3)?,
             wireguard: None,
+            scopes: Scopes::ALL,
         },
         public_key: r.get(4)?,
         preshared_key: r.get::<_, Option<String>>(5)?.map(Zeroizing::new),
         address: r.get(6)?,
+        scopes: r.get(7)?,
     })
 }
 
@@ -424,10 +450,10 @@ mod tests {
     fn add_disable_enable_remove_and_snapshot() {
         let tmp = tempfile::tempdir().unwrap();
         let conn = store::open(tmp.path()).unwrap();
-        add(&conn, "reception-1", Some("front desk")).unwrap();
-        add(&conn, "dr.sato@clinic", None).unwrap();
+        add(&conn, "reception-1", Some("front desk"), Scopes::ALL).unwrap();
+        add(&conn, "dr.sato@clinic", None, Scopes::ALL).unwrap();
         assert!(matches!(
-            add(&conn, "reception-1", None),
+            add(&conn, "reception-1", None, Scopes::ALL),
             Err(StoreError::TerminalExists { .. })
         ));
         set_enabled(&conn, "reception-1", false).unwrap();
@@ -452,8 +478,8 @@ mod tests {
             remove(&conn, "reception-1"),
             Err(StoreError::UnknownTerminal { .. })
         ));
-        assert!(add(&conn, ".hidden", None).is_err());
-        assert!(add(&conn, "ok", Some("two\nlines")).is_err());
+        assert!(add(&conn, ".hidden", None, Scopes::ALL).is_err());
+        assert!(add(&conn, "ok", Some("two\nlines"), Scopes::ALL).is_err());
     }
 
     fn peer(address: Ipv4Addr, psk: bool) -> WireGuardPeer {
@@ -473,9 +499,9 @@ mod tests {
     fn wireguard_identities_are_unique_looked_up_and_listed_without_the_psk() {
         let tmp = tempfile::tempdir().unwrap();
         let conn = store::open(tmp.path()).unwrap();
-        add(&conn, "tablet-1", None).unwrap();
-        add(&conn, "tablet-2", None).unwrap();
-        add(&conn, "tls-only", None).unwrap();
+        add(&conn, "tablet-1", None, Scopes::ALL).unwrap();
+        add(&conn, "tablet-2", None, Scopes::ALL).unwrap();
+        add(&conn, "tls-only", None, Scopes::ALL).unwrap();
         let one = peer(Ipv4Addr::new(10, 77, 0, 2), true);
         set_wireguard(&conn, "tablet-1", &one).unwrap();
         assert!(matches!(
@@ -529,7 +555,7 @@ mod tests {
         );
         // Removing a terminal frees its key and address.
         remove(&conn, "tablet-1").unwrap();
-        add(&conn, "tablet-3", None).unwrap();
+        add(&conn, "tablet-3", None, Scopes::ALL).unwrap();
         set_wireguard(&conn, "tablet-3", &one).unwrap();
     }
 
@@ -545,7 +571,7 @@ mod tests {
         for i in 0..3 {
             let name = format!("t{i}");
             let (terminal, ()) =
-                enroll_wireguard(&conn, &name, Enroll::New { note: None }, &net, |address| {
+                enroll_wireguard(&conn, &name, Enroll::New { note: None, scopes: Scopes::ALL }, &net, |address| {
                     Ok((peer(address, true), ()))
                 })
                 .unwrap();
@@ -563,8 +589,8 @@ mod tests {
         remove(&conn, "t1").unwrap();
         assert_eq!(free_address(&conn, &net).unwrap(), Ipv4Addr::new(10, 77, 0, 3));
 
-        enroll(&conn, "only", Enroll::New { note: None }, &small).unwrap();
-        let err = enroll(&conn, "more", Enroll::New { note: None }, &small).unwrap_err();
+        enroll(&conn, "only", Enroll::New { note: None, scopes: Scopes::ALL }, &small).unwrap();
+        let err = enroll(&conn, "more", Enroll::New { note: None, scopes: Scopes::ALL }, &small).unwrap_err();
         assert!(
             err.to_string()
                 .contains("no free tunnel address left in 10.9.0.2/30"),
@@ -581,15 +607,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let conn = store::open(tmp.path()).unwrap();
         let net: TunnelNet = "10.77.0.1/24".parse().unwrap();
-        let failed = enroll_wireguard::<()>(&conn, "tablet", Enroll::New { note: None }, &net, |_| {
+        let failed = enroll_wireguard::<()>(&conn, "tablet", Enroll::New { note: None, scopes: Scopes::ALL }, &net, |_| {
             Err(StoreError::Invalid("the config file could not be written".into()))
         });
         assert!(failed.is_err());
         assert!(Inventory::load(&conn).unwrap().is_empty());
 
-        add(&conn, "reception", None).unwrap();
+        add(&conn, "reception", None, Scopes::ALL).unwrap();
         assert!(matches!(
-            enroll(&conn, "reception", Enroll::New { note: None }, &net),
+            enroll(&conn, "reception", Enroll::New { note: None, scopes: Scopes::ALL }, &net),
             Err(StoreError::TerminalExists { .. })
         ));
         assert!(matches!(
@@ -609,7 +635,7 @@ mod tests {
     fn a_damaged_wireguard_column_is_reported_with_the_terminal() {
         let tmp = tempfile::tempdir().unwrap();
         let conn = store::open(tmp.path()).unwrap();
-        add(&conn, "tablet", None).unwrap();
+        add(&conn, "tablet", None, Scopes::ALL).unwrap();
         conn.execute(
             "UPDATE terminals SET wg_public_key = 'not base64!', wg_address = '10.77.0.2'",
             [],

@@ -14,6 +14,7 @@ pub mod users;
 
 use std::path::{Path, PathBuf};
 
+use engine_proxy::scope::Scopes;
 use engine_proxy::sqlite::{DbError, Durability};
 use rusqlite::Connection;
 
@@ -23,7 +24,7 @@ pub const GATEWAY_DB: &str = "gateway.db";
 pub const DIR_MODE: u32 = 0o700;
 
 /// The schema of `gateway.db` this binary writes.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE terminals (
@@ -59,7 +60,7 @@ CREATE UNIQUE INDEX terminals_wg_public_key ON terminals (wg_public_key);
 CREATE UNIQUE INDEX terminals_wg_address ON terminals (wg_address);
 ";
 
-/// Version 3: one-time enrollment tokens (EST `simpleenroll`, see [`crate::enrollment`]). One
+/// Version 3: one-time enrollment tokens (EST `simpleenroll`, see [`tokens`]). One
 /// pending token per terminal name; the terminal itself is registered only when it enrolls. Only
 /// the token's SHA-256 is kept: a copy of the database enrolls nobody.
 const SCHEMA_V3: &str = "
@@ -79,6 +80,14 @@ CREATE TABLE enrollment_tokens (
 const SCHEMA_V4: &str = "
 ALTER TABLE terminals ADD COLUMN origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local', 'bundle'));
 ALTER TABLE users ADD COLUMN origin TEXT NOT NULL DEFAULT 'local' CHECK (origin IN ('local', 'bundle'));
+";
+
+/// Version 5: scopes, what a terminal and a person may call (`client,reference,write`, see
+/// [`engine_proxy::scope`]). NULL is every scope: what terminals and people had before scopes
+/// existed, so an existing installation behaves as before until scopes are set.
+const SCHEMA_V5: &str = "
+ALTER TABLE terminals ADD COLUMN scopes TEXT;
+ALTER TABLE users ADD COLUMN scopes TEXT;
 ";
 
 /// Everything the local state can refuse or fail at, each naming the file, terminal or user.
@@ -298,7 +307,7 @@ pub fn open(data_dir: &Path) -> Result<Connection> {
         &conn,
         &path,
         SCHEMA_VERSION,
-        &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4],
+        &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5],
     )?;
     Ok(conn)
 }
@@ -319,6 +328,22 @@ pub(crate) fn open_existing(path: &Path) -> Result<Option<Connection>> {
 /// The file behind a connection, for error messages.
 pub(crate) fn db_path(conn: &Connection) -> PathBuf {
     conn.path().unwrap_or(GATEWAY_DB).into()
+}
+
+/// A `scopes` column as stored: NULL for every scope, else the canonical list.
+pub(crate) fn scopes_text(scopes: Scopes) -> Option<String> {
+    (scopes != Scopes::ALL).then(|| scopes.to_string())
+}
+
+/// A `scopes` column read back; `whose` names the row for the error (a hand-edited database).
+pub(crate) fn scopes_column(path: &Path, whose: &str, text: Option<&str>) -> Result<Scopes> {
+    match text {
+        None => Ok(Scopes::ALL),
+        Some(text) => text.parse().map_err(|e| StoreError::Corrupt {
+            path: path.to_owned(),
+            what: format!("{whose}: scopes: {e}"),
+        }),
+    }
 }
 
 /// Brings the schema to `version` by running the scripts after the current `user_version`

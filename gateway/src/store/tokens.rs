@@ -18,6 +18,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use engine_proxy::scope::Scopes;
+
 use crate::store::inventory;
 use crate::store::{self, Result, StoreError, db_path};
 
@@ -183,7 +185,12 @@ pub fn redeem<T>(
         params![name, store::now_text()],
     )
     .map_err(StoreError::sqlite(&path, "mark the enrollment token used"))?;
-    inventory::insert(&tx, name, Some("enrolled with a one-time token (EST)"))?;
+    inventory::insert(
+        &tx,
+        name,
+        Some("enrolled with a one-time token (EST)"),
+        Scopes::ALL,
+    )?;
     tx.commit()
         .map_err(StoreError::sqlite(&path, "register the enrolled terminal"))?;
     Ok(done)

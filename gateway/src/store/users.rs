@@ -14,6 +14,7 @@
 use std::path::Path;
 
 pub use provisioning_shared::password::{MAX_ID_CHARS, MIN_PASSWORD_CHARS, dummy_verify, verify_password};
+use engine_proxy::scope::Scopes;
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
@@ -47,6 +48,8 @@ pub struct User {
     pub locked: bool,
     /// What the gateway presents to the cloud engine for this person, if set.
     pub upstream: Option<Credential>,
+    /// What this person may call, at any terminal that may call it too.
+    pub scopes: Scopes,
 }
 
 /// A person as listings show them: never a hash, never a secret.
@@ -58,52 +61,72 @@ pub struct Summary {
     pub upstream: bool,
     /// The upstream engine's user ID, if set (not a secret).
     pub upstream_id: Option<String>,
+    pub scopes: Scopes,
     pub created: String,
     pub changed: String,
 }
 
 /// Reads one person by exact ID; `None` if there is no such person.
 pub fn lookup(conn: &Connection, id: &str) -> Result<Option<User>> {
-    conn.query_row(
-        "SELECT id, hash, locked, upstream_id, upstream_password FROM users WHERE id = ?1",
-        params![id],
-        |r| {
-            let upstream_id: Option<String> = r.get(3)?;
-            let password: Option<String> = r.get(4)?;
-            Ok(User {
-                id: r.get(0)?,
-                hash: r.get(1)?,
-                locked: r.get(2)?,
-                upstream: upstream_id.zip(password).map(|(id, password)| Credential {
-                    id,
-                    password: Zeroizing::new(password),
-                }),
-            })
-        },
-    )
-    .optional()
-    .map_err(StoreError::sqlite(&db_path(conn), "read the user"))
+    let path = db_path(conn);
+    let row = conn
+        .query_row(
+            "SELECT id, hash, locked, upstream_id, upstream_password, scopes FROM users WHERE id = ?1",
+            params![id],
+            |r| {
+                let upstream_id: Option<String> = r.get(3)?;
+                let password: Option<String> = r.get(4)?;
+                let user = User {
+                    id: r.get(0)?,
+                    hash: r.get(1)?,
+                    locked: r.get(2)?,
+                    upstream: upstream_id.zip(password).map(|(id, password)| Credential {
+                        id,
+                        password: Zeroizing::new(password),
+                    }),
+                    scopes: Scopes::ALL,
+                };
+                Ok((user, r.get::<_, Option<String>>(5)?))
+            },
+        )
+        .optional()
+        .map_err(StoreError::sqlite(&path, "read the user"))?;
+    let Some((mut user, scopes)) = row else {
+        return Ok(None);
+    };
+    user.scopes = store::scopes_column(&path, &format!("user {:?}", user.id), scopes.as_deref())?;
+    Ok(Some(user))
 }
 
 /// Every person, by ID, for listings.
 pub fn list(conn: &Connection) -> Result<Vec<Summary>> {
     let path = db_path(conn);
     let mut stmt = conn
-        .prepare("SELECT id, locked, upstream_id, created, changed FROM users ORDER BY id")
+        .prepare("SELECT id, locked, upstream_id, created, changed, scopes FROM users ORDER BY id")
         .map_err(StoreError::sqlite(&path, "read the users"))?;
-    stmt.query_map([], |r| {
-        let upstream_id: Option<String> = r.get(2)?;
-        Ok(Summary {
-            id: r.get(0)?,
-            locked: r.get(1)?,
-            upstream: upstream_id.is_some(),
-            upstream_id,
-            created: r.get(3)?,
-            changed: r.get(4)?,
+    let rows = stmt
+        .query_map([], |r| {
+            let upstream_id: Option<String> = r.get(2)?;
+            let summary = Summary {
+                id: r.get(0)?,
+                locked: r.get(1)?,
+                upstream: upstream_id.is_some(),
+                upstream_id,
+                scopes: Scopes::ALL,
+                created: r.get(3)?,
+                changed: r.get(4)?,
+            };
+            Ok((summary, r.get::<_, Option<String>>(5)?))
         })
-    })
-    .and_then(|rows| rows.collect())
-    .map_err(StoreError::sqlite(&path, "read the users"))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(StoreError::sqlite(&path, "read the users"))?;
+    rows.into_iter()
+        .map(|(mut summary, scopes)| {
+            summary.scopes =
+                store::scopes_column(&path, &format!("user {:?}", summary.id), scopes.as_deref())?;
+            Ok(summary)
+        })
+        .collect()
 }
 
 /// Hashes a password with argon2id (m=19456 KiB, t=2, p=1) and a fresh 16-byte random salt.
@@ -131,7 +154,13 @@ pub fn check_upstream_id(id: &str) -> Result<()> {
 }
 
 /// Adds a person with an already-computed hash (see [`hash_password`]).
-pub fn add(conn: &Connection, id: &str, hash: &str, upstream: Option<&Credential>) -> Result<()> {
+pub fn add(
+    conn: &Connection,
+    id: &str,
+    hash: &str,
+    upstream: Option<&Credential>,
+    scopes: Scopes,
+) -> Result<()> {
     check_id(id)?;
     let path = db_path(conn);
     let now = store::now_text();
@@ -140,18 +169,24 @@ pub fn add(conn: &Connection, id: &str, hash: &str, upstream: Option<&Credential
         return Err(StoreError::UserExists { id: id.to_owned() });
     }
     tx.execute(
-        "INSERT INTO users (id, hash, locked, upstream_id, upstream_password, created, changed)
-         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?5)",
+        "INSERT INTO users (id, hash, locked, upstream_id, upstream_password, created, changed, scopes)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?5, ?6)",
         params![
             id,
             hash,
             upstream.map(|c| c.id.as_str()),
             upstream.map(|c| c.password.as_str()),
-            now
+            now,
+            store::scopes_text(scopes),
         ],
     )
     .and_then(|_| tx.commit())
     .map_err(StoreError::sqlite(&path, "add the user"))
+}
+
+/// Replaces what a person may call; it takes effect at their next sign-in.
+pub fn set_scopes(conn: &Connection, id: &str, scopes: Scopes) -> Result<()> {
+    update(conn, id, "scopes = ?2", params![id, store::scopes_text(scopes)])
 }
 
 /// Replaces a person's password hash.
@@ -258,9 +293,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let conn = store::open(tmp.path()).unwrap();
         let hash = hash_password(b"a long password").unwrap();
-        add(&conn, "alice", &hash, None).unwrap();
+        add(&conn, "alice", &hash, None, Scopes::ALL).unwrap();
         assert!(matches!(
-            add(&conn, "alice", &hash, None),
+            add(&conn, "alice", &hash, None, Scopes::ALL),
             Err(StoreError::UserExists { .. })
         ));
         let alice = lookup(&conn, "alice").unwrap().unwrap();

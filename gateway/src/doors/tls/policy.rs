@@ -224,8 +224,8 @@ mod tests {
             crl: Some(dir.join("crl.pem")),
         };
         let conn = crate::store::open(&dir.join("data")).unwrap();
-        crate::store::inventory::add(&conn, "good", None).unwrap();
-        crate::store::inventory::add(&conn, "lost", None).unwrap();
+        crate::store::inventory::add(&conn, "good", None, engine_proxy::scope::Scopes::ALL).unwrap();
+        crate::store::inventory::add(&conn, "lost", None, engine_proxy::scope::Scopes::ALL).unwrap();
         let inventory = Arc::new(crate::store::inventory::Inventory::load(&conn).unwrap());
         let verifier = terminal_verifier(Admission::new(inventory, webpki(&tls, false).unwrap()));
         let at = UnixTime::now();

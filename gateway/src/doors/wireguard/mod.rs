@@ -205,8 +205,8 @@ pub async fn admit(doors: &Doors, opened: Opened, port: &Port) -> Option<Admitte
         duration_ms: started.elapsed().as_millis() as u64,
         ..Entry::default()
     };
-    let peer = match snapshot.admission.wireguard(&key) {
-        Ok(terminal) => terminal,
+    let (peer, scopes) = match snapshot.admission.wireguard(&key) {
+        Ok(admitted) => admitted,
         Err(why) => {
             doors
                 .audit
@@ -245,6 +245,7 @@ pub async fn admit(doors: &Doors, opened: Opened, port: &Port) -> Option<Admitte
             terminal: peer,
             proof: Proof::WireGuard(key),
             generation: snapshot.generation,
+            scopes,
         },
         source,
         slot,
