@@ -6,6 +6,10 @@
 //! as the first time. Entries go one at a time, oldest first: a reception cancelled offline is
 //! never handed back before its registration.
 //!
+//! Before an entry goes, the gateway is asked who it is made for now ([`Caller`]): the terminal
+//! and person that wrote it offline must still be allowed to make it (enabled, and holding the
+//! scope the call needs), or it is quarantined with the reason and never reaches the cloud.
+//!
 //! The cloud's answer settles the entry: success (an `Api_Result` of zeros or a warning) is
 //! delivered; a refusal (a non-zero `Api_Result`, or a 4xx other than 408 and 429) is
 //! quarantined for an operator and the next entry goes; anything transient (no answer, a 5xx,
@@ -30,8 +34,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle replayer looks for entries an operator put back (`journal retry`).
 const RECOUNT: Duration = Duration::from_secs(1);
 
-/// The engine credential to send for an entry's user (`None`: the clinic's).
-pub type Credential = Box<dyn Fn(Option<&str>) -> HeaderValue + Send + Sync>;
+/// Who an entry is made for now: the engine credential to send it with, or how it settles without
+/// being sent (quarantined: its terminal or person may no longer make it; retried: that could
+/// not be told now).
+pub type Caller = Box<dyn Fn(&Entry) -> Result<HeaderValue, Settlement> + Send + Sync>;
 /// Told of every settled attempt, for the audit log and metrics.
 pub type Observer = Box<dyn Fn(&Entry, &Settlement) + Send + Sync>;
 
@@ -40,7 +46,7 @@ pub async fn hand_back(
     journal: Arc<Journal>,
     health: Arc<Health>,
     cloud: Upstream,
-    credential: Credential,
+    caller: Caller,
     observer: Observer,
 ) {
     let mut backoff = FIRST_BACKOFF;
@@ -79,10 +85,13 @@ pub async fn hand_back(
                 continue;
             }
         };
-        let settlement = tokio::select! {
-            s = send(&cloud, &entry, credential(entry.user.as_deref())) => s,
-            () = health.went_down() => Settlement::Retry {
-                error: "the cloud went down while the entry was being sent".into(),
+        let settlement = match caller(&entry) {
+            Err(unsent) => unsent,
+            Ok(credential) => tokio::select! {
+                s = send(&cloud, &entry, credential) => s,
+                () = health.went_down() => Settlement::Retry {
+                    error: "the cloud went down while the entry was being sent".into(),
+                },
             },
         };
         let transient = matches!(settlement, Settlement::Retry { .. });

@@ -78,6 +78,17 @@ impl Scopes {
     pub const ALL: Scopes = Scopes(1 | 2 | 4);
     pub const NONE: Scopes = Scopes(0);
 
+    /// Every scope (for serde's `default`: a terminal or person declared without scopes).
+    pub const fn all() -> Scopes {
+        Scopes::ALL
+    }
+
+    /// Whether this is every scope (for serde's `skip_serializing_if`: what a file without the
+    /// field means, so files that use no scopes stay as they were).
+    pub fn is_all(&self) -> bool {
+        *self == Scopes::ALL
+    }
+
     pub fn contains(self, scope: Scope) -> bool {
         self.0 & scope.bit() != 0
     }

@@ -110,6 +110,7 @@ pub fn build(
                 note: t.note.clone(),
                 enabled: t.enabled,
                 wireguard: t.wireguard.clone(),
+                scopes: t.scopes,
             })
             .collect(),
         // A token past its expiry enrolls nobody: it is left out.

@@ -14,6 +14,7 @@ use cert_tool::ca::{self, rfc3339};
 use cert_tool::cli::PassphraseArgs;
 use cert_tool::keys::Passphrase;
 use clap::{Args, Subcommand};
+use provisioning_shared::scope::Scopes;
 use provisioning_shared::token;
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -166,6 +167,10 @@ pub enum TerminalCommand {
         /// Print what was made as JSON (with the password or token, once)
         #[arg(long)]
         json: bool,
+        /// What may be called from it, whoever signs in: client, reference, write
+        /// (comma-separated; write includes reference), all or none
+        #[arg(long, value_name = "LIST", default_value = "all")]
+        scopes: Scopes,
     },
     /// List the terminals of a clinic, or of every clinic
     List {
@@ -243,6 +248,10 @@ pub enum UserCommand {
         /// File whose first line is the password of --upstream-user
         #[arg(long, value_name = "FILE", requires = "upstream_user")]
         upstream_password_file: Option<PathBuf>,
+        /// What this person may call, at terminals that may call it too: client, reference,
+        /// write (comma-separated; write includes reference), all or none
+        #[arg(long, value_name = "LIST", default_value = "all")]
+        scopes: Scopes,
     },
     /// Set a new password (without --password-file a random one is made and shown once)
     Passwd {
@@ -677,6 +686,7 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
             days,
             no_psk,
             json,
+            scopes,
         } => {
             let layout = clinic::layout(&vendor, clinic)?;
             let out = out.clone().unwrap_or_else(|| layout.out());
@@ -689,6 +699,7 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
                 out: &out,
                 days: *days,
                 psk: !no_psk,
+                scopes: *scopes,
             };
             let added = terminal::add(&vendor, clinic, &new, || args.passphrase(&vendor))?;
             if *json {
@@ -946,6 +957,7 @@ fn user_command(args: &ProvisionArgs, cmd: &UserCommand) -> Result<()> {
             password_file,
             upstream_user,
             upstream_password_file,
+            scopes,
         } => {
             let upstream = match (upstream_user, upstream_password_file) {
                 (Some(u), Some(f)) => Some(user::upstream(u, f)?),
@@ -957,6 +969,7 @@ fn user_command(args: &ProvisionArgs, cmd: &UserCommand) -> Result<()> {
                 user,
                 new_password(password_file.as_deref())?,
                 upstream,
+                *scopes,
             )?;
             println!("added user {user} to clinic {clinic}");
             print_generated(user, set.generated);

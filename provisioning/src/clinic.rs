@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use cert_tool::files::{self, DirLock, Staged};
 use provisioning_shared::bundle::{Credential, Settings, StaffAccount, Token, WireGuardPeer};
+use provisioning_shared::scope::Scopes;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -116,6 +117,9 @@ pub struct TerminalRecord {
     pub enroll: bool,
     /// Its WireGuard identity (the private key went into its config and is nowhere here).
     pub wireguard: Option<WireGuardPeer>,
+    /// What it may call (every scope when the field is absent).
+    #[serde(default = "Scopes::all", skip_serializing_if = "Scopes::is_all")]
+    pub scopes: Scopes,
 }
 
 /// A revoked terminal.
@@ -750,6 +754,7 @@ pub(crate) mod tests {
                 out: &out,
                 days: 365,
                 psk: true,
+                scopes: provisioning_shared::scope::Scopes::ALL,
             },
             || Ok(None),
         )

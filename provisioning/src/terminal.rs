@@ -18,6 +18,7 @@ use cert_tool::files::{self, Staged};
 use cert_tool::keys::{KeyAlgorithm, Passphrase};
 use cert_tool::profile::Profile;
 use provisioning_shared::bundle::{Token, WireGuardPeer};
+use provisioning_shared::scope::Scopes;
 use provisioning_shared::wireguard::{self, PublicKey, Qr, Secret, TerminalConfig, TunnelNet};
 use time::Duration;
 use zeroize::Zeroizing;
@@ -46,6 +47,8 @@ pub struct NewTerminal<'a> {
     pub days: u32,
     /// Make a WireGuard preshared key (on unless `--no-psk`).
     pub psk: bool,
+    /// What may be called from it.
+    pub scopes: Scopes,
 }
 
 /// What `terminal add` made: every secret here is shown once and kept nowhere.
@@ -174,6 +177,7 @@ pub fn add(
         certificates: Vec::new(),
         enroll: new.enroll,
         wireguard: None,
+        scopes: new.scopes,
     };
     let mut added = Added {
         terminal: terminal.clone(),
@@ -391,6 +395,7 @@ pub(crate) mod tests {
             out,
             days: DEFAULT_DAYS,
             psk: true,
+            scopes: Scopes::ALL,
         }
     }
 

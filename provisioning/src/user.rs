@@ -7,6 +7,7 @@
 
 use provisioning_shared::bundle::{Credential, SecretText, StaffAccount};
 use provisioning_shared::password;
+use provisioning_shared::scope::Scopes;
 use zeroize::Zeroizing;
 
 use crate::clinic::Locked;
@@ -49,6 +50,7 @@ pub fn add(
     id: &str,
     new: NewPassword,
     upstream: Option<Credential>,
+    scopes: Scopes,
 ) -> Result<PasswordSet> {
     password::check_id(id)?;
     if let Some(c) = &upstream {
@@ -68,6 +70,7 @@ pub fn add(
         hash: password::hash_password(secret.as_bytes())?,
         locked: false,
         upstream,
+        scopes,
     });
     next.users.sort_by(|a, b| a.id.cmp(&b.id));
     open.commit(next, Vec::new())?;
@@ -136,9 +139,9 @@ mod tests {
     #[test]
     fn users_are_hashed_and_every_refusal_changes_nothing() {
         let f = Fixture::new();
-        let made = add(&f.vendor, "c1", "alice", NewPassword::Generate, None).unwrap();
+        let made = add(&f.vendor, "c1", "alice", NewPassword::Generate, None, Scopes::ALL).unwrap();
         let generated = made.generated.unwrap();
-        add(&f.vendor, "c1", "bob", given("a long password"), None).unwrap();
+        add(&f.vendor, "c1", "bob", given("a long password"), None, Scopes::ALL).unwrap();
         let clinic = f.clinic();
         assert!(password::verify_password(
             &clinic.users[0].hash,
@@ -151,10 +154,10 @@ mod tests {
 
         let before = f.state();
         let refused = [
-            add(&f.vendor, "c1", "carol", given("short"), None).unwrap_err(),
-            add(&f.vendor, "c1", "carol1234567", given("CAROL1234567"), None).unwrap_err(),
-            add(&f.vendor, "c1", "alice", given("another long one"), None).unwrap_err(),
-            add(&f.vendor, "c1", "bad id", given("another long one"), None).unwrap_err(),
+            add(&f.vendor, "c1", "carol", given("short"), None, Scopes::ALL).unwrap_err(),
+            add(&f.vendor, "c1", "carol1234567", given("CAROL1234567"), None, Scopes::ALL).unwrap_err(),
+            add(&f.vendor, "c1", "alice", given("another long one"), None, Scopes::ALL).unwrap_err(),
+            add(&f.vendor, "c1", "bad id", given("another long one"), None, Scopes::ALL).unwrap_err(),
             add(
                 &f.vendor,
                 "c1",
@@ -164,6 +167,7 @@ mod tests {
                     user: "a:b".into(),
                     password: SecretText::new("x"),
                 }),
+                Scopes::ALL,
             )
             .unwrap_err(),
             passwd(&f.vendor, "c1", "ghost", given("another long one")).unwrap_err(),

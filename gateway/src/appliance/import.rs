@@ -617,13 +617,14 @@ mod store {
         for t in &terminals {
             let wg = t.wireguard.as_ref();
             tx.execute(
-                "INSERT INTO terminals (name, enabled, added, note, wg_public_key, wg_preshared_key, wg_address, origin) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'bundle') \
+                "INSERT INTO terminals (name, enabled, added, note, wg_public_key, wg_preshared_key, wg_address, origin, scopes) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'bundle', ?8) \
                  ON CONFLICT (name) DO UPDATE SET \
                  enabled = excluded.enabled AND NOT (terminals.origin = 'local' AND NOT terminals.enabled), \
                  origin = CASE WHEN terminals.origin = 'local' AND NOT terminals.enabled THEN 'local' ELSE 'bundle' END, \
                  note = excluded.note, wg_public_key = excluded.wg_public_key, \
-                 wg_preshared_key = excluded.wg_preshared_key, wg_address = excluded.wg_address",
+                 wg_preshared_key = excluded.wg_preshared_key, wg_address = excluded.wg_address, \
+                 scopes = excluded.scopes",
                 params![
                     t.name,
                     t.enabled,
@@ -632,6 +633,7 @@ mod store {
                     wg.map(|w| w.public_key.as_str()),
                     wg.and_then(|w| w.preshared_key.as_ref()).map(|k| k.expose()),
                     wg.map(|w| w.address.to_string()),
+                    crate::store::scopes_text(t.scopes),
                 ],
             )
             .map_err(|e| {
@@ -662,22 +664,24 @@ mod store {
         for u in &p.users {
             let up = u.upstream.as_ref();
             tx.execute(
-                "INSERT INTO users (id, hash, locked, upstream_id, upstream_password, created, changed, origin) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 'bundle') \
+                "INSERT INTO users (id, hash, locked, upstream_id, upstream_password, created, changed, origin, scopes) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 'bundle', ?7) \
                  ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, locked = excluded.locked, \
                  upstream_id = excluded.upstream_id, upstream_password = excluded.upstream_password, \
                  changed = CASE WHEN users.hash = excluded.hash AND users.locked = excluded.locked \
                      AND users.upstream_id IS excluded.upstream_id \
                      AND users.upstream_password IS excluded.upstream_password \
+                     AND users.scopes IS excluded.scopes \
                      THEN users.changed ELSE excluded.changed END, \
-                 origin = 'bundle'",
+                 origin = 'bundle', scopes = excluded.scopes",
                 params![
                     u.id,
                     u.hash,
                     u.locked,
                     up.map(|c| c.user.as_str()),
                     up.map(|c| c.password.expose()),
-                    now
+                    now,
+                    crate::store::scopes_text(u.scopes),
                 ],
             )
             .map_err(sql("store a user"))?;

@@ -25,7 +25,7 @@ use lockout::Lockout;
 use sessions::Session;
 use verify::{CONCURRENT_VERIFICATIONS, Cached};
 
-pub use verify::Memo;
+pub use verify::{Memo, Standing};
 
 /// What the gateway knows about the person after authentication.
 #[derive(Clone, Debug)]

@@ -40,6 +40,16 @@ pub(super) struct Cached {
     until: Instant,
 }
 
+/// A person as they stand now ([`People::standing`]).
+pub enum Standing {
+    /// The engine credential to act for them with, and what they may call.
+    Allowed(HeaderValue, Scopes),
+    /// Removed or locked: nothing more is done in their name.
+    Gone(String),
+    /// The user database could not be read.
+    Unknown(String),
+}
+
 impl People {
     /// The clinic's engine credential now.
     fn clinic(&self) -> HeaderValue {
@@ -65,13 +75,29 @@ impl People {
         }
     }
 
-    /// The engine credential a user's writes are sent with now: their own engine account, or the
-    /// clinic's (also for a user removed since). What the replayer hands a journaled write back with.
-    pub fn credential_for(&self, user: Option<&str>) -> HeaderValue {
-        let own = user.and_then(|id| users::lookup(&lock(&self.db), id).ok().flatten()?.upstream);
-        match own {
-            Some(c) => basic(&c.id, &c.password),
-            None => self.clinic(),
+    /// The clinic's engine credential: what the prober calls the cloud with.
+    pub fn clinic_credential(&self) -> HeaderValue {
+        self.clinic()
+    }
+
+    /// A person as they stand now, for a write they made offline: their engine credential (their
+    /// own account, or the clinic's) and what they may call; `None` (authentication off): the
+    /// clinic's and every scope. A person removed or locked since is [`Standing::Gone`].
+    pub fn standing(&self, user: Option<&str>) -> Standing {
+        let Some(id) = user else {
+            return Standing::Allowed(self.clinic(), Scopes::ALL);
+        };
+        match users::lookup(&lock(&self.db), id) {
+            Err(e) => Standing::Unknown(e.to_string()),
+            Ok(None) => Standing::Gone(format!("user {id:?} no longer exists")),
+            Ok(Some(u)) if u.locked => Standing::Gone(format!("user {id:?} is locked")),
+            Ok(Some(u)) => {
+                let credential = match &u.upstream {
+                    Some(c) => basic(&c.id, &c.password),
+                    None => self.clinic(),
+                };
+                Standing::Allowed(credential, u.scopes)
+            }
         }
     }
 

@@ -8,11 +8,19 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use engine_proxy::failover::codes;
+use engine_proxy::format::{self, Format};
 use engine_proxy::health::{self, Mode, Probe};
+use engine_proxy::rules::Call;
+use engine_proxy::scope::{Scope, Scopes};
+use hyper::body::Bytes;
+use hyper::header::HeaderValue;
 use engine_proxy::journal::{Entry as JournalEntry, Settlement};
 use engine_proxy::replay;
 
 use crate::audit::{Decision, Entry};
+use crate::auth::Standing;
+use crate::pipeline::authorize;
 use crate::daemon::gateway::{Gateway, StartError};
 use crate::metrics::Metrics;
 
@@ -28,7 +36,7 @@ pub fn start(gateway: &Arc<Gateway>) -> Result<(), StartError> {
         method,
         path: path.to_owned(),
         body: config.probe_body.clone(),
-        authorization: gateway.people.credential_for(None),
+        authorization: gateway.people.clinic_credential(),
     };
     tokio::spawn(health::watch_cloud(
         failover.health.clone(),
@@ -36,13 +44,12 @@ pub fn start(gateway: &Arc<Gateway>) -> Result<(), StartError> {
         probe,
     ));
     if let Some(journal) = gateway.journal() {
-        let people = gateway.people.clone();
-        let observer = gateway.clone();
+        let (observer, asked) = (gateway.clone(), gateway.clone());
         tokio::spawn(replay::hand_back(
             journal.clone(),
             failover.health.clone(),
             gateway.upstream()?,
-            Box::new(move |user| people.credential_for(user)),
+            Box::new(move |entry| caller(&asked, entry)),
             Box::new(move |entry, settlement| handed_back(&observer, entry, settlement)),
         ));
     }
@@ -74,6 +81,59 @@ async fn record_changes(gateway: Arc<Gateway>) {
     }
 }
 
+/// Who a journaled write is made for now ([`replay::Caller`]): its terminal must still be
+/// registered and enabled, its person still there and not locked, and both must hold the scope
+/// the engine API rules give the call today. Otherwise it is quarantined with the reason.
+fn caller(gateway: &Gateway, entry: &JournalEntry) -> Result<HeaderValue, Settlement> {
+    let refuse = |why: String| Settlement::Quarantined {
+        status: None,
+        api_result: Some(codes::NO_LONGER_ALLOWED.into()),
+        answer: Bytes::new(),
+        reason: format!("{NO_LONGER_ALLOWED}: {why}"),
+    };
+    let terminal = match &entry.terminal {
+        None => Scopes::ALL,
+        Some(name) => gateway
+            .live
+            .now()
+            .admission
+            .registered(name)
+            .map_err(|r| refuse(r.to_string()))?,
+    };
+    let (credential, person) = match gateway.people.standing(entry.user.as_deref()) {
+        Standing::Allowed(credential, scopes) => (credential, scopes),
+        Standing::Gone(why) => return Err(refuse(why)),
+        Standing::Unknown(e) => {
+            return Err(Settlement::Retry {
+                error: format!("cannot read the user database: {e}"),
+            });
+        }
+    };
+    let (path, query) = match entry.path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (entry.path.as_str(), None),
+    };
+    let number = format::request_number(Format::from_query(query), &entry.body);
+    let call = Call {
+        request_number: number.as_deref(),
+        ..Call::new(path, query)
+    };
+    let needed = gateway
+        .failover
+        .rules
+        .classify(&call)
+        .map_or(Scope::Write, |r| r.scope);
+    match authorize::lacking(needed, terminal, person) {
+        None => Ok(credential),
+        Some(_) => Err(refuse(format!(
+            "the write needs scope {needed}; terminal has {terminal}, person has {person}"
+        ))),
+    }
+}
+
+/// How the reason of a write quarantined by [`caller`] begins.
+const NO_LONGER_ALLOWED: &str = "no longer allowed";
+
 /// One attempt to hand a journaled write back, in the audit log and metrics.
 fn handed_back(gateway: &Gateway, entry: &JournalEntry, settlement: &Settlement) {
     let m = &gateway.metrics;
@@ -93,6 +153,9 @@ fn handed_back(gateway: &Gateway, entry: &JournalEntry, settlement: &Settlement)
         }
         Settlement::Quarantined { status, reason, .. } => {
             Metrics::inc(&m.journal_quarantined_total);
+            if reason.starts_with(NO_LONGER_ALLOWED) {
+                Metrics::inc(&m.journal_no_longer_allowed_total);
+            }
             tracing::warn!(entry = entry.id, %reason, "journal entry quarantined");
             (
                 format!("journal entry #{} quarantined: {reason}", entry.id),

@@ -112,14 +112,8 @@ impl Authorize {
                 ));
             }
         };
-        let granted = terminal.intersection(person.scopes);
-        if !granted.contains(needed) {
+        if let Some(who) = lacking(needed, terminal, person.scopes) {
             Metrics::inc(self.denied_counter(needed));
-            let who = match (terminal.contains(needed), person.scopes.contains(needed)) {
-                (false, false) => "neither this terminal nor this person has it",
-                (false, true) => "this terminal does not have it",
-                _ => "this person does not have it",
-            };
             return Err(self.refuse(
                 &req,
                 format!("this call needs the {needed} scope, and {who}"),
@@ -188,6 +182,17 @@ impl Authorize {
             Scope::Reference => &self.metrics.requests_denied_scope_reference_total,
             Scope::Write => &self.metrics.requests_denied_scope_write_total,
         }
+    }
+}
+
+/// The one rule of scopes, for calls, streams and journaled writes alike: `None` when terminal
+/// and person both hold `needed`, else which of them lacks it, in words.
+pub fn lacking(needed: Scope, terminal: Scopes, person: Scopes) -> Option<&'static str> {
+    match (terminal.contains(needed), person.contains(needed)) {
+        (true, true) => None,
+        (false, false) => Some("neither this terminal nor this person has it"),
+        (false, true) => Some("this terminal does not have it"),
+        (true, false) => Some("this person does not have it"),
     }
 }
 

@@ -116,7 +116,7 @@ fn refusal(needed: Scope, terminal: Scopes, person: Option<Scopes>) -> Option<St
     let Some(person) = person else {
         return Some("no person signed in on this terminal".to_owned());
     };
-    (!terminal.intersection(person).contains(needed)).then(|| {
+    crate::pipeline::authorize::lacking(needed, terminal, person).map(|_| {
         format!("refused: the route needs scope {needed}; terminal has {terminal}, person has {person}")
     })
 }

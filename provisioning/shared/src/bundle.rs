@@ -23,6 +23,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::scope::Scopes;
+
 /// The payload format this build writes and reads.
 pub const FORMAT: u32 = 1;
 /// Prefixed to the payload before signing, so a bundle signature can never be mistaken for (or
@@ -131,6 +133,9 @@ pub struct DeclaredTerminal {
     pub note: Option<String>,
     pub enabled: bool,
     pub wireguard: Option<WireGuardPeer>,
+    /// What it may call (every scope when the field is absent).
+    #[serde(default = "Scopes::all", skip_serializing_if = "Scopes::is_all")]
+    pub scopes: Scopes,
 }
 
 /// A terminal's WireGuard identity (its private key went to the terminal and is nowhere here).
@@ -168,6 +173,9 @@ pub struct StaffAccount {
     pub locked: bool,
     /// The person's own engine account, if the engine knows them by name.
     pub upstream: Option<Credential>,
+    /// What it may call (every scope when the field is absent).
+    #[serde(default = "Scopes::all", skip_serializing_if = "Scopes::is_all")]
+    pub scopes: Scopes,
 }
 
 /// An engine account.
