@@ -70,7 +70,13 @@ impl Rule {
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// One built-in row: path, `class`, `Request_Number`, action, scope.
-type Builtin = (&'static str, Option<&'static str>, Option<&'static str>, Action, Scope);
+type Builtin = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    Action,
+    Scope,
+);
 
 /// The built-in table, after any configured rules.
 const DEFAULTS: &[Builtin] = &[
@@ -85,18 +91,48 @@ const DEFAULTS: &[Builtin] = &[
     // Under /api01rv2 but changing state.
     ("/api01rv2/okusuriputv2", None, None, Action::Write, Scope::Write),
     // Under /api01rv2 but making print data and blobs on the engine.
-    ("/api01rv2/prescriptionv2", None, None, Action::Refuse, Scope::Write),
-    ("/api01rv2/medicinenotebookv2", None, None, Action::Refuse, Scope::Write),
+    (
+        "/api01rv2/prescriptionv2",
+        None,
+        None,
+        Action::Refuse,
+        Scope::Write,
+    ),
+    (
+        "/api01rv2/medicinenotebookv2",
+        None,
+        None,
+        Action::Refuse,
+        Scope::Write,
+    ),
     ("/api01rv2/karteno1v2", None, None, Action::Refuse, Scope::Write),
     ("/api01rv2/karteno3v2", None, None, Action::Refuse, Scope::Write),
-    ("/api01rv2/invoicereceiptv2", None, None, Action::Refuse, Scope::Write),
+    (
+        "/api01rv2/invoicereceiptv2",
+        None,
+        None,
+        Action::Refuse,
+        Scope::Write,
+    ),
     ("/api01rv2/statementv2", None, None, Action::Refuse, Scope::Write),
     ("/api01rv2/*", None, None, Action::Read, Scope::Reference),
     ("/orca51/*lst*", None, None, Action::Read, Scope::Reference),
     // Calls that write, except the function named by their body: reading a reception
     // (`acceptmodv2`, since late 2024) and listing the engine's users (`manageusersv2`).
-    ("/orca11/acceptmodv2", None, Some("00"), Action::Read, Scope::Reference),
-    ("/orca101/manageusersv2", None, Some("01"), Action::Read, Scope::Reference),
+    (
+        "/orca11/acceptmodv2",
+        None,
+        Some("00"),
+        Action::Read,
+        Scope::Reference,
+    ),
+    (
+        "/orca101/manageusersv2",
+        None,
+        Some("01"),
+        Action::Read,
+        Scope::Reference,
+    ),
     ("/api21/*", None, None, Action::Write, Scope::Write),
     ("/orca1*", None, None, Action::Write, Scope::Write),
     ("/orca2*", None, None, Action::Write, Scope::Write),
@@ -117,10 +153,7 @@ pub struct Call<'a> {
 impl<'a> Call<'a> {
     /// A call's path and query `class`, from its path-and-query.
     pub fn new(path: &'a str, query: Option<&'a str>) -> Call<'a> {
-        let class = query.and_then(|q| {
-            q.split('&')
-                .find_map(|pair| pair.strip_prefix("class="))
-        });
+        let class = query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("class=")));
         Call {
             path,
             class,
@@ -269,11 +302,26 @@ mod tests {
         };
         assert_eq!(scope("/rpc/", None, None), Some(Scope::Client));
         assert_eq!(scope("/api/ws", None, None), Some(Scope::Client));
-        assert_eq!(scope("/api01rv2/patientgetv2", Some("id=1"), None), Some(Scope::Reference));
-        assert_eq!(scope("/api01rv2/system01lstv2", Some("class=01"), None), Some(Scope::Reference));
-        assert_eq!(scope("/api01rv2/system01lstv2", Some("format=json&class=99"), None), Some(Scope::Write));
-        assert_eq!(scope("/orca11/acceptmodv2", Some("class=01"), Some("01")), Some(Scope::Write));
-        assert_eq!(scope("/orca11/acceptmodv2", None, Some("00")), Some(Scope::Reference));
+        assert_eq!(
+            scope("/api01rv2/patientgetv2", Some("id=1"), None),
+            Some(Scope::Reference)
+        );
+        assert_eq!(
+            scope("/api01rv2/system01lstv2", Some("class=01"), None),
+            Some(Scope::Reference)
+        );
+        assert_eq!(
+            scope("/api01rv2/system01lstv2", Some("format=json&class=99"), None),
+            Some(Scope::Write)
+        );
+        assert_eq!(
+            scope("/orca11/acceptmodv2", Some("class=01"), Some("01")),
+            Some(Scope::Write)
+        );
+        assert_eq!(
+            scope("/orca11/acceptmodv2", None, Some("00")),
+            Some(Scope::Reference)
+        );
         assert_eq!(scope("/orca11/acceptmodv2", None, None), Some(Scope::Write));
         assert_eq!(scope("/api01rv2/prescriptionv2", None, None), Some(Scope::Write));
         assert_eq!(scope("/sim/upload", None, None), None);

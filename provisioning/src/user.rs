@@ -141,7 +141,15 @@ mod tests {
         let f = Fixture::new();
         let made = add(&f.vendor, "c1", "alice", NewPassword::Generate, None, Scopes::ALL).unwrap();
         let generated = made.generated.unwrap();
-        add(&f.vendor, "c1", "bob", given("a long password"), None, Scopes::ALL).unwrap();
+        add(
+            &f.vendor,
+            "c1",
+            "bob",
+            given("a long password"),
+            None,
+            Scopes::ALL,
+        )
+        .unwrap();
         let clinic = f.clinic();
         assert!(password::verify_password(
             &clinic.users[0].hash,
@@ -155,9 +163,33 @@ mod tests {
         let before = f.state();
         let refused = [
             add(&f.vendor, "c1", "carol", given("short"), None, Scopes::ALL).unwrap_err(),
-            add(&f.vendor, "c1", "carol1234567", given("CAROL1234567"), None, Scopes::ALL).unwrap_err(),
-            add(&f.vendor, "c1", "alice", given("another long one"), None, Scopes::ALL).unwrap_err(),
-            add(&f.vendor, "c1", "bad id", given("another long one"), None, Scopes::ALL).unwrap_err(),
+            add(
+                &f.vendor,
+                "c1",
+                "carol1234567",
+                given("CAROL1234567"),
+                None,
+                Scopes::ALL,
+            )
+            .unwrap_err(),
+            add(
+                &f.vendor,
+                "c1",
+                "alice",
+                given("another long one"),
+                None,
+                Scopes::ALL,
+            )
+            .unwrap_err(),
+            add(
+                &f.vendor,
+                "c1",
+                "bad id",
+                given("another long one"),
+                None,
+                Scopes::ALL,
+            )
+            .unwrap_err(),
             add(
                 &f.vendor,
                 "c1",

@@ -19,6 +19,7 @@ mod e2e {
     mod locator;
     mod pki;
     mod provision;
+    mod scopes;
     mod wireguard;
     mod wireguard_cli;
 }

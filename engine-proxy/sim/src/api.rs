@@ -54,6 +54,14 @@ pub fn handle(store: &Store, call: &Call) -> Result<Outcome, StoreError> {
     };
     let render = |root: &str, fields: Map<String, Value>| answer(format, root, fields);
 
+    // Since late 2024 a reception call can also read: `Request_Number` 00 lists the receptions
+    // (what the gateway's rules classify as a read), whatever the class.
+    if call.path == "orca11/acceptmodv2"
+        && req("acceptreq").get("Request_Number").and_then(Value::as_str) == Some("00")
+    {
+        let (_, fields) = store.read(|c| visit_list(c, VisitKind::Reception, &req("acceptreq")))?;
+        return Ok(Outcome::Answer(render("acceptres", fields)));
+    }
     if is_write(call.path) {
         let mut event = None;
         let written = store.write(call.idempotency_key, call.path, |c| {

@@ -186,7 +186,8 @@ fn create(dir: &Path, args: &DemoArgs) -> Result<()> {
         TERMINAL,
         Some("the demo's reception PC"),
         engine_proxy::scope::Scopes::ALL,
-    ).map_err(store)?;
+    )
+    .map_err(store)?;
     let wg_listen = wg_listen(args)?;
     let wg_endpoint = match wg_listen.ip() {
         ip if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), wg_listen.port()),

@@ -11,18 +11,18 @@ use std::sync::atomic::Ordering::Relaxed;
 use engine_proxy::failover::codes;
 use engine_proxy::format::{self, Format};
 use engine_proxy::health::{self, Mode, Probe};
+use engine_proxy::journal::{Entry as JournalEntry, Settlement};
+use engine_proxy::replay;
 use engine_proxy::rules::Call;
 use engine_proxy::scope::{Scope, Scopes};
 use hyper::body::Bytes;
 use hyper::header::HeaderValue;
-use engine_proxy::journal::{Entry as JournalEntry, Settlement};
-use engine_proxy::replay;
 
 use crate::audit::{Decision, Entry};
 use crate::auth::Standing;
-use crate::pipeline::authorize;
 use crate::daemon::gateway::{Gateway, StartError};
 use crate::metrics::Metrics;
+use crate::pipeline::authorize;
 
 /// The route name of these entries in the audit log.
 const ROUTE: &str = "hybrid";

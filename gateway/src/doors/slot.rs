@@ -111,7 +111,10 @@ mod tests {
             "one is still open"
         );
         drop(b);
-        assert!(!slots.drained(Duration::from_millis(10)).await, "a shared slot has a holder left");
+        assert!(
+            !slots.drained(Duration::from_millis(10)).await,
+            "a shared slot has a holder left"
+        );
         drop(b_too);
         assert!(slots.drained(Duration::from_millis(10)).await);
     }

@@ -59,7 +59,10 @@ pub async fn serve(
         tokio::spawn(async move {
             // The handshake's state is its own allocation, freed before the connection settles
             // into its long idle life.
-            let admitted = Box::pin(tls::admit(&door.doors, stream, source, slot, &door.route, door.kind)).await;
+            let admitted = Box::pin(tls::admit(
+                &door.doors, stream, source, slot, &door.route, door.kind,
+            ))
+            .await;
             if let Some(admitted) = admitted {
                 (door.handler)(admitted).await;
             }

@@ -105,12 +105,20 @@ mod tests {
             admit.check(&who.proof, &standing).is_ok(),
             "nothing changed for it"
         );
-        assert_eq!(standing.checked.load(Relaxed), 1, "checked against the new snapshot");
+        assert_eq!(
+            standing.checked.load(Relaxed),
+            1,
+            "checked against the new snapshot"
+        );
         assert_eq!(standing.scopes(), Scopes::ALL);
         c.set_scopes("reception-1", "reference".parse().unwrap());
         c.reload();
         assert!(admit.check(&who.proof, &standing).is_ok());
-        assert_eq!(standing.scopes().to_string(), "reference", "a reload narrows it at once");
+        assert_eq!(
+            standing.scopes().to_string(),
+            "reference",
+            "a reload narrows it at once"
+        );
         c.disable("reception-1");
         c.reload();
         let refused = admit.check(&who.proof, &standing).unwrap_err();

@@ -148,7 +148,9 @@ impl Authorize {
                 if whole.len() + data.len() > limit {
                     return Err(too_large(
                         limit as u64,
-                        format!("a body over failover.max_entry_bytes ({limit}) where the call depends on it"),
+                        format!(
+                            "a body over failover.max_entry_bytes ({limit}) where the call depends on it"
+                        ),
                     ));
                 }
                 whole.extend_from_slice(&data);
@@ -246,10 +248,20 @@ mod tests {
             let refused = a.canonical(&request("POST", path, &[], "")).unwrap_err();
             assert_eq!(refused.response.status(), StatusCode::BAD_REQUEST, "{path}");
         }
-        for path in ["/api01rv2/patientgetv2", "/api/orca11/acceptmodv2", "/rpc/", "/a%20b"] {
+        for path in [
+            "/api01rv2/patientgetv2",
+            "/api/orca11/acceptmodv2",
+            "/rpc/",
+            "/a%20b",
+        ] {
             assert!(a.canonical(&request("POST", path, &[], "")).is_ok(), "{path}");
         }
-        assert_eq!(a.metrics.requests_denied_noncanonical_total.load(std::sync::atomic::Ordering::Relaxed), 10);
+        assert_eq!(
+            a.metrics
+                .requests_denied_noncanonical_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            10
+        );
     }
 
     #[tokio::test]
@@ -259,12 +271,24 @@ mod tests {
         let reader = person("reference");
         let all = person("all");
         let read = a
-            .check(call("GET", "/api01rv2/patientgetv2?id=1", ""), Scopes::ALL, &reader)
+            .check(
+                call("GET", "/api01rv2/patientgetv2?id=1", ""),
+                Scopes::ALL,
+                &reader,
+            )
             .await;
         assert_eq!(read.ok().unwrap().rule.unwrap().path, "/api01rv2/*");
 
         let refused = a
-            .check(call("POST", "/orca11/acceptmodv2?class=01&format=json", r#"{"acceptreq":{"Request_Number":"01"}}"#), Scopes::ALL, &reader)
+            .check(
+                call(
+                    "POST",
+                    "/orca11/acceptmodv2?class=01&format=json",
+                    r#"{"acceptreq":{"Request_Number":"01"}}"#,
+                ),
+                Scopes::ALL,
+                &reader,
+            )
             .await
             .err()
             .unwrap();
@@ -274,13 +298,20 @@ mod tests {
             "refused: the call needs scope write; terminal has client,reference,write, person has reference"
         );
         let body = text(*refused.response).await;
-        assert!(body.contains(r#""acceptmodv2res""#) && body.contains(r#""Api_Result":"93""#), "{body}");
+        assert!(
+            body.contains(r#""acceptmodv2res""#) && body.contains(r#""Api_Result":"93""#),
+            "{body}"
+        );
         assert!(body.contains("this person does not have it"), "{body}");
 
         // The same call, its body asking for a read: allowed, and the body goes on whole.
         let read_body = r#"{"acceptreq":{"Request_Number":"00","Patient_ID":"1"}}"#;
         let allowed = a
-            .check(call("POST", "/orca11/acceptmodv2?format=json", read_body), Scopes::ALL, &reader)
+            .check(
+                call("POST", "/orca11/acceptmodv2?format=json", read_body),
+                Scopes::ALL,
+                &reader,
+            )
             .await
             .ok()
             .unwrap();
@@ -290,7 +321,11 @@ mod tests {
 
         // In XML too.
         let xml = r#"<data><acceptreq type="record"><Request_Number type="string">00</Request_Number></acceptreq></data>"#;
-        assert!(a.check(call("POST", "/orca11/acceptmodv2", xml), Scopes::ALL, &reader).await.is_ok());
+        assert!(
+            a.check(call("POST", "/orca11/acceptmodv2", xml), Scopes::ALL, &reader)
+                .await
+                .is_ok()
+        );
 
         // The terminal's scopes bound everyone who signs in there.
         let kiosk: Scopes = "client".parse().unwrap();
@@ -299,7 +334,11 @@ mod tests {
             .await
             .err()
             .unwrap();
-        assert!(refused.reason.contains("needs scope reference; terminal has client"));
+        assert!(
+            refused
+                .reason
+                .contains("needs scope reference; terminal has client")
+        );
         assert!(a.check(call("POST", "/rpc/", "{}"), kiosk, &all).await.is_ok());
     }
 
@@ -307,14 +346,36 @@ mod tests {
     async fn unknown_calls_are_refused_unless_configured_for_write() {
         let deny = stage(UnknownCalls::Deny);
         let refused = deny
-            .check(request("POST", "/sim/upload", &[], "x"), Scopes::ALL, &person("all"))
+            .check(
+                request("POST", "/sim/upload", &[], "x"),
+                Scopes::ALL,
+                &person("all"),
+            )
             .await
             .err()
             .unwrap();
         assert_eq!(refused.reason, "refused: a call the engine API rules do not know");
         let write = stage(UnknownCalls::Write);
-        assert!(write.check(request("POST", "/sim/upload", &[], "x"), Scopes::ALL, &person("all")).await.is_ok());
-        assert!(write.check(request("POST", "/sim/upload", &[], "x"), Scopes::ALL, &person("reference")).await.is_err());
+        assert!(
+            write
+                .check(
+                    request("POST", "/sim/upload", &[], "x"),
+                    Scopes::ALL,
+                    &person("all")
+                )
+                .await
+                .is_ok()
+        );
+        assert!(
+            write
+                .check(
+                    request("POST", "/sim/upload", &[], "x"),
+                    Scopes::ALL,
+                    &person("reference")
+                )
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -322,7 +383,11 @@ mod tests {
         let a = stage(UnknownCalls::Deny);
         let big = "x".repeat(a.failover.max_entry_bytes + 1);
         let refused = a
-            .check(request("POST", "/orca11/acceptmodv2", &[], &big), Scopes::ALL, &person("all"))
+            .check(
+                request("POST", "/orca11/acceptmodv2", &[], &big),
+                Scopes::ALL,
+                &person("all"),
+            )
             .await
             .err()
             .unwrap();

@@ -136,7 +136,9 @@ mod tests {
         assert!(refusal(Scope::Client, client, Some(Scopes::ALL)).is_none());
         assert_eq!(
             refusal(Scope::Write, client, Some(Scopes::ALL)).as_deref(),
-            Some("refused: the route needs scope write; terminal has client, person has client,reference,write")
+            Some(
+                "refused: the route needs scope write; terminal has client, person has client,reference,write"
+            )
         );
     }
 }

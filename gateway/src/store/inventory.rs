@@ -232,7 +232,12 @@ fn commit(tx: rusqlite::Transaction<'_>, what: &'static str) -> Result<()> {
 }
 
 /// Inserts a new, enabled terminal inside the caller's transaction.
-pub(crate) fn insert(tx: &Connection, name: &str, note: Option<&str>, scopes: Scopes) -> Result<Registration> {
+pub(crate) fn insert(
+    tx: &Connection,
+    name: &str,
+    note: Option<&str>,
+    scopes: Scopes,
+) -> Result<Registration> {
     check_name(name)?;
     if let Some(note) = note {
         store::check_text("--note", note, NOTE_MAX)?;
@@ -253,7 +258,12 @@ pub(crate) fn insert(tx: &Connection, name: &str, note: Option<&str>, scopes: Sc
     };
     tx.execute(
         "INSERT INTO terminals (name, enabled, added, note, scopes) VALUES (?1, 1, ?2, ?3, ?4)",
-        params![terminal.name, terminal.added, terminal.note, store::scopes_text(scopes)],
+        params![
+            terminal.name,
+            terminal.added,
+            terminal.note,
+            store::scopes_text(scopes)
+        ],
     )
     .map_err(StoreError::sqlite(&db_path(tx), "add the terminal"))?;
     Ok(terminal)
@@ -570,11 +580,17 @@ mod tests {
         let mut names = Vec::new();
         for i in 0..3 {
             let name = format!("t{i}");
-            let (terminal, ()) =
-                enroll_wireguard(&conn, &name, Enroll::New { note: None, scopes: Scopes::ALL }, &net, |address| {
-                    Ok((peer(address, true), ()))
-                })
-                .unwrap();
+            let (terminal, ()) = enroll_wireguard(
+                &conn,
+                &name,
+                Enroll::New {
+                    note: None,
+                    scopes: Scopes::ALL,
+                },
+                &net,
+                |address| Ok((peer(address, true), ())),
+            )
+            .unwrap();
             names.push(terminal.wireguard.unwrap().address);
         }
         assert_eq!(
@@ -589,8 +605,26 @@ mod tests {
         remove(&conn, "t1").unwrap();
         assert_eq!(free_address(&conn, &net).unwrap(), Ipv4Addr::new(10, 77, 0, 3));
 
-        enroll(&conn, "only", Enroll::New { note: None, scopes: Scopes::ALL }, &small).unwrap();
-        let err = enroll(&conn, "more", Enroll::New { note: None, scopes: Scopes::ALL }, &small).unwrap_err();
+        enroll(
+            &conn,
+            "only",
+            Enroll::New {
+                note: None,
+                scopes: Scopes::ALL,
+            },
+            &small,
+        )
+        .unwrap();
+        let err = enroll(
+            &conn,
+            "more",
+            Enroll::New {
+                note: None,
+                scopes: Scopes::ALL,
+            },
+            &small,
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .contains("no free tunnel address left in 10.9.0.2/30"),
@@ -607,15 +641,30 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let conn = store::open(tmp.path()).unwrap();
         let net: TunnelNet = "10.77.0.1/24".parse().unwrap();
-        let failed = enroll_wireguard::<()>(&conn, "tablet", Enroll::New { note: None, scopes: Scopes::ALL }, &net, |_| {
-            Err(StoreError::Invalid("the config file could not be written".into()))
-        });
+        let failed = enroll_wireguard::<()>(
+            &conn,
+            "tablet",
+            Enroll::New {
+                note: None,
+                scopes: Scopes::ALL,
+            },
+            &net,
+            |_| Err(StoreError::Invalid("the config file could not be written".into())),
+        );
         assert!(failed.is_err());
         assert!(Inventory::load(&conn).unwrap().is_empty());
 
         add(&conn, "reception", None, Scopes::ALL).unwrap();
         assert!(matches!(
-            enroll(&conn, "reception", Enroll::New { note: None, scopes: Scopes::ALL }, &net),
+            enroll(
+                &conn,
+                "reception",
+                Enroll::New {
+                    note: None,
+                    scopes: Scopes::ALL
+                },
+                &net
+            ),
             Err(StoreError::TerminalExists { .. })
         ));
         assert!(matches!(

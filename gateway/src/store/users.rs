@@ -13,8 +13,8 @@
 
 use std::path::Path;
 
-pub use provisioning_shared::password::{MAX_ID_CHARS, MIN_PASSWORD_CHARS, dummy_verify, verify_password};
 use engine_proxy::scope::Scopes;
+pub use provisioning_shared::password::{MAX_ID_CHARS, MIN_PASSWORD_CHARS, dummy_verify, verify_password};
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 

@@ -26,10 +26,10 @@ pub mod request;
 pub mod token;
 pub mod wireguard;
 
-pub use error::{Error, Result};
 /// What terminals and people may call: declared by the vendor, carried in bundles, enforced by
 /// the appliance; the engine API rules' own type.
 pub use engine_proxy::scope;
+pub use error::{Error, Result};
 
 /// Free text given on the command line (a note, an engine user ID): at most `max` characters and
 /// no control characters, so that it prints on one line of a listing. `what` names the option.

@@ -207,6 +207,10 @@ impl Clinic {
 
 pub(crate) const PATIENT: &str = "/api01rv2/patientgetv2?id=1&format=json";
 
+/// engine-sim's own diagnostics (`/sim/upload`, `/sim/download`) are no engine API call, so the
+/// gateway's rules refuse them until a row names them: cloud only, for the write scope.
+const SIM_DIAGNOSTICS: &str = "\n[[failover.route]]\npath = \"/sim/*\"\naction = \"refuse\"\n";
+
 #[test]
 fn curl_with_a_certificate_and_a_password_gets_a_patient_from_the_cloud() {
     let c = Clinic::start("");
@@ -571,7 +575,7 @@ fn peak_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_200_mb_body_streams_through_both_ways_without_the_gateway_growing() {
-    let c = Clinic::start("");
+    let c = Clinic::start(SIM_DIAGNOSTICS);
     // Warm up (pools, TLS sessions), then measure the peak around the transfers.
     c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
     let before = peak_kib(c.gateway.pid());
@@ -662,9 +666,9 @@ fn base64(text: &str) -> String {
 #[test]
 fn garbage_slow_headers_bad_chunking_and_huge_headers_are_cut_off_and_nothing_else_slows() {
     use std::io::{Read, Write};
-    let c = Clinic::start(
-        "\n[limits]\nheader_timeout_secs = 2\nhandshake_timeout_secs = 2\nmax_body_bytes = 1048576\n",
-    );
+    let c = Clinic::start(&format!(
+        "\n[limits]\nheader_timeout_secs = 2\nhandshake_timeout_secs = 2\nmax_body_bytes = 1048576\n{SIM_DIAGNOSTICS}"
+    ));
     // Garbage instead of a ClientHello: closed, audited.
     let mut tcp = std::net::TcpStream::connect(c.addr()).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

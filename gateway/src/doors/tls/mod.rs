@@ -138,15 +138,24 @@ pub async fn admit<S: Io>(
     // its certificate was checked when the session began (in this snapshot: a reload starts new
     // sessions), so check validity and the rest again now.
     let checked = match resumed {
-        true => snapshot.admission.proof(&proof).map(drop).map_err(|r| r.to_string()),
+        true => snapshot
+            .admission
+            .proof(&proof)
+            .map(drop)
+            .map_err(|r| r.to_string()),
         false => Ok(()),
     };
     let terminal = checked.and_then(|()| match &proof {
-        Proof::Certificate(chain) => Terminal::from_certificate(chain.first().ok_or("no client certificate")?),
+        Proof::Certificate(chain) => {
+            Terminal::from_certificate(chain.first().ok_or("no client certificate")?)
+        }
         Proof::WireGuard(_) => Err("not a certificate".into()),
     });
     let (terminal, scopes) = match terminal.and_then(|t| {
-        let scopes = snapshot.admission.registered(&t.name).map_err(|r| r.to_string())?;
+        let scopes = snapshot
+            .admission
+            .registered(&t.name)
+            .map_err(|r| r.to_string())?;
         Ok((t, scopes))
     }) {
         Ok(admitted) => admitted,
