@@ -13,7 +13,7 @@ mod verify;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use engine_proxy::scope::Scopes;
@@ -107,9 +107,9 @@ pub struct People {
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     lockout: Mutex<Lockout>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
-    /// Terminals (by certificate fingerprint) with a person signed in: until when, and what
-    /// that person may call.
-    signed_in: Mutex<HashMap<[u8; 32], (Instant, Scopes)>>,
+    /// Terminals (by certificate fingerprint) with a person signed in: until when, who, and
+    /// what that person may call.
+    signed_in: Mutex<HashMap<[u8; 32], sessions::SignedIn>>,
     verifying: tokio::sync::Semaphore,
     /// argon2id verifications run so far (the metric `password_checks_total`).
     checks: std::sync::atomic::AtomicU64,

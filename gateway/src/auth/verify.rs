@@ -105,6 +105,7 @@ impl People {
     /// at once, not when the cache entry would have expired).
     pub fn forget_cached(&self) {
         lock(&self.cache).clear();
+        self.refresh_sessions();
         self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -211,7 +212,7 @@ impl People {
                         until: Instant::now() + self.settings.cache,
                     },
                 );
-                self.mark_signed_in(terminal, person.scopes);
+                self.mark_signed_in(terminal, &person);
                 Ok(person)
             }
             Err(denied @ Denied::WrongPassword { .. }) => {
@@ -238,7 +239,7 @@ impl People {
                 upstream: hit.upstream.clone(),
                 scopes: hit.scopes,
             })?;
-        self.mark_signed_in(terminal, person.scopes);
+        self.mark_signed_in(terminal, &person);
         Some(person)
     }
 

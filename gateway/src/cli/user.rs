@@ -1,7 +1,9 @@
 //! `kakehashi user …`: the people who sign in at the terminals.
 //!
 //! Changes take effect at the next sign-in: the gateway reads a person when they sign in, so no
-//! reload is needed. Passwords and upstream secrets are read from a file's first line, the
+//! reload is needed. A reload (SIGHUP) makes them count at once: remembered credentials are
+//! forgotten, and login sessions take the person's scopes as they are now (a person locked or
+//! removed is signed out). Passwords and upstream secrets are read from a file's first line, the
 //! environment or a prompt, never from the command line (where `ps` would show them).
 
 use std::path::PathBuf;
