@@ -14,6 +14,9 @@
 #      its latency collapses)
 #   5. requests/s with the gateway's person authentication on (HTTP Basic on every request) as a
 #      ratio to off
+#   6. requests/s with scopes configured (the terminal holds client,reference, the person
+#      reference: every request is classified and checked against both) as a ratio to the same
+#      gateway with authentication on and no scopes set
 # nginx: the Debian package, one worker per core with `reuseport`, `ssl_verify_client on` with the
 # clinic CA and its CRL, proxy_pass over mTLS (the uplink certificate) to engine-sim with 64
 # kept-alive upstream connections per worker.
@@ -150,14 +153,16 @@ gateway_available() {
   "$bin" gateway --help >/dev/null 2>&1
 }
 
-# start_gateway SIDE PERSON_AUTH(true|false): a gateway with its own data directory.
+# start_gateway SIDE PERSON_AUTH(true|false) [TERMINAL_SCOPES PERSON_SCOPES]: a gateway with its
+# own data directory.
 start_gateway() {
-  local side=$1 auth=$2 dir=$W/$1
+  local side=$1 auth=$2 dir=$W/$1 terminal_scopes=${3:-all} person_scopes=${4:-all}
   mkdir -p "$dir"
   printf '%s\n' "${engine_user#*:}" >"$dir/upstream.password"
   chmod 600 "$dir/upstream.password"
-  "$bin" terminal add reception-1 --data-dir "$dir/data" >/dev/null
-  KAKEHASHI_USER_PASSWORD=${person#*:} "$bin" user add "${person%%:*}" --data-dir "$dir/data" >/dev/null
+  "$bin" terminal add reception-1 --scopes "$terminal_scopes" --data-dir "$dir/data" >/dev/null
+  KAKEHASHI_USER_PASSWORD=${person#*:} "$bin" user add "${person%%:*}" --scopes "$person_scopes" \
+    --data-dir "$dir/data" >/dev/null
   cat >"$dir/gateway.toml" <<CONF
 data_dir = "data"
 [tls]
@@ -252,7 +257,8 @@ sides=(direct nginx)
 if gateway_available; then
   start_gateway gateway false
   start_gateway gateway-auth true
-  sides+=(gateway gateway-auth)
+  start_gateway gateway-scoped true client,reference reference
+  sides+=(gateway gateway-auth gateway-scoped)
 else
   echo "kakehashi gateway is not in this build: the gateway runs are skipped" >&2
 fi
@@ -324,4 +330,5 @@ added() { printf '%+d µs (p99 %d at %d/s; direct %d)\n' "$((${p99[$1]} - ${p99_
   has gateway && echo "     gateway $(added gateway)"
   has gateway && echo "5. person authentication on/off: ${rps[gateway-auth]} / ${rps[gateway]} requests/s = $(calc "${rps[gateway-auth]} / ${rps[gateway]}")x (target at least 0.9x)"
   has gateway || echo "5. person authentication on/off: skipped (no kakehashi gateway in this build)"
+  has gateway && echo "6. scopes configured/not (authentication on): ${rps[gateway-scoped]} / ${rps[gateway-auth]} requests/s = $(calc "${rps[gateway-scoped]} / ${rps[gateway-auth]}")x (target at least 0.95x)"
 }

@@ -249,6 +249,7 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     let wg = w
         .provision(&[
             "terminal", "add", "--clinic", "c1", "--name", "tablet-1", "--kind", "wireguard", "--json",
+            "--scopes", "reference",
         ])
         .ok();
     let wg_config = field(&wg, &["wireguard", "config"]);
@@ -263,6 +264,19 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
         "reception",
         "--password-file",
         s(&staff),
+    ])
+    .ok();
+    w.provision(&[
+        "user",
+        "add",
+        "--clinic",
+        "c1",
+        "--id",
+        "display",
+        "--password-file",
+        s(&staff),
+        "--scopes",
+        "reference",
     ])
     .ok();
     let b1 = w.build("c1", "b1.bundle");
@@ -301,6 +315,31 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
         listed.contains(public.trim()) && listed.contains("tablet-1"),
         "{listed}"
     );
+    // The scopes the vendor declared arrived with the bundle.
+    let terminals: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let scopes_of = |list: &serde_json::Value, key: &str, name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t[key] == name)
+            .map(|t| t["scopes"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        scopes_of(&terminals, "name", "tablet-1"),
+        serde_json::json!(["reference"])
+    );
+    assert_eq!(
+        scopes_of(&terminals, "name", "reception-1"),
+        serde_json::json!(["client", "reference", "write"])
+    );
+    let people: serde_json::Value =
+        serde_json::from_str(&kakehashi(&["user", "list", "--json", "--data-dir", s(&w.appliance)]).ok())
+            .unwrap();
+    assert_eq!(
+        scopes_of(&people, "id", "display"),
+        serde_json::json!(["reference"])
+    );
     let request = std::fs::read_to_string(w.appliance.join("request.json")).unwrap();
     assert!(request.contains(&field_in(&config, "PublicKey = ")), "{config}");
 
@@ -317,6 +356,21 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     let (status, body) = w.curl("c1", &p12_auth, "/api01rv2/patientgetv2?id=1&format=json");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Api_Result"), "{body}");
+    // The person the vendor gave only `reference` reads, and cannot write.
+    let display = format!("--cert-type P12 --cert {p12}:{p12_password} -u display:a-long-staff-password");
+    assert_eq!(
+        w.curl("c1", &display, "/api01rv2/patientgetv2?id=1&format=json")
+            .0,
+        200
+    );
+    let (status, body) = w.curl(
+        "c1",
+        &format!(
+            "{display} -X POST -H Content-Type:application/json -d {{\"acceptreq\":{{\"Patient_ID\":\"1\"}}}}"
+        ),
+        "/orca11/acceptmodv2?class=01&format=json",
+    );
+    assert_eq!(status, 403, "{body}");
     let (status, _) = w.curl(
         "c1",
         &format!("--cert-type P12 --cert {p12}:{p12_password} -u reception:wrong-password-1"),

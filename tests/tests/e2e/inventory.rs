@@ -53,7 +53,10 @@ type Snapshot = std::collections::BTreeMap<PathBuf, (Vec<u8>, u32)>;
 fn terminals_are_added_listed_disabled_enabled_and_removed() {
     let a = Appliance::new();
     let out = a.k("terminal add reception-1 --note front-desk").ok();
-    assert!(out.contains("registered terminal reception-1 (enabled)"), "{out}");
+    assert!(
+        out.contains("registered terminal reception-1 (enabled, scopes client,reference,write)"),
+        "{out}"
+    );
     assert!(
         out.contains("SIGHUP") && out.contains("systemctl reload kakehashi"),
         "{out}"
@@ -198,7 +201,7 @@ fn users_are_added_changed_locked_and_removed_without_showing_a_secret() {
         "user add reception --password-file {pw} --upstream-id orca-user1 --upstream-password-file {up}"
     )));
     assert!(
-        out.contains("added user reception (upstream account orca-user1)"),
+        out.contains("added user reception (scopes client,reference,write, upstream account orca-user1)"),
         "{out}"
     );
     assert_eq!(mode(&a.dir.join("gateway.db")), 0o600);

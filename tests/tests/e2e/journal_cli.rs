@@ -651,7 +651,8 @@ fn a_running_gateway_hands_a_retried_entry_to_the_cloud() {
                 RECEPTION,
                 RECEPTION_BODY.as_bytes(),
                 "visit-live-1",
-                Some("terminal"),
+                // The demo's terminal: replay checks it is still registered and may write.
+                Some("reception-1"),
                 None,
             ),
             refused(
