@@ -37,6 +37,7 @@ cloud=$work/cloud
 echo "a vendor passphrase for the benchmark" >"$work/passphrase"
 echo "ormaster" >"$work/engine.password"
 echo "a-long-staff-password" >"$work/staff.password"
+chmod 600 "$work/passphrase" "$work/engine.password" "$work/staff.password"
 vendor() { "$bin" provision --dir "$work/vendor" --passphrase-file "$work/passphrase" "$@"; }
 app=$work/appliance
 admin=127.0.0.1:$(free_port)

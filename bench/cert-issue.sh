@@ -16,6 +16,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 printf 'bench passphrase for the CA\n' >"$work/pass"
+chmod 600 "$work/pass"
 "$bin" cert init-ca --dir "$work/ca" --name "Bench Clinic CA" --passphrase-file "$work/pass" >/dev/null
 cat >"$work/openssl.cnf" <<'CNF'
 [req]

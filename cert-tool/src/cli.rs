@@ -210,7 +210,7 @@ impl PassphraseArgs {
 
     fn source(&self) -> Option<Result<Passphrase>> {
         if let Some(file) = &self.passphrase_file {
-            return Some(Passphrase::from_file(file));
+            return Some(Passphrase::from_private_file(file));
         }
         std::env::var(PASSPHRASE_ENV)
             .ok()

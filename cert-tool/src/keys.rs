@@ -67,6 +67,30 @@ impl Passphrase {
     }
 
     /// Reads a passphrase from the first line of a file, as `openssl -passin file:` does.
+    /// From a file that only its owner may read (what `--passphrase-file` names): a passphrase
+    /// others can read protects nothing, so such a file is refused, as the gateway refuses a
+    /// readable `upstream.password`.
+    pub fn from_private_file(path: &Path) -> Result<Passphrase> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(Error::io("read", path))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::malformed(
+                path,
+                "passphrase file",
+                format!(
+                    "others may read it (mode {:o}): `chmod 600 {}`, or give the passphrase \
+                     another way",
+                    mode & 0o777,
+                    path.display()
+                ),
+            ));
+        }
+        Passphrase::from_file(path)
+    }
+
     pub fn from_file(path: &Path) -> Result<Passphrase> {
         let bytes = Zeroizing::new(files::read(path)?);
         let text = std::str::from_utf8(&bytes)

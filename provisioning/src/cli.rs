@@ -167,6 +167,10 @@ pub enum TerminalCommand {
         /// Print what was made as JSON (with the password or token, once)
         #[arg(long)]
         json: bool,
+        /// Also draw the WireGuard QR code here (it holds the terminal's private key: it would
+        /// stay in the scrollback and in any captured log; by default it goes only to NAME.png)
+        #[arg(long)]
+        show_qr: bool,
         /// What may be called from it, whoever signs in: client, reference, write
         /// (comma-separated; write includes reference), all or none
         #[arg(long, value_name = "LIST", default_value = "all")]
@@ -334,13 +338,14 @@ impl ProvisionArgs {
         }
     }
 
-    /// The vendor passphrase, asked only if the vendor's keys are encrypted.
-    fn passphrase(&self, vendor: &Vendor) -> Result<Option<Passphrase>> {
+    /// The vendor passphrase (one for every key the vendor keeps), asked only if the vendor's
+    /// keys are encrypted. `key` is the one this command unlocks: what a prompt or a refusal
+    /// names.
+    fn passphrase(&self, vendor: &Vendor, key: &Path) -> Result<Option<Passphrase>> {
         if !vendor.encrypted()? {
             return Ok(None);
         }
-        let key = ca::Layout::new(&vendor.root_dir()).key();
-        Ok(Some(self.passphrases().existing(&key)()?))
+        Ok(Some(self.passphrases().existing(key)()?))
     }
 }
 
@@ -361,7 +366,9 @@ pub fn run(args: ProvisionArgs) -> Result<ExitCode> {
             crl_days,
         }) => {
             let vendor = Vendor::open(&args.dir)?;
-            let built = build::build(&vendor, clinic, out, *crl_days, || args.passphrase(&vendor))?;
+            let built = build::build(&vendor, clinic, out, *crl_days, || {
+                args.passphrase(&vendor, &vendor.signing_key_path())
+            })?;
             println!(
                 "wrote bundle version {} of clinic {clinic} to {} ({} bytes, mode 0600)",
                 built.version,
@@ -442,7 +449,7 @@ fn clinic_command(args: &ProvisionArgs, cmd: &ClinicCommand) -> Result<()> {
                     engine_host,
                     settings,
                 },
-                || args.passphrase(&vendor),
+                || args.passphrase(&vendor, &ca::Layout::new(&vendor.root_dir()).key()),
             )?;
             let l = &added.layout;
             println!("created clinic {clinic} (\"{name}\") in {}", l.dir.display());
@@ -488,7 +495,8 @@ fn clinic_command(args: &ProvisionArgs, cmd: &ClinicCommand) -> Result<()> {
                 settings,
                 uplink_cert: uplink_cert.as_deref(),
             };
-            let changed = setup::set(&vendor, clinic, &change, || args.passphrase(&vendor))?;
+            let key = ca::Layout::new(&clinic::layout(&vendor, clinic)?.ca_dir()).key();
+            let changed = setup::set(&vendor, clinic, &change, || args.passphrase(&vendor, &key))?;
             println!("changed clinic {clinic}:");
             for line in &changed.lines {
                 println!("  {line}");
@@ -686,6 +694,7 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
             days,
             no_psk,
             json,
+            show_qr,
             scopes,
         } => {
             let layout = clinic::layout(&vendor, clinic)?;
@@ -701,7 +710,8 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
                 psk: !no_psk,
                 scopes: *scopes,
             };
-            let added = terminal::add(&vendor, clinic, &new, || args.passphrase(&vendor))?;
+            let key = ca::Layout::new(&layout.ca_dir()).key();
+            let added = terminal::add(&vendor, clinic, &new, || args.passphrase(&vendor, &key))?;
             if *json {
                 // It holds the password or the token: wiped once printed.
                 println!(
@@ -709,7 +719,7 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
                     Zeroizing::new(to_json(&AddedJson::new(clinic, &added))?).as_str()
                 );
             } else {
-                print_added(clinic, &added);
+                print_added(clinic, &added, *show_qr);
             }
         }
         TerminalCommand::List { clinic, json } => {
@@ -795,7 +805,7 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
     Ok(())
 }
 
-fn print_added(clinic: &str, added: &terminal::Added) {
+fn print_added(clinic: &str, added: &terminal::Added, show_qr: bool) {
     let t = &added.terminal;
     println!("added terminal {} ({}) to clinic {clinic}", t.name, t.kind.name());
     if let Some(p12) = &added.p12 {
@@ -828,7 +838,9 @@ fn print_added(clinic: &str, added: &terminal::Added) {
         );
     }
     if let Some(wg) = &added.wireguard {
-        print!("{}", wg.qr.as_str());
+        if show_qr {
+            print!("{}", wg.qr.as_str());
+        }
         println!("  tunnel       {}", wg.address);
         println!(
             "  WireGuard    {} and its QR code {} (mode 0600): they hold the terminal's private key, \

@@ -111,7 +111,17 @@ fn apply(layout: &Layout, file: &Path, trust_vendor: Option<&str>) -> Result<Rep
              a pinned key is not replaced by an import"
         )));
     }
-    let opened = bundle::open(&bytes, &identity.0, pinned.as_deref().or(trust.as_deref()))?;
+    let opened =
+        bundle::open(&bytes, &identity.0, pinned.as_deref().or(trust.as_deref())).map_err(|e| match e {
+            // Nothing pinned yet: the key it was checked against is the one the operator typed.
+            bundle::BundleError::OtherVendor { found, pinned: given } if pinned.is_none() => {
+                refused(format!(
+                    "the bundle is signed by key {found}, not by the key given with --trust-vendor \
+             ({given}): check the fingerprint with your vendor"
+                ))
+            }
+            e => e.into(),
+        })?;
     if pinned.is_none() && trust.is_none() {
         return Err(refused(format!(
             "no vendor key is pinned on this appliance yet; the bundle is signed by {}: if your \
@@ -158,17 +168,9 @@ fn apply(layout: &Layout, file: &Path, trust_vendor: Option<&str>) -> Result<Rep
         (layout.engine_ca(), payload.engine.ca.as_bytes(), files::PUBLIC),
         (layout.vendor_root(), certs.vendor_root.as_bytes(), files::PUBLIC),
     ];
-    let restart_for: Vec<String> = if previous.is_some() {
-        outputs
-            .iter()
-            .filter(|(path, data, _)| {
-                [layout.config(), layout.uplink_cert(), layout.engine_ca()].contains(path)
-                    && std::fs::read(path).ok().as_deref() != Some(*data)
-            })
-            .map(|(path, ..)| path.display().to_string())
-            .collect()
-    } else {
-        Vec::new()
+    let restart_for = match previous {
+        Some(_) => needs_restart(layout, &config_text, uplink, &payload.engine.ca),
+        None => Vec::new(),
     };
     let mut staged = Vec::new();
     for (path, data, mode) in &outputs {
@@ -408,6 +410,62 @@ fn check(layout: &Layout, p: &Payload) -> Result<Checked, ApplianceError> {
         server_chain: format!("{}{}", ensure_newline(&c.server), c.clinic_ca),
         anchors: format!("{}{}", ensure_newline(&c.clinic_ca), c.issuing_ca),
     })
+}
+
+/// What this import changes that a running gateway reads only at start: the settings of
+/// `gateway.toml` by key (its comments, which name the bundle version, change every time and do
+/// not count), the uplink certificate, the engine's CA.
+fn needs_restart(layout: &Layout, config: &str, uplink: &str, engine_ca: &str) -> Vec<String> {
+    let table = |text: &str| text.parse::<toml::Table>().ok();
+    let installed = std::fs::read_to_string(layout.config()).ok();
+    let mut changed = match (installed.as_deref().and_then(table), table(config)) {
+        (Some(old), Some(new)) => {
+            let mut keys = Vec::new();
+            changed_keys("", &toml::Value::Table(old), &toml::Value::Table(new), &mut keys);
+            keys.into_iter()
+                .map(|k| format!("{} ({k})", layout.config().display()))
+                .collect()
+        }
+        _ => vec![layout.config().display().to_string()],
+    };
+    for (path, data, what) in [
+        (layout.uplink_cert(), uplink, "the uplink certificate"),
+        (layout.engine_ca(), engine_ca, "the engine's CA"),
+    ] {
+        if std::fs::read(&path).ok().as_deref() != Some(data.as_bytes()) {
+            changed.push(format!("{} ({what})", path.display()));
+        }
+    }
+    changed
+}
+
+/// The dotted keys (`upstream.url`, `listener[0].address`) whose values differ between `old` and
+/// `new`, or that only one has.
+fn changed_keys(at: &str, old: &toml::Value, new: &toml::Value, out: &mut Vec<String>) {
+    use toml::Value::{Array, Table};
+    match (old, new) {
+        (Table(a), Table(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let here = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => changed_keys(&here, x, y, out),
+                    _ => out.push(here),
+                }
+            }
+        }
+        (Array(a), Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                changed_keys(&format!("{at}[{i}]"), x, y, out);
+            }
+        }
+        (a, b) if a != b => out.push(at.to_owned()),
+        _ => {}
+    }
 }
 
 fn ensure_newline(text: &str) -> String {
@@ -710,6 +768,28 @@ mod store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restart_is_asked_for_by_the_settings_that_changed_not_by_comments() {
+        let old = "# bundle version 1\n[[listener]]\naddress = \"0.0.0.0:443\"\n[upstream]\nurl = \"https://a\"\nuser = \"u\"\n";
+        let same = "# bundle version 2\n[[listener]]\naddress = \"0.0.0.0:443\"\n[upstream]\nurl = \"https://a\"\nuser = \"u\"\n";
+        let moved = "[[listener]]\naddress = \"0.0.0.0:8443\"\n[upstream]\nurl = \"https://b\"\n[est]\nlisten = \"x\"\n";
+        let keys = |a: &str, b: &str| {
+            let mut out = Vec::new();
+            changed_keys(
+                "",
+                &toml::Value::Table(a.parse().unwrap()),
+                &toml::Value::Table(b.parse().unwrap()),
+                &mut out,
+            );
+            out
+        };
+        assert!(keys(old, same).is_empty());
+        assert_eq!(
+            keys(old, moved),
+            ["est", "listener[0].address", "upstream.url", "upstream.user"]
+        );
+    }
 
     /// A value with quotes, a newline or a `[table]` stays one TOML string.
     #[test]

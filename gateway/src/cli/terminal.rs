@@ -132,6 +132,10 @@ pub struct WireGuardArgs {
     /// quantum computer)
     #[arg(long)]
     pub no_psk: bool,
+    /// Also draw the QR code on this terminal (it holds the terminal's private key: it would
+    /// stay in the scrollback and in any captured log; by default it goes only to --qr-png)
+    #[arg(long)]
+    pub show_qr: bool,
 }
 
 /// The files a WireGuard enrollment writes.
@@ -164,9 +168,9 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
             wg,
             ..
         } => {
-            if wg.out.is_some() || wg.qr_png.is_some() || wg.no_psk {
+            if wg.out.is_some() || wg.qr_png.is_some() || wg.no_psk || wg.show_qr {
                 return Err(StoreError::Invalid(
-                    "--out, --qr-png and --no-psk go with --wireguard, not --enroll".into(),
+                    "--out, --qr-png, --show-qr and --no-psk go with --wireguard, not --enroll".into(),
                 ));
             }
             let name = name.or(name_option).unwrap_or_default();
@@ -201,9 +205,9 @@ pub fn run(args: TerminalArgs) -> Result<ExitCode> {
             ..
         } => {
             let name = name.or(name_option).unwrap_or_default();
-            if wg.out.is_some() || wg.qr_png.is_some() || wg.no_psk {
+            if wg.out.is_some() || wg.qr_png.is_some() || wg.no_psk || wg.show_qr {
                 return Err(StoreError::Invalid(
-                    "--out, --qr-png and --no-psk go with --wireguard".into(),
+                    "--out, --qr-png, --show-qr and --no-psk go with --wireguard".into(),
                 ));
             }
             inventory::add(&open(&args.appliance)?, &name, note.as_deref(), scopes)?;
@@ -348,7 +352,9 @@ fn wireguard(appliance: &ApplianceArgs, name: &str, how: Enroll<'_>, args: &Wire
     refuse_existing(&outputs)?;
     let conn = store::open(&config.data_dir)?;
     let enrolled = enroll_wireguard(&conn, wg, &endpoint, name, how, &outputs)?;
-    print!("{}", enrolled.qr.as_str());
+    if args.show_qr {
+        print!("{}", enrolled.qr.as_str());
+    }
     let address = enrolled
         .terminal
         .wireguard
@@ -360,8 +366,8 @@ fn wireguard(appliance: &ApplianceArgs, name: &str, how: Enroll<'_>, args: &Wire
     };
     done.push_str(&format!(
         "\nwrote its WireGuard config to {} (mode 0600){}: it holds the terminal's private key, \
-         which the gateway does not keep; hand it over (`wg-quick up FILE`, or scan the QR code \
-         above in the WireGuard app), then delete it",
+         which the gateway does not keep; hand it over (`wg-quick up FILE`, or scan its QR code in \
+         the WireGuard app: --qr-png FILE writes it, --show-qr draws it here), then delete it",
         outputs.config.display(),
         outputs
             .qr_png

@@ -1,10 +1,16 @@
 //! The bundle: everything an appliance needs for its clinic, in one file from the vendor.
 //!
 //! ## Format
-//! An [age](https://age-encryption.org/v1) file encrypted to the appliance's device identity (an
+//! One line, `kakehashi-bundle/1 RECIPIENT` ([`LINE`]), naming the appliance it is for; then an
+//! [age](https://age-encryption.org/v1) file encrypted to that appliance's device identity (an
 //! X25519 recipient from its [`crate::request::Request`]). Inside, one JSON object
 //! ([`Signed`]): the payload as JSON text and the vendor's ECDSA P-256 signature over
 //! [`CONTEXT`] followed by that text.
+//!
+//! The line is not secret and not trusted: it lets a bundle for another appliance be called
+//! that, and a bundle whose encryption header was damaged be called damaged (age alone cannot tell
+//! the two apart: a damaged recipient stanza simply does not open). The payload's own `appliance`,
+//! under the signature, is what is enforced.
 //!
 //! Sign, then encrypt: the signature proves who made the payload, the encryption keeps the
 //! payload (staff password hashes, the engine credential, WireGuard preshared keys) from anyone
@@ -24,6 +30,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::scope::Scopes;
+
+/// How a bundle file begins, before the appliance's recipient.
+pub const LINE: &str = "kakehashi-bundle/1 ";
 
 /// The payload format this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -237,14 +246,14 @@ pub enum BundleError {
     Read(std::io::Error),
     #[error("the bundle is larger than {MAX_BYTES} bytes")]
     TooLarge,
-    #[error("not a Kakehashi bundle (not an age file): {0}")]
-    NotAge(String),
+    #[error("not a Kakehashi bundle: {0}")]
+    NotBundle(String),
     #[error(
-        "the bundle is encrypted for another appliance (this one is {appliance}): \
+        "the bundle is encrypted for another appliance ({named}; this one is {appliance}): \
          build it with this appliance's request"
     )]
-    OtherAppliance { appliance: String },
-    #[error("the bundle is damaged or was changed after it was made (authentication failed: {0})")]
+    OtherAppliance { appliance: String, named: String },
+    #[error("the bundle is damaged or was changed after it was made ({0})")]
     Damaged(String),
     #[error("the bundle's contents are malformed: {0}")]
     Malformed(String),
@@ -302,6 +311,7 @@ fn seal_to(
     let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
         .map_err(|e| BundleError::Build(format!("encrypting: {e}")))?;
     let mut out = Vec::with_capacity(inner.len() + 512);
+    out.extend_from_slice(format!("{LINE}{appliance}\n").as_bytes());
     let mut writer = encryptor
         .wrap_output(&mut out)
         .map_err(|e| BundleError::Build(format!("encrypting: {e}")))?;
@@ -333,22 +343,23 @@ pub fn open(
         return Err(BundleError::TooLarge);
     }
     let ours = identity.to_public().to_string();
-    // Only the header is read here: whatever fails is "not an age file".
-    let decryptor = age::Decryptor::new(bytes).map_err(|e| BundleError::NotAge(e.to_string()))?;
-    let mut reader = decryptor
-        .decrypt(std::iter::once(identity as &dyn age::Identity))
-        .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => BundleError::OtherAppliance {
-                appliance: ours.clone(),
-            },
-            other => BundleError::Damaged(other.to_string()),
-        })?;
-    let mut inner = Zeroizing::new(Vec::new());
-    reader
-        .by_ref()
-        .take(MAX_BYTES)
-        .read_to_end(&mut inner)
-        .map_err(|e| BundleError::Damaged(e.to_string()))?;
+    let (named, encrypted) = envelope(bytes)?;
+    let inner = match decrypt(encrypted, identity) {
+        Ok(inner) => inner,
+        Err(_) if named != ours => {
+            return Err(BundleError::OtherAppliance {
+                appliance: ours,
+                named: named.to_owned(),
+            });
+        }
+        Err(why) => return Err(BundleError::Damaged(why)),
+    };
+    if named != ours {
+        return Err(BundleError::Damaged(format!(
+            "its first line names appliance {named}, but it opens with this appliance's key: \
+             the line was changed"
+        )));
+    }
     let signed: Signed = serde_json::from_slice(&inner).map_err(|e| BundleError::Malformed(e.to_string()))?;
     let signed_payload = Zeroizing::new(signed.payload);
     let key = STANDARD
@@ -397,6 +408,48 @@ pub fn open(
         payload,
         vendor_key: found,
     })
+}
+
+/// The recipient a bundle's first line names, and the age file after it.
+fn envelope(bytes: &[u8]) -> Result<(&str, &[u8]), BundleError> {
+    if bytes.is_empty() {
+        return Err(BundleError::NotBundle("the file is empty".into()));
+    }
+    let not_bundle = || {
+        BundleError::NotBundle(format!(
+            "it does not begin with the line \"{LINE}…\" that every bundle begins with \
+             (another file, or not the whole of a bundle)"
+        ))
+    };
+    let rest = bytes.strip_prefix(LINE.as_bytes()).ok_or_else(not_bundle)?;
+    let end = rest
+        .iter()
+        .take(256)
+        .position(|&b| b == b'\n')
+        .ok_or_else(not_bundle)?;
+    let named = std::str::from_utf8(&rest[..end]).map_err(|_| not_bundle())?;
+    Ok((named, &rest[end + 1..]))
+}
+
+/// The age file's plaintext, or why it does not open: a header that does not parse or does not
+/// open with `identity`, or a body that fails authentication.
+fn decrypt(encrypted: &[u8], identity: &age::x25519::Identity) -> Result<Zeroizing<Vec<u8>>, String> {
+    let decryptor = age::Decryptor::new(encrypted).map_err(|e| format!("its encryption header: {e}"))?;
+    let mut reader = decryptor
+        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => {
+                "its encryption header does not open with this appliance's key".to_owned()
+            }
+            other => format!("authentication failed: {other}"),
+        })?;
+    let mut inner = Zeroizing::new(Vec::new());
+    reader
+        .by_ref()
+        .take(MAX_BYTES)
+        .read_to_end(&mut inner)
+        .map_err(|e| format!("authentication failed: {e}"))?;
+    Ok(inner)
 }
 
 /// Decodes a base64 32-byte key (WireGuard's encoding), saying what is wrong with it.
@@ -470,16 +523,32 @@ mod tests {
             open(&sealed, &appliance, Some("SHA256:00")),
             Err(BundleError::OtherVendor { .. })
         ));
+        for (bytes, message) in [
+            (&b""[..], "not a Kakehashi bundle: the file is empty"),
+            (
+                b"plain text\n",
+                "not a Kakehashi bundle: it does not begin with the line \"kakehashi-bundle/1 …\"",
+            ),
+        ] {
+            let e = open(bytes, &appliance, None).unwrap_err().to_string();
+            assert!(e.starts_with(message), "{e}");
+        }
+        // Any byte changed, anywhere after the first line, is damage, never "another appliance".
+        let start = sealed.iter().position(|&b| b == b'\n').unwrap() + 1;
+        for i in [start + 30, start + 60, start + 100, sealed.len() - 10] {
+            let mut tampered = sealed.clone();
+            tampered[i] ^= 1;
+            let e = open(&tampered, &appliance, None).unwrap_err();
+            assert!(matches!(e, BundleError::Damaged(_)), "byte {i}: {e}");
+        }
+        // The first line changed to another appliance: still opens here, so it is damage.
+        let relabelled = [
+            format!("{LINE}{}\n", other.to_public()).as_bytes(),
+            &sealed[start..],
+        ]
+        .concat();
         assert!(matches!(
-            open(b"garbage", &appliance, None),
-            Err(BundleError::NotAge(_))
-        ));
-        // Any byte changed past the header fails authentication.
-        let mut tampered = sealed.clone();
-        let i = tampered.len() - 10;
-        tampered[i] ^= 1;
-        assert!(matches!(
-            open(&tampered, &appliance, None),
+            open(&relabelled, &appliance, None),
             Err(BundleError::Damaged(_))
         ));
 

@@ -285,6 +285,13 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     let before = w.state();
     w.import(&b1, &[])
         .fails_with(&["no vendor key is pinned", &w.pin()]);
+    let mistyped = format!("SHA256:{}", "AB".repeat(32));
+    w.import(&b1, &["--trust-vendor", &mistyped])
+        .fails_with(&[&format!(
+            "the bundle is signed by key {}, not by the key given with --trust-vendor ({mistyped}): \
+         check the fingerprint with your vendor",
+            w.pin()
+        )]);
     assert_unchanged(&before, &w.state());
     let out = w.import(&b1, &["--trust-vendor", &w.pin()]).ok();
     assert!(out.contains("Installed clinic c1 bundle version 1"), "{out}");
@@ -464,9 +471,27 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     rogue.add_clinic("c1", &w.appliance.join("request.json"));
     let rogue_bundle = rogue.build("c1", "rogue.bundle");
 
+    // One byte of the encryption header changed: damage, not "another appliance".
+    let mut header = std::fs::read(&b2).unwrap();
+    let start = header.iter().position(|&b| b == b'\n').unwrap() + 1;
+    header[start + 40] ^= 0x01;
+    write(&w.path("header.bundle"), &header);
+    write(&w.path("empty.bundle"), "");
+    write(&w.path("text.bundle"), "hello\n");
+
     let before = w.state();
     w.import(&w.path("tampered.bundle"), &[])
         .fails_with(&["damaged or was changed"]);
+    w.import(&w.path("header.bundle"), &[]).fails_with(&[
+        "the bundle is damaged or was changed after it was made (its encryption header does not \
+         open with this appliance's key)",
+    ]);
+    w.import(&w.path("empty.bundle"), &[])
+        .fails_with(&["not a Kakehashi bundle: the file is empty"]);
+    w.import(&w.path("text.bundle"), &[]).fails_with(&[
+        "not a Kakehashi bundle: it does not begin with the line \"kakehashi-bundle/1 …\" that every \
+         bundle begins with (another file, or not the whole of a bundle)",
+    ]);
     w.import(&foreign, &[])
         .fails_with(&["encrypted for another appliance"]);
     w.import(&rogue_bundle, &[])
@@ -477,13 +502,19 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
         .fails_with(&["bundle version 1 is not newer than the installed version 1"]);
     assert_unchanged(&before, &w.state());
     let audit = w.audit();
-    assert_eq!(audit.matches("bundle refused").count(), 6, "{audit}");
+    assert_eq!(audit.matches("bundle refused").count(), 10, "{audit}");
     assert!(audit.contains("bundle installed: clinic c1 version 1"), "{audit}");
     kakehashi(&["audit", "verify", "--data-dir", s(&w.appliance)]).ok();
 
     // Live: the vendor revokes the PKCS#12 terminal and locks nobody out but it; the running
     // gateway applies bundle 3 without a restart.
-    w.import(&b2, &[]).ok();
+    // Nothing but the version changed in the settings: no restart is asked for.
+    let out = w.import(&b2, &[]).ok();
+    assert!(
+        out.contains("A running gateway applies it within a second, without dropping connections.")
+            && !out.contains("restart"),
+        "{out}"
+    );
     w.provision(&["terminal", "revoke", "--clinic", "c1", "--name", "reception-1"])
         .ok();
     let b3 = w.build("c1", "b3.bundle");

@@ -329,14 +329,15 @@ fn a_clinic_from_request_to_bundles_checked_by_openssl() {
     let state = String::from_utf8(v.state("sakura")).expect("utf-8");
     assert!(!state.contains(&password));
 
-    // 6. A WireGuard terminal: a wg-quick config that wg-quick accepts, a QR code on the
-    //    terminal and as a PNG.
+    // 6. A WireGuard terminal: a wg-quick config that wg-quick accepts, its QR code as a PNG, and
+    //    on the screen only when asked for (it holds the terminal's private key).
     let wg = v
         .run(&[
             "terminal", "add", "--clinic", "sakura", "--name", "tablet-1", "--kind", "wireguard",
         ])
         .ok();
-    assert!(wg.contains('█') && wg.contains("10.77.0.2"), "{wg}");
+    assert!(!wg.contains('█') && wg.contains("10.77.0.2"), "{wg}");
+    assert!(wg.contains("out/tablet-1.png (mode 0600)"), "{wg}");
     let conf = at("out/tablet-1.conf");
     assert_eq!(mode(Path::new(&conf)), 0o600);
     assert_eq!(mode(&c.join("out/tablet-1.png")), 0o600);
@@ -668,4 +669,45 @@ fn every_refusal_leaves_clinic_json_as_it_was() {
     kakehashi_env(&from_env, &[("KAKEHASHI_CA_PASSPHRASE", PASS)]).ok();
     kakehashi(&["provision", "--dir", &v.path("elsewhere"), "clinic", "list"])
         .fails_with(&["no vendor here", "vendor init"]);
+}
+
+#[test]
+fn a_passphrase_others_can_read_is_refused_and_a_missing_one_names_the_key_it_unlocks() {
+    let v = Vendor::new();
+    let (req, _) = request(&v.tmp.path().join("appliance"));
+    v.run(&["vendor", "init", "--name", "Test Vendor Root"]).ok();
+    v.run(&[
+        "clinic", "add", "--clinic", "sakura", "--name", "Sakura", "--request", &req, "--engine-host",
+        "orca.example.jp", "--wg-endpoint", "clinic.example.jp:51820",
+    ])
+    .ok();
+    // Readable by others: refused, with what to do.
+    let open = v.path("open.pass");
+    write(Path::new(&open), format!("{PASS}\n"));
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let before = v.state("sakura");
+    kakehashi(&[
+        "provision", "--dir", &v.dir, "--passphrase-file", &open, "terminal", "add", "--clinic", "sakura",
+        "--name", "pc-1", "--kind", "tls",
+    ])
+    .fails_with(&[&format!(
+        "{open}: not a valid passphrase file: others may read it (mode 644): `chmod 600 {open}`"
+    )]);
+    // No passphrase at all: the key named is the clinic CA's, which this command unlocks.
+    kakehashi(&[
+        "provision", "--dir", &v.dir, "terminal", "add", "--clinic", "sakura", "--name", "pc-1", "--kind",
+        "tls",
+    ])
+    .fails_with(&[&format!(
+        "{}/clinics/sakura/clinic-ca/ca.key: the key is encrypted and no passphrase was given",
+        v.dir
+    )]);
+    assert!(v.state("sakura") == before, "nothing changed");
+    // The QR code (it holds the terminal's keys) is drawn only when asked for.
+    let shown = v
+        .run(&[
+            "terminal", "add", "--clinic", "sakura", "--name", "tablet-2", "--kind", "wireguard", "--show-qr",
+        ])
+        .ok();
+    assert!(shown.contains('█'), "{shown}");
 }

@@ -90,12 +90,12 @@ fn add_wireguard_writes_a_private_config_wg_reads_and_the_inventory_holds_its_pu
     let (conf, png) = (c.path("tablet-1.conf"), c.path("tablet-1.png"));
     let out = c
         .k(&format!(
-            "add tablet-1 --wireguard --note home-visits --out {} --qr-png {}",
+            "add tablet-1 --wireguard --note home-visits --out {} --qr-png {} --show-qr",
             s(&conf),
             s(&png)
         ))
         .ok();
-    // The QR code on stdout (half blocks with their own colours), then what was done.
+    // Asked for: the QR code on stdout (half blocks with their own colours), then what was done.
     assert!(out.contains('█') && out.contains("\x1b[40;97m"), "{out}");
     assert!(
         out.contains("registered terminal tablet-1 (enabled), WireGuard address 10.77.0.3"),

@@ -200,11 +200,15 @@ pub fn mode(path: &Path) -> u32 {
 }
 
 /// Writes a file, creating parents.
+/// Writes a file as an operator would write a secret: mode 0600 (the binary refuses passphrase
+/// files that others can read). A test that needs another mode sets it after.
 pub fn write(path: &Path, data: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
     if let Some(p) = path.parent() {
         std::fs::create_dir_all(p).expect("mkdir");
     }
     std::fs::write(path, data).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
 /// A path as &str (test paths are always UTF-8).
