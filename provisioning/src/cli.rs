@@ -79,8 +79,7 @@ pub enum VendorCommand {
 pub enum ClinicCommand {
     /// Make a clinic from an appliance's request: clinic CA, issuing CA, server certificate
     Add {
-        /// The clinic ID (letters, digits, '.', '-', '_', '@'); names its directory
-        /// The clinic (its ID)
+        /// The clinic's ID: letters, digits, '.', '-', '_', '@'; it names its directory
         #[arg(long, value_name = "ID")]
         clinic: String,
         /// The clinic's name for people
@@ -171,6 +170,10 @@ pub enum TerminalCommand {
         /// stay in the scrollback and in any captured log; by default it goes only to NAME.png)
         #[arg(long)]
         show_qr: bool,
+        /// Also print the PKCS#12 file's password here (by default it goes only to
+        /// NAME.p12.password, mode 0600)
+        #[arg(long)]
+        show_password: bool,
         /// What may be called from it, whoever signs in: client, reference, write
         /// (comma-separated; write includes reference), all or none
         #[arg(long, value_name = "LIST", default_value = "all")]
@@ -476,8 +479,10 @@ fn clinic_command(args: &ProvisionArgs, cmd: &ClinicCommand) -> Result<()> {
                 );
             }
             println!(
-                "send {} to the cloud operator for the uplink certificate",
-                l.uplink_csr().display()
+                "send {csr} to the cloud operator for the uplink certificate; they sign it with the \
+                 uplink profile, e.g. `kakehashi cert sign-csr --dir OPERATOR-CA --csr {csr} \
+                 --profile uplink --out {clinic}-uplink.pem` (docs/provisioning.md shows every step)",
+                csr = l.uplink_csr().display()
             );
             print_missing(&clinic::missing(l, &added.clinic));
         }
@@ -695,6 +700,7 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
             no_psk,
             json,
             show_qr,
+            show_password,
             scopes,
         } => {
             let layout = clinic::layout(&vendor, clinic)?;
@@ -719,7 +725,7 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
                     Zeroizing::new(to_json(&AddedJson::new(clinic, &added))?).as_str()
                 );
             } else {
-                print_added(clinic, &added, *show_qr);
+                print_added(clinic, &added, *show_qr, *show_password);
             }
         }
         TerminalCommand::List { clinic, json } => {
@@ -805,7 +811,7 @@ fn terminal_command(args: &ProvisionArgs, cmd: &TerminalCommand) -> Result<()> {
     Ok(())
 }
 
-fn print_added(clinic: &str, added: &terminal::Added, show_qr: bool) {
+fn print_added(clinic: &str, added: &terminal::Added, show_qr: bool, show_password: bool) {
     let t = &added.terminal;
     println!("added terminal {} ({}) to clinic {clinic}", t.name, t.kind.name());
     if let Some(p12) = &added.p12 {
@@ -814,10 +820,19 @@ fn print_added(clinic: &str, added: &terminal::Added, show_qr: bool) {
             p12.serial, p12.not_after
         );
         println!("  PKCS#12      {} (mode 0600)", p12.path.display());
-        println!(
-            "  password     {}   (shown once, stored nowhere: hand it over with the file)",
-            p12.password.as_str()
-        );
+        if show_password {
+            println!(
+                "  password     {}   (also in {}; stored nowhere else: hand it over apart from the file)",
+                p12.password.as_str(),
+                p12.password_file.display()
+            );
+        } else {
+            println!(
+                "  password     in {} (mode 0600; --show-password prints it): hand it over apart \
+                 from the file, then delete it",
+                p12.password_file.display()
+            );
+        }
     }
     if let Some(token) = &added.token {
         println!(

@@ -60,10 +60,12 @@ pub struct Added {
     pub wireguard: Option<WireGuardFiles>,
 }
 
-/// A PKCS#12 file and its password.
+/// A PKCS#12 file and its password (also in `NAME.p12.password` beside it, mode 0600, so that
+/// it need not be shown on a screen).
 #[derive(Debug)]
 pub struct P12 {
     pub path: PathBuf,
+    pub password_file: PathBuf,
     pub password: Zeroizing<String>,
     pub serial: String,
     pub not_after: String,
@@ -148,12 +150,14 @@ pub fn add(
         }
     };
     let p12_path = (new.kind.tls() && !new.enroll).then(|| new.out.join(format!("{}.p12", new.name)));
+    let p12_password = new.out.join(format!("{}.p12.password", new.name));
     let (conf_path, png_path) = (
         new.out.join(format!("{}.conf", new.name)),
         new.out.join(format!("{}.png", new.name)),
     );
     let outputs: Vec<&PathBuf> = p12_path
         .iter()
+        .chain(p12_path.as_ref().map(|_| &p12_password))
         .chain(wg.as_ref().map(|_| [&conf_path, &png_path]).into_iter().flatten())
         .collect();
     for path in &outputs {
@@ -218,9 +222,12 @@ pub fn add(
             cert_tool::p12::Encryption::Modern,
         )?);
         staged.push(Staged::new(path, &bytes, files::SECRET)?);
+        let line = Zeroizing::new(format!("{}\n", password.as_str()));
+        staged.push(Staged::new(&p12_password, line.as_bytes(), files::SECRET)?);
         terminal.certificates.push(pending.entry.serial.clone());
         added.p12 = Some(P12 {
             path: path.clone(),
+            password_file: p12_password.clone(),
             password,
             serial: pending.entry.serial.clone(),
             not_after: ca::rfc3339(pending.entry.not_after),

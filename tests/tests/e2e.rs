@@ -14,6 +14,7 @@ mod e2e {
     mod est;
     mod failover;
     mod gateway;
+    mod guide;
     mod inventory;
     mod journal_cli;
     mod locator;

@@ -50,7 +50,12 @@ pub fn init(dir: &Path, name: &str, vendor_key: Option<&str>) -> Result<Request,
                 .join(", ")
         )));
     }
-    cert_tool::profile::check_name(name).map_err(|e| ApplianceError::Refused(format!("--name: {e}")))?;
+    cert_tool::profile::check_name(name).map_err(|e| {
+        ApplianceError::Refused(format!(
+            "--name is the certificate name of this appliance's server and uplink requests, not \
+             the clinic's name for people (the vendor gives that): {e}; e.g. --name sakura-gw"
+        ))
+    })?;
     let pin = vendor_key.map(read_pin).transpose()?;
     files::create_dir(dir, crate::store::DIR_MODE)?;
 

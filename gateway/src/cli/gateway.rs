@@ -33,7 +33,9 @@ pub enum GatewayCommand {
 pub struct InitArgs {
     #[command(flatten)]
     pub appliance: ApplianceArgs,
-    /// The common name of the appliance's server and uplink requests
+    /// The certificate name of the appliance's server and uplink requests: 1 to 64 letters,
+    /// digits, '.', '-', '_' or '@', no spaces (the clinic's name for people is the vendor's
+    /// `provision clinic add --name`)
     #[arg(long, default_value = "kakehashi-gateway")]
     pub name: String,
     /// Pin the vendor's bundle-signing key now: its SHA256:… fingerprint, or the vendor's

@@ -677,8 +677,18 @@ fn a_passphrase_others_can_read_is_refused_and_a_missing_one_names_the_key_it_un
     let (req, _) = request(&v.tmp.path().join("appliance"));
     v.run(&["vendor", "init", "--name", "Test Vendor Root"]).ok();
     v.run(&[
-        "clinic", "add", "--clinic", "sakura", "--name", "Sakura", "--request", &req, "--engine-host",
-        "orca.example.jp", "--wg-endpoint", "clinic.example.jp:51820",
+        "clinic",
+        "add",
+        "--clinic",
+        "sakura",
+        "--name",
+        "Sakura",
+        "--request",
+        &req,
+        "--engine-host",
+        "orca.example.jp",
+        "--wg-endpoint",
+        "clinic.example.jp:51820",
     ])
     .ok();
     // Readable by others: refused, with what to do.
