@@ -85,3 +85,23 @@ fn the_vendors_walk_through_runs_as_written() {
         "{out}"
     );
 }
+
+#[test]
+fn gateway_init_says_what_its_name_is_for() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("appliance");
+    kakehashi(&[
+        "gateway",
+        "init",
+        "--data-dir",
+        s(&dir),
+        "--name",
+        "Sakura Clinic",
+    ])
+    .fails_with(&[
+        "--name is the certificate name of this appliance's server and uplink requests, not the \
+         clinic's name for people (the vendor gives that): ",
+        "e.g. --name sakura-gw",
+    ]);
+    assert!(!dir.join("request.json").exists(), "nothing was made");
+}

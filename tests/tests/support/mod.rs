@@ -156,25 +156,33 @@ pub fn tool(program: &str, args: &[&str]) -> Run {
     Run::from(output)
 }
 
-/// Every file below `dir` with its bytes and mode: compare two to prove nothing changed.
+/// Every file below `dir` with its bytes and mode: compare two to prove nothing changed. A file
+/// that vanishes while it is being read (a running process's staged or lock file) is transient,
+/// not state, and is left out.
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir") {
+        let entries = match std::fs::read_dir(&d) {
+            Err(e) if gone(&e) && d != dir => continue,
+            entries => entries.expect("read_dir"),
+        };
+        for entry in entries {
             let path = entry.expect("entry").path();
-            let meta = std::fs::symlink_metadata(&path).expect("metadata");
+            let meta = match std::fs::symlink_metadata(&path) {
+                Err(e) if gone(&e) => continue,
+                meta => meta.expect("metadata"),
+            };
             if meta.is_dir() {
                 stack.push(path);
             } else {
+                let bytes = match std::fs::read(&path) {
+                    Err(e) if gone(&e) => continue,
+                    bytes => bytes.expect("read"),
+                };
                 let rel = path.strip_prefix(dir).expect("prefix").to_path_buf();
-                out.insert(
-                    rel,
-                    (
-                        std::fs::read(&path).expect("read"),
-                        meta.permissions().mode() & 0o7777,
-                    ),
-                );
+                out.insert(rel, (bytes, meta.permissions().mode() & 0o7777));
             }
         }
     }
