@@ -111,6 +111,8 @@ pub struct People {
     /// what that person may call.
     signed_in: Mutex<HashMap<[u8; 32], sessions::SignedIn>>,
     verifying: tokio::sync::Semaphore,
+    /// Where argon2id runs: one thread for the gateway's life (see `CONCURRENT_VERIFICATIONS`).
+    checker: std::sync::mpsc::Sender<Check>,
     /// argon2id verifications run so far (the metric `password_checks_total`).
     checks: std::sync::atomic::AtomicU64,
     /// Bumped when cached credentials are forgotten; per-connection memos of an older value are
@@ -129,10 +131,33 @@ impl People {
             sessions: Mutex::default(),
             signed_in: Mutex::default(),
             verifying: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
+            checker: start_checker(),
             checks: Default::default(),
             generation: Default::default(),
         }
     }
+}
+
+/// One password check, run on the `password-check` thread.
+type Check = Box<dyn FnOnce() + Send>;
+
+/// Starts the thread that runs every argon2id check, one at a time; it ends when `People` (the
+/// sender) is dropped.
+fn start_checker() -> std::sync::mpsc::Sender<Check> {
+    let (tx, rx) = std::sync::mpsc::channel::<Check>();
+    let started = std::thread::Builder::new()
+        .name("password-check".into())
+        .spawn(move || {
+            while let Ok(check) = rx.recv() {
+                check();
+            }
+        });
+    if let Err(e) = started {
+        // Without the thread every check answers "unavailable" (its receiver is gone): sign-in
+        // fails closed, and says why.
+        tracing::error!("cannot start the password-check thread: {e}");
+    }
+    tx
 }
 
 /// The Basic `Authorization` value for an engine account.

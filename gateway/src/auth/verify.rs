@@ -15,9 +15,13 @@ use super::{Denied, People, Person, basic, lock, sha256};
 use crate::doors::identity::Terminal;
 use crate::store::users;
 
-/// How many argon2id verifications may run at once. Each takes ~19 MiB and a core for tens of
-/// milliseconds; a burst of sign-ins queues here instead of exhausting memory.
-pub(super) const CONCURRENT_VERIFICATIONS: usize = 4;
+/// How many argon2id verifications may run at once: one, on the `password-check` thread. Each
+/// takes the hash's memory (7 MiB for new hashes) and a core for tens of milliseconds; the
+/// allocator keeps, per thread, what a verification once took, so one thread keeps the gateway's
+/// memory bounded by one verification's (four threads held 4 × 19 MiB for good). A burst of
+/// sign-ins queues here; requests with the same credentials find them remembered when their turn
+/// comes.
+pub(super) const CONCURRENT_VERIFICATIONS: usize = 1;
 
 /// The credentials last verified on one connection. A client repeats the same `Authorization`
 /// on every request of a keep-alive connection, so the next request is recognised by comparing
@@ -197,9 +201,15 @@ impl People {
         }
         let this = self.clone();
         let (id_owned, password) = (id.to_owned(), Zeroizing::new(password.to_vec()));
-        let verdict = tokio::task::spawn_blocking(move || this.check_password(&id_owned, &password))
+        let (answer, verdict) = tokio::sync::oneshot::channel();
+        self.checker
+            .send(Box::new(move || {
+                let _ = answer.send(this.check_password(&id_owned, &password));
+            }))
+            .map_err(|_| Denied::Unavailable("the password-check thread has stopped".into()))?;
+        let verdict = verdict
             .await
-            .map_err(|e| Denied::Unavailable(e.to_string()))?;
+            .map_err(|_| Denied::Unavailable("the password check did not finish".into()))?;
         match verdict {
             Ok(person) => {
                 lock(&self.lockout).succeeded(id, &terminal.name);

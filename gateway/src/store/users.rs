@@ -129,7 +129,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Summary>> {
         .collect()
 }
 
-/// Hashes a password with argon2id (m=19456 KiB, t=2, p=1) and a fresh 16-byte random salt.
+/// Hashes a password with argon2id (m=7168 KiB, t=5, p=1) and a fresh 16-byte random salt.
 pub fn hash_password(password: &[u8]) -> Result<String> {
     Ok(provisioning_shared::password::hash_password(password)?)
 }

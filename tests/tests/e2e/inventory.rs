@@ -219,7 +219,7 @@ fn users_are_added_changed_locked_and_removed_without_showing_a_secret() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .expect("row");
-    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    assert!(hash.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"), "{hash}");
     assert!(!hash.contains(PASSWORD));
     assert_eq!(upstream, UPSTREAM_SECRET, "the gateway must be able to send it");
     assert!(kakehashi_gateway::store::users::verify_password(
