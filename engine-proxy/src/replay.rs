@@ -85,14 +85,17 @@ pub async fn hand_back(
                 continue;
             }
         };
-        let settlement = match caller(&entry) {
-            Err(unsent) => unsent,
-            Ok(credential) => tokio::select! {
-                s = send(&cloud, &entry, credential) => s,
-                () = health.went_down() => Settlement::Retry {
-                    error: "the cloud went down while the entry was being sent".into(),
-                },
-            },
+        let (settlement, sent) = match caller(&entry) {
+            Err(unsent) => (unsent, false),
+            Ok(credential) => {
+                let settlement = tokio::select! {
+                    s = send(&cloud, &entry, credential) => s,
+                    () = health.went_down() => Settlement::Retry {
+                        error: "the cloud went down while the entry was being sent".into(),
+                    },
+                };
+                (settlement, true)
+            }
         };
         let transient = matches!(settlement, Settlement::Retry { .. });
         if let Err(e) = journal.settle(entry.id, settlement.clone()).await {
@@ -103,7 +106,11 @@ pub async fn hand_back(
         }
         observer(&entry, &settlement);
         if transient {
-            health.suspect();
+            // Only an attempt at the cloud says anything about the cloud (not a user database
+            // that could not be read).
+            if sent {
+                health.suspect();
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         } else {
