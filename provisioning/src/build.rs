@@ -180,7 +180,7 @@ fn check_server(path: &Path, engine_host: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clinic::tests::Fixture;
+    use crate::tests::Fixture;
 
     #[test]
     fn a_bundle_needs_the_uplink_the_engine_ca_and_the_credential() {

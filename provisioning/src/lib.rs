@@ -21,4 +21,7 @@ pub mod terminal;
 pub mod user;
 pub mod vendor;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::{Error, Result};

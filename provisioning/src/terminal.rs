@@ -388,9 +388,9 @@ pub fn revoke(vendor: &Vendor, id: &str, name: &str, reason: cert_tool::index::R
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::clinic::tests::Fixture;
+    use crate::tests::Fixture;
 
     fn new<'a>(name: &'a str, kind: Kind, out: &'a Path) -> NewTerminal<'a> {
         NewTerminal {

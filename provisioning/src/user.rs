@@ -130,7 +130,7 @@ pub fn upstream(user: &str, password_file: &std::path::Path) -> Result<Credentia
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clinic::tests::Fixture;
+    use crate::tests::Fixture;
 
     fn given(p: &str) -> NewPassword {
         NewPassword::Given(Zeroizing::new(p.to_owned()))
