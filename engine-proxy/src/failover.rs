@@ -272,44 +272,87 @@ impl Router {
     }
 
     /// Sends a buffered call to the cloud, giving up when the cloud is declared down. With
-    /// `whole`, a 200 answer of known, bounded length is read to the end (to be cached).
-    async fn attempt(&self, head: &Head, body: Bytes, caller: &Caller, whole: bool) -> Attempt {
-        let limit = self.failover.max_entry_bytes as u64;
-        let call = async {
-            let resp = match self
-                .cloud
-                .forward(head.request(body), caller.authorization.clone())
-                .await
-            {
-                Ok(resp) => resp,
-                Err(e) => return Attempt::Failed(e.to_string()),
+    /// `whole`, a 200 answer of known, bounded length is read to the end (to be cached). The
+    /// call owns what it needs, so that a read answered from the cache meanwhile can leave it
+    /// running.
+    fn attempt(
+        &self,
+        head: &Head,
+        body: Bytes,
+        caller: &Caller,
+        whole: bool,
+    ) -> impl Future<Output = Attempt> + Send + 'static {
+        let (cloud, failover) = (self.cloud.clone(), self.failover.clone());
+        let (req, authorization) = (head.request(body), caller.authorization.clone());
+        async move {
+            let limit = failover.max_entry_bytes as u64;
+            let health = &failover.health;
+            let call = async {
+                let sent = std::time::Instant::now();
+                let resp = match cloud.forward(req, authorization).await {
+                    Ok(resp) => resp,
+                    Err(e) => return Attempt::Failed(e.to_string()),
+                };
+                if is_unavailable(resp.status()) {
+                    return Attempt::Failed(format!("the cloud answered {}", resp.status()));
+                }
+                health.answered(sent.elapsed());
+                let bounded = resp
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .is_some_and(|n| n <= limit);
+                if !(whole && resp.status() == StatusCode::OK && bounded) {
+                    return Attempt::Answered(resp);
+                }
+                let (parts, body) = resp.into_parts();
+                match body.collect().await {
+                    Ok(b) => Attempt::Whole(parts, b.to_bytes()),
+                    Err(e) => Attempt::Failed(format!("the cloud's answer broke off: {e}")),
+                }
             };
-            if is_unavailable(resp.status()) {
-                return Attempt::Failed(format!("the cloud answered {}", resp.status()));
+            let attempt = tokio::select! {
+                a = call => a,
+                () = health.went_down() => Attempt::Failed("the cloud was declared down while the call waited".into()),
+            };
+            if matches!(attempt, Attempt::Failed(_)) {
+                health.suspect();
             }
-            let bounded = resp
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .is_some_and(|n| n <= limit);
-            if !(whole && resp.status() == StatusCode::OK && bounded) {
-                return Attempt::Answered(resp);
-            }
-            let (parts, body) = resp.into_parts();
-            match body.collect().await {
-                Ok(b) => Attempt::Whole(parts, b.to_bytes()),
-                Err(e) => Attempt::Failed(format!("the cloud's answer broke off: {e}")),
-            }
-        };
-        let health = &self.failover.health;
-        let attempt = tokio::select! {
-            a = call => a,
-            () = health.went_down() => Attempt::Failed("the cloud was declared down while the call waited".into()),
-        };
-        if matches!(attempt, Attempt::Failed(_)) {
-            health.suspect();
+            attempt
         }
-        attempt
+    }
+
+    /// A cached read waits for the cloud only as long as the cloud usually takes
+    /// ([`Health::call_deadline`]): past that the cache answers and a probe goes out, while the
+    /// cloud's call goes on to fill the cache and teach the deadline when it ends. A black hole
+    /// then costs a terminal a fraction of a second, before any probe has confirmed it.
+    async fn cached_attempt(
+        &self,
+        call: impl Future<Output = Attempt> + Send + 'static,
+        cache: &Cache,
+        fill: impl FnOnce(hyper::http::response::Parts, Bytes) -> cache::Fill + Send + 'static,
+        key: &[u8; 32],
+    ) -> Result<Attempt, Routed> {
+        let health = &self.failover.health;
+        let mut call = Box::pin(call);
+        let deadline = health.call_deadline();
+        tokio::select! {
+            a = &mut call => return Ok(a),
+            () = tokio::time::sleep(deadline) => {}
+        }
+        health.suspect();
+        let Some(hit) = cache.get(key) else {
+            return Ok(call.await);
+        };
+        let failover = self.failover.clone();
+        tokio::spawn(async move {
+            if let (Attempt::Whole(parts, answer), Local::Store { cache, .. }) = (call.await, &failover.local)
+            {
+                cache.fill(fill(parts, answer));
+            }
+        });
+        let why = format!("the cloud had not answered within {deadline:?}");
+        Err(hit_response(hit, why))
     }
 
     async fn read(
@@ -325,26 +368,33 @@ impl Router {
         if let (Some(cache), Mode::Emergency) = (cache, mode) {
             return Ok(from_cache(cache, &key, &head, &body, "the cloud is down".into()));
         }
-        match self.attempt(&head, body.clone(), caller, cache.is_some()).await {
+        let call = self.attempt(&head, body.clone(), caller, cache.is_some());
+        let ttl = rule.map_or(crate::rules::DEFAULT_TTL, |r| r.ttl);
+        let path = head.uri.path().to_owned();
+        let fill = move |parts: hyper::http::response::Parts, body: Bytes| cache::Fill {
+            key,
+            path,
+            status: parts.status.as_u16(),
+            content_type: text_header(&parts.headers, header::CONTENT_TYPE),
+            body,
+            ttl,
+        };
+        let attempt = match cache {
+            Some(cache) => match self.cached_attempt(call, cache, fill.clone(), &key).await {
+                Ok(attempt) => attempt,
+                Err(from_cache) => return Ok(from_cache),
+            },
+            None => call.await,
+        };
+        match attempt {
             Attempt::Answered(resp) => Ok(Routed {
                 response: boxed(resp),
                 served: Served::Cloud,
             }),
             Attempt::Whole(parts, answer) => {
-                let Some(cache) = cache else {
-                    return Ok(Routed {
-                        response: Response::from_parts(parts, full(answer)),
-                        served: Served::Cloud,
-                    });
-                };
-                cache.fill(cache::Fill {
-                    key,
-                    path: head.uri.path().to_owned(),
-                    status: parts.status.as_u16(),
-                    content_type: text_header(&parts.headers, header::CONTENT_TYPE),
-                    body: answer.clone(),
-                    ttl: rule.map_or(crate::rules::DEFAULT_TTL, |r| r.ttl),
-                });
+                if let Some(cache) = cache {
+                    cache.fill(fill(parts.clone(), answer.clone()));
+                }
                 Ok(Routed {
                     response: Response::from_parts(parts, full(answer)),
                     served: Served::Cloud,
@@ -474,19 +524,7 @@ impl Router {
 /// A read answered from the cache, or refused in the engine's format when it holds nothing.
 fn from_cache(cache: &Cache, key: &[u8; 32], head: &Head, body: &[u8], why: String) -> Routed {
     match cache.get(key) {
-        Some(hit) => {
-            let mut response = Response::new(full(hit.body));
-            *response.status_mut() = StatusCode::from_u16(hit.status).unwrap_or(StatusCode::OK);
-            let h = response.headers_mut();
-            if let Some(v) = hit.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
-                h.insert(header::CONTENT_TYPE, v);
-            }
-            h.insert(header::AGE, HeaderValue::from(hit.age));
-            Routed {
-                response,
-                served: Served::Cache { age: hit.age, why },
-            }
-        }
+        Some(hit) => hit_response(hit, why),
         None => {
             let message = "Not available offline: the cloud engine cannot be reached and the \
                            gateway holds no copy of this answer.";
@@ -494,6 +532,21 @@ fn from_cache(cache: &Cache, key: &[u8; 32], head: &Head, body: &[u8], why: Stri
             routed.served = Served::Refused(format!("not in the cache ({why})"));
             routed
         }
+    }
+}
+
+/// The cloud's earlier answer, with its `Age`.
+fn hit_response(hit: cache::Hit, why: String) -> Routed {
+    let mut response = Response::new(full(hit.body));
+    *response.status_mut() = StatusCode::from_u16(hit.status).unwrap_or(StatusCode::OK);
+    let h = response.headers_mut();
+    if let Some(v) = hit.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::AGE, HeaderValue::from(hit.age));
+    Routed {
+        response,
+        served: Served::Cache { age: hit.age, why },
     }
 }
 

@@ -4,13 +4,19 @@
 //! the journal holds writes not yet handed back. Cloud down: `emergency`. Cloud up with a backlog:
 //! `recovery`. Cloud up, nothing owed: `normal`.
 //!
-//! Only the prober ([`watch_cloud`]) decides whether the cloud is up: a cheap engine call every
-//! `interval`, failed when it gets no answer within `timeout` or a 5xx. Real traffic that fails
-//! ([`Health::suspect`]) asks for a probe at once instead of waiting for the next tick, so a
-//! refused connection is noticed in milliseconds and a black hole within `interval + timeout`.
-//! One failed probe takes the cloud down (DESIGN.md's one-second budget leaves no room for
-//! more); coming back needs `healthy_for` of unbroken successful probes, so a cloud that flaps
-//! stays down instead of dragging the clinic back and forth.
+//! Only the prober ([`watch_cloud`]) decides whether the cloud is up: a cheap engine call,
+//! failed when it gets no answer within its deadline or a 5xx. The speed comes from the traffic,
+//! not from probing often (thousands of clinics probing ten times a second would load the data
+//! centre): a probe goes out about once a `interval`, and not at all while real calls are being
+//! answered; a call that fails, or that the cloud leaves unanswered past its deadline
+//! ([`Health::suspect`]), asks for a probe at once. Deadlines follow the cloud's own observed
+//! latency ([`Latency`], TCP's retransmission-timeout estimator), between `deadline_min` and
+//! `timeout`: a cloud that answers in 20 ms is suspect after 150 ms of silence, not after the
+//! half second a slow line would need. One failed probe takes the cloud down (DESIGN.md's
+//! one-second budget leaves no room for more); coming back needs `healthy_for` of unbroken
+//! successful probes, so a cloud that flaps stays down instead of dragging the clinic back and
+//! forth. A merely slow cloud does not flap the state: a late answer is not a failure, and it
+//! teaches the deadline.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -63,8 +69,14 @@ pub struct Change {
 /// Probe timing.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// About how often the prober asks when no real call has been answered meanwhile.
     pub interval: Duration,
+    /// The longest any deadline gets: a probe unanswered this long has failed, however slow the
+    /// cloud has been.
     pub timeout: Duration,
+    /// The shortest deadline, however fast the cloud has been: a cloud answering in 2 ms is not
+    /// suspect after 10 ms, when a packet lost once costs 200 ms.
+    pub deadline_min: Duration,
     /// How long the cloud must answer every probe before it counts as back.
     pub healthy_for: Duration,
 }
@@ -79,6 +91,12 @@ pub struct Health {
     inner: Mutex<Inner>,
     changes: watch::Sender<Change>,
     kick: Notify,
+    /// How fast the cloud answers the probe, and real calls.
+    probe_latency: Latency,
+    call_latency: Latency,
+    /// When a real call last got an answer (ms since `epoch`): a probe then tells nothing new.
+    answered_at: AtomicU64,
+    epoch: Instant,
     /// Probes sent and failed, for metrics.
     pub probes_total: AtomicU64,
     pub probe_failures_total: AtomicU64,
@@ -108,6 +126,10 @@ impl Health {
             }),
             changes: watch::channel(first).0,
             kick: Notify::new(),
+            probe_latency: Latency::default(),
+            call_latency: Latency::default(),
+            answered_at: AtomicU64::new(0),
+            epoch: Instant::now(),
             probes_total: AtomicU64::new(0),
             probe_failures_total: AtomicU64::new(0),
         })
@@ -138,9 +160,32 @@ impl Health {
         let _ = changes.wait_for(|c| c.cloud_up).await;
     }
 
-    /// Real traffic saw the cloud fail (connect error, timeout, 5xx): probe now.
+    /// Real traffic saw the cloud fail (connect error, 5xx) or stay silent past its deadline:
+    /// probe now.
     pub fn suspect(&self) {
         self.kick.notify_one();
+    }
+
+    /// How long a call waits for the cloud before the gateway acts on the silence: answers a
+    /// read from the cache and asks for a probe.
+    pub fn call_deadline(&self) -> Duration {
+        self.call_latency.deadline(&self.settings)
+    }
+
+    /// A real call was answered (not 502–504) after `took`.
+    pub fn answered(&self, took: Duration) {
+        self.call_latency.record(took);
+        self.answered_at.store(self.millis() + 1, Relaxed);
+    }
+
+    /// Whether a real call was answered within the last `within`.
+    fn answered_within(&self, within: Duration) -> bool {
+        let at = self.answered_at.load(Relaxed);
+        at != 0 && self.millis() + 1 - at < within.as_millis() as u64
+    }
+
+    fn millis(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// The number of journaled writes still owed to the cloud.
@@ -224,19 +269,102 @@ pub struct Probe {
 
 /// Probes the cloud for as long as the gateway runs.
 pub async fn watch_cloud(health: Arc<Health>, upstream: Upstream, probe: Probe) {
-    let interval = health.settings.interval;
+    let Settings {
+        interval,
+        deadline_min,
+        ..
+    } = health.settings;
+    let mut asked = false;
     loop {
         let started = tokio::time::Instant::now();
-        let outcome = probe_once(&upstream, &probe, health.settings.timeout).await;
-        health.record(outcome);
-        tokio::select! {
-            _ = tokio::time::sleep_until(started + interval) => {}
-            _ = health.kick.notified() => {}
+        // A real call answered since the last tick says what a probe would, for free; a call
+        // that asked for this probe says otherwise.
+        if asked || !(health.cloud_up() && health.answered_within(interval)) {
+            let since = health.millis();
+            let deadline = health.probe_latency.deadline(&health.settings);
+            match probe_once(&upstream, &probe, deadline).await {
+                Ok(()) => {
+                    health.probe_latency.record(started.elapsed());
+                    health.record(Ok(()));
+                }
+                // The probe met silence, but a real call was answered meanwhile: the cloud is
+                // there, the probe (or its packet) was unlucky. Wait longer next time.
+                Err(Unanswered::Silent(_)) if health.answered_at.load(Relaxed) > since => {
+                    health.probe_latency.back_off();
+                }
+                Err(Unanswered::Silent(why)) => {
+                    health.probe_latency.back_off();
+                    health.record(Err(why));
+                }
+                Err(Unanswered::Failed(why)) => health.record(Err(why)),
+            }
         }
+        asked = tokio::select! {
+            _ = tokio::time::sleep_until(started + interval) => false,
+            // A burst of suspicion is one probe, and probes on demand stay apart.
+            _ = health.kick.notified() => {
+                tokio::time::sleep_until(started + deadline_min).await;
+                true
+            }
+        };
     }
 }
 
-async fn probe_once(upstream: &Upstream, probe: &Probe, timeout: Duration) -> Result<(), String> {
+/// Why a probe failed.
+enum Unanswered {
+    /// Nothing came back within the deadline: the cloud may be a black hole, or just slow.
+    Silent(String),
+    /// The cloud refused, broke off or answered 5xx.
+    Failed(String),
+}
+
+/// How fast the cloud answers, as TCP estimates a round trip (RFC 6298): a smoothed latency and
+/// its variation, the deadline their sum with four variations, within the configured bounds.
+/// Only answers are samples; a call that gets none teaches nothing (Karn's rule).
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// (smoothed, variation) in microseconds; `None` before the first answer.
+    state: Mutex<Option<(u64, u64)>>,
+    /// Deadlines missed since the last answer: each doubles the next deadline (RFC 6298's
+    /// back-off), so a cloud that has become slower is heard again instead of failing forever.
+    missed: AtomicU8,
+}
+
+impl Latency {
+    pub fn record(&self, took: Duration) {
+        self.missed.store(0, Relaxed);
+        let sample = took.as_micros().min(u64::MAX as u128) as u64;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *state = Some(match *state {
+            None => (sample, sample / 2),
+            Some((srtt, var)) => {
+                let var = (3 * var + srtt.abs_diff(sample)) / 4;
+                ((7 * srtt + sample) / 8, var)
+            }
+        });
+    }
+
+    /// A deadline passed without an answer.
+    pub fn back_off(&self) {
+        let _ = self
+            .missed
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_add(1).min(8)));
+    }
+
+    /// Before any answer: the longest deadline, as a cloud of unknown speed deserves.
+    pub fn deadline(&self, settings: &Settings) -> Duration {
+        let state = *self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((srtt, var)) = state else {
+            return settings.timeout;
+        };
+        let base = srtt.saturating_add(var.saturating_mul(4));
+        let backed_off = base.saturating_mul(1 << self.missed.load(Relaxed));
+        Duration::from_micros(backed_off)
+            .clamp(settings.deadline_min, settings.timeout.max(settings.deadline_min))
+    }
+}
+
+async fn probe_once(upstream: &Upstream, probe: &Probe, timeout: Duration) -> Result<(), Unanswered> {
     use http_body_util::BodyExt;
     let mut req = hyper::Request::new(
         http_body_util::Full::new(hyper::body::Bytes::from(probe.body.clone()))
@@ -247,7 +375,7 @@ async fn probe_once(upstream: &Upstream, probe: &Probe, timeout: Duration) -> Re
     *req.uri_mut() = probe
         .path
         .parse()
-        .map_err(|e| format!("probe path {:?}: {e}", probe.path))?;
+        .map_err(|e| Unanswered::Failed(format!("probe path {:?}: {e}", probe.path)))?;
     if !probe.body.is_empty() {
         let kind = if probe.body.trim_start().starts_with('<') {
             "application/xml"
@@ -274,8 +402,10 @@ async fn probe_once(upstream: &Upstream, probe: &Probe, timeout: Duration) -> Re
         Ok(())
     };
     match tokio::time::timeout(timeout, call).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(format!("no answer to the probe within {timeout:?}")),
+        Ok(outcome) => outcome.map_err(Unanswered::Failed),
+        Err(_) => Err(Unanswered::Silent(format!(
+            "no answer to the probe within {timeout:?}"
+        ))),
     }
 }
 
@@ -287,6 +417,7 @@ mod tests {
         Health::new(Settings {
             interval: Duration::from_millis(10),
             timeout: Duration::from_millis(10),
+            deadline_min: Duration::from_millis(1),
             healthy_for,
         })
     }
@@ -308,6 +439,56 @@ mod tests {
         std::thread::sleep(Duration::from_millis(15));
         h.record(Ok(()));
         assert_eq!(h.mode(), Mode::Normal);
+    }
+
+    #[test]
+    fn deadlines_follow_the_cloud_within_their_bounds() {
+        let settings = Settings {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            deadline_min: Duration::from_millis(150),
+            healthy_for: Duration::ZERO,
+        };
+        let ms = Duration::from_millis;
+        let l = Latency::default();
+        assert_eq!(l.deadline(&settings), ms(500), "unknown speed: the longest");
+        for _ in 0..20 {
+            l.record(ms(5));
+        }
+        assert_eq!(l.deadline(&settings), ms(150), "a fast cloud: the floor");
+        // A line that slows to 120 ms pushes the deadline up with it, and past its samples.
+        for _ in 0..20 {
+            l.record(ms(120));
+        }
+        let d = l.deadline(&settings);
+        assert!(d > ms(150) && d <= ms(500), "{d:?}");
+        for _ in 0..3 {
+            l.record(ms(5_000));
+        }
+        assert_eq!(l.deadline(&settings), ms(500), "never past the ceiling");
+        let l = Latency::default();
+        l.record(ms(20));
+        assert_eq!(l.deadline(&settings), ms(150));
+        l.back_off();
+        l.back_off();
+        l.back_off();
+        assert_eq!(
+            l.deadline(&settings),
+            ms(480),
+            "each miss doubles 60 ms of deadline"
+        );
+        l.record(ms(20));
+        assert!(l.deadline(&settings) < ms(480), "an answer ends the back-off");
+    }
+
+    #[test]
+    fn an_answered_call_stands_in_for_a_probe() {
+        let h = health(Duration::ZERO);
+        assert!(!h.answered_within(Duration::from_secs(1)));
+        h.answered(Duration::from_millis(3));
+        assert!(h.answered_within(Duration::from_secs(1)));
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(!h.answered_within(Duration::from_millis(10)));
     }
 
     #[test]

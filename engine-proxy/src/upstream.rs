@@ -31,7 +31,8 @@ pub enum UpstreamError {
     Connect(String),
 }
 
-/// The cloud engine, as the proxy sees it.
+/// The cloud engine, as the proxy sees it. A clone shares the connection pool.
+#[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     scheme: hyper::http::uri::Scheme,

@@ -208,6 +208,7 @@ pub fn health() -> Arc<engine_proxy::health::Health> {
     engine_proxy::health::Health::new(engine_proxy::health::Settings {
         interval: second,
         timeout: second,
+        deadline_min: second,
         healthy_for: second,
     })
 }

@@ -19,11 +19,17 @@ pub struct Failover {
     /// The probe's body (JSON when it starts with `{`, else XML); empty for none.
     #[serde(default = "default_probe_body")]
     pub probe_body: String,
+    /// About one probe per interval, none while real calls are being answered: the speed comes
+    /// from the traffic, not from loading the data centre with probes.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
-    /// A probe unanswered after this long counts as failed: what detects a black hole.
+    /// The longest a probe (or a cached read) waits for the cloud, however slow it has been.
     #[serde(default = "default_probe_timeout_ms")]
     pub probe_timeout_ms: u64,
+    /// The shortest, however fast it has been: between the two, deadlines follow the cloud's
+    /// observed latency.
+    #[serde(default = "default_deadline_min_ms")]
+    pub deadline_min_ms: u64,
     /// How long every probe must succeed before the cloud counts as back.
     #[serde(default = "default_healthy_secs")]
     pub healthy_secs: u64,
@@ -71,6 +77,7 @@ impl Failover {
         engine_proxy::health::Settings {
             interval: Duration::from_millis(self.probe_interval_ms),
             timeout: Duration::from_millis(self.probe_timeout_ms),
+            deadline_min: Duration::from_millis(self.deadline_min_ms),
             healthy_for: Duration::from_secs(self.healthy_secs),
         }
     }
@@ -110,6 +117,7 @@ impl Default for Failover {
             probe_body: default_probe_body(),
             probe_interval_ms: default_probe_interval_ms(),
             probe_timeout_ms: default_probe_timeout_ms(),
+            deadline_min_ms: default_deadline_min_ms(),
             healthy_secs: default_healthy_secs(),
             engine: None,
             engine_ca: None,
@@ -127,10 +135,13 @@ fn default_probe_body() -> String {
     "{}".into()
 }
 fn default_probe_interval_ms() -> u64 {
-    250
+    1000
 }
 fn default_probe_timeout_ms() -> u64 {
     500
+}
+fn default_deadline_min_ms() -> u64 {
+    150
 }
 fn default_healthy_secs() -> u64 {
     10
@@ -157,6 +168,7 @@ impl Config {
         let positive = [
             ("failover.probe_interval_ms", f.probe_interval_ms),
             ("failover.probe_timeout_ms", f.probe_timeout_ms),
+            ("failover.deadline_min_ms", f.deadline_min_ms),
             ("failover.cache_max_bytes", f.cache_max_bytes),
             ("failover.max_entry_bytes", f.max_entry_bytes as u64),
         ];
