@@ -326,6 +326,7 @@ impl Router {
     /// ([`Health::call_deadline`]): past that the cache answers and a probe goes out, while the
     /// cloud's call goes on to fill the cache and teach the deadline when it ends. A black hole
     /// then costs a terminal a fraction of a second, before any probe has confirmed it.
+    /// `Ok`: how the cloud's call ended; `Err`: the cache's answer, given at the deadline.
     async fn cached_attempt(
         &self,
         call: impl Future<Output = Attempt> + Send + 'static,

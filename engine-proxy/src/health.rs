@@ -91,9 +91,8 @@ pub struct Health {
     inner: Mutex<Inner>,
     changes: watch::Sender<Change>,
     kick: Notify,
-    /// How fast the cloud answers the probe, and real calls.
-    probe_latency: Latency,
-    call_latency: Latency,
+    /// How fast the cloud answers, probes and real calls alike.
+    latency: Latency,
     /// When a real call last got an answer (ms since `epoch`): a probe then tells nothing new.
     answered_at: AtomicU64,
     epoch: Instant,
@@ -126,8 +125,7 @@ impl Health {
             }),
             changes: watch::channel(first).0,
             kick: Notify::new(),
-            probe_latency: Latency::default(),
-            call_latency: Latency::default(),
+            latency: Latency::default(),
             answered_at: AtomicU64::new(0),
             epoch: Instant::now(),
             probes_total: AtomicU64::new(0),
@@ -169,12 +167,12 @@ impl Health {
     /// How long a call waits for the cloud before the gateway acts on the silence: answers a
     /// read from the cache and asks for a probe.
     pub fn call_deadline(&self) -> Duration {
-        self.call_latency.deadline(&self.settings)
+        self.latency.deadline(&self.settings)
     }
 
     /// A real call was answered (not 502–504) after `took`.
     pub fn answered(&self, took: Duration) {
-        self.call_latency.record(took);
+        self.latency.record(took);
         self.answered_at.store(self.millis() + 1, Relaxed);
     }
 
@@ -281,19 +279,19 @@ pub async fn watch_cloud(health: Arc<Health>, upstream: Upstream, probe: Probe) 
         // that asked for this probe says otherwise.
         if asked || !(health.cloud_up() && health.answered_within(interval)) {
             let since = health.millis();
-            let deadline = health.probe_latency.deadline(&health.settings);
+            let deadline = health.call_deadline();
             match probe_once(&upstream, &probe, deadline).await {
                 Ok(()) => {
-                    health.probe_latency.record(started.elapsed());
+                    health.latency.record(started.elapsed());
                     health.record(Ok(()));
                 }
                 // The probe met silence, but a real call was answered meanwhile: the cloud is
                 // there, the probe (or its packet) was unlucky. Wait longer next time.
                 Err(Unanswered::Silent(_)) if health.answered_at.load(Relaxed) > since => {
-                    health.probe_latency.back_off();
+                    health.latency.back_off();
                 }
                 Err(Unanswered::Silent(why)) => {
-                    health.probe_latency.back_off();
+                    health.latency.back_off();
                     health.record(Err(why));
                 }
                 Err(Unanswered::Failed(why)) => health.record(Err(why)),
