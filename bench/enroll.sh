@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 rounds=${1:-20}
 bin=${KAKEHASHI_BIN:-target/release/kakehashi}
+peer=$(peer_bin)
 [[ -x $bin ]] || cargo build --release --bin kakehashi
 work=$(mktemp -d)
 pids=()
@@ -27,10 +28,10 @@ cleanup() {
 trap cleanup EXIT
 
 clinic=$work/clinic
-"$bin" demo --setup-only --dir "$clinic" --listen "127.0.0.1:$(free_port)" \
+"$peer" demo --setup-only --dir "$clinic" --listen "127.0.0.1:$(free_port)" \
   --engine-listen "127.0.0.1:$(free_port)" --admin-listen "127.0.0.1:$(free_port)" \
   --wg-listen "127.0.0.1:$(free_port)" --est-listen "127.0.0.1:$(free_port)" >/dev/null
-"$bin" engine-sim --config "$clinic/engine.toml" >"$work/engine.out" 2>"$work/engine.err" &
+"$peer" engine-sim --config "$clinic/engine.toml" >"$work/engine.out" 2>"$work/engine.err" &
 pids+=($!)
 wait_for "$work/engine.out" '^READY ' "$!" >/dev/null
 RUST_LOG=warn "$bin" gateway run --config "$clinic/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.err" &

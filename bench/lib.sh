@@ -5,6 +5,15 @@ die() {
   exit 1
 }
 
+# peer_bin: the kakehashi that plays the peers and sets up the clinic (`engine-sim`, `demo`):
+# PEER_BIN, or the release build. The gateway under test is KAKEHASHI_BIN, which may be the
+# appliance build, and that leaves both commands out (docs/development.md).
+peer_bin() {
+  local peer=${PEER_BIN:-target/release/kakehashi}
+  [[ -x $peer ]] || die "no $peer to run engine-sim and demo: cargo build --release --bin kakehashi, or set PEER_BIN"
+  echo "$peer"
+}
+
 # free_port: a TCP port on 127.0.0.1 that nothing listens on now, below the kernel's ephemeral
 # range, so that no client connection of an earlier run (thousands, in the benchmarks) holds it.
 free_port() {

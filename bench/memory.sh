@@ -10,6 +10,7 @@
 # in a temporary directory and stops what it started on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 rounds=6 keep=false
 while (($#)); do
   case $1 in
@@ -20,17 +21,17 @@ while (($#)); do
 done
 bin=${KAKEHASHI_BIN:-target/release/kakehashi} lg=${LOADGEN_BIN:-target/release/loadgen}
 [[ -n ${KAKEHASHI_BIN:-} ]] || cargo build --release --quiet --bin kakehashi
+peer=$(peer_bin)
 [[ -n ${LOADGEN_BIN:-} ]] || cargo build --release --quiet -p kakehashi-tests --bin loadgen
 W=$(mktemp -d) pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; $keep || rm -rf "$W"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 listen=127.0.0.1:$(free_port)
-"$bin" demo --setup-only --dir "$W/demo" --listen "$listen" --engine-listen "127.0.0.1:$(free_port)" \
+"$peer" demo --setup-only --dir "$W/demo" --listen "$listen" --engine-listen "127.0.0.1:$(free_port)" \
   --admin-listen "127.0.0.1:$(free_port)" --est-listen "127.0.0.1:$(free_port)" \
   --wg-listen "127.0.0.1:$(free_port)" >/dev/null
 d=$W/demo
-"$bin" engine-sim --config "$d/engine.toml" >"$W/engine.log" 2>&1 & pids+=($!)
+"$peer" engine-sim --config "$d/engine.toml" >"$W/engine.log" 2>&1 & pids+=($!)
 "$bin" gateway run --config "$d/gateway.toml" >"$W/gateway.log" 2>&1 & g=$! pids+=($!)
 until grep -q READY "$W/gateway.log"; do sleep 0.1; done
 rss() { awk '/VmRSS/{print $2}' "/proc/$g/status"; }

@@ -59,6 +59,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 bin=${KAKEHASHI_BIN:-target/release/kakehashi}
 loadgen=${LOADGEN_BIN:-target/release/loadgen}
 [[ -n ${KAKEHASHI_BIN:-} ]] || cargo build --release --quiet --bin kakehashi --bin loadgen
+peer=$(peer_bin)
 
 W=$(mktemp -d)
 pids=()
@@ -73,7 +74,7 @@ mkdir -p "$W/runs"
 # --- The clinic's PKI: the demo CA, a terminal, the gateway's server certificate (also nginx's),
 # the uplink certificate both proxies present to the engine, and the engine's own certificate.
 pki=$W/pki
-"$bin" demo --setup-only --dir "$pki" >/dev/null
+"$peer" demo --setup-only --dir "$pki" >/dev/null
 engine_user=ormaster:ormaster
 person=bench-user:bench-password-$RANDOM$RANDOM
 
@@ -81,7 +82,7 @@ declare -A addr user pid_of
 # Every side is an address the terminal calls, with the credentials it sends (if any).
 
 start_engine() {
-  "$bin" engine-sim --listen 127.0.0.1:0 --db "$W/engine.db" --seed demo --user "$engine_user" \
+  "$peer" engine-sim --listen 127.0.0.1:0 --db "$W/engine.db" --seed demo --user "$engine_user" \
     --tls-cert "$pki/engine.pem" --tls-key "$pki/engine.key" --client-ca "$pki/ca.pem" >"$W/engine.out" 2>&1 &
   pids+=($!) pid_of[direct]=$!
   addr[direct]=$(wait_for "$W/engine.out" '^READY ' $! | sed 's#^READY https://##')

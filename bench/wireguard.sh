@@ -94,6 +94,7 @@ if ((${#need[@]})); then
 fi
 bin=${KAKEHASHI_BIN:-target/release/kakehashi}
 [[ -n ${KAKEHASHI_BIN:-} ]] || cargo build --release --quiet --bin kakehashi
+peer=$(peer_bin)
 
 # Names unique on this machine (interfaces at most 15 bytes, unique across namespaces).
 id=$(($$ % 10000)) net=$(($$ % 250 + 1))
@@ -167,7 +168,7 @@ mib() { calc "$1 / 1024" 1; }
 D=$W/clinic
 gateway_addr=127.0.0.1:$(free_port) cloud_addr=127.0.0.1:$(free_port) admin_addr=127.0.0.1:$(free_port)
 wg_port=$(free_port) bulk_addr=127.0.0.1:$(free_port) upstream_port=$(free_port)
-"$bin" demo --setup-only --dir "$D" --listen "$gateway_addr" --engine-listen "$cloud_addr" \
+"$peer" demo --setup-only --dir "$D" --listen "$gateway_addr" --engine-listen "$cloud_addr" \
   --admin-listen "$admin_addr" --wg-listen "0.0.0.0:$wg_port" >/dev/null
 # Room for 500 terminals: a /16 instead of the demo's /24 (the demo terminal keeps 10.77.0.2).
 sed -i 's|^address = "10.77.0.1/24"|address = "10.77.0.1/16"|' "$D/gateway.toml"
@@ -196,7 +197,7 @@ CONF
 gateway_public=$(sed -n '/^\[Peer\]/,$ s/^PublicKey = //p' "$D/terminal-wg.conf")
 
 # The cloud engine: the gateway refuses raw TCP routes while its cloud is down.
-"$bin" engine-sim --config "$D/engine.toml" >"$W/engine.out" 2>"$W/engine.err" &
+"$peer" engine-sim --config "$D/engine.toml" >"$W/engine.out" 2>"$W/engine.err" &
 wait_for "$W/engine.out" '^READY ' $! >/dev/null
 
 start_gateway() {

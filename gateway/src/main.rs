@@ -28,11 +28,13 @@ enum Command {
     #[command(subcommand)]
     Cert(cert_tool::cli::CertCommand),
     /// Run the reference cloud engine (for installation checks, the demo, tests and benchmarks)
+    #[cfg(feature = "demo")]
     EngineSim(engine_sim::SimArgs),
     /// The appliance: run the gateway, or check its configuration
     #[command(subcommand)]
     Gateway(cli::gateway::GatewayCommand),
     /// The vendor's workflow: vendor root, clinics from appliance requests, terminals, staff, bundles
+    #[cfg(feature = "vendor")]
     Provision(provisioning::cli::ProvisionArgs),
     /// The terminal inventory: which terminals may connect (by certificate name), enable, disable
     Terminal(cli::terminal::TerminalArgs),
@@ -43,9 +45,11 @@ enum Command {
     /// The write journal of cloud outages: list, show, retry or discard what waits or was refused
     Journal(cli::journal::JournalArgs),
     /// Set up a demo clinic in a directory and show what to try with it
+    #[cfg(feature = "demo")]
     Demo(cli::demo::DemoArgs),
 }
 
+#[cfg(feature = "demo")]
 /// Runs a server to completion on a multi-threaded runtime; its error becomes exit code 1.
 fn run_async<E: std::fmt::Display>(server: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -61,7 +65,7 @@ fn run_async<E: std::fmt::Display>(server: impl std::future::Future<Output = Res
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The two servers the demo starts end when the demo does.
-    if let Command::EngineSim(_) | Command::Gateway(cli::gateway::GatewayCommand::Run(_)) = &cli.command
+    if demo_server(&cli.command)
         && let Err(e) = cli::demo::end_with_demo()
     {
         eprintln!("kakehashi: error: {e}");
@@ -69,15 +73,27 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Cert(cmd) => exit(cert_tool::cli::run(cmd)),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => exit(cli::demo::run(&args)),
         Command::Gateway(cmd) => exit(cli::gateway::run(cmd)),
+        #[cfg(feature = "vendor")]
         Command::Provision(args) => exit(provisioning::cli::run(args)),
         Command::Terminal(args) => exit(cli::terminal::run(args)),
         Command::User(args) => exit(cli::user::run(args)),
         Command::Audit(args) => exit(cli::audit::run(args)),
         Command::Journal(args) => exit(cli::journal::run(args)),
+        #[cfg(feature = "demo")]
         Command::EngineSim(args) => run_async(engine_sim::run(args)),
     }
+}
+
+/// Whether the command is one of the two servers a demo starts.
+fn demo_server(command: &Command) -> bool {
+    #[cfg(feature = "demo")]
+    if let Command::EngineSim(_) = command {
+        return true;
+    }
+    matches!(command, Command::Gateway(cli::gateway::GatewayCommand::Run(_)))
 }
 
 /// A command's exit code, or its error as one line on stderr and exit code 1.
