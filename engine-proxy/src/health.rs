@@ -15,7 +15,10 @@
 //! half second a slow line would need. One failed probe takes the cloud down (DESIGN.md's
 //! one-second budget leaves no room for more); coming back needs `healthy_for` of unbroken
 //! successful probes, so a cloud that flaps stays down instead of dragging the clinic back and
-//! forth. A merely slow cloud does not flap the state: a late answer is not a failure, and it
+//! forth. That trial is the one time probes come closer together (about ten over `healthy_for`,
+//! [`Health::probe_spacing`]): a probe a second would miss a cloud that drops out for a third of
+//! a second every second, and ten probes once per outage cost the data centre nothing. A merely
+//! slow cloud does not flap the state: a late answer is not a failure, and it
 //! teaches the deadline.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
@@ -182,6 +185,22 @@ impl Health {
         at != 0 && self.millis() + 1 - at < within.as_millis() as u64
     }
 
+    /// How long the prober waits before its next probe: `interval`, or, while the cloud is on
+    /// trial (down, and the latest probes answered), a tenth of `healthy_for`, so the unbroken
+    /// run it must show is watched closely enough to catch a flap.
+    pub fn probe_spacing(&self) -> Duration {
+        let Settings {
+            interval,
+            deadline_min,
+            healthy_for,
+            ..
+        } = self.settings;
+        match self.lock().healthy_since {
+            Some(_) => (healthy_for / 10).clamp(deadline_min, interval.max(deadline_min)),
+            None => interval,
+        }
+    }
+
     fn millis(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -298,7 +317,7 @@ pub async fn watch_cloud(health: Arc<Health>, upstream: Upstream, probe: Probe) 
             }
         }
         asked = tokio::select! {
-            _ = tokio::time::sleep_until(started + interval) => false,
+            _ = tokio::time::sleep_until(started + health.probe_spacing()) => false,
             // A burst of suspicion is one probe, and probes on demand stay apart.
             _ = health.kick.notified() => {
                 tokio::time::sleep_until(started + deadline_min).await;
@@ -477,6 +496,29 @@ mod tests {
         );
         l.record(ms(20));
         assert!(l.deadline(&settings) < ms(480), "an answer ends the back-off");
+    }
+
+    #[test]
+    fn a_cloud_on_trial_is_probed_closely_and_otherwise_about_once_an_interval() {
+        let h = Health::new(Settings {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            deadline_min: Duration::from_millis(150),
+            healthy_for: Duration::from_secs(3),
+        });
+        assert_eq!(h.probe_spacing(), Duration::from_secs(1), "up");
+        h.record(Err("refused".into()));
+        assert_eq!(h.probe_spacing(), Duration::from_secs(1), "down, nothing answers");
+        h.record(Ok(()));
+        assert_eq!(h.probe_spacing(), Duration::from_millis(300), "on trial: 3 s / 10");
+        let h = health(Duration::from_secs(1));
+        h.record(Err("refused".into()));
+        h.record(Ok(()));
+        assert_eq!(
+            h.probe_spacing(),
+            Duration::from_millis(10),
+            "a short trial: no closer than deadline_min, no further than interval"
+        );
     }
 
     #[test]
