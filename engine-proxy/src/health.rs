@@ -510,7 +510,11 @@ mod tests {
         h.record(Err("refused".into()));
         assert_eq!(h.probe_spacing(), Duration::from_secs(1), "down, nothing answers");
         h.record(Ok(()));
-        assert_eq!(h.probe_spacing(), Duration::from_millis(300), "on trial: 3 s / 10");
+        assert_eq!(
+            h.probe_spacing(),
+            Duration::from_millis(300),
+            "on trial: 3 s / 10"
+        );
         let h = health(Duration::from_secs(1));
         h.record(Err("refused".into()));
         h.record(Ok(()));
