@@ -37,6 +37,13 @@
 #      routes (relays, HTTP, authentication, proxying) on the `worker-N` threads. There is no
 #      wireguard-go baseline for the HTTP figure (it has no proxy); compare two builds of the
 #      gateway with KAKEHASHI_BIN.
+#   6. several terminals at once (run before 4): --terminals N (4) more terminals, each its own
+#      network namespace, veth pair and wireguard-go with its own key, each `iperf3 -c -t 8` at
+#      the same moment to its own iperf3 server. Gateway: N terminals enrolled with `kakehashi
+#      terminal add parK --wireguard`, tunnel ports 5202… each a raw `tcp` route to its own
+#      iperf3 on loopback. Baseline: N client namespaces, each a veth into B, all peers of B's
+#      one wireguard-go, iperf3 servers 5202… in B. The sum of the receivers' Mbit/s per run,
+#      alternating, --rounds runs per side; the receiving side's CPU beside it.
 #   4. memory: the gateway's VmRSS (/proc/PID/status) 1 s after READY with the demo's one
 #      WireGuard peer; after the transfers; with 500 configured peers (terminals enrolled with
 #      `kakehashi terminal add tN --wireguard`, the tunnel network widened to /16 for them) after
@@ -44,10 +51,10 @@
 #      B's wireguard-go (one peer), fresh and after the transfers.
 #
 #   bench/wireguard.sh [--rounds N] [--size SIZE] [--handshakes N] [--peers N] [--streams N]
-#                      [--conns N] [--quick] [--keep]
+#                      [--conns N] [--terminals N] [--quick] [--keep]
 #
 # Defaults: 3 bulk rounds per side of 1G (iperf3's -n, so 1 GiB), 5 handshakes per side, 500
-# peers, 4 parallel streams, 16 HTTP connections. --quick: 1 round, 2 handshakes (a smoke run, about a minute); --keep: leave the
+# peers, 4 parallel streams, 16 HTTP connections, 4 terminals at once. --quick: 1 round, 2 handshakes (a smoke run, about a minute); --keep: leave the
 # temporary directory (configurations, logs, every iperf3 and ping output).
 # Needs root (network namespaces), iproute2, ping, wireguard-go, wireguard-tools, curl, iperf3 and wrk;
 # installs the missing ones through apt-get. Builds target/release/kakehashi unless
@@ -61,7 +68,7 @@ source bench/lib.sh
 command_line="bench/wireguard.sh $*"
 trap 'echo "$(basename "$0"): line $LINENO: \`$BASH_COMMAND\` failed" >&2' ERR
 
-rounds=3 size=1G handshakes=5 peers=500 streams=4 conns=16 keep=0
+rounds=3 size=1G handshakes=5 peers=500 streams=4 conns=16 terminals=4 keep=0
 while (($#)); do
   case $1 in
     --rounds) rounds=$2 && shift ;;
@@ -70,13 +77,15 @@ while (($#)); do
     --peers) peers=$2 && shift ;;
     --streams) streams=$2 && shift ;;
     --conns) conns=$2 && shift ;;
+    --terminals) terminals=$2 && shift ;;
     --quick) rounds=1 handshakes=2 ;;
     --keep) keep=1 ;;
     *) die "unknown option $1 (see the comment at the top of the script)" ;;
   esac
   shift
 done
-((rounds > 0 && handshakes > 0 && peers > handshakes + 1)) || die "--rounds, --handshakes must be at least 1, --peers more than --handshakes + 1"
+((rounds > 0 && handshakes > 0 && terminals > 0 && terminals < 60 && peers > handshakes + terminals + 1)) ||
+  die "--rounds, --handshakes, --terminals (below 60) must be at least 1, --peers more than --handshakes + --terminals + 1"
 
 [[ $(id -u) -eq 0 ]] || die "needs root: network namespaces, veth pairs and wireguard-go"
 need=()
@@ -104,13 +113,14 @@ cleanup() {
   local pid ns
   for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  for ns in "$ns_t" "$ns_a" "$ns_b"; do
+  # Every namespace of this run: the terminal, A, B and section 6's terminals and clients.
+  for ns in $(ip netns list 2>/dev/null | awk -v p="kw$id" 'index($1, p) == 1 {print $1}'); do
     # wireguard-go outlives its namespace unless it is stopped first.
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
     rm -f "/var/run/wireguard/$ns.sock"
   done
-  ip link del "${ns_t}h" 2>/dev/null || true
+  for ns in "$ns_t" $(seq -f "kw${id}g%g" 1 "$terminals"); do ip link del "${ns}h" 2>/dev/null || true; done
   if ((keep)); then echo "kept $W" >&2; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
@@ -140,20 +150,41 @@ wg_up() {
   die "wireguard-go did not bring up $1"
 }
 
-# terminal_conf CONF: sets the terminal's wireguard-go to the wg-quick config CONF (a fresh
-# enrolment: new key, new session), pointed at the gateway over the veth, with its address and a
-# route to the gateway's tunnel address. No PersistentKeepalive: nothing is sent before the first
-# packet that is meant to start the handshake.
+# terminal_conf CONF [NS GATEWAY_IP]: sets the wireguard-go of terminal namespace NS ($ns_t) to
+# the wg-quick config CONF (a fresh enrolment: new key, new session), pointed at the gateway at
+# GATEWAY_IP (10.211.$net.1) over its veth, with its address and a route to the gateway's tunnel
+# address. No PersistentKeepalive: nothing is sent before the first packet that is meant to start
+# the handshake.
 terminal_conf() {
-  local conf=$1 address
+  local conf=$1 ns=${2:-$ns_t} gateway_ip=${3:-10.211.$net.1} address
   address=$(sed -n 's/^Address = //p' "$conf")
   wg-quick strip "$conf" | grep -Ev '^(PersistentKeepalive|Endpoint) = ' >"$conf.stripped"
-  nsx "$ns_t" wg setconf "$ns_t" "$conf.stripped"
-  nsx "$ns_t" wg set "$ns_t" peer "$gateway_public" endpoint "10.211.$net.1:$wg_port"
-  ip -n "$ns_t" addr flush dev "$ns_t"
-  ip -n "$ns_t" addr add "$address" dev "$ns_t"
-  ip -n "$ns_t" link set "$ns_t" mtu 1420 up
-  ip -n "$ns_t" route replace 10.77.0.1/32 dev "$ns_t"
+  nsx "$ns" wg setconf "$ns" "$conf.stripped"
+  nsx "$ns" wg set "$ns" peer "$gateway_public" endpoint "$gateway_ip:$wg_port"
+  ip -n "$ns" addr flush dev "$ns"
+  ip -n "$ns" addr add "$address" dev "$ns"
+  ip -n "$ns" link set "$ns" mtu 1420 up
+  ip -n "$ns" route replace 10.77.0.1/32 dev "$ns"
+}
+
+# veth_ns NS OTHER_NS|- LOCAL_IP NS_IP: a new namespace NS joined to OTHER_NS (- : the root
+# namespace) by a veth pair NSh–NSn, LOCAL_IP/30 on OTHER_NS's end and NS_IP/30 on NS's.
+veth_ns() {
+  local ns=$1 other=$2
+  ip netns add "$ns"
+  ip link add "${ns}h" type veth peer name "${ns}n"
+  ip link set "${ns}n" netns "$ns"
+  if [[ $other == - ]]; then
+    ip addr add "$3/30" dev "${ns}h"
+    ip link set "${ns}h" up
+  else
+    ip link set "${ns}h" netns "$other"
+    ip -n "$other" addr add "$3/30" dev "${ns}h"
+    ip -n "$other" link set "${ns}h" up
+  fi
+  ip -n "$ns" addr add "$4/30" dev "${ns}n"
+  ip -n "$ns" link set "${ns}n" up
+  ip -n "$ns" link set lo up
 }
 
 metric() {
@@ -168,6 +199,9 @@ mib() { calc "$1 / 1024" 1; }
 D=$W/clinic
 gateway_addr=127.0.0.1:$(free_port) cloud_addr=127.0.0.1:$(free_port) admin_addr=127.0.0.1:$(free_port)
 wg_port=$(free_port) bulk_addr=127.0.0.1:$(free_port) upstream_port=$(free_port)
+# Section 6's iperf3 servers on loopback, one per terminal, behind the routes bulk1….
+declare -A par_upstream
+for ((k = 1; k <= terminals; k++)); do par_upstream[$k]=$(free_port); done
 "$peer" demo --setup-only --dir "$D" --listen "$gateway_addr" --engine-listen "$cloud_addr" \
   --admin-listen "$admin_addr" --wg-listen "0.0.0.0:$wg_port" >/dev/null
 # Room for 500 terminals: a /16 instead of the demo's /24 (the demo terminal keeps 10.77.0.2).
@@ -187,6 +221,11 @@ require_login = false
 [[wireguard.port]]
 port = 5201
 route = "tcp:bulk"
+$(for ((k = 1; k <= terminals; k++)); do
+  printf '\n[[listener]]\naddress = "127.0.0.1:%s"\nkind = "tcp"\nname = "bulk%s"\nupstream = "127.0.0.1:%s"\nupstream_tls = false\nrequire_login = false\n' \
+    "$(free_port)" "$k" "${par_upstream[$k]}"
+  printf '\n[[wireguard.port]]\nport = %s\nroute = "tcp:bulk%s"\n' "$((5201 + k))" "$k"
+done)
 
 # Listing a port replaces the default one: the api route on 8000 (section 5's HTTP load).
 [[wireguard.port]]
@@ -219,14 +258,7 @@ rss[gateway-fresh]=$(rss_kib "$gateway_pid")
 [[ $(metric wg_peers) == 1 ]] || die "the demo gateway should have 1 WireGuard peer, has $(metric wg_peers)"
 
 # --- The gateway's terminal: a namespace joined to the root namespace by a veth pair.
-ip netns add "$ns_t"
-ip link add "${ns_t}h" type veth peer name "${ns_t}n"
-ip link set "${ns_t}n" netns "$ns_t"
-ip addr add "10.211.$net.1/24" dev "${ns_t}h"
-ip link set "${ns_t}h" up
-ip -n "$ns_t" addr add "10.211.$net.2/24" dev "${ns_t}n"
-ip -n "$ns_t" link set "${ns_t}n" up
-ip -n "$ns_t" link set lo up
+veth_ns "$ns_t" - "10.211.$net.1" "10.211.$net.2"
 wg_up "$ns_t"
 terminal_conf "$D/terminal-wg.conf"
 
@@ -437,6 +469,74 @@ grep -q "Non-2xx" "$W/runs/http" && { cat "$W/runs/http" >&2; die "wrk got answe
 [[ -n $http_rps ]] || { cat "$W/runs/http" >&2; die "no Requests/sec from wrk"; }
 printf '  gateway   %s requests/s (p99 %s) over %s connections; gateway: %s\n' "$http_rps" "$http_p99" "$conns" "$http_note" >&2
 
+echo "6. $terminals terminals at once, 8 s, alternating" >&2
+# The gateway's: enrolled, each in its namespace over its own veth from the root namespace.
+expected=$(($(metric wg_peers) + terminals))
+for ((k = 1; k <= terminals; k++)); do
+  ns=kw${id}g$k
+  veth_ns "$ns" - "10.213.$net.$((4 * k + 1))" "10.213.$net.$((4 * k + 2))"
+  wg_up "$ns"
+  "$bin" terminal add "par$k" --wireguard --config "$D/gateway.toml" --out "$W/par$k.conf" >/dev/null 2>&1 ||
+    die "terminal add par$k failed"
+  iperf3 -s --forceflush -B 127.0.0.1 -p "${par_upstream[$k]}" >"$W/iperf3-upstream-$k.log" 2>&1 &
+  wait_for "$W/iperf3-upstream-$k.log" listening $! >/dev/null
+done
+kill -HUP "$gateway_pid"
+for _ in $(seq 1000); do [[ $(metric wg_peers) == "$expected" ]] && break; sleep 0.01; done
+[[ $(metric wg_peers) == "$expected" ]] || die "the gateway did not load terminals par1…par$terminals"
+# The baseline's: clients of B's one wireguard-go, each over its own veth into B.
+for ((k = 1; k <= terminals; k++)); do
+  ns=kw${id}c$k
+  veth_ns "$ns" "$ns_b" "10.214.$net.$((4 * k + 1))" "10.214.$net.$((4 * k + 2))"
+  wg_up "$ns"
+  wg genkey >"$W/$ns.key"
+  nsx "$ns_b" wg set "$ns_b" peer "$(wg pubkey <"$W/$ns.key")" allowed-ips "10.78.$net.$((10 + k))/32"
+  nsx "$ns" wg set "$ns" private-key "$W/$ns.key" \
+    peer "$(cat "$W/$ns_b.pub")" allowed-ips "10.78.$net.2/32" endpoint "10.214.$net.$((4 * k + 1)):$b_port"
+  ip -n "$ns" addr add "10.78.$net.$((10 + k))/32" dev "$ns"
+  ip -n "$ns" link set "$ns" mtu 1420 up
+  ip -n "$ns" route add "10.78.$net.2/32" dev "$ns"
+  ip -n "$ns_b" route add "10.78.$net.$((10 + k))/32" dev "$ns_b"
+  ip netns exec "$ns_b" iperf3 -s --forceflush -B "10.78.$net.2" -p "$((5201 + k))" >"$W/iperf3-baseline-$k.log" 2>&1 &
+  wait_for "$W/iperf3-baseline-$k.log" listening $! >/dev/null
+done
+for ((k = 1; k <= terminals; k++)); do
+  terminal_conf "$W/par$k.conf" "kw${id}g$k" "10.213.$net.$((4 * k + 1))"
+  nsx "kw${id}g$k" ping -c 1 -W 5 10.77.0.1 >/dev/null || die "no ping through terminal par$k's tunnel"
+  nsx "kw${id}c$k" ping -c 1 -W 5 "10.78.$net.2" >/dev/null || die "no ping through baseline client $k's tunnel"
+done
+
+# together SIDE N: every terminal's iperf3 at once; appends the receivers' sum to many[SIDE].
+declare -A many many_note
+together() {
+  local side=$1 out=$W/runs/together-$1-$2 rpid t0 t1 k ns ip pids=() sum
+  rpid=$(receiver_pid "$side")
+  threads "$rpid" >"$out.recv0"
+  head -1 /proc/stat >"$out.stat0"
+  t0=$EPOCHREALTIME
+  for ((k = 1; k <= terminals; k++)); do
+    if [[ $side == gateway ]]; then ns=kw${id}g$k ip=10.77.0.1; else ns=kw${id}c$k ip=10.78.$net.2; fi
+    timeout --foreground 60 ip netns exec "$ns" iperf3 -c "$ip" -p "$((5201 + k))" -t 8 -f m >"$out.$k" 2>&1 &
+    pids+=($!)
+  done
+  for k in "${!pids[@]}"; do
+    wait "${pids[$k]}" || { cat "$out.$((k + 1))" >&2; die "$side, $terminals terminals, run $2: iperf3 $((k + 1)) failed"; }
+  done
+  t1=$EPOCHREALTIME
+  head -1 /proc/stat >"$out.stat1"
+  threads "$rpid" >"$out.recv1"
+  sum=$(cat "$out".[0-9]* | awk '/receiver/ {for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") s += $(i - 1); n++}
+    END {if (n == '"$terminals"') print s}')
+  [[ -n $sum ]] || { cat "$out".[0-9]* >&2; die "$side, $terminals terminals, run $2: not every iperf3 has a receiver line"; }
+  many[$side]+=" $sum"
+  many_note[$side-$2]="receiving side: $(cpu_by_name "$out.recv0" "$out.recv1" "$(calc "$t1 - $t0" 2)"); machine: $(machine "$out.stat0" "$out.stat1")"
+  printf '  %-9s %-2s %6s Mbit/s from %s terminals; %s\n' "$side" "$2" "$sum" "$terminals" "${many_note[$side-$2]}" >&2
+}
+for ((i = 1; i <= rounds; i++)); do
+  together baseline "$i"
+  together gateway "$i"
+done
+
 echo "4. memory with $peers configured peers" >&2
 have=$(metric wg_peers)
 t0=$EPOCHREALTIME
@@ -481,6 +581,9 @@ echo "  enrolled $((peers - have)) terminals in $enrol_secs s; RSS ${rss[gateway
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   $peers peers, 1 s after a restart" "$(mib "${rss[gateway-restart]}")" - - -
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "5. $streams parallel streams, Mbit/s (iperf3 -P, 8 s)" "${par_mbits[gateway]}" "${par_mbits[baseline]}" "$(calc "${par_mbits[gateway]} / ${par_mbits[baseline]}")x" -
   printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   HTTP keep-alive requests/s, $conns conns (wrk, 8 s)" "$http_rps (p99 $http_p99)" - - -
+  g=$(median ${many[gateway]}) b=$(median ${many[baseline]})
+  printf '%-52s | %-20s | %-20s | %-16s | %s\n' "6. $terminals terminals at once, Mbit/s sum, median of $rounds" "$g" "$b" "$(calc "$g / $b")x" "at least 1x"
+  printf '%-52s | %-20s | %-20s | %-16s | %s\n' "   every run" "${many[gateway]# }" "${many[baseline]# }" - -
   echo "   ${per_peer} KiB per configured peer (restart with $peers against start with 1); $((peers - have)) terminals enrolled in $enrol_secs s"
   echo "   CPU during the bulk runs (processes: share of one core over the run; machine: share of all $(nproc) cores):"
   for ((i = 1; i <= rounds; i++)); do
@@ -491,4 +594,9 @@ echo "  enrolled $((peers - have)) terminals in $enrol_secs s; RSS ${rss[gateway
   echo "     baseline, $streams streams: ${par_note[baseline]}"
   echo "     gateway,  $streams streams: ${par_note[gateway]}"
   echo "     gateway,  HTTP: $http_note"
+  echo "   CPU during the runs of $terminals terminals at once:"
+  for ((i = 1; i <= rounds; i++)); do
+    echo "     baseline $i: ${many_note[baseline-$i]}"
+    echo "     gateway  $i: ${many_note[gateway-$i]}"
+  done
 }
