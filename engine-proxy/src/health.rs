@@ -12,8 +12,11 @@
 //! ([`Health::suspect`]), asks for a probe at once. Deadlines follow the cloud's own observed
 //! latency ([`Latency`], TCP's retransmission-timeout estimator), between `deadline_min` and
 //! `timeout`: a cloud that answers in 20 ms is suspect after 150 ms of silence, not after the
-//! half second a slow line would need. One failed probe takes the cloud down (DESIGN.md's
-//! one-second budget leaves no room for more); coming back needs `healthy_for` of unbroken
+//! half second a slow line would need. A probe silent past such a short deadline is confirmed at
+//! once by one more with the whole `timeout`: a gateway starved of CPU (two hundred terminals
+//! signing in at once) misses short deadlines by itself, and the reads waiting meanwhile have
+//! already been answered from the cache. One failed probe (refused, 5xx, or silent for the whole
+//! `timeout`) takes the cloud down (DESIGN.md's one-second budget leaves no room for more); coming back needs `healthy_for` of unbroken
 //! successful probes, so a cloud that flaps stays down instead of dragging the clinic back and
 //! forth. That trial is the one time probes come closer together (about ten over `healthy_for`,
 //! [`Health::probe_spacing`]): a probe a second would miss a cloud that drops out for a third of
@@ -292,13 +295,19 @@ pub async fn watch_cloud(health: Arc<Health>, upstream: Upstream, probe: Probe) 
         ..
     } = health.settings;
     let mut asked = false;
+    // Whether this probe confirms an earlier one's silence: it gets the whole `timeout`.
+    let mut confirming = false;
     loop {
         let started = tokio::time::Instant::now();
         // A real call answered since the last tick says what a probe would, for free; a call
         // that asked for this probe says otherwise.
-        if asked || !(health.cloud_up() && health.answered_within(interval)) {
+        if asked || confirming || !(health.cloud_up() && health.answered_within(interval)) {
             let since = health.millis();
-            let deadline = health.call_deadline();
+            let deadline = if std::mem::take(&mut confirming) {
+                health.settings.timeout
+            } else {
+                health.call_deadline()
+            };
             match probe_once(&upstream, &probe, deadline).await {
                 Ok(()) => {
                     health.latency.record(started.elapsed());
@@ -308,6 +317,15 @@ pub async fn watch_cloud(health: Arc<Health>, upstream: Upstream, probe: Probe) 
                 // there, the probe (or its packet) was unlucky. Wait longer next time.
                 Err(Unanswered::Silent(_)) if health.answered_at.load(Relaxed) > since => {
                     health.latency.back_off();
+                }
+                // Silent within a deadline shorter than the ceiling: the cloud is suspect, not
+                // failed (a gateway starved of CPU misses short deadlines too). One more probe at
+                // once, with the whole `timeout`, decides; the reads waiting meanwhile have
+                // already been answered from the cache at their own deadline.
+                Err(Unanswered::Silent(_)) if deadline < health.settings.timeout => {
+                    health.latency.back_off();
+                    confirming = true;
+                    continue;
                 }
                 Err(Unanswered::Silent(why)) => {
                     health.latency.back_off();

@@ -441,6 +441,7 @@ fn decrypt(encrypted: &[u8], identity: &age::x25519::Identity) -> Result<Zeroizi
             age::DecryptError::NoMatchingKeys => {
                 "its encryption header does not open with this appliance's key".to_owned()
             }
+            age::DecryptError::InvalidHeader => "its encryption header is damaged".to_owned(),
             other => format!("authentication failed: {other}"),
         })?;
     let mut inner = Zeroizing::new(Vec::new());

@@ -474,7 +474,9 @@ fn the_whole_vendor_workflow_reaches_the_engine_and_refuses_every_bad_bundle() {
     // One byte of the encryption header changed: damage, not "another appliance".
     let mut header = std::fs::read(&b2).unwrap();
     let start = header.iter().position(|&b| b == b'\n').unwrap() + 1;
-    header[start + 40] ^= 0x01;
+    // Another base64 letter inside the recipient's key share: a share that still parses, for
+    // another key (a character that is not base64 would make it a damaged header instead).
+    header[start + 40] = if header[start + 40] == b'A' { b'B' } else { b'A' };
     write(&w.path("header.bundle"), &header);
     write(&w.path("empty.bundle"), "");
     write(&w.path("text.bundle"), "hello\n");
