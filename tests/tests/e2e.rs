@@ -21,6 +21,7 @@ mod e2e {
     mod pki;
     mod provision;
     mod scopes;
+    mod status;
     mod wireguard;
     mod wireguard_cli;
 }
