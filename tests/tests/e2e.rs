@@ -22,6 +22,7 @@ mod e2e {
     mod provision;
     mod scopes;
     mod status;
+    mod status_browser;
     mod wireguard;
     mod wireguard_cli;
 }
