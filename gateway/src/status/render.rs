@@ -169,11 +169,7 @@ pub fn page(report: &Report, lang: Lang) -> String {
                             p { (t(lang, "記録はありません。", "None recorded.")) }
                         } @else {
                             table {
-                                thead { tr {
-                                    th scope="col" { (t(lang, "開始", "Began")) }
-                                    th scope="col" { (t(lang, "終了", "Ended")) }
-                                    th scope="col" { (t(lang, "理由", "Why")) }
-                                } }
+                                (head(&[t(lang, "開始", "Began"), t(lang, "終了", "Ended"), t(lang, "理由", "Why")]))
                                 tbody {
                                     @for o in &report.outages {
                                         tr {
@@ -198,6 +194,11 @@ pub fn page(report: &Report, lang: Lang) -> String {
         }
     };
     markup.into_string()
+}
+
+/// A table's header row.
+fn head(columns: &[&str]) -> Markup {
+    html! { thead { tr { @for c in columns { th scope="col" { (c) } } } } }
 }
 
 fn operator(op: &Operator, lang: Lang) -> Markup {
@@ -233,11 +234,7 @@ fn operator(op: &Operator, lang: Lang) -> Markup {
             }
             h3 { (t(lang, "端末", "Terminals")) }
             table {
-                thead { tr {
-                    th scope="col" { (t(lang, "名前", "Name")) }
-                    th scope="col" { (t(lang, "状態", "State")) }
-                    th scope="col" { (t(lang, "接続方式", "Doors")) }
-                } }
+                (head(&[t(lang, "名前", "Name"), t(lang, "状態", "State"), t(lang, "接続方式", "Doors")]))
                 tbody {
                     @for term in &op.terminals {
                         tr {
