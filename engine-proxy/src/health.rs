@@ -102,6 +102,12 @@ pub struct Health {
     /// When a real call last got an answer (ms since `epoch`): a probe then tells nothing new.
     answered_at: AtomicU64,
     epoch: Instant,
+    /// The wall clock at `epoch`, for the status page's times.
+    epoch_wall: std::time::SystemTime,
+    /// When the state last changed, and when a probe was last answered (ms since `epoch`, 0:
+    /// never): the status page's "since" and "last contact". Written only off the request path.
+    changed_at: AtomicU64,
+    probe_answered_at: AtomicU64,
     /// Probes sent and failed, for metrics.
     pub probes_total: AtomicU64,
     pub probe_failures_total: AtomicU64,
@@ -134,6 +140,9 @@ impl Health {
             latency: Latency::default(),
             answered_at: AtomicU64::new(0),
             epoch: Instant::now(),
+            epoch_wall: std::time::SystemTime::now(),
+            changed_at: AtomicU64::new(0),
+            probe_answered_at: AtomicU64::new(0),
             probes_total: AtomicU64::new(0),
             probe_failures_total: AtomicU64::new(0),
         })
@@ -208,6 +217,26 @@ impl Health {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// When the current state began (the gateway's start, if it never changed).
+    pub fn since(&self) -> std::time::SystemTime {
+        self.wall(self.changed_at.load(Relaxed))
+            .unwrap_or(self.epoch_wall)
+    }
+
+    /// The last time the cloud answered anything, a probe or a real call; `None` if it never has
+    /// since the gateway started.
+    pub fn last_contact(&self) -> Option<std::time::SystemTime> {
+        let at = self
+            .answered_at
+            .load(Relaxed)
+            .max(self.probe_answered_at.load(Relaxed));
+        self.wall(at)
+    }
+
+    fn wall(&self, millis_plus_one: u64) -> Option<std::time::SystemTime> {
+        (millis_plus_one != 0).then(|| self.epoch_wall + Duration::from_millis(millis_plus_one - 1))
+    }
+
     /// The number of journaled writes still owed to the cloud.
     pub fn set_backlog(&self, pending: u64) {
         let before = self.backlog.swap(pending, Relaxed);
@@ -229,6 +258,9 @@ impl Health {
     /// One probe's outcome.
     pub fn record(&self, outcome: Result<(), String>) {
         self.probes_total.fetch_add(1, Relaxed);
+        if outcome.is_ok() {
+            self.probe_answered_at.store(self.millis() + 1, Relaxed);
+        }
         let mut inner = self.lock();
         match outcome {
             Err(why) => {
@@ -264,6 +296,7 @@ impl Health {
         let before = self.mode.swap(mode as u8, Relaxed);
         let cloud_changed = self.changes.borrow().cloud_up != inner.cloud_up;
         if before != mode as u8 || cloud_changed {
+            self.changed_at.store(self.millis() + 1, Relaxed);
             self.changes.send_replace(Change {
                 mode,
                 cloud_up: inner.cloud_up,

@@ -256,6 +256,18 @@ impl Journal {
         Ok(n)
     }
 
+    /// Entries the cloud refused, waiting for an operator (`kakehashi journal`), counted now.
+    pub fn quarantined(&self) -> Result<u64, JournalError> {
+        self.reader()
+            .query_row(
+                "SELECT count(*) FROM entries WHERE state = 'quarantined'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| DbError::sqlite(&self.path, "count quarantined entries")(e).into())
+    }
+
     /// The oldest pending entry: the next to hand back.
     pub fn oldest_pending(&self) -> Result<Option<Entry>, JournalError> {
         let conn = self.reader();

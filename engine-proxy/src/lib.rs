@@ -28,6 +28,7 @@ pub mod cache;
 pub mod failover;
 pub mod format;
 pub mod health;
+pub mod history;
 pub mod journal;
 pub mod replay;
 pub mod rules;

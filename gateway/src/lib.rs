@@ -25,6 +25,7 @@ pub mod io;
 pub mod metrics;
 pub mod pipeline;
 pub mod shutdown;
+pub mod status;
 pub mod store;
 #[cfg(test)]
 mod testing;

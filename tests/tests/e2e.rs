@@ -21,6 +21,8 @@ mod e2e {
     mod pki;
     mod provision;
     mod scopes;
+    mod status;
+    mod status_browser;
     mod wireguard;
     mod wireguard_cli;
 }

@@ -1,5 +1,5 @@
 //! The command lines of the appliance: `kakehashi gateway`, `terminal`, `user`, `audit`,
-//! `journal` and `demo`, a file each.
+//! `journal`, `status` and `demo`, a file each.
 //!
 //! Every appliance command finds the appliance the same way ([`crate::config::locate`]): `--config FILE` (or
 //! `KAKEHASHI_CONFIG`; default `/etc/kakehashi/gateway.toml`) and its `data_dir`, or
@@ -13,6 +13,7 @@ pub mod audit;
 pub mod demo;
 pub mod gateway;
 pub mod journal;
+pub mod status;
 pub mod terminal;
 pub mod user;
 

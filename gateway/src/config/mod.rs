@@ -12,6 +12,7 @@ mod failover;
 mod limits;
 mod listener;
 pub mod locate;
+mod status;
 mod tls;
 mod upstream;
 mod wireguard;
@@ -27,6 +28,7 @@ pub use est::Est;
 pub use failover::{Failover, RouteRule};
 pub use limits::Limits;
 pub use listener::{Listener, ListenerKind};
+pub use status::Status;
 pub use tls::Tls;
 pub use upstream::Upstream;
 pub use wireguard::{GATEWAY_KEY_FILE, TunnelNet, WireGuard, WireGuardMode, WireGuardPort};
@@ -73,6 +75,9 @@ pub struct Config {
     /// the vendor.
     #[serde(default)]
     pub est: Option<Est>,
+    /// The status page: who sees the operator's sections.
+    #[serde(default)]
+    pub status: Status,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,

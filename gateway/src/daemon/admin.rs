@@ -1,5 +1,7 @@
-//! The admin listener: Prometheus metrics and a health check, plain HTTP on loopback by default.
-//! It carries no terminal traffic and no secrets; whoever can reach it learns counts only.
+//! The admin listener: Prometheus metrics, a health check and the status report (`/status.json`,
+//! what `kakehashi status` reads), plain HTTP on loopback by default. It carries no terminal
+//! traffic and no secrets; whoever can reach it learns counts, terminal names and certificate
+//! dates (the status report's operator's sections), which is why it stays on loopback.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -45,6 +47,17 @@ async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Respons
                 gateway.metrics.render(),
             )
         }
+        "/status.json" => {
+            let sources = gateway.status.clone();
+            match tokio::task::spawn_blocking(move || sources.collect(true)).await {
+                Ok(report) => (StatusCode::OK, "application/json", report.json()),
+                Err(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "the status could not be gathered\n".into(),
+                ),
+            }
+        }
         "/health" if gateway.audit.is_failing() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
@@ -57,7 +70,7 @@ async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Respons
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics or /health\n".into(),
+            "not found: try /metrics, /health or /status.json\n".into(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -54,6 +54,12 @@ pub fn start(gateway: &Arc<Gateway>) -> Result<(), StartError> {
         ));
     }
     tokio::spawn(record_changes(gateway.clone()));
+    if let Some(history) = &gateway.status.history {
+        tokio::spawn(engine_proxy::history::keep(
+            history.clone(),
+            failover.health.clone(),
+        ));
+    }
     Ok(())
 }
 

@@ -79,6 +79,8 @@ pub struct Gateway {
     pub slots: Slots,
     /// The clinic CA, when the appliance issues certificates itself (`[est]`).
     pub authority: Option<Authority>,
+    /// What the status page is made of (`crate::status`).
+    pub status: Arc<crate::status::Sources>,
     /// One reload at a time: SIGHUP, the file watcher and an enrollment may ask at once.
     reloading: std::sync::Mutex<()>,
 }
@@ -142,8 +144,11 @@ impl Gateway {
         if let Some(authority) = &authority {
             crate::est::check_authority(&config, authority)?;
         }
+        let live = Arc::new(Live::new(snapshot));
+        let status = Arc::new(status_sources(&config, &failover, &live, &audit));
         Ok(Gateway {
             authority,
+            status,
             reloading: std::sync::Mutex::new(()),
             slots: Slots::new(config.limits.max_connections, metrics.clone()),
             people,
@@ -152,7 +157,7 @@ impl Gateway {
             failover,
             audit,
             metrics,
-            live: Arc::new(Live::new(snapshot)),
+            live,
             config,
         })
     }
@@ -208,6 +213,7 @@ impl Gateway {
             pages: pages::Pages {
                 people: self.people.clone(),
                 metrics: self.metrics.clone(),
+                status: Some(self.status.clone()),
             },
             authenticate: authenticate::Authenticate {
                 people: self.people.clone(),
@@ -304,6 +310,42 @@ impl Gateway {
         self.live.replace(snapshot);
         self.people.forget_cached();
         Ok(())
+    }
+}
+
+/// The status page's sources. The outage history is a convenience: a `history.db` that cannot
+/// be opened is logged and the page shows no availability, but the gateway serves.
+fn status_sources(
+    config: &Config,
+    failover: &Failover,
+    live: &Arc<Live>,
+    audit: &AuditLog,
+) -> crate::status::Sources {
+    let history = match engine_proxy::history::History::open(&config.data_dir) {
+        Ok(history) => Some(history),
+        Err(e) => {
+            tracing::warn!("the status page shows no availability: {e}");
+            None
+        }
+    };
+    let mut certificates = vec![
+        ("server", config.tls.cert.clone()),
+        ("uplink", config.upstream.cert.clone()),
+        ("clinic CA", config.tls.client_ca.clone()),
+    ];
+    certificates.dedup_by(|a, b| a.1 == b.1);
+    crate::status::Sources {
+        health: failover.health.clone(),
+        journal: match &failover.local {
+            Local::Store { journal, .. } => Some(journal.clone()),
+            Local::Engine { .. } => None,
+        },
+        history,
+        live: live.clone(),
+        audit: audit.clone(),
+        operators: config.status.operators.clone(),
+        data_dir: config.data_dir.clone(),
+        certificates,
     }
 }
 

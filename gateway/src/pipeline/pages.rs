@@ -1,5 +1,12 @@
 //! Stage 2, gateway pages: what the gateway answers itself, under `/kakehashi/` (a prefix the
-//! engine API never uses). Today that is the login page for browsers.
+//! engine API never uses): the login page for browsers, and the status page
+//! (`/kakehashi/status`, `status.json`, its stylesheet and script; `crate::status`).
+//!
+//! The status page needs no sign-in: reception staff at an admitted terminal see the clinic's
+//! state. A person signed in on the login page whose ID is in `[status] operators` sees the
+//! operator's sections too; that view, and a signed-in person's view without them, are recorded
+//! in the audit log (a plain view, like showing the login form, decides nothing and is not, or
+//! the page's own refresh every two seconds would fill the log).
 //!
 //! A browser cannot send HTTP Basic gracefully, so it signs in once here and gets a session
 //! cookie: `Secure` (only over TLS), `HttpOnly` (no script can read it), `SameSite=Strict` (no
@@ -20,6 +27,7 @@ use crate::doors::identity::Terminal;
 use crate::http1;
 use crate::metrics::Metrics;
 use crate::pipeline::reply::{locked_out, reply};
+use crate::status::{self, Lang, render};
 
 /// Paths the gateway answers itself.
 pub const PREFIX: &str = "/kakehashi/";
@@ -139,10 +147,34 @@ fn page(status: StatusCode, terminal: &str, next: &str, message: Option<&str>) -
     reply(status, "text/html; charset=utf-8", html)
 }
 
+/// The headers of every status answer: nothing from elsewhere, no framing, no sniffing.
+fn secure(h: &mut HeaderMap) {
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+}
+
+/// The page's stylesheet or script.
+fn asset(content_type: &'static str, body: &'static str) -> Response<ProxyBody> {
+    let mut r = reply(StatusCode::OK, content_type, body);
+    secure(r.headers_mut());
+    r
+}
+
 /// What the stage consults: the people (sign-in and sessions), and the sign-in counters.
 pub struct Pages {
     pub people: Arc<People>,
     pub metrics: Arc<Metrics>,
+    /// The status page's sources; `None`: no status page.
+    pub status: Option<Arc<status::Sources>>,
 }
 
 /// A page's answer, and what the audit log records of it, if anything (showing the form is not
@@ -187,6 +219,15 @@ impl Pages {
             })
             .unwrap_or_else(|| "/".into());
         match (req.method().clone(), req.uri().path()) {
+            (Method::GET, render::PAGE | render::JSON) if self.status.is_some() => {
+                self.status(&req, terminal).await
+            }
+            (Method::GET, render::CSS) if self.status.is_some() => {
+                Page::shown(asset("text/css; charset=utf-8", render::STYLESHEET))
+            }
+            (Method::GET, render::JS) if self.status.is_some() => {
+                Page::shown(asset("text/javascript; charset=utf-8", render::SCRIPT))
+            }
             (Method::GET, LOGIN) => Page::shown(page(
                 StatusCode::OK,
                 &terminal.name,
@@ -230,6 +271,55 @@ impl Pages {
                 "not found\n",
             )),
         }
+    }
+
+    /// The status page or its JSON, with the operator's sections for a signed-in operator.
+    async fn status(&self, req: &Request<http1::Body>, terminal: &Terminal) -> Page {
+        let Some(sources) = self.status.clone() else {
+            return Page::shown(reply(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found\n",
+            ));
+        };
+        let user = session_cookie(req.headers())
+            .and_then(|token| self.people.session(token, terminal))
+            .and_then(|person| person.user);
+        let operator = sources.is_operator(user.as_deref());
+        let lang = Lang::choose(
+            req.uri().query(),
+            req.headers()
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let json = req.uri().path() == render::JSON;
+        let Ok(report) = tokio::task::spawn_blocking(move || sources.collect(operator)).await else {
+            return Page::shown(reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain; charset=utf-8",
+                "the status could not be gathered\n",
+            ));
+        };
+        let mut response = match json {
+            true => reply(StatusCode::OK, "application/json", report.json()),
+            false => reply(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                render::page(&report, lang),
+            ),
+        };
+        let h = response.headers_mut();
+        secure(h);
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Language, Cookie"));
+        let recorded = user.map(|user| Recorded {
+            decision: Decision::Allow,
+            reason: match operator {
+                true => "status page with the operator's sections".to_owned(),
+                false => "status page without the operator's sections: not in [status] operators".to_owned(),
+            },
+            user: Some(user),
+        });
+        Page { response, recorded }
     }
 
     async fn sign_in(&self, req: Request<http1::Body>, terminal: &Terminal) -> Page {
@@ -339,6 +429,7 @@ mod tests {
         let pages = Pages {
             people: c.people.clone(),
             metrics: Arc::new(Metrics::default()),
+            status: None,
         };
         let terminal = c.admitted("reception-1").terminal;
         let form = pages

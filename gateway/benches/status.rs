@@ -1,0 +1,71 @@
+//! The status page's cost when someone looks: rendering the HTML (staff's and the operator's
+//! page) and the JSON from a report with a full set of outages, terminals and certificates.
+//! Gathering the report is SQLite reads of the journal and the history; `bench/status.sh`
+//! measures the whole answer through the gateway.
+//!
+//! `cargo bench -p kakehashi-gateway --bench status`.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use kakehashi_gateway::status::{Expiring, Lang, Operator, Outage, Report, TerminalState, render};
+
+fn report(operator: bool) -> Report {
+    Report {
+        mode: "emergency".into(),
+        since: "2026-12-04T12:00:00Z".into(),
+        journal_pending: 42,
+        journal_oldest: Some("2026-12-04T12:00:01Z".into()),
+        journal_quarantined: 1,
+        last_contact: Some("2026-12-04T11:59:59Z".into()),
+        availability_24h: Some(0.9931),
+        availability_7d: Some(0.9990),
+        outages: (0..5)
+            .map(|i| Outage {
+                started: format!("2026-12-0{}T09:00:00Z", i + 1),
+                ended: (i > 0).then(|| format!("2026-12-0{}T09:05:00Z", i + 1)),
+                reason: "cloud down: no answer within 1.2s".into(),
+            })
+            .collect(),
+        generated: "2026-12-04T12:00:05Z".into(),
+        operator: operator.then(|| Operator {
+            terminals: (0..30)
+                .map(|i| TerminalState {
+                    name: format!("reception-{i}"),
+                    enabled: i % 7 != 0,
+                    doors: if i % 2 == 0 { "tls" } else { "tls+wireguard" }.into(),
+                })
+                .collect(),
+            expiring: vec![Expiring {
+                what: "server".into(),
+                subject: "CN=engine.demo-clinic.test".into(),
+                not_after: "2026-12-14T00:00:00Z".into(),
+                days_left: 9,
+            }],
+            crl_next_update: Some("2026-12-11T00:00:00Z".into()),
+            crl_stale: false,
+            audit_chain: "ok".into(),
+            disk_free_bytes: Some(40 << 30),
+            version: "0.1.0".into(),
+        }),
+    }
+}
+
+fn status(c: &mut Criterion) {
+    let staff = report(false);
+    let operator = report(true);
+    eprintln!(
+        "page weight: staff {} bytes, operator (30 terminals) {} bytes, JSON {} bytes",
+        render::page(&staff, Lang::Ja).len(),
+        render::page(&operator, Lang::Ja).len(),
+        operator.json().len()
+    );
+    c.bench_function("status html (staff)", |b| {
+        b.iter(|| render::page(&staff, Lang::Ja))
+    });
+    c.bench_function("status html (operator, 30 terminals)", |b| {
+        b.iter(|| render::page(&operator, Lang::Ja))
+    });
+    c.bench_function("status json (operator)", |b| b.iter(|| operator.json()));
+}
+
+criterion_group!(benches, status);
+criterion_main!(benches);

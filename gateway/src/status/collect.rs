@@ -1,0 +1,148 @@
+//! The report's data, gathered on request from what the gateway already keeps.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use engine_proxy::health::Health;
+use engine_proxy::history::History;
+use engine_proxy::journal::Journal;
+
+use crate::audit::AuditLog;
+use crate::doors::live::Live;
+use crate::status::{Expiring, Operator, Outage, Report, TerminalState};
+
+/// How far ahead an expiring certificate is shown.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86400);
+/// How many outages the page lists.
+const OUTAGES_SHOWN: usize = 5;
+
+/// Where the report comes from: shared parts of the running gateway, read only.
+pub struct Sources {
+    pub health: Arc<Health>,
+    /// The journal, when the local engine is the appliance's own.
+    pub journal: Option<Arc<Journal>>,
+    pub history: Option<Arc<History>>,
+    pub live: Arc<Live>,
+    pub audit: AuditLog,
+    /// Who sees the operator's sections once signed in (`[status] operators`).
+    pub operators: Vec<String>,
+    pub data_dir: PathBuf,
+    /// The certificates the gateway uses, by role: checked for their expiry.
+    pub certificates: Vec<(&'static str, PathBuf)>,
+}
+
+impl Sources {
+    /// Whether this person (a signed-in ID) sees the operator's sections.
+    pub fn is_operator(&self, user: Option<&str>) -> bool {
+        user.is_some_and(|u| self.operators.iter().any(|o| o == u))
+    }
+
+    /// The report now; with the operator's sections when `operator`. Reads SQLite and files:
+    /// call it off the async threads (`spawn_blocking`).
+    pub fn collect(&self, operator: bool) -> Report {
+        let now = unix(SystemTime::now());
+        let health = &self.health;
+        let (pending, oldest, quarantined) = match &self.journal {
+            Some(journal) => (
+                journal.pending(),
+                journal
+                    .oldest_pending()
+                    .ok()
+                    .flatten()
+                    .map(|e| rfc3339(e.created)),
+                journal.quarantined().unwrap_or(0),
+            ),
+            None => (health.backlog(), None, 0),
+        };
+        let (day, week, outages) = match &self.history {
+            Some(h) => (
+                h.availability(Duration::from_secs(86400), now).ok().flatten(),
+                h.availability(Duration::from_secs(7 * 86400), now).ok().flatten(),
+                h.recent(OUTAGES_SHOWN).unwrap_or_default(),
+            ),
+            None => (None, None, Vec::new()),
+        };
+        Report {
+            mode: health.mode().as_str().to_owned(),
+            since: rfc3339(unix(health.since())),
+            journal_pending: pending,
+            journal_oldest: oldest,
+            journal_quarantined: quarantined,
+            last_contact: health.last_contact().map(|t| rfc3339(unix(t))),
+            availability_24h: day,
+            availability_7d: week,
+            outages: outages
+                .into_iter()
+                .map(|o| Outage {
+                    started: rfc3339(o.started),
+                    ended: o.ended.map(rfc3339),
+                    reason: o.reason,
+                })
+                .collect(),
+            generated: rfc3339(now),
+            operator: operator.then(|| self.operator(now)),
+        }
+    }
+
+    fn operator(&self, now: i64) -> Operator {
+        let snapshot = self.live.now();
+        let terminals = snapshot
+            .inventory()
+            .iter()
+            .map(|r| TerminalState {
+                name: r.name.clone(),
+                enabled: r.enabled,
+                doors: if r.wireguard.is_some() {
+                    "tls+wireguard"
+                } else {
+                    "tls"
+                }
+                .to_owned(),
+            })
+            .collect();
+        let expiring = self
+            .certificates
+            .iter()
+            .filter_map(|(what, path)| expiring(what, path, now))
+            .collect();
+        Operator {
+            terminals,
+            expiring,
+            crl_next_update: snapshot.crl_next_update.map(|t| rfc3339(t.unix_timestamp())),
+            crl_stale: snapshot.crl_stale().is_some(),
+            audit_chain: if self.audit.is_failing() { "failing" } else { "ok" }.to_owned(),
+            disk_free_bytes: rustix::fs::statvfs(&self.data_dir)
+                .ok()
+                .map(|s| s.f_bavail.saturating_mul(s.f_frsize)),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+/// The certificate at `path` (its first, in a chain), if it ends within [`EXPIRY_WARNING`].
+fn expiring(what: &str, path: &std::path::Path, now: i64) -> Option<Expiring> {
+    let pem = std::fs::read(path).ok()?;
+    let block = x509_parser::pem::Pem::iter_from_buffer(&pem).next()?.ok()?;
+    let cert = block.parse_x509().ok()?;
+    let not_after = cert.validity().not_after.timestamp();
+    let left = not_after - now;
+    (left <= EXPIRY_WARNING.as_secs() as i64).then(|| Expiring {
+        what: what.to_owned(),
+        subject: cert.subject().to_string(),
+        not_after: rfc3339(not_after),
+        days_left: left.div_euclid(86400),
+    })
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Unix seconds as RFC 3339 (UTC).
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}

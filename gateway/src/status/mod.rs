@@ -1,0 +1,147 @@
+//! The status page: one glance says whether the cloud is reachable, what is waiting and what
+//! needs attention (`/kakehashi/status` on the api listeners, `/status.json` on the admin
+//! listener, `kakehashi status`).
+//!
+//! [`collect`] gathers a [`Report`] from what the gateway already keeps (the health, the
+//! journal, the outage history, the live snapshot, the audit log), on request only: nothing on
+//! the proxy path works for a page nobody looks at. [`render`] turns it into HTML (maud
+//! templates, Japanese first) and the page's stylesheet and script; JSON is the same report
+//! through serde. The stage that serves it, behind the same door, admission and audit as every
+//! request, is `crate::pipeline::pages`.
+
+pub mod collect;
+pub mod render;
+
+use serde::{Deserialize, Serialize};
+
+pub use collect::Sources;
+
+/// What the page shows, and the JSON's shape. Times are RFC 3339 in UTC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// `normal`, `emergency` or `recovery`: the hybrid state (`X-Hybridmode`).
+    pub mode: String,
+    /// When the current state began (or the gateway started).
+    pub since: String,
+    /// Writes accepted while the cloud was down, not yet handed back.
+    pub journal_pending: u64,
+    /// When the oldest of them was accepted.
+    pub journal_oldest: Option<String>,
+    /// Writes the cloud refused: an operator decides (`kakehashi journal`).
+    pub journal_quarantined: u64,
+    /// The last time the cloud answered anything, a probe or a call.
+    pub last_contact: Option<String>,
+    /// The share of time the cloud was up, 0 to 1; `null` until the record is a minute old.
+    pub availability_24h: Option<f64>,
+    pub availability_7d: Option<f64>,
+    /// The last outages, the latest first.
+    pub outages: Vec<Outage>,
+    /// When this report was made.
+    pub generated: String,
+    /// The operator's sections: only for a signed-in operator, and on the admin listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<Operator>,
+}
+
+/// One outage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outage {
+    pub started: String,
+    /// `null` while it lasts.
+    pub ended: Option<String>,
+    pub reason: String,
+}
+
+/// What the vendor's first questions on a support call are about.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Operator {
+    pub terminals: Vec<TerminalState>,
+    /// Certificates the gateway uses that expire within 30 days (or have).
+    pub expiring: Vec<Expiring>,
+    /// When the loaded CRL's next update is due, and whether it is past.
+    pub crl_next_update: Option<String>,
+    pub crl_stale: bool,
+    /// `ok`, or `failing` when the audit log cannot be written.
+    pub audit_chain: String,
+    /// Free space for the data directory, in bytes.
+    pub disk_free_bytes: Option<u64>,
+    pub version: String,
+}
+
+/// A registered terminal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TerminalState {
+    pub name: String,
+    pub enabled: bool,
+    /// `tls`, or `tls+wireguard` when it also has a WireGuard key.
+    pub doors: String,
+}
+
+/// A certificate close to its end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Expiring {
+    /// `server`, `uplink`, `clinic CA`.
+    pub what: String,
+    pub subject: String,
+    pub not_after: String,
+    /// Negative once expired.
+    pub days_left: i64,
+}
+
+impl Report {
+    /// The JSON the page's URL and the admin listener answer.
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// The page's language: Japanese unless the browser prefers English or the page is asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Ja,
+    En,
+}
+
+impl Lang {
+    /// `?lang=en|ja` first, then the first language of `Accept-Language`.
+    pub fn choose(query: Option<&str>, accept_language: Option<&str>) -> Lang {
+        let asked = query.and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "lang")
+                .map(|(_, v)| v.into_owned())
+        });
+        match asked.as_deref() {
+            Some("en") => return Lang::En,
+            Some("ja") => return Lang::Ja,
+            _ => {}
+        }
+        let first = accept_language
+            .and_then(|a| a.split(',').next())
+            .map(|t| t.trim().to_ascii_lowercase());
+        match first {
+            Some(t) if t.starts_with("en") => Lang::En,
+            _ => Lang::Ja,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Ja => "ja",
+            Lang::En => "en",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn japanese_first_english_when_asked_or_preferred() {
+        assert_eq!(Lang::choose(None, None), Lang::Ja);
+        assert_eq!(Lang::choose(None, Some("en-US,en;q=0.9,ja;q=0.8")), Lang::En);
+        assert_eq!(Lang::choose(None, Some("ja,en;q=0.5")), Lang::Ja);
+        assert_eq!(Lang::choose(Some("lang=en"), Some("ja")), Lang::En);
+        assert_eq!(Lang::choose(Some("lang=ja"), Some("en")), Lang::Ja);
+    }
+}
