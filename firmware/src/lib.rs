@@ -86,7 +86,10 @@ pub enum Error {
 
 impl Error {
     /// An I/O error naming what was being done and to which file.
-    pub fn io<'a>(what: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    pub fn io<'a>(
+        what: &'static str,
+        path: &'a std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Error + 'a {
         move |source| Error::Io {
             what,
             path: path.to_owned(),

@@ -44,6 +44,8 @@ enum Command {
     Audit(cli::audit::AuditArgs),
     /// The write journal of cloud outages: list, show, retry or discard what waits or was refused
     Journal(cli::journal::JournalArgs),
+    /// Signed appliance updates: A/B slots, install, health-checked commit, rollback
+    Firmware(cli::firmware::FirmwareArgs),
     /// Set up a demo clinic in a directory and show what to try with it
     #[cfg(feature = "demo")]
     Demo(cli::demo::DemoArgs),
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::User(args) => exit(cli::user::run(args)),
         Command::Audit(args) => exit(cli::audit::run(args)),
         Command::Journal(args) => exit(cli::journal::run(args)),
+        Command::Firmware(args) => exit(cli::firmware::run(args)),
         #[cfg(feature = "demo")]
         Command::EngineSim(args) => run_async(engine_sim::run(args)),
     }
