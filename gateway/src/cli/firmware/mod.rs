@@ -328,10 +328,12 @@ fn install_inner(appliance: &Appliance, path: &Path) -> Result<String> {
     let pinned = firmware::key::parse_public(&pinned_text)?;
     // Signature, key, board and versions before anything is written (even the slots' set-up).
     let opened = image::open(path, &pinned)?;
-    let env = appliance.slots()?;
-    let running = appliance
-        .version_of(env.committed)?
-        .ok_or_else(|| FirmwareCliError::Message(format!("slot {} has no slot.json", env.committed)))?;
+    let running = match appliance.files.read()? {
+        Some(env) => appliance
+            .version_of(env.committed)?
+            .ok_or_else(|| FirmwareCliError::Message(format!("slot {} has no slot.json", env.committed)))?,
+        None => env!("CARGO_PKG_VERSION").parse()?,
+    };
     let floor = appliance.floor().read()?;
     let checks = image::Appliance {
         board: &appliance.firmware.board,
@@ -339,6 +341,7 @@ fn install_inner(appliance: &Appliance, path: &Path) -> Result<String> {
         running: &running,
     };
     image::check(&opened.manifest, &checks)?;
+    appliance.slots()?;
     let installed = firmware::install::install(
         opened,
         &checks,
