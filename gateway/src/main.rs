@@ -47,6 +47,8 @@ enum Command {
     /// The clinic's state at a glance, from the running gateway: cloud, journal, outages,
     /// certificates (the status page's report)
     Status(cli::status::StatusArgs),
+    /// Signed appliance updates: A/B slots, install, health-checked commit, rollback
+    Firmware(cli::firmware::FirmwareArgs),
     /// Set up a demo clinic in a directory and show what to try with it
     #[cfg(feature = "demo")]
     Demo(cli::demo::DemoArgs),
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => exit(cli::audit::run(args)),
         Command::Journal(args) => exit(cli::journal::run(args)),
         Command::Status(args) => exit(cli::status::run(args)),
+        Command::Firmware(args) => exit(cli::firmware::run(args)),
         #[cfg(feature = "demo")]
         Command::EngineSim(args) => run_async(engine_sim::run(args)),
     }

@@ -13,6 +13,7 @@ mod e2e {
     mod engine_sim;
     mod est;
     mod failover;
+    mod firmware;
     mod gateway;
     mod guide;
     mod inventory;

@@ -213,6 +213,12 @@ fn create(dir: &Path, args: &DemoArgs) -> Result<()> {
         format!("https://{}{}\n", args.est_listen, crate::est::PREFIX).as_bytes(),
         files::PUBLIC,
     )?;
+    // The demo vendor's firmware signing key (unencrypted in the demo only) and the public key
+    // the appliance pins: `kakehashi firmware build --key firmware.key` makes images it installs.
+    let (firmware_key, firmware_pub) =
+        ::firmware::key::generate().map_err(|e| Error::Refused(format!("the demo firmware key: {e}")))?;
+    files::write_atomic(&dir.join("firmware.key"), firmware_key.as_bytes(), files::SECRET)?;
+    files::write_atomic(&dir.join("firmware.pub"), firmware_pub.as_bytes(), files::PUBLIC)?;
     // Last: gateway.toml marks a complete demo clinic.
     files::write_atomic(
         &dir.join("gateway.toml"),
@@ -351,6 +357,11 @@ lockout_window_secs = 900
 
 [admin]
 address = "{admin}"           # Prometheus metrics at /metrics
+
+[firmware]                    # signed updates (docs/firmware.md); firmware.key signs the demo's images
+public_key = "firmware.pub"   # the vendor's firmware key this appliance pins
+slots_dir = "slots"           # slots a/ and b/, the current symlink, state.json
+settle_secs = 30              # a new version commits itself once every health check passes in this time
 "#,
         listen = args.listen,
         engine = args.engine_listen,

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod demo;
+pub mod firmware;
 pub mod gateway;
 pub mod journal;
 pub mod status;
@@ -20,7 +21,7 @@ pub mod user;
 use crate::store::{Result, StoreError};
 
 /// Pretty JSON for `--json` listings.
-fn to_json(value: &impl serde::Serialize) -> Result<String> {
+pub(crate) fn to_json(value: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string_pretty(value).map_err(|e| StoreError::Invalid(format!("JSON output: {e}")))
 }
 

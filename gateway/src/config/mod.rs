@@ -9,6 +9,7 @@ mod auth;
 mod authorize;
 mod est;
 mod failover;
+mod firmware;
 mod limits;
 mod listener;
 pub mod locate;
@@ -26,6 +27,7 @@ pub use auth::Auth;
 pub use authorize::{Authorize, UnknownCalls};
 pub use est::Est;
 pub use failover::{Failover, RouteRule};
+pub use firmware::Firmware;
 pub use limits::Limits;
 pub use listener::{Listener, ListenerKind};
 pub use status::Status;
@@ -78,6 +80,9 @@ pub struct Config {
     /// The status page: who sees the operator's sections.
     #[serde(default)]
     pub status: Status,
+    /// Signed appliance updates; absent, `kakehashi firmware` refuses to run.
+    #[serde(default)]
+    pub firmware: Option<Firmware>,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -143,6 +148,13 @@ impl Config {
             }
         }
         let data_dir = self.data_dir.clone();
+        if let Some(fw) = &mut self.firmware {
+            rel(&mut fw.public_key);
+            match &mut fw.slots_dir {
+                Some(dir) => rel(dir),
+                None => fw.slots_dir = Some(data_dir.join("slots")),
+            }
+        }
         let first_api = self
             .listeners
             .iter()
@@ -199,6 +211,7 @@ impl Config {
         self.check_est()?;
         self.check_auth()?;
         self.check_limits()?;
+        self.check_firmware()?;
         Ok(())
     }
 }

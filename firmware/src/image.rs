@@ -1,0 +1,244 @@
+//! The image file: a magic line, the signed manifest, then the payload.
+//!
+//! ```text
+//! KAKEHASHI-FIRMWARE/1\n
+//! u32 big-endian length, then that many bytes of JSON: {"manifest": TEXT, "key": B64, "signature": B64}
+//! the payload, exactly manifest.payload.size bytes
+//! ```
+//! `key` is the signer's uncompressed P-256 point and `signature` its ECDSA (ASN.1 DER) signature
+//! over [`CONTEXT`] and the manifest text. The manifest is read, and the signature, key, board
+//! and versions checked, before the installer reads a byte of the payload.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, EcdsaKeyPair, KeyPair as _, UnparsedPublicKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+
+use crate::key::fingerprint;
+use crate::manifest::{CONTEXT, FORMAT, Manifest, PAYLOAD_NAME, Payload};
+use crate::{Error, Result, Version, atomic};
+
+/// How an image begins.
+pub const MAGIC: &str = "KAKEHASHI-FIRMWARE/1\n";
+/// The largest signed header accepted (a 1 GiB payload in 4 KiB chunks needs about 17 MiB).
+const MAX_HEADER: u32 = 32 << 20;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    manifest: String,
+    key: String,
+    signature: String,
+}
+
+/// What `firmware build` is asked for.
+pub struct BuildRequest<'a> {
+    pub binary: &'a Path,
+    pub out: &'a Path,
+    pub version: Version,
+    pub board: String,
+    pub min_from: Option<Version>,
+    pub chunk_size: u32,
+    pub created: u64,
+}
+
+/// Builds an image from `binary`, signed with `key`: reads the binary twice (hashes, then copy),
+/// writes `out` under a temporary name and renames it into place.
+pub fn build(request: &BuildRequest<'_>, key: &EcdsaKeyPair) -> Result<Manifest> {
+    let chunk = request.chunk_size as usize;
+    let mut source = File::open(request.binary).map_err(Error::io("cannot open", request.binary))?;
+    let mut chunks = Vec::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = read_full(&mut source, &mut buf).map_err(Error::io("cannot read", request.binary))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        chunks.push(hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &buf[..n],
+        )));
+        if n < chunk {
+            break;
+        }
+    }
+    let manifest = Manifest {
+        format: FORMAT,
+        version: request.version.to_string(),
+        board: request.board.clone(),
+        min_from: request.min_from.as_ref().map(Version::to_string),
+        created: request.created,
+        payload: Payload {
+            name: PAYLOAD_NAME.into(),
+            size,
+            chunk_size: request.chunk_size,
+            chunks,
+        },
+    };
+    manifest.check()?;
+    let text = serde_json::to_string(&manifest).map_err(|e| Error::Malformed(e.to_string()))?;
+    let mut message = CONTEXT.to_vec();
+    message.extend_from_slice(text.as_bytes());
+    let signature = key
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), &message)
+        .map_err(|_| Error::Key("signing failed".into()))?;
+    let envelope = Envelope {
+        manifest: text,
+        key: STANDARD.encode(key.public_key().as_ref()),
+        signature: STANDARD.encode(signature.as_ref()),
+    };
+    let header = serde_json::to_vec(&envelope).map_err(|e| Error::Malformed(e.to_string()))?;
+    let header_len = u32::try_from(header.len()).map_err(|_| Error::Malformed("header too large".into()))?;
+
+    let temp = atomic::temp_name(request.out);
+    let mut out = std::io::BufWriter::new(File::create(&temp).map_err(Error::io("cannot create", &temp))?);
+    let write = |out: &mut std::io::BufWriter<File>, bytes: &[u8]| {
+        out.write_all(bytes).map_err(Error::io("cannot write", &temp))
+    };
+    write(&mut out, MAGIC.as_bytes())?;
+    write(&mut out, &header_len.to_be_bytes())?;
+    write(&mut out, &header)?;
+    let mut source = File::open(request.binary).map_err(Error::io("cannot open", request.binary))?;
+    let copied = std::io::copy(&mut (&mut source).take(size), &mut out)
+        .map_err(Error::io("cannot copy", request.binary))?;
+    if copied != size {
+        return Err(Error::Refused(format!(
+            "{} changed while the image was being built",
+            request.binary.display()
+        )));
+    }
+    let file = out.into_inner().map_err(|e| Error::Io {
+        what: "cannot write",
+        path: temp.clone(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(Error::io("cannot sync", &temp))?;
+    std::fs::rename(&temp, request.out).map_err(Error::io("cannot rename into place", request.out))?;
+    atomic::sync_parent(request.out)?;
+    Ok(manifest)
+}
+
+/// An image whose signature verified against the pinned key; the payload not read yet.
+pub struct Opened {
+    pub manifest: Manifest,
+    /// The signer's [`fingerprint`].
+    pub key: String,
+    pub path: PathBuf,
+    /// Positioned at the payload's first byte.
+    pub payload: BufReader<File>,
+}
+
+/// Opens an image and verifies its manifest's signature against `pinned` (an uncompressed P-256
+/// point); reads nothing of the payload.
+pub fn open(path: &Path, pinned: &[u8]) -> Result<Opened> {
+    let file = File::open(path).map_err(Error::io("cannot open image", path))?;
+    let mut reader = BufReader::new(file);
+    let mut magic = [0u8; MAGIC.len()];
+    let n = read_full(&mut reader, &mut magic).map_err(Error::io("cannot read image", path))?;
+    if n < MAGIC.len() || magic != MAGIC.as_bytes() {
+        return Err(Error::NotAnImage {
+            expected: MAGIC.trim_end(),
+        });
+    }
+    let mut len = [0u8; 4];
+    if read_full(&mut reader, &mut len).map_err(Error::io("cannot read image", path))? < 4 {
+        return Err(Error::Truncated("it ends before the manifest".into()));
+    }
+    let len = u32::from_be_bytes(len);
+    if len > MAX_HEADER {
+        return Err(Error::Malformed(format!(
+            "a signed manifest of {len} bytes (at most {MAX_HEADER})"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    if read_full(&mut reader, &mut header).map_err(Error::io("cannot read image", path))? < header.len() {
+        return Err(Error::Truncated("it ends inside the manifest".into()));
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(&header).map_err(|e| Error::Malformed(format!("the signed manifest: {e}")))?;
+    let key = STANDARD
+        .decode(&envelope.key)
+        .map_err(|e| Error::Malformed(format!("the signer's key: {e}")))?;
+    let signature = STANDARD
+        .decode(&envelope.signature)
+        .map_err(|e| Error::Malformed(format!("the signature: {e}")))?;
+    let mut message = CONTEXT.to_vec();
+    message.extend_from_slice(envelope.manifest.as_bytes());
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &key)
+        .verify(&message, &signature)
+        .map_err(|_| Error::BadSignature)?;
+    if key != pinned {
+        return Err(Error::OtherKey {
+            found: fingerprint(&key),
+            pinned: fingerprint(pinned),
+        });
+    }
+    let manifest: Manifest = serde_json::from_str(&envelope.manifest)
+        .map_err(|e| Error::Malformed(format!("the manifest: {e}")))?;
+    manifest.check()?;
+    Ok(Opened {
+        manifest,
+        key: fingerprint(&key),
+        path: path.to_owned(),
+        payload: reader,
+    })
+}
+
+/// What the appliance is, for [`check`].
+pub struct Appliance<'a> {
+    pub board: &'a str,
+    /// The version floor, if one was ever set.
+    pub floor: Option<&'a Version>,
+    /// The version the appliance runs now (its committed slot).
+    pub running: &'a Version,
+}
+
+/// The checks after the signature: the board, the version floor, the version it updates from.
+pub fn check(manifest: &Manifest, appliance: &Appliance<'_>) -> Result<()> {
+    if manifest.board != appliance.board {
+        return Err(Error::OtherBoard {
+            image: manifest.board.clone(),
+            ours: appliance.board.to_owned(),
+        });
+    }
+    let version = manifest.version()?;
+    let floor = appliance
+        .floor
+        .unwrap_or(appliance.running)
+        .max(appliance.running);
+    if version <= *floor {
+        return Err(Error::BelowFloor {
+            image: version,
+            floor: floor.clone(),
+        });
+    }
+    if let Some(min_from) = manifest.min_from()?
+        && *appliance.running < min_from
+    {
+        return Err(Error::TooOld {
+            min_from,
+            running: appliance.running.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the input ends; the number of bytes read.
+pub fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
