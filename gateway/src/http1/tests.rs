@@ -406,3 +406,38 @@ async fn an_upgrade_hands_over_the_stream_with_the_bytes_already_read() {
     );
     assert!(!got.contains("content-length"), "{got}");
 }
+
+/// Found by the `h1_differential` fuzz target: the URI parser drops a fragment, so the stages saw
+/// `/a` for a request that named `/a#b`; RFC 9112 has no fragment in a request target.
+#[test]
+fn a_fragment_in_the_target_is_refused() {
+    for text in [
+        "GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /api01rv2/patientgetv2?id=1#x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://x/a#/orca11 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let (status, why) = refused(text);
+        assert_eq!(status, Some(StatusCode::BAD_REQUEST), "{text:?}");
+        assert!(why.contains("fragment"), "{text:?}: {why}");
+    }
+}
+
+/// Found by the `h1_differential` fuzz target: an absolute-form target of any scheme was taken,
+/// and its authority went on to the stages beside the Host header.
+#[test]
+fn an_absolute_form_target_is_an_http_url_and_only_its_path_goes_on() {
+    let h = head("GET https://engine:443/api01rv2/x?y=1 HTTP/1.1\r\nHost: engine\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.request.uri(), "/api01rv2/x?y=1");
+    assert!(h.request.uri().authority().is_none());
+    for text in [
+        "GET foo://engine/api01rv2/x HTTP/1.1\r\nHost: engine\r\n\r\n",
+        "GET file:///etc/passwd HTTP/1.1\r\nHost: engine\r\n\r\n",
+        "GET engine:443 HTTP/1.1\r\nHost: engine\r\n\r\n",
+    ] {
+        let (status, why) = refused(text);
+        assert_eq!(status, Some(StatusCode::BAD_REQUEST), "{text:?}");
+        assert!(why.contains("target"), "{text:?}: {why}");
+    }
+}
