@@ -123,6 +123,13 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
     if path.contains('#') {
         return Err(Rejection::bad("a fragment (#) in the request target"));
     }
+    // Nor anything but visible ASCII (RFC 3986): the URI parser takes raw UTF-8, which a server
+    // behind the gateway may read differently from the rules.
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Rejection::bad(
+            "a request target with characters other than visible ASCII (percent-encode them)",
+        ));
+    }
     let target = offset(path.as_bytes());
     let mut named = Vec::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
@@ -178,7 +185,8 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
 }
 
 /// The target in origin form (`/path?query`): an absolute-form target (RFC 9112 §3.2.2) must be
-/// an `http` or `https` URL, and only its path and query go on, so that no stage sees an
+/// an `http` or `https` URL without user information (RFC 9110 §4.2.4), and only its path and
+/// query go on, so that no stage sees an
 /// authority the client chose beside its Host header.
 fn origin_form(uri: Uri) -> Result<Uri, Rejection> {
     let not_a_target = || Rejection::bad("the request target must be a path (origin form) or an http(s) URL");
@@ -189,7 +197,7 @@ fn origin_form(uri: Uri) -> Result<Uri, Rejection> {
         None if uri.authority().is_none() => Ok(uri),
         Some(scheme)
             if (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
-                && uri.authority().is_some() =>
+                && uri.authority().is_some_and(|a| !a.as_str().contains('@')) =>
         {
             Ok(Uri::from(path.clone()))
         }

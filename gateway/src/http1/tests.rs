@@ -422,6 +422,16 @@ fn a_fragment_in_the_target_is_refused() {
     }
 }
 
+/// Found by the `h1_differential` fuzz target: raw UTF-8 in the target went on to the stages, where
+/// RFC 3986 has only ASCII (anything else percent-encoded).
+#[test]
+fn a_target_is_visible_ascii() {
+    let (status, why) = refused("GET /api01rv2\u{20f}atientgetv2?id=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, Some(StatusCode::BAD_REQUEST));
+    assert!(why.contains("visible ASCII"), "{why}");
+    assert!(head("GET /api01rv2/x?name=%E6%97%A5 HTTP/1.1\r\nHost: x\r\n\r\n").is_ok());
+}
+
 /// Found by the `h1_differential` fuzz target: an absolute-form target of any scheme was taken,
 /// and its authority went on to the stages beside the Host header.
 #[test]
@@ -435,6 +445,7 @@ fn an_absolute_form_target_is_an_http_url_and_only_its_path_goes_on() {
         "GET foo://engine/api01rv2/x HTTP/1.1\r\nHost: engine\r\n\r\n",
         "GET file:///etc/passwd HTTP/1.1\r\nHost: engine\r\n\r\n",
         "GET engine:443 HTTP/1.1\r\nHost: engine\r\n\r\n",
+        "GET http://user@engine/api01rv2/x HTTP/1.1\r\nHost: engine\r\n\r\n",
     ] {
         let (status, why) = refused(text);
         assert_eq!(status, Some(StatusCode::BAD_REQUEST), "{text:?}");
