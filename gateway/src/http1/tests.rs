@@ -407,7 +407,7 @@ async fn an_upgrade_hands_over_the_stream_with_the_bytes_already_read() {
     assert!(!got.contains("content-length"), "{got}");
 }
 
-/// Found by the `h1_differential` fuzz target: the URI parser drops a fragment, so the stages saw
+/// Found by the `h1_differential` target's seed corpus: the URI parser drops a fragment, so the stages saw
 /// `/a` for a request that named `/a#b`; RFC 9112 has no fragment in a request target.
 #[test]
 fn a_fragment_in_the_target_is_refused() {
@@ -432,7 +432,7 @@ fn a_target_is_visible_ascii() {
     assert!(head("GET /api01rv2/x?name=%E6%97%A5 HTTP/1.1\r\nHost: x\r\n\r\n").is_ok());
 }
 
-/// Found by the `h1_differential` fuzz target: an absolute-form target of any scheme was taken,
+/// A disagreement with the `h1_differential` reference (found by reading, before the runs): an absolute-form target of any scheme was taken,
 /// and its authority went on to the stages beside the Host header.
 #[test]
 fn an_absolute_form_target_is_an_http_url_and_only_its_path_goes_on() {
@@ -453,7 +453,7 @@ fn an_absolute_form_target_is_an_http_url_and_only_its_path_goes_on() {
     }
 }
 
-/// Found by the `h1_differential` fuzz target: anything after a `;` passed as chunk extensions,
+/// A disagreement with the `h1_differential` reference (found by reading, before the runs): anything after a `;` passed as chunk extensions,
 /// and any line as a trailer field, where RFC 9112 §7.1 has a grammar for both. A server behind
 /// the gateway that reads them differently frames the body differently.
 #[test]
