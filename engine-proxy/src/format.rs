@@ -101,22 +101,35 @@ pub fn is_success(code: &str) -> bool {
 /// `{"<name>res": {"Api_Result": code, "Api_Result_Message": message}}`, where the record is
 /// named after the request's (`acceptreq` → `acceptres`) or, without one, after the call.
 pub fn engine_answer(format: Format, path: &str, request: &[u8], code: &str, message: &str) -> Vec<u8> {
+    // The names come from the terminal (its body, its path): only a plain XML name is used, so
+    // that the answer is well-formed in either format.
     let root = parse(format, request)
         .ok()
         .and_then(|m| {
             m.keys()
                 .find_map(|k| k.strip_suffix("req").map(|r| format!("{r}res")))
         })
-        .unwrap_or_else(|| {
-            let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("api");
-            format!("{name}res")
-        });
+        .filter(|name| is_plain_name(name))
+        .or_else(|| {
+            let name = path.rsplit('/').find(|s| !s.is_empty())?;
+            Some(format!("{name}res")).filter(|name| is_plain_name(name))
+        })
+        .unwrap_or_else(|| "apires".to_owned());
     let mut record = Map::new();
     record.insert("Api_Result".into(), Value::String(code.into()));
     record.insert("Api_Result_Message".into(), Value::String(message.into()));
     let mut top = Map::new();
     top.insert(root, Value::Object(record));
     render(format, &top)
+}
+
+/// An XML name of the engine's kind: ASCII letters, digits, `_`, `-` and `.`, not beginning with
+/// a digit, `-` or `.`.
+fn is_plain_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn write_element(out: &mut String, name: &str, value: &Value) {
@@ -303,6 +316,34 @@ mod tests {
         assert!(String::from_utf8_lossy(&named).contains("acceptres"));
         assert!(is_success("00") && is_success("0000") && is_success("W01"));
         assert!(!is_success("01") && !is_success("") && !is_success("E10"));
+    }
+
+    /// The root element of the gateway's own answer was named after the request's record or the
+    /// path's last segment whatever they held, so a terminal could make the answer malformed XML
+    /// (the property the `engine_body` fuzz target checks).
+    #[test]
+    fn the_answers_root_element_is_a_plain_name() {
+        for (path, body) in [
+            ("/orca11/a\"b", &b""[..]),
+            ("/orca11/x", b"<data><a<b&req type=\"record\"/></data>"),
+            ("/orca11/x", b"<data><a:b\"req type=\"record\"/></data>"),
+            ("/", b""),
+        ] {
+            let xml = String::from_utf8(engine_answer(Format::Xml, path, body, "90", "no")).unwrap();
+            assert_eq!(
+                api_result(Format::Xml, xml.as_bytes()).as_deref(),
+                Some("90"),
+                "{xml}"
+            );
+            let root = xml
+                .split("<xmlio2><")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .unwrap();
+            assert!(is_plain_name(root), "{path} {body:?}: {xml}");
+        }
+        let named = engine_answer(Format::Xml, "/orca11/acceptmodv2", b"", "90", "no");
+        assert!(String::from_utf8_lossy(&named).contains("<acceptmodv2res type=\"record\">"));
     }
 
     #[test]

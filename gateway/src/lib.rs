@@ -20,6 +20,8 @@ pub mod config;
 pub mod daemon;
 pub mod doors;
 pub mod est;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod http1;
 pub mod io;
 pub mod metrics;

@@ -543,7 +543,7 @@ const ISSUING_CRL_DAYS: u32 = 30;
 /// `gateway.toml` for the bundle's settings; every path is relative to the data directory. Every
 /// value from the bundle is written as a TOML string (quoted and escaped), and comments name
 /// only the version, so no setting can add a line of its own.
-fn render_config(p: &Payload) -> String {
+pub(crate) fn render_config(p: &Payload) -> String {
     let q = |v: &str| toml::Value::String(v.to_owned()).to_string();
     let s = &p.settings;
     let wireguard = match &s.wireguard {

@@ -111,7 +111,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Config::from_text(&text, path)
+    }
+
+    /// Parses the text of the configuration file at `path` (which only resolves its paths).
+    pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
@@ -204,6 +209,11 @@ impl Config {
                 return Err(self.invalid(key, format!("cannot read {}: {e}", path.display())));
             }
         }
+        self.check_settings()
+    }
+
+    /// Every check of [`Config::load`] but whether the files it names can be read.
+    pub(crate) fn check_settings(&self) -> Result<(), ConfigError> {
         self.check_listeners()?;
         self.check_upstream()?;
         self.check_failover()?;

@@ -17,7 +17,7 @@
 //! decision goes to the audit log on the route `est`.
 
 pub mod authority;
-mod wire;
+pub(crate) mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

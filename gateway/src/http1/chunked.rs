@@ -44,8 +44,11 @@ pub(super) fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<St
                 let line = &buf[..end];
                 let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
                 let rest = &line[digits..];
-                if digits == 0 || digits > 15 || !(rest.is_empty() || rest.starts_with(b";")) {
+                if digits == 0 || digits > 15 {
                     return Err("malformed chunk size");
+                }
+                if !extensions(rest) {
+                    return Err("malformed chunk extension");
                 }
                 let size = std::str::from_utf8(&line[..digits])
                     .ok()
@@ -84,6 +87,9 @@ pub(super) fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<St
                 let Some(end) = line_end(buf, MAX_TRAILERS - seen, "trailer fields too large")? else {
                     return Ok(Step::More);
                 };
+                if end > 0 && !field_line(&buf[..end]) {
+                    return Err("malformed trailer field");
+                }
                 let _ = buf.split_to(end + 2);
                 *state = if end == 0 {
                     Chunk::Done
@@ -106,4 +112,72 @@ fn line_end(buf: &[u8], max: usize, too_long: &'static str) -> Result<Option<usi
         None if buf.len() >= max => Err(too_long),
         None => Ok(None),
     }
+}
+
+/// RFC 9110 §5.6.2: a token's characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// RFC 9110 §5.5: a field value's characters (VCHAR, obs-text, SP, HTAB).
+fn is_field_char(b: u8) -> bool {
+    b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80
+}
+
+/// The length of the token at the front of `s`.
+fn token(s: &[u8]) -> usize {
+    s.iter().take_while(|&&b| is_tchar(b)).count()
+}
+
+/// RFC 9112 §7.1.1: `*( ";" chunk-ext-name [ "=" chunk-ext-val ] )`, a name a token and a value
+/// a token or a quoted string. The optional white space the grammar allows around `;` and `=`
+/// (for old senders) is refused: a line the gateway and a server behind it could read
+/// differently is not guessed at.
+fn extensions(mut s: &[u8]) -> bool {
+    while let Some(rest) = s.strip_prefix(b";") {
+        let name = token(rest);
+        if name == 0 {
+            return false;
+        }
+        s = &rest[name..];
+        let Some(value) = s.strip_prefix(b"=") else {
+            continue;
+        };
+        let n = match value.strip_prefix(b"\"") {
+            Some(quoted) => match quoted_len(quoted) {
+                Some(n) => n + 1,
+                None => return false,
+            },
+            None => token(value),
+        };
+        if n == 0 {
+            return false;
+        }
+        s = &value[n..];
+    }
+    s.is_empty()
+}
+
+/// RFC 9110 §5.6.4: how long a quoted string is after its opening quote, the closing quote
+/// included; `None` if it does not close or holds a character it may not.
+fn quoted_len(s: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    loop {
+        match *s.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' if s.get(i + 1).is_some_and(|&b| is_field_char(b)) => i += 2,
+            b'\\' => return None,
+            b if is_field_char(b) => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+/// RFC 9112 §7.1.2, RFC 9110 §5: a trailer field line, `field-name ":" field-value`.
+fn field_line(line: &[u8]) -> bool {
+    let name = token(line);
+    name > 0
+        && line[name..]
+            .split_first()
+            .is_some_and(|(&colon, value)| colon == b':' && value.iter().all(|&b| is_field_char(b)))
 }

@@ -118,6 +118,18 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
+    // RFC 9112 §3.2: no fragment in a request target. The URI parser would drop it, and the
+    // stages would see a target other than the one sent.
+    if path.contains('#') {
+        return Err(Rejection::bad("a fragment (#) in the request target"));
+    }
+    // Nor anything but visible ASCII (RFC 3986): the URI parser takes raw UTF-8, which a server
+    // behind the gateway may read differently from the rules.
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Rejection::bad(
+            "a request target with characters other than visible ASCII (percent-encode them)",
+        ));
+    }
     let target = offset(path.as_bytes());
     let mut named = Vec::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
@@ -137,11 +149,7 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
     }
     let uri = Uri::from_maybe_shared(slice(target))
         .map_err(|e| Rejection::bad(format!("malformed target: {e}")))?;
-    if uri.path_and_query().is_none_or(|p| !p.as_str().starts_with('/')) {
-        return Err(Rejection::bad(
-            "the request target must be a path (origin form) or a URL",
-        ));
-    }
+    let uri = origin_form(uri)?;
     let mut headers = HeaderMap::with_capacity(named.len());
     for (name, value) in named {
         let value = HeaderValue::from_maybe_shared(slice(value))
@@ -174,6 +182,27 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
         expect_continue,
         upgrade,
     }))
+}
+
+/// The target in origin form (`/path?query`): an absolute-form target (RFC 9112 §3.2.2) must be
+/// an `http` or `https` URL without user information (RFC 9110 §4.2.4), and only its path and
+/// query go on, so that no stage sees an
+/// authority the client chose beside its Host header.
+fn origin_form(uri: Uri) -> Result<Uri, Rejection> {
+    let not_a_target = || Rejection::bad("the request target must be a path (origin form) or an http(s) URL");
+    let Some(path) = uri.path_and_query().filter(|p| p.as_str().starts_with('/')) else {
+        return Err(not_a_target());
+    };
+    match uri.scheme_str() {
+        None if uri.authority().is_none() => Ok(uri),
+        Some(scheme)
+            if (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && uri.authority().is_some_and(|a| !a.as_str().contains('@')) =>
+        {
+            Ok(Uri::from(path.clone()))
+        }
+        _ => Err(not_a_target()),
+    }
 }
 
 /// Whether a comma-separated header (such as `Connection`) lists `token`.

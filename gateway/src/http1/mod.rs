@@ -20,6 +20,8 @@
 
 mod body;
 mod chunked;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod frames;
 mod framing;
 mod head;
 mod respond;

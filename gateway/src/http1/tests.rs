@@ -406,3 +406,80 @@ async fn an_upgrade_hands_over_the_stream_with_the_bytes_already_read() {
     );
     assert!(!got.contains("content-length"), "{got}");
 }
+
+/// Found by the `h1_differential` target's seed corpus: the URI parser drops a fragment, so the stages saw
+/// `/a` for a request that named `/a#b`; RFC 9112 has no fragment in a request target.
+#[test]
+fn a_fragment_in_the_target_is_refused() {
+    for text in [
+        "GET /a#b HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /api01rv2/patientgetv2?id=1#x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://x/a#/orca11 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let (status, why) = refused(text);
+        assert_eq!(status, Some(StatusCode::BAD_REQUEST), "{text:?}");
+        assert!(why.contains("fragment"), "{text:?}: {why}");
+    }
+}
+
+/// Found by the `h1_differential` fuzz target: raw UTF-8 in the target went on to the stages, where
+/// RFC 3986 has only ASCII (anything else percent-encoded).
+#[test]
+fn a_target_is_visible_ascii() {
+    let (status, why) = refused("GET /api01rv2\u{20f}atientgetv2?id=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, Some(StatusCode::BAD_REQUEST));
+    assert!(why.contains("visible ASCII"), "{why}");
+    assert!(head("GET /api01rv2/x?name=%E6%97%A5 HTTP/1.1\r\nHost: x\r\n\r\n").is_ok());
+}
+
+/// A disagreement with the `h1_differential` reference (found by reading, before the runs): an absolute-form target of any scheme was taken,
+/// and its authority went on to the stages beside the Host header.
+#[test]
+fn an_absolute_form_target_is_an_http_url_and_only_its_path_goes_on() {
+    let h = head("GET https://engine:443/api01rv2/x?y=1 HTTP/1.1\r\nHost: engine\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.request.uri(), "/api01rv2/x?y=1");
+    assert!(h.request.uri().authority().is_none());
+    for text in [
+        "GET foo://engine/api01rv2/x HTTP/1.1\r\nHost: engine\r\n\r\n",
+        "GET file:///etc/passwd HTTP/1.1\r\nHost: engine\r\n\r\n",
+        "GET engine:443 HTTP/1.1\r\nHost: engine\r\n\r\n",
+        "GET http://user@engine/api01rv2/x HTTP/1.1\r\nHost: engine\r\n\r\n",
+    ] {
+        let (status, why) = refused(text);
+        assert_eq!(status, Some(StatusCode::BAD_REQUEST), "{text:?}");
+        assert!(why.contains("target"), "{text:?}: {why}");
+    }
+}
+
+/// A disagreement with the `h1_differential` reference (found by reading, before the runs): anything after a `;` passed as chunk extensions,
+/// and any line as a trailer field, where RFC 9112 §7.1 has a grammar for both. A server behind
+/// the gateway that reads them differently frames the body differently.
+#[test]
+fn chunk_extensions_and_trailer_fields_follow_their_grammar() {
+    for good in [
+        &b"5;a\r\nhello\r\n0\r\n\r\n"[..],
+        b"5;a=b;c=\"q \\\" ;\"\r\nhello\r\n0;z\r\nX-T: v a\r\nY:\r\n\r\n",
+    ] {
+        for step in [1, 3, 100] {
+            let (body, _) = dechunk(good, step).unwrap_or_else(|e| panic!("{good:?}: {e}"));
+            assert_eq!(body, b"hello");
+        }
+    }
+    for bad in [
+        &b"5;\r\nhello\r\n0\r\n\r\n"[..],
+        b"5;=x\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\"open\r\nhello\r\n0\r\n\r\n",
+        b"5;a\x00\r\nhello\r\n0\r\n\r\n",
+        b"5 ;a\r\nhello\r\n0\r\n\r\n",
+        b"5;a b\r\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n0\r\nno colon\r\n\r\n",
+        b"5\r\nhello\r\n0\r\n: no name\r\n\r\n",
+        b"5\r\nhello\r\n0\r\nX: bad\x01value\r\n\r\n",
+        b"5\r\nhello\r\n0\r\nX : v\r\n\r\n",
+    ] {
+        assert!(dechunk(bad, 100).is_err(), "{:?}", String::from_utf8_lossy(bad));
+    }
+}

@@ -1,0 +1,4 @@
+//! The `wireguard` target: see `kakehashi_gateway::fuzzing::wireguard` and docs/fuzzing.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kakehashi_gateway::fuzzing::wireguard(data));
