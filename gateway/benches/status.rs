@@ -1,7 +1,8 @@
 //! The status page's cost when someone looks: rendering the HTML (staff's and the operator's
 //! page) and the JSON from a report with a full set of outages, terminals and certificates.
-//! Gathering the report is SQLite reads of the journal and the history; `bench/status.sh`
-//! measures the whole answer through the gateway.
+//! Gathering the report is SQLite reads of the journal and the history, and for the operator the
+//! audit log's newest entries (measured here on a log of 40,000); `bench/status.sh` measures the
+//! whole answer through the gateway.
 //!
 //! `cargo bench -p kakehashi-gateway --bench status`.
 
@@ -32,6 +33,7 @@ fn report(operator: bool) -> Report {
                     name: format!("reception-{i}"),
                     enabled: i % 7 != 0,
                     doors: if i % 2 == 0 { "tls" } else { "tls+wireguard" }.into(),
+                    last_seen: Some("2026-12-04T11:58:00.123Z".into()),
                 })
                 .collect(),
             expiring: vec![Expiring {
@@ -45,6 +47,15 @@ fn report(operator: bool) -> Report {
             audit_chain: "ok".into(),
             disk_free_bytes: Some(40 << 30),
             version: "0.1.0".into(),
+            recent_refusals: (0..10)
+                .map(|i| kakehashi_gateway::audit::Refusal {
+                    time: format!("2026-12-04T11:5{i}:00.000Z"),
+                    terminal: Some(format!("reception-{i}")),
+                    user: Some("nurse".into()),
+                    request: Some("POST /api21/medicalmodv2?class=01".into()),
+                    reason: "the call needs scope write; the person has reference".into(),
+                })
+                .collect(),
         }),
     }
 }
@@ -67,5 +78,33 @@ fn status(c: &mut Criterion) {
     c.bench_function("status json (operator)", |b| b.iter(|| operator.json()));
 }
 
-criterion_group!(benches, status);
+/// The operator's refusals and last-seen times, read from the newest
+/// [`AUDIT_WINDOW`](kakehashi_gateway::status::collect::AUDIT_WINDOW) entries of a log twice
+/// that long: 30 terminals, one entry in 50 a refusal.
+fn audit_window(c: &mut Criterion) {
+    use kakehashi_gateway::audit::{self, AuditLog, Decision, Entry};
+    use kakehashi_gateway::status::collect::AUDIT_WINDOW;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let log = AuditLog::open(dir.path()).expect("the audit log");
+    for i in 0..2 * AUDIT_WINDOW {
+        let decision = if i % 50 == 0 {
+            Decision::Deny
+        } else {
+            Decision::Allow
+        };
+        log.record_blocking(Entry {
+            terminal: Some(format!("reception-{}", i % 30)),
+            user: Some("nurse".into()),
+            method: Some("GET".into()),
+            path: Some("/api01rv2/patientgetv2?id=1".into()),
+            ..Entry::new(decision, "api", "10.0.0.2:50000", "scope reference")
+        });
+    }
+    log.close_blocking().expect("the audit log closed");
+    c.bench_function("status operator: audit window (20,000 of 40,000)", |b| {
+        b.iter(|| audit::recent(dir.path(), AUDIT_WINDOW, 10).expect("read"))
+    });
+}
+
+criterion_group!(benches, status, audit_window);
 criterion_main!(benches);

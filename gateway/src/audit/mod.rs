@@ -36,7 +36,7 @@ use writer::Writer;
 
 pub use chain::chain_hash;
 pub use entry::{Decision, Entry, Record};
-pub use read::{Broken, VerifyReport, export, parse_since, verify};
+pub use read::{Broken, Recent, Refusal, VerifyReport, export, parse_since, recent, verify};
 
 /// The audit database inside the data directory.
 pub const AUDIT_DB: &str = "audit.db";

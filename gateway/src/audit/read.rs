@@ -144,6 +144,76 @@ pub fn export(
     failed.map_or(Ok(count), Err)
 }
 
+/// What the newest entries of the log say about terminals: the latest refusals, and when each
+/// terminal was last seen. Only the last `window` entries are read, so the answer costs the same
+/// on a log of a hundred entries and of a million (the status page asks on every refresh).
+#[derive(Debug, Default)]
+pub struct Recent {
+    /// The latest refusals, newest first: (time, terminal, user, request, reason).
+    pub refusals: Vec<Refusal>,
+    /// Each terminal's latest entry in the window: (terminal, time).
+    pub last_seen: Vec<(String, String)>,
+}
+
+/// One refusal, as the status page lists it (and its JSON carries it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refusal {
+    pub time: String,
+    pub terminal: Option<String>,
+    pub user: Option<String>,
+    /// `METHOD path`, when the refusal was of a request.
+    pub request: Option<String>,
+    pub reason: String,
+}
+
+/// The last `window` entries' [`Recent`], with at most `refusals` refusals. A missing log has
+/// nothing recent.
+pub fn recent(data_dir: &Path, window: u64, refusals: usize) -> Result<Recent> {
+    let db = data_dir.join(AUDIT_DB);
+    let Some(conn) = open_log(&db)? else {
+        return Ok(Recent::default());
+    };
+    let failed = || StoreError::sqlite(&db, "read the newest audit entries");
+    let first: i64 = conn
+        .query_row("SELECT IFNULL(MAX(id), 0) FROM entries", [], |r| r.get(0))
+        .map_err(failed())?;
+    let first = first.saturating_sub(window.min(i64::MAX as u64) as i64);
+    let refused = conn
+        .prepare(
+            "SELECT time, terminal, user, method, path, reason FROM entries \
+             WHERE id > ?1 AND decision = 'deny' ORDER BY id DESC LIMIT ?2",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![first, refusals as i64], |r| {
+                let method: Option<String> = r.get(3)?;
+                let path: Option<String> = r.get(4)?;
+                Ok(Refusal {
+                    time: r.get(0)?,
+                    terminal: r.get(1)?,
+                    user: r.get(2)?,
+                    request: method.map(|m| format!("{m} {}", path.unwrap_or_default())),
+                    reason: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(failed())?;
+    let last_seen = conn
+        .prepare(
+            "SELECT terminal, MAX(time) FROM entries WHERE id > ?1 AND terminal IS NOT NULL \
+             GROUP BY terminal",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![first], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(failed())?;
+    Ok(Recent {
+        refusals: refused,
+        last_seen,
+    })
+}
+
 /// Reads a `--since` value: an RFC 3339 time (any offset) or a date `YYYY-MM-DD` (midnight UTC),
 /// as the log's own time text, which compares in time order.
 pub fn parse_since(text: &str) -> Result<String> {

@@ -151,7 +151,23 @@ fn text(r: &Report) -> String {
         let _ = writeln!(s, "version:       {}", op.version);
         for t in &op.terminals {
             let state = if t.enabled { "enabled" } else { "disabled" };
-            let _ = writeln!(s, "terminal:      {} ({state}, {})", t.name, t.doors);
+            let seen = t.last_seen.as_deref().unwrap_or("-");
+            let _ = writeln!(
+                s,
+                "terminal:      {} ({state}, {}, last seen {seen})",
+                t.name, t.doors
+            );
+        }
+        for r in &op.recent_refusals {
+            let _ = writeln!(
+                s,
+                "refused:       {} {} {} {}: {}",
+                r.time,
+                r.terminal.as_deref().unwrap_or("-"),
+                r.user.as_deref().unwrap_or("-"),
+                r.request.as_deref().unwrap_or("-"),
+                r.reason
+            );
         }
     }
     s

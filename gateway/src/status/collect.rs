@@ -16,6 +16,11 @@ use crate::status::{Expiring, Operator, Outage, Report, TerminalState};
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86400);
 /// How many outages the page lists.
 const OUTAGES_SHOWN: usize = 5;
+/// How many of the audit log's newest entries the operator's sections read (refusals, when each
+/// terminal was last seen): a bounded cost on every refresh, whatever the log's size.
+pub const AUDIT_WINDOW: u64 = 20_000;
+/// How many refusals the page lists.
+const REFUSALS_SHOWN: usize = 10;
 
 /// Where the report comes from: shared parts of the running gateway, read only.
 pub struct Sources {
@@ -87,10 +92,19 @@ impl Sources {
 
     fn operator(&self, now: i64) -> Operator {
         let snapshot = self.live.now();
+        let recent = crate::audit::recent(&self.data_dir, AUDIT_WINDOW, REFUSALS_SHOWN).unwrap_or_else(|e| {
+            tracing::warn!("the status page shows no recent refusals: {e}");
+            Default::default()
+        });
         let terminals = snapshot
             .inventory()
             .iter()
             .map(|r| TerminalState {
+                last_seen: recent
+                    .last_seen
+                    .iter()
+                    .find(|(name, _)| *name == r.name)
+                    .map(|(_, time)| time.clone()),
                 name: r.name.clone(),
                 enabled: r.enabled,
                 doors: if r.wireguard.is_some() {
@@ -101,11 +115,12 @@ impl Sources {
                 .to_owned(),
             })
             .collect();
-        let expiring = self
+        let mut expiring: Vec<Expiring> = self
             .certificates
             .iter()
             .filter_map(|(what, path)| expiring(what, path, now))
             .collect();
+        expiring.extend(self.pending_tokens(now));
         Operator {
             terminals,
             expiring,
@@ -116,7 +131,36 @@ impl Sources {
                 .ok()
                 .map(|s| s.f_bavail.saturating_mul(s.f_frsize)),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            recent_refusals: recent.refusals,
         }
+    }
+
+    /// Enrollment tokens not yet used that still work: every one ends within 30 days (720 hours
+    /// at most), and a terminal whose token lapses unused cannot enroll.
+    fn pending_tokens(&self, now: i64) -> Vec<Expiring> {
+        let tokens = crate::store::open(&self.data_dir).and_then(|conn| crate::store::tokens::list(&conn));
+        let tokens = tokens.unwrap_or_else(|e| {
+            tracing::warn!("the status page shows no enrollment tokens: {e}");
+            Vec::new()
+        });
+        let now_t =
+            time::OffsetDateTime::from_unix_timestamp(now).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        tokens
+            .into_iter()
+            .filter(|t| t.state(now_t) == "pending")
+            .filter_map(|t| {
+                let ends =
+                    time::OffsetDateTime::parse(&t.expires, &time::format_description::well_known::Rfc3339)
+                        .ok()?;
+                let left = ends.unix_timestamp() - now;
+                (left <= EXPIRY_WARNING.as_secs() as i64).then(|| Expiring {
+                    what: "enrollment token".to_owned(),
+                    subject: t.name,
+                    not_after: rfc3339(ends.unix_timestamp()),
+                    days_left: left.div_euclid(86400),
+                })
+            })
+            .collect()
     }
 }
 

@@ -66,6 +66,9 @@ pub struct Operator {
     /// Free space for the data directory, in bytes.
     pub disk_free_bytes: Option<u64>,
     pub version: String,
+    /// The latest refusals in the audit log (of its newest entries), newest first.
+    #[serde(default)]
+    pub recent_refusals: Vec<crate::audit::Refusal>,
 }
 
 /// A registered terminal.
@@ -75,6 +78,9 @@ pub struct TerminalState {
     pub enabled: bool,
     /// `tls`, or `tls+wireguard` when it also has a WireGuard key.
     pub doors: String,
+    /// Its latest entry among the audit log's newest ([`collect::AUDIT_WINDOW`]).
+    #[serde(default)]
+    pub last_seen: Option<String>,
 }
 
 /// A certificate close to its end.

@@ -205,7 +205,7 @@ fn operator(op: &Operator, lang: Lang) -> Markup {
     html! {
         section id="operator" {
             h2 { (t(lang, "保守担当者向け", "For the operator")) }
-            h3 { (t(lang, "期限が近い証明書（30 日以内）", "Certificates expiring within 30 days")) }
+            h3 { (t(lang, "期限が近い証明書とトークン（30 日以内）", "Certificates and tokens expiring within 30 days")) }
             @if op.expiring.is_empty() {
                 p { (t(lang, "ありません。", "None.")) }
             } @else {
@@ -234,13 +234,33 @@ fn operator(op: &Operator, lang: Lang) -> Markup {
             }
             h3 { (t(lang, "端末", "Terminals")) }
             table {
-                (head(&[t(lang, "名前", "Name"), t(lang, "状態", "State"), t(lang, "接続方式", "Doors")]))
+                (head(&[t(lang, "名前", "Name"), t(lang, "状態", "State"), t(lang, "接続方式", "Doors"), t(lang, "最終利用", "Last seen")]))
                 tbody {
                     @for term in &op.terminals {
                         tr {
                             td { (term.name) }
                             td { (if term.enabled { t(lang, "有効", "enabled") } else { t(lang, "無効", "disabled") }) }
                             td { (term.doors) }
+                            td { (term.last_seen.as_deref().map_or("-".to_owned(), when)) }
+                        }
+                    }
+                }
+            }
+            h3 { (t(lang, "最近の拒否", "Recent refusals")) }
+            @if op.recent_refusals.is_empty() {
+                p { (t(lang, "ありません。", "None.")) }
+            } @else {
+                table id="refusals" {
+                    (head(&[t(lang, "時刻", "Time"), t(lang, "端末", "Terminal"), t(lang, "利用者", "User"), t(lang, "要求", "Request"), t(lang, "理由", "Reason")]))
+                    tbody {
+                        @for r in &op.recent_refusals {
+                            tr {
+                                td { (when(&r.time)) }
+                                td { (r.terminal.as_deref().unwrap_or("-")) }
+                                td { (r.user.as_deref().unwrap_or("-")) }
+                                td { (r.request.as_deref().unwrap_or("-")) }
+                                td { (r.reason) }
+                            }
                         }
                     }
                 }
@@ -283,6 +303,13 @@ mod tests {
                 audit_chain: "ok".into(),
                 disk_free_bytes: Some(1 << 30),
                 version: "0.1.0".into(),
+                recent_refusals: vec![crate::audit::Refusal {
+                    time: "2026-12-04T11:59:00Z".into(),
+                    terminal: Some("reception-1".into()),
+                    user: Some("nurse".into()),
+                    request: Some("POST /api21/medicalmodv2".into()),
+                    reason: "needs scope <write>".into(),
+                }],
             }),
         }
     }
@@ -298,6 +325,8 @@ mod tests {
         assert!(html.contains("Recovering: 3 waiting to be sent"), "{html}");
         assert!(html.contains("id=\"operator\""));
         assert!(html.contains("CN=gw"));
+        assert!(html.contains("POST /api21/medicalmodv2"), "the refusals: {html}");
+        assert!(html.contains("needs scope &lt;write&gt;"), "escaped: {html}");
         assert!(html.len() < 50 * 1024);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::gateway::Clinic;
+use super::gateway::{Clinic, PATIENT};
 use crate::support::*;
 
 const FAST: &str = "\n[failover]\nhealthy_secs = 1\n\n[status]\noperators = [\"reception\"]\n";
@@ -53,7 +53,7 @@ impl Clinic {
 }
 
 /// Replaces the gateway's server certificate with one that ends in ten days.
-fn server_certificate_ending_soon(dir: &tempfile::TempDir) {
+pub(super) fn server_certificate_ending_soon(dir: &tempfile::TempDir) {
     let clinic = dir.path().join("clinic");
     kakehashi(&[
         "cert",
@@ -142,12 +142,47 @@ fn the_status_page_follows_an_outage_and_its_journal_in_japanese_and_english() {
     assert!(v["journal_oldest"].is_string(), "{v}");
     assert!(v["outages"][0]["ended"].is_null(), "an outage in progress: {v}");
 
-    // The operator, signed in, sees the certificate that ends soon; the CLI too.
+    // A refused sign-in, for the operator's list of refusals.
+    let (code, _) = c.curl(&format!("{} -u nobody:wrong-password", c.tls()), PATIENT);
+    assert_eq!(code, 401);
+
+    // An enrollment token not yet used, for the operator's list of what ends soon.
+    let config = c.path("gateway.toml");
+    kakehashi(&[
+        "terminal",
+        "add",
+        "tablet-2",
+        "--enroll",
+        "--token-hours",
+        "48",
+        "--config",
+        s(&config),
+    ])
+    .ok();
+
+    // The operator, signed in, sees the certificate and the token that end soon, the refusal and
+    // when the terminal was last seen; the CLI too.
     let cookie = c.signed_in();
     let v = c.status_json(&cookie);
     let expiring = &v["operator"]["expiring"];
     assert_eq!(expiring[0]["what"], "server", "{v}");
     assert!(expiring[0]["days_left"].as_i64().is_some_and(|d| d <= 10), "{v}");
+    assert_eq!(expiring[1]["what"], "enrollment token", "{v}");
+    assert_eq!(expiring[1]["subject"], "tablet-2", "{v}");
+    assert!(
+        expiring[1]["days_left"]
+            .as_i64()
+            .is_some_and(|d| (1..=2).contains(&d)),
+        "{v}"
+    );
+    let refusals = v["operator"]["recent_refusals"].as_array().expect("refusals");
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r["user"] == "nobody" && r["terminal"] == "reception-1"),
+        "{v}"
+    );
+    assert!(v["operator"]["terminals"][0]["last_seen"].is_string(), "{v}");
     let (_, html) = c.curl(&format!("{} {cookie}", c.tls()), "/kakehashi/status");
     assert!(html.contains("id=\"expiring\""), "{html}");
     let (_, html) = c.curl(&c.tls(), "/kakehashi/status");
@@ -156,10 +191,10 @@ fn the_status_page_follows_an_outage_and_its_journal_in_japanese_and_english() {
         "not for staff who did not sign in"
     );
     assert!(c.audit_has("allow", "status page with the operator's sections"));
-    let config = c.path("gateway.toml");
     let text = kakehashi(&["status", "--config", s(&config)]).ok();
     assert!(text.contains("mode:          emergency"), "{text}");
     assert!(text.contains("expiring:      server"), "{text}");
+    assert!(text.contains("refused:") && text.contains("nobody"), "{text}");
 
     // The cloud back: the journal handed back, the count falls to 0.
     sh(&format!("kill -CONT {}", c.engine.pid())).ok();

@@ -235,27 +235,7 @@ impl Drop for Browser<'_> {
 #[test]
 fn chromium_shows_the_outage_the_waiting_count_and_the_operators_certificates() {
     let dir = Clinic::setup("127.0.0.1");
-    let clinic = dir.path().join("clinic");
-    kakehashi(&[
-        "cert",
-        "issue",
-        "--dir",
-        s(&clinic),
-        "--profile",
-        "server",
-        "--name",
-        "server",
-        "--san",
-        "dns:localhost",
-        "--san",
-        "ip:127.0.0.1",
-        "--days",
-        "10",
-        "--replace",
-        "--out",
-        s(&clinic),
-    ])
-    .ok();
+    super::status::server_certificate_ending_soon(&dir);
     let c = Clinic::adopt(
         dir,
         "\n[failover]\nhealthy_secs = 1\n\n[status]\noperators = [\"reception\"]\n",
