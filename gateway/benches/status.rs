@@ -56,6 +56,12 @@ fn report(operator: bool) -> Report {
                     reason: "the call needs scope write; the person has reference".into(),
                 })
                 .collect(),
+            backup: Some(kakehashi_gateway::backup::state::State {
+                last_run: Some("2026-12-04T11:00:00.000Z".into()),
+                last_ok: true,
+                last_good: Some("2026-12-04T11:00:00.000Z".into()),
+                ..Default::default()
+            }),
         }),
     }
 }

@@ -15,6 +15,7 @@
 pub mod appliance;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

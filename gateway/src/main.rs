@@ -42,6 +42,8 @@ enum Command {
     User(cli::user::UserArgs),
     /// The hash-chained audit log of every access decision: verify it, export it
     Audit(cli::audit::AuditArgs),
+    /// Encrypted, verified backups off the box, and a replacement appliance restored from one
+    Backup(cli::backup::BackupArgs),
     /// The write journal of cloud outages: list, show, retry or discard what waits or was refused
     Journal(cli::journal::JournalArgs),
     /// The clinic's state at a glance, from the running gateway: cloud, journal, outages,
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Terminal(args) => exit(cli::terminal::run(args)),
         Command::User(args) => exit(cli::user::run(args)),
         Command::Audit(args) => exit(cli::audit::run(args)),
+        Command::Backup(args) => exit(cli::backup::run(args)),
         Command::Journal(args) => exit(cli::journal::run(args)),
         Command::Status(args) => exit(cli::status::run(args)),
         Command::Firmware(args) => exit(cli::firmware::run(args)),

@@ -84,6 +84,8 @@ metrics! {
     est_renewals_total: "counter", "Terminal certificates renewed through EST simplereenroll.";
     est_refusals_total: "counter", "EST requests refused (token, certificate, CSR); each is in the audit log with its reason.";
     terminal_certs_expiring_30d: "gauge", "Valid terminal certificates of the appliance's CA ([est] ca_dir) that expire within 30 days.";
+    backup_last_ok: "gauge", "1 when the last `kakehashi backup run` wrote and verified its archive, 0 when it failed or none ran.";
+    backup_last_success_timestamp_seconds: "gauge", "When the last verified backup was written (Unix seconds; 0: never). Alert when it is older than the schedule allows.";
 }
 
 impl Metrics {

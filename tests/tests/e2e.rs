@@ -8,6 +8,7 @@ mod support;
 mod e2e {
     mod appliance;
     mod audit;
+    mod backup;
     mod cli;
     mod docs;
     mod engine_sim;

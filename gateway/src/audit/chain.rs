@@ -70,7 +70,7 @@ pub fn chain_hash(prev: &[u8; 32], record: &Record) -> [u8; 32] {
 
 /// The current time as the log records it: RFC 3339, UTC, milliseconds. The fixed width makes
 /// text order time order, which `export --since` relies on.
-pub(super) fn timestamp(t: OffsetDateTime) -> String {
+pub fn timestamp(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"

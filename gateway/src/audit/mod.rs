@@ -31,12 +31,11 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Result, StoreError};
-use chain::timestamp;
 use writer::Writer;
 
-pub use chain::chain_hash;
+pub use chain::{chain_hash, timestamp};
 pub use entry::{Decision, Entry, Record};
-pub use read::{Broken, Recent, Refusal, VerifyReport, export, parse_since, recent, verify};
+pub use read::{Broken, Recent, Refusal, VerifyReport, export, hash_of, parse_since, recent, verify};
 
 /// The audit database inside the data directory.
 pub const AUDIT_DB: &str = "audit.db";

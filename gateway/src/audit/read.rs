@@ -214,6 +214,26 @@ pub fn recent(data_dir: &Path, window: u64, refusals: usize) -> Result<Recent> {
     })
 }
 
+/// The hash (hex) of entry `id` in `DATA_DIR/audit.db`, if the log has it: a backup's audit
+/// head checked against the live chain.
+pub fn hash_of(data_dir: &Path, id: u64) -> Result<Option<String>> {
+    let db = data_dir.join(AUDIT_DB);
+    let Some(conn) = open_log(&db)? else {
+        return Ok(None);
+    };
+    conn.query_row(
+        "SELECT hash FROM entries WHERE id = ?1",
+        params![id as i64],
+        |r| r.get::<_, Vec<u8>>(0).map(hex::encode),
+    )
+    .map(Some)
+    .or_else(|e| match e {
+        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        e => Err(e),
+    })
+    .map_err(StoreError::sqlite(&db, "read an audit entry"))
+}
+
 /// Reads a `--since` value: an RFC 3339 time (any offset) or a date `YYYY-MM-DD` (midnight UTC),
 /// as the log's own time text, which compares in time order.
 pub fn parse_since(text: &str) -> Result<String> {

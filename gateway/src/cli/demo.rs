@@ -219,10 +219,19 @@ fn create(dir: &Path, args: &DemoArgs) -> Result<()> {
         ::firmware::key::generate().map_err(|e| Error::Refused(format!("the demo firmware key: {e}")))?;
     files::write_atomic(&dir.join("firmware.key"), firmware_key.as_bytes(), files::SECRET)?;
     files::write_atomic(&dir.join("firmware.pub"), firmware_pub.as_bytes(), files::PUBLIC)?;
+    // The age identity that restores the demo's backups (in the demo only: a real one stays with
+    // the clinic and the vendor) and the directory they go to (a USB disk or a NAS mount).
+    let backup_key = provisioning_shared::device::Identity::generate();
+    files::write_atomic(
+        &dir.join("backup.key"),
+        backup_key.to_text().as_bytes(),
+        files::SECRET,
+    )?;
+    files::create_dir(&dir.join("backups"), 0o700)?;
     // Last: gateway.toml marks a complete demo clinic.
     files::write_atomic(
         &dir.join("gateway.toml"),
-        gateway_toml(args, &wg_section).as_bytes(),
+        gateway_toml(args, &wg_section, &backup_key.recipient()).as_bytes(),
         files::PUBLIC,
     )
 }
@@ -321,7 +330,7 @@ fn wireguard_toml(listen: SocketAddr, endpoint: SocketAddr) -> String {
     .concat()
 }
 
-fn gateway_toml(args: &DemoArgs, wireguard: &str) -> String {
+fn gateway_toml(args: &DemoArgs, wireguard: &str, backup_recipient: &str) -> String {
     format!(
         r#"# The demo clinic's gateway: `kakehashi gateway run --config gateway.toml`.
 # Paths are relative to this file. Every key is explained in docs/configuration.md.
@@ -362,6 +371,11 @@ address = "{admin}"           # Prometheus metrics at /metrics
 public_key = "firmware.pub"   # the vendor's firmware key this appliance pins
 slots_dir = "slots"           # slots a/ and b/, the current symlink, state.json
 settle_secs = 30              # a new version commits itself once every health check passes in this time
+
+[backup]                      # `kakehashi backup run` (docs/backup.md); backup.key restores them
+dir = "backups"               # on an appliance: a USB disk or a NAS mount
+recipients = ["{backup_recipient}"]
+keep = 14                     # archives kept; older ones go once a new one is verified
 "#,
         listen = args.listen,
         engine = args.engine_listen,
@@ -599,6 +613,9 @@ The demo clinic in {d}:
   engine.pem, .key          the demo cloud engine's server certificate
   crl.pem                   the clinic CA's CRL
   engine.toml, gateway.toml the two processes' configuration
+  firmware.key, .pub        the demo vendor's firmware signing key and the key the appliance pins
+  backup.key, backups/      the age identity that restores the demo's backups, and where
+                            `kakehashi backup run --config {d}/gateway.toml` writes them
   engine.pid                the cloud engine's process id (while the demo runs)
   data/                     the gateway's inventory, users, audit log, read cache and write journal,
                             and its WireGuard key (wireguard.key)"

@@ -10,6 +10,7 @@
 //! that a script learns its picture of the appliance was wrong.
 
 pub mod audit;
+pub mod backup;
 pub mod demo;
 pub mod firmware;
 pub mod gateway;

@@ -149,6 +149,17 @@ fn text(r: &Report) -> String {
         });
         let _ = writeln!(s, "disk free:     {free}");
         let _ = writeln!(s, "version:       {}", op.version);
+        let backup = match &op.backup {
+            None => "none yet".to_owned(),
+            Some(b) if b.last_ok => format!("ok, last good {}", b.last_good.as_deref().unwrap_or("-")),
+            Some(b) => format!(
+                "FAILED at {}: {} (last good {})",
+                b.last_run.as_deref().unwrap_or("-"),
+                b.last_error.as_deref().unwrap_or("-"),
+                b.last_good.as_deref().unwrap_or("never")
+            ),
+        };
+        let _ = writeln!(s, "backup:        {backup}");
         for t in &op.terminals {
             let state = if t.enabled { "enabled" } else { "disabled" };
             let seen = t.last_seen.as_deref().unwrap_or("-");

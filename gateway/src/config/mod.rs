@@ -7,6 +7,7 @@
 mod admin;
 mod auth;
 mod authorize;
+mod backup;
 mod est;
 mod failover;
 mod firmware;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 pub use admin::Admin;
 pub use auth::Auth;
 pub use authorize::{Authorize, UnknownCalls};
+pub use backup::Backup;
 pub use est::Est;
 pub use failover::{Failover, RouteRule};
 pub use firmware::Firmware;
@@ -83,6 +85,9 @@ pub struct Config {
     /// Signed appliance updates; absent, `kakehashi firmware` refuses to run.
     #[serde(default)]
     pub firmware: Option<Firmware>,
+    /// Encrypted, verified backups to a directory; absent, `kakehashi backup` refuses to run.
+    #[serde(default)]
+    pub backup: Option<Backup>,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -160,6 +165,12 @@ impl Config {
                 None => fw.slots_dir = Some(data_dir.join("slots")),
             }
         }
+        if let Some(b) = &mut self.backup {
+            rel(&mut b.dir);
+            if let Some(p) = &mut b.recipients_file {
+                rel(p);
+            }
+        }
         let first_api = self
             .listeners
             .iter()
@@ -222,6 +233,7 @@ impl Config {
         self.check_auth()?;
         self.check_limits()?;
         self.check_firmware()?;
+        self.check_backup()?;
         Ok(())
     }
 }

@@ -41,6 +41,7 @@ async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Respons
             crate::metrics::Metrics::set(&gateway.metrics.crl_stale, u64::from(stale));
             let checks = gateway.people.password_checks();
             crate::metrics::Metrics::set(&gateway.metrics.password_checks_total, checks);
+            crate::backup::state::refresh_metrics(&gateway.status.data_dir, &gateway.metrics);
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

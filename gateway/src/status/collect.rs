@@ -132,6 +132,7 @@ impl Sources {
                 .map(|s| s.f_bavail.saturating_mul(s.f_frsize)),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             recent_refusals: recent.refusals,
+            backup: crate::backup::state::read(&self.data_dir),
         }
     }
 

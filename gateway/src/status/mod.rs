@@ -69,6 +69,9 @@ pub struct Operator {
     /// The latest refusals in the audit log (of its newest entries), newest first.
     #[serde(default)]
     pub recent_refusals: Vec<crate::audit::Refusal>,
+    /// What the last `kakehashi backup run` did (absent: none ran).
+    #[serde(default)]
+    pub backup: Option<crate::backup::state::State>,
 }
 
 /// A registered terminal.

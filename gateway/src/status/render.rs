@@ -231,6 +231,16 @@ fn operator(op: &Operator, lang: Lang) -> Markup {
                 dd { (op.disk_free_bytes.map_or("-".to_owned(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))) }
                 dt { (t(lang, "バージョン", "Version")) }
                 dd { (op.version) }
+                dt { (t(lang, "最終バックアップ", "Last backup")) }
+                @match &op.backup {
+                    None => dd class="warn" { (t(lang, "まだありません", "none yet")) },
+                    Some(b) => dd class=[(!b.last_ok).then_some("warn")] id="backup" {
+                        (b.last_good.as_deref().map_or("-".to_owned(), when))
+                        @if let (false, Some(why)) = (b.last_ok, &b.last_error) {
+                            (t(lang, "（前回失敗：", " (the last run failed: ")) (why) (t(lang, "）", ")"))
+                        }
+                    },
+                }
             }
             h3 { (t(lang, "端末", "Terminals")) }
             table {
@@ -310,6 +320,12 @@ mod tests {
                     request: Some("POST /api21/medicalmodv2".into()),
                     reason: "needs scope <write>".into(),
                 }],
+                backup: Some(crate::backup::state::State {
+                    last_run: Some("2026-12-04T11:00:00.000Z".into()),
+                    last_error: Some("backup.dir /mnt/usb is not a directory".into()),
+                    last_good: Some("2026-12-03T11:00:00.000Z".into()),
+                    ..Default::default()
+                }),
             }),
         }
     }
@@ -327,6 +343,10 @@ mod tests {
         assert!(html.contains("CN=gw"));
         assert!(html.contains("POST /api21/medicalmodv2"), "the refusals: {html}");
         assert!(html.contains("needs scope &lt;write&gt;"), "escaped: {html}");
+        assert!(
+            html.contains("the last run failed: backup.dir /mnt/usb is not a directory"),
+            "a failing backup shows: {html}"
+        );
         assert!(html.len() < 50 * 1024);
     }
 }

@@ -150,7 +150,7 @@ impl Clinic {
     }
 
     /// Markers of medical records the cloud holds for `date`, with how often each is there.
-    fn cloud_records(&self, date: &str) -> BTreeMap<String, u32> {
+    pub(crate) fn cloud_records(&self, date: &str) -> BTreeMap<String, u32> {
         let db = rusqlite::Connection::open(self.path("engine.db")).unwrap();
         let mut stmt = db.prepare("SELECT body FROM medical WHERE date = ?1").unwrap();
         let mut out = BTreeMap::new();

@@ -1,0 +1,490 @@
+//! `kakehashi backup run`: a consistent snapshot into an archive at the target, read back and
+//! verified, then the target's retention.
+//!
+//! The archive is written under a hidden `.NAME.partial` name, flushed, renamed, and only then
+//! read back from the target and restored into a scratch directory (every file against the
+//! manifest, every database opened, the audit chain recomputed, the counts compared, the
+//! snapshot's audit head found in the live log). An archive that fails is renamed
+//! `NAME.unverified`, never counted as a backup, and older good ones are kept.
+//!
+//! Scratch space is in the data directory (`.backup-staging`, `.backup-verify`): one database
+//! copy at a time while writing, the whole restored state while verifying, removed after.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::archive::{self, Header, Writer};
+use super::{BackupError, Counts, FORMAT, Manifest, Result, state};
+use crate::audit::{AUDIT_DB, AUDIT_HEAD};
+use crate::config::Config;
+use provisioning_shared::device::Identity;
+
+/// Files of the data directory that stay out of the archive (see [`super`]).
+const LEFT_OUT: &[&str] = &[engine_proxy::cache::FILE, state::FILE];
+/// Scratch directories inside the data directory.
+pub(super) const STAGING: &str = ".backup-staging";
+pub(super) const VERIFYING: &str = ".backup-verify";
+/// What the archive file names look like: `kakehashi-20261204T150102.123Z-abcd1234.backup`.
+pub const PREFIX: &str = "kakehashi-";
+pub const SUFFIX: &str = ".backup";
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub archive: PathBuf,
+    pub manifest: Manifest,
+    pub bytes: u64,
+    /// Older archives removed by the retention (`backup.keep`).
+    pub removed: Vec<PathBuf>,
+    pub took: Duration,
+}
+
+/// Takes a backup to `[backup] dir`, verifies it, applies the retention and records the result
+/// in `DATA_DIR/backup.json` (for the metrics and the status page), success or failure.
+pub fn run(config: &Config) -> Result<RunOutcome> {
+    let started = Instant::now();
+    let data_dir = &config.data_dir;
+    let result = run_locked(config, started);
+    let recorded = match &result {
+        Ok(outcome) => state::record(data_dir, Ok((&outcome.archive, outcome.bytes))),
+        Err(e) => state::record(data_dir, Err(&e.to_string())),
+    };
+    if let Err(e) = recorded {
+        tracing::warn!("the backup's result is not recorded for the metrics: {e}");
+    }
+    result
+}
+
+fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
+    let target = config
+        .backup
+        .as_ref()
+        .ok_or_else(|| BackupError::Refused(format!("{}: no [backup] section", config.source.display())))?;
+    let data_dir = &config.data_dir;
+    let _lock = cert_tool::files::DirLock::file(&data_dir.join("backup.lock"))
+        .map_err(|e| BackupError::Refused(e.to_string()))?;
+    if !target.dir.is_dir() {
+        return Err(BackupError::Refused(format!(
+            "backup.dir {} is not a directory: is the USB disk or the NAS mounted?",
+            target.dir.display()
+        )));
+    }
+    let mut recipients = config.backup_recipients()?;
+    let me = super::self_identity(data_dir)?;
+    recipients.push(me.0.to_public());
+    let header = Header {
+        appliance: me.recipient(),
+        created: crate::audit::timestamp(time::OffsetDateTime::now_utc()),
+    };
+    let name = archive_name(&header);
+    let final_path = target.dir.join(&name);
+    let partial = target.dir.join(format!(".{name}.partial"));
+    let written = write(config, &header, &recipients, &partial);
+    let manifest = match written {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    fs::rename(&partial, &final_path).map_err(BackupError::io("rename into place", &final_path))?;
+    cert_tool::files::sync_dir(&target.dir).map_err(|e| BackupError::Refused(e.to_string()))?;
+    if let Err(e) = verify_written(data_dir, &final_path, &me, &manifest) {
+        let aside = target.dir.join(format!("{name}.unverified"));
+        let _ = fs::rename(&final_path, &aside);
+        return Err(BackupError::Refused(format!(
+            "the archive did not verify, kept aside as {}: {e}",
+            aside.display()
+        )));
+    }
+    let bytes = fs::metadata(&final_path)
+        .map_err(BackupError::io("read", &final_path))?
+        .len();
+    let removed = retention(&target.dir, &header.appliance, target.keep)?;
+    Ok(RunOutcome {
+        archive: final_path,
+        manifest,
+        bytes,
+        removed,
+        took: started.elapsed(),
+    })
+}
+
+fn archive_name(header: &Header) -> String {
+    let compact: String = header
+        .created
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let short: String = header.appliance.chars().skip(4).take(8).collect();
+    format!("{PREFIX}{compact}-{short}{SUFFIX}")
+}
+
+/// Writes the archive to `path`; returns its manifest.
+fn write(
+    config: &Config,
+    header: &Header,
+    recipients: &[age::x25519::Recipient],
+    path: &Path,
+) -> Result<Manifest> {
+    let data_dir = &config.data_dir;
+    let staging = data_dir.join(STAGING);
+    remove_dir(&staging)?;
+    fs::create_dir(&staging).map_err(BackupError::io("create", &staging))?;
+    let result = (|| {
+        let mut out = Writer::create(path, header, recipients)?;
+        out.add_file("config/gateway.toml", &config.source, 0o600)?;
+        let paths = add_named_files(config, &mut out)?;
+        let counts = add_data_dir(config, &staging, &mut out)?;
+        let manifest = Manifest {
+            format: FORMAT,
+            appliance: header.appliance.clone(),
+            created: header.created.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            paths,
+            files: out.files().to_vec(),
+            counts,
+        };
+        out.finish(&manifest)?;
+        Ok(manifest)
+    })();
+    remove_dir(&staging)?;
+    result
+}
+
+/// The files the configuration names, by key (`est.ca_dir` is a directory).
+pub(super) fn named_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
+    let mut named = vec![
+        ("tls.cert", config.tls.cert.clone()),
+        ("tls.key", config.tls.key.clone()),
+        ("tls.client_ca", config.tls.client_ca.clone()),
+        ("upstream.ca", config.upstream.ca.clone()),
+        ("upstream.cert", config.upstream.cert.clone()),
+        ("upstream.key", config.upstream.key.clone()),
+        ("upstream.password_file", config.upstream.password_file.clone()),
+    ];
+    let optional = [
+        ("tls.crl", config.tls.crl.clone()),
+        ("failover.engine_ca", config.failover.engine_ca.clone()),
+        (
+            "est.passphrase_file",
+            config.est.as_ref().and_then(|e| e.passphrase_file.clone()),
+        ),
+        (
+            "firmware.public_key",
+            config.firmware.as_ref().map(|f| f.public_key.clone()),
+        ),
+        (
+            "wireguard.private_key",
+            config.wireguard.as_ref().and_then(|w| w.private_key.clone()),
+        ),
+        (
+            "backup.recipients_file",
+            config.backup.as_ref().and_then(|b| b.recipients_file.clone()),
+        ),
+    ];
+    named.extend(optional.into_iter().filter_map(|(k, p)| Some((k, p?))));
+    named
+}
+
+/// Adds what the configuration names outside the data directory (`files/NAME`, the EST CA under
+/// `ca/`); returns where every named path is in the archive.
+fn add_named_files(config: &Config, out: &mut Writer) -> Result<Vec<(String, String)>> {
+    let mut paths = Vec::new();
+    let mut added: Vec<(PathBuf, String)> = Vec::new();
+    for (key, path) in named_files(config) {
+        if let Ok(rel) = path.strip_prefix(&config.data_dir) {
+            paths.push((key.to_owned(), format!("data/{}", rel.display())));
+            continue;
+        }
+        let name = match added.iter().find(|(p, _)| *p == path) {
+            Some((_, name)) => name.clone(),
+            None => {
+                let base = path
+                    .file_name()
+                    .map_or("file".into(), |n| n.to_string_lossy().into_owned());
+                let taken = |n: &str| added.iter().any(|(_, a)| a == n);
+                let mut name = format!("files/{base}");
+                let mut i = 2;
+                while taken(&name) {
+                    name = format!("files/{i}-{base}");
+                    i += 1;
+                }
+                out.add_file(&name, &path, mode_of(&path)?)?;
+                added.push((path.clone(), name.clone()));
+                name
+            }
+        };
+        paths.push((key.to_owned(), name));
+    }
+    if let Some(est) = &config.est {
+        let dir = &est.ca_dir;
+        if let Ok(rel) = dir.strip_prefix(&config.data_dir) {
+            paths.push(("est.ca_dir".into(), format!("data/{}", rel.display())));
+        } else {
+            for file in ["ca.pem", "ca.key", "index.json"] {
+                let path = dir.join(file);
+                if path.exists() {
+                    out.add_file(&format!("ca/{file}"), &path, mode_of(&path)?)?;
+                }
+            }
+            let issued = dir.join("issued");
+            if issued.is_dir() {
+                for path in sorted_entries(&issued)? {
+                    if path.is_file() {
+                        let name = path
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        out.add_file(&format!("ca/issued/{name}"), &path, mode_of(&path)?)?;
+                    }
+                }
+            }
+            paths.push(("est.ca_dir".into(), "ca".into()));
+        }
+    }
+    if let Some(b) = &config.backup {
+        // Absolute: a restore leaves it where it is (see `restore`).
+        let dir = std::path::absolute(&b.dir).map_err(BackupError::io("resolve", &b.dir))?;
+        paths.push(("backup.dir".into(), dir.display().to_string()));
+    }
+    Ok(paths)
+}
+
+/// Adds the data directory under `data/`: databases through SQLite's online backup into
+/// `staging`, one at a time; the audit head before the audit log, so the copy of the log holds
+/// at least what the head says. Returns the snapshot's counts.
+fn add_data_dir(config: &Config, staging: &Path, out: &mut Writer) -> Result<Counts> {
+    let data_dir = &config.data_dir;
+    let slots = config.firmware.as_ref().map(|f| f.slots());
+    let mut files = Vec::new();
+    collect(data_dir, data_dir, slots.as_deref(), &mut files)?;
+    // The audit head, then the log, first.
+    files.sort_by_key(|rel| {
+        (
+            rel != Path::new(AUDIT_HEAD),
+            rel != Path::new(AUDIT_DB),
+            rel.clone(),
+        )
+    });
+    let mut counts = Counts::default();
+    for rel in files {
+        let source = data_dir.join(&rel);
+        let name = format!("data/{}", rel.display());
+        let is_db = rel.extension().is_some_and(|e| e == "db");
+        if rel == Path::new(AUDIT_HEAD) {
+            let copy = staging.join(AUDIT_HEAD);
+            fs::copy(&source, &copy).map_err(BackupError::io("copy", &source))?;
+            out.add_file(&name, &copy, 0o600)?;
+        } else if is_db {
+            let copy = staging.join(rel.file_name().unwrap_or_default());
+            snapshot_db(&source, &copy)?;
+            count(&rel, staging, &copy, &mut counts)?;
+            out.add_file(&name, &copy, 0o600)?;
+            fs::remove_file(&copy).map_err(BackupError::io("remove", &copy))?;
+        } else {
+            out.add_file(&name, &source, mode_of(&source)?)?;
+        }
+    }
+    Ok(counts)
+}
+
+/// The data directory's files to back up, relative to it.
+fn collect(root: &Path, dir: &Path, slots: Option<&Path>, files: &mut Vec<PathBuf>) -> Result<()> {
+    for path in sorted_entries(dir)? {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let meta = fs::symlink_metadata(&path).map_err(BackupError::io("read", &path))?;
+        if name.starts_with('.') || Some(path.as_path()) == slots {
+            continue;
+        }
+        if meta.is_dir() {
+            collect(root, &path, slots, files)?;
+        } else if meta.is_file()
+            && !LEFT_OUT.contains(&name.as_str())
+            && !name.ends_with(".lock")
+            && !["-wal", "-shm", "-journal"].iter().any(|s| name.ends_with(s))
+        {
+            files.push(path.strip_prefix(root).unwrap_or(&path).to_owned());
+        }
+    }
+    Ok(())
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries = fs::read_dir(dir)
+        .map_err(BackupError::io("list", dir))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(BackupError::io("list", dir))?;
+    entries.sort();
+    Ok(entries)
+}
+
+fn mode_of(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(fs::metadata(path)
+        .map_err(BackupError::io("read", path))?
+        .permissions()
+        .mode()
+        & 0o777)
+}
+
+/// A consistent copy of a live database: SQLite's online backup in one step, under one read
+/// transaction, while the gateway goes on writing (WAL).
+fn snapshot_db(source: &Path, copy: &Path) -> Result<()> {
+    let failed = |what: &'static str| {
+        move |e: rusqlite::Error| BackupError::Refused(format!("{}: cannot {what}: {e}", source.display()))
+    };
+    let src = Connection::open_with_flags(
+        source,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(failed("open for the backup"))?;
+    src.busy_timeout(Duration::from_secs(10))
+        .map_err(failed("open for the backup"))?;
+    let mut dst = Connection::open(copy)
+        .map_err(|e| BackupError::Refused(format!("{}: cannot create: {e}", copy.display())))?;
+    {
+        use rusqlite::backup::{Backup, StepResult};
+        let backup = Backup::new(&src, &mut dst).map_err(failed("copy (SQLite online backup)"))?;
+        // -1: every page in one step, under one read transaction: a consistent copy.
+        let mut tries = 0;
+        loop {
+            match backup.step(-1).map_err(failed("copy (SQLite online backup)"))? {
+                StepResult::Done => break,
+                StepResult::More => {}
+                StepResult::Busy | StepResult::Locked if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => {
+                    return Err(BackupError::Refused(format!(
+                        "{}: cannot copy (SQLite online backup): {other:?} for 10 s",
+                        source.display()
+                    )));
+                }
+            }
+        }
+    }
+    dst.close()
+        .map_err(|(_, e)| BackupError::Refused(format!("{}: cannot close: {e}", copy.display())))
+}
+
+/// Adds what the database `rel` (copied to `copy`) holds to the counts.
+pub(super) fn count(rel: &Path, staging: &Path, copy: &Path, counts: &mut Counts) -> Result<()> {
+    let one = |sql: &str| -> Result<u64> {
+        let conn = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| c.query_row(sql, [], |r| r.get::<_, i64>(0)))
+            .map_err(|e| BackupError::Refused(format!("{}: cannot count ({sql}): {e}", rel.display())))?;
+        Ok(conn as u64)
+    };
+    match rel.to_str() {
+        Some(crate::store::GATEWAY_DB) => {
+            counts.terminals = one("SELECT count(*) FROM terminals")?;
+            counts.users = one("SELECT count(*) FROM users")?;
+        }
+        Some(engine_proxy::journal::FILE) => {
+            counts.journal_entries = one("SELECT count(*) FROM entries")?;
+            counts.journal_pending = one("SELECT count(*) FROM entries WHERE state = 'pending'")?;
+        }
+        Some(AUDIT_DB) => {
+            let report = crate::audit::verify(staging)?;
+            counts.audit_entries = report.entries;
+            counts.audit_last_id = report.last_id;
+            counts.audit_last_hash = report.last_hash;
+            counts.audit_broken = report.broken.map(|b| b.what);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Reads the archive back from the target and checks it as a restore would: it must be what was
+/// written.
+fn verify_written(data_dir: &Path, archive: &Path, me: &Identity, written: &Manifest) -> Result<()> {
+    let manifest = verify(data_dir, archive, me)?;
+    if manifest != *written {
+        return Err(BackupError::archive(
+            archive,
+            "its manifest is not the one written",
+        ));
+    }
+    Ok(())
+}
+
+/// Opens an archive of this appliance with its own key in a scratch directory and checks it as
+/// a restore would (files, databases, counts), and that its audit head is in the live log (the
+/// log was not rewritten since).
+pub fn verify(data_dir: &Path, archive: &Path, me: &Identity) -> Result<Manifest> {
+    let scratch = data_dir.join(VERIFYING);
+    remove_dir(&scratch)?;
+    fs::create_dir(&scratch).map_err(BackupError::io("create", &scratch))?;
+    let result = (|| {
+        let (_, manifest) = archive::unpack(archive, &me.0, &scratch)?;
+        super::restore::check_state(&scratch.join("data"), &manifest, archive)?;
+        let live = crate::audit::hash_of(data_dir, manifest.counts.audit_last_id)?;
+        if manifest.counts.audit_last_id > 0
+            && live.as_deref() != Some(manifest.counts.audit_last_hash.as_str())
+        {
+            return Err(BackupError::archive(
+                archive,
+                format!(
+                    "its audit entry {} is not the live log's: the live log was rewritten since, or the archive is \
+                     another appliance's",
+                    manifest.counts.audit_last_id
+                ),
+            ));
+        }
+        Ok(manifest)
+    })();
+    remove_dir(&scratch)?;
+    result
+}
+
+/// Removes the oldest of this appliance's archives beyond `keep`.
+fn retention(dir: &Path, appliance: &str, keep: usize) -> Result<Vec<PathBuf>> {
+    let mut ours: Vec<PathBuf> = list(dir)?
+        .into_iter()
+        .filter(|(_, h)| h.as_ref().is_ok_and(|h| h.appliance == appliance))
+        .map(|(p, _)| p)
+        .collect();
+    ours.sort();
+    let excess = ours.len().saturating_sub(keep);
+    let removed: Vec<PathBuf> = ours.into_iter().take(excess).collect();
+    for path in &removed {
+        fs::remove_file(path).map_err(BackupError::io("remove the old archive", path))?;
+    }
+    if !removed.is_empty() {
+        cert_tool::files::sync_dir(dir).map_err(|e| BackupError::Refused(e.to_string()))?;
+    }
+    Ok(removed)
+}
+
+/// The archives in `dir` (by name, oldest first) with their header lines.
+pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Result<Header>)>> {
+    let mut out = Vec::new();
+    for path in sorted_entries(dir)? {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with(PREFIX) && name.ends_with(SUFFIX) {
+            let header = archive::read_header(&path);
+            out.push((path, header));
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn remove_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BackupError::io("remove", dir)(e)),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,216 @@
+//! `kakehashi backup run | list | verify | restore`: the appliance's state off the box, and back
+//! on a replacement ([`crate::backup`] has the archive and what is in it).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::backup::{self, BackupError};
+use crate::config::locate::ApplianceArgs;
+
+/// `kakehashi backup [--config FILE] COMMAND`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub appliance: ApplianceArgs,
+    #[command(subcommand)]
+    pub command: BackupCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a backup to `[backup] dir` now, read it back and verify it; prints the archive's path
+    /// on its last line
+    Run {
+        /// What was done as one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// The archives in `[backup] dir`, oldest first: this appliance's and others'
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open an archive of this appliance with its own key and check it as a restore would
+    /// (default: the newest)
+    Verify { archive: Option<PathBuf> },
+    /// Make a replacement appliance's directory from an archive: DIR/gateway.toml runs it
+    Restore {
+        archive: PathBuf,
+        /// An age identity the archive was encrypted to (the clinic's or the vendor's backup key)
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+        /// A new (or empty) directory
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+}
+
+/// Why a backup command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupCliError {
+    #[error(transparent)]
+    Locate(#[from] crate::config::locate::LocateError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+}
+
+#[derive(Serialize)]
+struct Listed {
+    archive: String,
+    appliance: Option<String>,
+    created: Option<String>,
+    this_appliance: bool,
+    bytes: u64,
+    error: Option<String>,
+}
+
+/// Runs `kakehashi backup …`.
+pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
+    match args.command {
+        BackupCommand::Restore {
+            archive,
+            identity,
+            to,
+        } => {
+            let done = backup::restore(&archive, &identity, &to)?;
+            let c = &done.manifest.counts;
+            println!(
+                "restored the backup of {} taken {} (kakehashi {}): {} terminals, {} people, {} journal entries waiting, {} audit entries",
+                done.manifest.appliance,
+                done.manifest.created,
+                done.manifest.version,
+                c.terminals,
+                c.users,
+                c.journal_pending,
+                c.audit_entries
+            );
+            println!(
+                "start it with: kakehashi gateway run --config {}",
+                done.config.display()
+            );
+            println!("{}", done.dir.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        BackupCommand::Run { json } => {
+            let config = args.appliance.load("its [backup] section")?;
+            let done = backup::run(&config)?;
+            if json {
+                let v = serde_json::json!({
+                    "archive": done.archive, "bytes": done.bytes, "seconds": done.took.as_secs_f64(),
+                    "removed": done.removed, "manifest": done.manifest,
+                });
+                println!("{v}");
+            } else {
+                let c = &done.manifest.counts;
+                println!(
+                    "backed up and verified in {:.1} s: {} bytes; {} terminals, {} people, {} journal entries ({} waiting), {} audit entries",
+                    done.took.as_secs_f64(),
+                    done.bytes,
+                    c.terminals,
+                    c.users,
+                    c.journal_entries,
+                    c.journal_pending,
+                    c.audit_entries
+                );
+                for old in &done.removed {
+                    println!("removed (backup.keep): {}", old.display());
+                }
+                println!("{}", done.archive.display());
+            }
+        }
+        BackupCommand::List { json } => {
+            let config = args.appliance.load("its [backup] section")?;
+            let target = config.backup.as_ref().ok_or_else(|| no_section(&config))?;
+            let me = backup::self_identity(&config.data_dir)?.recipient();
+            let listed: Vec<Listed> = backup::list(&target.dir)?
+                .into_iter()
+                .map(|(path, header)| {
+                    let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+                    let (appliance, created, error) = match header {
+                        Ok(h) => (Some(h.appliance), Some(h.created), None),
+                        Err(e) => (None, None, Some(e.to_string())),
+                    };
+                    Listed {
+                        archive: path.display().to_string(),
+                        this_appliance: appliance.as_deref() == Some(me.as_str()),
+                        appliance,
+                        created,
+                        bytes,
+                        error,
+                    }
+                })
+                .collect();
+            for l in &listed {
+                if json {
+                    println!("{}", serde_json::to_string(l).unwrap_or_default());
+                } else {
+                    let whose = if l.this_appliance {
+                        "this appliance"
+                    } else {
+                        "another appliance"
+                    };
+                    match &l.error {
+                        Some(e) => println!("{}  unreadable: {e}", l.archive),
+                        None => println!(
+                            "{}  {}  {} bytes  {whose}",
+                            l.archive,
+                            l.created.as_deref().unwrap_or("-"),
+                            l.bytes
+                        ),
+                    }
+                }
+            }
+            if let Some(state) = backup::state::read(&config.data_dir)
+                && !json
+            {
+                match (&state.last_ok, &state.last_error) {
+                    (false, Some(e)) => println!(
+                        "last run {}: FAILED: {e}",
+                        state.last_run.as_deref().unwrap_or("-")
+                    ),
+                    _ => println!("last run {}: ok", state.last_run.as_deref().unwrap_or("-")),
+                }
+            }
+        }
+        BackupCommand::Verify { archive } => {
+            let config = args.appliance.load("its [backup] section")?;
+            let target = config.backup.as_ref().ok_or_else(|| no_section(&config))?;
+            let me = backup::self_identity(&config.data_dir)?;
+            let path = match archive {
+                Some(p) => p,
+                None => backup::list(&target.dir)?
+                    .into_iter()
+                    .filter(|(_, h)| h.as_ref().is_ok_and(|h| h.appliance == me.recipient()))
+                    .map(|(p, _)| p)
+                    .next_back()
+                    .ok_or_else(|| {
+                        BackupError::Refused(format!(
+                            "{}: no archive of this appliance",
+                            target.dir.display()
+                        ))
+                    })?,
+            };
+            let manifest = backup::verify(&config.data_dir, &path, &me)?;
+            let c = &manifest.counts;
+            println!(
+                "{}: verified: taken {}, {} files, {} terminals, {} people, {} journal entries ({} waiting), {} audit entries, its audit head in the live log",
+                path.display(),
+                manifest.created,
+                manifest.files.len(),
+                c.terminals,
+                c.users,
+                c.journal_entries,
+                c.journal_pending,
+                c.audit_entries
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn no_section(config: &crate::config::Config) -> BackupError {
+    BackupError::Refused(format!("{}: no [backup] section", config.source.display()))
+}

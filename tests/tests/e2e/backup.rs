@@ -1,0 +1,194 @@
+//! `kakehashi backup`: an appliance that took writes during an outage is backed up, hands its
+//! journal back to the cloud and dies by SIGKILL; a replacement restored from the archive serves
+//! the same terminal with nothing changed on it, and every write is in the cloud exactly once.
+//! Damaged, cut and foreign archives, a wrong key and a missing target are refused with nothing
+//! changed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::gateway::{Clinic, PATIENT};
+use crate::support::*;
+
+const WRITE: &str = "/api21/medicalmodv2?class=01&format=json";
+const DATE: &str = "2026-12-05";
+
+impl Clinic {
+    fn until_metric(&self, name: &str, want: u64, within: Duration) {
+        let start = Instant::now();
+        while self.metric(name) != want {
+            assert!(start.elapsed() < within, "{name} is not {want} after {within:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `backup run`: its last line is the archive.
+fn backup(config: &Path) -> (String, String) {
+    let out = kakehashi(&["backup", "run", "--config", s(config)]).ok();
+    let archive = out.lines().last().expect("the archive's path").to_owned();
+    (out, archive)
+}
+
+#[test]
+fn a_replacement_restored_from_a_backup_serves_the_same_terminal_and_sends_every_write_once() {
+    let mut a = Clinic::start("\n[failover]\nhealthy_secs = 1\n");
+    let config = a.path("gateway.toml");
+
+    // The cloud stops answering; three writes are journaled and acknowledged.
+    sh(&format!("kill -STOP {}", a.engine.pid())).ok();
+    a.until_metric("hybrid_mode", 1, Duration::from_secs(10));
+    for i in 0..3 {
+        let body =
+            format!(r#"{{"medicalreq":{{"Patient_ID":"1","Perform_Date":"{DATE}","Marker":"bk-{i}"}}}}"#);
+        let (code, answer) = a.curl(
+            &format!(
+                "{} -u {} -H Content-Type:application/json -d {body}",
+                a.tls(),
+                a.user
+            ),
+            WRITE,
+        );
+        assert_eq!(code, 200, "{answer}");
+    }
+    assert_eq!(a.metric("journal_pending"), 3);
+
+    // The backup holds them.
+    let (out, archive) = backup(&config);
+    assert!(out.contains("(3 waiting)"), "{out}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.path("data/backup.json")).unwrap()).unwrap();
+    assert_eq!(state["last_ok"], true, "{state}");
+    assert_eq!(a.metric("backup_last_ok"), 1);
+    assert!(a.metric("backup_last_success_timestamp_seconds") > 1_700_000_000);
+    let status = kakehashi(&["status", "--config", s(&config)]).ok();
+    assert!(status.contains("backup:        ok, last good"), "{status}");
+
+    // The cloud returns and takes them from A; then A dies.
+    sh(&format!("kill -CONT {}", a.engine.pid())).ok();
+    a.until_metric("journal_pending", 0, Duration::from_secs(20));
+    a.gateway.kill();
+
+    // B, from the archive alone, on the same addresses.
+    let new = a.dir.path().join("replacement");
+    let out = kakehashi(&[
+        "backup",
+        "restore",
+        &archive,
+        "--identity",
+        s(&a.path("backup.key")),
+        "--to",
+        s(&new),
+    ])
+    .ok();
+    assert!(out.contains("3 journal entries waiting"), "{out}");
+    assert_eq!(
+        std::fs::read(new.join("data/wireguard.key")).unwrap(),
+        std::fs::read(a.path("data/wireguard.key")).unwrap(),
+        "the same WireGuard key: terminal configs keep working"
+    );
+    assert_eq!(mode(&new.join("data/gateway.db")) & 0o077, 0);
+    kakehashi(&["gateway", "check", "--config", s(&new.join("gateway.toml"))]).ok();
+    let _b = Server::start(&["gateway", "run", "--config", s(&new.join("gateway.toml"))]);
+
+    // The terminal, unchanged, reaches B; B hands back the three writes A had already
+    // delivered, and the cloud keeps each once (their idempotency keys).
+    let (code, body) = a.curl(&format!("{} -u {}", a.tls(), a.user), PATIENT);
+    assert_eq!(code, 200, "{body}");
+    a.until_metric("journal_pending", 0, Duration::from_secs(20));
+    let journal = rusqlite::Connection::open(new.join("data/journal.db")).unwrap();
+    let delivered: i64 = journal
+        .query_row(
+            "SELECT count(*) FROM entries WHERE state = 'delivered'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(delivered, 3, "B handed back all three itself");
+    let records = a.cloud_records(DATE);
+    assert_eq!(
+        records,
+        (0..3).map(|i| (format!("bk-{i}"), 1)).collect::<BTreeMap<_, _>>(),
+        "every write exactly once"
+    );
+
+    // The audit chain goes on from A's: intact, longer than the archive's.
+    let verify = kakehashi(&["audit", "verify", "--data-dir", s(&new.join("data"))]).ok();
+    assert!(verify.contains("audit log intact"), "{verify}");
+}
+
+#[test]
+fn damaged_cut_and_foreign_archives_a_wrong_key_and_a_missing_target_are_refused() {
+    let dir = Clinic::setup("127.0.0.1");
+    let clinic = dir.path().join("clinic");
+    let config = clinic.join("gateway.toml");
+    let (_, archive) = backup(&config);
+    let archive = Path::new(&archive).to_owned();
+    let bytes = std::fs::read(&archive).unwrap();
+    let key = clinic.join("backup.key");
+    let restore = |from: &Path, key: &Path, to: &Path| {
+        kakehashi(&["backup", "restore", s(from), "--identity", s(key), "--to", s(to)])
+    };
+    let to = dir.path().join("new");
+
+    // Cut short, and one byte changed in the middle.
+    let cut = dir.path().join("cut.backup");
+    write(&cut, &bytes[..bytes.len() / 2]);
+    restore(&cut, &key, &to).fails_with(&["cut.backup", "damaged"]);
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x20;
+    let changed = dir.path().join("changed.backup");
+    write(&changed, &flipped);
+    restore(&changed, &key, &to).fails_with(&["changed.backup", "damaged"]);
+    let not_one = dir.path().join("text.backup");
+    write(&not_one, "hello\n");
+    restore(&not_one, &key, &to).fails_with(&["text.backup", "not a Kakehashi backup"]);
+    assert!(!to.exists(), "nothing restored");
+
+    // Another clinic's key, and another appliance's archive verified here.
+    let other = Clinic::setup("127.0.0.1");
+    let other_clinic = other.path().join("clinic");
+    restore(&archive, &other_clinic.join("backup.key"), &to)
+        .fails_with(&["not encrypted to this key", "the archive is of appliance age1"]);
+    kakehashi(&[
+        "backup",
+        "verify",
+        s(&archive),
+        "--config",
+        s(&other_clinic.join("gateway.toml")),
+    ])
+    .fails_with(&["not encrypted to this key"]);
+    assert!(!to.exists(), "nothing restored");
+
+    // Not into a directory that holds something.
+    std::fs::create_dir(&to).unwrap();
+    write(&to.join("keep.txt"), "mine");
+    restore(&archive, &key, &to).fails_with(&["is not empty"]);
+    assert_eq!(std::fs::read_to_string(to.join("keep.txt")).unwrap(), "mine");
+
+    // The target gone (an unmounted USB disk): refused, the earlier archive untouched, and the
+    // failure recorded for the metrics and the status page.
+    let before = snapshot(&clinic.join("backups"));
+    std::fs::rename(clinic.join("backups"), dir.path().join("unplugged")).unwrap();
+    kakehashi(&["backup", "run", "--config", s(&config)]).fails_with(&["is not a directory", "mounted"]);
+    std::fs::rename(dir.path().join("unplugged"), clinic.join("backups")).unwrap();
+    assert_unchanged(&before, &snapshot(&clinic.join("backups")));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(clinic.join("data/backup.json")).unwrap()).unwrap();
+    assert_eq!(state["last_ok"], false, "{state}");
+    assert!(
+        state["last_good"].is_string(),
+        "the earlier good one is remembered: {state}"
+    );
+
+    // A recipient that is not one: the configuration names the key.
+    let toml = std::fs::read_to_string(&config).unwrap();
+    write(
+        &config,
+        toml.replace("recipients = [\"age1", "recipients = [\"nope1"),
+    );
+    kakehashi(&["gateway", "check", "--config", s(&config)])
+        .fails_with(&["backup.recipients[0]", "not an age X25519 recipient"]);
+}
