@@ -56,6 +56,7 @@ fn report(operator: bool) -> Report {
                     reason: "the call needs scope write; the person has reference".into(),
                 })
                 .collect(),
+            firmware: None,
             backup: Some(kakehashi_gateway::backup::state::State {
                 last_run: Some("2026-12-04T11:00:00.000Z".into()),
                 last_ok: true,

@@ -138,13 +138,24 @@ impl BackupError {
 
 pub type Result<T, E = BackupError> = std::result::Result<T, E>;
 
+/// The appliance's own identity if a backup ever made it; commands that only look do not.
+pub fn existing_identity(data_dir: &Path) -> Result<Option<provisioning_shared::device::Identity>> {
+    let path = data_dir.join(SELF_KEY);
+    if !path.exists() {
+        return Ok(None);
+    }
+    provisioning_shared::device::Identity::read(&path)
+        .map(Some)
+        .map_err(BackupError::Refused)
+}
+
 /// The appliance's own identity, made (mode 0600) the first time it is needed.
 pub fn self_identity(data_dir: &Path) -> Result<provisioning_shared::device::Identity> {
     use provisioning_shared::device::Identity;
-    let path = data_dir.join(SELF_KEY);
-    if path.exists() {
-        return Identity::read(&path).map_err(BackupError::Refused);
+    if let Some(identity) = existing_identity(data_dir)? {
+        return Ok(identity);
     }
+    let path = data_dir.join(SELF_KEY);
     let identity = Identity::generate();
     cert_tool::files::create_dir(data_dir, 0o700).map_err(|e| BackupError::Refused(e.to_string()))?;
     cert_tool::files::write_atomic(&path, identity.to_text().as_bytes(), cert_tool::files::SECRET)

@@ -64,8 +64,7 @@ fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
         .as_ref()
         .ok_or_else(|| BackupError::Refused(format!("{}: no [backup] section", config.source.display())))?;
     let data_dir = &config.data_dir;
-    let _lock = cert_tool::files::DirLock::file(&data_dir.join("backup.lock"))
-        .map_err(|e| BackupError::Refused(e.to_string()))?;
+    let _lock = lock(data_dir)?;
     if !target.dir.is_dir() {
         return Err(BackupError::Refused(format!(
             "backup.dir {} is not a directory: is the USB disk or the NAS mounted?",
@@ -408,7 +407,7 @@ pub(super) fn count(rel: &Path, staging: &Path, copy: &Path, counts: &mut Counts
 /// Reads the archive back from the target and checks it as a restore would: it must be what was
 /// written.
 fn verify_written(data_dir: &Path, archive: &Path, me: &Identity, written: &Manifest) -> Result<()> {
-    let manifest = verify(data_dir, archive, me)?;
+    let manifest = verify_unlocked(data_dir, archive, me)?;
     if manifest != *written {
         return Err(BackupError::archive(
             archive,
@@ -418,10 +417,21 @@ fn verify_written(data_dir: &Path, archive: &Path, me: &Identity, written: &Mani
     Ok(())
 }
 
-/// Opens an archive of this appliance with its own key in a scratch directory and checks it as
-/// a restore would (files, databases, counts), and that its audit head is in the live log (the
-/// log was not rewritten since).
-pub fn verify(data_dir: &Path, archive: &Path, me: &Identity) -> Result<Manifest> {
+/// Opens an archive with `identity` (the appliance's own, or one of its recipients') in a scratch
+/// directory and checks it as a restore would (files, databases, counts), and that its audit head
+/// is in the live log (the log was not rewritten since). One at a time with `backup run`, whose
+/// scratch directory it shares.
+pub fn verify(data_dir: &Path, archive: &Path, identity: &Identity) -> Result<Manifest> {
+    let _lock = lock(data_dir)?;
+    verify_unlocked(data_dir, archive, identity)
+}
+
+fn lock(data_dir: &Path) -> Result<cert_tool::files::DirLock> {
+    cert_tool::files::DirLock::file(&data_dir.join("backup.lock"))
+        .map_err(|e| BackupError::Refused(e.to_string()))
+}
+
+fn verify_unlocked(data_dir: &Path, archive: &Path, me: &Identity) -> Result<Manifest> {
     let scratch = data_dir.join(VERIFYING);
     remove_dir(&scratch)?;
     fs::create_dir(&scratch).map_err(BackupError::io("create", &scratch))?;

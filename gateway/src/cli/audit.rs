@@ -22,7 +22,17 @@ pub struct AuditArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Recompute the hash chain; exit 0 if intact, 1 naming the first broken entry
-    Verify,
+    Verify {
+        /// Also check the log against a backup's copy: the archive's last entry must be in this
+        /// log with the same hash, so a log rewritten since (even by root, chain and head
+        /// recomputed) is caught
+        #[arg(long, value_name = "ARCHIVE")]
+        against: Option<std::path::PathBuf>,
+        /// With --against: an age identity the archive was encrypted to [default: the
+        /// appliance's own, DATA_DIR/backup-self.key]
+        #[arg(long, value_name = "FILE", requires = "against")]
+        identity: Option<std::path::PathBuf>,
+    },
     /// Print the entries, oldest first: one line each, or JSON Lines with --json
     Export {
         /// Only entries at or after this time: RFC 3339 (2025-04-01T09:00:00+09:00) or a date
@@ -35,11 +45,39 @@ pub enum AuditCommand {
     },
 }
 
+/// `audit verify --against ARCHIVE`: the archive's chain verifies, and its last entry is in
+/// the live log with the same hash; the chain makes every entry before it the same too.
+fn against_archive(
+    dir: &std::path::Path,
+    archive: &std::path::Path,
+    identity: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    use provisioning_shared::device::Identity;
+    let own = dir.join(crate::backup::SELF_KEY);
+    let key = identity.unwrap_or(&own);
+    let identity = Identity::read(key).map_err(StoreError::Invalid)?;
+    match crate::backup::verify(dir, archive, &identity) {
+        Ok(manifest) => {
+            let c = &manifest.counts;
+            println!(
+                "matches the backup taken {}: entries 1 to {} are the archive's (its head {}), and the log goes on from there",
+                manifest.created, c.audit_last_id, c.audit_last_hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ crate::backup::BackupError::Archive { .. }) => {
+            println!("audit log does NOT match the backup: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(StoreError::Invalid(e.to_string())),
+    }
+}
+
 /// Runs one `audit` command.
 pub fn run(args: AuditArgs) -> Result<ExitCode> {
     let dir = &args.appliance.data_dir()?;
     match args.command {
-        AuditCommand::Verify => {
+        AuditCommand::Verify { against, identity } => {
             let report = audit::verify(dir)?;
             let Some(broken) = report.broken else {
                 println!(
@@ -52,6 +90,9 @@ pub fn run(args: AuditArgs) -> Result<ExitCode> {
                          written (a crash?); their chain is intact",
                         report.unattested
                     );
+                }
+                if let Some(archive) = against {
+                    return against_archive(dir, &archive, identity.as_deref());
                 }
                 return Ok(ExitCode::SUCCESS);
             };

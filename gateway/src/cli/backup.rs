@@ -124,7 +124,7 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
         BackupCommand::List { json } => {
             let config = args.appliance.load("its [backup] section")?;
             let target = config.backup.as_ref().ok_or_else(|| no_section(&config))?;
-            let me = backup::self_identity(&config.data_dir)?.recipient();
+            let me = backup::existing_identity(&config.data_dir)?.map(|i| i.recipient());
             let listed: Vec<Listed> = backup::list(&target.dir)?
                 .into_iter()
                 .map(|(path, header)| {
@@ -135,7 +135,7 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
                     };
                     Listed {
                         archive: path.display().to_string(),
-                        this_appliance: appliance.as_deref() == Some(me.as_str()),
+                        this_appliance: appliance.is_some() && appliance == me,
                         appliance,
                         created,
                         bytes,
@@ -178,7 +178,14 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
         BackupCommand::Verify { archive } => {
             let config = args.appliance.load("its [backup] section")?;
             let target = config.backup.as_ref().ok_or_else(|| no_section(&config))?;
-            let me = backup::self_identity(&config.data_dir)?;
+            let me = backup::existing_identity(&config.data_dir)?.ok_or_else(|| {
+                BackupError::Refused(format!(
+                    "{}: no {}: this appliance never took a backup, so none is its own (restore \
+                     another's with `backup restore --identity`)",
+                    config.data_dir.display(),
+                    backup::SELF_KEY
+                ))
+            })?;
             let path = match archive {
                 Some(p) => p,
                 None => backup::list(&target.dir)?

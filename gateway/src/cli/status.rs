@@ -160,6 +160,25 @@ fn text(r: &Report) -> String {
             ),
         };
         let _ = writeln!(s, "backup:        {backup}");
+        if let Some(fw) = &op.firmware {
+            let _ = writeln!(
+                s,
+                "firmware:      slot {}{}{}{}",
+                fw.committed,
+                fw.committed_version
+                    .as_deref()
+                    .map(|v| format!(" ({v})"))
+                    .unwrap_or_default(),
+                fw.trial
+                    .as_deref()
+                    .map(|t| format!("; on trial: slot {t} ({}/{})", fw.bootcount, fw.bootlimit))
+                    .unwrap_or_default(),
+                fw.rolled_back
+                    .as_deref()
+                    .map(|r| format!("; rolled back: {r}"))
+                    .unwrap_or_default()
+            );
+        }
         for t in &op.terminals {
             let state = if t.enabled { "enabled" } else { "disabled" };
             let seen = t.last_seen.as_deref().unwrap_or("-");

@@ -35,6 +35,8 @@ pub struct Sources {
     pub data_dir: PathBuf,
     /// The certificates the gateway uses, by role: checked for their expiry.
     pub certificates: Vec<(&'static str, PathBuf)>,
+    /// `[firmware]`'s slots directory, when updates are configured.
+    pub firmware_slots: Option<PathBuf>,
 }
 
 impl Sources {
@@ -133,6 +135,7 @@ impl Sources {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             recent_refusals: recent.refusals,
             backup: crate::backup::state::read(&self.data_dir),
+            firmware: self.firmware_slots.as_deref().and_then(firmware_slots),
         }
     }
 
@@ -163,6 +166,21 @@ impl Sources {
             })
             .collect()
     }
+}
+
+/// The slots' state, when they were set up (by the first `firmware install`).
+fn firmware_slots(dir: &std::path::Path) -> Option<crate::status::FirmwareSlots> {
+    use firmware::bootloader::Bootloader as _;
+    let files = firmware::files::Files::new(dir);
+    let env = files.read().ok().flatten()?;
+    Some(crate::status::FirmwareSlots {
+        committed: env.committed.name().to_owned(),
+        committed_version: files.info(env.committed).ok().flatten().map(|i| i.version),
+        trial: env.trial.map(|s| s.name().to_owned()),
+        bootcount: env.bootcount,
+        bootlimit: env.bootlimit,
+        rolled_back: env.rolled_back,
+    })
 }
 
 /// The certificate at `path` (its first, in a chain), if it ends within [`EXPIRY_WARNING`].

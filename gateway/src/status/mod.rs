@@ -72,6 +72,23 @@ pub struct Operator {
     /// What the last `kakehashi backup run` did (absent: none ran).
     #[serde(default)]
     pub backup: Option<crate::backup::state::State>,
+    /// The firmware slots, on an appliance that takes signed updates (`[firmware]`, slots set up).
+    #[serde(default)]
+    pub firmware: Option<FirmwareSlots>,
+}
+
+/// Which slot runs, and a trial or a rollback, as `kakehashi firmware status` says them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirmwareSlots {
+    /// `a` or `b`, and the version installed there.
+    pub committed: String,
+    pub committed_version: Option<String>,
+    /// The slot on trial, and how many of its starts were used.
+    pub trial: Option<String>,
+    pub bootcount: u32,
+    pub bootlimit: u32,
+    /// The last trial given up, and why.
+    pub rolled_back: Option<String>,
 }
 
 /// A registered terminal.

@@ -231,6 +231,20 @@ fn operator(op: &Operator, lang: Lang) -> Markup {
                 dd { (op.disk_free_bytes.map_or("-".to_owned(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))) }
                 dt { (t(lang, "バージョン", "Version")) }
                 dd { (op.version) }
+                @if let Some(fw) = &op.firmware {
+                    dt { (t(lang, "ファームウェア", "Firmware")) }
+                    dd class=[fw.rolled_back.is_some().then_some("warn")] id="firmware" {
+                        (t(lang, "スロット ", "slot ")) (fw.committed)
+                        @if let Some(v) = &fw.committed_version { " (" (v) ")" }
+                        @if let Some(trial) = &fw.trial {
+                            (t(lang, "、試用中：スロット ", "; on trial: slot ")) (trial)
+                            " (" (fw.bootcount) "/" (fw.bootlimit) ")"
+                        }
+                        @if let Some(why) = &fw.rolled_back {
+                            (t(lang, "、切り戻し：", "; rolled back: ")) (why)
+                        }
+                    }
+                }
                 dt { (t(lang, "最終バックアップ", "Last backup")) }
                 @match &op.backup {
                     None => dd class="warn" { (t(lang, "まだありません", "none yet")) },
@@ -320,6 +334,14 @@ mod tests {
                     request: Some("POST /api21/medicalmodv2".into()),
                     reason: "needs scope <write>".into(),
                 }],
+                firmware: Some(crate::status::FirmwareSlots {
+                    committed: "a".into(),
+                    committed_version: Some("1.4.0".into()),
+                    trial: Some("b".into()),
+                    bootcount: 1,
+                    bootlimit: 3,
+                    rolled_back: None,
+                }),
                 backup: Some(crate::backup::state::State {
                     last_run: Some("2026-12-04T11:00:00.000Z".into()),
                     last_error: Some("backup.dir /mnt/usb is not a directory".into()),
@@ -346,6 +368,10 @@ mod tests {
         assert!(
             html.contains("the last run failed: backup.dir /mnt/usb is not a directory"),
             "a failing backup shows: {html}"
+        );
+        assert!(
+            html.contains("slot a (1.4.0); on trial: slot b (1/3)"),
+            "the firmware slots: {html}"
         );
         assert!(html.len() < 50 * 1024);
     }

@@ -24,6 +24,16 @@ impl Clinic {
     }
 }
 
+/// Appends `n` entries to the audit log in `data` (as a gateway would), the chain and head kept.
+fn audit_entries(data: &Path, n: usize, reason: &str) {
+    use kakehashi_gateway::audit::{AuditLog, Decision, Entry};
+    let log = AuditLog::open(data).unwrap();
+    for _ in 0..n {
+        log.record_blocking(Entry::new(Decision::Allow, "api", "127.0.0.1:1", reason));
+    }
+    log.close_blocking().unwrap();
+}
+
 /// `backup run`: its last line is the archive.
 fn backup(config: &Path) -> (String, String) {
     let out = kakehashi(&["backup", "run", "--config", s(config)]).ok();
@@ -119,6 +129,43 @@ fn a_replacement_restored_from_a_backup_serves_the_same_terminal_and_sends_every
 }
 
 #[test]
+fn a_replaced_audit_log_is_caught_against_a_backup() {
+    let dir = Clinic::setup("127.0.0.1");
+    let clinic = dir.path().join("clinic");
+    let config = clinic.join("gateway.toml");
+    let data = clinic.join("data");
+    audit_entries(&data, 5, "signed in");
+    let (_, archive) = backup(&config);
+    audit_entries(&data, 3, "signed in");
+    let out = kakehashi(&["audit", "verify", "--config", s(&config), "--against", &archive]).ok();
+    assert!(
+        out.contains("matches the backup taken") && out.contains("entries 1 to 5"),
+        "{out}"
+    );
+
+    // Someone with root replaces the log with one of their own: a chain and a head that are
+    // intact, which only the off-box copy can tell from the real one.
+    std::fs::rename(data.join("audit.db"), dir.path().join("audit.db.real")).unwrap();
+    std::fs::rename(data.join("audit.head"), dir.path().join("audit.head.real")).unwrap();
+    audit_entries(&data, 8, "nothing happened");
+    kakehashi(&["audit", "verify", "--config", s(&config)]).ok();
+    kakehashi(&["audit", "verify", "--config", s(&config), "--against", &archive])
+        .fails_with(&["does NOT match the backup", "entry 5 is not the live log's"]);
+    // The vendor's copy of the key checks it too.
+    kakehashi(&[
+        "audit",
+        "verify",
+        "--config",
+        s(&config),
+        "--against",
+        &archive,
+        "--identity",
+        s(&clinic.join("backup.key")),
+    ])
+    .fails_with(&["does NOT match the backup"]);
+}
+
+#[test]
 fn damaged_cut_and_foreign_archives_a_wrong_key_and_a_missing_target_are_refused() {
     let dir = Clinic::setup("127.0.0.1");
     let clinic = dir.path().join("clinic");
@@ -152,14 +199,12 @@ fn damaged_cut_and_foreign_archives_a_wrong_key_and_a_missing_target_are_refused
     let other_clinic = other.path().join("clinic");
     restore(&archive, &other_clinic.join("backup.key"), &to)
         .fails_with(&["not encrypted to this key", "the archive is of appliance age1"]);
-    kakehashi(&[
-        "backup",
-        "verify",
-        s(&archive),
-        "--config",
-        s(&other_clinic.join("gateway.toml")),
-    ])
-    .fails_with(&["not encrypted to this key"]);
+    let other_config = other_clinic.join("gateway.toml");
+    kakehashi(&["backup", "verify", s(&archive), "--config", s(&other_config)])
+        .fails_with(&["never took a backup"]);
+    backup(&other_config);
+    kakehashi(&["backup", "verify", s(&archive), "--config", s(&other_config)])
+        .fails_with(&["not encrypted to this key"]);
     assert!(!to.exists(), "nothing restored");
 
     // Not into a directory that holds something.

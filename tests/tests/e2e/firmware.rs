@@ -108,7 +108,11 @@ fn firmware_update_commits_after_health_checks_and_a_failing_trial_rolls_back() 
     assert!(!clinic.join("slots").exists(), "a refused image wrote nothing");
     // A damaged chunk is found while streaming: the slots are set up (slot a takes the running
     // binary), but nothing of the image is kept or marked bootable.
-    install(&tampered).fails_with(&["chunk 20 of the payload does not match its SHA-256"]);
+    // (The last byte is in the payload's last 1 MiB chunk, counted from 0.)
+    let last_chunk = (std::fs::metadata(&binary).expect("binary").len() - 1) >> 20;
+    install(&tampered).fails_with(&[&format!(
+        "chunk {last_chunk} of the payload does not match its SHA-256"
+    )]);
     let st = status(&config);
     assert!(st["trial"].is_null() && st["slots"]["b"].is_null(), "{st}");
     assert!(
@@ -164,6 +168,12 @@ fn firmware_update_commits_after_health_checks_and_a_failing_trial_rolls_back() 
     assert!(
         why.contains("failed its health checks") && why.contains("is not bound"),
         "{why}"
+    );
+    // The running gateway's status report (the status page's operator section) says the same.
+    let text = kakehashi(&["status", "--config", s(&config)]).ok();
+    assert!(
+        text.contains("firmware:      slot b (0.2.0); rolled back:"),
+        "{text}"
     );
     // And the audit log has every step, its chain intact.
     let audit = kakehashi(&["audit", "export", "--config", s(&config)]).ok();

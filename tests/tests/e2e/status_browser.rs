@@ -285,7 +285,15 @@ fn chromium_shows_the_outage_the_waiting_count_and_the_operators_certificates() 
     operator.until("#expiring", "server", Duration::from_secs(5), false);
     operator.screenshot("operator");
 
+    // The cloud back, but its database held by another writer: it answers the probe and cannot
+    // take the journaled write yet (5xx, retried), so the page says recovery with one waiting.
+    let held = rusqlite::Connection::open(c.path("engine.db")).unwrap();
+    held.execute_batch("BEGIN IMMEDIATE").unwrap();
     sh(&format!("kill -CONT {}", c.engine.pid())).ok();
+    live.until("#banner", "復旧中：送信待ち 1 件", Duration::from_secs(15), false);
+    plain.until("#banner", "復旧中：送信待ち 1 件", Duration::from_secs(5), true);
+    live.screenshot("recovery");
+    drop(held);
     live.until("#journal-pending", "0", Duration::from_secs(15), false);
     live.until("#banner", "クラウド接続中", Duration::from_secs(15), false);
     live.screenshot("normal-after");
