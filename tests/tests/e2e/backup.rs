@@ -1,6 +1,7 @@
 //! `kakehashi backup`: an appliance that took writes during an outage is backed up, hands its
 //! journal back to the cloud and dies by SIGKILL; a replacement restored from the archive serves
-//! the same terminal with nothing changed on it, and every write is in the cloud exactly once.
+//! the same terminals with nothing changed on them (curl over TLS, wireguard-go in a network
+//! namespace), and every write is in the cloud exactly once.
 //! Damaged, cut and foreign archives, a wrong key and a missing target are refused with nothing
 //! changed.
 
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::gateway::{Clinic, PATIENT};
+use super::wireguard::{TUNNEL, Terminal, patient_url};
 use crate::support::*;
 
 const WRITE: &str = "/api21/medicalmodv2?class=01&format=json";
@@ -42,9 +44,12 @@ fn backup(config: &Path) -> (String, String) {
 }
 
 #[test]
-fn a_replacement_restored_from_a_backup_serves_the_same_terminal_and_sends_every_write_once() {
-    let mut a = Clinic::start("\n[failover]\nhealthy_secs = 1\n");
+fn a_replacement_restored_from_a_backup_serves_the_same_terminals_and_sends_every_write_once() {
+    // WireGuard on every address, for a terminal in its own network namespace.
+    let mut a = Clinic::adopt(Clinic::setup("0.0.0.0"), "\n[failover]\nhealthy_secs = 1\n");
     let config = a.path("gateway.toml");
+    let wg = Terminal::up(&a.path("terminal-wg.conf"), a.wg_port());
+    wg.route(TUNNEL).wait_for_ping(TUNNEL, Duration::from_secs(10));
 
     // The cloud stops answering; three writes are journaled and acknowledged.
     sh(&format!("kill -STOP {}", a.engine.pid())).ok();
@@ -105,6 +110,11 @@ fn a_replacement_restored_from_a_backup_serves_the_same_terminal_and_sends_every
     // The terminal, unchanged, reaches B; B hands back the three writes A had already
     // delivered, and the cloud keeps each once (their idempotency keys).
     let (code, body) = a.curl(&format!("{} -u {}", a.tls(), a.user), PATIENT);
+    assert_eq!(code, 200, "{body}");
+    // The WireGuard terminal, its config and wireguard-go untouched: B has the same key, so a new
+    // handshake (wireguard-go retries by itself) gets it through.
+    wg.wait_for_ping(TUNNEL, Duration::from_secs(40));
+    let (code, body) = wg.curl(&["-u", &a.user], &patient_url(TUNNEL));
     assert_eq!(code, 200, "{body}");
     a.until_metric("journal_pending", 0, Duration::from_secs(20));
     let journal = rusqlite::Connection::open(new.join("data/journal.db")).unwrap();

@@ -10,7 +10,7 @@ use crate::support::*;
 
 /// A terminal: a network namespace joined to this one by a veth pair (`10.201.N.1` here,
 /// `10.201.N.2` there), running wireguard-go with a wg-quick config. Removed on drop.
-struct Terminal {
+pub(crate) struct Terminal {
     ns: String,
 }
 
@@ -27,7 +27,7 @@ fn run(line: &str) -> String {
 impl Terminal {
     /// Brings up `config` (a wg-quick file) in a new namespace, its endpoint pointed at this side
     /// of the veth and the gateway's `port`.
-    fn up(config: &std::path::Path, port: u16) -> Terminal {
+    pub(crate) fn up(config: &std::path::Path, port: u16) -> Terminal {
         // Names unique across namespaces and test runs on this machine (interfaces ≤ 15 bytes).
         let n = (std::process::id() % 200 + NEXT.fetch_add(1, Ordering::Relaxed)) % 250 + 1;
         let ns = format!("khw{}x{n}", std::process::id() % 1000);
@@ -87,7 +87,7 @@ impl Terminal {
     }
 
     /// Routes the tunnel network's gateway address (`/32`) into the tunnel.
-    fn route(&self, gateway: &str) -> &Terminal {
+    pub(crate) fn route(&self, gateway: &str) -> &Terminal {
         run(&format!(
             "ip -n {} route add {gateway}/32 dev {}",
             self.ns, self.ns
@@ -103,7 +103,7 @@ impl Terminal {
     }
 
     /// curl inside the namespace: the status (0 when nothing answered) and the body.
-    fn curl(&self, options: &[&str], url: &str) -> (u16, String) {
+    pub(crate) fn curl(&self, options: &[&str], url: &str) -> (u16, String) {
         let mut args = vec!["curl", "-s", "-m", "4", "-w", "~STATUS~%{http_code}"];
         args.extend_from_slice(options);
         args.push(url);
@@ -114,7 +114,7 @@ impl Terminal {
 
     /// Waits (a restarted gateway has no session: WireGuard retries its handshake) until ping
     /// gets through, or panics after `within`.
-    fn wait_for_ping(&self, gateway: &str, within: Duration) {
+    pub(crate) fn wait_for_ping(&self, gateway: &str, within: Duration) {
         let deadline = Instant::now() + within;
         while !self.ping(gateway) {
             assert!(
@@ -157,7 +157,7 @@ fn clinic(edit: impl Fn(String) -> String) -> Clinic {
 
 impl Clinic {
     /// The UDP port WireGuard listens on.
-    fn wg_port(&self) -> u16 {
+    pub(crate) fn wg_port(&self) -> u16 {
         let text = std::fs::read_to_string(self.path("gateway.toml")).unwrap();
         let wg = text.split("[wireguard]").nth(1).expect("a [wireguard] section");
         wg.lines()
@@ -175,9 +175,9 @@ impl Clinic {
     }
 }
 
-const TUNNEL: &str = "10.77.0.1";
+pub(crate) const TUNNEL: &str = "10.77.0.1";
 
-fn patient_url(gateway: &str) -> String {
+pub(crate) fn patient_url(gateway: &str) -> String {
     format!("http://{gateway}:8000{PATIENT}")
 }
 
