@@ -144,7 +144,8 @@ impl Cache {
     }
 
     /// The answer for `key` if it is still within its lifetime. A failing lookup is a miss: the
-    /// cache never turns an answer into an error.
+    /// cache never turns an answer into an error. So is a row whose store time cannot be (the
+    /// file changed under the gateway): its age would be nonsense.
     pub fn get(&self, key: &[u8; 32]) -> Option<Hit> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let now = sqlite::now();
@@ -154,17 +155,20 @@ impl Cache {
             )
             .and_then(|mut s| {
                 s.query_row(params![&key[..], now], |r| {
-                    Ok(Hit {
+                    let Some(age) = now.checked_sub(r.get::<_, i64>(3)?) else {
+                        return Ok(None);
+                    };
+                    Ok(Some(Hit {
                         status: r.get::<_, i64>(0)? as u16,
                         content_type: r.get(1)?,
                         body: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                        age: (now - r.get::<_, i64>(3)?).max(0) as u64,
-                    })
+                        age: age.max(0) as u64,
+                    }))
                 })
                 .optional()
             });
         match found {
-            Ok(hit) => hit,
+            Ok(hit) => hit.flatten(),
             Err(e) => {
                 tracing::warn!("{}: cache lookup failed: {e}", self.path.display());
                 None
@@ -299,6 +303,25 @@ mod tests {
         assert!(cache.get(&fill(0, 0).key).is_none(), "the oldest went first");
         let hit = cache.get(&fill(199, 0).key).expect("the newest stays");
         assert_eq!((hit.status, hit.body.len()), (200, 1024));
+    }
+
+    /// Found by the `records` fuzz target: a stored time near `i64::MIN` overflowed the age
+    /// (a panic with overflow checks, a wrapped age without).
+    #[test]
+    fn a_row_stored_at_an_impossible_time_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, _) = Cache::open(dir.path(), 1 << 20).unwrap();
+        cache.fill(fill(1, 10));
+        settle();
+        let conn = rusqlite::Connection::open(dir.path().join(FILE)).unwrap();
+        conn.execute("UPDATE entries SET stored = ?1", [i64::MIN])
+            .unwrap();
+        assert!(cache.get(&fill(1, 0).key).is_none());
+        conn.execute("UPDATE entries SET stored = 0", []).unwrap();
+        assert!(
+            cache.get(&fill(1, 0).key).is_some_and(|h| h.age > 0),
+            "an old one is old"
+        );
     }
 
     #[test]
