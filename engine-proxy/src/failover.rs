@@ -18,7 +18,14 @@
 //! at most the detection time, not the upstream timeout. Every write sent to the cloud carries an
 //! idempotency key (the terminal's, or one the gateway makes), so a write whose fate is unknown
 //! can be journaled and replayed without being applied twice.
+//!
+//! With several paths to the cloud, "the cloud" above is the first healthy path, and a call that
+//! path fails is tried on the next before any local answer: a read silent past its path's
+//! deadline is sent again on the next path too (the first answer wins), a write that failed or
+//! whose path went down is sent again on the next path under the same idempotency key. The local
+//! engine answers only when every path has failed the call.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
@@ -76,11 +83,11 @@ pub enum Local {
     Engine { url: String },
 }
 
-/// The route stage as one worker runs it: its own clients to the cloud and the on-premises
-/// engine (a request and the connection carrying it stay on the worker's thread), the failover
-/// state shared by all.
+/// The route stage as one worker runs it: its own clients to the cloud (one per path, in the
+/// order of [`Health::links`]) and the on-premises engine (a request and the connection carrying
+/// it stay on the worker's thread), the failover state shared by all.
 pub struct Router {
-    pub cloud: Upstream,
+    pub paths: Vec<Upstream>,
     pub onprem: Option<Upstream>,
     pub failover: Arc<Failover>,
 }
@@ -96,19 +103,14 @@ pub struct Caller {
 /// Who answered a call.
 #[derive(Debug, Clone)]
 pub enum Served {
-    Cloud,
+    /// The cloud, over this path.
+    Cloud(usize),
     /// The on-premises engine, and why the cloud did not.
     OnPrem(String),
     /// The cache, with the answer's age, and why the cloud did not.
-    Cache {
-        age: u64,
-        why: String,
-    },
+    Cache { age: u64, why: String },
     /// The journal, with the entry's id, and why the cloud did not.
-    Journaled {
-        id: u64,
-        why: String,
-    },
+    Journaled { id: u64, why: String },
     /// The gateway, in the engine's place and format, refusing.
     Refused(String),
 }
@@ -117,7 +119,7 @@ impl Served {
     /// For the audit log.
     pub fn describe(&self) -> String {
         match self {
-            Served::Cloud => "the cloud engine".into(),
+            Served::Cloud(_) => "the cloud engine".into(),
             Served::OnPrem(why) => format!("the on-premises engine ({why})"),
             Served::Cache { age, why } => format!("the cache, an answer {age} s old ({why})"),
             Served::Journaled { id, why } => format!("the journal as entry #{id} ({why})"),
@@ -168,6 +170,25 @@ impl Head {
         *req.headers_mut() = self.headers.clone();
         req
     }
+}
+
+/// A call to the cloud under way, and its path.
+type Call = Pin<Box<dyn Future<Output = (usize, Attempt)> + Send>>;
+
+/// What makes a cache row of a read's answer.
+type Filler = Box<dyn FnOnce(hyper::http::response::Parts, Bytes) -> cache::Fill + Send>;
+
+/// The first of several calls to end, taken out of `calls` (which must not be empty).
+fn first_done(calls: &mut Vec<Call>) -> impl Future<Output = (usize, Attempt)> + '_ {
+    std::future::poll_fn(move |cx| {
+        for i in 0..calls.len() {
+            if let std::task::Poll::Ready(ended) = calls[i].as_mut().poll(cx) {
+                drop(calls.swap_remove(i));
+                return std::task::Poll::Ready(ended);
+            }
+        }
+        std::task::Poll::Pending
+    })
 }
 
 /// How a call to the cloud ended.
@@ -230,20 +251,23 @@ impl Router {
         }
     }
 
-    /// A call that is neither cached nor journaled: straight to the cloud, streaming.
+    /// A call that is neither cached nor journaled: straight to the cloud over the preferred
+    /// path, streaming (a streamed body cannot be sent twice, so no other path is tried).
     async fn stream(&self, req: Request<ProxyBody>, caller: &Caller) -> Result<Routed, RouteError> {
-        match self.cloud.forward(req, caller.authorization.clone()).await {
+        let health = &self.failover.health;
+        let path = health.preferred().unwrap_or(0);
+        match self.paths[path].forward(req, caller.authorization.clone()).await {
             Ok(resp) => {
                 if is_unavailable(resp.status()) {
-                    self.failover.health.suspect();
+                    health.suspect(path);
                 }
                 Ok(Routed {
                     response: boxed(resp),
-                    served: Served::Cloud,
+                    served: Served::Cloud(path),
                 })
             }
             Err(e) => {
-                self.failover.health.suspect();
+                health.suspect(path);
                 Err(e.into())
             }
         }
@@ -271,20 +295,14 @@ impl Router {
         Ok((head, body))
     }
 
-    /// Sends a buffered call to the cloud, giving up when the cloud is declared down. With
-    /// `whole`, a 200 answer of known, bounded length is read to the end (to be cached). The
-    /// call owns what it needs, so that a read answered from the cache meanwhile can leave it
-    /// running.
-    fn attempt(
-        &self,
-        head: &Head,
-        body: Bytes,
-        caller: &Caller,
-        whole: bool,
-    ) -> impl Future<Output = Attempt> + Send + 'static {
-        let (cloud, failover) = (self.cloud.clone(), self.failover.clone());
+    /// Sends a buffered call to the cloud over `path`, giving up when that path is declared
+    /// down. With `whole`, a 200 answer of known, bounded length is read to the end (to be
+    /// cached). The call owns what it needs, so that a read answered otherwise meanwhile can
+    /// leave it running.
+    fn attempt(&self, path: usize, head: &Head, body: Bytes, caller: &Caller, whole: bool) -> Call {
+        let (cloud, failover) = (self.paths[path].clone(), self.failover.clone());
         let (req, authorization) = (head.request(body), caller.authorization.clone());
-        async move {
+        Box::pin(async move {
             let limit = failover.max_entry_bytes as u64;
             let health = &failover.health;
             let call = async {
@@ -296,7 +314,7 @@ impl Router {
                 if is_unavailable(resp.status()) {
                     return Attempt::Failed(format!("the cloud answered {}", resp.status()));
                 }
-                health.answered(sent.elapsed());
+                health.answered(path, sent.elapsed());
                 let bounded = resp
                     .headers()
                     .get(header::CONTENT_LENGTH)
@@ -313,47 +331,112 @@ impl Router {
             };
             let attempt = tokio::select! {
                 a = call => a,
-                () = health.went_down() => Attempt::Failed("the cloud was declared down while the call waited".into()),
+                () = health.path_went_down(path) => Attempt::Failed("the cloud was declared down while the call waited".into()),
             };
             if matches!(attempt, Attempt::Failed(_)) {
-                health.suspect();
+                health.suspect(path);
             }
-            attempt
+            (path, attempt)
+        })
+    }
+
+    /// Sends a buffered call to the cloud over the usable paths, the preferred first, and
+    /// returns the first answer and its path, or every path's failure.
+    ///
+    /// Each path waits for the cloud only as long as the cloud usually takes over it
+    /// ([`Health::call_deadline`]): past that a probe goes out and, for a read (`hedge`), the
+    /// next path is tried beside it, the first answer winning; the next path gets the whole
+    /// [`Health::ceiling`]. A write goes to the next path
+    /// only once its path has failed it, under the same idempotency key. When every path is
+    /// silent past its deadline, a read with a `cached` answer gets it (`Err`), while the
+    /// calls go on to fill the cache and teach the deadlines. A black-holed path thus costs a
+    /// terminal a fraction of a second, before any probe has confirmed it.
+    async fn cloud(
+        &self,
+        head: &Head,
+        body: &Bytes,
+        caller: &Caller,
+        hedge: bool,
+        mut cached: Option<(&Cache, &[u8; 32], Filler)>,
+    ) -> Result<(usize, Attempt), Routed> {
+        let health = &self.failover.health;
+        let mut untried = health.usable();
+        // Some path is up unless a prober changed its mind since the mode was read: then the
+        // preferred path by order is tried all the same.
+        let mut next = Some(untried.next().unwrap_or(0));
+        let (mut calls, mut failures, mut newest) = (Vec::<Call>::new(), Vec::new(), 0);
+        let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            if let Some(path) = next.take() {
+                // A path tried second may have no pooled connection on this worker (a TCP and
+                // TLS handshake to make first), and the cloud has just been heard on it by its
+                // prober: it gets the whole ceiling before the cache answers instead.
+                let wait = match calls.is_empty() && failures.is_empty() {
+                    true => health.call_deadline(path),
+                    false => health.ceiling(),
+                };
+                calls.push(self.attempt(path, head, body.clone(), caller, cached.is_some()));
+                newest = path;
+                deadline = hedge.then(|| Box::pin(tokio::time::sleep(wait)));
+            }
+            if calls.is_empty() {
+                return Ok((newest, Attempt::Failed(failures.join("; "))));
+            }
+            let silent = async {
+                match &mut deadline {
+                    Some(d) => d.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                (path, attempt) = first_done(&mut calls) => match attempt {
+                    Attempt::Failed(why) => {
+                        failures.push(format!("{}{why}", self.label(path)));
+                        if path == newest {
+                            next = untried.next();
+                            deadline = None;
+                        }
+                    }
+                    answered => return Ok((path, answered)),
+                },
+                () = silent => {
+                    deadline = None;
+                    health.suspect(newest);
+                    next = untried.next();
+                    if next.is_some() {
+                        continue;
+                    }
+                    let hit = cached.as_ref().and_then(|(cache, key, _)| cache.get(key));
+                    let (Some(hit), Some((_, _, fill))) = (hit, cached.take()) else {
+                        continue;
+                    };
+                    let failover = self.failover.clone();
+                    tokio::spawn(async move {
+                        while !calls.is_empty() {
+                            if let ((_, Attempt::Whole(parts, answer)), Local::Store { cache, .. }) =
+                                (first_done(&mut calls).await, &failover.local)
+                            {
+                                cache.fill(fill(parts, answer));
+                                break;
+                            }
+                        }
+                    });
+                    let why = match self.paths.len() {
+                        1 => format!("the cloud had not answered within {:?}", health.call_deadline(newest)),
+                        n => format!("the cloud had not answered on any of {n} paths within its deadline"),
+                    };
+                    return Err(hit_response(hit, why));
+                }
+            }
         }
     }
 
-    /// A cached read waits for the cloud only as long as the cloud usually takes
-    /// ([`Health::call_deadline`]): past that the cache answers and a probe goes out, while the
-    /// cloud's call goes on to fill the cache and teach the deadline when it ends. A black hole
-    /// then costs a terminal a fraction of a second, before any probe has confirmed it.
-    /// `Ok`: how the cloud's call ended; `Err`: the cache's answer, given at the deadline.
-    async fn cached_attempt(
-        &self,
-        call: impl Future<Output = Attempt> + Send + 'static,
-        cache: &Cache,
-        fill: impl FnOnce(hyper::http::response::Parts, Bytes) -> cache::Fill + Send + 'static,
-        key: &[u8; 32],
-    ) -> Result<Attempt, Routed> {
-        let health = &self.failover.health;
-        let mut call = Box::pin(call);
-        let deadline = health.call_deadline();
-        tokio::select! {
-            a = &mut call => return Ok(a),
-            () = tokio::time::sleep(deadline) => {}
+    /// How a failure on `path` begins: nothing with one path, its name with several.
+    fn label(&self, path: usize) -> String {
+        match self.failover.health.links() {
+            [_] => String::new(),
+            links => format!("path {}: ", links[path].name),
         }
-        health.suspect();
-        let Some(hit) = cache.get(key) else {
-            return Ok(call.await);
-        };
-        let failover = self.failover.clone();
-        tokio::spawn(async move {
-            if let (Attempt::Whole(parts, answer), Local::Store { cache, .. }) = (call.await, &failover.local)
-            {
-                cache.fill(fill(parts, answer));
-            }
-        });
-        let why = format!("the cloud had not answered within {deadline:?}");
-        Err(hit_response(hit, why))
     }
 
     async fn read(
@@ -369,7 +452,6 @@ impl Router {
         if let (Some(cache), Mode::Emergency) = (cache, mode) {
             return Ok(from_cache(cache, &key, &head, &body, "the cloud is down".into()));
         }
-        let call = self.attempt(&head, body.clone(), caller, cache.is_some());
         let ttl = rule.map_or(crate::rules::DEFAULT_TTL, |r| r.ttl);
         let path = head.uri.path().to_owned();
         let fill = move |parts: hyper::http::response::Parts, body: Bytes| cache::Fill {
@@ -380,17 +462,15 @@ impl Router {
             body,
             ttl,
         };
-        let attempt = match cache {
-            Some(cache) => match self.cached_attempt(call, cache, fill.clone(), &key).await {
-                Ok(attempt) => attempt,
-                Err(from_cache) => return Ok(from_cache),
-            },
-            None => call.await,
+        let cached = cache.map(|c| (c, &key, Box::new(fill.clone()) as Filler));
+        let (path, attempt) = match self.cloud(&head, &body, caller, true, cached).await {
+            Ok(ended) => ended,
+            Err(from_cache) => return Ok(from_cache),
         };
         match attempt {
             Attempt::Answered(resp) => Ok(Routed {
                 response: boxed(resp),
-                served: Served::Cloud,
+                served: Served::Cloud(path),
             }),
             Attempt::Whole(parts, answer) => {
                 if let Some(cache) = cache {
@@ -398,7 +478,7 @@ impl Router {
                 }
                 Ok(Routed {
                     response: Response::from_parts(parts, full(answer)),
-                    served: Served::Cloud,
+                    served: Served::Cloud(path),
                 })
             }
             Attempt::Failed(why) => match (&self.onprem, cache) {
@@ -437,20 +517,21 @@ impl Router {
         let why = match mode {
             Mode::Emergency => "the cloud is down".to_owned(),
             Mode::Recovery => "earlier offline writes are still being handed back".to_owned(),
-            Mode::Normal => match self.attempt(&head, body.clone(), caller, false).await {
-                Attempt::Answered(resp) => {
+            Mode::Normal => match self.cloud(&head, &body, caller, false, None).await {
+                Ok((path, Attempt::Answered(resp))) => {
                     return Ok(Routed {
                         response: boxed(resp),
-                        served: Served::Cloud,
+                        served: Served::Cloud(path),
                     });
                 }
-                Attempt::Whole(parts, b) => {
+                Ok((path, Attempt::Whole(parts, b))) => {
                     return Ok(Routed {
                         response: Response::from_parts(parts, full(b)),
-                        served: Served::Cloud,
+                        served: Served::Cloud(path),
                     });
                 }
-                Attempt::Failed(why) => format!("the cloud failed: {why}"),
+                Ok((_, Attempt::Failed(why))) => format!("the cloud failed: {why}"),
+                Err(from_cache) => return Ok(from_cache),
             },
         };
         let entry = NewEntry {

@@ -4,7 +4,13 @@
 //! the journal holds writes not yet handed back. Cloud down: `emergency`. Cloud up with a backlog:
 //! `recovery`. Cloud up, nothing owed: `normal`.
 //!
-//! Only the prober ([`watch_cloud`]) decides whether the cloud is up: a cheap engine call,
+//! The cloud may be reached over several paths (a second line, a VPN the gateway dials itself):
+//! the cloud is up while any path is, and the first healthy path in the configured order carries
+//! new calls. Everything below holds per path: each has its prober, its deadline and its
+//! hysteresis, so a path that flaps stays out of use while the others carry the clinic, and the
+//! local engine takes over only when every path is down.
+//!
+//! Only the prober ([`watch_path`]) decides whether a path is up: a cheap engine call,
 //! failed when it gets no answer within its deadline or a 5xx. The speed comes from the traffic,
 //! not from probing often (thousands of clinics probing ten times a second would load the data
 //! centre): a probe goes out about once a `interval`, and not at all while real calls are being
@@ -16,7 +22,7 @@
 //! once by one more with the whole `timeout`: a gateway starved of CPU (two hundred terminals
 //! signing in at once) misses short deadlines by itself, and the reads waiting meanwhile have
 //! already been answered from the cache. One failed probe (refused, 5xx, or silent for the whole
-//! `timeout`) takes the cloud down (DESIGN.md's one-second budget leaves no room for more); coming back needs `healthy_for` of unbroken
+//! `timeout`) takes the path down (DESIGN.md's one-second budget leaves no room for more); coming back needs `healthy_for` of unbroken
 //! successful probes, so a cloud that flaps stays down instead of dragging the clinic back and
 //! forth. That trial is the one time probes come closer together (about ten over `healthy_for`,
 //! [`Health::probe_spacing`]): a probe a second would miss a cloud that drops out for a third of
@@ -69,6 +75,11 @@ impl Mode {
 pub struct Change {
     pub mode: Mode,
     pub cloud_up: bool,
+    /// The path carrying the traffic now (the first healthy one in the configured order);
+    /// `None` when every path is down.
+    pub path: Option<usize>,
+    /// Bit `i` set: path `i` is up (a standby path going down is a change too).
+    pub up: u8,
     pub reason: String,
 }
 
@@ -83,68 +94,154 @@ pub struct Settings {
     /// The shortest deadline, however fast the cloud has been: a cloud answering in 2 ms is not
     /// suspect after 10 ms, when a packet lost once costs 200 ms.
     pub deadline_min: Duration,
-    /// How long the cloud must answer every probe before it counts as back.
+    /// How long a path must answer every probe before it counts as back: failing back to a path
+    /// waits for this stable window.
     pub healthy_for: Duration,
 }
 
-/// The shared view of the cloud's health.
+/// The most paths a gateway may have: their states are one bit each of a word.
+pub const MAX_PATHS: usize = 8;
+
+/// The shared view of the cloud's health, over every path to it.
+///
+/// The cloud is up when any path is; the paths are kept in the configured order, the first
+/// healthy one carries new calls. Each path has its own prober, deadline and hysteresis, so a
+/// path that flaps stays out of use until it has been steady for `healthy_for`, while the others
+/// carry the clinic.
 pub struct Health {
     settings: Settings,
     /// The current [`Mode`], readable on the hot path without a lock.
     mode: AtomicU8,
+    /// Bit `i` set: path `i` is up. Readable on the hot path without a lock.
+    up: AtomicU8,
     /// Writes in the journal not yet handed back.
     backlog: AtomicU64,
-    inner: Mutex<Inner>,
+    inner: Mutex<Vec<Trial>>,
     changes: watch::Sender<Change>,
-    kick: Notify,
-    /// How fast the cloud answers, probes and real calls alike.
-    latency: Latency,
-    /// When a real call last got an answer (ms since `epoch`): a probe then tells nothing new.
-    answered_at: AtomicU64,
+    links: Vec<Link>,
     epoch: Instant,
     /// The wall clock at `epoch`, for the status page's times.
     epoch_wall: std::time::SystemTime,
-    /// When the state last changed, and when a probe was last answered (ms since `epoch`, 0:
-    /// never): the status page's "since" and "last contact". Written only off the request path.
+    /// When the state last changed (ms since `epoch`, 0: never): the status page's "since".
+    /// Written only off the request path.
     changed_at: AtomicU64,
+}
+
+/// One path to the cloud: what its traffic and its probes have seen.
+pub struct Link {
+    pub name: String,
+    /// Asks this path's prober for a probe now.
+    kick: Notify,
+    /// Whether the path is up, for calls waiting on it.
+    up: watch::Sender<bool>,
+    /// How fast the cloud answers over this path, probes and real calls alike.
+    latency: Latency,
+    /// When a real call last got an answer over this path (ms since `epoch` + 1, 0: never): a
+    /// probe then tells nothing new.
+    answered_at: AtomicU64,
+    /// When a probe was last answered, and when the path last went down or came back (ms since
+    /// `epoch` + 1, 0: never).
     probe_answered_at: AtomicU64,
+    changed_at: AtomicU64,
+    /// Milliseconds this path has been down, up to its last change.
+    down_ms: AtomicU64,
     /// Probes sent and failed, for metrics.
     pub probes_total: AtomicU64,
     pub probe_failures_total: AtomicU64,
 }
 
-struct Inner {
-    cloud_up: bool,
-    /// The first success of the current unbroken run of successes while the cloud is down.
+/// A path's hysteresis, under the lock.
+#[derive(Clone, Copy)]
+struct Trial {
+    up: bool,
+    /// The first success of the current unbroken run of successes while the path is down.
     healthy_since: Option<Instant>,
+    /// When the path last came back.
+    up_since: Option<Instant>,
+    /// How often in a row it failed again soon after coming back: each doubles the stable
+    /// window it must show next time (route flap damping), so a lossy line that passes one
+    /// window by luck does not keep dragging the traffic back and forth.
+    flaps: u8,
+}
+
+/// The most a flapping path's window is doubled: 32 × `healthy_for`.
+const MAX_FLAPS: u8 = 5;
+
+impl Trial {
+    /// The unbroken run of answered probes this path must show to count as back.
+    fn window(&self, healthy_for: Duration) -> Duration {
+        healthy_for * (1u32 << self.flaps)
+    }
+}
+
+/// What the status page shows of one path.
+#[derive(Debug, Clone)]
+pub struct PathView {
+    pub name: String,
+    pub up: bool,
+    /// Whether it carries the traffic now.
+    pub active: bool,
+    /// When it last went down or came back (`None`: never, since the gateway started).
+    pub since: Option<std::time::SystemTime>,
+    pub last_contact: Option<std::time::SystemTime>,
+    /// The share of time it has been up since the gateway started.
+    pub availability: f64,
+    /// The deadline its calls get now, which follows its latency.
+    pub deadline: Duration,
 }
 
 impl Health {
-    /// Starts optimistic: the cloud counts as up until the first probe says otherwise.
-    pub fn new(settings: Settings) -> Arc<Health> {
+    /// One path per name, in order of preference. Starts optimistic: every path counts as up
+    /// until its first probe says otherwise.
+    pub fn new(settings: Settings, paths: Vec<String>) -> Arc<Health> {
+        let paths = if paths.is_empty() {
+            vec!["cloud".into()]
+        } else {
+            paths
+        };
+        let paths: Vec<String> = paths.into_iter().take(MAX_PATHS).collect();
+        let links: Vec<Link> = paths
+            .into_iter()
+            .map(|name| Link {
+                name,
+                kick: Notify::new(),
+                up: watch::channel(true).0,
+                latency: Latency::default(),
+                answered_at: AtomicU64::new(0),
+                probe_answered_at: AtomicU64::new(0),
+                changed_at: AtomicU64::new(0),
+                down_ms: AtomicU64::new(0),
+                probes_total: AtomicU64::new(0),
+                probe_failures_total: AtomicU64::new(0),
+            })
+            .collect();
+        let all = ((1u16 << links.len()) - 1) as u8;
         let first = Change {
             mode: Mode::Normal,
             cloud_up: true,
+            path: Some(0),
+            up: all,
             reason: "started".into(),
         };
         Arc::new(Health {
             settings,
             mode: AtomicU8::new(Mode::Normal as u8),
+            up: AtomicU8::new(all),
             backlog: AtomicU64::new(0),
-            inner: Mutex::new(Inner {
-                cloud_up: true,
-                healthy_since: None,
-            }),
+            inner: Mutex::new(vec![
+                Trial {
+                    up: true,
+                    healthy_since: None,
+                    up_since: None,
+                    flaps: 0,
+                };
+                links.len()
+            ]),
             changes: watch::channel(first).0,
-            kick: Notify::new(),
-            latency: Latency::default(),
-            answered_at: AtomicU64::new(0),
+            links,
             epoch: Instant::now(),
             epoch_wall: std::time::SystemTime::now(),
             changed_at: AtomicU64::new(0),
-            probe_answered_at: AtomicU64::new(0),
-            probes_total: AtomicU64::new(0),
-            probe_failures_total: AtomicU64::new(0),
         })
     }
 
@@ -152,8 +249,31 @@ impl Health {
         Mode::from_u8(self.mode.load(Relaxed))
     }
 
+    /// Whether any path reaches the cloud.
     pub fn cloud_up(&self) -> bool {
-        self.lock().cloud_up
+        self.up.load(Relaxed) != 0
+    }
+
+    /// The paths, in order of preference.
+    pub fn links(&self) -> &[Link] {
+        &self.links
+    }
+
+    /// Whether path `path` is up.
+    pub fn is_up(&self, path: usize) -> bool {
+        self.up.load(Relaxed) & (1 << path) != 0
+    }
+
+    /// The path new calls take: the first that is up.
+    pub fn preferred(&self) -> Option<usize> {
+        let up = self.up.load(Relaxed);
+        (up != 0).then(|| up.trailing_zeros() as usize)
+    }
+
+    /// The paths a call may try, in order: every one that is up, the preferred first.
+    pub fn usable(&self) -> impl Iterator<Item = usize> + use<> {
+        let up = self.up.load(Relaxed);
+        (0..MAX_PATHS).filter(move |i| up & (1 << i) != 0)
     }
 
     /// Every change of state, the latest first seen on subscription.
@@ -161,53 +281,67 @@ impl Health {
         self.changes.subscribe()
     }
 
-    /// Resolves when the cloud is declared down: an in-flight call stops waiting for it.
+    /// Resolves when the cloud is declared down on every path: an in-flight call stops waiting
+    /// for it.
     pub async fn went_down(&self) {
         let mut changes = self.subscribe();
         let _ = changes.wait_for(|c| !c.cloud_up).await;
     }
 
-    /// Resolves once the cloud is up (immediately if it is).
+    /// Resolves when path `path` is declared down: a call waiting on it tries another.
+    pub async fn path_went_down(&self, path: usize) {
+        let mut up = self.links[path].up.subscribe();
+        let _ = up.wait_for(|up| !up).await;
+    }
+
+    /// Resolves once the cloud is up on some path (immediately if it is).
     pub async fn until_up(&self) {
         let mut changes = self.subscribe();
         let _ = changes.wait_for(|c| c.cloud_up).await;
     }
 
-    /// Real traffic saw the cloud fail (connect error, 5xx) or stay silent past its deadline:
-    /// probe now.
-    pub fn suspect(&self) {
-        self.kick.notify_one();
+    /// Real traffic saw path `path` fail (connect error, 5xx) or stay silent past its deadline:
+    /// probe it now.
+    pub fn suspect(&self, path: usize) {
+        self.links[path].kick.notify_one();
     }
 
-    /// How long a call waits for the cloud before the gateway acts on the silence: answers a
-    /// read from the cache and asks for a probe.
-    pub fn call_deadline(&self) -> Duration {
-        self.latency.deadline(&self.settings)
+    /// How long a call waits for the cloud on `path` before the gateway acts on the silence:
+    /// tries another path, answers a read from the cache, and asks for a probe.
+    pub fn call_deadline(&self, path: usize) -> Duration {
+        self.links[path].latency.deadline(&self.settings)
     }
 
-    /// A real call was answered (not 502–504) after `took`.
-    pub fn answered(&self, took: Duration) {
-        self.latency.record(took);
-        self.answered_at.store(self.millis() + 1, Relaxed);
+    /// The longest any deadline gets (`timeout`).
+    pub fn ceiling(&self) -> Duration {
+        self.settings.timeout
     }
 
-    /// Whether a real call was answered within the last `within`.
-    fn answered_within(&self, within: Duration) -> bool {
-        let at = self.answered_at.load(Relaxed);
+    /// A real call was answered (not 502–504) over `path` after `took`.
+    pub fn answered(&self, path: usize, took: Duration) {
+        let link = &self.links[path];
+        link.latency.record(took);
+        link.answered_at.store(self.millis() + 1, Relaxed);
+    }
+
+    /// Whether a real call was answered over `path` within the last `within`.
+    fn answered_within(&self, path: usize, within: Duration) -> bool {
+        let at = self.links[path].answered_at.load(Relaxed);
         at != 0 && self.millis() + 1 - at < within.as_millis() as u64
     }
 
-    /// How long the prober waits before its next probe: `interval`, or, while the cloud is on
-    /// trial (down, and the latest probes answered), a tenth of `healthy_for`, so the unbroken
-    /// run it must show is watched closely enough to catch a flap.
-    pub fn probe_spacing(&self) -> Duration {
+    /// How long `path`'s prober waits before its next probe: `interval`, or, while the path is
+    /// on trial (down, and the latest probes answered), a tenth of `healthy_for` (however
+    /// long its window has grown), so the unbroken run it must show is watched closely enough
+    /// to catch a flap.
+    pub fn probe_spacing(&self, path: usize) -> Duration {
         let Settings {
             interval,
             deadline_min,
             healthy_for,
             ..
         } = self.settings;
-        match self.lock().healthy_since {
+        match self.lock()[path].healthy_since {
             Some(_) => (healthy_for / 10).clamp(deadline_min, interval.max(deadline_min)),
             None => interval,
         }
@@ -223,14 +357,45 @@ impl Health {
             .unwrap_or(self.epoch_wall)
     }
 
-    /// The last time the cloud answered anything, a probe or a real call; `None` if it never has
-    /// since the gateway started.
+    /// The last time the cloud answered anything over any path, a probe or a real call; `None`
+    /// if it never has since the gateway started.
     pub fn last_contact(&self) -> Option<std::time::SystemTime> {
-        let at = self
-            .answered_at
-            .load(Relaxed)
-            .max(self.probe_answered_at.load(Relaxed));
+        let at = self.links.iter().map(|l| self.contact(l)).max().unwrap_or(0);
         self.wall(at)
+    }
+
+    fn contact(&self, link: &Link) -> u64 {
+        link.answered_at
+            .load(Relaxed)
+            .max(link.probe_answered_at.load(Relaxed))
+    }
+
+    /// Each path's state, for the status page.
+    pub fn paths(&self) -> Vec<PathView> {
+        let now = self.millis() + 1;
+        let preferred = self.preferred();
+        let trials = self.lock().clone();
+        self.links
+            .iter()
+            .zip(trials)
+            .enumerate()
+            .map(|(i, (link, trial))| {
+                let changed = link.changed_at.load(Relaxed);
+                let mut down = link.down_ms.load(Relaxed);
+                if !trial.up {
+                    down += now - changed.max(1);
+                }
+                PathView {
+                    name: link.name.clone(),
+                    up: trial.up,
+                    active: preferred == Some(i),
+                    since: self.wall(changed),
+                    last_contact: self.wall(self.contact(link)),
+                    availability: 1.0 - down.min(now) as f64 / now.max(1) as f64,
+                    deadline: self.call_deadline(i),
+                }
+            })
+            .collect()
     }
 
     fn wall(&self, millis_plus_one: u64) -> Option<std::time::SystemTime> {
@@ -246,8 +411,8 @@ impl Health {
             } else {
                 format!("{pending} journaled write(s) to hand back")
             };
-            let inner = self.lock();
-            self.publish(&inner, why);
+            let _inner = self.lock();
+            self.publish(why);
         }
     }
 
@@ -255,57 +420,115 @@ impl Health {
         self.backlog.load(Relaxed)
     }
 
-    /// One probe's outcome.
-    pub fn record(&self, outcome: Result<(), String>) {
-        self.probes_total.fetch_add(1, Relaxed);
+    /// One probe's outcome on `path`.
+    pub fn record(&self, path: usize, outcome: Result<(), String>) {
+        let link = &self.links[path];
+        link.probes_total.fetch_add(1, Relaxed);
         if outcome.is_ok() {
-            self.probe_answered_at.store(self.millis() + 1, Relaxed);
+            link.probe_answered_at.store(self.millis() + 1, Relaxed);
         }
         let mut inner = self.lock();
-        match outcome {
+        let trial = &mut inner[path];
+        let reason = match outcome {
             Err(why) => {
-                self.probe_failures_total.fetch_add(1, Relaxed);
-                inner.healthy_since = None;
-                if inner.cloud_up {
-                    inner.cloud_up = false;
-                    self.publish(&inner, format!("cloud down: {why}"));
+                link.probe_failures_total.fetch_add(1, Relaxed);
+                trial.healthy_since = None;
+                if !trial.up {
+                    return;
+                }
+                trial.up = false;
+                let window = trial.window(self.settings.healthy_for);
+                let soon = trial.up_since.is_some_and(|t| t.elapsed() < window * 4);
+                trial.flaps = if soon { (trial.flaps + 1).min(MAX_FLAPS) } else { 0 };
+                match trial.flaps {
+                    0 => format!("{}: {why}", self.down_reason(path)),
+                    n => format!(
+                        "{}: {why} (down again {n} time(s) soon after coming back: it must now answer for {:?})",
+                        self.down_reason(path),
+                        trial.window(self.settings.healthy_for)
+                    ),
                 }
             }
-            Ok(()) if !inner.cloud_up => {
-                let since = *inner.healthy_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.settings.healthy_for {
-                    inner.cloud_up = true;
-                    inner.healthy_since = None;
-                    let reason = format!(
-                        "cloud back: every probe answered for {:?}",
-                        self.settings.healthy_for
-                    );
-                    self.publish(&inner, reason);
+            Ok(()) if !trial.up => {
+                let since = *trial.healthy_since.get_or_insert_with(Instant::now);
+                let window = trial.window(self.settings.healthy_for);
+                if since.elapsed() < window {
+                    return;
                 }
+                trial.up = true;
+                trial.healthy_since = None;
+                trial.up_since = Some(Instant::now());
+                format!("{} back: every probe answered for {window:?}", self.subject(path))
             }
-            Ok(()) => {}
+            Ok(()) => return,
+        };
+        let up = trial.up;
+        let now = self.millis() + 1;
+        let before = link.changed_at.swap(now, Relaxed);
+        if up {
+            link.down_ms.fetch_add(now - before.max(1), Relaxed);
+        }
+        let bit = 1u8 << path;
+        if up {
+            self.up.fetch_or(bit, Relaxed);
+        } else {
+            self.up.fetch_and(!bit, Relaxed);
+        }
+        link.up.send_replace(up);
+        self.publish(reason);
+    }
+
+    /// "cloud down" with one path, "path NAME down" with several.
+    fn down_reason(&self, path: usize) -> String {
+        format!("{} down", self.subject(path))
+    }
+
+    fn subject(&self, path: usize) -> String {
+        match self.links.len() {
+            1 => "cloud".into(),
+            _ => format!("path {}", self.links[path].name),
         }
     }
 
-    fn publish(&self, inner: &Inner, reason: String) {
-        let mode = match (inner.cloud_up, self.backlog.load(Relaxed)) {
+    /// Publishes the state the paths and the backlog make, if it changed. Called under the lock,
+    /// so changes are published in order.
+    fn publish(&self, mut reason: String) {
+        let cloud_up = self.cloud_up();
+        let path = self.preferred();
+        let mode = match (cloud_up, self.backlog.load(Relaxed)) {
             (false, _) => Mode::Emergency,
             (true, 0) => Mode::Normal,
             (true, _) => Mode::Recovery,
         };
         let before = self.mode.swap(mode as u8, Relaxed);
-        let cloud_changed = self.changes.borrow().cloud_up != inner.cloud_up;
-        if before != mode as u8 || cloud_changed {
-            self.changed_at.store(self.millis() + 1, Relaxed);
-            self.changes.send_replace(Change {
-                mode,
-                cloud_up: inner.cloud_up,
-                reason,
-            });
+        let up = self.up.load(Relaxed);
+        let (was_up, was_path, were_up) = {
+            let last = self.changes.borrow();
+            (last.cloud_up, last.path, last.up)
+        };
+        if before == mode as u8 && was_up == cloud_up && was_path == path && were_up == up {
+            return;
         }
+        if self.links.len() > 1 {
+            match path {
+                Some(p) if was_path != path => {
+                    reason.push_str(&format!("; the traffic takes path {}", self.links[p].name))
+                }
+                None if was_up => reason.push_str("; every path is down"),
+                _ => {}
+            }
+        }
+        self.changed_at.store(self.millis() + 1, Relaxed);
+        self.changes.send_replace(Change {
+            mode,
+            cloud_up,
+            path,
+            up,
+            reason,
+        });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Trial>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -320,8 +543,8 @@ pub struct Probe {
     pub authorization: HeaderValue,
 }
 
-/// Probes the cloud for as long as the gateway runs.
-pub async fn watch_cloud(health: Arc<Health>, upstream: Upstream, probe: Probe) {
+/// Probes the cloud through path `path` (its own `upstream`) for as long as the gateway runs.
+pub async fn watch_path(health: Arc<Health>, path: usize, upstream: Upstream, probe: Probe) {
     let Settings {
         interval,
         deadline_min,
@@ -334,43 +557,48 @@ pub async fn watch_cloud(health: Arc<Health>, upstream: Upstream, probe: Probe) 
         let started = tokio::time::Instant::now();
         // A real call answered since the last tick says what a probe would, for free; a call
         // that asked for this probe says otherwise.
-        if asked || confirming || !(health.cloud_up() && health.answered_within(interval)) {
+        if asked || confirming || !(health.is_up(path) && health.answered_within(path, interval)) {
+            let link = &health.links[path];
             let since = health.millis();
             let deadline = if std::mem::take(&mut confirming) {
                 health.settings.timeout
             } else {
-                health.call_deadline()
+                health.call_deadline(path)
             };
-            match probe_once(&upstream, &probe, deadline).await {
+            let outcome = probe_once(&upstream, &probe, deadline).await;
+            if let Err(Unanswered::Silent(why) | Unanswered::Failed(why)) = &outcome {
+                tracing::debug!(path = %link.name, "probe: {why}");
+            }
+            match outcome {
                 Ok(()) => {
-                    health.latency.record(started.elapsed());
-                    health.record(Ok(()));
+                    link.latency.record(started.elapsed());
+                    health.record(path, Ok(()));
                 }
                 // The probe met silence, but a real call was answered meanwhile: the cloud is
                 // there, the probe (or its packet) was unlucky. Wait longer next time.
-                Err(Unanswered::Silent(_)) if health.answered_at.load(Relaxed) > since => {
-                    health.latency.back_off();
+                Err(Unanswered::Silent(_)) if link.answered_at.load(Relaxed) > since => {
+                    link.latency.back_off();
                 }
                 // Silent within a deadline shorter than the ceiling: the cloud is suspect, not
                 // failed (a gateway starved of CPU misses short deadlines too). One more probe at
                 // once, with the whole `timeout`, decides; the reads waiting meanwhile have
                 // already been answered from the cache at their own deadline.
                 Err(Unanswered::Silent(_)) if deadline < health.settings.timeout => {
-                    health.latency.back_off();
+                    link.latency.back_off();
                     confirming = true;
                     continue;
                 }
                 Err(Unanswered::Silent(why)) => {
-                    health.latency.back_off();
-                    health.record(Err(why));
+                    link.latency.back_off();
+                    health.record(path, Err(why));
                 }
-                Err(Unanswered::Failed(why)) => health.record(Err(why)),
+                Err(Unanswered::Failed(why)) => health.record(path, Err(why)),
             }
         }
         asked = tokio::select! {
-            _ = tokio::time::sleep_until(started + health.probe_spacing()) => false,
+            _ = tokio::time::sleep_until(started + health.probe_spacing(path)) => false,
             // A burst of suspicion is one probe, and probes on demand stay apart.
-            _ = health.kick.notified() => {
+            _ = health.links[path].kick.notified() => {
                 tokio::time::sleep_until(started + deadline_min).await;
                 true
             }
@@ -481,31 +709,35 @@ async fn probe_once(upstream: &Upstream, probe: &Probe, timeout: Duration) -> Re
 mod tests {
     use super::*;
 
-    fn health(healthy_for: Duration) -> Arc<Health> {
-        Health::new(Settings {
+    fn settings(healthy_for: Duration) -> Settings {
+        Settings {
             interval: Duration::from_millis(10),
             timeout: Duration::from_millis(10),
             deadline_min: Duration::from_millis(1),
             healthy_for,
-        })
+        }
+    }
+
+    fn health(healthy_for: Duration) -> Arc<Health> {
+        Health::new(settings(healthy_for), vec![])
     }
 
     #[test]
     fn one_failure_is_emergency_and_coming_back_takes_an_unbroken_run() {
         let h = health(Duration::from_millis(30));
-        h.record(Ok(()));
+        h.record(0, Ok(()));
         assert_eq!(h.mode(), Mode::Normal);
-        h.record(Err("refused".into()));
+        h.record(0, Err("refused".into()));
         assert_eq!(h.mode(), Mode::Emergency);
-        h.record(Ok(()));
+        h.record(0, Ok(()));
         std::thread::sleep(Duration::from_millis(20));
-        h.record(Err("refused".into())); // a flap breaks the run
-        h.record(Ok(()));
+        h.record(0, Err("refused".into())); // a flap breaks the run
+        h.record(0, Ok(()));
         std::thread::sleep(Duration::from_millis(20));
-        h.record(Ok(()));
+        h.record(0, Ok(()));
         assert_eq!(h.mode(), Mode::Emergency, "20 ms of a 30 ms run is not enough");
         std::thread::sleep(Duration::from_millis(15));
-        h.record(Ok(()));
+        h.record(0, Ok(()));
         assert_eq!(h.mode(), Mode::Normal);
     }
 
@@ -551,26 +783,33 @@ mod tests {
 
     #[test]
     fn a_cloud_on_trial_is_probed_closely_and_otherwise_about_once_an_interval() {
-        let h = Health::new(Settings {
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            deadline_min: Duration::from_millis(150),
-            healthy_for: Duration::from_secs(3),
-        });
-        assert_eq!(h.probe_spacing(), Duration::from_secs(1), "up");
-        h.record(Err("refused".into()));
-        assert_eq!(h.probe_spacing(), Duration::from_secs(1), "down, nothing answers");
-        h.record(Ok(()));
+        let h = Health::new(
+            Settings {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                deadline_min: Duration::from_millis(150),
+                healthy_for: Duration::from_secs(3),
+            },
+            vec![],
+        );
+        assert_eq!(h.probe_spacing(0), Duration::from_secs(1), "up");
+        h.record(0, Err("refused".into()));
         assert_eq!(
-            h.probe_spacing(),
+            h.probe_spacing(0),
+            Duration::from_secs(1),
+            "down, nothing answers"
+        );
+        h.record(0, Ok(()));
+        assert_eq!(
+            h.probe_spacing(0),
             Duration::from_millis(300),
             "on trial: 3 s / 10"
         );
         let h = health(Duration::from_secs(1));
-        h.record(Err("refused".into()));
-        h.record(Ok(()));
+        h.record(0, Err("refused".into()));
+        h.record(0, Ok(()));
         assert_eq!(
-            h.probe_spacing(),
+            h.probe_spacing(0),
             Duration::from_millis(10),
             "a short trial: no closer than deadline_min, no further than interval"
         );
@@ -579,23 +818,85 @@ mod tests {
     #[test]
     fn an_answered_call_stands_in_for_a_probe() {
         let h = health(Duration::ZERO);
-        assert!(!h.answered_within(Duration::from_secs(1)));
-        h.answered(Duration::from_millis(3));
-        assert!(h.answered_within(Duration::from_secs(1)));
+        assert!(!h.answered_within(0, Duration::from_secs(1)));
+        h.answered(0, Duration::from_millis(3));
+        assert!(h.answered_within(0, Duration::from_secs(1)));
         std::thread::sleep(Duration::from_millis(15));
-        assert!(!h.answered_within(Duration::from_millis(10)));
+        assert!(!h.answered_within(0, Duration::from_millis(10)));
     }
 
     #[test]
     fn a_backlog_makes_recovery_until_it_is_empty() {
         let h = health(Duration::ZERO);
-        h.record(Err("black hole".into()));
+        h.record(0, Err("black hole".into()));
         h.set_backlog(3);
         assert_eq!(h.mode(), Mode::Emergency);
-        h.record(Ok(()));
+        h.record(0, Ok(()));
         assert_eq!(h.mode(), Mode::Recovery);
         h.set_backlog(0);
         assert_eq!(h.mode(), Mode::Normal);
         assert_eq!(h.subscribe().borrow().reason, "the journal is empty");
+    }
+
+    #[test]
+    fn the_first_healthy_path_carries_the_traffic_and_failing_back_waits_for_its_window() {
+        let h = Health::new(settings(Duration::from_millis(30)), vec!["a".into(), "b".into()]);
+        let changes = h.subscribe();
+        assert_eq!(h.preferred(), Some(0));
+        h.record(0, Err("black hole".into()));
+        assert_eq!(h.mode(), Mode::Normal, "b still reaches the cloud");
+        assert_eq!(h.preferred(), Some(1));
+        assert_eq!(h.usable().collect::<Vec<_>>(), vec![1]);
+        let c = changes.borrow().clone();
+        assert_eq!(c.path, Some(1));
+        assert!(c.reason.contains("path a down: black hole"), "{}", c.reason);
+        assert!(c.reason.contains("takes path b"), "{}", c.reason);
+        h.record(0, Ok(()));
+        assert_eq!(h.preferred(), Some(1), "a is on trial");
+        std::thread::sleep(Duration::from_millis(35));
+        h.record(0, Ok(()));
+        assert_eq!(h.preferred(), Some(0), "a steady for the window: back");
+        assert_eq!(h.usable().collect::<Vec<_>>(), vec![0, 1]);
+        h.record(0, Err("refused".into()));
+        h.record(1, Err("refused".into()));
+        assert_eq!(h.mode(), Mode::Emergency, "every path down");
+        assert_eq!(h.preferred(), None);
+        assert!(changes.borrow().reason.contains("every path is down"));
+        let paths = h.paths();
+        assert_eq!(paths.len(), 2);
+        assert!(!paths[0].up && !paths[1].up);
+        assert!(paths[0].availability < 1.0);
+    }
+
+    #[test]
+    fn a_path_that_fails_again_soon_after_coming_back_must_stay_steady_longer() {
+        let h = Health::new(settings(Duration::from_millis(20)), vec!["a".into(), "b".into()]);
+        let back = |h: &Health| {
+            h.record(0, Ok(()));
+            let began = Instant::now();
+            while !h.is_up(0) {
+                std::thread::sleep(Duration::from_millis(2));
+                h.record(0, Ok(()));
+            }
+            began.elapsed()
+        };
+        h.record(0, Err("loss".into()));
+        assert!(back(&h) < Duration::from_millis(40));
+        h.record(0, Err("loss".into()));
+        let second = back(&h);
+        assert!(second >= Duration::from_millis(40), "doubled: {second:?}");
+        h.record(0, Err("loss".into()));
+        assert!(back(&h) >= Duration::from_millis(80), "doubled again");
+        assert!(
+            h.subscribe().borrow().reason.contains("80ms"),
+            "{}",
+            h.subscribe().borrow().reason
+        );
+        std::thread::sleep(Duration::from_millis(400));
+        h.record(0, Err("loss".into()));
+        assert!(
+            back(&h) < Duration::from_millis(40),
+            "steady long enough: forgiven"
+        );
     }
 }

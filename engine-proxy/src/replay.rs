@@ -45,7 +45,7 @@ pub type Observer = Box<dyn Fn(&Entry, &Settlement) + Send + Sync>;
 pub async fn hand_back(
     journal: Arc<Journal>,
     health: Arc<Health>,
-    cloud: Upstream,
+    paths: Vec<Upstream>,
     caller: Caller,
     observer: Observer,
 ) {
@@ -85,12 +85,21 @@ pub async fn hand_back(
                 continue;
             }
         };
-        let (settlement, sent) = match caller(&entry) {
-            Err(unsent) => (unsent, false),
-            Ok(credential) => {
+        // The preferred path, as for new calls; the entry's idempotency key makes a second
+        // attempt over another path safe.
+        let path = health.preferred().unwrap_or(0);
+        let (settlement, sent) = match (caller(&entry), paths.get(path)) {
+            (Err(unsent), _) => (unsent, false),
+            (Ok(_), None) => (
+                Settlement::Retry {
+                    error: format!("no client for path {path}"),
+                },
+                false,
+            ),
+            (Ok(credential), Some(cloud)) => {
                 let settlement = tokio::select! {
-                    s = send(&cloud, &entry, credential) => s,
-                    () = health.went_down() => Settlement::Retry {
+                    s = send(cloud, &entry, credential) => s,
+                    () = health.path_went_down(path) => Settlement::Retry {
                         error: "the cloud went down while the entry was being sent".into(),
                     },
                 };
@@ -109,7 +118,7 @@ pub async fn hand_back(
             // Only an attempt at the cloud says anything about the cloud (not a user database
             // that could not be read).
             if sent {
-                health.suspect();
+                health.suspect(path);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -5,6 +5,12 @@
 //! of the terminal's) and sends it. Bodies stream through in both directions: nothing here buffers
 //! a body, so a 200 MB upload costs the gateway a few socket buffers, not 200 MB.
 
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::combinators::BoxBody;
@@ -13,8 +19,9 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::DuplexStream;
 
 /// The body type the proxy forwards: any stream of bytes, errors boxed.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -31,10 +38,34 @@ pub enum UpstreamError {
     Connect(String),
 }
 
-/// The cloud engine, as the proxy sees it. A clone shares the connection pool.
+/// How a path reaches the engine.
+#[derive(Clone)]
+pub enum Route {
+    /// A TCP connection from this host. Optionally to a fixed address (the engine's across a
+    /// private interconnect: the URL's host still names the certificate it must present), from a
+    /// given source address or through a given interface (a second line).
+    Line {
+        connect: Option<SocketAddr>,
+        bind: Option<IpAddr>,
+        interface: Option<String>,
+    },
+    /// A byte stream the gateway opens itself: its own WireGuard tunnel to the data centre.
+    Dial(Arc<dyn Dial>),
+}
+
+/// Opens byte streams to the engine over something other than the host's TCP: the gateway's
+/// WireGuard uplink implements it with its userspace TCP/IP stack, so the tunnel needs neither a
+/// kernel module nor privileges.
+/// The URL's host still names the certificate the engine must present; where the stream goes is
+/// the dialer's (the engine's address inside the tunnel).
+pub trait Dial: Send + Sync + 'static {
+    fn dial(&self) -> Pin<Box<dyn Future<Output = io::Result<DuplexStream>> + Send>>;
+}
+
+/// The cloud engine over one path, as the proxy sees it. A clone shares the connection pool.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    client: Client<HttpsConnector<Connector>, ProxyBody>,
     scheme: hyper::http::uri::Scheme,
     authority: hyper::http::uri::Authority,
     /// A path prefix such as `/api` (the cloud web version's), without a trailing slash.
@@ -42,10 +73,29 @@ pub struct Upstream {
     timeout: Duration,
 }
 
+impl Route {
+    /// A TCP connection to the URL's host, as the routing table sends it.
+    pub const DIRECT: Route = Route::Line {
+        connect: None,
+        bind: None,
+        interface: None,
+    };
+}
+
 impl Upstream {
     /// `url` is `https://host[:port][/prefix]` (or `http://` for an on-premises engine); `tls`
     /// carries the gateway's uplink certificate.
     pub fn new(url: &str, tls: rustls::ClientConfig, timeout: Duration) -> Result<Upstream, UpstreamError> {
+        Upstream::over(url, tls, timeout, Route::DIRECT)
+    }
+
+    /// As [`Upstream::new`], over a given route.
+    pub fn over(
+        url: &str,
+        tls: rustls::ClientConfig,
+        timeout: Duration,
+        route: Route,
+    ) -> Result<Upstream, UpstreamError> {
         let bad = |why: &str| UpstreamError::Url(url.to_owned(), why.to_owned());
         let uri: Uri = url
             .parse()
@@ -61,13 +111,27 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+        let connector = match route {
+            Route::Line {
+                connect,
+                bind,
+                interface,
+            } => {
+                http.set_local_address(bind);
+                if let Some(interface) = interface {
+                    http.set_interface(interface);
+                }
+                Connector::Tcp(http, connect)
+            }
+            Route::Dial(dial) => Connector::Dial(dial),
+        };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             // The gateway's configuration admits only https:// for the cloud; plain http is for
             // an on-premises engine on the clinic's LAN.
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             // Idle engine connections kept per worker: enough for a clinic's steady load (nginx
@@ -126,6 +190,106 @@ impl Upstream {
                     .append(header::VIA, HeaderValue::from_static("1.1 kakehashi"));
                 Ok(resp)
             }
+        }
+    }
+}
+
+/// The connector under the TLS layer: the host's TCP, or a path's own dialer.
+#[derive(Clone)]
+enum Connector {
+    /// The host's TCP, to the URL's host or to a fixed address.
+    Tcp(HttpConnector, Option<SocketAddr>),
+    Dial(Arc<dyn Dial>),
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Connector::Tcp(http, _) => http.poll_ready(cx).map_err(Into::into),
+            Connector::Dial(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, uri: Uri) -> Connecting {
+        match self {
+            Connector::Tcp(http, connect) => {
+                let uri = match connect {
+                    // The TLS layer above names the server from the original URL.
+                    Some(addr) => match Uri::builder()
+                        .scheme("http")
+                        .authority(addr.to_string())
+                        .path_and_query("/")
+                        .build()
+                    {
+                        Ok(uri) => uri,
+                        Err(e) => return Box::pin(async move { Err(e.into()) }),
+                    },
+                    None => uri,
+                };
+                let connecting = http.call(uri);
+                Box::pin(async move { Ok(Stream::Tcp(connecting.await?)) })
+            }
+            Connector::Dial(dial) => {
+                let dialing = dial.dial();
+                Box::pin(async move { Ok(Stream::Pipe(TokioIo::new(dialing.await?))) })
+            }
+        }
+    }
+}
+
+/// A connection to the engine, whichever way it was opened.
+enum Stream {
+    Tcp(TokioIo<tokio::net::TcpStream>),
+    Pipe(TokioIo<DuplexStream>),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        match self {
+            Stream::Tcp(s) => s.connected(),
+            Stream::Pipe(_) => Connected::new(),
+        }
+    }
+}
+
+impl hyper::rt::Read for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Pipe(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Pipe(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Pipe(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Pipe(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -26,6 +26,18 @@ fn report(operator: bool) -> Report {
                 reason: "cloud down: no answer within 1.2s".into(),
             })
             .collect(),
+        paths: ["fibre", "vpn"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| kakehashi_gateway::status::PathState {
+                name: name.into(),
+                up: true,
+                active: i == 0,
+                since: None,
+                last_contact: Some("2026-12-04T12:00:04Z".into()),
+                availability: 0.999,
+            })
+            .collect(),
         generated: "2026-12-04T12:00:05Z".into(),
         operator: operator.then(|| Operator {
             terminals: (0..30)

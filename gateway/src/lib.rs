@@ -32,3 +32,4 @@ pub mod status;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod uplink;

@@ -63,6 +63,8 @@ metrics! {
     hybrid_changes_total: "counter", "Changes of the hybrid state.";
     probes_total: "counter", "Health probes sent to the cloud engine.";
     probe_failures_total: "counter", "Health probes the cloud did not answer in time or answered 5xx.";
+    uplink_path_changes_total: "counter", "Paths to the cloud that went down or came back while the hybrid state stayed as it was (another path carried the clinic).";
+    uplink_path: "gauge", "The path carrying new calls to the cloud (0: upstream.url, then [[upstream.path]] in order); per-path figures are labelled kakehashi_uplink_path_*.";
     cache_answers_total: "counter", "Reads answered from the local cache because the cloud could not answer.";
     journal_appends_total: "counter", "Writes stored in the journal because the cloud could not take them.";
     journal_pending: "gauge", "Journaled writes not yet handed back to the cloud.";

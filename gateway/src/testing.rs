@@ -205,10 +205,13 @@ pub fn failover(rules: Vec<engine_proxy::rules::Rule>) -> engine_proxy::failover
 
 pub fn health() -> Arc<engine_proxy::health::Health> {
     let second = Duration::from_secs(1);
-    engine_proxy::health::Health::new(engine_proxy::health::Settings {
-        interval: second,
-        timeout: second,
-        deadline_min: second,
-        healthy_for: second,
-    })
+    engine_proxy::health::Health::new(
+        engine_proxy::health::Settings {
+            interval: second,
+            timeout: second,
+            deadline_min: second,
+            healthy_for: second,
+        },
+        vec![],
+    )
 }

@@ -25,6 +25,7 @@ mod e2e {
     mod scopes;
     mod status;
     mod status_browser;
+    mod uplinks;
     mod wireguard;
     mod wireguard_cli;
 }

@@ -120,6 +120,23 @@ fn text(r: &Report) -> String {
         pct(r.availability_24h),
         pct(r.availability_7d)
     );
+    if r.paths.len() > 1 {
+        for p in &r.paths {
+            let state = match (p.active, p.up) {
+                (true, _) => "in use",
+                (false, true) => "standby",
+                (false, false) => "down",
+            };
+            let _ = writeln!(
+                s,
+                "path:          {} {state} since {}, last answer {}, {} up since start",
+                p.name,
+                p.since.as_deref().unwrap_or("start"),
+                p.last_contact.as_deref().unwrap_or("-"),
+                pct(Some(p.availability))
+            );
+        }
+    }
     for o in &r.outages {
         let _ = writeln!(
             s,

@@ -34,7 +34,7 @@ pub use limits::Limits;
 pub use listener::{Listener, ListenerKind};
 pub use status::Status;
 pub use tls::Tls;
-pub use upstream::Upstream;
+pub use upstream::{Path as UpstreamPath, PathWireGuard, Upstream};
 pub use wireguard::{GATEWAY_KEY_FILE, TunnelNet, WireGuard, WireGuardMode, WireGuardPort};
 
 /// What is wrong with a configuration, precisely enough to fix it without reading the source.
@@ -148,6 +148,11 @@ impl Config {
         rel(&mut self.upstream.cert);
         rel(&mut self.upstream.key);
         rel(&mut self.upstream.password_file);
+        for path in &mut self.upstream.paths {
+            if let Some(wg) = &mut path.wireguard {
+                rel(&mut wg.private_key);
+            }
+        }
         if let Some(ca) = &mut self.failover.engine_ca {
             rel(ca);
         }

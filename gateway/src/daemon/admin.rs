@@ -45,7 +45,7 @@ async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Respons
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                gateway.metrics.render(),
+                gateway.metrics.render() + &crate::daemon::failover::render_paths(&gateway),
             )
         }
         "/status.json" => {

@@ -38,17 +38,23 @@ pub fn start(gateway: &Arc<Gateway>) -> Result<(), StartError> {
         body: config.probe_body.clone(),
         authorization: gateway.people.clinic_credential(),
     };
-    tokio::spawn(health::watch_cloud(
-        failover.health.clone(),
-        gateway.upstream()?,
-        probe,
-    ));
+    for tunnel in gateway.take_tunnels() {
+        tokio::spawn(tunnel.run());
+    }
+    for (path, upstream) in gateway.paths()?.into_iter().enumerate() {
+        tokio::spawn(health::watch_path(
+            failover.health.clone(),
+            path,
+            upstream,
+            probe.clone(),
+        ));
+    }
     if let Some(journal) = gateway.journal() {
         let (observer, asked) = (gateway.clone(), gateway.clone());
         tokio::spawn(replay::hand_back(
             journal.clone(),
             failover.health.clone(),
-            gateway.upstream()?,
+            gateway.paths()?,
             Box::new(move |entry| caller(&asked, entry)),
             Box::new(move |entry, settlement| handed_back(&observer, entry, settlement)),
         ));
@@ -66,11 +72,16 @@ pub fn start(gateway: &Arc<Gateway>) -> Result<(), StartError> {
 /// Logs, counts and audits every change of the hybrid state.
 async fn record_changes(gateway: Arc<Gateway>) {
     let mut changes = gateway.failover.health.subscribe();
-    changes.mark_unchanged();
+    let mut mode = changes.borrow_and_update().mode;
     while changes.changed().await.is_ok() {
         let change = changes.borrow_and_update().clone();
         let m = &gateway.metrics;
-        Metrics::inc(&m.hybrid_changes_total);
+        if change.mode != mode {
+            Metrics::inc(&m.hybrid_changes_total);
+            mode = change.mode;
+        } else {
+            Metrics::inc(&m.uplink_path_changes_total);
+        }
         Metrics::set(&m.hybrid_mode, change.mode as u64);
         let reason = format!("{}: {}", change.mode.as_str(), change.reason);
         match change.mode {
@@ -79,9 +90,11 @@ async fn record_changes(gateway: Arc<Gateway>) {
             }
             _ => tracing::info!(mode = change.mode.as_str(), reason = %change.reason, "hybrid state"),
         }
-        let upstream = gateway.config.upstream.url.clone();
+        if let Some(path) = change.path {
+            Metrics::set(&m.uplink_path, path as u64);
+        }
         gateway.audit.record_soon(Entry {
-            upstream: Some(upstream),
+            upstream: Some(path_label(&gateway, change.path)),
             ..Entry::new(Decision::Allow, ROUTE, "gateway", &reason)
         });
     }
@@ -185,7 +198,7 @@ fn handed_back(gateway: &Gateway, entry: &JournalEntry, settlement: &Settlement)
         user: entry.user.clone(),
         method: Some(entry.method.clone()),
         path: Some(entry.path.clone()),
-        upstream: Some(gateway.config.upstream.url.clone()),
+        upstream: Some(path_label(gateway, gateway.failover.health.preferred())),
         status,
         bytes_in: entry.body.len() as u64,
         ..Entry::new(decision, "journal", "gateway", &reason)
@@ -197,9 +210,88 @@ pub fn refresh_metrics(gateway: &Gateway) {
     let m = &gateway.metrics;
     let health = &gateway.failover.health;
     Metrics::set(&m.hybrid_mode, health.mode() as u64);
-    Metrics::set(&m.probes_total, health.probes_total.load(Relaxed));
-    Metrics::set(&m.probe_failures_total, health.probe_failures_total.load(Relaxed));
+    let sum = |count: fn(&health::Link) -> &std::sync::atomic::AtomicU64| {
+        health.links().iter().map(|l| count(l).load(Relaxed)).sum()
+    };
+    Metrics::set(&m.probes_total, sum(|l| &l.probes_total));
+    Metrics::set(&m.probe_failures_total, sum(|l| &l.probe_failures_total));
+    if let Some(path) = health.preferred() {
+        Metrics::set(&m.uplink_path, path as u64);
+    }
     if let Some(journal) = gateway.journal() {
         Metrics::set(&m.journal_pending, journal.pending());
     }
+}
+
+/// The engine a path reaches, for the audit log: its URL, and its name when there are several
+/// paths. `None`: every path is down.
+pub fn path_label(gateway: &Gateway, path: Option<usize>) -> String {
+    let upstream = &gateway.config.upstream;
+    match (path, upstream.paths.is_empty()) {
+        (_, true) => upstream.url.clone(),
+        (None, false) => "no path".into(),
+        (Some(0), false) => format!("path {} {}", upstream.name, upstream.url),
+        (Some(p), false) => match upstream.paths.get(p - 1) {
+            Some(path) => format!(
+                "path {} {}",
+                path.name,
+                path.url.as_deref().unwrap_or(&upstream.url)
+            ),
+            None => "no path".into(),
+        },
+    }
+}
+
+/// Each path's figures, labelled by its name, in the Prometheus text format (after
+/// [`Metrics::render`]'s fixed set).
+pub fn render_paths(gateway: &Gateway) -> String {
+    use std::fmt::Write as _;
+    let health = &gateway.failover.health;
+    let views = health.paths();
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> String| {
+        let _ = writeln!(out, "# HELP kakehashi_{name} {help}");
+        let _ = writeln!(out, "# TYPE kakehashi_{name} {kind}");
+        for (i, view) in views.iter().enumerate() {
+            let _ = writeln!(out, "kakehashi_{name}{{path=\"{}\"}} {}", view.name, value(i));
+        }
+    };
+    let links = health.links();
+    family(
+        "uplink_path_up",
+        "gauge",
+        "Whether the path reaches the cloud (1) or is down (0).",
+        &|i| u8::from(views[i].up).to_string(),
+    );
+    family(
+        "uplink_path_active",
+        "gauge",
+        "Whether the path carries new calls now.",
+        &|i| u8::from(views[i].active).to_string(),
+    );
+    family(
+        "uplink_path_probes_total",
+        "counter",
+        "Health probes sent over the path.",
+        &|i| links[i].probes_total.load(Relaxed).to_string(),
+    );
+    family(
+        "uplink_path_probe_failures_total",
+        "counter",
+        "Probes over the path unanswered in time or answered 5xx.",
+        &|i| links[i].probe_failures_total.load(Relaxed).to_string(),
+    );
+    family(
+        "uplink_path_deadline_seconds",
+        "gauge",
+        "How long a call waits on the path before another path (or the cache) is tried; follows its latency.",
+        &|i| format!("{:.3}", views[i].deadline.as_secs_f64()),
+    );
+    family(
+        "uplink_path_availability_ratio",
+        "gauge",
+        "The share of time the path has been up since the gateway started.",
+        &|i| format!("{:.6}", views[i].availability),
+    );
+    out
 }

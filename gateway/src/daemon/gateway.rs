@@ -12,7 +12,7 @@ use engine_proxy::failover::{Failover, Local, Router};
 use engine_proxy::health::Health;
 use engine_proxy::journal::Journal;
 use engine_proxy::stream::{Target, Targets};
-use engine_proxy::upstream::Upstream;
+use engine_proxy::upstream::{Route as PathRoute, Upstream};
 
 use crate::audit::AuditLog;
 use crate::auth::{People, Settings};
@@ -47,6 +47,8 @@ pub enum StartError {
     LocalStore(#[from] engine_proxy::sqlite::DbError),
     #[error(transparent)]
     WireGuard(#[from] crate::doors::wireguard::SetupError),
+    #[error(transparent)]
+    Uplink(#[from] crate::uplink::TunnelError),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error(transparent)]
@@ -70,6 +72,10 @@ pub struct Gateway {
     pub people: Arc<People>,
     /// The uplink's TLS client configuration.
     pub uplink: Arc<rustls::ClientConfig>,
+    /// Each path's WireGuard tunnel, for the paths that have one (by path index).
+    tunnels: Vec<Option<Arc<crate::uplink::Tunnel>>>,
+    /// The tunnels' tasks, until [`Gateway::take_tunnels`] starts them on the runtime.
+    drivers: std::sync::Mutex<Vec<crate::uplink::Driver>>,
     /// The uplink certificate with the on-premises engine's trust anchors, when there is one.
     pub onprem_tls: Option<Arc<rustls::ClientConfig>>,
     /// Health, the rules table, and the local engine.
@@ -89,12 +95,6 @@ impl Gateway {
     pub fn start(config: Config) -> Result<Gateway, StartError> {
         let snapshot = Snapshot::load(&config, 0)?;
         let uplink = policy::client_config(&config.upstream.ca, &config.upstream.cert, &config.upstream.key)?;
-        // Each worker builds its own client (see `router`); this one proves the URL is usable.
-        Upstream::new(
-            &config.upstream.url,
-            uplink.clone(),
-            config.limits.upstream_timeout(),
-        )?;
         let password = read_secret(&config.upstream.password_file)?;
         let clinic = crate::auth::basic(&config.upstream.user, &password);
         let settings = Settings {
@@ -132,7 +132,7 @@ impl Gateway {
         };
         let failover = Arc::new(Failover {
             rules: config.failover.rules(),
-            health: Health::new(config.failover.health()),
+            health: Health::new(config.failover.health(), config.upstream.names()),
             local,
             max_entry_bytes: config.failover.max_entry_bytes,
         });
@@ -146,11 +146,26 @@ impl Gateway {
         }
         let live = Arc::new(Live::new(snapshot));
         let status = Arc::new(status_sources(&config, &failover, &live, &audit));
-        Ok(Gateway {
+        let slots = Slots::new(config.limits.max_connections, metrics.clone());
+        let (mut tunnels, mut drivers) = (Vec::new(), Vec::new());
+        tunnels.push(None);
+        for path in &config.upstream.paths {
+            tunnels.push(match &path.wireguard {
+                Some(wg) => {
+                    let (tunnel, driver) = crate::uplink::open(&path.name, wg, slots.clone())?;
+                    drivers.push(driver);
+                    Some(tunnel)
+                }
+                None => None,
+            });
+        }
+        let gateway = Gateway {
+            tunnels,
+            drivers: std::sync::Mutex::new(drivers),
             authority,
             status,
             reloading: std::sync::Mutex::new(()),
-            slots: Slots::new(config.limits.max_connections, metrics.clone()),
+            slots,
             people,
             uplink: Arc::new(uplink),
             onprem_tls,
@@ -159,19 +174,40 @@ impl Gateway {
             metrics,
             live,
             config,
-        })
+        };
+        // Each worker builds its own clients (see `router`); these prove the URLs usable.
+        gateway.paths()?;
+        Ok(gateway)
     }
 
-    /// A pooled client to the cloud engine. Each worker has its own, so that a request and the
-    /// upstream connection carrying it live on the same thread; the prober and the replayer have
-    /// theirs.
-    pub fn upstream(&self) -> Result<Upstream, StartError> {
-        let config = &self.config;
-        Ok(Upstream::new(
-            &config.upstream.url,
-            (*self.uplink).clone(),
-            config.limits.upstream_timeout(),
-        )?)
+    /// A pooled client to the cloud engine per path, in order of preference. Each worker has its
+    /// own, so that a request and the upstream connection carrying it live on the same thread;
+    /// the probers and the replayer have theirs.
+    pub fn paths(&self) -> Result<Vec<Upstream>, StartError> {
+        let upstream = &self.config.upstream;
+        let timeout = self.config.limits.upstream_timeout();
+        let first = upstream.first();
+        let paths = std::iter::once(&first).chain(&upstream.paths);
+        paths
+            .zip(&self.tunnels)
+            .map(|(path, tunnel)| {
+                let route = match tunnel {
+                    Some(tunnel) => PathRoute::Dial(tunnel.clone()),
+                    None => PathRoute::Line {
+                        connect: path.connect,
+                        bind: path.bind,
+                        interface: path.interface.clone(),
+                    },
+                };
+                let url = path.url.as_deref().unwrap_or(&upstream.url);
+                Ok(Upstream::over(url, (*self.uplink).clone(), timeout, route)?)
+            })
+            .collect()
+    }
+
+    /// The WireGuard uplinks' tasks, to run on the main runtime (once; later calls get none).
+    pub fn take_tunnels(&self) -> Vec<crate::uplink::Driver> {
+        std::mem::take(&mut *self.drivers.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The route stage for one worker: its clients to the cloud and the on-premises engine.
@@ -185,7 +221,7 @@ impl Gateway {
             _ => None,
         };
         Ok(Router {
-            cloud: self.upstream()?,
+            paths: self.paths()?,
             onprem,
             failover: self.failover.clone(),
         })

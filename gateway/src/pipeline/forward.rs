@@ -61,9 +61,17 @@ pub enum Forwarded {
 }
 
 impl Forward {
-    /// The engine a call is headed for, for the audit log.
+    /// The engine a call is headed for, for the audit log (the first path's).
     pub fn upstream(&self) -> &str {
-        self.router.cloud.authority()
+        self.router.paths[0].authority()
+    }
+
+    /// The path that answered, for the audit log when there are several (with one, the entry
+    /// keeps [`Forward::upstream`]).
+    fn path(&self, path: usize) -> Option<String> {
+        let links = self.router.failover.health.links();
+        let (link, client) = (links.get(path)?, self.router.paths.get(path)?);
+        (links.len() > 1).then(|| format!("path {} {}", link.name, client.authority()))
     }
 
     /// `rule`: the engine API rule the authorize stage allowed the call by.
@@ -146,10 +154,10 @@ impl Forward {
     fn answered(&self, routed: Routed, person: &Person, upgrade: Option<http1::OnUpgrade>) -> Forwarded {
         let mut response = routed.response;
         self.count(&routed.served);
-        if matches!(routed.served, Served::Cloud) && response.status().is_server_error() {
+        if matches!(routed.served, Served::Cloud(_)) && response.status().is_server_error() {
             Metrics::inc(&self.metrics.upstream_responses_5xx_total);
         }
-        if matches!(routed.served, Served::Cloud | Served::OnPrem(_))
+        if matches!(routed.served, Served::Cloud(_) | Served::OnPrem(_))
             && response.status() == StatusCode::UNAUTHORIZED
         {
             // The person was verified here; the engine refusing the gateway's own credential is
@@ -178,21 +186,21 @@ impl Forward {
             };
         }
         let local = match &routed.served {
-            Served::Cloud => None,
+            Served::Cloud(_) => None,
             _ => Some(match self.router.failover.health.mode() {
                 Mode::Normal => Mode::Emergency,
                 other => other,
             }),
         };
         let upstream = match &routed.served {
-            Served::Cloud => None,
+            Served::Cloud(path) => self.path(*path),
             Served::OnPrem(_) => Some(self.onprem.clone().unwrap_or_default()),
             Served::Cache { .. } => Some("local:cache".into()),
             Served::Journaled { .. } => Some("local:journal".into()),
             Served::Refused(_) => Some("local".into()),
         };
         let (decision, reason) = match &routed.served {
-            Served::Cloud => (Decision::Allow, "allowed".into()),
+            Served::Cloud(_) => (Decision::Allow, "allowed".into()),
             // The person and terminal were allowed; the call was not, for want of the cloud.
             Served::Refused(why) => (Decision::Deny, format!("refused offline: {why}")),
             served => (
@@ -212,7 +220,7 @@ impl Forward {
     fn count(&self, served: &Served) {
         let m = &self.metrics;
         match served {
-            Served::Cloud => {}
+            Served::Cloud(_) => {}
             Served::OnPrem(_) => Metrics::inc(&m.onprem_answers_total),
             Served::Cache { .. } => Metrics::inc(&m.cache_answers_total),
             Served::Journaled { .. } => Metrics::inc(&m.journal_appends_total),
@@ -237,7 +245,7 @@ mod tests {
         let failover = crate::testing::failover(Vec::new());
         Forward {
             router: Arc::new(Router {
-                cloud: Upstream::new("https://engine.test", tls, Duration::from_secs(1)).unwrap(),
+                paths: vec![Upstream::new("https://engine.test", tls, Duration::from_secs(1)).unwrap()],
                 onprem: None,
                 failover: Arc::new(failover),
             }),
@@ -337,7 +345,7 @@ mod tests {
             }
             _ => panic!("an answer"),
         }
-        match f.answered(routed(StatusCode::UNAUTHORIZED, Served::Cloud), &nurse(), None) {
+        match f.answered(routed(StatusCode::UNAUTHORIZED, Served::Cloud(0)), &nurse(), None) {
             Forwarded::Failed { response, reason } => {
                 assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
                 assert!(reason.contains("for user \"nurse\""), "{reason}");

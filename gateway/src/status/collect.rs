@@ -87,6 +87,18 @@ impl Sources {
                     reason: o.reason,
                 })
                 .collect(),
+            paths: health
+                .paths()
+                .into_iter()
+                .map(|p| super::PathState {
+                    name: p.name,
+                    up: p.up,
+                    active: p.active,
+                    since: p.since.map(|t| rfc3339(unix(t))),
+                    last_contact: p.last_contact.map(|t| rfc3339(unix(t))),
+                    availability: p.availability,
+                })
+                .collect(),
             generated: rfc3339(now),
             operator: operator.then(|| self.operator(now)),
         }

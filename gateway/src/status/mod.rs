@@ -36,11 +36,29 @@ pub struct Report {
     pub availability_7d: Option<f64>,
     /// The last outages, the latest first.
     pub outages: Vec<Outage>,
+    /// Each path to the cloud, in order of preference (one, `upstream.url`, unless
+    /// `[[upstream.path]]` adds more).
+    #[serde(default)]
+    pub paths: Vec<PathState>,
     /// When this report was made.
     pub generated: String,
     /// The operator's sections: only for a signed-in operator, and on the admin listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator: Option<Operator>,
+}
+
+/// One path to the cloud.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathState {
+    pub name: String,
+    pub up: bool,
+    /// Whether it carries the traffic now.
+    pub active: bool,
+    /// When it last went down or came back; `null`: not since the gateway started.
+    pub since: Option<String>,
+    pub last_contact: Option<String>,
+    /// The share of time it has been up since the gateway started, 0 to 1.
+    pub availability: f64,
 }
 
 /// One outage.

@@ -164,6 +164,27 @@ pub fn page(report: &Report, lang: Lang) -> String {
                             dt { (t(lang, "稼働率（7 日間）", "Availability (7 days)")) }
                             dd { (percent(lang, report.availability_7d)) }
                         }
+                        @if report.paths.len() > 1 {
+                            h3 { (t(lang, "回線", "Paths")) }
+                            table id="paths" {
+                                (head(&[t(lang, "回線", "Path"), t(lang, "状態", "State"), t(lang, "変化", "Since"), t(lang, "最後の応答", "Last answer"), t(lang, "稼働率（起動後）", "Availability (since start)")]))
+                                tbody {
+                                    @for p in &report.paths {
+                                        tr class=[(!p.up).then_some("warn")] {
+                                            td { (p.name) }
+                                            td {
+                                                @if p.active { (t(lang, "使用中", "in use")) }
+                                                @else if p.up { (t(lang, "待機", "standby")) }
+                                                @else { (t(lang, "不通", "down")) }
+                                            }
+                                            td { (p.since.as_deref().map_or("-".to_owned(), when)) }
+                                            td { (p.last_contact.as_deref().map_or("-".to_owned(), when)) }
+                                            td { (percent(lang, Some(p.availability))) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
                         h3 { (t(lang, "最近の障害", "Last outages")) }
                         @if report.outages.is_empty() {
                             p { (t(lang, "記録はありません。", "None recorded.")) }
@@ -313,6 +334,7 @@ mod tests {
                 ended: None,
                 reason: "cloud down: <timeout>".into(),
             }],
+            paths: vec![],
             generated: "2026-12-04T12:00:05Z".into(),
             operator: operator.then(|| Operator {
                 terminals: vec![],

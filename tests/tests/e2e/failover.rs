@@ -16,21 +16,21 @@ use crate::support::*;
 const FAST: &str = "\n[failover]\nhealthy_secs = 1\n";
 
 /// One answer: status, lower-cased header block, body.
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: String,
+    pub(crate) body: String,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .map(str::trim)
     }
 
-    fn api_result(&self) -> String {
+    pub(crate) fn api_result(&self) -> String {
         let v: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_default();
         v.as_object()
             .and_then(|o| o.values().next())
@@ -41,14 +41,14 @@ impl Reply {
 }
 
 /// A terminal: one keep-alive connection, reopened when it breaks (a restarted gateway).
-struct Terminal<'a> {
+pub(crate) struct Terminal<'a> {
     clinic: &'a Clinic,
     config: Arc<rustls::ClientConfig>,
     conn: Option<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>,
 }
 
 impl<'a> Terminal<'a> {
-    fn new(clinic: &'a Clinic) -> Terminal<'a> {
+    pub(crate) fn new(clinic: &'a Clinic) -> Terminal<'a> {
         Terminal {
             clinic,
             config: clinic.client("terminal.pem", "terminal.key"),
@@ -56,11 +56,11 @@ impl<'a> Terminal<'a> {
         }
     }
 
-    fn get(&mut self, path: &str) -> Option<Reply> {
+    pub(crate) fn get(&mut self, path: &str) -> Option<Reply> {
         self.call("GET", path, "")
     }
 
-    fn post(&mut self, path: &str, body: &str) -> Option<Reply> {
+    pub(crate) fn post(&mut self, path: &str, body: &str) -> Option<Reply> {
         self.call("POST", path, body)
     }
 
@@ -138,7 +138,7 @@ impl Clinic {
     }
 
     /// Waits for the hybrid state (0 normal, 1 emergency, 2 recovery).
-    fn wait_mode(&self, mode: u64, within: Duration) {
+    pub(crate) fn wait_mode(&self, mode: u64, within: Duration) {
         let deadline = Instant::now() + within;
         while self.metric("hybrid_mode") != mode {
             assert!(
@@ -162,14 +162,14 @@ impl Clinic {
     }
 }
 
-const WRITE: &str = "/api21/medicalmodv2?class=01&format=json";
+pub(crate) const WRITE: &str = "/api21/medicalmodv2?class=01&format=json";
 
-fn record(date: &str, marker: &str) -> String {
+pub(crate) fn record(date: &str, marker: &str) -> String {
     format!(r#"{{"medicalreq":{{"Patient_ID":"1","Perform_Date":"{date}","Marker":"{marker}"}}}}"#)
 }
 
 /// A write the terminal was told is safe: taken by the cloud (`00`) or journaled (`W90`).
-fn acknowledged(reply: &Option<Reply>) -> bool {
+pub(crate) fn acknowledged(reply: &Option<Reply>) -> bool {
     reply
         .as_ref()
         .is_some_and(|r| r.status == 200 && matches!(r.api_result().as_str(), "00" | "W90"))

@@ -51,6 +51,27 @@ impl Clinic {
     }
 
     fn adopt_with(dir: tempfile::TempDir, extra: &str, engine_extra: &str, env: &[(&str, &str)]) -> Clinic {
+        Clinic::adopt_in(dir, extra, engine_extra, env, None)
+    }
+
+    /// [`Clinic::adopt`] with the cloud engine in network namespace `cloud` (its engine.toml
+    /// made to listen there on every address, same port).
+    pub(crate) fn adopt_with_cloud_in(dir: tempfile::TempDir, extra: &str, cloud: &str) -> Clinic {
+        let toml = dir.path().join("clinic/engine.toml");
+        let text = std::fs::read_to_string(&toml)
+            .unwrap()
+            .replace("127.0.0.1:", "0.0.0.0:");
+        write(&toml, text);
+        Clinic::adopt_in(dir, extra, "", &[], Some(cloud))
+    }
+
+    fn adopt_in(
+        dir: tempfile::TempDir,
+        extra: &str,
+        engine_extra: &str,
+        env: &[(&str, &str)],
+        cloud: Option<&str>,
+    ) -> Clinic {
         let d = dir.path().join("clinic");
         let setting = |file: &str, key: &str| {
             let text = std::fs::read_to_string(d.join(file)).unwrap();
@@ -87,7 +108,12 @@ impl Clinic {
         let mut engine_toml = std::fs::read_to_string(d.join("engine.toml")).unwrap();
         engine_toml.push_str(engine_extra);
         write(&d.join("engine.toml"), engine_toml);
-        let engine = Server::start(&["engine-sim", "--config", s(&d.join("engine.toml"))]);
+        let engine_toml = d.join("engine.toml");
+        let engine_args = ["engine-sim", "--config", s(&engine_toml)];
+        let engine = match cloud {
+            Some(ns) => Server::start_in(ns, &engine_args),
+            None => Server::start(&engine_args),
+        };
         let gateway = Server::start_env(&["gateway", "run", "--config", s(&d.join("gateway.toml"))], env);
         let user = std::fs::read_to_string(d.join("user.txt"))
             .unwrap()

@@ -18,10 +18,28 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command and insists on success, naming it when it fails.
 #[track_caller]
-fn run(line: &str) -> String {
+pub(crate) fn run(line: &str) -> String {
     let r = sh(line);
     assert_eq!(r.code, 0, "{line}\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
     r.stdout
+}
+
+/// Starts wireguard-go with interface `interface` in namespace `ns` (it daemonizes).
+#[track_caller]
+pub(crate) fn wireguard_go(ns: &str, interface: &str) {
+    let started = tool(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "env",
+            "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1",
+            "wireguard-go",
+            interface,
+        ],
+    );
+    assert_eq!(started.code, 0, "wireguard-go: {}", started.stderr);
 }
 
 impl Terminal {
@@ -46,19 +64,7 @@ impl Terminal {
         ] {
             run(&line);
         }
-        let started = tool(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                "env",
-                "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1",
-                "wireguard-go",
-                ns,
-            ],
-        );
-        assert_eq!(started.code, 0, "wireguard-go: {}", started.stderr);
+        wireguard_go(ns, ns);
         let text = std::fs::read_to_string(config).expect("the terminal's config");
         let address = text
             .lines()

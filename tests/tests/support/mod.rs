@@ -298,9 +298,20 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn(Command::new(bin()).args(args), args, env)
+    }
+
+    /// [`Server::start`] inside network namespace `ns` (`ip netns exec` execs the binary, so
+    /// the process is still the server's own).
+    pub fn start_in(ns: &str, args: &[&str]) -> Server {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).arg(bin()).args(args);
+        Server::spawn(&mut command, args, &[])
+    }
+
+    fn spawn(command: &mut Command, args: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
-        let mut child = Command::new(bin())
-            .args(args)
+        let mut child = command
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,5 +1,8 @@
 //! Userspace mode: a TCP/IP stack (smoltcp) that holds the gateway's tunnel address.
 //!
+//! The same stack serves the gateway's own WireGuard uplink ([`crate::uplink`]), where it opens
+//! connections instead of accepting them ([`Stack::connect`]).
+//!
 //! Decrypted packets go in through [`Stack::deliver`]; packets for the peers come out of
 //! [`Stack::outbound`]. A TCP connection to a configured port becomes a byte stream (one end of a
 //! `tokio::io::duplex` pipe) handed to the gateway's pipeline; the stack moves bytes between the
@@ -31,6 +34,8 @@ const PIPE_BUFFER: usize = 256 * 1024;
 /// Idle connections are probed this often, and aborted when the peer stops answering.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 const DEAD_AFTER: Duration = Duration::from_secs(120);
+/// How long a connection the gateway opens may wait for its handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A new connection for the pipeline.
 pub struct Accepted {
@@ -57,6 +62,8 @@ pub struct Stack {
     /// Connections over the bound, reset and removed once the reset is sent.
     refusing: Vec<SocketHandle>,
     started: std::time::Instant,
+    /// The local port of the last connection opened ([`Stack::connect`]).
+    next_port: u16,
 }
 
 /// One connection: the smoltcp socket and the stack's end of the pipe.
@@ -68,7 +75,9 @@ struct Conn {
     closed_in: bool,
     /// The terminal closed its side: the pipe was shut down for writing.
     closed_out: bool,
-    _slot: Slot,
+    /// A connection from a terminal holds a slot; one the gateway opens (its uplink) does not:
+    /// the uplink's connection pool bounds those.
+    _slot: Option<Slot>,
 }
 
 impl Stack {
@@ -95,6 +104,7 @@ impl Stack {
             slots,
             refusing: Vec::new(),
             started,
+            next_port: 0,
         };
         for &port in ports {
             let handle = stack.listen(port);
@@ -212,7 +222,7 @@ impl Stack {
                 peer,
                 closed_in: false,
                 closed_out: false,
-                _slot: held,
+                _slot: Some(held),
             });
             accept(Accepted {
                 source: (peer, peer_port).into(),
@@ -299,6 +309,40 @@ impl Stack {
             !done
         });
         moved
+    }
+
+    /// Opens a connection to `remote` from an ephemeral port: the pipe's other end, to write to
+    /// at once (bytes wait in the pipe until the handshake completes; a refused or unanswered
+    /// connection ends the pipe).
+    pub fn connect(&mut self, remote: std::net::SocketAddrV4) -> Result<DuplexStream, String> {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
+        );
+        socket.set_nagle_enabled(false);
+        socket.set_keep_alive(Some(KEEPALIVE));
+        // An unanswered SYN gives up in seconds, not the idle connection's two minutes.
+        socket.set_timeout(Some(CONNECT_TIMEOUT));
+        self.next_port = if self.next_port < 49152 {
+            49152 + (seed() % 16384) as u16
+        } else {
+            self.next_port.wrapping_add(1).max(49152)
+        };
+        let endpoint = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
+        socket
+            .connect(self.iface.context(), endpoint, self.next_port)
+            .map_err(|e| format!("cannot connect to {remote} inside the tunnel: {e}"))?;
+        let handle = self.sockets.add(socket);
+        let (stream, pipe) = tokio::io::duplex(PIPE_BUFFER);
+        self.conns.push(Conn {
+            handle,
+            pipe,
+            peer: *remote.ip(),
+            closed_in: false,
+            closed_out: false,
+            _slot: None,
+        });
+        Ok(stream)
     }
 
     /// Ends every connection from `peer` (a peer removed or disabled by a reload).
