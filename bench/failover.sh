@@ -275,7 +275,6 @@ detection() {
   done
 }
 
-worst() { printf '%s\n' "$@" | sort -g | tail -1; }
 
 echo "Failover: $(nproc) cores, $trials black-hole and $kill_trials refused trials per side, a read every $every_ms ms, $write_secs s of writes" >&2
 for side in haproxy haproxy-tuned; do

@@ -90,6 +90,11 @@ median() {
   printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'
 }
 
+# worst NUMBER…: the largest.
+worst() {
+  printf '%s\n' "$@" | sort -g | tail -1
+}
+
 # calc EXPRESSION [DIGITS]: floating-point arithmetic through awk, e.g. calc "3 / 2" -> 1.50
 calc() {
   awk "BEGIN {printf \"%.${2:-2}f\", $1}"

@@ -344,8 +344,9 @@ impl Router {
     /// returns the first answer and its path, or every path's failure.
     ///
     /// Each path waits for the cloud only as long as the cloud usually takes over it
-    /// ([`Health::call_deadline`]): past that a probe goes out and, for a read (`hedge`), the
-    /// next path is tried beside it, the first answer winning; the next path gets the whole
+    /// ([`Health::call_deadline`], or the shorter [`Health::hedge_deadline`] when another path
+    /// can take the read): past that a probe goes out and, for a read (`hedge`), the next path is
+    /// tried beside it, the first answer winning; the next path gets the whole
     /// [`Health::ceiling`]. A write goes to the next path
     /// only once its path has failed it, under the same idempotency key. When every path is
     /// silent past its deadline, a read with a `cached` answer gets it (`Err`), while the
@@ -360,7 +361,7 @@ impl Router {
         mut cached: Option<(&Cache, &[u8; 32], Filler)>,
     ) -> Result<(usize, Attempt), Routed> {
         let health = &self.failover.health;
-        let mut untried = health.usable();
+        let mut untried = health.usable().peekable();
         // Some path is up unless a prober changed its mind since the mode was read: then the
         // preferred path by order is tried all the same.
         let mut next = Some(untried.next().unwrap_or(0));
@@ -371,9 +372,11 @@ impl Router {
                 // A path tried second may have no pooled connection on this worker (a TCP and
                 // TLS handshake to make first), and the cloud has just been heard on it by its
                 // prober: it gets the whole ceiling before the cache answers instead.
-                let wait = match calls.is_empty() && failures.is_empty() {
-                    true => health.call_deadline(path),
-                    false => health.ceiling(),
+                let first = calls.is_empty() && failures.is_empty();
+                let wait = match (first, untried.peek().is_some()) {
+                    (true, true) => health.hedge_deadline(path),
+                    (true, false) => health.call_deadline(path),
+                    (false, _) => health.ceiling(),
                 };
                 calls.push(self.attempt(path, head, body.clone(), caller, cached.is_some()));
                 newest = path;

@@ -312,6 +312,16 @@ impl Health {
         self.links[path].latency.deadline(&self.settings)
     }
 
+    /// How long a read waits on `path` before it is sent on the next path too: the same
+    /// estimate as [`Health::call_deadline`], with a third of its floor. A second copy of a read
+    /// costs the cloud one more cheap answer; the floor of a deadline that acts on the
+    /// silence (a cached answer, a probe's verdict) is there for a lost packet, which another
+    /// path does not share ("The Tail at Scale"'s hedged requests).
+    pub fn hedge_deadline(&self, path: usize) -> Duration {
+        let s = &self.settings;
+        self.links[path].latency.within(s.deadline_min / 3, s.timeout)
+    }
+
     /// The longest any deadline gets (`timeout`).
     pub fn ceiling(&self) -> Duration {
         self.settings.timeout
@@ -649,14 +659,18 @@ impl Latency {
 
     /// Before any answer: the longest deadline, as a cloud of unknown speed deserves.
     pub fn deadline(&self, settings: &Settings) -> Duration {
+        self.within(settings.deadline_min, settings.timeout)
+    }
+
+    /// The estimate between `floor` and `ceiling` (the ceiling before any answer).
+    fn within(&self, floor: Duration, ceiling: Duration) -> Duration {
         let state = *self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some((srtt, var)) = state else {
-            return settings.timeout;
+            return ceiling.max(floor);
         };
         let base = srtt.saturating_add(var.saturating_mul(4));
         let backed_off = base.saturating_mul(1 << self.missed.load(Relaxed));
-        Duration::from_micros(backed_off)
-            .clamp(settings.deadline_min, settings.timeout.max(settings.deadline_min))
+        Duration::from_micros(backed_off).clamp(floor, ceiling.max(floor))
     }
 }
 

@@ -96,9 +96,13 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<S
             () = &mut shutdown => return,
         };
         let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .ok()
+            .and_then(|a| HeaderValue::from_str(&a.to_string()).ok());
         let (tls, state) = (tls.clone(), state.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), local.clone(), req));
             let builder = hyper::server::conn::http1::Builder::new();
             match tls {
                 Some(acceptor) => {
@@ -134,11 +138,19 @@ async fn shutdown_signal() {
     }
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+/// `local`: the address the connection came in on, answered as `X-Engine-Address`, so a test
+/// or benchmark that reaches the engine over several paths sees which one a call took.
+async fn handle(
+    state: Arc<State>,
+    local: Option<HeaderValue>,
+    req: Request<Incoming>,
+) -> Result<Reply, Infallible> {
     let mut reply = respond(&state, req).await;
-    reply
-        .headers_mut()
-        .insert("x-hybridmode", HeaderValue::from_static("normal"));
+    let headers = reply.headers_mut();
+    headers.insert("x-hybridmode", HeaderValue::from_static("normal"));
+    if let Some(local) = local {
+        headers.insert("x-engine-address", local);
+    }
     Ok(reply)
 }
 
