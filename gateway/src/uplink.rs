@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -32,6 +32,8 @@ use crate::doors::wireguard::stack::Stack;
 const TICK: Duration = Duration::from_millis(250);
 /// Larger than any datagram.
 const BUF: usize = 65536;
+/// How often a concentrator that does not resolve (or a socket that does not bind) is tried again.
+const RESOLVE_AGAIN: Duration = Duration::from_secs(5);
 
 type Reply = oneshot::Sender<Result<DuplexStream, String>>;
 
@@ -52,15 +54,11 @@ impl engine_proxy::upstream::Dial for Tunnel {
     }
 }
 
-/// Why the tunnel could not be set up.
+/// Why the tunnel could not be set up: its configuration. A concentrator that cannot be
+/// reached, or whose name does not resolve yet (the line is down at boot), is not an error here:
+/// the path is down until it answers, and the others carry the clinic.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
-    #[error("path {path}: wireguard.endpoint {endpoint:?}: {why}")]
-    Endpoint {
-        path: String,
-        endpoint: String,
-        why: String,
-    },
     #[error("path {path}: {source}")]
     Key {
         path: String,
@@ -70,24 +68,20 @@ pub enum TunnelError {
     Peer { path: String, why: String },
 }
 
-/// The task's state: the socket, the session with the concentrator, the stack inside.
+/// The task's state: the session with the concentrator, the stack inside, and where to send.
 pub struct Driver {
     name: String,
-    socket: std::net::UdpSocket,
+    /// The concentrator's `host:port`, resolved by the task (and again while it fails).
+    endpoint: String,
     tunn: Tunn,
     stack: Stack,
     engine: SocketAddrV4,
     requests: mpsc::UnboundedReceiver<Reply>,
 }
 
-/// Sets a tunnel up (its key read or created, the concentrator's address resolved, a socket
-/// bound) without sending anything yet: [`Driver::run`] does, on the runtime.
+/// Sets a tunnel up (its key read or created) without sending anything yet: [`Driver::run`]
+/// resolves the concentrator and starts the session, on the runtime.
 pub fn open(name: &str, config: &PathWireGuard, slots: Slots) -> Result<(Arc<Tunnel>, Driver), TunnelError> {
-    let endpoint_error = |why: String| TunnelError::Endpoint {
-        path: name.to_owned(),
-        endpoint: config.endpoint.clone(),
-        why,
-    };
     let private = keys::load_or_create(&config.private_key).map_err(|source| TunnelError::Key {
         path: name.to_owned(),
         source: Box::new(source),
@@ -96,24 +90,10 @@ pub fn open(name: &str, config: &PathWireGuard, slots: Slots) -> Result<(Arc<Tun
         path: name.to_owned(),
         why,
     })?;
-    let endpoint: SocketAddr = config
-        .endpoint
-        .to_socket_addrs()
-        .map_err(|e| endpoint_error(e.to_string()))?
-        .next()
-        .ok_or_else(|| endpoint_error("resolves to no address".into()))?;
-    let any: SocketAddr = match endpoint {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = std::net::UdpSocket::bind(any)
-        .and_then(|s| s.connect(endpoint).map(|()| s))
-        .and_then(|s| s.set_nonblocking(true).map(|()| s))
-        .map_err(|e| endpoint_error(e.to_string()))?;
     tracing::info!(
         path = name,
         public_key = %private.public_key(),
-        %endpoint,
+        endpoint = %config.endpoint,
         "WireGuard uplink: the concentrator must know this public key"
     );
     let tunn = Tunn::new(
@@ -134,7 +114,7 @@ pub fn open(name: &str, config: &PathWireGuard, slots: Slots) -> Result<(Arc<Tun
     let (requests, asked) = mpsc::unbounded_channel();
     let driver = Driver {
         name: name.to_owned(),
-        socket,
+        endpoint: config.endpoint.clone(),
         tunn,
         stack,
         engine: config.engine,
@@ -148,18 +128,14 @@ impl Driver {
     pub async fn run(self) {
         let Driver {
             name,
-            socket,
+            endpoint,
             mut tunn,
             mut stack,
             engine,
             mut requests,
         } = self;
-        let socket = match UdpSocket::from_std(socket) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(path = %name, "WireGuard uplink: {e}");
-                return;
-            }
+        let Some(socket) = connect(&name, &endpoint, &mut requests).await else {
+            return;
         };
         let mut work = vec![0u8; BUF];
         let mut datagram = vec![0u8; BUF];
@@ -222,6 +198,52 @@ impl Driver {
             Poll::Pending
         })
         .await;
+    }
+}
+
+/// A UDP socket connected to the concentrator, once its name resolves and a socket binds;
+/// meanwhile every connection asked for is refused with the reason, and the attempt repeats
+/// every few seconds. `None`: every path client is gone.
+async fn connect(
+    name: &str,
+    endpoint: &str,
+    requests: &mut mpsc::UnboundedReceiver<Reply>,
+) -> Option<UdpSocket> {
+    let mut logged = false;
+    loop {
+        let attempt = async {
+            let to = tokio::net::lookup_host(endpoint)
+                .await?
+                .next()
+                .ok_or_else(|| io::Error::other("resolves to no address"))?;
+            let any: SocketAddr = match to {
+                SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let socket = UdpSocket::bind(any).await?;
+            socket.connect(to).await?;
+            Ok::<_, io::Error>(socket)
+        };
+        let why = match attempt.await {
+            Ok(socket) => return Some(socket),
+            Err(e) => format!("the concentrator {endpoint:?}: {e}"),
+        };
+        if !std::mem::replace(&mut logged, true) {
+            tracing::warn!(path = %name, "WireGuard uplink: {why}; the path is down until it answers");
+        }
+        let retry = tokio::time::sleep(RESOLVE_AGAIN);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                () = &mut retry => break,
+                asked = requests.recv() => match asked {
+                    Some(reply) => {
+                        let _ = reply.send(Err(why.clone()));
+                    }
+                    None => return None,
+                },
+            }
+        }
     }
 }
 

@@ -354,7 +354,7 @@ fn a_line_losing_a_fifth_of_its_packets_for_thirty_seconds_does_not_flap() {
 }
 
 #[test]
-fn a_wrong_path_is_refused_with_its_key_and_a_deaf_concentrator_leaves_the_line_in_use() {
+fn a_wrong_path_is_refused_with_its_key_and_a_deaf_or_unresolvable_concentrator_leaves_the_line_in_use() {
     let dir = Clinic::setup("127.0.0.1");
     let d = dir.path().join("clinic");
     let toml = d.join("gateway.toml");
@@ -387,12 +387,24 @@ fn a_wrong_path_is_refused_with_its_key_and_a_deaf_concentrator_leaves_the_line_
     let peer = shell("wg genkey | wg pubkey").trim().to_owned();
     let port = free_udp_port();
     write(&toml, base);
+    // And one whose concentrator's name does not resolve (the line is down at boot): the
+    // gateway starts all the same.
+    let tunnel = |name: &str, endpoint: &str| {
+        format!(
+            "\n[[upstream.path]]\nname = \"{name}\"\n[upstream.path.wireguard]\nprivate_key = \"uplink-wg.key\"\n\
+             peer = \"{peer}\"\nendpoint = \"{endpoint}\"\naddress = \"10.9.0.2/24\"\nengine = \"10.9.0.1:443\"\n"
+        )
+    };
     let extra = format!(
-        "\n[failover]\nhealthy_secs = 1\n\n[[upstream.path]]\nname = \"vpn\"\n[upstream.path.wireguard]\nprivate_key = \"uplink-wg.key\"\npeer = \"{peer}\"\nendpoint = \"127.0.0.1:{port}\"\naddress = \"10.9.0.2/24\"\nengine = \"10.9.0.1:443\"\n"
+        "\n[failover]\nhealthy_secs = 1\n{}{}",
+        tunnel("vpn", &format!("127.0.0.1:{port}")),
+        tunnel("unresolved", "concentrator.invalid:51820")
     );
     let clinic = Clinic::adopt(dir, &extra);
     let began = Instant::now();
-    while clinic.path_metric("uplink_path_up", "vpn") > 0.0 {
+    while clinic.path_metric("uplink_path_up", "vpn") > 0.0
+        || clinic.path_metric("uplink_path_up", "unresolved") > 0.0
+    {
         assert!(
             began.elapsed() < Duration::from_secs(5),
             "the deaf tunnel never went down"
@@ -404,4 +416,5 @@ fn a_wrong_path_is_refused_with_its_key_and_a_deaf_concentrator_leaves_the_line_
     assert_eq!(reply.header("x-hybridmode"), Some("normal"));
     assert_eq!(clinic.metric("uplink_path"), 0);
     assert!(clinic.audit_has("allow", "path vpn down"));
+    assert!(clinic.audit_has("allow", "path unresolved down"));
 }
