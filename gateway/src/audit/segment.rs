@@ -114,6 +114,17 @@ pub(super) fn live_list(data_dir: &Path, pruned: Option<Point>) -> Result<Vec<Se
     Ok(all)
 }
 
+/// The segments in use, oldest first: [`list`] without those a prune recorded but did not get
+/// to remove.
+pub fn in_use(data_dir: &Path) -> Result<Vec<Segment>> {
+    live_list(data_dir, pruned(data_dir)?)
+}
+
+/// A point file (`audit.head`, `audit/pruned`), read: `None` if there is none.
+pub fn read_point_file(path: &Path) -> Result<Option<Point>> {
+    read_point(path)
+}
+
 /// The last entry pruned, from `audit/pruned`; `None` when nothing was.
 pub fn pruned(data_dir: &Path) -> Result<Option<Point>> {
     read_point(&data_dir.join(SEGMENTS).join(PRUNED))
