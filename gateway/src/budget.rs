@@ -3,7 +3,7 @@
 //!
 //! | share | what | when over |
 //! |---|---|---|
-//! | a tenth | the read cache (`cache.db`: answers the cloud can give again) | the cache evicts its oldest answers |
+//! | a tenth | the read cache (`cache.db`: answers the cloud can give again; the answers a twentieth, the rest keys and WAL) | the cache evicts its oldest answers |
 //! | a quarter | the local audit log (`audit/`) | sealed segments already in a verified backup are pruned, oldest first |
 //! | the rest | the journal, the inventory, keys, a backup's scratch copy | never pruned: the journal is writes not yet handed back |
 //!
@@ -59,10 +59,11 @@ impl Budget {
         }
     }
 
-    /// What the read cache may hold (answers' bytes): a tenth of the budget, or less if
-    /// `failover.cache_max_bytes` says less.
+    /// What the read cache may hold (answers' bytes): a twentieth of the budget, or less if
+    /// `failover.cache_max_bytes` says less, so that the file with its keys, paths and WAL
+    /// stays within a tenth.
     pub fn cache_bytes(&self, configured: u64) -> u64 {
-        configured.min(self.bytes / 10).max(1)
+        configured.min(self.bytes / 20).max(1)
     }
 
     /// What the local audit log may take before sealed segments that are off the box go.

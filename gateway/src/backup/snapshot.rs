@@ -320,11 +320,18 @@ fn add_named_files(config: &Config, out: &mut Writer) -> Result<Vec<(String, Str
 }
 
 /// Adds the data directory under `data/`: databases through SQLite's online backup into
-/// `staging`, one at a time; the audit head before the audit log, so the copy of the log holds
-/// at least what the head says. Returns the snapshot's counts.
+/// `staging`, one at a time; the audit head copied before anything else, so the copy of the log
+/// holds at least what the head says; the audit segments chain-checked as they go. Returns the
+/// snapshot's counts.
 fn add_data_dir(config: &Config, staging: &Path, out: &mut Writer) -> Result<Counts> {
     let data_dir = &config.data_dir;
     let slots = config.firmware.as_ref().map(|f| f.slots());
+    // The audit head before anything is listed: every segment holding an entry up to it exists
+    // by then (a segment sealed later holds only later entries).
+    let head = data_dir.join(AUDIT_HEAD);
+    if head.exists() {
+        fs::copy(&head, staging.join(AUDIT_HEAD)).map_err(BackupError::io("copy", &head))?;
+    }
     let mut files = Vec::new();
     collect(data_dir, data_dir, slots.as_deref(), &mut files)?;
     // The audit head and the prune record first, then the segments in id order (a segment a prune
@@ -350,8 +357,10 @@ fn add_data_dir(config: &Config, staging: &Path, out: &mut Writer) -> Result<Cou
         let source = data_dir.join(&rel);
         let name = format!("data/{}", rel.display());
         let is_db = rel.extension().is_some_and(|e| e == "db");
-        if rel == Path::new(AUDIT_HEAD) || rel == pruned_rel {
-            let copy = staging.join(rel.file_name().unwrap_or_default());
+        if rel == Path::new(AUDIT_HEAD) {
+            out.add_file(&name, &staging.join(AUDIT_HEAD), 0o600)?;
+        } else if rel == pruned_rel {
+            let copy = staging.join(PRUNED);
             fs::copy(&source, &copy).map_err(BackupError::io("copy", &source))?;
             out.add_file(&name, &copy, 0o600)?;
         } else if is_db {
