@@ -112,6 +112,7 @@ echo "data directory: at most $max bytes of a $budget_bytes-byte budget ($((max 
 echo "audit: $last entries written, $local_entries on the box in $audit_bytes bytes ($((audit_bytes / (local_entries > 0 ? local_entries : 1))) bytes an entry on disk)"
 echo "backups: $runs verified, $failed failed; $pruned segments pruned; pruned through entry $floor, verified off the box up to $offbox"
 echo "against the last archive: $against"
+echo "the backup target: $(ls "$D/backups"/kakehashi-*.backup | wc -l) archives kept (backup.keep 14, and every one holding entries no newer one holds), $(du -s -B1 "$D/backups" | cut -f1) bytes"
 ((max <= budget_bytes)) || die "the data directory went over its budget"
 ((floor <= offbox)) || die "a segment was pruned beyond what a verified backup holds"
 echo "RESULT max_bytes=$max budget_bytes=$budget_bytes refused=$refused requests=$requests audit_entries=$last bytes_per_entry=$((audit_bytes / (local_entries > 0 ? local_entries : 1))) backups=$runs pruned=$pruned"

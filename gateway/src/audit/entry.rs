@@ -7,10 +7,10 @@
 pub(super) const LEGACY_VERSION: i64 = 1;
 /// The schema of a segment.
 pub(super) const SEGMENT_VERSION: i64 = 2;
-/// The legacy schema, for tests that make an old log to move.
-#[cfg(test)]
-pub(super) const LEGACY_SCHEMA: &str = "
-CREATE TABLE entries (
+/// The columns every entry has, in both schemas (a macro, so that both are one literal).
+macro_rules! entry_columns {
+    () => {
+        "
     id          INTEGER PRIMARY KEY NOT NULL,
     time        TEXT NOT NULL,
     decision    TEXT NOT NULL,
@@ -25,38 +25,34 @@ CREATE TABLE entries (
     status      INTEGER,
     bytes_in    INTEGER NOT NULL,
     bytes_out   INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,"
+    };
+}
+/// The legacy schema, for tests that make an old log to move.
+#[cfg(test)]
+pub(super) const LEGACY_SCHEMA: &str = concat!(
+    "CREATE TABLE entries (",
+    entry_columns!(),
+    "
     prev_hash   BLOB NOT NULL,
     hash        BLOB NOT NULL
-) STRICT;
-";
+) STRICT;"
+);
 /// A segment: where it starts (one row), then its entries. An entry's `prev_hash` is not
 /// stored: it is the hash of the row before (or the segment's start), 33 bytes an entry saved,
 /// and what [`verify`](super::verify) recomputes anyway. `id` is the rowid: no other index.
-pub(super) const SEGMENT_SCHEMA: &str = "
+pub(super) const SEGMENT_SCHEMA: &str = concat!(
+    "
 CREATE TABLE segment (
     prev_id   INTEGER NOT NULL,
     prev_hash BLOB NOT NULL CHECK (length(prev_hash) = 32)
 ) STRICT;
-CREATE TABLE entries (
-    id          INTEGER PRIMARY KEY NOT NULL,
-    time        TEXT NOT NULL,
-    decision    TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    terminal    TEXT,
-    user        TEXT,
-    source      TEXT NOT NULL,
-    route       TEXT NOT NULL,
-    method      TEXT,
-    path        TEXT,
-    upstream    TEXT,
-    status      INTEGER,
-    bytes_in    INTEGER NOT NULL,
-    bytes_out   INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL,
+CREATE TABLE entries (",
+    entry_columns!(),
+    "
     hash        BLOB NOT NULL
-) STRICT;
-";
+) STRICT;"
+);
 /// A segment's columns, in the order [`Record::from_row`] reads them.
 pub(super) const COLUMNS: &str = "id, time, decision, reason, terminal, user, source, route, method, path, \
                                   upstream, status, bytes_in, bytes_out, duration_ms, hash";

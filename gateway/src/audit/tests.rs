@@ -62,16 +62,7 @@ fn records_verify_and_reopen_continues_the_chain() {
     let head = std::fs::read_to_string(tmp.path().join(AUDIT_HEAD)).unwrap();
     assert_eq!(head, format!("5 {}\n", report.last_hash));
 
-    let log = AuditLog::open(tmp.path()).unwrap();
-    log.record_blocking(Entry::new(
-        Decision::Deny,
-        "login",
-        "192.0.2.11:1",
-        "unknown user",
-    ));
-    log.close_blocking().unwrap();
-    let report = verify(tmp.path()).unwrap();
-    assert!(report.is_intact(), "{report:?}");
+    let report = refuse_one(tmp.path(), DEFAULT_SEGMENT_BYTES);
     assert_eq!(report.entries, 6);
 
     let mut all = Vec::new();
@@ -366,7 +357,14 @@ fn segments_roll_over_and_the_chain_runs_on_across_them() {
     assert!(recent.refusals.is_empty());
 
     // Reopened, the writer continues the chain in the live segment.
-    let log = AuditLog::open_with(tmp.path(), 64 * 1024).unwrap();
+    let report = refuse_one(tmp.path(), 64 * 1024);
+    assert_eq!(report.last_id, 3001);
+    assert_eq!(recent_refusals(tmp.path()), 1);
+}
+
+/// Reopens the log, records one refusal, closes it; the log verifies intact after.
+fn refuse_one(dir: &Path, seal_at: u64) -> VerifyReport {
+    let log = AuditLog::open_with(dir, seal_at).unwrap();
     log.record_blocking(Entry::new(
         Decision::Deny,
         "login",
@@ -374,9 +372,9 @@ fn segments_roll_over_and_the_chain_runs_on_across_them() {
         "unknown user",
     ));
     log.close_blocking().unwrap();
-    let report = verify(tmp.path()).unwrap();
-    assert!(report.is_intact() && report.last_id == 3001, "{report:?}");
-    assert_eq!(recent_refusals(tmp.path()), 1);
+    let report = verify(dir).unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    report
 }
 
 fn recent_refusals(dir: &Path) -> usize {
@@ -405,15 +403,23 @@ fn a_removed_or_replaced_segment_is_a_break() {
     std::fs::rename(&first, &segments[1].path).unwrap();
 
     // A segment's start rewritten.
-    let conn = Connection::open(&segments[1].path).unwrap();
-    conn.execute("UPDATE segment SET prev_hash = zeroblob(32)", [])
-        .unwrap();
-    drop(conn);
-    assert!(
-        broken(tmp.path())
-            .what
-            .contains("a segment was removed or replaced")
+    tamper(
+        &segments[1].path,
+        &["UPDATE segment SET prev_hash = zeroblob(32)"],
+        "a segment was removed or replaced",
     );
+}
+
+/// Runs `statements` on the segment at `path`; the log must then break, saying `says`.
+fn tamper(path: &Path, statements: &[&str], says: &str) {
+    let conn = Connection::open(path).unwrap();
+    for statement in statements {
+        conn.execute(statement, []).unwrap();
+    }
+    drop(conn);
+    let dir = path.parent().and_then(Path::parent).unwrap();
+    let what = broken(dir).what;
+    assert!(what.contains(says), "{what}");
 }
 
 #[test]
@@ -518,15 +524,13 @@ fn a_legacy_audit_db_is_read_in_place_and_moved_into_segments_whole() {
     assert_eq!(after[10].prev_hash, before[9].hash);
 
     // Tampering with the moved legacy rows is still caught by their prev_hash.
-    let conn = Connection::open(&segments[0].path).unwrap();
-    conn.execute("DELETE FROM entries WHERE id = 3", []).unwrap();
-    conn.execute("UPDATE entries SET id = id - 1 WHERE id > 3", [])
-        .unwrap();
-    drop(conn);
-    assert!(
-        broken(tmp.path())
-            .what
-            .contains("prev_hash is not the hash of entry 2")
+    tamper(
+        &segments[0].path,
+        &[
+            "DELETE FROM entries WHERE id = 3",
+            "UPDATE entries SET id = id - 1 WHERE id > 3",
+        ],
+        "prev_hash is not the hash of entry 2",
     );
 }
 
