@@ -397,10 +397,14 @@ fn collect(root: &Path, dir: &Path, slots: Option<&Path>, files: &mut Vec<PathBu
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let meta = fs::symlink_metadata(&path).map_err(BackupError::io("read", &path))?;
         if name.starts_with('.') || Some(path.as_path()) == slots {
             continue;
         }
+        // A file gone since the listing (a WAL checkpointed away) is not part of the state.
+        let meta = match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other.map_err(BackupError::io("read", &path))?,
+        };
         if meta.is_dir() {
             collect(root, &path, slots, files)?;
         } else if meta.is_file()
