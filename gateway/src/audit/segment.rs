@@ -360,9 +360,15 @@ pub struct Pruned {
 /// file goes, under the writer's lock (`audit.lock`). Returns what was removed, for the caller
 /// to record in the log itself.
 pub fn prune(data_dir: &Path, through: u64, mut enough: impl FnMut(u64) -> bool) -> Result<Vec<Pruned>> {
+    use std::os::unix::fs::OpenOptionsExt;
     let lock_path = data_dir.join(super::AUDIT_LOCK);
+    // Created if missing: a restored data directory has segments but no lock file until a
+    // writer opens the log.
     let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
         .write(true)
+        .mode(cert_tool::files::SECRET)
         .open(&lock_path)
         .map_err(StoreError::io("open", &lock_path))?;
     lock.lock().map_err(StoreError::io("lock", &lock_path))?;
