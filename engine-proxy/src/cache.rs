@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS entries (
 ) STRICT;
 ";
 
+/// The most the cache's WAL keeps after a checkpoint.
+const WAL_LIMIT: i64 = 512 * 1024;
+
 /// A cached answer.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -191,6 +194,12 @@ pub fn key(method: &str, path_and_query: &str, body: &[u8]) -> [u8; 32] {
 
 fn open_schema(path: &Path) -> Result<Connection, DbError> {
     let conn = sqlite::open(path, Durability::Normal)?;
+    // The WAL checkpointed often and cut back: on a small disk budget it is not free (by
+    // default it grows to 4 MiB and stays there).
+    conn.execute_batch(&format!(
+        "PRAGMA wal_autocheckpoint = 128; PRAGMA journal_size_limit = {WAL_LIMIT};"
+    ))
+    .map_err(DbError::sqlite(path, "set the WAL limits"))?;
     conn.execute_batch(SCHEMA).map_err(|e| DbError::Damaged {
         path: path.to_owned(),
         detail: e.to_string(),

@@ -69,6 +69,7 @@ fn report(operator: bool) -> Report {
                 })
                 .collect(),
             firmware: None,
+            disk: None,
             backup: Some(kakehashi_gateway::backup::state::State {
                 last_run: Some("2026-12-04T11:00:00.000Z".into()),
                 last_ok: true,

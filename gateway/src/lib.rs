@@ -16,6 +16,7 @@ pub mod appliance;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod daemon;

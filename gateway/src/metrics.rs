@@ -87,6 +87,14 @@ metrics! {
     est_refusals_total: "counter", "EST requests refused (token, certificate, CSR); each is in the audit log with its reason.";
     terminal_certs_expiring_30d: "gauge", "Valid terminal certificates of the appliance's CA ([est] ca_dir) that expire within 30 days.";
     backup_last_ok: "gauge", "1 when the last `kakehashi backup run` wrote and verified its archive, 0 when it failed or none ran.";
+    disk_budget_bytes: "gauge", "The data directory's disk budget ([storage] budget; default half of its file system).";
+    disk_used_bytes: "gauge", "What the data directory takes on disk now (allocated blocks; the firmware slots left out).";
+    disk_audit_bytes: "gauge", "What the local audit log takes (its segments in audit/).";
+    disk_journal_bytes: "gauge", "What the journal takes: writes not yet handed back, never pruned.";
+    disk_cache_bytes: "gauge", "What the read cache takes (it evicts within a tenth of the budget).";
+    disk_budget_alert: "gauge", "1 when the data directory uses 80 % of its budget or more (the status page says why), else 0.";
+    disk_journal_alert: "gauge", "1 when the journal alone takes 25 % of the budget or more: it is never pruned, so only handing it back (or an operator) frees it.";
+    audit_offbox_id: "gauge", "The highest audit entry a verified backup holds: sealed segments up to it may be pruned (0: none).";
     backup_last_success_timestamp_seconds: "gauge", "When the last verified backup was written (Unix seconds; 0: never). Alert when it is older than the schedule allows.";
 }
 

@@ -9,6 +9,7 @@ mod e2e {
     mod appliance;
     mod audit;
     mod backup;
+    mod budget;
     mod cli;
     mod docs;
     mod engine_sim;

@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::AUDIT_HEAD;
-use super::entry::{Record, get_u64, sql_int};
+use super::entry::{Record, get_u64};
 use crate::store::{Result, StoreError};
 
 /// Domain separation for the chain hash, and its version.
@@ -96,8 +96,9 @@ pub(super) fn last_entry(conn: &Connection, db: &Path) -> Result<Option<(u64, [u
     .transpose()
 }
 
-/// The head file's id and hash; `None` if there is no head file. A malformed one is an error.
-pub(super) fn read_head(path: &Path) -> Result<Option<(u64, [u8; 32])>> {
+/// A point file's id and hash (`audit.head`, `audit/pruned`); `None` if there is no such file.
+/// A malformed one is an error.
+pub(super) fn read_point(path: &Path) -> Result<Option<(u64, [u8; 32])>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -110,16 +111,23 @@ pub(super) fn read_head(path: &Path) -> Result<Option<(u64, [u8; 32])>> {
     });
     parsed.map(Some).ok_or_else(|| StoreError::Corrupt {
         path: path.into(),
-        what: "not a chain head (expected \"ID HASH\", the hash as 64 hex digits)".into(),
+        what: "not a chain point (expected \"ID HASH\", the hash as 64 hex digits)".into(),
     })
 }
 
-/// What is wrong between the head file and a log that ends at `last_id`, if anything.
+/// Writes a point file atomically (mode 0600): `ID HASH-HEX`.
+pub(super) fn write_point(path: &Path, (id, hash): (u64, [u8; 32])) -> Result<()> {
+    let text = format!("{id} {}\n", hex::encode(hash));
+    cert_tool::files::write_atomic(path, text.as_bytes(), cert_tool::files::SECRET)?;
+    Ok(())
+}
+
+/// What is wrong between the head file and a log that ends at `last_id`, if anything;
+/// `hash_at` looks an entry's hash up in the log.
 pub(super) fn head_problem(
-    conn: &Connection,
-    db: &Path,
     head: Option<&(u64, [u8; 32])>,
     last_id: u64,
+    hash_at: impl FnOnce(u64) -> Result<Option<[u8; 32]>>,
 ) -> Result<Option<String>> {
     let Some(&(head_id, head_hash)) = head else {
         return Ok((last_id > 0).then(|| {
@@ -136,15 +144,7 @@ pub(super) fn head_problem(
     if head_id == 0 {
         return Ok(None);
     }
-    let stored: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT hash FROM entries WHERE id = ?1",
-            params![sql_int(head_id)],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(StoreError::sqlite(db, "read an entry"))?;
-    Ok(match stored {
+    Ok(match hash_at(head_id)? {
         None => Some(format!(
             "entry {head_id}, recorded in {AUDIT_HEAD}, is missing from the log"
         )),

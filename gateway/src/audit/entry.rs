@@ -2,9 +2,15 @@
 //! form, its table and its columns are in one place, so that what is written, what is hashed and
 //! what is read back cannot drift apart.
 
-pub(super) const SCHEMA_VERSION: i64 = 1;
-pub(super) const SCHEMA_V1: &str = "
-CREATE TABLE entries (
+/// The schema of the single `audit.db` of earlier versions (every row with its `prev_hash`):
+/// read, never written; moved into `audit/` as the first sealed segment.
+pub(super) const LEGACY_VERSION: i64 = 1;
+/// The schema of a segment.
+pub(super) const SEGMENT_VERSION: i64 = 2;
+/// The columns every entry has, in both schemas (a macro, so that both are one literal).
+macro_rules! entry_columns {
+    () => {
+        "
     id          INTEGER PRIMARY KEY NOT NULL,
     time        TEXT NOT NULL,
     decision    TEXT NOT NULL,
@@ -19,13 +25,41 @@ CREATE TABLE entries (
     status      INTEGER,
     bytes_in    INTEGER NOT NULL,
     bytes_out   INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,"
+    };
+}
+/// The legacy schema, for tests that make an old log to move.
+#[cfg(test)]
+pub(super) const LEGACY_SCHEMA: &str = concat!(
+    "CREATE TABLE entries (",
+    entry_columns!(),
+    "
     prev_hash   BLOB NOT NULL,
     hash        BLOB NOT NULL
+) STRICT;"
+);
+/// A segment: where it starts (one row), then its entries. An entry's `prev_hash` is not
+/// stored: it is the hash of the row before (or the segment's start), 33 bytes an entry saved,
+/// and what [`verify`](super::verify) recomputes anyway. `id` is the rowid: no other index.
+pub(super) const SEGMENT_SCHEMA: &str = concat!(
+    "
+CREATE TABLE segment (
+    prev_id   INTEGER NOT NULL,
+    prev_hash BLOB NOT NULL CHECK (length(prev_hash) = 32)
 ) STRICT;
-";
+CREATE TABLE entries (",
+    entry_columns!(),
+    "
+    hash        BLOB NOT NULL
+) STRICT;"
+);
+/// A segment's columns, in the order [`Record::from_row`] reads them.
 pub(super) const COLUMNS: &str = "id, time, decision, reason, terminal, user, source, route, method, path, \
-                                  upstream, status, bytes_in, bytes_out, duration_ms, prev_hash, hash";
+                                  upstream, status, bytes_in, bytes_out, duration_ms, hash";
+/// The legacy log's columns: the same and `prev_hash` last.
+pub(super) const LEGACY_COLUMNS: &str = "id, time, decision, reason, terminal, user, source, route, method, \
+                                         path, upstream, status, bytes_in, bytes_out, duration_ms, hash, \
+                                         prev_hash";
 
 /// What the gateway decided. The default is `Deny`, so an entry whose decision was forgotten
 /// records a refusal rather than an access that did not happen.
@@ -136,7 +170,9 @@ impl Record {
         }
     }
 
-    pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    /// A row of [`COLUMNS`], or of [`LEGACY_COLUMNS`] when `legacy`; without `legacy` the
+    /// `prev_hash` is left empty for the reader, who knows the row before, to fill in.
+    pub(super) fn from_row(row: &rusqlite::Row<'_>, legacy: bool) -> rusqlite::Result<Record> {
         let blob = |i: usize| row.get::<_, Vec<u8>>(i).map(hex::encode);
         Ok(Record {
             id: get_u64(row, 0)?,
@@ -154,8 +190,8 @@ impl Record {
             bytes_in: row.get(12)?,
             bytes_out: row.get(13)?,
             duration_ms: row.get(14)?,
-            prev_hash: blob(15)?,
-            hash: blob(16)?,
+            hash: blob(15)?,
+            prev_hash: if legacy { blob(16)? } else { String::new() },
         })
     }
 }

@@ -1,12 +1,16 @@
 //! The audit log: every access decision the gateway makes, in a hash chain that shows tampering.
 //!
-//! The log is `DATA_DIR/audit.db` (SQLite, WAL, mode 0600), one row per decision. Each row carries
-//! the hash of the row before it (`prev_hash`; 32 zero bytes for the first) and its own `hash`,
-//! SHA-256 over `prev_hash` and every field (see [`chain_hash`] for the exact encoding). Editing a
-//! row breaks its hash; deleting one leaves a gap in the ids and breaks the next row's
-//! `prev_hash`. Deleting rows at the end leaves a valid chain, so after every commit the writer
-//! also records the last id and hash in `DATA_DIR/audit.head` (written atomically), and
-//! [`verify`] compares the two.
+//! The log is a series of segments, `DATA_DIR/audit/NNNNNNNNNNNN.db` (SQLite, WAL, mode 0600, see
+//! [`segment`]), one row per decision. Each row's `hash` is SHA-256 over the hash of the row
+//! before it (32 zero bytes for the first entry ever) and every field (see [`chain_hash`] for the
+//! exact encoding); the chain runs on across segments, ids too. Editing a row breaks its hash;
+//! deleting one leaves a gap in the ids or breaks the next row's link. Deleting rows at the end
+//! leaves a valid chain, so after every commit the writer also records the last id and hash in
+//! `DATA_DIR/audit.head` (written atomically), and [`verify`] compares the two.
+//!
+//! A segment is sealed when it reaches its size ([`AuditLog::open_with`]); sealed segments are
+//! what a bounded disk lets go, oldest first, once a verified backup holds them
+//! ([`segment::prune`], `crate::budget`).
 //!
 //! The chain shows changes made by someone who cannot also recompute every later hash and
 //! rewrite the head file; it is tamper-evidence for the clinic's records, not a signature.
@@ -21,6 +25,7 @@
 mod chain;
 mod entry;
 mod read;
+pub mod segment;
 mod writer;
 
 use std::path::Path;
@@ -35,10 +40,16 @@ use writer::Writer;
 
 pub use chain::{chain_hash, timestamp};
 pub use entry::{Decision, Entry, Record};
-pub use read::{Broken, Recent, Refusal, VerifyReport, export, hash_of, parse_since, recent, verify};
+pub use read::{
+    Broken, ChainCheck, Recent, Refusal, VerifyReport, export, hash_of, parse_since, recent, verify,
+};
 
-/// The audit database inside the data directory.
+/// The single audit database of earlier versions inside the data directory: moved into
+/// [`segment::SEGMENTS`] as the first sealed segment when a writer first opens the log.
 pub const AUDIT_DB: &str = "audit.db";
+/// A segment's size when nobody says otherwise (commands that record a few entries beside the
+/// gateway; the gateway uses `[storage]`'s).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 4 << 20;
 /// The chain head file inside the data directory: `ID HASH-HEX`, the last entry committed.
 pub const AUDIT_HEAD: &str = "audit.head";
 /// The lock file a writer holds while it appends: every commit takes it, reads the chain's end
@@ -81,14 +92,20 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating if needed) `DATA_DIR/audit.db`, checks it against `audit.head`, and starts
-    /// the writer thread.
+    /// [`AuditLog::open_with`] segments of [`DEFAULT_SEGMENT_BYTES`].
+    pub fn open(data_dir: &Path) -> Result<AuditLog> {
+        AuditLog::open_with(data_dir, DEFAULT_SEGMENT_BYTES)
+    }
+
+    /// Opens (creating if needed) the log in `DATA_DIR/audit/` (moving a legacy `audit.db` there
+    /// first), checks it against `audit.head`, and starts the writer thread, which seals the live
+    /// segment once it holds `segment_bytes`.
     ///
     /// Refuses a log whose end does not match the head file (entries removed from the end, or
     /// the head file deleted): recording on would hide that. `kakehashi audit verify` shows the
-    /// damage; moving `audit.db` and `audit.head` aside (keep them) starts a new chain.
-    pub fn open(data_dir: &Path) -> Result<AuditLog> {
-        let mut writer = Writer::open(data_dir)?;
+    /// damage; moving `audit/` and `audit.head` aside (keep them) starts a new chain.
+    pub fn open_with(data_dir: &Path, segment_bytes: u64) -> Result<AuditLog> {
+        let mut writer = Writer::open(data_dir, segment_bytes)?;
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let failing = Arc::new(AtomicBool::new(false));
         writer.failing = failing.clone();
@@ -97,7 +114,7 @@ impl AuditLog {
             .spawn(move || writer.run(&mut rx))
             .map_err(StoreError::io(
                 "start the audit writer thread for",
-                data_dir.join(AUDIT_DB),
+                data_dir.join(segment::SEGMENTS),
             ))?;
         Ok(AuditLog { tx, failing })
     }

@@ -1,21 +1,22 @@
 //! Reading the log back without writing anything: `kakehashi audit verify` recomputes the chain,
-//! `kakehashi audit export` prints it. Both open an existing log only and stream its entries in
-//! id order.
+//! `kakehashi audit export` prints it, the status page reads the newest entries. All open the
+//! existing segments only and read them in id order, one file after the other.
 
 use std::path::Path;
 
 use rusqlite::{Connection, params};
 use time::OffsetDateTime;
 
-use super::chain::{chain_hash, head_problem, read_head, timestamp};
-use super::entry::{COLUMNS, Record, SCHEMA_VERSION};
-use super::{AUDIT_DB, AUDIT_HEAD};
-use crate::store::{self, Result, StoreError};
+use super::AUDIT_HEAD;
+use super::chain::{chain_hash, head_problem, read_point, timestamp};
+use super::entry::{COLUMNS, LEGACY_COLUMNS, Record};
+use super::segment::{self, Layout, ORIGIN, PRUNED, Point, SEGMENTS};
+use crate::store::{Result, StoreError};
 
 /// The outcome of [`verify`]: how much was checked and the first break, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
-    /// Entries in the log.
+    /// Entries in the local segments.
     pub entries: u64,
     /// The last entry's id (0 for an empty log) and hash (hex; zeros for an empty log).
     pub last_id: u64,
@@ -23,6 +24,9 @@ pub struct VerifyReport {
     /// Entries after the one the head file records: committed just before a crash, before the
     /// head file caught up. Their chain is checked; only their removal could go unnoticed.
     pub unattested: u64,
+    /// Entries before the first local one: pruned after a verified backup took them
+    /// (`audit/pruned` records the last), 0 when nothing was.
+    pub pruned: u64,
     /// The first thing found wrong; `None` if the log is intact.
     pub broken: Option<Broken>,
 }
@@ -43,49 +47,150 @@ impl VerifyReport {
     }
 }
 
-/// Recomputes the whole chain of `DATA_DIR/audit.db` and compares its end with `audit.head`.
+/// Recomputes the chain of every local segment, the links between them, its start against
+/// `audit/pruned` and its end against `audit.head`.
 ///
-/// A missing log (no `audit.db`, no `audit.head`) is an intact empty one; a missing data
-/// directory is an error. Nothing is written.
+/// A missing log (no segments, no `audit.head`) is an intact empty one; a missing data directory
+/// is an error. Nothing is written.
 pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
     std::fs::metadata(data_dir).map_err(StoreError::io("read the data directory", data_dir))?;
-    let db = data_dir.join(AUDIT_DB);
-    let head = read_head(&data_dir.join(AUDIT_HEAD))?;
-    let mut report = VerifyReport {
-        entries: 0,
-        last_id: 0,
-        last_hash: hex::encode([0u8; 32]),
-        unattested: 0,
-        broken: None,
-    };
-    let Some(conn) = open_log(&db)? else {
-        if let Some((id, _)) = head.filter(|(id, _)| *id > 0) {
-            report.broken = Some(Broken {
-                id: None,
-                what: format!("{AUDIT_DB} is missing but {AUDIT_HEAD} records {id} entries"),
+    let head = read_point(&data_dir.join(AUDIT_HEAD))?;
+    let pruned = segment::pruned(data_dir)?;
+    let mut check = ChainCheck::new(pruned, head);
+    for seg in segment::live_list(data_dir, pruned)? {
+        check.segment(&seg.path)?;
+    }
+    Ok(check.finish())
+}
+
+/// The chain check, one segment at a time, in order: [`verify`] feeds it the data directory's
+/// segments; a backup feeds it each segment's snapshot as it goes into the archive, so that the
+/// counts it records were checked without keeping every copy at once.
+#[derive(Debug)]
+pub struct ChainCheck {
+    report: VerifyReport,
+    prev: [u8; 32],
+    pruned: Option<Point>,
+    head: Option<Point>,
+    /// The hash of the entry the head file names, once passed.
+    head_seen: Option<[u8; 32]>,
+    started: bool,
+}
+
+impl ChainCheck {
+    /// A check of a log whose last pruned entry is `pruned` and whose head file says `head`.
+    pub fn new(pruned: Option<Point>, head: Option<Point>) -> ChainCheck {
+        ChainCheck {
+            report: VerifyReport {
+                entries: 0,
+                last_id: 0,
+                last_hash: hex::encode([0u8; 32]),
+                unattested: 0,
+                pruned: 0,
+                broken: None,
+            },
+            prev: [0; 32],
+            pruned,
+            head,
+            head_seen: None,
+            started: false,
+        }
+    }
+
+    /// Checks the next segment (a file; only read). After a break, nothing more is checked.
+    pub fn segment(&mut self, path: &Path) -> Result<()> {
+        if self.report.broken.is_some() {
+            return Ok(());
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some((conn, layout)) = segment::open(path)? else {
+            if name != super::AUDIT_DB {
+                self.report.broken = Some(Broken {
+                    id: Some(self.report.last_id + 1),
+                    what: format!("{}: a segment without a schema", path.display()),
+                });
+            }
+            return Ok(());
+        };
+        let start = segment::start(&conn, layout, path)?;
+        if let Some(what) = self.link(start, &name) {
+            self.report.broken = Some(Broken {
+                id: Some(start.0 + 1),
+                what,
+            });
+            return Ok(());
+        }
+        self.report.last_id = start.0;
+        self.prev = start.1;
+        let legacy = layout == Layout::Legacy;
+        let broken = each_record(&conn, path, layout, |r| self.entry(r, legacy))?;
+        self.report.broken = broken;
+        Ok(())
+    }
+
+    /// What is wrong with a segment that starts at `start`, given what came before.
+    fn link(&mut self, start: Point, name: &str) -> Option<String> {
+        if self.started {
+            return (start != (self.report.last_id, self.prev)).then(|| {
+                format!(
+                    "segment {name} starts after entry {} with another hash than the segment before it ends                      with (entry {}): a segment was removed or replaced",
+                    start.0, self.report.last_id
+                )
             });
         }
-        return Ok(report);
-    };
-    let mut prev = [0u8; 32];
-    let broken = each_record(&conn, &db, None, |r| {
-        let id = report.last_id + 1;
+        self.started = true;
+        self.report.pruned = start.0;
+        if self.head.is_some_and(|h| h.0 == start.0) {
+            self.head_seen = Some(start.1);
+        }
+        let expected = self.pruned.unwrap_or(ORIGIN);
+        if start == expected {
+            return None;
+        }
+        Some(match self.pruned {
+            None if start.0 == 0 => {
+                "entry 1: its prev_hash is not zero: the log's beginning was removed or replaced".into()
+            }
+            None => format!(
+                "entries 1 to {} are missing and {SEGMENTS}/{PRUNED} records no prune: the log's beginning was removed",
+                start.0
+            ),
+            Some((id, _)) if id != start.0 => format!(
+                "the first segment starts after entry {} but {SEGMENTS}/{PRUNED} records entries up to {id} as \
+                 pruned: entries were removed",
+                start.0
+            ),
+            Some(_) => format!(
+                "the first segment starts from another entry {} than the one {SEGMENTS}/{PRUNED} records: the \
+                 log's beginning was replaced",
+                start.0
+            ),
+        })
+    }
+
+    /// Checks one entry; the break, if it is one.
+    fn entry(&mut self, r: &mut Record, legacy: bool) -> Option<Broken> {
+        let id = self.report.last_id + 1;
+        let prev = hex::encode(self.prev);
         let fault = if r.id != id {
             Some(format!(
                 "entry {id} is missing: the log goes from entry {} to entry {} (entries were deleted)",
-                report.last_id, r.id
+                self.report.last_id, r.id
             ))
-        } else if r.prev_hash != hex::encode(prev) {
+        } else if legacy && r.prev_hash != prev {
             Some(if id == 1 {
                 "entry 1: its prev_hash is not zero: the log's beginning was removed or replaced".into()
             } else {
                 format!(
                     "entry {id}: its prev_hash is not the hash of entry {}: the entry before it was \
                      removed or replaced",
-                    report.last_id
+                    self.report.last_id
                 )
             })
-        } else if hex::encode(chain_hash(&prev, r)) != r.hash {
+        } else if hex::encode(chain_hash(&self.prev, r)) != r.hash {
             Some(format!(
                 "entry {id}: its contents do not match its hash: it was changed after it was written"
             ))
@@ -95,53 +200,83 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
         if let Some(what) = fault {
             return Some(Broken { id: Some(id), what });
         }
+        r.prev_hash = prev;
         // The stored hash equals the recomputed one, so it is 64 valid hex digits.
-        if hex::decode_to_slice(&r.hash, &mut prev).is_err() {
+        if hex::decode_to_slice(&r.hash, &mut self.prev).is_err() {
             return Some(Broken {
                 id: Some(id),
                 what: "its hash is not 32 bytes".into(),
             });
         }
-        report.entries += 1;
-        report.last_id = r.id;
-        report.last_hash.clone_from(&r.hash);
-        None
-    })?;
-    report.broken = match broken {
-        Some(b) => Some(b),
-        None => {
-            head_problem(&conn, &db, head.as_ref(), report.last_id)?.map(|what| Broken { id: None, what })
+        if self.head.is_some_and(|h| h.0 == id) {
+            self.head_seen = Some(self.prev);
         }
-    };
-    report.unattested = report.last_id - head.map_or(0, |h| h.0.min(report.last_id));
-    Ok(report)
+        self.report.entries += 1;
+        self.report.last_id = r.id;
+        self.report.last_hash.clone_from(&r.hash);
+        None
+    }
+
+    /// The report, with the end checked against the head file.
+    pub fn finish(mut self) -> VerifyReport {
+        if self.report.broken.is_none() {
+            let seen = self.head_seen;
+            if !self.started && self.head.is_some_and(|(id, _)| id > 0) {
+                self.report.broken = Some(Broken {
+                    id: None,
+                    what: format!(
+                        "the log has no segment but {AUDIT_HEAD} records {} entries",
+                        self.head.map_or(0, |h| h.0)
+                    ),
+                });
+            } else if let Ok(Some(what)) = head_problem(self.head.as_ref(), self.report.last_id, |_| Ok(seen))
+            {
+                self.report.broken = Some(Broken { id: None, what });
+            }
+        }
+        self.report.unattested = self.report.last_id - self.head.map_or(0, |h| h.0.min(self.report.last_id));
+        self.report
+    }
 }
 
 /// Calls `each` for every entry at or after `since` (a time as [`parse_since`] returns it), in
-/// id order; returns how many there were. A missing log has none.
+/// id order across the segments; returns how many there were. A missing log has none.
 pub fn export(
     data_dir: &Path,
     since: Option<&str>,
     mut each: impl FnMut(&Record) -> Result<()>,
 ) -> Result<u64> {
     std::fs::metadata(data_dir).map_err(StoreError::io("read the data directory", data_dir))?;
-    let db = data_dir.join(AUDIT_DB);
-    let Some(conn) = open_log(&db)? else {
-        return Ok(0);
-    };
     let mut count = 0;
-    let mut failed = None;
-    each_record(&conn, &db, since, |r| match each(r) {
-        Ok(()) => {
-            count += 1;
-            None
+    for seg in segment::live_list(data_dir, segment::pruned(data_dir)?)? {
+        let Some((conn, layout)) = segment::open(&seg.path)? else {
+            continue;
+        };
+        let mut prev = hex::encode(segment::start(&conn, layout, &seg.path)?.1);
+        let mut failed = None;
+        each_record(&conn, &seg.path, layout, |r| {
+            if layout == Layout::Segment {
+                r.prev_hash = std::mem::replace(&mut prev, r.hash.clone());
+            }
+            if since.is_some_and(|s| r.time.as_str() < s) {
+                return None;
+            }
+            match each(r) {
+                Ok(()) => {
+                    count += 1;
+                    None
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    Some(())
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
-        Err(e) => {
-            failed = Some(e);
-            Some(())
-        }
-    })?;
-    failed.map_or(Ok(count), Err)
+    }
+    Ok(count)
 }
 
 /// What the newest entries of the log say about terminals: the latest refusals, and when each
@@ -166,72 +301,78 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// The last `window` entries' [`Recent`], with at most `refusals` refusals. A missing log has
-/// nothing recent.
+/// The last `window` entries' [`Recent`], with at most `refusals` refusals, read from the
+/// newest segment back as far as the window reaches. A missing log has nothing recent.
 pub fn recent(data_dir: &Path, window: u64, refusals: usize) -> Result<Recent> {
-    let db = data_dir.join(AUDIT_DB);
-    let Some(conn) = open_log(&db)? else {
-        return Ok(Recent::default());
-    };
-    let failed = || StoreError::sqlite(&db, "read the newest audit entries");
-    let first: i64 = conn
-        .query_row("SELECT IFNULL(MAX(id), 0) FROM entries", [], |r| r.get(0))
-        .map_err(failed())?;
-    let first = first.saturating_sub(window.min(i64::MAX as u64) as i64);
-    let refused = conn
-        .prepare(
-            "SELECT time, terminal, user, method, path, reason FROM entries \
-             WHERE id > ?1 AND decision = 'deny' ORDER BY id DESC LIMIT ?2",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_map(params![first, refusals as i64], |r| {
-                let method: Option<String> = r.get(3)?;
-                let path: Option<String> = r.get(4)?;
-                Ok(Refusal {
-                    time: r.get(0)?,
-                    terminal: r.get(1)?,
-                    user: r.get(2)?,
-                    request: method.map(|m| format!("{m} {}", path.unwrap_or_default())),
-                    reason: r.get(5)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map_err(failed())?;
-    let last_seen = conn
-        .prepare(
-            "SELECT terminal, MAX(time) FROM entries WHERE id > ?1 AND terminal IS NOT NULL \
-             GROUP BY terminal",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_map(params![first], |r| Ok((r.get(0)?, r.get(1)?)))?
+    let segments = segment::list(data_dir)?;
+    let mut out = Recent::default();
+    let mut bound: Option<i64> = None;
+    for seg in segments.iter().rev() {
+        let Some((conn, layout)) = segment::open(&seg.path)? else {
+            continue;
+        };
+        let db = &seg.path;
+        let failed = || StoreError::sqlite(db, "read the newest audit entries");
+        let bound = match bound {
+            Some(b) => b,
+            None => {
+                let last = segment::end(&conn, layout, db)?.0;
+                let b = (last.min(i64::MAX as u64) as i64).saturating_sub(window.min(i64::MAX as u64) as i64);
+                *bound.insert(b)
+            }
+        };
+        let left = refusals.saturating_sub(out.refusals.len());
+        let refused = conn
+            .prepare(
+                "SELECT time, terminal, user, method, path, reason FROM entries \
+                 WHERE id > ?1 AND decision = 'deny' ORDER BY id DESC LIMIT ?2",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map(params![bound, left as i64], |r| {
+                    let method: Option<String> = r.get(3)?;
+                    let path: Option<String> = r.get(4)?;
+                    Ok(Refusal {
+                        time: r.get(0)?,
+                        terminal: r.get(1)?,
+                        user: r.get(2)?,
+                        request: method.map(|m| format!("{m} {}", path.unwrap_or_default())),
+                        reason: r.get(5)?,
+                    })
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map_err(failed())?;
-    Ok(Recent {
-        refusals: refused,
-        last_seen,
-    })
+            })
+            .map_err(failed())?;
+        out.refusals.extend(refused);
+        let seen = conn
+            .prepare(
+                "SELECT terminal, MAX(time) FROM entries WHERE id > ?1 AND terminal IS NOT NULL \
+                 GROUP BY terminal",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map(params![bound], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(failed())?;
+        for (terminal, time) in seen {
+            match out.last_seen.iter_mut().find(|(t, _)| *t == terminal) {
+                Some((_, at)) if *at < time => *at = time,
+                Some(_) => {}
+                None => out.last_seen.push((terminal, time)),
+            }
+        }
+        if (seg.first as i64) <= bound + 1 {
+            break;
+        }
+    }
+    Ok(out)
 }
 
-/// The hash (hex) of entry `id` in `DATA_DIR/audit.db`, if the log has it: a backup's audit
-/// head checked against the live chain.
+/// The hash (hex) of entry `id` in the local log, if it has it (the last pruned entry's too):
+/// a backup's audit head checked against the live chain.
 pub fn hash_of(data_dir: &Path, id: u64) -> Result<Option<String>> {
-    let db = data_dir.join(AUDIT_DB);
-    let Some(conn) = open_log(&db)? else {
-        return Ok(None);
-    };
-    conn.query_row(
-        "SELECT hash FROM entries WHERE id = ?1",
-        params![id as i64],
-        |r| r.get::<_, Vec<u8>>(0).map(hex::encode),
-    )
-    .map(Some)
-    .or_else(|e| match e {
-        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-        e => Err(e),
-    })
-    .map_err(StoreError::sqlite(&db, "read an audit entry"))
+    Ok(segment::hash_at(data_dir, id)?.map(hex::encode))
 }
 
 /// Reads a `--since` value: an RFC 3339 time (any offset) or a date `YYYY-MM-DD` (midnight UTC),
@@ -252,42 +393,29 @@ pub fn parse_since(text: &str) -> Result<String> {
         })
 }
 
-/// Opens an existing log without creating anything; `None` if there is none or it has no schema.
-fn open_log(db: &Path) -> Result<Option<Connection>> {
-    let Some(conn) = store::open_existing(db)? else {
-        return Ok(None);
-    };
-    match store::user_version(&conn, db)? {
-        0 => Ok(None),
-        SCHEMA_VERSION => Ok(Some(conn)),
-        found => Err(StoreError::NewerSchema {
-            path: db.into(),
-            found,
-            known: SCHEMA_VERSION,
-        }),
-    }
-}
-
-/// Streams entries in id order to `each` until it returns `Some` (a stop with a value).
+/// Streams a segment's entries in id order to `each` until it returns `Some` (a stop with a
+/// value).
 fn each_record<T>(
     conn: &Connection,
     db: &Path,
-    since: Option<&str>,
-    mut each: impl FnMut(&Record) -> Option<T>,
+    layout: Layout,
+    mut each: impl FnMut(&mut Record) -> Option<T>,
 ) -> Result<Option<T>> {
     let fail = StoreError::sqlite;
+    let (columns, legacy) = match layout {
+        Layout::Legacy => (LEGACY_COLUMNS, true),
+        Layout::Segment => (COLUMNS, false),
+    };
     let mut stmt = conn
-        .prepare(&format!(
-            "SELECT {COLUMNS} FROM entries WHERE ?1 IS NULL OR time >= ?1 ORDER BY id"
-        ))
+        .prepare(&format!("SELECT {columns} FROM entries ORDER BY id"))
         .map_err(fail(db, "read the entries"))?;
-    let mut rows = stmt.query(params![since]).map_err(fail(db, "read the entries"))?;
+    let mut rows = stmt.query([]).map_err(fail(db, "read the entries"))?;
     while let Some(row) = rows.next().map_err(fail(db, "read the entries"))? {
-        let record = Record::from_row(row).map_err(|e| StoreError::Corrupt {
+        let mut record = Record::from_row(row, legacy).map_err(|e| StoreError::Corrupt {
             path: db.into(),
             what: format!("an entry does not have the expected columns: {e}"),
         })?;
-        if let Some(stop) = each(&record) {
+        if let Some(stop) = each(&mut record) {
             return Ok(Some(stop));
         }
     }

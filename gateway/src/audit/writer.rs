@@ -10,9 +10,10 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 
-use super::chain::{chain_hash, head_problem, last_entry, read_head};
-use super::entry::{COLUMNS, Entry, Record, SCHEMA_V1, SCHEMA_VERSION, sql_int};
-use super::{AUDIT_DB, AUDIT_HEAD, AUDIT_LOCK, Msg};
+use super::chain::{chain_hash, head_problem, last_entry, read_point, write_point};
+use super::entry::{COLUMNS, Entry, Record, sql_int};
+use super::segment::{self, Point, Segment};
+use super::{AUDIT_HEAD, AUDIT_LOCK, Msg};
 use crate::store::{self, Result, StoreError};
 
 /// The most entries committed in one transaction.
@@ -24,56 +25,53 @@ const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 /// The longest pause between two attempts at a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The writer thread's state: the connection and the lock file (see [`AUDIT_LOCK`]).
+/// The writer thread's state: the live segment's connection and the lock file (see
+/// [`AUDIT_LOCK`]).
 pub(super) struct Writer {
     lock: std::fs::File,
     conn: Connection,
-    db: PathBuf,
+    /// The live segment and where it starts.
+    live: Segment,
+    start: Point,
+    data_dir: PathBuf,
     head_file: PathBuf,
+    /// A live segment this large (bytes) is sealed after the commit that reached it.
+    seal_at: u64,
     pub(super) failing: Arc<AtomicBool>,
 }
 
 impl Writer {
-    pub(super) fn open(data_dir: &Path) -> Result<Writer> {
-        let db = data_dir.join(AUDIT_DB);
+    pub(super) fn open(data_dir: &Path, seal_at: u64) -> Result<Writer> {
+        cert_tool::files::create_dir(data_dir, store::DIR_MODE)?;
+        let lock = open_lock(data_dir)?;
+        lock.lock()
+            .map_err(StoreError::io("lock", data_dir.join(AUDIT_LOCK)))?;
+        let held = Held(&lock);
+        segment::migrate_legacy(data_dir)?;
+        let (live, conn, start) = segment::open_live(data_dir)?;
+        let last = segment::end(&conn, segment::Layout::Segment, &live.path)?;
         let head_file = data_dir.join(AUDIT_HEAD);
-        let conn = store::open_file(data_dir, &db)?;
-        let writer = Writer {
-            lock: open_lock(data_dir)?,
-            conn,
-            db,
-            head_file,
-            failing: Arc::default(),
-        };
-        let _held = writer.hold()?;
-        store::migrate(&writer.conn, &writer.db, SCHEMA_VERSION, &[SCHEMA_V1])?;
-        let last = last_entry(&writer.conn, &writer.db)?;
-        let head = read_head(&writer.head_file)?;
-        if let Some(what) = head_problem(
-            &writer.conn,
-            &writer.db,
-            head.as_ref(),
-            last.as_ref().map_or(0, |l| l.0),
-        )? {
+        let head = read_point(&head_file)?;
+        if let Some(what) = head_problem(head.as_ref(), last.0, |id| segment::hash_at(data_dir, id))? {
             return Err(StoreError::AuditTampered {
-                path: writer.db.clone(),
+                path: live.path.clone(),
                 what,
             });
         }
-        let last = last.unwrap_or((0, [0; 32]));
         if head != Some(last) {
-            writer.write_head(last)?;
+            write_point(&head_file, last)?;
         }
-        drop(_held);
-        Ok(writer)
-    }
-
-    /// Takes the lock for one commit; it is released when the guard drops.
-    fn hold(&self) -> Result<Held<'_>> {
-        self.lock
-            .lock()
-            .map_err(StoreError::io("lock", self.db.with_file_name(AUDIT_LOCK)))?;
-        Ok(Held(&self.lock))
+        drop(held);
+        Ok(Writer {
+            lock,
+            conn,
+            live,
+            start,
+            data_dir: data_dir.to_owned(),
+            head_file,
+            seal_at: seal_at.max(1),
+            failing: Arc::default(),
+        })
     }
 
     pub(super) fn run(mut self, rx: &mut mpsc::Receiver<Msg>) {
@@ -128,20 +126,29 @@ impl Writer {
     }
 
     /// Appends a batch in one transaction after the chain's end as it is on disk now (another
-    /// process may have appended since), then moves the head file, all under the lock.
+    /// process may have appended, or sealed the segment, since), then moves the head file and
+    /// seals the segment if it is full, all under the lock.
     fn commit(&mut self, batch: &[(String, Entry)]) -> Result<()> {
-        let _held = self.hold()?;
-        let fail = |what| StoreError::sqlite(&self.db, what);
+        let lock = self
+            .lock
+            .try_clone()
+            .map_err(StoreError::io("lock", self.data_dir.join(AUDIT_LOCK)))?;
+        lock.lock()
+            .map_err(StoreError::io("lock", self.data_dir.join(AUDIT_LOCK)))?;
+        let _held = Held(&lock);
+        self.follow()?;
+        let db = self.live.path.clone();
+        let fail = |what| StoreError::sqlite(&db, what);
         let tx = self
             .conn
             .unchecked_transaction()
             .map_err(fail("begin a transaction"))?;
-        let (mut id, mut prev) = last_entry(&tx, &self.db)?.unwrap_or((0, [0; 32]));
+        let (mut id, mut prev) = last_entry(&tx, &db)?.unwrap_or(self.start);
         {
             let mut insert = tx
                 .prepare_cached(&format!(
                     "INSERT INTO entries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                     ?12, ?13, ?14, ?15, ?16, ?17)"
+                     ?12, ?13, ?14, ?15, ?16)"
                 ))
                 .map_err(fail("prepare the insert"))?;
             for (time, entry) in batch {
@@ -165,7 +172,6 @@ impl Writer {
                         r.bytes_in,
                         r.bytes_out,
                         r.duration_ms,
-                        &prev[..],
                         &hash[..],
                     ])
                     .map_err(fail("append an entry"))?;
@@ -175,14 +181,58 @@ impl Writer {
         tx.commit().map_err(fail("commit"))?;
         // Committed: from here only the head file is retried (the batch must not be appended
         // twice), still under the lock so that no other writer's head is overtaken by ours.
-        retry(&self.failing, || self.write_head((id, prev)));
+        retry(&self.failing, || write_point(&self.head_file, (id, prev)));
+        if self.size() >= self.seal_at
+            && let Err(e) = self.seal((id, prev))
+        {
+            // Not fatal: the entries are committed; the next commit tries again.
+            eprintln!(
+                "kakehashi: warning: audit log: cannot seal {}: {e}",
+                self.live.path.display()
+            );
+        }
         Ok(())
     }
 
-    fn write_head(&self, (id, hash): (u64, [u8; 32])) -> Result<()> {
-        let text = format!("{id} {}\n", hex::encode(hash));
-        cert_tool::files::write_atomic(&self.head_file, text.as_bytes(), cert_tool::files::SECRET)?;
+    /// Switches to the newest segment if another process sealed ours.
+    fn follow(&mut self) -> Result<()> {
+        let newest = segment::list(&self.data_dir)?.pop();
+        if newest.as_ref().is_some_and(|n| n.first != self.live.first) {
+            let (live, conn, start) = segment::open_live(&self.data_dir)?;
+            (self.live, self.conn, self.start) = (live, conn, start);
+        }
         Ok(())
+    }
+
+    /// The live segment's size: its pages, those still in the WAL included.
+    fn size(&self) -> u64 {
+        self.conn
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_or(0, |n| n.max(0) as u64)
+    }
+
+    /// Seals the live segment, which ends at `end`: the next segment starts from it, and the old
+    /// one is checkpointed and closed (its WAL folded in and removed).
+    fn seal(&mut self, end: Point) -> Result<()> {
+        let next = segment::create(&self.data_dir, end)?;
+        let (live, conn, start) = segment::open_live(&self.data_dir)?;
+        if live.first != next.first {
+            return Err(StoreError::Corrupt {
+                path: next.path,
+                what: format!("a newer segment {} appeared", live.path.display()),
+            });
+        }
+        let old = std::mem::replace(&mut self.conn, conn);
+        let old_path = std::mem::replace(&mut self.live, live).path;
+        self.start = start;
+        old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(StoreError::sqlite(&old_path, "checkpoint the sealed segment"))?;
+        old.close()
+            .map_err(|(_, e)| StoreError::sqlite(&old_path, "close the sealed segment")(e))
     }
 }
 

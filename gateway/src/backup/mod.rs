@@ -22,6 +22,12 @@
 //! first backup): an archive of another appliance does not even open here. A replacement
 //! restores that key with the rest, so it goes on as the same appliance, its audit chain too.
 //!
+//! The audit log's segments go in whole, in id order after the head file and `audit/pruned`, each
+//! checked as it goes in ([`crate::audit::ChainCheck`]). A sealed segment is pruned locally only
+//! once a verified archive holds it, and the retention keeps every archive that holds entries no
+//! newer archive does (the name says which: `…-aPRUNED-LAST.backup`), so the off-box copies
+//! together always hold the whole chain.
+//!
 //! Left out: `cache.db` (refilled from the cloud; fewer copies of patient data), the firmware
 //! slots (the replacement runs its own), lock and WAL files (the online backup has their
 //! contents), and `backup.json` (this appliance's record of its backups).
@@ -36,7 +42,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use restore::{RestoreOutcome, restore};
-pub use snapshot::{RunOutcome, list, run, verify};
+pub use snapshot::{RunOutcome, audit_range, list, run, try_lock, verify};
 
 use crate::store::StoreError;
 
@@ -92,6 +98,25 @@ pub struct Counts {
     /// What `kakehashi audit verify` found wrong with the snapshot's chain, if anything: a
     /// broken chain is backed up all the same (it is evidence), and must restore as broken.
     pub audit_broken: Option<String>,
+    /// Entries before the snapshot's first audit entry: pruned locally after an earlier verified
+    /// backup took them (left out when 0, so that archives without pruning read as before).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audit_pruned: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Counts {
+    /// Takes the audit figures from a chain check of the snapshot's segments.
+    pub(crate) fn set_audit(&mut self, report: crate::audit::VerifyReport) {
+        self.audit_entries = report.entries;
+        self.audit_last_id = report.last_id;
+        self.audit_last_hash = report.last_hash;
+        self.audit_broken = report.broken.map(|b| b.what);
+        self.audit_pruned = report.pruned;
+    }
 }
 
 /// Why a backup, a verification or a restore did not happen; every message names the file.

@@ -20,7 +20,6 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::snapshot::{count, remove_dir};
 use super::{BackupError, Counts, Manifest, Result, archive};
-use crate::audit::AUDIT_DB;
 
 /// What a restore made.
 #[derive(Debug)]
@@ -120,11 +119,14 @@ pub(super) fn check_state(data: &Path, manifest: &Manifest, archive: &Path) -> R
         }
     }
     let mut found = Counts::default();
-    for name in [crate::store::GATEWAY_DB, engine_proxy::journal::FILE, AUDIT_DB] {
+    for name in [crate::store::GATEWAY_DB, engine_proxy::journal::FILE] {
         let path = data.join(name);
         if path.exists() {
-            count(Path::new(name), data, &path, &mut found)?;
+            count(Path::new(name), &path, &mut found)?;
         }
+    }
+    if !crate::audit::segment::list(data)?.is_empty() {
+        found.set_audit(crate::audit::verify(data)?);
     }
     if found != manifest.counts {
         return Err(BackupError::archive(

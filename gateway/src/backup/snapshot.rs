@@ -18,7 +18,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::archive::{self, Header, Writer};
 use super::{BackupError, Counts, FORMAT, Manifest, Result, state};
-use crate::audit::{AUDIT_DB, AUDIT_HEAD};
+use crate::audit::segment::{self, PRUNED, SEGMENTS};
+use crate::audit::{AUDIT_HEAD, ChainCheck};
 use crate::config::Config;
 use provisioning_shared::device::Identity;
 
@@ -39,6 +40,8 @@ pub struct RunOutcome {
     pub bytes: u64,
     /// Older archives removed by the retention (`backup.keep`).
     pub removed: Vec<PathBuf>,
+    /// Audit segments pruned locally afterwards, now that this archive holds them.
+    pub pruned: Vec<segment::Pruned>,
     pub took: Duration,
 }
 
@@ -49,7 +52,14 @@ pub fn run(config: &Config) -> Result<RunOutcome> {
     let data_dir = &config.data_dir;
     let result = run_locked(config, started);
     let recorded = match &result {
-        Ok(outcome) => state::record(data_dir, Ok((&outcome.archive, outcome.bytes))),
+        Ok(outcome) => state::record(
+            data_dir,
+            Ok((
+                &outcome.archive,
+                outcome.bytes,
+                outcome.manifest.counts.audit_last_id,
+            )),
+        ),
         Err(e) => state::record(data_dir, Err(&e.to_string())),
     };
     if let Err(e) = recorded {
@@ -79,7 +89,6 @@ fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
         created: crate::audit::timestamp(time::OffsetDateTime::now_utc()),
     };
     let name = archive_name(&header);
-    let final_path = target.dir.join(&name);
     let partial = target.dir.join(format!(".{name}.partial"));
     let written = write(config, &header, &recipients, &partial);
     let manifest = match written {
@@ -89,6 +98,8 @@ fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
             return Err(e);
         }
     };
+    let name = with_audit_range(&name, &manifest.counts);
+    let final_path = target.dir.join(&name);
     fs::rename(&partial, &final_path).map_err(BackupError::io("rename into place", &final_path))?;
     cert_tool::files::sync_dir(&target.dir).map_err(|e| BackupError::Refused(e.to_string()))?;
     if let Err(e) = verify_written(data_dir, &final_path, &me, &manifest) {
@@ -103,13 +114,68 @@ fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
         .map_err(BackupError::io("read", &final_path))?
         .len();
     let removed = retention(&target.dir, &header.appliance, target.keep)?;
+    let pruned = prune(config, manifest.counts.audit_last_id);
     Ok(RunOutcome {
         archive: final_path,
         manifest,
         bytes,
         removed,
+        pruned,
         took: started.elapsed(),
     })
+}
+
+/// Lets the disk budget prune what this verified archive now holds (under the backup lock, which
+/// the caller holds). A failure is reported, not the run's: the archive is good.
+fn prune(config: &Config, audit_last_id: u64) -> Vec<segment::Pruned> {
+    let budget = crate::budget::Budget::of(config);
+    let pruned = crate::audit::AuditLog::open_with(&config.data_dir, budget.segment_bytes).and_then(|log| {
+        let pruned = crate::budget::enforce(config, &budget, audit_last_id, &log);
+        log.close_blocking()?;
+        pruned
+    });
+    pruned.unwrap_or_else(|e| {
+        eprintln!("kakehashi: warning: the backup is good, but no audit segment was pruned: {e}");
+        Vec::new()
+    })
+}
+
+/// The backup lock if nobody holds it: the gateway's own pruning waits for no backup, it tries
+/// again later.
+pub fn try_lock(data_dir: &Path) -> Option<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(cert_tool::files::SECRET)
+        .open(data_dir.join("backup.lock"))
+        .ok()?;
+    file.try_lock().ok()?;
+    Some(file)
+}
+
+/// The archive's name with the audit entries it holds: `…-aPRUNED-LAST.backup`, entries
+/// PRUNED+1 to LAST. Not trusted (a name can be changed): the retention reads it only to keep
+/// more.
+fn with_audit_range(name: &str, counts: &Counts) -> String {
+    let stem = name.strip_suffix(SUFFIX).unwrap_or(name);
+    format!("{stem}-a{}-{}{SUFFIX}", counts.audit_pruned, counts.audit_last_id)
+}
+
+/// The audit entries an archive's name says it holds, `(pruned, last)`: entries `pruned + 1` to
+/// `last`. An archive named before names said so holds the whole chain from entry 1: `(0, 0)`.
+pub fn audit_range(path: &Path) -> (u64, u64) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parsed = name.strip_suffix(SUFFIX).and_then(|stem| {
+        let (rest, last) = stem.rsplit_once('-')?;
+        let (_, pruned) = rest.rsplit_once("-a")?;
+        Some((pruned.parse().ok()?, last.parse().ok()?))
+    });
+    parsed.unwrap_or((0, 0))
 }
 
 fn archive_name(header: &Header) -> String {
@@ -254,39 +320,72 @@ fn add_named_files(config: &Config, out: &mut Writer) -> Result<Vec<(String, Str
 }
 
 /// Adds the data directory under `data/`: databases through SQLite's online backup into
-/// `staging`, one at a time; the audit head before the audit log, so the copy of the log holds
-/// at least what the head says. Returns the snapshot's counts.
+/// `staging`, one at a time; the audit head copied before anything else, so the copy of the log
+/// holds at least what the head says; the audit segments chain-checked as they go. Returns the
+/// snapshot's counts.
 fn add_data_dir(config: &Config, staging: &Path, out: &mut Writer) -> Result<Counts> {
     let data_dir = &config.data_dir;
     let slots = config.firmware.as_ref().map(|f| f.slots());
+    // The audit head before anything is listed: every segment holding an entry up to it exists
+    // by then (a segment sealed later holds only later entries).
+    let head = data_dir.join(AUDIT_HEAD);
+    if head.exists() {
+        fs::copy(&head, staging.join(AUDIT_HEAD)).map_err(BackupError::io("copy", &head))?;
+    }
     let mut files = Vec::new();
     collect(data_dir, data_dir, slots.as_deref(), &mut files)?;
-    // The audit head, then the log, first.
-    files.sort_by_key(|rel| {
-        (
-            rel != Path::new(AUDIT_HEAD),
-            rel != Path::new(AUDIT_DB),
-            rel.clone(),
-        )
-    });
+    // The audit head and the prune record first, then the segments in id order (a segment a prune
+    // recorded but did not remove is left out), then the rest.
+    let rel = |p: &Path| p.strip_prefix(data_dir).unwrap_or(p).to_owned();
+    let segments: Vec<PathBuf> = segment::in_use(data_dir)?.iter().map(|s| rel(&s.path)).collect();
+    let pruned_rel = Path::new(SEGMENTS).join(PRUNED);
+    let is_audit =
+        |f: &PathBuf| f.starts_with(SEGMENTS) && *f != pruned_rel || *f == Path::new(crate::audit::AUDIT_DB);
+    let mut ordered: Vec<PathBuf> = [PathBuf::from(AUDIT_HEAD), pruned_rel.clone()]
+        .into_iter()
+        .filter(|f| files.contains(f))
+        .collect();
+    ordered.extend(segments.iter().filter(|f| files.contains(f)).cloned());
+    ordered.extend(
+        files
+            .into_iter()
+            .filter(|f| !is_audit(f) && *f != Path::new(AUDIT_HEAD) && *f != pruned_rel),
+    );
     let mut counts = Counts::default();
-    for rel in files {
+    let mut chain: Option<ChainCheck> = None;
+    for rel in ordered {
         let source = data_dir.join(&rel);
         let name = format!("data/{}", rel.display());
         let is_db = rel.extension().is_some_and(|e| e == "db");
         if rel == Path::new(AUDIT_HEAD) {
-            let copy = staging.join(AUDIT_HEAD);
+            out.add_file(&name, &staging.join(AUDIT_HEAD), 0o600)?;
+        } else if rel == pruned_rel {
+            let copy = staging.join(PRUNED);
             fs::copy(&source, &copy).map_err(BackupError::io("copy", &source))?;
             out.add_file(&name, &copy, 0o600)?;
         } else if is_db {
             let copy = staging.join(rel.file_name().unwrap_or_default());
             snapshot_db(&source, &copy)?;
-            count(&rel, staging, &copy, &mut counts)?;
+            if segments.contains(&rel) {
+                let check = match &mut chain {
+                    Some(c) => c,
+                    None => chain.insert(ChainCheck::new(
+                        segment::read_point_file(&staging.join(PRUNED))?,
+                        segment::read_point_file(&staging.join(AUDIT_HEAD))?,
+                    )),
+                };
+                check.segment(&copy)?;
+            } else {
+                count(&rel, &copy, &mut counts)?;
+            }
             out.add_file(&name, &copy, 0o600)?;
             fs::remove_file(&copy).map_err(BackupError::io("remove", &copy))?;
         } else {
             out.add_file(&name, &source, mode_of(&source)?)?;
         }
+    }
+    if let Some(chain) = chain {
+        counts.set_audit(chain.finish());
     }
     Ok(counts)
 }
@@ -298,10 +397,14 @@ fn collect(root: &Path, dir: &Path, slots: Option<&Path>, files: &mut Vec<PathBu
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let meta = fs::symlink_metadata(&path).map_err(BackupError::io("read", &path))?;
         if name.starts_with('.') || Some(path.as_path()) == slots {
             continue;
         }
+        // A file gone since the listing (a WAL checkpointed away) is not part of the state.
+        let meta = match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other.map_err(BackupError::io("read", &path))?,
+        };
         if meta.is_dir() {
             collect(root, &path, slots, files)?;
         } else if meta.is_file()
@@ -376,7 +479,7 @@ fn snapshot_db(source: &Path, copy: &Path) -> Result<()> {
 }
 
 /// Adds what the database `rel` (copied to `copy`) holds to the counts.
-pub(super) fn count(rel: &Path, staging: &Path, copy: &Path, counts: &mut Counts) -> Result<()> {
+pub(super) fn count(rel: &Path, copy: &Path, counts: &mut Counts) -> Result<()> {
     let one = |sql: &str| -> Result<u64> {
         let conn = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .and_then(|c| c.query_row(sql, [], |r| r.get::<_, i64>(0)))
@@ -391,13 +494,6 @@ pub(super) fn count(rel: &Path, staging: &Path, copy: &Path, counts: &mut Counts
         Some(engine_proxy::journal::FILE) => {
             counts.journal_entries = one("SELECT count(*) FROM entries")?;
             counts.journal_pending = one("SELECT count(*) FROM entries WHERE state = 'pending'")?;
-        }
-        Some(AUDIT_DB) => {
-            let report = crate::audit::verify(staging)?;
-            counts.audit_entries = report.entries;
-            counts.audit_last_id = report.last_id;
-            counts.audit_last_hash = report.last_hash;
-            counts.audit_broken = report.broken.map(|b| b.what);
         }
         _ => {}
     }
@@ -439,6 +535,21 @@ fn verify_unlocked(data_dir: &Path, archive: &Path, me: &Identity) -> Result<Man
         let (_, manifest) = archive::unpack(archive, &me.0, &scratch)?;
         super::restore::check_state(&scratch.join("data"), &manifest, archive)?;
         let live = crate::audit::hash_of(data_dir, manifest.counts.audit_last_id)?;
+        let local_pruned = match live {
+            None => segment::pruned(data_dir)?.map_or(0, |p| p.0),
+            Some(_) => 0,
+        };
+        if live.is_none() && manifest.counts.audit_last_id > 0 && manifest.counts.audit_last_id < local_pruned
+        {
+            return Err(BackupError::archive(
+                archive,
+                format!(
+                    "its audit entries end at {}, before the local log begins (entries up to {} were pruned): \
+                     it cannot be linked to the local log; check against a newer archive",
+                    manifest.counts.audit_last_id, local_pruned
+                ),
+            ));
+        }
         if manifest.counts.audit_last_id > 0
             && live.as_deref() != Some(manifest.counts.audit_last_hash.as_str())
         {
@@ -457,7 +568,9 @@ fn verify_unlocked(data_dir: &Path, archive: &Path, me: &Identity) -> Result<Man
     result
 }
 
-/// Removes the oldest of this appliance's archives beyond `keep`.
+/// Removes the oldest of this appliance's archives beyond `keep`, except those that hold audit
+/// entries no kept newer archive holds (pruned locally since): the archives together keep the
+/// whole chain.
 fn retention(dir: &Path, appliance: &str, keep: usize) -> Result<Vec<PathBuf>> {
     let mut ours: Vec<PathBuf> = list(dir)?
         .into_iter()
@@ -466,13 +579,23 @@ fn retention(dir: &Path, appliance: &str, keep: usize) -> Result<Vec<PathBuf>> {
         .collect();
     ours.sort();
     let excess = ours.len().saturating_sub(keep);
-    let removed: Vec<PathBuf> = ours.into_iter().take(excess).collect();
+    let mut covered_from = ours[excess..].iter().map(|p| audit_range(p).0).min().unwrap_or(0);
+    let mut removed = Vec::new();
+    for path in ours[..excess].iter().rev() {
+        let (pruned, _) = audit_range(path);
+        if pruned < covered_from {
+            covered_from = pruned;
+        } else {
+            removed.push(path.clone());
+        }
+    }
     for path in &removed {
         fs::remove_file(path).map_err(BackupError::io("remove the old archive", path))?;
     }
     if !removed.is_empty() {
         cert_tool::files::sync_dir(dir).map_err(|e| BackupError::Refused(e.to_string()))?;
     }
+    removed.reverse();
     Ok(removed)
 }
 

@@ -25,6 +25,10 @@ pub struct State {
     pub last_good: Option<String>,
     pub last_good_archive: Option<String>,
     pub last_good_bytes: Option<u64>,
+    /// The highest audit entry in a verified archive: sealed segments up to it may be pruned
+    /// locally (the retention keeps the archives that hold them).
+    #[serde(default)]
+    pub audit_offbox_id: Option<u64>,
 }
 
 /// The recorded state; none when no backup ever ran (or the file cannot be read: the metrics
@@ -34,13 +38,14 @@ pub fn read(data_dir: &Path) -> Option<State> {
     serde_json::from_slice(&text).ok()
 }
 
-/// Records a run's result: `Ok((archive, bytes))` or `Err(why)`.
-pub fn record(data_dir: &Path, result: std::result::Result<(&Path, u64), &str>) -> Result<()> {
+/// Records a run's result: `Ok((archive, bytes, last audit id))` or `Err(why)`.
+pub fn record(data_dir: &Path, result: std::result::Result<(&Path, u64, u64), &str>) -> Result<()> {
     let now = crate::audit::timestamp(time::OffsetDateTime::now_utc());
     let mut state = read(data_dir).unwrap_or_default();
     state.last_run = Some(now.clone());
     match result {
-        Ok((archive, bytes)) => {
+        Ok((archive, bytes, audit_last_id)) => {
+            state.audit_offbox_id = Some(audit_last_id.max(state.audit_offbox_id.unwrap_or(0)));
             state.last_ok = true;
             state.last_error = None;
             state.last_good = Some(now);

@@ -60,8 +60,11 @@ fn against_archive(
         Ok(manifest) => {
             let c = &manifest.counts;
             println!(
-                "matches the backup taken {}: entries 1 to {} are the archive's (its head {}), and the log goes on from there",
-                manifest.created, c.audit_last_id, c.audit_last_hash
+                "matches the backup taken {}: entries {} to {} are the archive's (its head {}), and the log goes on from there",
+                manifest.created,
+                c.audit_pruned + 1,
+                c.audit_last_id,
+                c.audit_last_hash
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -84,6 +87,13 @@ pub fn run(args: AuditArgs) -> Result<ExitCode> {
                     "audit log intact: {} entries, head {} {}",
                     report.entries, report.last_id, report.last_hash
                 );
+                if report.pruned > 0 {
+                    println!(
+                        "entries 1 to {} were pruned after a verified backup took them (audit/pruned); \
+                         check them with --against ARCHIVE",
+                        report.pruned
+                    );
+                }
                 if report.unattested > 0 {
                     println!(
                         "note: the last {} entries were committed after the head file was last \

@@ -101,6 +101,9 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
                 let v = serde_json::json!({
                     "archive": done.archive, "bytes": done.bytes, "seconds": done.took.as_secs_f64(),
                     "removed": done.removed, "manifest": done.manifest,
+                    "pruned": done.pruned.iter().map(|p| serde_json::json!({
+                        "segment": p.path, "first": p.first, "last": p.last, "bytes": p.bytes,
+                    })).collect::<Vec<_>>(),
                 });
                 println!("{v}");
             } else {
@@ -117,6 +120,12 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
                 );
                 for old in &done.removed {
                     println!("removed (backup.keep): {}", old.display());
+                }
+                for p in &done.pruned {
+                    println!(
+                        "pruned audit segment (in this verified backup): entries {} to {}, {} bytes",
+                        p.first, p.last, p.bytes
+                    );
                 }
                 println!("{}", done.archive.display());
             }

@@ -165,6 +165,17 @@ fn text(r: &Report) -> String {
             format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
         });
         let _ = writeln!(s, "disk free:     {free}");
+        if let Some(d) = &op.disk {
+            let _ = writeln!(
+                s,
+                "disk budget:   {}{}",
+                crate::budget::describe(d),
+                d.reason
+                    .as_deref()
+                    .map(|r| format!(" ALERT: {r}"))
+                    .unwrap_or_default()
+            );
+        }
         let _ = writeln!(s, "version:       {}", op.version);
         let backup = match &op.backup {
             None => "none yet".to_owned(),

@@ -15,6 +15,7 @@ mod limits;
 mod listener;
 pub mod locate;
 mod status;
+mod storage;
 mod tls;
 mod upstream;
 mod wireguard;
@@ -33,6 +34,7 @@ pub use firmware::Firmware;
 pub use limits::Limits;
 pub use listener::{Listener, ListenerKind};
 pub use status::Status;
+pub use storage::{MIN_SEGMENT, Size, Storage};
 pub use tls::Tls;
 pub use upstream::{Path as UpstreamPath, PathWireGuard, Upstream};
 pub use wireguard::{GATEWAY_KEY_FILE, TunnelNet, WireGuard, WireGuardMode, WireGuardPort};
@@ -56,7 +58,7 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where `gateway.db` (inventory, users) and `audit.db` live.
+    /// Where `gateway.db` (inventory, users), the audit log (`audit/`) and the local engine live.
     pub data_dir: PathBuf,
     pub tls: Tls,
     #[serde(rename = "listener")]
@@ -88,6 +90,9 @@ pub struct Config {
     /// Encrypted, verified backups to a directory; absent, `kakehashi backup` refuses to run.
     #[serde(default)]
     pub backup: Option<Backup>,
+    /// The data directory's disk budget; absent, half of its file system.
+    #[serde(default)]
+    pub storage: Storage,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub source: PathBuf,
@@ -239,6 +244,7 @@ impl Config {
         self.check_limits()?;
         self.check_firmware()?;
         self.check_backup()?;
+        self.check_storage()?;
         Ok(())
     }
 }

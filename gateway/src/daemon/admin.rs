@@ -42,6 +42,10 @@ async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Respons
             let checks = gateway.people.password_checks();
             crate::metrics::Metrics::set(&gateway.metrics.password_checks_total, checks);
             crate::backup::state::refresh_metrics(&gateway.status.data_dir, &gateway.metrics);
+            let sources = gateway.status.clone();
+            if let Ok(disk) = tokio::task::spawn_blocking(move || sources.disk()).await {
+                crate::budget::refresh_metrics(&disk, &gateway.metrics);
+            }
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

@@ -82,6 +82,8 @@ pub struct Gateway {
     pub failover: Arc<Failover>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
+    /// The data directory's disk budget (`[storage]`), fixed at start.
+    pub budget: crate::budget::Budget,
     pub slots: Slots,
     /// The clinic CA, when the appliance issues certificates itself (`[est]`).
     pub authority: Option<Authority>,
@@ -105,12 +107,16 @@ impl Gateway {
             session: std::time::Duration::from_secs(config.auth.session_secs),
         };
         let people = Arc::new(People::new(settings, store::open(&config.data_dir)?, clinic));
-        let audit = AuditLog::open(&config.data_dir)?;
+        let budget = crate::budget::Budget::of(&config);
+        let audit = AuditLog::open_with(&config.data_dir, budget.segment_bytes)?;
         let metrics = Arc::new(Metrics::default());
         let local = match &config.failover.engine {
             Some(url) => Local::Engine { url: url.clone() },
             None => {
-                let (cache, note) = Cache::open(&config.data_dir, config.failover.cache_max_bytes)?;
+                let (cache, note) = Cache::open(
+                    &config.data_dir,
+                    budget.cache_bytes(config.failover.cache_max_bytes),
+                )?;
                 if let Some(note) = note {
                     tracing::warn!("{note}");
                 }
@@ -145,7 +151,7 @@ impl Gateway {
             crate::est::check_authority(&config, authority)?;
         }
         let live = Arc::new(Live::new(snapshot));
-        let status = Arc::new(status_sources(&config, &failover, &live, &audit));
+        let status = Arc::new(status_sources(&config, &failover, &live, &audit, budget));
         let slots = Slots::new(config.limits.max_connections, metrics.clone());
         let (mut tunnels, mut drivers) = (Vec::new(), Vec::new());
         tunnels.push(None);
@@ -172,6 +178,7 @@ impl Gateway {
             failover,
             audit,
             metrics,
+            budget,
             live,
             config,
         };
@@ -356,6 +363,7 @@ fn status_sources(
     failover: &Failover,
     live: &Arc<Live>,
     audit: &AuditLog,
+    budget: crate::budget::Budget,
 ) -> crate::status::Sources {
     let history = match engine_proxy::history::History::open(&config.data_dir) {
         Ok(history) => Some(history),
@@ -383,6 +391,7 @@ fn status_sources(
         data_dir: config.data_dir.clone(),
         certificates,
         firmware_slots: config.firmware.as_ref().map(|f| f.slots()),
+        budget,
     }
 }
 

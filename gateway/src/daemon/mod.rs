@@ -2,7 +2,8 @@
 //!
 //! Start: read and check the configuration, load TLS material and the inventory ([`gateway`]),
 //! bind every listener (or fail naming the address), start the [`workers`], the WireGuard door,
-//! the EST and admin listeners, the [`failover`] tasks and the file [`watch`], then print
+//! the EST and admin listeners, the [`failover`] tasks, the file [`watch`] and the disk budget's
+//! [`storage`] task, then print
 //! `READY <URL>` and notify [`systemd`]. SIGHUP reloads certificates, CRL and inventory without
 //! touching established connections; SIGTERM or Ctrl-C stops accepting, lets in-flight requests
 //! finish for `limits.shutdown_secs`, and flushes the audit log.
@@ -11,6 +12,7 @@ pub mod admin;
 pub mod failover;
 pub mod gateway;
 pub mod logging;
+pub mod storage;
 pub mod systemd;
 pub mod watch;
 pub mod workers;
@@ -127,6 +129,7 @@ async fn serve(config: Config) -> Result<(), StartError> {
         tokio::spawn(crate::est::serve(est_service(&gateway), l, shutdown.clone()))
     });
     let watching = tokio::spawn(watch::crl_and_bundle(gateway.clone()));
+    let budgeting = tokio::spawn(storage::keep_within_budget(gateway.clone()));
     // Before READY: a SIGHUP sent as soon as READY is seen must find its handler, not the
     // default action (which ends the process).
     let signals = || -> Result<_, StartError> {
@@ -177,6 +180,7 @@ async fn serve(config: Config) -> Result<(), StartError> {
         task.abort();
     }
     watching.abort();
+    budgeting.abort();
     let grace = std::time::Duration::from_secs(gateway.config.limits.shutdown_secs);
     // Every open connection holds a slot: all of them back means all connections are closed.
     if !gateway.slots.drained(grace).await {

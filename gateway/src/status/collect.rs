@@ -37,6 +37,8 @@ pub struct Sources {
     pub certificates: Vec<(&'static str, PathBuf)>,
     /// `[firmware]`'s slots directory, when updates are configured.
     pub firmware_slots: Option<PathBuf>,
+    /// The data directory's disk budget.
+    pub budget: crate::budget::Budget,
 }
 
 impl Sources {
@@ -104,6 +106,19 @@ impl Sources {
         }
     }
 
+    /// The data directory against its budget (a walk of a few dozen files).
+    pub fn disk(&self) -> crate::budget::Report {
+        let offbox = crate::backup::state::read(&self.data_dir)
+            .and_then(|s| s.audit_offbox_id)
+            .unwrap_or(0);
+        crate::budget::report(
+            &self.data_dir,
+            self.firmware_slots.as_deref(),
+            &self.budget,
+            offbox,
+        )
+    }
+
     fn operator(&self, now: i64) -> Operator {
         let snapshot = self.live.now();
         let recent = crate::audit::recent(&self.data_dir, AUDIT_WINDOW, REFUSALS_SHOWN).unwrap_or_else(|e| {
@@ -147,6 +162,7 @@ impl Sources {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             recent_refusals: recent.refusals,
             backup: crate::backup::state::read(&self.data_dir),
+            disk: Some(self.disk()),
             firmware: self.firmware_slots.as_deref().and_then(firmware_slots),
         }
     }

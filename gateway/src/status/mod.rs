@@ -90,6 +90,9 @@ pub struct Operator {
     /// What the last `kakehashi backup run` did (absent: none ran).
     #[serde(default)]
     pub backup: Option<crate::backup::state::State>,
+    /// The data directory against its disk budget, and its alerts.
+    #[serde(default)]
+    pub disk: Option<crate::budget::Report>,
     /// The firmware slots, on an appliance that takes signed updates (`[firmware]`, slots set up).
     #[serde(default)]
     pub firmware: Option<FirmwareSlots>,

@@ -250,6 +250,15 @@ fn operator(op: &Operator, lang: Lang) -> Markup {
                 dd class=[(op.audit_chain != "ok").then_some("warn")] { (op.audit_chain) }
                 dt { (t(lang, "空き容量", "Free disk space")) }
                 dd { (op.disk_free_bytes.map_or("-".to_owned(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))) }
+                @if let Some(d) = &op.disk {
+                    dt { (t(lang, "ディスク使用量（上限）", "Disk budget")) }
+                    dd class=[(d.alert || d.journal_alert).then_some("warn")] id="disk" {
+                        (crate::budget::describe(d))
+                        @if let Some(why) = &d.reason {
+                            (t(lang, "（警告：", " (alert: ")) (why) (t(lang, "）", ")"))
+                        }
+                    }
+                }
                 dt { (t(lang, "バージョン", "Version")) }
                 dd { (op.version) }
                 @if let Some(fw) = &op.firmware {
@@ -370,6 +379,18 @@ mod tests {
                     last_good: Some("2026-12-03T11:00:00.000Z".into()),
                     ..Default::default()
                 }),
+                disk: Some(crate::budget::Report {
+                    budget: 64 << 20,
+                    used: crate::budget::Usage {
+                        total: 54 << 20,
+                        journal: 40 << 20,
+                        ..Default::default()
+                    },
+                    audit_offbox_id: 0,
+                    alert: true,
+                    journal_alert: true,
+                    reason: Some("the journal holds writes".into()),
+                }),
             }),
         }
     }
@@ -394,6 +415,10 @@ mod tests {
         assert!(
             html.contains("slot a (1.4.0); on trial: slot b (1/3)"),
             "the firmware slots: {html}"
+        );
+        assert!(
+            html.contains("54.0 MiB of 64.0 MiB (84 %) (alert: the journal holds writes)"),
+            "the disk budget's alert: {html}"
         );
         assert!(html.len() < 50 * 1024);
     }

@@ -198,7 +198,11 @@ impl World {
         let mut all = snapshot(&self.appliance);
         all.retain(|p, _| {
             let name = p.to_string_lossy();
-            !name.starts_with("audit.") && !name.ends_with("-wal") && !name.ends_with("-shm")
+            // The audit log records the refusals: `audit.head`, `audit.lock` and its segments.
+            !name.starts_with("audit.")
+                && !name.starts_with("audit/")
+                && !name.ends_with("-wal")
+                && !name.ends_with("-shm")
         });
         all
     }

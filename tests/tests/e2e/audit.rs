@@ -48,7 +48,7 @@ fn audit(dir: &Path, args: &str) -> Run {
 }
 
 fn sql(dir: &Path, statement: &str) {
-    rusqlite::Connection::open(dir.join("audit.db"))
+    rusqlite::Connection::open(audit_live(dir))
         .and_then(|c| c.execute_batch(statement))
         .expect("change audit.db");
 }
@@ -63,7 +63,7 @@ fn an_intact_log_verifies_and_exports_as_text_and_json_lines() {
         out.contains(head.split_whitespace().nth(1).expect("hash")),
         "{out}\n{head}"
     );
-    assert_eq!(mode(&tmp.path().join("audit.db")), 0o600);
+    assert_eq!(mode(&audit_live(tmp.path())), 0o600);
     assert_eq!(mode(&tmp.path().join("audit.head")), 0o600);
 
     let text = audit(tmp.path(), "export").ok();

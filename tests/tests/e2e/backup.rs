@@ -155,7 +155,7 @@ fn a_replaced_audit_log_is_caught_against_a_backup() {
 
     // Someone with root replaces the log with one of their own: a chain and a head that are
     // intact, which only the off-box copy can tell from the real one.
-    std::fs::rename(data.join("audit.db"), dir.path().join("audit.db.real")).unwrap();
+    std::fs::rename(data.join("audit"), dir.path().join("audit.real")).unwrap();
     std::fs::rename(data.join("audit.head"), dir.path().join("audit.head.real")).unwrap();
     audit_entries(&data, 8, "nothing happened");
     kakehashi(&["audit", "verify", "--config", s(&config)]).ok();

@@ -867,7 +867,7 @@ fn sigterm_stops_gracefully_and_the_audit_log_is_complete_and_verifiable() {
         .count();
     assert_eq!(allowed, 3);
     // Editing an entry in the SQLite file breaks the chain, and verify says where.
-    let db = c.path("data").join("audit.db");
+    let db = audit_live(&c.path("data"));
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute("UPDATE entries SET user = 'mallory' WHERE id = 2", [])
         .unwrap();
@@ -998,7 +998,7 @@ fn no_access_is_granted_while_the_audit_log_cannot_be_written() {
     let ok = format!("{} -u {}", c.tls(), c.user);
     assert_eq!(c.curl(&ok, PATIENT).0, 200);
     let sql = |statement: &str| {
-        let db = rusqlite::Connection::open(c.path("data").join("audit.db")).unwrap();
+        let db = rusqlite::Connection::open(audit_live(&c.path("data"))).unwrap();
         db.busy_timeout(Duration::from_secs(5)).unwrap();
         db.execute_batch(statement).unwrap();
     };

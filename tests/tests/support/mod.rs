@@ -353,3 +353,15 @@ impl Drop for Server {
         self.kill();
     }
 }
+
+/// The live (newest) segment of the audit log in the data directory `data`: `data/audit/*.db`
+/// (named by first id, zero-padded, so the last name is the newest).
+pub fn audit_live(data: &Path) -> PathBuf {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(data.join("audit"))
+        .expect("the audit log's segments")
+        .map(|e| e.expect("list").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "db"))
+        .collect();
+    segments.sort();
+    segments.pop().expect("a segment")
+}
