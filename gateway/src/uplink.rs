@@ -142,9 +142,12 @@ impl Driver {
         let mut tick = tokio::time::interval(TICK);
         let mut wake = Box::pin(tokio::time::sleep(TICK));
         // The session is started at once, so the first call does not wait for a handshake and
-        // the prober sees a concentrator that does not answer as a path that does not.
+        // the prober sees a concentrator that does not answer as a path that does not. Sent
+        // with `send`, not `try_send`: a new socket's readiness is unknown until the runtime has
+        // polled it, and a `try_send` then drops the datagram (WireGuard would retry only after
+        // its 5 s REKEY_TIMEOUT).
         if let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut work, false) {
-            let _ = socket.try_send(p);
+            let _ = socket.send(p).await;
         }
         std::future::poll_fn(|cx| {
             loop {
