@@ -162,9 +162,11 @@ fn ready() -> (Cloud, Clinic) {
         || clinic.path_metric("uplink_path_up", "vpn") < 1.0
         || clinic.path_metric("uplink_path_up", "a") < 1.0
     {
+        // The tunnel's first handshake is answered at once (a datagram dropped by a new
+        // socket once cost WireGuard's 5 s retry here).
         assert!(
-            began.elapsed() < Duration::from_secs(15),
-            "the paths never answered a probe"
+            began.elapsed() < Duration::from_secs(3),
+            "the paths answered no probe within 3 s"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
