@@ -422,4 +422,33 @@ mod tests {
         );
         assert!(html.len() < 50 * 1024);
     }
+
+    #[test]
+    fn several_paths_get_a_table_and_one_path_none() {
+        let mut r = report("normal", false);
+        assert!(!page(&r, Lang::Ja).contains("id=\"paths\""), "one path: no table");
+        let path = |name: &str, up: bool, active: bool| crate::status::PathState {
+            name: name.into(),
+            up,
+            active,
+            since: Some("2026-12-04T12:00:00Z".into()),
+            last_contact: None,
+            availability: if up { 1.0 } else { 0.5 },
+        };
+        r.paths = vec![
+            path("fibre", false, false),
+            path("vpn", true, true),
+            path("lte", true, false),
+        ];
+        let html = page(&r, Lang::Ja);
+        assert!(html.contains("id=\"paths\""), "{html}");
+        for word in ["不通", "使用中", "待機", "fibre", "vpn", "lte"] {
+            assert!(html.contains(word), "{word}: {html}");
+        }
+        let html = page(&r, Lang::En);
+        assert!(
+            html.contains("in use") && html.contains("standby") && html.contains("down"),
+            "{html}"
+        );
+    }
 }
