@@ -277,7 +277,17 @@ pub fn unpack(path: &Path, identity: &dyn age::Identity, into: &Path) -> Result<
             .map_err(BackupError::io("create", &dest))?;
         let mut reader = Hashing::new(&mut entry);
         let mut out = BufWriter::new(out);
-        std::io::copy(&mut reader, &mut out).map_err(damaged)?;
+        // Not io::copy: a failed read is the archive's fault, a failed write the target's
+        // (a full disk), and the message must say which.
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = reader.read(&mut buf).map_err(damaged)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .map_err(BackupError::io("write", &dest))?;
+        }
         let file = out
             .into_inner()
             .map_err(|e| e.into_error())

@@ -2,8 +2,8 @@
 //! journal back to the cloud and dies by SIGKILL; a replacement restored from the archive serves
 //! the same terminals with nothing changed on them (curl over TLS, wireguard-go in a network
 //! namespace), and every write is in the cloud exactly once.
-//! Damaged, cut and foreign archives, a wrong key and a missing target are refused with nothing
-//! changed.
+//! Damaged, cut and foreign archives, a wrong key and a missing or full target are refused with
+//! nothing changed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -246,4 +246,90 @@ fn damaged_cut_and_foreign_archives_a_wrong_key_and_a_missing_target_are_refused
     );
     kakehashi(&["gateway", "check", "--config", s(&config)])
         .fails_with(&["backup.recipients[0]", "not an age X25519 recipient"]);
+}
+
+/// A tmpfs of `kib` KiB mounted at `dir` (created), unmounted on drop.
+struct Small(std::path::PathBuf);
+
+impl Small {
+    fn mount(dir: &Path, kib: u32) -> Small {
+        std::fs::create_dir_all(dir).unwrap();
+        sh(&format!("mount -t tmpfs -o size={kib}k tmpfs {}", s(dir))).ok();
+        Small(dir.to_owned())
+    }
+
+    /// Fills it up but for `left` bytes.
+    fn fill(&self, left: u64) {
+        let free = tool("df", &["-B1", "--output=avail", s(&self.0)]).stdout;
+        let free: u64 = free
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df");
+        write(
+            &self.0.join("filler"),
+            vec![0u8; free.saturating_sub(left) as usize],
+        );
+    }
+}
+
+impl Drop for Small {
+    fn drop(&mut self) {
+        tool("umount", &[s(&self.0)]);
+    }
+}
+
+#[test]
+fn a_full_target_is_named_for_what_it_is_and_loses_nothing() {
+    let dir = Clinic::setup("127.0.0.1");
+    let clinic = dir.path().join("clinic");
+    let config = clinic.join("gateway.toml");
+    let (_, archive) = backup(&config);
+    let key = clinic.join("backup.key");
+
+    // Backing up onto a full disk: refused with the reason, no partial archive, the earlier
+    // archive (moved there first) untouched.
+    let usb = Small::mount(&dir.path().join("usb"), 256);
+    std::fs::copy(&archive, usb.0.join(Path::new(&archive).file_name().unwrap())).unwrap();
+    usb.fill(0);
+    let before = snapshot(&usb.0);
+    let toml = std::fs::read_to_string(&config).unwrap();
+    let moved = toml
+        .lines()
+        .map(|l| match l.starts_with("dir = ") {
+            true => format!("dir = \"{}\"", s(&usb.0)),
+            false => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    write(&config, moved);
+    kakehashi(&["backup", "run", "--config", s(&config)]).fails_with(&["No space left on device"]);
+    assert_unchanged(&before, &snapshot(&usb.0));
+
+    // Restoring onto a disk too small: the target named as full, not the archive as damaged,
+    // and nothing left behind.
+    let small = Small::mount(&dir.path().join("small"), 64);
+    small.fill(4096);
+    let to = small.0.join("new");
+    let r = kakehashi(&[
+        "backup",
+        "restore",
+        &archive,
+        "--identity",
+        s(&key),
+        "--to",
+        s(&to),
+    ])
+    .fails_with(&["cannot write", "No space left on device"]);
+    assert!(!r.stderr.contains("damaged"), "{}", r.stderr);
+    assert!(!to.exists(), "nothing restored");
+    let left: Vec<_> = std::fs::read_dir(&small.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("filler")],
+        "no staging left behind"
+    );
 }
