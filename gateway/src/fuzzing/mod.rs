@@ -191,44 +191,66 @@ pub fn bundle_sealed(data: &[u8]) {
 }
 
 /// `bundle_opened`: a bundle's payload after decryption and signature: the bytes are the
-/// payload's JSON text, which this signs (with a vendor key of its own), encrypts to the
-/// appliance and opens; `$APPLIANCE` and `$VENDOR` in it become the appliance's recipient and
-/// the vendor key's fingerprint, so that the fuzzer gets past those checks. An opened payload
+/// payload's JSON text, given to the checks [`provisioning_shared::bundle::open`] makes once the
+/// signature holds, as if the fuzz identity's appliance had opened it and a vendor key of this
+/// process had signed it; `$APPLIANCE` and `$VENDOR` in it become the appliance's recipient and
+/// that key's fingerprint, so that the fuzzer gets past those checks. (Sealing and signing
+/// every input, as `write_seeds` does once, made the target twenty times slower and reached no
+/// other code: the signature over a payload of our own making always holds.) An opened payload
 /// renders the `gateway.toml` the import would write, which must parse.
 pub fn bundle_opened(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Some(sealed) = seal(text) else {
-        return;
-    };
-    if let Ok(opened) = provisioning_shared::bundle::open(&sealed, identity(), None) {
+    let (appliance, vendor) = bundle_names();
+    let text = text.replace("$APPLIANCE", appliance).replace("$VENDOR", vendor);
+    if let Ok(opened) = provisioning_shared::bundle::payload(&text, appliance, vendor.clone()) {
         let config = crate::appliance::import::render_config(&opened.payload);
         // What the import checks before it writes anything; a payload may be refused there.
         let _ = toml::from_str::<crate::config::Config>(&config);
     }
 }
 
+/// The fuzz appliance's recipient and the fingerprint of this process's vendor key.
+fn bundle_names() -> &'static (String, String) {
+    static NAMES: OnceLock<(String, String)> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        use aws_lc_rs::signature::KeyPair as _;
+        let public = vendor().public_key().as_ref();
+        (
+            identity().to_public().to_string(),
+            provisioning_shared::bundle::fingerprint(public),
+        )
+    })
+}
+
+/// A vendor signing key of this process.
+fn vendor() -> &'static aws_lc_rs::signature::EcdsaKeyPair {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    static VENDOR: OnceLock<EcdsaKeyPair> = OnceLock::new();
+    VENDOR.get_or_init(|| {
+        EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+            .unwrap_or_else(|e| panic!("a vendor key: {e}"))
+    })
+}
+
 /// A bundle of the payload `text` (`$APPLIANCE` and `$VENDOR` filled in) for the fuzz identity,
 /// signed by a vendor key of this process.
-pub fn seal(text: &str) -> Option<Vec<u8>> {
+#[cfg(test)]
+fn seal(text: &str) -> Option<Vec<u8>> {
     use aws_lc_rs::rand::SystemRandom;
-    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
+    use aws_lc_rs::signature::KeyPair as _;
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     use provisioning_shared::bundle;
     use std::io::Write as _;
 
-    static VENDOR: OnceLock<EcdsaKeyPair> = OnceLock::new();
-    let vendor = VENDOR.get_or_init(|| {
-        EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
-            .unwrap_or_else(|e| panic!("a vendor key: {e}"))
-    });
-    let appliance = identity().to_public().to_string();
+    let vendor = vendor();
+    let (appliance, fingerprint) = bundle_names();
     let public = vendor.public_key().as_ref();
     let text = text
-        .replace("$APPLIANCE", &appliance)
-        .replace("$VENDOR", &bundle::fingerprint(public));
+        .replace("$APPLIANCE", appliance)
+        .replace("$VENDOR", fingerprint);
     let mut message = bundle::CONTEXT.to_vec();
     message.extend_from_slice(text.as_bytes());
     let signature = vendor.sign(&SystemRandom::new(), &message).ok()?;
@@ -252,102 +274,135 @@ pub fn seal(text: &str) -> Option<Vec<u8>> {
 /// columns hold (a damaged or tampered file): an error or a miss, never a panic. The bytes are
 /// a row: for each column a type byte and a value.
 pub fn records(data: &[u8]) {
-    use rusqlite::types::Value;
-
-    struct Files {
-        dir: PathBuf,
-        cache: engine_proxy::cache::Cache,
-        _journal: Arc<engine_proxy::journal::Journal>,
+    thread_local! {
+        static FILES: RecordFiles = RecordFiles::open();
     }
-    static FILES: OnceLock<Files> = OnceLock::new();
-    let files = FILES.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("kakehashi-fuzz-records-{}", std::process::id()));
+    FILES.with(|files| files.read_back(data));
+}
+
+/// The files of the `records` target, opened once per process (a fuzzer runs one input after
+/// another on one thread: opening them for every input made the target a hundred times
+/// slower), on `/dev/shm` where there is one, so that commits cost no disk syncs.
+struct RecordFiles {
+    dir: PathBuf,
+    cache: engine_proxy::cache::Cache,
+    _journal: Arc<engine_proxy::journal::Journal>,
+    /// The target's own connections, which write the rows the gateway's code reads back.
+    cache_rows: rusqlite::Connection,
+    journal_rows: (rusqlite::Connection, PathBuf),
+}
+
+impl RecordFiles {
+    fn open() -> RecordFiles {
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("kakehashi-fuzz-records-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let (cache, _) = engine_proxy::cache::Cache::open(&dir, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
         let journal = engine_proxy::journal::Journal::open(&dir).unwrap_or_else(|e| panic!("{e}"));
-        Files {
+        let cache_rows = rusqlite::Connection::open(dir.join("cache.db")).unwrap_or_else(|e| panic!("{e}"));
+        let journal_rows = engine_proxy::journal::operator::open(&dir).unwrap_or_else(|e| panic!("{e}"));
+        for conn in [&cache_rows, &journal_rows.0] {
+            let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+        }
+        RecordFiles {
             dir,
             cache,
             _journal: journal,
+            cache_rows,
+            journal_rows,
         }
-    });
-    let mut rest = data;
-    let mut value = || -> Value {
-        let Some((&kind, after)) = rest.split_first() else {
-            return Value::Null;
-        };
-        rest = after;
-        let mut take = |n: usize| {
-            let n = n.min(rest.len());
-            let (v, after) = rest.split_at(n);
+    }
+
+    /// A row the gateway's code must read back without panicking.
+    fn read_back(&self, data: &[u8]) {
+        use rusqlite::types::Value;
+
+        let mut rest = data;
+        let mut value = || -> Value {
+            let Some((&kind, after)) = rest.split_first() else {
+                return Value::Null;
+            };
             rest = after;
-            v
+            let mut take = |n: usize| {
+                let n = n.min(rest.len());
+                let (v, after) = rest.split_at(n);
+                rest = after;
+                v
+            };
+            let mut word = [0u8; 8];
+            match kind % 5 {
+                0 => Value::Null,
+                1 => {
+                    let b = take(8);
+                    word[..b.len()].copy_from_slice(b);
+                    Value::Integer(i64::from_le_bytes(word))
+                }
+                2 => {
+                    let b = take(8);
+                    word[..b.len()].copy_from_slice(b);
+                    Value::Real(f64::from_le_bytes(word))
+                }
+                3 => {
+                    let n = take(1).first().copied().unwrap_or(0);
+                    Value::Text(String::from_utf8_lossy(take(usize::from(n))).into_owned())
+                }
+                _ => {
+                    let n = take(1).first().copied().unwrap_or(0);
+                    Value::Blob(take(usize::from(n)).to_vec())
+                }
+            }
         };
-        let mut word = [0u8; 8];
-        match kind % 5 {
-            0 => Value::Null,
-            1 => {
-                let b = take(8);
-                word[..b.len()].copy_from_slice(b);
-                Value::Integer(i64::from_le_bytes(word))
-            }
-            2 => {
-                let b = take(8);
-                word[..b.len()].copy_from_slice(b);
-                Value::Real(f64::from_le_bytes(word))
-            }
-            3 => {
-                let n = take(1).first().copied().unwrap_or(0);
-                Value::Text(String::from_utf8_lossy(take(usize::from(n))).into_owned())
-            }
-            _ => {
-                let n = take(1).first().copied().unwrap_or(0);
-                Value::Blob(take(usize::from(n)).to_vec())
-            }
-        }
-    };
 
-    // The cache: one row under a key the lookup asks for.
-    let key = [7u8; 32];
-    let cache_row: Vec<Value> = (0..6).map(|_| value()).collect();
-    let journal_row: Vec<Value> = (0..16).map(|_| value()).collect();
-    let Ok(conn) = rusqlite::Connection::open(files.dir.join("cache.db")) else {
-        return;
-    };
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
-    let _ = conn.execute("DELETE FROM entries", []);
-    let mut row = vec![Value::Blob(key.to_vec())];
-    row.extend(cache_row);
-    let columns: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('entries') ORDER BY cid")
-        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
-        .unwrap_or_default();
-    insert(&conn, &columns, row);
-    let _ = files.cache.get(&key);
+        // The cache: one row under a key the lookup asks for.
+        let key = [7u8; 32];
+        let cache_row: Vec<Value> = (0..6).map(|_| value()).collect();
+        let journal_row: Vec<Value> = (0..16).map(|_| value()).collect();
+        let conn = &self.cache_rows;
+        let _ = conn
+            .prepare_cached("DELETE FROM entries")
+            .and_then(|mut s| s.execute([]));
+        let mut row = vec![Value::Blob(key.to_vec())];
+        row.extend(cache_row);
+        insert(conn, row);
+        let _ = self.cache.get(&key);
 
-    // The journal, as `kakehashi journal list|show` reads it.
-    let Ok((conn, path)) = engine_proxy::journal::operator::open(&files.dir) else {
-        return;
-    };
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
-    let _ = conn.execute("DELETE FROM entries", []);
-    let columns: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('entries') ORDER BY cid")
-        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
-        .unwrap_or_default();
-    let id = match journal_row.first() {
-        Some(Value::Integer(id)) => *id,
-        _ => 1,
-    };
-    insert(&conn, &columns, journal_row);
-    let _ = engine_proxy::journal::operator::list(&conn, &path, &[]);
-    let _ = engine_proxy::journal::operator::show(&conn, &path, id as u64);
+        // The journal, as `kakehashi journal list|show` reads it.
+        let (conn, path) = &self.journal_rows;
+        let _ = conn
+            .prepare_cached("DELETE FROM entries")
+            .and_then(|mut s| s.execute([]));
+
+        let id = match journal_row.first() {
+            Some(Value::Integer(id)) => *id,
+            _ => 1,
+        };
+        insert(conn, journal_row);
+        let _ = engine_proxy::journal::operator::list(conn, path, &[]);
+        let _ = engine_proxy::journal::operator::show(conn, path, id as u64);
+    }
+}
+
+/// Removes the files where the thread ends (the replay's test threads; a fuzzer's process
+/// exits without running it).
+impl Drop for RecordFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Inserts `row` into `entries` (as many columns as it has values): a row the schema refuses is
 /// simply not there.
-fn insert(conn: &rusqlite::Connection, columns: &[String], row: Vec<rusqlite::types::Value>) {
+fn insert(conn: &rusqlite::Connection, row: Vec<rusqlite::types::Value>) {
+    let columns: Vec<String> = conn
+        .prepare_cached("SELECT name FROM pragma_table_info('entries') ORDER BY cid")
+        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
+        .unwrap_or_default();
     let n = row.len().min(columns.len());
     if n == 0 {
         return;
@@ -355,7 +410,9 @@ fn insert(conn: &rusqlite::Connection, columns: &[String], row: Vec<rusqlite::ty
     let names = columns[..n].join(", ");
     let marks = vec!["?"; n].join(", ");
     let sql = format!("INSERT OR REPLACE INTO entries ({names}) VALUES ({marks})");
-    let _ = conn.execute(&sql, rusqlite::params_from_iter(row.into_iter().take(n)));
+    if let Ok(mut insert) = conn.prepare_cached(&sql) {
+        let _ = insert.execute(rusqlite::params_from_iter(row.into_iter().take(n)));
+    }
 }
 
 /// `wireguard`: the WireGuard receive path. The first byte picks what the rest is: datagrams
@@ -400,11 +457,16 @@ fn datagrams(datagrams: &[&[u8]]) {
     use boringtun::noise::{Packet, Tunn, TunnResult};
     use boringtun::x25519::{PublicKey, StaticSecret};
 
-    let secret = StaticSecret::from(GATEWAY_KEY);
-    let public = PublicKey::from(&secret);
-    let terminal = PublicKey::from(&StaticSecret::from(TERMINAL_KEY));
-    let limiter = Arc::new(RateLimiter::new(&public, 10));
-    let mut tunn = Tunn::new(secret.clone(), terminal, None, None, 0, Some(limiter.clone()));
+    // The keys' public halves are computed once: each is a scalar multiplication, and a fresh
+    // tunnel (state must not leak from one input to the next) already costs one.
+    static KEYS: OnceLock<(StaticSecret, PublicKey, PublicKey)> = OnceLock::new();
+    let (secret, public, terminal) = KEYS.get_or_init(|| {
+        let secret = StaticSecret::from(GATEWAY_KEY);
+        let public = PublicKey::from(&secret);
+        (secret, public, PublicKey::from(&StaticSecret::from(TERMINAL_KEY)))
+    });
+    let limiter = Arc::new(RateLimiter::new(public, 10));
+    let mut tunn = Tunn::new(secret.clone(), *terminal, None, None, 0, Some(limiter.clone()));
     let from = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let mut work = vec![0u8; 65536];
     for datagram in datagrams {
@@ -413,7 +475,7 @@ fn datagrams(datagrams: &[&[u8]]) {
             Err(_) => continue,
         };
         if let Packet::HandshakeInit(init) = &packet {
-            let _ = parse_handshake_anon(&secret, &public, init);
+            let _ = parse_handshake_anon(secret, public, init);
         }
         let mut input: &[u8] = datagram;
         loop {
