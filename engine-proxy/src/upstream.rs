@@ -133,7 +133,12 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Below the 60 s after which cloud load balancers commonly close an idle
+            // connection (one closed under a request costs a retry), and short enough that a
+            // burst's connections are gone a minute after it.
+            .pool_idle_timeout(Duration::from_secs(30))
+            // Without a timer the pool drops an idle connection only when a request looks at it.
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             // Idle engine connections kept per worker: enough for a clinic's steady load (nginx
             // keeps 64 per worker in the benchmark); a burst beyond it does not stay resident
             // (each costs ~20 KiB of TLS state and buffers).

@@ -22,6 +22,10 @@ const BATCH_MAX: usize = 8_192;
 /// file, its directory); under load, committing as fast as entries arrive spent a third of the
 /// gateway's CPU in the kernel's fsync paths. An entry waits at most this long for the disk.
 const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
+/// A batch this small means the load is light: what a burst grew (the batch's capacity, SQLite's
+/// page cache, a few megabytes after a busy minute) goes back to the allocator then, rather than
+/// staying resident until the next burst.
+const LIGHT: usize = 64;
 /// The longest pause between two attempts at a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -105,7 +109,14 @@ impl Writer {
                 last_commit = std::time::Instant::now();
                 self.retry(|w| w.commit(&batch));
                 self.failing.store(false, Ordering::Relaxed);
+                let light = batch.len() <= LIGHT;
                 batch.clear();
+                if light && batch.capacity() > LIGHT {
+                    batch.shrink_to(LIGHT);
+                    // The page cache: SQLite keeps every page it read or wrote until the
+                    // connection closes; a failure here only leaves them.
+                    let _ = self.conn.execute_batch("PRAGMA shrink_memory");
+                }
             }
             for done in waiters.drain(..) {
                 let _ = done.send(());
