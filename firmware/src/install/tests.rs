@@ -38,7 +38,7 @@ impl Fixture {
         let path = dir.path().join("running");
         std::fs::write(&path, &running).expect("write");
         let files = Files::new(&dir.path().join("slots"));
-        assert!(files.adopt(&path, "1.0.0", 3).expect("adopt"));
+        assert!(files.adopt(&files, &path, "1.0.0", 3).expect("adopt"));
         Fixture {
             dir,
             pinned,
@@ -95,6 +95,7 @@ impl Fixture {
                 floor: floor.as_ref(),
                 running: &running,
             },
+            &files,
             &files,
             3,
             observe,
