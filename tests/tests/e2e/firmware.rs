@@ -459,11 +459,15 @@ fn firmware_install_killed_at_random_points_leaves_the_committed_slot_whole() {
                 .expect("spawn install")
         };
         let rollback = || kakehashi(&["firmware", "rollback", "--config", s(&config)]).ok();
-        // One whole install, timed: the kills fall anywhere within it.
+        // The first install sets up the slots (a copy of the running binary in slot a); the
+        // second is timed, whole: the kills fall anywhere within one like it.
+        assert!(install().wait().expect("wait").success());
+        rollback();
         let started = Instant::now();
         assert!(install().wait().expect("wait").success());
         let whole = started.elapsed();
         rollback();
+        let mut trials = 0;
         for point in 0..points {
             let delay = Duration::from_micros(next() % (whole.as_micros() as u64 + 1));
             let mut child = install();
@@ -489,9 +493,13 @@ fn firmware_install_killed_at_random_points_leaves_the_committed_slot_whole() {
                     std::fs::read(clinic.join("slots/b/kakehashi")).expect("slot b") == payload,
                     "a trial of a partial payload: {at} ({exit})"
                 );
+                trials += 1;
                 rollback();
             }
         }
+        eprintln!(
+            "{backend}: {points} kills within {whole:?} (seed {seed}): {trials} after the install's last write"
+        );
         assert!(
             install().wait().expect("wait").success(),
             "{backend}: the install after the kills"
