@@ -95,9 +95,16 @@ impl Files {
     }
 
     /// Sets up the slots on an appliance that has none: slot `a` gets a copy of `binary` (the
-    /// running one) as `version`, committed. Does nothing if the slots exist.
-    pub fn adopt(&self, binary: &Path, version: &str, bootlimit: u32) -> Result<bool> {
-        if self.read()?.is_some() {
+    /// running one) as `version`, committed in `bootloader`. Does nothing if the bootloader
+    /// already names a committed slot.
+    pub fn adopt(
+        &self,
+        bootloader: &dyn Bootloader,
+        binary: &Path,
+        version: &str,
+        bootlimit: u32,
+    ) -> Result<bool> {
+        if bootloader.read()?.is_some() {
             return Ok(false);
         }
         let slot = Slot::A;
@@ -124,7 +131,7 @@ impl Files {
                 key: None,
             },
         )?;
-        self.write(&BootEnv {
+        bootloader.write(&BootEnv {
             committed: slot,
             trial: None,
             bootcount: 0,
@@ -146,6 +153,17 @@ impl Files {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("cannot read the symlink", &path)(e)),
         }
+    }
+
+    /// Points `current` at `slot` unless it points there: for a backend whose state lives in a
+    /// bootloader's environment, `current` follows its committed slot, since the systemd unit
+    /// starts `current/kakehashi` (which reads the environment and `exec`s the slot it names).
+    pub fn follow(&self, slot: Slot) -> Result<()> {
+        if self.current()? == Some(slot) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(Error::io("cannot create", &self.dir))?;
+        self.point_current(slot)
     }
 
     fn point_current(&self, slot: Slot) -> Result<()> {

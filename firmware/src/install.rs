@@ -43,18 +43,19 @@ pub struct Installed {
     pub size: u64,
 }
 
-/// Installs a verified image into the inactive slot and puts it on trial with `bootlimit`
-/// starts. `observe` sees every step as it completes; an error from it stops the install there
-/// (the tests' power loss).
+/// Installs a verified image into the inactive slot of `files` and puts it on trial in
+/// `bootloader` with `bootlimit` starts. `observe` sees every step as it completes; an error
+/// from it stops the install there (the tests' power loss).
 pub fn install(
     mut image: Opened,
     appliance: &Appliance<'_>,
     files: &Files,
+    bootloader: &dyn Bootloader,
     bootlimit: u32,
     observe: &mut dyn FnMut(Step) -> Result<()>,
 ) -> Result<Installed> {
     image::check(&image.manifest, appliance)?;
-    let mut env = files
+    let mut env = bootloader
         .read()?
         .ok_or_else(|| Error::State("the slots were never set up (no committed slot)".into()))?;
     if let Some(slot) = env.trial {
@@ -96,7 +97,7 @@ pub fn install(
     env.bootcount = 0;
     env.bootlimit = bootlimit;
     env.rolled_back = None;
-    files.write(&env)?;
+    bootloader.write(&env)?;
     observe(Step::Trial)?;
     Ok(Installed {
         slot,

@@ -16,14 +16,18 @@
 #![forbid(unsafe_code)]
 
 pub mod atomic;
+pub mod backend;
 pub mod boot;
 pub mod bootloader;
 pub mod files;
 pub mod floor;
+pub mod grub;
 pub mod image;
 pub mod install;
 pub mod key;
 pub mod manifest;
+pub mod uboot;
+pub mod vars;
 pub mod version;
 
 pub use bootloader::{BootEnv, Bootloader, Slot};
@@ -78,6 +82,9 @@ pub enum Error {
     Key(String),
     #[error("the boot state: {0}")]
     State(String),
+    /// A bootloader environment (U-Boot, GRUB) that cannot be read or written as it is.
+    #[error("the boot environment {place}: {why}")]
+    Env { place: String, why: String },
     #[error("{0}")]
     Refused(String),
     #[error("stopped at {0:?}")]

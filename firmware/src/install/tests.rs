@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::backend::Backend;
 use crate::boot::{self, Choice};
 use crate::floor::Floor;
 use crate::image::{BuildRequest, build, open};
@@ -15,6 +16,7 @@ struct Fixture {
     pinned: Vec<u8>,
     signer: aws_lc_rs::signature::EcdsaKeyPair,
     running: Vec<u8>,
+    backend: Backend,
 }
 
 fn v(s: &str) -> Version {
@@ -32,19 +34,49 @@ fn signer() -> (aws_lc_rs::signature::EcdsaKeyPair, Vec<u8>) {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with(|_| Backend::Files)
+    }
+
+    /// The boot state in a redundant U-Boot environment of two empty copies in a file.
+    fn uboot() -> Fixture {
+        Fixture::with(|dir| {
+            let size = 0x1000;
+            let mut copy = vec![0u8; size];
+            let crc = crc32fast::hash(&copy[5..]);
+            copy[..4].copy_from_slice(&crc.to_le_bytes());
+            let file = dir.join("uboot.env");
+            std::fs::write(&file, copy.repeat(2)).expect("env");
+            let config = dir.join("fw_env.config");
+            let text = format!("{0} 0 {size:x}\n{0} {size} {size:x}\n", file.display());
+            std::fs::write(&config, text).expect("config");
+            Backend::UBoot {
+                fw_env_config: config,
+            }
+        })
+    }
+
+    fn with(backend: impl FnOnce(&Path) -> Backend) -> Fixture {
         let dir = tempfile::tempdir().expect("dir");
+        let backend = backend(dir.path());
         let (signer, pinned) = signer();
         let running = b"the running kakehashi 1.0.0".repeat(500);
         let path = dir.path().join("running");
         std::fs::write(&path, &running).expect("write");
         let files = Files::new(&dir.path().join("slots"));
-        assert!(files.adopt(&path, "1.0.0", 3).expect("adopt"));
+        let boot = backend.open(&files).expect("bootloader");
+        assert!(files.adopt(&*boot, &path, "1.0.0", 3).expect("adopt"));
         Fixture {
             dir,
             pinned,
             signer,
             running,
+            backend,
         }
+    }
+
+    /// Where the boot state is.
+    fn boot(&self) -> Box<dyn Bootloader> {
+        self.backend.open(&self.files()).expect("bootloader")
     }
 
     fn files(&self) -> Files {
@@ -96,6 +128,7 @@ impl Fixture {
                 running: &running,
             },
             &files,
+            &*self.boot(),
             3,
             observe,
         )
@@ -103,7 +136,7 @@ impl Fixture {
 
     fn running_version(&self) -> Version {
         let files = self.files();
-        let env = files.read().expect("read").expect("set up");
+        let env = self.boot().read().expect("read").expect("set up");
         v(&files
             .info(env.committed)
             .expect("info")
@@ -115,7 +148,7 @@ impl Fixture {
     fn assert_committed_boots(&self) {
         let files = self.files();
         assert_eq!(
-            boot::choose(&files).expect("choose"),
+            boot::choose(&*self.boot()).expect("choose"),
             Choice::Committed {
                 slot: Slot::A,
                 rolled_back: None
@@ -317,6 +350,16 @@ fn min_from_is_enforced() {
 /// committed slot boots again once the trial has used its starts.
 #[test]
 fn power_loss_at_every_step_leaves_the_committed_slot_booting() {
+    power_loss_at_every_step(Fixture::new);
+}
+
+/// The same with the boot state in a U-Boot environment.
+#[test]
+fn power_loss_at_every_step_with_a_uboot_environment() {
+    power_loss_at_every_step(Fixture::uboot);
+}
+
+fn power_loss_at_every_step(fixture: fn() -> Fixture) {
     let kill_points = [
         Step::Cleared,
         Step::Chunk(0),
@@ -327,10 +370,10 @@ fn power_loss_at_every_step_leaves_the_committed_slot_booting() {
         Step::Described,
     ];
     for point in kill_points {
-        let f = Fixture::new();
+        let f = fixture();
         // A previous version in slot b, as after an earlier update and rollback.
         f.install(&f.image("1.0.5"), &mut no_stop).expect("first install");
-        boot::abandon(&f.files(), "test").expect("abandon");
+        boot::abandon(&*f.boot(), "test").expect("abandon");
         let image = f.image("1.1.0");
         let err = f
             .install(&image, &mut |step| {
@@ -356,7 +399,7 @@ fn power_loss_at_every_step_leaves_the_committed_slot_booting() {
         );
     }
 
-    let f = Fixture::new();
+    let f = fixture();
     f.install(&f.image("1.1.0"), &mut |step| {
         if step == Step::Trial {
             Err(Error::Stopped(step))
@@ -365,15 +408,15 @@ fn power_loss_at_every_step_leaves_the_committed_slot_booting() {
         }
     })
     .expect_err("stopped");
-    let files = f.files();
+    let loader = f.boot();
     for _ in 0..3 {
         assert!(matches!(
-            boot::choose(&files).expect("choose"),
+            boot::choose(&*loader).expect("choose"),
             Choice::Trial { .. }
         ));
     }
     assert!(matches!(
-        boot::choose(&files).expect("choose"),
+        boot::choose(&*loader).expect("choose"),
         Choice::Committed { slot: Slot::A, .. }
     ));
     f.assert_committed_boots();

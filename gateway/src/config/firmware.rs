@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use ::firmware::backend::Backend;
+use ::firmware::{Bootloader, grub, uboot};
+
 use super::{Config, ConfigError};
 
 /// Where the slots are, which images this appliance takes, and how a trial version commits.
@@ -26,6 +29,29 @@ pub struct Firmware {
     /// How long a trial version has, from its start, to pass every health check and commit.
     #[serde(default = "default_settle")]
     pub settle_secs: u64,
+    /// Which bootloader keeps the boot state (the committed slot, the trial, the boot count).
+    #[serde(default)]
+    pub bootloader: BootloaderKind,
+    /// `bootloader = "uboot"`: the `fw_env.config` that says where the U-Boot environment's two
+    /// copies are, the file `fw_printenv` reads; default `/etc/fw_env.config`.
+    #[serde(default)]
+    pub fw_env_config: Option<PathBuf>,
+    /// `bootloader = "grub"`: the GRUB environment block; default `/boot/grub/grubenv`.
+    #[serde(default)]
+    pub grub_env: Option<PathBuf>,
+}
+
+/// `firmware.bootloader`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootloaderKind {
+    /// The slots directory's `current` symlink and `state.json`, for systemd.
+    #[default]
+    Files,
+    /// The U-Boot environment (`fw_printenv` / `fw_setenv`).
+    Uboot,
+    /// The GRUB environment block (`grub-editenv`).
+    Grub,
 }
 
 fn default_board() -> String {
@@ -44,6 +70,22 @@ impl Firmware {
     /// The slots directory, resolved.
     pub fn slots(&self) -> PathBuf {
         self.slots_dir.clone().unwrap_or_default()
+    }
+
+    /// Where the boot state lives, the defaults filled in.
+    pub fn backend(&self) -> Backend {
+        match self.bootloader {
+            BootloaderKind::Files => Backend::Files,
+            BootloaderKind::Uboot => Backend::UBoot {
+                fw_env_config: self
+                    .fw_env_config
+                    .clone()
+                    .unwrap_or_else(|| uboot::DEFAULT_CONFIG.into()),
+            },
+            BootloaderKind::Grub => Backend::Grub {
+                grub_env: self.grub_env.clone().unwrap_or_else(|| grub::DEFAULT_PATH.into()),
+            },
+        }
     }
 }
 
@@ -67,6 +109,44 @@ impl Config {
         if !(1..=3600).contains(&fw.settle_secs) {
             return Err(self.invalid("firmware.settle_secs", "from 1 to 3600 seconds"));
         }
+        if fw.fw_env_config.is_some() && fw.bootloader != BootloaderKind::Uboot {
+            return Err(self.invalid("firmware.fw_env_config", "only with bootloader = \"uboot\""));
+        }
+        if fw.grub_env.is_some() && fw.bootloader != BootloaderKind::Grub {
+            return Err(self.invalid("firmware.grub_env", "only with bootloader = \"grub\""));
+        }
         Ok(())
+    }
+
+    /// The bootloader's environment: it can be read, and the U-Boot one written atomically.
+    pub(super) fn check_firmware_files(&self) -> Result<(), ConfigError> {
+        let Some(fw) = &self.firmware else { return Ok(()) };
+        match fw.backend() {
+            Backend::Files => Ok(()),
+            Backend::UBoot { fw_env_config } => {
+                let key = "firmware.fw_env_config";
+                let env = uboot::UBootEnv::from_config(&fw_env_config)
+                    .map_err(|e| self.invalid(key, e.to_string()))?;
+                if !env.redundant() {
+                    return Err(self.invalid(
+                        key,
+                        format!(
+                            "{} names one copy of the U-Boot environment: Kakehashi writes only a \
+                             redundant one (two copies), where power loss during a write leaves the \
+                             other copy valid",
+                            fw_env_config.display()
+                        ),
+                    ));
+                }
+                env.read().map_err(|e| self.invalid(key, e.to_string()))?;
+                Ok(())
+            }
+            Backend::Grub { grub_env } => {
+                grub::GrubEnv::new(&grub_env)
+                    .read()
+                    .map_err(|e| self.invalid("firmware.grub_env", e.to_string()))?;
+                Ok(())
+            }
+        }
     }
 }

@@ -30,7 +30,7 @@ pub use authorize::{Authorize, UnknownCalls};
 pub use backup::Backup;
 pub use est::Est;
 pub use failover::{Failover, RouteRule};
-pub use firmware::Firmware;
+pub use firmware::{BootloaderKind, Firmware};
 pub use limits::Limits;
 pub use listener::{Listener, ListenerKind};
 pub use status::Status;
@@ -174,6 +174,9 @@ impl Config {
                 Some(dir) => rel(dir),
                 None => fw.slots_dir = Some(data_dir.join("slots")),
             }
+            for path in [&mut fw.fw_env_config, &mut fw.grub_env].into_iter().flatten() {
+                rel(path);
+            }
         }
         if let Some(b) = &mut self.backup {
             rel(&mut b.dir);
@@ -230,7 +233,8 @@ impl Config {
                 return Err(self.invalid(key, format!("cannot read {}: {e}", path.display())));
             }
         }
-        self.check_settings()
+        self.check_settings()?;
+        self.check_firmware_files()
     }
 
     /// Every check of [`Config::load`] but whether the files it names can be read.

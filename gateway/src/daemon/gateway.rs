@@ -390,7 +390,7 @@ fn status_sources(
         operators: config.status.operators.clone(),
         data_dir: config.data_dir.clone(),
         certificates,
-        firmware_slots: config.firmware.as_ref().map(|f| f.slots()),
+        firmware_slots: config.firmware.as_ref().map(|f| (f.slots(), f.backend())),
         budget,
     }
 }

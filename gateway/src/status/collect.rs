@@ -35,8 +35,9 @@ pub struct Sources {
     pub data_dir: PathBuf,
     /// The certificates the gateway uses, by role: checked for their expiry.
     pub certificates: Vec<(&'static str, PathBuf)>,
-    /// `[firmware]`'s slots directory, when updates are configured.
-    pub firmware_slots: Option<PathBuf>,
+    /// `[firmware]`'s slots directory and where its boot state lives, when updates are
+    /// configured.
+    pub firmware_slots: Option<(PathBuf, firmware::backend::Backend)>,
     /// The data directory's disk budget.
     pub budget: crate::budget::Budget,
 }
@@ -113,7 +114,7 @@ impl Sources {
             .unwrap_or(0);
         crate::budget::report(
             &self.data_dir,
-            self.firmware_slots.as_deref(),
+            self.firmware_slots.as_ref().map(|(dir, _)| dir.as_path()),
             &self.budget,
             offbox,
         )
@@ -163,7 +164,10 @@ impl Sources {
             recent_refusals: recent.refusals,
             backup: crate::backup::state::read(&self.data_dir),
             disk: Some(self.disk()),
-            firmware: self.firmware_slots.as_deref().and_then(firmware_slots),
+            firmware: self
+                .firmware_slots
+                .as_ref()
+                .and_then(|(dir, backend)| firmware_slots(dir, backend)),
         }
     }
 
@@ -197,10 +201,12 @@ impl Sources {
 }
 
 /// The slots' state, when they were set up (by the first `firmware install`).
-fn firmware_slots(dir: &std::path::Path) -> Option<crate::status::FirmwareSlots> {
-    use firmware::bootloader::Bootloader as _;
+fn firmware_slots(
+    dir: &std::path::Path,
+    backend: &firmware::backend::Backend,
+) -> Option<crate::status::FirmwareSlots> {
     let files = firmware::files::Files::new(dir);
-    let env = files.read().ok().flatten()?;
+    let env = backend.open(&files).ok()?.read().ok().flatten()?;
     Some(crate::status::FirmwareSlots {
         committed: env.committed.name().to_owned(),
         committed_version: files.info(env.committed).ok().flatten().map(|i| i.version),

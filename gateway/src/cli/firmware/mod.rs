@@ -241,7 +241,10 @@ pub(crate) struct Appliance {
     pub config_file: PathBuf,
     pub data_dir: PathBuf,
     pub firmware: Firmware,
+    /// The slots' binaries and what they hold.
     pub files: Files,
+    /// Where the boot state lives (`firmware.bootloader`).
+    pub bootloader: Box<dyn Bootloader>,
 }
 
 impl Appliance {
@@ -256,11 +259,13 @@ impl Appliance {
             )));
         };
         let files = Files::new(&firmware.slots());
+        let bootloader = firmware.backend().open(&files)?;
         Ok(Appliance {
             config_file,
             data_dir,
             firmware,
             files,
+            bootloader,
         })
     }
 
@@ -268,13 +273,19 @@ impl Appliance {
         Floor::new(&self.data_dir)
     }
 
-    /// The slots, set up with the running binary in slot `a` if this appliance has none yet.
+    /// The slots, set up with the running binary in slot `a` if this appliance has none yet,
+    /// and `current` pointing at the committed slot (after power loss inside a write of a
+    /// bootloader's environment, it may point at the slot committed before).
     fn slots(&self) -> Result<firmware::BootEnv> {
-        if self.files.read()?.is_none() {
+        if self.bootloader.read()?.is_none() {
             let exe = std::env::current_exe()
                 .map_err(|e| FirmwareCliError::Message(format!("cannot find the running binary: {e}")))?;
-            self.files
-                .adopt(&exe, env!("CARGO_PKG_VERSION"), self.firmware.boot_limit)?;
+            self.files.adopt(
+                &*self.bootloader,
+                &exe,
+                env!("CARGO_PKG_VERSION"),
+                self.firmware.boot_limit,
+            )?;
             self.audit(
                 Decision::Allow,
                 &format!(
@@ -283,9 +294,12 @@ impl Appliance {
                 ),
             );
         }
-        self.files
+        let env = self
+            .bootloader
             .read()?
-            .ok_or_else(|| FirmwareCliError::Message("the slots could not be set up".into()))
+            .ok_or_else(|| FirmwareCliError::Message("the slots could not be set up".into()))?;
+        self.files.follow(env.committed)?;
+        Ok(env)
     }
 
     fn version_of(&self, slot: Slot) -> Result<Option<Version>> {
@@ -328,7 +342,7 @@ fn install_inner(appliance: &Appliance, path: &Path) -> Result<String> {
     let pinned = firmware::key::parse_public(&pinned_text)?;
     // Signature, key, board and versions before anything is written (even the slots' set-up).
     let opened = image::open(path, &pinned)?;
-    let running = match appliance.files.read()? {
+    let running = match appliance.bootloader.read()? {
         Some(env) => appliance
             .version_of(env.committed)?
             .ok_or_else(|| FirmwareCliError::Message(format!("slot {} has no slot.json", env.committed)))?,
@@ -346,6 +360,7 @@ fn install_inner(appliance: &Appliance, path: &Path) -> Result<String> {
         opened,
         &checks,
         &appliance.files,
+        &*appliance.bootloader,
         appliance.firmware.boot_limit,
         &mut |_| Ok(()),
     )?;
@@ -366,7 +381,7 @@ fn commit(appliance: &Appliance) -> Result<ExitCode> {
     let version = appliance
         .version_of(trial)?
         .ok_or_else(|| FirmwareCliError::Message(format!("slot {trial} has no slot.json")))?;
-    boot::commit(&appliance.files, &appliance.floor(), &version)?;
+    boot::commit(&*appliance.bootloader, &appliance.floor(), &version)?;
     let text =
         format!("version {version} in slot {trial} committed by the operator; version floor {version}");
     appliance.audit(Decision::Allow, &text);
@@ -378,7 +393,7 @@ fn rollback(appliance: &Appliance) -> Result<ExitCode> {
     let env = appliance.slots()?;
     let text = match env.trial {
         Some(trial) => {
-            boot::abandon(&appliance.files, "rolled back by the operator")?;
+            boot::abandon(&*appliance.bootloader, "rolled back by the operator")?;
             format!(
                 "the trial of slot {trial} given up; slot {} runs at the next start",
                 env.committed
@@ -392,7 +407,7 @@ fn rollback(appliance: &Appliance) -> Result<ExitCode> {
                     "no version is on trial, and slot {other} holds no complete version to go back to"
                 )));
             }
-            boot::switch_back(&appliance.files, "rolled back by the operator")?;
+            boot::switch_back(&*appliance.bootloader, "rolled back by the operator")?;
             format!("slot {other} is the committed slot again; it runs at the next start")
         }
     };
@@ -438,7 +453,7 @@ fn booted_slot(files: &Files) -> Option<Slot> {
 
 fn status(appliance: &Appliance, json: bool) -> Result<ExitCode> {
     let files = &appliance.files;
-    let env = files.read()?;
+    let env = appliance.bootloader.read()?;
     let a = files.info(Slot::A)?;
     let b = files.info(Slot::B)?;
     let info = |slot: Slot| if slot == Slot::A { a.clone() } else { b.clone() };

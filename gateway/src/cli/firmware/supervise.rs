@@ -18,8 +18,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use firmware::Slot;
 use firmware::boot::{self, Choice};
-use firmware::{Bootloader, Slot};
 
 use super::{Appliance, FirmwareCliError, Result, health};
 use crate::audit::Decision;
@@ -36,11 +36,11 @@ pub(super) fn run(appliance: &Appliance, args: Vec<String>) -> Result<ExitCode> 
     } else {
         args
     };
-    match boot::choose(&appliance.files)? {
+    match boot::choose(&*appliance.bootloader)? {
         Choice::Committed { slot, rolled_back } => {
             if let Some(trial) = rolled_back {
                 let why = appliance
-                    .files
+                    .bootloader
                     .read()?
                     .and_then(|e| e.rolled_back)
                     .unwrap_or_else(|| format!("slot {trial}"));
@@ -93,7 +93,7 @@ fn trial(appliance: &Appliance, slot: Slot, attempt: u32, limit: u32, args: &[St
         let failures = health::check(&appliance.config_file);
         if failures.is_empty() {
             let parsed = version.parse()?;
-            boot::commit(&appliance.files, &appliance.floor(), &parsed)?;
+            boot::commit(&*appliance.bootloader, &appliance.floor(), &parsed)?;
             let text = format!(
                 "version {version} in slot {slot} passed every health check and is committed; version floor {version}"
             );
@@ -110,12 +110,12 @@ fn trial(appliance: &Appliance, slot: Slot, attempt: u32, limit: u32, args: &[St
             eprintln!("kakehashi firmware: {text}");
             appliance.audit(Decision::Deny, &text);
             boot::abandon(
-                &appliance.files,
+                &*appliance.bootloader,
                 &format!("failed its health checks: {}", failures.join("; ")),
             )?;
             stop(&mut child);
             let committed = appliance
-                .files
+                .bootloader
                 .read()?
                 .map(|e| e.committed)
                 .ok_or_else(|| FirmwareCliError::Message("no committed slot".into()))?;
