@@ -6,6 +6,8 @@
 #
 #   bench/memory.sh [--rounds 6] [--keep]
 #
+# The gateway runs with the allocator settings of the units in deploy/ (GLIBC_TUNABLES; set it
+# empty for glibc's defaults).
 # Builds target/release/{kakehashi,loadgen} unless KAKEHASHI_BIN / LOADGEN_BIN name them. Runs
 # in a temporary directory and stops what it started on exit.
 set -euo pipefail
@@ -32,7 +34,11 @@ listen=127.0.0.1:$(free_port)
   --wg-listen "127.0.0.1:$(free_port)" >/dev/null
 d=$W/demo
 "$peer" engine-sim --config "$d/engine.toml" >"$W/engine.log" 2>&1 & pids+=($!)
+# The allocator's settings the systemd units in deploy/ give the gateway; GLIBC_TUNABLES= (empty)
+# measures glibc's defaults.
+export GLIBC_TUNABLES=${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=131072:glibc.malloc.arena_max=2}
 "$bin" gateway run --config "$d/gateway.toml" >"$W/gateway.log" 2>&1 & g=$! pids+=($!)
+unset GLIBC_TUNABLES
 until grep -q READY "$W/gateway.log"; do sleep 0.1; done
 rss() { awk '/VmRSS/{print $2}' "/proc/$g/status"; }
 common=(--cert "$d/terminal.pem" --key "$d/terminal.key" --ca "$d/ca.pem" --server-name localhost --addr "$listen")
