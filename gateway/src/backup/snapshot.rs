@@ -44,6 +44,8 @@ pub struct RunOutcome {
     pub bytes: u64,
     /// Older archives removed by the retention (`backup.keep`).
     pub removed: Vec<PathBuf>,
+    /// Partial files of this appliance's runs that were killed while writing, removed.
+    pub cleaned: Vec<PathBuf>,
     /// Audit segments pruned locally afterwards, now that this archive holds them.
     pub pruned: Vec<segment::Pruned>,
     pub took: Duration,
@@ -87,7 +89,7 @@ fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
         appliance: me.recipient(),
         created: crate::audit::timestamp(time::OffsetDateTime::now_utc()),
     };
-    remove_partials(&mut target, &header.appliance)?;
+    let cleaned = remove_partials(&mut target, &header.appliance)?;
     let name = archive_name(&header);
     let partial = format!(".{name}{PARTIAL}");
     let partial_at = target.at(&partial);
@@ -125,6 +127,7 @@ fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
         manifest,
         bytes: sent.bytes,
         removed,
+        cleaned,
         pruned,
         took: started.elapsed(),
     })
@@ -197,21 +200,19 @@ fn short(appliance: &str) -> String {
     appliance.chars().skip(4).take(8).collect()
 }
 
-/// Removes what a run of this appliance killed while writing left behind (`.NAME.partial`).
-/// Another appliance's, on a shared target, may be a run in progress: it is left alone. No run
-/// of this one is (the caller holds the backup lock).
-fn remove_partials(target: &mut Target, appliance: &str) -> Result<()> {
+/// Removes what a run of this appliance killed while writing left behind (`.NAME.partial`);
+/// returns what it removed. Another appliance's, on a shared target, may be a run in progress:
+/// it is left alone. No run of this one is (the caller holds the backup lock).
+fn remove_partials(target: &mut Target, appliance: &str) -> Result<Vec<PathBuf>> {
     let ours = format!("-{}{SUFFIX}{PARTIAL}", short(appliance));
+    let mut removed = Vec::new();
     for (name, _) in target.files()? {
         if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(&ours) {
             target.remove(&name)?;
-            eprintln!(
-                "kakehashi: removed {}: left by a run that did not finish",
-                target.at(&name).display()
-            );
+            removed.push(target.at(&name));
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Writes the archive to `out`, the new file `path` at the target; returns its manifest and

@@ -101,7 +101,7 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
             if json {
                 let v = serde_json::json!({
                     "archive": done.archive, "bytes": done.bytes, "seconds": done.took.as_secs_f64(),
-                    "removed": done.removed, "manifest": done.manifest,
+                    "removed": done.removed, "cleaned": done.cleaned, "manifest": done.manifest,
                     "pruned": done.pruned.iter().map(|p| serde_json::json!({
                         "segment": p.path, "first": p.first, "last": p.last, "bytes": p.bytes,
                     })).collect::<Vec<_>>(),
@@ -119,6 +119,9 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
                     c.journal_pending,
                     c.audit_entries
                 );
+                for partial in &done.cleaned {
+                    println!("removed {}: left by a run that did not finish", partial.display());
+                }
                 for old in &done.removed {
                     println!("removed (backup.keep): {}", old.display());
                 }

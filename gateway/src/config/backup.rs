@@ -99,14 +99,17 @@ impl SftpUrl {
                 }
                 (addr, after.strip_prefix(':'))
             }
-            None => match hostport.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            },
+            None => {
+                let (host, port) = match hostport.split_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (hostport, None),
+                };
+                if !word(host) {
+                    return Err(format!("{text:?}: {host:?} is not a host name or address"));
+                }
+                (host, port)
+            }
         };
-        if !word(host) {
-            return Err(format!("{text:?}: {host:?} is not a host name or address"));
-        }
         let port = match port {
             None => 22,
             Some(p) => p
