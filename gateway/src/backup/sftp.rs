@@ -191,7 +191,10 @@ impl Session {
         match kind {
             DATA => Ok(Some(Msg(&reply).string()?.to_vec())),
             STATUS if status_code(&reply) == Some(FX_EOF) => Ok(None),
-            _ => self.expect_status(kind, &reply).map(|()| Some(Vec::new())),
+            _ => {
+                self.expect_status(kind, &reply)?;
+                Err(self.fail("a read answered with no data and no end of file".into()))
+            }
         }
     }
 
@@ -603,9 +606,10 @@ impl Read for Download<'_> {
                 self.done = true;
                 Ok(0)
             }
-            Some(data) if data.len() > buf.len() => Err(io::Error::other(format!(
-                "the SFTP server sent {} bytes where {} were asked for",
+            Some(data) if data.is_empty() || data.len() > buf.len() => Err(io::Error::other(format!(
+                "the SFTP server sent {} bytes at offset {} where 1 to {} were asked for",
                 data.len(),
+                self.offset,
                 buf.len()
             ))),
             Some(data) => {

@@ -589,17 +589,21 @@ pub fn verify_at_target(
         .as_ref()
         .ok_or_else(|| BackupError::Refused(format!("{}: no [backup] section", config.source.display())))?;
     let _lock = lock(&config.data_dir)?;
+    // A file on this machine needs no target (the USB disk may be unplugged since).
+    if let Some(given) = archive.filter(|p| p.is_file()) {
+        let file = fs::File::open(given).map_err(BackupError::io("open", given))?;
+        let (m, _) = verify_unlocked(&config.data_dir, given, Box::new(file), identity)?;
+        return Ok((given.to_owned(), m));
+    }
     let mut target = Target::open(backup)?;
     let name = match archive {
-        Some(given) => match target.name_of(given) {
-            Some(name) => name,
-            None => {
-                target.close();
-                let file = fs::File::open(given).map_err(BackupError::io("open", given))?;
-                let (m, _) = verify_unlocked(&config.data_dir, given, Box::new(file), identity)?;
-                return Ok((given.to_owned(), m));
-            }
-        },
+        Some(given) => target.name_of(given).ok_or_else(|| {
+            BackupError::Refused(format!(
+                "{}: no such file here, nor an archive's name at {}",
+                given.display(),
+                target.describe()
+            ))
+        })?,
         None => target
             .archives()?
             .into_iter()

@@ -223,17 +223,15 @@ impl Target {
         Ok(out)
     }
 
-    /// The name of an archive given as a path or URL at this target, or as its bare name.
+    /// The name of an archive at this target given as its bare name, or as the URL `run` and
+    /// `list` print for it at an SFTP target.
     pub fn name_of(&self, given: &Path) -> Option<String> {
         let text = given.to_str()?;
         let name = match self {
-            Target::Sftp { url, .. } => text.strip_prefix(&format!("{url}/")).unwrap_or(text).to_owned(),
-            Target::Dir(dir) => match given.parent() {
-                Some(p) if p.as_os_str().is_empty() || p == dir => given.file_name()?.to_str()?.to_owned(),
-                _ => return None,
-            },
+            Target::Sftp { url, .. } => text.strip_prefix(&format!("{url}/")).unwrap_or(text),
+            Target::Dir(_) => text,
         };
-        (!name.is_empty() && !name.contains('/')).then_some(name)
+        (!name.is_empty() && !name.contains('/')).then(|| name.to_owned())
     }
 
     /// Ends an SFTP session (a directory has nothing to end).
