@@ -218,7 +218,14 @@ fn a_backup_to_sftp_appears_whole_verifies_and_a_replacement_restored_from_it_se
     std::fs::create_dir(&remote).unwrap();
     sshd.configure(&clinic, &remote);
     let config = clinic.join("gateway.toml");
-    kakehashi(&["gateway", "check", "--config", s(&config)]).ok();
+    let check = kakehashi(&["gateway", "check", "--config", s(&config)]).ok();
+    assert!(
+        check.contains(&format!(
+            "backup: to {}, keep 14, its host key pinned in",
+            sshd.url(&remote)
+        )),
+        "{check}"
+    );
     let mut a = Clinic::adopt(dir, "");
     let (code, body) = a.curl(&format!("{} -u {}", a.tls(), a.user), PATIENT);
     assert_eq!(code, 200, "{body}");
