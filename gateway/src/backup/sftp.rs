@@ -375,7 +375,7 @@ impl Session {
             };
             let (kind, body) = self.receive()?;
             let mut r = Msg(&body);
-            let got = r.u32()?;
+            let got = r.u32().map_err(|e| self.fail(e.to_string()))?;
             if got != due {
                 return Err(self.fail(format!(
                     "the server answered request {got} before {due}: out of order, which this client does not follow"

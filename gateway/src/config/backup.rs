@@ -226,6 +226,25 @@ impl Config {
     /// appliance's alone (mode 0600, as `ssh` itself insists).
     pub(super) fn check_backup_files(&self) -> Result<(), ConfigError> {
         let Some(b) = &self.backup else { return Ok(()) };
+        for (key, path) in [
+            ("backup.known_hosts", &b.known_hosts),
+            ("backup.identity", &b.identity),
+        ] {
+            // ssh takes white space as a list, '%' as its tokens, '"' as quoting in these.
+            if let Some(path) = path
+                && path
+                    .to_str()
+                    .is_none_or(|t| t.chars().any(|c| c.is_whitespace() || c == '%' || c == '"'))
+            {
+                return Err(self.invalid(
+                    key,
+                    format!(
+                        "{}: ssh would read its white space, '%' or '\"' as its own syntax: name a path without them",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         if let Some(path) = &b.known_hosts {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 self.invalid(

@@ -353,6 +353,11 @@ fn a_wrong_host_key_a_refused_login_and_a_server_gone_fail_the_run_and_retention
         .fails_with(&["backup.identity", "is mode 0644", "refused", "chmod 600"]);
     sh(&format!("chmod 600 {}", s(&key))).ok();
     assert_unchanged(&before, &snapshot(&remote));
+    let toml = std::fs::read_to_string(&config).unwrap();
+    write(&config, toml.replace("\"backup-ssh.key\"", "\"backup %h.key\""));
+    kakehashi(&["gateway", "check", "--config", s(&config)])
+        .fails_with(&["backup.identity", "backup %h.key", "ssh would read"]);
+    write(&config, toml);
 
     // The server gone.
     drop(sshd);
