@@ -2,10 +2,12 @@
 //! verified, then the target's retention.
 //!
 //! The archive is written under a hidden `.NAME.partial` name, flushed, renamed, and only then
-//! read back from the target and restored into a scratch directory (every file against the
-//! manifest, every database opened, the audit chain recomputed, the counts compared, the
-//! snapshot's audit head found in the live log). An archive that fails is renamed
-//! `NAME.unverified`, never counted as a backup, and older good ones are kept.
+//! read back from the target ([`Target`]: a directory or an SFTP server): its SHA-256 against
+//! what was sent, then restored into a scratch directory (every file against the manifest, every
+//! database opened, the audit chain recomputed, the counts compared, the snapshot's audit head
+//! found in the live log). An archive that fails is renamed `NAME.unverified`, never counted as
+//! a backup, and older good ones are kept. A run killed while writing leaves only its partial
+//! file, which the next run of this appliance removes.
 //!
 //! Scratch space is in the data directory (`.backup-staging`, `.backup-verify`): one database
 //! copy at a time while writing, the whole restored state while verifying, removed after.
@@ -51,8 +53,9 @@ pub struct RunOutcome {
     pub took: Duration,
 }
 
-/// Takes a backup to `[backup] dir`, verifies it, applies the retention and records the result
-/// in `DATA_DIR/backup.json` (for the metrics and the status page), success or failure.
+/// Takes a backup to the target (`[backup] dir` or `sftp`), verifies it, applies the retention
+/// and records the result in `DATA_DIR/backup.json` (for the metrics and the status page),
+/// success or failure.
 pub fn run(config: &Config) -> Result<RunOutcome> {
     let started = Instant::now();
     let data_dir = &config.data_dir;
