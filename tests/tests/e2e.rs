@@ -9,6 +9,7 @@ mod e2e {
     mod appliance;
     mod audit;
     mod backup;
+    mod backup_targets;
     mod budget;
     mod cli;
     mod docs;

@@ -14,6 +14,7 @@ use std::path::{Component, Path};
 
 use aws_lc_rs::digest;
 
+use super::target::Upload;
 use super::{BackupError, FileEntry, MANIFEST, Manifest, Result};
 
 /// How an archive file begins, before the appliance and the time.
@@ -31,22 +32,23 @@ pub struct Header {
     pub created: String,
 }
 
-/// Reads an archive's first line.
-pub fn read_header(path: &Path) -> Result<Header> {
-    let file = File::open(path).map_err(BackupError::io("open", path))?;
+/// Reads the first line of the archive `at` (a path or a URL, for messages) from `input`.
+pub fn read_header_from(at: &Path, input: impl Read) -> Result<Header> {
+    first_line(at, &mut BufReader::new(input))
+}
+
+/// Reads the header line from `input`, and no further.
+fn first_line(at: &Path, input: &mut dyn BufRead) -> Result<Header> {
     let mut line = String::new();
-    BufReader::new(file)
-        .take(MAX_LINE)
-        .read_line(&mut line)
-        .map_err(|e| {
-            BackupError::archive(
-                path,
-                format!("not a Kakehashi backup: its first line is not text ({e})"),
-            )
-        })?;
+    input.take(MAX_LINE).read_line(&mut line).map_err(|e| {
+        BackupError::archive(
+            at,
+            format!("not a Kakehashi backup: its first line is not text ({e})"),
+        )
+    })?;
     parse_header(&line).ok_or_else(|| {
         BackupError::archive(
-            path,
+            at,
             format!(
                 "not a Kakehashi backup: it does not begin with {:?}",
                 LINE.trim_end()
@@ -64,25 +66,32 @@ fn parse_header(line: &str) -> Option<Header> {
     })
 }
 
-type Stream = zstd::stream::write::Encoder<'static, age::stream::StreamWriter<BufWriter<File>>>;
+type Stream<'a> =
+    zstd::stream::write::Encoder<'static, age::stream::StreamWriter<Hashing<Box<dyn Upload + 'a>>>>;
 
-/// An archive being written to a file of its own (created here, never overwritten).
-pub struct Writer {
-    tar: tar::Builder<Stream>,
+/// What was sent to the target: its size and SHA-256 (hex), to compare with what is read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// An archive being written to a file of its own at the target (new, never overwritten).
+pub struct Writer<'a> {
+    tar: tar::Builder<Stream<'a>>,
     files: Vec<FileEntry>,
     path: std::path::PathBuf,
 }
 
-impl Writer {
-    /// Creates `path` (mode 0600; it must not exist) and writes the header line.
-    pub fn create(path: &Path, header: &Header, recipients: &[age::x25519::Recipient]) -> Result<Writer> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(BackupError::io("create", path))?;
-        let mut out = BufWriter::with_capacity(1 << 16, file);
+impl<'a> Writer<'a> {
+    /// Writes the header line to `out`, a new file at the target called `path` in messages.
+    pub fn create(
+        out: Box<dyn Upload + 'a>,
+        path: &Path,
+        header: &Header,
+        recipients: &[age::x25519::Recipient],
+    ) -> Result<Writer<'a>> {
+        let mut out = Hashing::new(out);
         writeln!(out, "{LINE}{} {}", header.appliance, header.created)
             .map_err(BackupError::io("write", path))?;
         let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
@@ -142,8 +151,9 @@ impl Writer {
         &self.files
     }
 
-    /// Adds the manifest, ends the tar, zstd and age streams and flushes the file to disk.
-    pub fn finish(mut self, manifest: &Manifest) -> Result<()> {
+    /// Adds the manifest, ends the tar, zstd and age streams and flushes the file to the
+    /// target's disk; returns what was sent.
+    pub fn finish(mut self, manifest: &Manifest) -> Result<Sent> {
         let text = serde_json::to_vec_pretty(manifest).map_err(|e| BackupError::Refused(e.to_string()))?;
         let mut header = tar::Header::new_gnu();
         header.set_size(text.len() as u64);
@@ -157,25 +167,35 @@ impl Writer {
         let zstd = self.tar.into_inner().map_err(io())?;
         let age = zstd.finish().map_err(io())?;
         let out = age.finish().map_err(io())?;
-        let file = out.into_inner().map_err(|e| e.into_error()).map_err(io())?;
-        file.sync_all().map_err(BackupError::io("flush", &path))
+        let (sent, upload) = out.finish();
+        upload.finish().map_err(BackupError::io("flush", &path))?;
+        Ok(sent)
     }
 }
 
-/// A reader that hashes and counts what passes through.
-struct Hashing<R> {
+/// A reader or a writer that hashes and counts what passes through.
+pub(super) struct Hashing<R> {
     inner: R,
     hash: digest::Context,
     count: u64,
 }
 
-impl<R: Read> Hashing<R> {
-    fn new(inner: R) -> Hashing<R> {
+impl<R> Hashing<R> {
+    pub(super) fn new(inner: R) -> Hashing<R> {
         Hashing {
             inner,
             hash: digest::Context::new(&digest::SHA256),
             count: 0,
         }
+    }
+
+    /// What passed through, and the inner reader or writer.
+    pub(super) fn finish(self) -> (Sent, R) {
+        let sent = Sent {
+            bytes: self.count,
+            sha256: hex::encode(self.hash.finish()),
+        };
+        (sent, self.inner)
     }
 
     fn entry(self, path: &str, mode: u32) -> FileEntry {
@@ -197,19 +217,38 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Decrypts the archive at `path` with `identity` and unpacks it into `into` (an existing empty
 /// directory), then checks every file against the manifest. Returns the header and the manifest.
 ///
 /// `identity` is what opens it: the appliance's own key, or the clinic's or vendor's on a
 /// replacement. An archive not encrypted to it is called that, not damaged.
 pub fn unpack(path: &Path, identity: &dyn age::Identity, into: &Path) -> Result<(Header, Manifest)> {
-    let header = read_header(path)?;
     let file = File::open(path).map_err(BackupError::io("open", path))?;
-    let mut input = BufReader::with_capacity(1 << 16, file);
-    let mut line = String::new();
-    input
-        .read_line(&mut line)
-        .map_err(BackupError::io("read", path))?;
+    unpack_from(path, &mut BufReader::with_capacity(1 << 16, file), identity, into)
+}
+
+/// [`unpack`] from `input`, the archive called `path` in messages (a path or a URL). What
+/// follows the archive's end in `input` is left there.
+pub fn unpack_from(
+    path: &Path,
+    input: &mut dyn BufRead,
+    identity: &dyn age::Identity,
+    into: &Path,
+) -> Result<(Header, Manifest)> {
+    let header = first_line(path, input)?;
     let decryptor = age::Decryptor::new_buffered(input).map_err(|e| {
         BackupError::archive(
             path,

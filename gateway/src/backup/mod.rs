@@ -34,15 +34,17 @@
 
 pub mod archive;
 mod restore;
+mod sftp;
 mod snapshot;
 pub mod state;
+pub mod target;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 pub use restore::{RestoreOutcome, restore};
-pub use snapshot::{RunOutcome, audit_range, list, run, try_lock, verify};
+pub use snapshot::{RunOutcome, audit_range, list, run, try_lock, verify, verify_at_target};
 
 use crate::store::StoreError;
 

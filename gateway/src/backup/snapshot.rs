@@ -2,21 +2,25 @@
 //! verified, then the target's retention.
 //!
 //! The archive is written under a hidden `.NAME.partial` name, flushed, renamed, and only then
-//! read back from the target and restored into a scratch directory (every file against the
-//! manifest, every database opened, the audit chain recomputed, the counts compared, the
-//! snapshot's audit head found in the live log). An archive that fails is renamed
-//! `NAME.unverified`, never counted as a backup, and older good ones are kept.
+//! read back from the target ([`Target`]: a directory or an SFTP server): its SHA-256 against
+//! what was sent, then restored into a scratch directory (every file against the manifest, every
+//! database opened, the audit chain recomputed, the counts compared, the snapshot's audit head
+//! found in the live log). An archive that fails is renamed `NAME.unverified`, never counted as
+//! a backup, and older good ones are kept. A run killed while writing leaves only its partial
+//! file, which the next run of this appliance removes.
 //!
 //! Scratch space is in the data directory (`.backup-staging`, `.backup-verify`): one database
 //! copy at a time while writing, the whole restored state while verifying, removed after.
 
 use std::fs;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::archive::{self, Header, Writer};
+use super::archive::{self, Hashing, Header, Sent, Writer};
+use super::target::{Listed, Target, Upload};
 use super::{BackupError, Counts, FORMAT, Manifest, Result, state};
 use crate::audit::segment::{self, PRUNED, SEGMENTS};
 use crate::audit::{AUDIT_HEAD, ChainCheck};
@@ -31,6 +35,8 @@ pub(super) const VERIFYING: &str = ".backup-verify";
 /// What the archive file names look like: `kakehashi-20261204T150102.123Z-abcd1234.backup`.
 pub const PREFIX: &str = "kakehashi-";
 pub const SUFFIX: &str = ".backup";
+/// What an archive is called while it is written: `.NAME.partial`, hidden, never an archive.
+const PARTIAL: &str = ".partial";
 
 /// What a run did.
 #[derive(Debug)]
@@ -40,13 +46,16 @@ pub struct RunOutcome {
     pub bytes: u64,
     /// Older archives removed by the retention (`backup.keep`).
     pub removed: Vec<PathBuf>,
+    /// Partial files of this appliance's runs that were killed while writing, removed.
+    pub cleaned: Vec<PathBuf>,
     /// Audit segments pruned locally afterwards, now that this archive holds them.
     pub pruned: Vec<segment::Pruned>,
     pub took: Duration,
 }
 
-/// Takes a backup to `[backup] dir`, verifies it, applies the retention and records the result
-/// in `DATA_DIR/backup.json` (for the metrics and the status page), success or failure.
+/// Takes a backup to the target (`[backup] dir` or `sftp`), verifies it, applies the retention
+/// and records the result in `DATA_DIR/backup.json` (for the metrics and the status page),
+/// success or failure.
 pub fn run(config: &Config) -> Result<RunOutcome> {
     let started = Instant::now();
     let data_dir = &config.data_dir;
@@ -69,18 +78,13 @@ pub fn run(config: &Config) -> Result<RunOutcome> {
 }
 
 fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
-    let target = config
+    let backup = config
         .backup
         .as_ref()
         .ok_or_else(|| BackupError::Refused(format!("{}: no [backup] section", config.source.display())))?;
     let data_dir = &config.data_dir;
     let _lock = lock(data_dir)?;
-    if !target.dir.is_dir() {
-        return Err(BackupError::Refused(format!(
-            "backup.dir {} is not a directory: is the USB disk or the NAS mounted?",
-            target.dir.display()
-        )));
-    }
+    let mut target = Target::open(backup)?;
     let mut recipients = config.backup_recipients()?;
     let me = super::self_identity(data_dir)?;
     recipients.push(me.0.to_public());
@@ -88,38 +92,45 @@ fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
         appliance: me.recipient(),
         created: crate::audit::timestamp(time::OffsetDateTime::now_utc()),
     };
+    let cleaned = remove_partials(&mut target, &header.appliance)?;
     let name = archive_name(&header);
-    let partial = target.dir.join(format!(".{name}.partial"));
-    let written = write(config, &header, &recipients, &partial);
-    let manifest = match written {
+    let partial = format!(".{name}{PARTIAL}");
+    let partial_at = target.at(&partial);
+    let written = target
+        .create(&partial)
+        .and_then(|out| write(config, &header, &recipients, out, &partial_at));
+    let (manifest, sent) = match written {
         Ok(m) => m,
         Err(e) => {
-            let _ = fs::remove_file(&partial);
+            let _ = target.remove(&partial);
             return Err(e);
         }
     };
     let name = with_audit_range(&name, &manifest.counts);
-    let final_path = target.dir.join(&name);
-    fs::rename(&partial, &final_path).map_err(BackupError::io("rename into place", &final_path))?;
-    cert_tool::files::sync_dir(&target.dir).map_err(|e| BackupError::Refused(e.to_string()))?;
-    if let Err(e) = verify_written(data_dir, &final_path, &me, &manifest) {
-        let aside = target.dir.join(format!("{name}.unverified"));
-        let _ = fs::rename(&final_path, &aside);
+    let archive = target.at(&name);
+    target.rename(&partial, &name)?;
+    let verified = target
+        .read(&name)
+        .and_then(|input| verify_written(data_dir, &archive, input, &me, &manifest, &sent));
+    if let Err(e) = verified {
+        let aside = format!("{name}.unverified");
+        let kept = match target.rename(&name, &aside) {
+            Ok(()) => format!("kept aside as {}", target.at(&aside).display()),
+            Err(not) => format!("left as {} ({not})", archive.display()),
+        };
         return Err(BackupError::Refused(format!(
-            "the archive did not verify, kept aside as {}: {e}",
-            aside.display()
+            "the archive did not verify, {kept}: {e}"
         )));
     }
-    let bytes = fs::metadata(&final_path)
-        .map_err(BackupError::io("read", &final_path))?
-        .len();
-    let removed = retention(&target.dir, &header.appliance, target.keep)?;
+    let removed = retention(&mut target, &header.appliance, backup.keep)?;
+    target.close();
     let pruned = prune(config, manifest.counts.audit_last_id);
     Ok(RunOutcome {
-        archive: final_path,
+        archive,
         manifest,
-        bytes,
+        bytes: sent.bytes,
         removed,
+        cleaned,
         pruned,
         took: started.elapsed(),
     })
@@ -184,23 +195,44 @@ fn archive_name(header: &Header) -> String {
         .chars()
         .filter(|c| !matches!(c, '-' | ':'))
         .collect();
-    let short: String = header.appliance.chars().skip(4).take(8).collect();
-    format!("{PREFIX}{compact}-{short}{SUFFIX}")
+    format!("{PREFIX}{compact}-{}{SUFFIX}", short(&header.appliance))
 }
 
-/// Writes the archive to `path`; returns its manifest.
+/// The start of the appliance's name, as its archives' names carry it.
+fn short(appliance: &str) -> String {
+    appliance.chars().skip(4).take(8).collect()
+}
+
+/// Removes what a run of this appliance killed while writing left behind (`.NAME.partial`);
+/// returns what it removed. Another appliance's, on a shared target, may be a run in progress:
+/// it is left alone. No run of this one is (the caller holds the backup lock).
+fn remove_partials(target: &mut Target, appliance: &str) -> Result<Vec<PathBuf>> {
+    let ours = format!("-{}{SUFFIX}{PARTIAL}", short(appliance));
+    let mut removed = Vec::new();
+    for (name, _) in target.files()? {
+        if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(&ours) {
+            target.remove(&name)?;
+            removed.push(target.at(&name));
+        }
+    }
+    Ok(removed)
+}
+
+/// Writes the archive to `out`, the new file `path` at the target; returns its manifest and
+/// what was sent.
 fn write(
     config: &Config,
     header: &Header,
     recipients: &[age::x25519::Recipient],
+    out: Box<dyn Upload + '_>,
     path: &Path,
-) -> Result<Manifest> {
+) -> Result<(Manifest, Sent)> {
     let data_dir = &config.data_dir;
     let staging = data_dir.join(STAGING);
     remove_dir(&staging)?;
     fs::create_dir(&staging).map_err(BackupError::io("create", &staging))?;
     let result = (|| {
-        let mut out = Writer::create(path, header, recipients)?;
+        let mut out = Writer::create(out, path, header, recipients)?;
         out.add_file("config/gateway.toml", &config.source, 0o600)?;
         let paths = add_named_files(config, &mut out)?;
         let counts = add_data_dir(config, &staging, &mut out)?;
@@ -213,8 +245,8 @@ fn write(
             files: out.files().to_vec(),
             counts,
         };
-        out.finish(&manifest)?;
-        Ok(manifest)
+        let sent = out.finish(&manifest)?;
+        Ok((manifest, sent))
     })();
     remove_dir(&staging)?;
     result
@@ -250,6 +282,14 @@ pub(super) fn named_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
             "backup.recipients_file",
             config.backup.as_ref().and_then(|b| b.recipients_file.clone()),
         ),
+        (
+            "backup.known_hosts",
+            config.backup.as_ref().and_then(|b| b.known_hosts.clone()),
+        ),
+        (
+            "backup.identity",
+            config.backup.as_ref().and_then(|b| b.identity.clone()),
+        ),
     ];
     named.extend(optional.into_iter().filter_map(|(k, p)| Some((k, p?))));
     named
@@ -257,7 +297,7 @@ pub(super) fn named_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
 
 /// Adds what the configuration names outside the data directory (`files/NAME`, the EST CA under
 /// `ca/`); returns where every named path is in the archive.
-fn add_named_files(config: &Config, out: &mut Writer) -> Result<Vec<(String, String)>> {
+fn add_named_files(config: &Config, out: &mut Writer<'_>) -> Result<Vec<(String, String)>> {
     let mut paths = Vec::new();
     let mut added: Vec<(PathBuf, String)> = Vec::new();
     for (key, path) in named_files(config) {
@@ -311,9 +351,9 @@ fn add_named_files(config: &Config, out: &mut Writer) -> Result<Vec<(String, Str
             paths.push(("est.ca_dir".into(), "ca".into()));
         }
     }
-    if let Some(b) = &config.backup {
+    if let Some(dir) = config.backup.as_ref().and_then(|b| b.dir.as_ref()) {
         // Absolute: a restore leaves it where it is (see `restore`).
-        let dir = std::path::absolute(&b.dir).map_err(BackupError::io("resolve", &b.dir))?;
+        let dir = std::path::absolute(dir).map_err(BackupError::io("resolve", dir))?;
         paths.push(("backup.dir".into(), dir.display().to_string()));
     }
     Ok(paths)
@@ -323,7 +363,7 @@ fn add_named_files(config: &Config, out: &mut Writer) -> Result<Vec<(String, Str
 /// `staging`, one at a time; the audit head copied before anything else, so the copy of the log
 /// holds at least what the head says; the audit segments chain-checked as they go. Returns the
 /// snapshot's counts.
-fn add_data_dir(config: &Config, staging: &Path, out: &mut Writer) -> Result<Counts> {
+fn add_data_dir(config: &Config, staging: &Path, out: &mut Writer<'_>) -> Result<Counts> {
     let data_dir = &config.data_dir;
     let slots = config.firmware.as_ref().map(|f| f.slots());
     // The audit head before anything is listed: every segment holding an entry up to it exists
@@ -500,10 +540,27 @@ pub(super) fn count(rel: &Path, copy: &Path, counts: &mut Counts) -> Result<()> 
     Ok(())
 }
 
-/// Reads the archive back from the target and checks it as a restore would: it must be what was
-/// written.
-fn verify_written(data_dir: &Path, archive: &Path, me: &Identity, written: &Manifest) -> Result<()> {
-    let manifest = verify_unlocked(data_dir, archive, me)?;
+/// Checks the archive read back from the target as a restore would: it must be what was
+/// written, byte for byte (the SHA-256 of what was read against what was sent), and hold the
+/// manifest that was written.
+fn verify_written(
+    data_dir: &Path,
+    archive: &Path,
+    input: Box<dyn Read + '_>,
+    me: &Identity,
+    written: &Manifest,
+    sent: &Sent,
+) -> Result<()> {
+    let (manifest, read) = verify_unlocked(data_dir, archive, input, me)?;
+    if read != *sent {
+        return Err(BackupError::archive(
+            archive,
+            format!(
+                "read back, it is {} bytes with SHA-256 {}, where {} bytes with SHA-256 {} were sent",
+                read.bytes, read.sha256, sent.bytes, sent.sha256
+            ),
+        ));
+    }
     if manifest != *written {
         return Err(BackupError::archive(
             archive,
@@ -519,7 +576,67 @@ fn verify_written(data_dir: &Path, archive: &Path, me: &Identity, written: &Mani
 /// scratch directory it shares.
 pub fn verify(data_dir: &Path, archive: &Path, identity: &Identity) -> Result<Manifest> {
     let _lock = lock(data_dir)?;
-    verify_unlocked(data_dir, archive, identity)
+    let file = fs::File::open(archive).map_err(BackupError::io("open", archive))?;
+    verify_unlocked(data_dir, archive, Box::new(file), identity).map(|(m, _)| m)
+}
+
+/// [`verify`] for an archive at the configured target: `archive` is its name, its path or URL
+/// there, or a file elsewhere; none, this appliance's newest there. Returns where it is.
+pub fn verify_at_target(
+    config: &Config,
+    archive: Option<&Path>,
+    identity: &Identity,
+) -> Result<(PathBuf, Manifest)> {
+    let backup = config
+        .backup
+        .as_ref()
+        .ok_or_else(|| BackupError::Refused(format!("{}: no [backup] section", config.source.display())))?;
+    let _lock = lock(&config.data_dir)?;
+    // A file on this machine needs no target (the USB disk may be unplugged since).
+    if let Some(given) = archive.filter(|p| p.is_file()) {
+        let file = fs::File::open(given).map_err(BackupError::io("open", given))?;
+        let (m, _) = verify_unlocked(&config.data_dir, given, Box::new(file), identity)?;
+        return Ok((given.to_owned(), m));
+    }
+    let mut target = Target::open(backup)?;
+    let name = match archive {
+        Some(given) => target.name_of(given).ok_or_else(|| {
+            BackupError::Refused(format!(
+                "{}: no such file here, nor an archive's name at {}",
+                given.display(),
+                target.describe()
+            ))
+        })?,
+        None => target
+            .archives()?
+            .into_iter()
+            .filter(|a| {
+                a.header
+                    .as_ref()
+                    .is_ok_and(|h| h.appliance == identity.recipient())
+            })
+            .map(|a| a.name)
+            .next_back()
+            .ok_or_else(|| {
+                BackupError::Refused(format!("{}: no archive of this appliance", target.describe()))
+            })?,
+    };
+    let at = target.at(&name);
+    let manifest = target
+        .read(&name)
+        .and_then(|input| verify_unlocked(&config.data_dir, &at, input, identity))?
+        .0;
+    target.close();
+    Ok((at, manifest))
+}
+
+/// The archives at the configured target (oldest first) and the target's name.
+pub fn list(backup: &crate::config::Backup) -> Result<(String, Vec<Listed>)> {
+    let mut target = Target::open(backup)?;
+    let listed = target.archives()?;
+    let name = target.describe();
+    target.close();
+    Ok((name, listed))
 }
 
 fn lock(data_dir: &Path) -> Result<cert_tool::files::DirLock> {
@@ -527,12 +644,20 @@ fn lock(data_dir: &Path) -> Result<cert_tool::files::DirLock> {
         .map_err(|e| BackupError::Refused(e.to_string()))
 }
 
-fn verify_unlocked(data_dir: &Path, archive: &Path, me: &Identity) -> Result<Manifest> {
+/// Checks the archive `archive` read from `input`; returns its manifest and what was read (all
+/// of it, to the end of the file, so that nothing after the archive's end goes unseen).
+fn verify_unlocked(
+    data_dir: &Path,
+    archive: &Path,
+    input: Box<dyn Read + '_>,
+    me: &Identity,
+) -> Result<(Manifest, Sent)> {
     let scratch = data_dir.join(VERIFYING);
     remove_dir(&scratch)?;
     fs::create_dir(&scratch).map_err(BackupError::io("create", &scratch))?;
+    let mut input = BufReader::with_capacity(1 << 16, Hashing::new(input));
     let result = (|| {
-        let (_, manifest) = archive::unpack(archive, &me.0, &scratch)?;
+        let (_, manifest) = archive::unpack_from(archive, &mut input, &me.0, &scratch)?;
         super::restore::check_state(&scratch.join("data"), &manifest, archive)?;
         let live = crate::audit::hash_of(data_dir, manifest.counts.audit_last_id)?;
         let local_pruned = match live {
@@ -565,54 +690,42 @@ fn verify_unlocked(data_dir: &Path, archive: &Path, me: &Identity) -> Result<Man
         Ok(manifest)
     })();
     remove_dir(&scratch)?;
-    result
+    let manifest = result?;
+    std::io::copy(&mut input, &mut std::io::sink()).map_err(BackupError::io("read", archive))?;
+    let (read, _) = input.into_inner().finish();
+    Ok((manifest, read))
 }
 
 /// Removes the oldest of this appliance's archives beyond `keep`, except those that hold audit
 /// entries no kept newer archive holds (pruned locally since): the archives together keep the
 /// whole chain.
-fn retention(dir: &Path, appliance: &str, keep: usize) -> Result<Vec<PathBuf>> {
-    let mut ours: Vec<PathBuf> = list(dir)?
+fn retention(target: &mut Target, appliance: &str, keep: usize) -> Result<Vec<PathBuf>> {
+    let ours: Vec<String> = target
+        .archives()?
         .into_iter()
-        .filter(|(_, h)| h.as_ref().is_ok_and(|h| h.appliance == appliance))
-        .map(|(p, _)| p)
+        .filter(|a| a.header.as_ref().is_ok_and(|h| h.appliance == appliance))
+        .map(|a| a.name)
         .collect();
-    ours.sort();
+    let range = |name: &String| audit_range(Path::new(name));
     let excess = ours.len().saturating_sub(keep);
-    let mut covered_from = ours[excess..].iter().map(|p| audit_range(p).0).min().unwrap_or(0);
+    let mut covered_from = ours[excess..].iter().map(|n| range(n).0).min().unwrap_or(0);
     let mut removed = Vec::new();
-    for path in ours[..excess].iter().rev() {
-        let (pruned, _) = audit_range(path);
+    for name in ours[..excess].iter().rev() {
+        let (pruned, _) = range(name);
         if pruned < covered_from {
             covered_from = pruned;
         } else {
-            removed.push(path.clone());
+            removed.push(name.clone());
         }
     }
-    for path in &removed {
-        fs::remove_file(path).map_err(BackupError::io("remove the old archive", path))?;
+    for name in &removed {
+        target.remove(name)?;
     }
     if !removed.is_empty() {
-        cert_tool::files::sync_dir(dir).map_err(|e| BackupError::Refused(e.to_string()))?;
+        target.sync()?;
     }
     removed.reverse();
-    Ok(removed)
-}
-
-/// The archives in `dir` (by name, oldest first) with their header lines.
-pub fn list(dir: &Path) -> Result<Vec<(PathBuf, Result<Header>)>> {
-    let mut out = Vec::new();
-    for path in sorted_entries(dir)? {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with(PREFIX) && name.ends_with(SUFFIX) {
-            let header = archive::read_header(&path);
-            out.push((path, header));
-        }
-    }
-    Ok(out)
+    Ok(removed.iter().map(|n| target.at(n)).collect())
 }
 
 pub(super) fn remove_dir(dir: &Path) -> Result<()> {

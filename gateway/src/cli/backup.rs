@@ -21,20 +21,21 @@ pub struct BackupArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
-    /// Take a backup to `[backup] dir` now, read it back and verify it; prints the archive's path
-    /// on its last line
+    /// Take a backup to `[backup] dir` or `sftp` now, read it back and verify it; prints the
+    /// archive's path (or URL) on its last line
     Run {
         /// What was done as one JSON object
         #[arg(long)]
         json: bool,
     },
-    /// The archives in `[backup] dir`, oldest first: this appliance's and others'
+    /// The archives at the target (`[backup] dir` or `sftp`), oldest first: this appliance's and
+    /// others'
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Open an archive of this appliance with its own key and check it as a restore would
-    /// (default: the newest)
+    /// Open an archive of this appliance with its own key and check it as a restore would: a file,
+    /// or a name or URL at the SFTP target (default: the newest at the target)
     Verify { archive: Option<PathBuf> },
     /// Make a replacement appliance's directory from an archive: DIR/gateway.toml runs it
     Restore {
@@ -100,7 +101,7 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
             if json {
                 let v = serde_json::json!({
                     "archive": done.archive, "bytes": done.bytes, "seconds": done.took.as_secs_f64(),
-                    "removed": done.removed, "manifest": done.manifest,
+                    "removed": done.removed, "cleaned": done.cleaned, "manifest": done.manifest,
                     "pruned": done.pruned.iter().map(|p| serde_json::json!({
                         "segment": p.path, "first": p.first, "last": p.last, "bytes": p.bytes,
                     })).collect::<Vec<_>>(),
@@ -118,6 +119,9 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
                     c.journal_pending,
                     c.audit_entries
                 );
+                for partial in &done.cleaned {
+                    println!("removed {}: left by a run that did not finish", partial.display());
+                }
                 for old in &done.removed {
                     println!("removed (backup.keep): {}", old.display());
                 }
@@ -134,20 +138,20 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
             let config = args.appliance.load("its [backup] section")?;
             let target = config.backup.as_ref().ok_or_else(|| no_section(&config))?;
             let me = backup::existing_identity(&config.data_dir)?.map(|i| i.recipient());
-            let listed: Vec<Listed> = backup::list(&target.dir)?
+            let (_, archives) = backup::list(target)?;
+            let listed: Vec<Listed> = archives
                 .into_iter()
-                .map(|(path, header)| {
-                    let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-                    let (appliance, created, error) = match header {
+                .map(|a| {
+                    let (appliance, created, error) = match a.header {
                         Ok(h) => (Some(h.appliance), Some(h.created), None),
                         Err(e) => (None, None, Some(e.to_string())),
                     };
                     Listed {
-                        archive: path.display().to_string(),
+                        archive: a.at.display().to_string(),
                         this_appliance: appliance.is_some() && appliance == me,
                         appliance,
                         created,
-                        bytes,
+                        bytes: a.bytes,
                         error,
                     }
                 })
@@ -186,7 +190,6 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
         }
         BackupCommand::Verify { archive } => {
             let config = args.appliance.load("its [backup] section")?;
-            let target = config.backup.as_ref().ok_or_else(|| no_section(&config))?;
             let me = backup::existing_identity(&config.data_dir)?.ok_or_else(|| {
                 BackupError::Refused(format!(
                     "{}: no {}: this appliance never took a backup, so none is its own (restore \
@@ -195,21 +198,10 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
                     backup::SELF_KEY
                 ))
             })?;
-            let path = match archive {
-                Some(p) => p,
-                None => backup::list(&target.dir)?
-                    .into_iter()
-                    .filter(|(_, h)| h.as_ref().is_ok_and(|h| h.appliance == me.recipient()))
-                    .map(|(p, _)| p)
-                    .next_back()
-                    .ok_or_else(|| {
-                        BackupError::Refused(format!(
-                            "{}: no archive of this appliance",
-                            target.dir.display()
-                        ))
-                    })?,
-            };
-            let manifest = backup::verify(&config.data_dir, &path, &me)?;
+            if config.backup.is_none() {
+                return Err(no_section(&config).into());
+            }
+            let (path, manifest) = backup::verify_at_target(&config, archive.as_deref(), &me)?;
             let c = &manifest.counts;
             println!(
                 "{}: verified: taken {}, {} files, {} terminals, {} people, {} journal entries ({} waiting), {} audit entries, its audit head in the live log",

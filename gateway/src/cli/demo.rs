@@ -374,6 +374,9 @@ settle_secs = 30              # a new version commits itself once every health c
 
 [backup]                      # `kakehashi backup run` (docs/backup.md); backup.key restores them
 dir = "backups"               # on an appliance: a USB disk or a NAS mount
+# sftp = "sftp://kakehashi@backup.vendor.example/srv/kakehashi"  # or, instead of dir, the vendor's server:
+# known_hosts = "backup-known-hosts"  # its host key, pinned
+# identity = "backup-ssh.key"         # the appliance's SSH key (mode 0600)
 recipients = ["{backup_recipient}"]
 keep = 14                     # archives kept; older ones go once a new one is verified
 "#,

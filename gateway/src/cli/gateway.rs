@@ -214,6 +214,18 @@ fn check(args: &ApplianceArgs) -> Result<ExitCode, StartError> {
             est.ca_dir.display()
         );
     }
+    if let Some(b) = &config.backup {
+        // Checked, not tried: `backup run` connects (a vendor's server may be down for a while).
+        match (&b.dir, b.sftp_url(), &b.known_hosts) {
+            (Some(dir), _, _) => println!("  backup: to {}, keep {}", dir.display(), b.keep),
+            (None, Some(Ok(url)), Some(known)) => println!(
+                "  backup: to {url}, keep {}, its host key pinned in {}",
+                b.keep,
+                known.display()
+            ),
+            _ => {}
+        }
+    }
     if let Some(t) = config.tls.crl.as_deref().and_then(policy::crl_next_update)
         && t <= time::OffsetDateTime::now_utc()
     {

@@ -27,7 +27,7 @@ use serde::Deserialize;
 pub use admin::Admin;
 pub use auth::Auth;
 pub use authorize::{Authorize, UnknownCalls};
-pub use backup::Backup;
+pub use backup::{Backup, SftpUrl};
 pub use est::Est;
 pub use failover::{Failover, RouteRule};
 pub use firmware::{BootloaderKind, Firmware};
@@ -87,7 +87,7 @@ pub struct Config {
     /// Signed appliance updates; absent, `kakehashi firmware` refuses to run.
     #[serde(default)]
     pub firmware: Option<Firmware>,
-    /// Encrypted, verified backups to a directory; absent, `kakehashi backup` refuses to run.
+    /// Encrypted, verified backups to a directory or an SFTP server; absent, `kakehashi backup` refuses to run.
     #[serde(default)]
     pub backup: Option<Backup>,
     /// The data directory's disk budget; absent, half of its file system.
@@ -179,8 +179,12 @@ impl Config {
             }
         }
         if let Some(b) = &mut self.backup {
-            rel(&mut b.dir);
-            if let Some(p) = &mut b.recipients_file {
+            for p in [
+                &mut b.dir, &mut b.recipients_file, &mut b.known_hosts, &mut b.identity,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 rel(p);
             }
         }
@@ -233,6 +237,7 @@ impl Config {
                 return Err(self.invalid(key, format!("cannot read {}: {e}", path.display())));
             }
         }
+        self.check_backup_files()?;
         self.check_settings()?;
         self.check_firmware_files()
     }
