@@ -127,3 +127,24 @@ put("wireguard", "syn", b"\x01" + frames(tcp(40000, 8000, 1000, 0, 0x02)))
 put("wireguard", "syn-data", b"\x01" + frames(tcp(40000, 8000, 1000, 0, 0x02), tcp(40000, 8000, 1001, 1, 0x18, b"GET / HTTP/1.1\r\n\r\n"), tcp(40000, 8000, 1019, 1, 0x11)))
 put("wireguard", "ping", b"\x01" + frames(icmp_echo()))
 put("wireguard", "closed-port", b"\x01" + frames(tcp(40000, 9, 1, 0, 0x02)))
+
+# sftp: what a server says to the backup client, in the order of the client's requests (ids
+# from 0): open, two writes, fsync, close, statvfs, rename, stat, opendir, readdir twice, close,
+# open, read twice, close, remove.
+def pkt(kind, body): return struct.pack(">I", len(body) + 1) + bytes([kind]) + body
+def sstr(b): return struct.pack(">I", len(b)) + b
+def u32(v): return struct.pack(">I", v)
+def status(i, code=0, msg=b"Success"): return pkt(101, u32(i) + u32(code) + sstr(msg) + sstr(b""))
+def handle(i, h): return pkt(102, u32(i) + sstr(h))
+version = pkt(2, u32(3) + sstr(b"posix-rename@openssh.com") + sstr(b"1") + sstr(b"fsync@openssh.com")
+              + sstr(b"1") + sstr(b"statvfs@openssh.com") + sstr(b"2"))
+attrs = u32(0x01 | 0x04) + struct.pack(">Q", 40000) + u32(0o100600)
+statvfs = pkt(201, u32(5) + struct.pack(">QQQQQQQQQQQ", 4096, 4096, 1000, 500, 500, 100, 50, 50, 0, 0, 255))
+put("sftp", "run", version + handle(0, b"h0") + status(1) + status(2) + status(3) + status(4) + statvfs
+    + status(6) + pkt(105, u32(7) + attrs) + handle(8, b"d0")
+    + pkt(104, u32(9) + u32(1) + sstr(b"a") + sstr(b"-rw------- 1 0 0 40000 a") + attrs)
+    + status(10, 1, b"EOF") + status(11) + handle(12, b"r0") + pkt(103, u32(13) + sstr(b"x" * 100))
+    + status(14, 1, b"EOF") + status(15) + status(16))
+put("sftp", "version-only", version)
+put("sftp", "refused", version + status(0, 3, b"Permission denied"))
+put("sftp", "out-of-order", version + handle(0, b"h0") + status(2) + status(1))

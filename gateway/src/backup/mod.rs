@@ -34,7 +34,7 @@
 
 pub mod archive;
 mod restore;
-mod sftp;
+pub(crate) mod sftp;
 mod snapshot;
 pub mod state;
 pub mod target;

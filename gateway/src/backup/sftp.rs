@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 
 /// Request and reply types (draft-ietf-secsh-filexfer-02).
@@ -73,12 +73,13 @@ const READ_CHUNK: u32 = 64 * 1024;
 /// the vendor's data centre busy.
 pub const IN_FLIGHT: usize = 64;
 
-/// An SFTP session over a child `ssh` process.
+/// An SFTP session over a child `ssh` process (or, for the fuzz target, any byte streams).
 pub struct Session {
-    child: Child,
+    /// `None` when the session is not over `ssh`.
+    child: Option<Child>,
     /// `None` once closed: the end of its input is what tells `ssh` to stop.
-    to: Option<BufWriter<ChildStdin>>,
-    from: BufReader<ChildStdout>,
+    to: Option<BufWriter<Box<dyn Write + Send>>>,
+    from: BufReader<Box<dyn Read + Send>>,
     /// What `ssh` prints, gathered by a thread of its own: the reason when the connection fails.
     stderr: Option<JoinHandle<Vec<u8>>>,
     next_id: u32,
@@ -124,11 +125,27 @@ impl Session {
             let _ = io::copy(&mut stderr, &mut io::sink());
             text
         });
+        Session::over(Some(child), Box::new(stdout), Box::new(stdin), Some(stderr))
+    }
+
+    /// A session whose replies come from `from` and whose requests go to `to`: the server's
+    /// bytes, whatever they are, for the `sftp` fuzz target (`crate::fuzzing::sftp`).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn over_streams(from: Box<dyn Read + Send>, to: Box<dyn Write + Send>) -> io::Result<Session> {
+        Session::over(None, from, to, None)
+    }
+
+    fn over(
+        child: Option<Child>,
+        from: Box<dyn Read + Send>,
+        to: Box<dyn Write + Send>,
+        stderr: Option<JoinHandle<Vec<u8>>>,
+    ) -> io::Result<Session> {
         let mut session = Session {
             child,
-            to: Some(BufWriter::with_capacity(CHUNK + 1024, stdin)),
-            from: BufReader::with_capacity(1 << 16, stdout),
-            stderr: Some(stderr),
+            to: Some(BufWriter::with_capacity(CHUNK + 1024, to)),
+            from: BufReader::with_capacity(1 << 16, from),
+            stderr,
             next_id: 0,
             unanswered: VecDeque::new(),
             extensions: Vec::new(),
@@ -309,15 +326,18 @@ impl Session {
         if let Some(mut to) = self.to.take() {
             let _ = to.flush();
         }
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
+            if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     fn handle(&mut self, kind: u8, body: &[u8]) -> io::Result<Vec<u8>> {

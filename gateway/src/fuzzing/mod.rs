@@ -415,6 +415,34 @@ fn insert(conn: &rusqlite::Connection, row: Vec<rusqlite::types::Value>) {
     }
 }
 
+/// `sftp`: what an SFTP server says, as the backup target's client reads it: the bytes are
+/// every reply the server sends, and the client does what a backup run does (open, write in a
+/// pipeline, sync, rename, stat, list, read back, remove). A reply that is wrong is an error,
+/// never a panic, a hang or an allocation beyond the client's reply limit.
+pub fn sftp(data: &[u8]) {
+    use crate::backup::sftp::{Download, Session, Upload};
+    use std::io::{Cursor, Read as _, Write as _};
+
+    let server = Box::new(Cursor::new(data.to_vec()));
+    let Ok(mut session) = Session::over_streams(server, Box::new(std::io::sink())) else {
+        return;
+    };
+    if let Ok(mut upload) = Upload::create(&mut session, "/backups/.a.partial") {
+        // Two write requests in flight before the first answer.
+        let _ = upload.write_all(&[7; 40_000]);
+        let _ = upload.finish();
+    }
+    let _ = session.free_bytes("/backups");
+    let _ = session.rename("/backups/.a.partial", "/backups/a");
+    let _ = session.stat("/backups/a");
+    let _ = session.list("/backups");
+    if let Ok(download) = Download::open(&mut session, "/backups/a") {
+        let _ = std::io::copy(&mut download.take(1 << 20), &mut std::io::sink());
+    }
+    let _ = session.remove("/backups/old");
+    session.end();
+}
+
 /// `wireguard`: the WireGuard receive path. The first byte picks what the rest is: datagrams
 /// from the network (length-prefixed) through the rate limiter, the anonymous handshake parse
 /// and a peer's decapsulation, as `doors::wireguard::receive` takes them; or decrypted packets

@@ -52,6 +52,7 @@ replay! {
     bundle_sealed,
     bundle_opened,
     records,
+    sftp,
     wireguard,
 }
 
