@@ -1,6 +1,7 @@
 //! `[firmware]`: signed appliance updates (`kakehashi firmware …`, the `firmware` crate). Absent,
 //! the firmware commands refuse to run.
 
+use std::io::Read as _;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -89,17 +90,12 @@ impl Firmware {
     }
 }
 
+/// The most a `firmware.public_key` file is read of.
+const MAX_KEY_BYTES: u64 = 64 * 1024;
+
 impl Config {
     pub(super) fn check_firmware(&self) -> Result<(), ConfigError> {
         let Some(fw) = &self.firmware else { return Ok(()) };
-        let text = std::fs::read(&fw.public_key).map_err(|e| {
-            self.invalid(
-                "firmware.public_key",
-                format!("cannot read {}: {e}", fw.public_key.display()),
-            )
-        })?;
-        ::firmware::key::parse_public(&text)
-            .map_err(|e| self.invalid("firmware.public_key", format!("{}: {e}", fw.public_key.display())))?;
         if fw.board.is_empty() {
             return Err(self.invalid("firmware.board", "must not be empty"));
         }
@@ -121,6 +117,28 @@ impl Config {
     /// The bootloader's environment: it can be read, and the U-Boot one written atomically.
     pub(super) fn check_firmware_files(&self) -> Result<(), ConfigError> {
         let Some(fw) = &self.firmware else { return Ok(()) };
+        // A public key is a few hundred bytes: more is not one (and `/dev/zero` is not read
+        // for ever).
+        let mut text = Vec::new();
+        std::fs::File::open(&fw.public_key)
+            .and_then(|f| f.take(MAX_KEY_BYTES + 1).read_to_end(&mut text))
+            .map_err(|e| {
+                self.invalid(
+                    "firmware.public_key",
+                    format!("cannot read {}: {e}", fw.public_key.display()),
+                )
+            })?;
+        if text.len() as u64 > MAX_KEY_BYTES {
+            return Err(self.invalid(
+                "firmware.public_key",
+                format!(
+                    "{}: more than {MAX_KEY_BYTES} bytes, which no public key is",
+                    fw.public_key.display()
+                ),
+            ));
+        }
+        ::firmware::key::parse_public(&text)
+            .map_err(|e| self.invalid("firmware.public_key", format!("{}: {e}", fw.public_key.display())))?;
         match fw.backend() {
             Backend::Files => Ok(()),
             Backend::UBoot { fw_env_config } => {
@@ -148,5 +166,27 @@ impl Config {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, MINIMAL};
+
+    /// A key file that never ends (a device, a pipe) is refused after a bounded read, and the
+    /// checks that read no file (the fuzz target's) do not open it at all.
+    #[test]
+    fn a_public_key_without_end_is_refused_not_read_for_ever() {
+        let text = format!("{MINIMAL}[firmware]\npublic_key = \"/dev/zero\"\n");
+        let config = Config::from_text(&text, Path::new("/etc/kakehashi/gateway.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.check_settings().is_ok());
+        let err = config.check_firmware_files().unwrap_err().to_string();
+        assert!(
+            err.contains("firmware.public_key") && err.contains("more than 65536 bytes"),
+            "{err}"
+        );
     }
 }

@@ -152,6 +152,7 @@ pub fn same_path(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MINIMAL;
 
     fn args(config: Option<&Path>, data_dir: Option<&Path>) -> ApplianceArgs {
         ApplianceArgs {
@@ -214,22 +215,4 @@ mod tests {
         let err = args(Some(&file), None).load("x").unwrap_err().to_string();
         assert!(err.contains("tls.cert: cannot read"), "{err}");
     }
-
-    const MINIMAL: &str = r#"
-data_dir = "state"
-[tls]
-cert = "server.pem"
-key = "server.key"
-client_ca = "ca.pem"
-[[listener]]
-address = "127.0.0.1:0"
-kind = "api"
-[upstream]
-url = "https://engine.test"
-ca = "ca.pem"
-cert = "uplink.pem"
-key = "uplink.key"
-user = "ormaster"
-password_file = "upstream.password"
-"#;
 }

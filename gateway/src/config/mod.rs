@@ -261,3 +261,24 @@ impl Config {
 /// Splits `host:port`, the form of a raw TCP upstream (the router's own rule, so that what the
 /// configuration accepts is what the route can connect to).
 pub use engine_proxy::stream::split_host_port;
+
+/// The smallest `gateway.toml` that parses, its files relative and absent: for tests that add
+/// the section they are about.
+#[cfg(test)]
+pub(crate) const MINIMAL: &str = r#"
+data_dir = "state"
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = "ca.pem"
+[[listener]]
+address = "127.0.0.1:0"
+kind = "api"
+[upstream]
+url = "https://engine.test"
+ca = "ca.pem"
+cert = "uplink.pem"
+key = "uplink.key"
+user = "ormaster"
+password_file = "upstream.password"
+"#;
