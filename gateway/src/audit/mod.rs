@@ -41,7 +41,8 @@ use writer::Writer;
 pub use chain::{chain_hash, timestamp};
 pub use entry::{Decision, Entry, Record};
 pub use read::{
-    Broken, ChainCheck, Recent, Refusal, VerifyReport, export, hash_of, parse_since, recent, verify,
+    Broken, ChainCheck, Recent, Refusal, Span, VerifyReport, export, hash_of, parse_since, recent, verify,
+    verify_vouched,
 };
 
 /// The single audit database of earlier versions inside the data directory: moved into

@@ -53,14 +53,54 @@ impl VerifyReport {
 /// A missing log (no segments, no `audit.head`) is an intact empty one; a missing data directory
 /// is an error. Nothing is written.
 pub fn verify(data_dir: &Path) -> Result<VerifyReport> {
+    verify_vouched(data_dir, &[])
+}
+
+/// [`verify`] of a data directory some of whose segments are not there but vouched for, each
+/// by its name and [`Span`]: a restored incremental backup, checked without fetching the
+/// segments that earlier archives hold. A vouched segment that is there is read instead.
+pub fn verify_vouched(data_dir: &Path, vouched: &[(String, Span)]) -> Result<VerifyReport> {
     std::fs::metadata(data_dir).map_err(StoreError::io("read the data directory", data_dir))?;
     let head = read_point(&data_dir.join(AUDIT_HEAD))?;
     let pruned = segment::pruned(data_dir)?;
     let mut check = ChainCheck::new(pruned, head);
-    for seg in segment::live_list(data_dir, pruned)? {
-        check.segment(&seg.path)?;
+    let here = segment::live_list(data_dir, pruned)?;
+    let is_here = |name: &str| here.iter().any(|s| s.path.file_name().is_some_and(|n| n == name));
+    /// A segment to check: a file here, or a vouched one.
+    enum Next<'a> {
+        Here(&'a Path),
+        Vouched(&'a str, &'a Span),
+    }
+    // Every segment by the entry it starts after: a file's from its name, a vouched one's span.
+    let mut order: Vec<(u64, Next<'_>)> = here
+        .iter()
+        .map(|s| (s.first.saturating_sub(1), Next::Here(&s.path)))
+        .collect();
+    order.extend(
+        vouched
+            .iter()
+            .filter(|(n, _)| !is_here(n))
+            .map(|(n, span)| (span.start.0, Next::Vouched(n, span))),
+    );
+    order.sort_by_key(|(start, _)| *start);
+    for (_, next) in order {
+        match next {
+            Next::Here(path) => {
+                check.segment(path)?;
+            }
+            Next::Vouched(name, span) => check.vouched(span, name),
+        }
     }
     Ok(check.finish())
+}
+
+/// What one segment holds, as a chain check found it: the entry before its first, its last
+/// entry, and how many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub start: Point,
+    pub last: Point,
+    pub entries: u64,
 }
 
 /// The chain check, one segment at a time, in order: [`verify`] feeds it the data directory's
@@ -98,9 +138,11 @@ impl ChainCheck {
     }
 
     /// Checks the next segment (a file; only read). After a break, nothing more is checked.
-    pub fn segment(&mut self, path: &Path) -> Result<()> {
+    /// Returns what the segment holds when it checked out: a backup records it, so that a later
+    /// archive can refer to the segment instead of holding it again.
+    pub fn segment(&mut self, path: &Path) -> Result<Option<Span>> {
         if self.report.broken.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         let name = path
             .file_name()
@@ -113,22 +155,60 @@ impl ChainCheck {
                     what: format!("{}: a segment without a schema", path.display()),
                 });
             }
-            return Ok(());
+            return Ok(None);
         };
         let start = segment::start(&conn, layout, path)?;
-        if let Some(what) = self.link(start, &name) {
+        if !self.begin(start, &name) {
+            return Ok(None);
+        }
+        let before = self.report.entries;
+        let legacy = layout == Layout::Legacy;
+        let broken = each_record(&conn, path, layout, |r| self.entry(r, legacy))?;
+        self.report.broken = broken;
+        Ok(self.report.broken.is_none().then(|| Span {
+            start,
+            last: (self.report.last_id, self.prev),
+            entries: self.report.entries - before,
+        }))
+    }
+
+    /// Takes a segment that is not here as `span` says it was when it was checked: an archive
+    /// that refers to a segment an earlier archive holds (and verified) checks the links to it
+    /// and on from its end, not its entries again.
+    pub fn vouched(&mut self, span: &Span, name: &str) {
+        if self.report.broken.is_some() || !self.begin(span.start, name) {
+            return;
+        }
+        if self.head.is_some_and(|h| h.0 > span.start.0 && h.0 < span.last.0) {
+            self.report.broken = Some(Broken {
+                id: self.head.map(|h| h.0),
+                what: format!(
+                    "{AUDIT_HEAD} names an entry inside segment {name}, which this archive does not hold"
+                ),
+            });
+            return;
+        }
+        self.report.last_id = span.last.0;
+        self.prev = span.last.1;
+        self.report.last_hash = hex::encode(span.last.1);
+        self.report.entries += span.entries;
+        if self.head.is_some_and(|h| h.0 == span.last.0) {
+            self.head_seen = Some(span.last.1);
+        }
+    }
+
+    /// Links a segment that starts at `start`; false (the break recorded) if it does not link.
+    fn begin(&mut self, start: Point, name: &str) -> bool {
+        if let Some(what) = self.link(start, name) {
             self.report.broken = Some(Broken {
                 id: Some(start.0 + 1),
                 what,
             });
-            return Ok(());
+            return false;
         }
         self.report.last_id = start.0;
         self.prev = start.1;
-        let legacy = layout == Layout::Legacy;
-        let broken = each_record(&conn, path, layout, |r| self.entry(r, legacy))?;
-        self.report.broken = broken;
-        Ok(())
+        true
     }
 
     /// What is wrong with a segment that starts at `start`, given what came before.

@@ -230,23 +230,40 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Decrypts the archive at `path` with `identity` and unpacks it into `into` (an existing empty
-/// directory), then checks every file against the manifest. Returns the header and the manifest.
+/// Which of an archive's files [`unpack_from`] writes, and where. Every file is checked all
+/// the same.
+#[derive(Clone, Copy)]
+pub enum Extract<'a> {
+    /// All, into this existing directory.
+    All(&'a Path),
+    /// Only these (the segments a later archive refers to), into this directory.
+    Only(&'a Path, &'a [&'a str]),
+    /// None: the archive is only checked.
+    Nothing,
+}
+
+impl Extract<'_> {
+    fn dest(&self, name: &str) -> Option<std::path::PathBuf> {
+        match *self {
+            Extract::All(dir) => Some(dir.join(name)),
+            Extract::Only(dir, names) if names.contains(&name) => Some(dir.join(name)),
+            _ => None,
+        }
+    }
+}
+
+/// Decrypts the archive read from `input` (called `path` in messages: a path or a URL) with
+/// `identity`, writes its files as `extract` says, and checks every file against the manifest.
+/// Returns the header and the manifest. What follows the archive's end in `input` is left
+/// there.
 ///
 /// `identity` is what opens it: the appliance's own key, or the clinic's or vendor's on a
 /// replacement. An archive not encrypted to it is called that, not damaged.
-pub fn unpack(path: &Path, identity: &dyn age::Identity, into: &Path) -> Result<(Header, Manifest)> {
-    let file = File::open(path).map_err(BackupError::io("open", path))?;
-    unpack_from(path, &mut BufReader::with_capacity(1 << 16, file), identity, into)
-}
-
-/// [`unpack`] from `input`, the archive called `path` in messages (a path or a URL). What
-/// follows the archive's end in `input` is left there.
 pub fn unpack_from(
     path: &Path,
     input: &mut dyn BufRead,
     identity: &dyn age::Identity,
-    into: &Path,
+    extract: Extract<'_>,
 ) -> Result<(Header, Manifest)> {
     let header = first_line(path, input)?;
     let decryptor = age::Decryptor::new_buffered(input).map_err(|e| {
@@ -298,40 +315,13 @@ pub fn unpack_from(
             })?);
             continue;
         }
-        let mode = entry.header().mode().map_err(damaged)? & 0o700;
-        let dest = into.join(relative);
-        if let Some(dir) = dest.parent() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(BackupError::io("create directory", dir))?;
-        }
-        let out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&dest)
-            .map_err(BackupError::io("create", &dest))?;
         let mut reader = Hashing::new(&mut entry);
-        let mut out = BufWriter::new(out);
-        // Not io::copy: a failed read is the archive's fault, a failed write the target's
-        // (a full disk), and the message must say which.
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = reader.read(&mut buf).map_err(damaged)?;
-            if n == 0 {
-                break;
-            }
-            out.write_all(&buf[..n])
-                .map_err(BackupError::io("write", &dest))?;
+        if let Some(dest) = extract.dest(&name) {
+            let mode = reader.inner.header().mode().map_err(damaged)? & 0o700;
+            write_file(&mut reader, &dest, mode, damaged)?;
+        } else {
+            std::io::copy(&mut reader, &mut std::io::sink()).map_err(damaged)?;
         }
-        let file = out
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .map_err(BackupError::io("write", &dest))?;
-        file.sync_all().map_err(BackupError::io("flush", &dest))?;
         let digest = hex::encode(reader.hash.finish());
         if found.insert(name.clone(), (reader.count, digest)).is_some() {
             return Err(BackupError::archive(
@@ -341,10 +331,15 @@ pub fn unpack_from(
         }
     }
     let manifest = manifest.ok_or_else(|| BackupError::archive(path, "cut short: it has no manifest"))?;
-    if manifest.format != super::FORMAT {
+    if manifest.format != super::FORMAT && manifest.format != super::FORMAT_INCREMENTAL {
         return Err(BackupError::archive(
             path,
-            format!("format {}, this version reads {}", manifest.format, super::FORMAT),
+            format!(
+                "format {}, this version reads {} and {}",
+                manifest.format,
+                super::FORMAT,
+                super::FORMAT_INCREMENTAL
+            ),
         ));
     }
     if manifest.appliance != header.appliance {
@@ -380,6 +375,45 @@ pub fn unpack_from(
         ));
     }
     Ok((header, manifest))
+}
+
+/// Writes what `reader` gives to the new file `dest` (its directories made), synced.
+fn write_file(
+    reader: &mut impl Read,
+    dest: &Path,
+    mode: u32,
+    damaged: impl Fn(std::io::Error) -> BackupError,
+) -> Result<()> {
+    if let Some(dir) = dest.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(BackupError::io("create directory", dir))?;
+    }
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(dest)
+        .map_err(BackupError::io("create", dest))?;
+    let mut out = BufWriter::new(out);
+    // Not io::copy: a failed read is the archive's fault, a failed write the target's
+    // (a full disk), and the message must say which.
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf).map_err(&damaged)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(BackupError::io("write", dest))?;
+    }
+    let file = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .map_err(BackupError::io("write", dest))?;
+    file.sync_all().map_err(BackupError::io("flush", dest))
 }
 
 #[cfg(test)]

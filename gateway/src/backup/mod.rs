@@ -52,8 +52,11 @@ use crate::store::StoreError;
 pub const MANIFEST: &str = "manifest.json";
 /// The appliance's own age identity: it opens its archives to verify them.
 pub const SELF_KEY: &str = "backup-self.key";
-/// The manifest format this build writes and reads.
+/// The manifest format of an archive that holds all its files (any version reads it).
 pub const FORMAT: u32 = 1;
+/// The manifest format of an archive that refers to audit segments in earlier archives: a
+/// version that cannot fetch them says so rather than restore half a log.
+pub const FORMAT_INCREMENTAL: u32 = 2;
 
 /// What an archive holds and what a restore of it must find.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +74,48 @@ pub struct Manifest {
     pub paths: Vec<(String, String)>,
     pub files: Vec<FileEntry>,
     pub counts: Counts,
+    /// Sealed audit segments of the snapshot that this archive does not hold, because an
+    /// earlier verified archive of this appliance at the same target does (an incremental
+    /// archive; a restore fetches them from there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub referenced: Vec<Referenced>,
+}
+
+/// A sealed audit segment held by another archive, its home. A sealed segment never changes,
+/// so one copy at the target is enough: each is sent once, in the first archive after it was
+/// sealed, and later archives name it here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Referenced {
+    /// Where it goes in a restore: `data/audit/000000052113.db`.
+    pub path: String,
+    /// The file as its home holds it.
+    pub bytes: u64,
+    pub sha256: String,
+    /// The home: an archive's file name at the same target.
+    pub archive: String,
+    /// The chain through it, as the home's verification found it: the entry before its first
+    /// (id, hash hex), its last, and how many entries.
+    pub start: (u64, String),
+    pub last: (u64, String),
+    pub entries: u64,
+}
+
+impl Referenced {
+    /// The chain span it vouches for; `None` if a hash is not 32 bytes of hex (a damaged
+    /// manifest or record).
+    pub fn span(&self) -> Option<crate::audit::Span> {
+        let point = |(id, hash): &(u64, String)| {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(hash, &mut bytes).ok()?;
+            Some((*id, bytes))
+        };
+        Some(crate::audit::Span {
+            start: point(&self.start)?,
+            last: point(&self.last)?,
+            entries: self.entries,
+        })
+    }
 }
 
 /// One file in the archive.

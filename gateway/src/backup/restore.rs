@@ -14,12 +14,15 @@
 //! `DIR/gateway.toml.orig`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::io::BufReader;
+use std::path::{Component, Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::snapshot::{count, remove_dir};
-use super::{BackupError, Counts, Manifest, Result, archive};
+use super::archive::{self, Extract};
+use super::snapshot::{PREFIX, SUFFIX, count, remove_dir};
+use super::target::Target;
+use super::{BackupError, Counts, Manifest, Referenced, Result};
 
 /// What a restore made.
 #[derive(Debug)]
@@ -29,9 +32,15 @@ pub struct RestoreOutcome {
     pub manifest: Manifest,
 }
 
-/// Restores `archive`, opened with the age identity in `identity`, into the new directory `to`
-/// (absent, or empty).
-pub fn restore(archive: &Path, identity: &Path, to: &Path) -> Result<RestoreOutcome> {
+/// Restores `archive` (a file, or an `sftp://` URL reached with `ssh`: the pinned host keys and
+/// the SSH key), opened with the age identity in `identity`, into the new directory `to` (absent,
+/// or empty). An incremental archive's earlier segments come from their homes beside it.
+pub fn restore(
+    archive: &Path,
+    ssh: Option<(&Path, &Path)>,
+    identity: &Path,
+    to: &Path,
+) -> Result<RestoreOutcome> {
     let identity = provisioning_shared::device::Identity::read(identity).map_err(BackupError::Refused)?;
     let empty = match fs::read_dir(to) {
         Ok(mut entries) => {
@@ -63,7 +72,14 @@ pub fn restore(archive: &Path, identity: &Path, to: &Path) -> Result<RestoreOutc
             .map_err(BackupError::io("create", &staging))?;
     }
     let result = (|| {
-        let (_, manifest) = archive::unpack(archive, &identity.0, &staging)?;
+        let (mut target, name) = Target::holding(archive, ssh)?;
+        let archive = &target.at(&name);
+        let (_, manifest) = {
+            let mut input = BufReader::with_capacity(1 << 16, target.read(&name)?);
+            archive::unpack_from(archive, &mut input, &identity.0, Extract::All(&staging))?
+        };
+        homes(&mut target, &manifest, &identity.0, Some(&staging), archive)?;
+        target.close();
         check_state(&staging.join("data"), &manifest, archive)?;
         let original = staging.join("config/gateway.toml");
         let text = fs::read_to_string(&original).map_err(BackupError::io("read", &original))?;
@@ -93,6 +109,91 @@ pub fn restore(archive: &Path, identity: &Path, to: &Path) -> Result<RestoreOutc
         config: to.join("gateway.toml"),
         manifest,
     })
+}
+
+/// Reads the archives at `target` that hold the sealed segments `manifest` (of `archive`)
+/// refers to: each must be of the same appliance, verify against its own manifest, and hold
+/// each segment exactly as referred to. With `into`, the segments are written there (a
+/// restore); without, only checked (`backup verify`).
+pub(super) fn homes(
+    target: &mut Target,
+    manifest: &Manifest,
+    identity: &dyn age::Identity,
+    into: Option<&Path>,
+    archive: &Path,
+) -> Result<()> {
+    let mut names: Vec<&str> = manifest.referenced.iter().map(|r| r.archive.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for home in names {
+        let refs: Vec<&Referenced> = manifest.referenced.iter().filter(|r| r.archive == home).collect();
+        let plain = |p: &str| {
+            Path::new(p)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+        };
+        if !home.starts_with(PREFIX) || !home.ends_with(SUFFIX) || home.contains('/') {
+            return Err(BackupError::archive(
+                archive,
+                format!("refers to {home:?}, which is not an archive's name"),
+            ));
+        }
+        if let Some(bad) = refs
+            .iter()
+            .find(|r| !r.path.starts_with("data/audit/") || !plain(&r.path))
+        {
+            return Err(BackupError::archive(
+                archive,
+                format!("refers to {:?}, which is not an audit segment", bad.path),
+            ));
+        }
+        let at = target.at(home);
+        let wanted: Vec<&str> = refs.iter().map(|r| r.path.as_str()).collect();
+        let extract = into.map_or(Extract::Nothing, |dir| Extract::Only(dir, &wanted));
+        let (header, held) = {
+            let input = target.read(home).map_err(|e| {
+                BackupError::archive(
+                    archive,
+                    format!(
+                        "refers to audit segments in {}, which cannot be read: {e}",
+                        at.display()
+                    ),
+                )
+            })?;
+            archive::unpack_from(
+                &at,
+                &mut BufReader::with_capacity(1 << 16, input),
+                identity,
+                extract,
+            )?
+        };
+        if header.appliance != manifest.appliance {
+            return Err(BackupError::archive(
+                &at,
+                format!(
+                    "is appliance {}'s, not {}'s",
+                    header.appliance, manifest.appliance
+                ),
+            ));
+        }
+        for r in refs {
+            if !held
+                .files
+                .iter()
+                .any(|f| f.path == r.path && f.bytes == r.bytes && f.sha256 == r.sha256)
+            {
+                return Err(BackupError::archive(
+                    archive,
+                    format!(
+                        "refers to {} in {}, which does not hold that copy of it",
+                        r.path,
+                        at.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks a restored data directory: every database passes SQLite's `quick_check`, and the
@@ -125,8 +226,16 @@ pub(super) fn check_state(data: &Path, manifest: &Manifest, archive: &Path) -> R
             count(Path::new(name), &path, &mut found)?;
         }
     }
-    if !crate::audit::segment::list(data)?.is_empty() {
-        found.set_audit(crate::audit::verify(data)?);
+    if !crate::audit::segment::list(data)?.is_empty() || !manifest.referenced.is_empty() {
+        let mut vouched = Vec::new();
+        for r in &manifest.referenced {
+            let span = r.span().ok_or_else(|| {
+                BackupError::archive(archive, format!("{}: its reference has no valid hashes", r.path))
+            })?;
+            let name = Path::new(&r.path).file_name().unwrap_or_default();
+            vouched.push((name.to_string_lossy().into_owned(), span));
+        }
+        found.set_audit(crate::audit::verify_vouched(data, &vouched)?);
     }
     if found != manifest.counts {
         return Err(BackupError::archive(
@@ -209,6 +318,7 @@ mod tests {
             ],
             files: vec![],
             counts: Counts::default(),
+            referenced: vec![],
         };
         let text = "data_dir = \"/var/lib/kakehashi\" # where\n[tls]\ncert = \"/etc/k/server.pem\"\nkey = \"k\"\n\
                     [wireguard]\nlisten = \"0.0.0.0:51820\"\n[backup]\ndir = \"backups\"\n[firmware]\nslots_dir = \"/x\"\n";

@@ -12,6 +12,7 @@
 //! Scratch space is in the data directory (`.backup-staging`, `.backup-verify`): one database
 //! copy at a time while writing, the whole restored state while verifying, removed after.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -19,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::archive::{self, Hashing, Header, Sent, Writer};
+use super::archive::{self, Extract, Hashing, Header, Sent, Writer};
 use super::target::{Listed, Target, Upload};
-use super::{BackupError, Counts, FORMAT, Manifest, Result, state};
+use super::{BackupError, Counts, FORMAT, FORMAT_INCREMENTAL, Manifest, Referenced, Result, state};
 use crate::audit::segment::{self, PRUNED, SEGMENTS};
 use crate::audit::{AUDIT_HEAD, ChainCheck};
 use crate::config::Config;
@@ -51,6 +52,10 @@ pub struct RunOutcome {
     /// Audit segments pruned locally afterwards, now that this archive holds them.
     pub pruned: Vec<segment::Pruned>,
     pub took: Duration,
+    /// Where each sealed audit segment on the appliance is held off the box now, and the homes
+    /// each kept archive refers to (for `backup.json`).
+    homes: Vec<Referenced>,
+    refers: BTreeMap<String, Vec<String>>,
 }
 
 /// Takes a backup to the target (`[backup] dir` or `sftp`), verifies it, applies the retention
@@ -63,11 +68,13 @@ pub fn run(config: &Config) -> Result<RunOutcome> {
     let recorded = match &result {
         Ok(outcome) => state::record(
             data_dir,
-            Ok((
-                &outcome.archive,
-                outcome.bytes,
-                outcome.manifest.counts.audit_last_id,
-            )),
+            Ok(state::Good {
+                archive: &outcome.archive,
+                bytes: outcome.bytes,
+                audit_last_id: outcome.manifest.counts.audit_last_id,
+                homes: outcome.homes.clone(),
+                refers: outcome.refers.clone(),
+            }),
         ),
         Err(e) => state::record(data_dir, Err(&e.to_string())),
     };
@@ -92,21 +99,29 @@ fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
         appliance: me.recipient(),
         created: crate::audit::timestamp(time::OffsetDateTime::now_utc()),
     };
-    let cleaned = remove_partials(&mut target, &header.appliance)?;
+    let listed = target.files()?;
+    let cleaned = remove_partials(&mut target, &listed, &header.appliance)?;
+    // The homes of sealed segments that are still at the target: this archive refers to them.
+    let prior = state::read(data_dir).unwrap_or_default();
+    let homes: Vec<Referenced> = prior
+        .homes
+        .into_iter()
+        .filter(|h| listed.iter().any(|(n, _)| *n == h.archive))
+        .collect();
     let name = archive_name(&header);
     let partial = format!(".{name}{PARTIAL}");
     let partial_at = target.at(&partial);
     let written = target
         .create(&partial)
-        .and_then(|out| write(config, &header, &recipients, out, &partial_at));
-    let (manifest, sent) = match written {
+        .and_then(|out| write(config, &header, &recipients, out, &partial_at, &homes));
+    let (manifest, sent, mut held) = match written {
         Ok(m) => m,
         Err(e) => {
             let _ = target.remove(&partial);
             return Err(e);
         }
     };
-    let name = with_audit_range(&name, &manifest.counts);
+    let name = with_audit_range(&name, &manifest);
     let archive = target.at(&name);
     target.rename(&partial, &name)?;
     let verified = target
@@ -122,7 +137,19 @@ fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
             "the archive did not verify, {kept}: {e}"
         )));
     }
-    let removed = retention(&mut target, &header.appliance, backup.keep)?;
+    // What the next run may refer to: the segments this archive refers to, and those it holds.
+    for h in &mut held {
+        h.archive.clone_from(&name);
+    }
+    let homes: Vec<Referenced> = manifest.referenced.iter().cloned().chain(held).collect();
+    let mut refers = prior.refers;
+    refers.retain(|archive, _| listed.iter().any(|(n, _)| n == archive));
+    let mut mine: Vec<String> = manifest.referenced.iter().map(|r| r.archive.clone()).collect();
+    mine.sort();
+    mine.dedup();
+    refers.insert(name.clone(), mine);
+    let removed = retention(&mut target, &header.appliance, backup.keep, &refers)?;
+    refers.retain(|archive, _| !removed.iter().any(|r| r.ends_with(archive)));
     target.close();
     let pruned = prune(config, manifest.counts.audit_last_id);
     Ok(RunOutcome {
@@ -133,6 +160,8 @@ fn run_locked(config: &Config, started: Instant) -> Result<RunOutcome> {
         cleaned,
         pruned,
         took: started.elapsed(),
+        homes,
+        refers,
     })
 }
 
@@ -166,15 +195,20 @@ pub fn try_lock(data_dir: &Path) -> Option<fs::File> {
     Some(file)
 }
 
-/// The archive's name with the audit entries it holds: `…-aPRUNED-LAST.backup`, entries
-/// PRUNED+1 to LAST. Not trusted (a name can be changed): the retention reads it only to keep
-/// more.
-fn with_audit_range(name: &str, counts: &Counts) -> String {
+/// The archive's name with the audit entries it holds itself: `…-aFROM-LAST.backup`, entries
+/// FROM+1 to LAST (FROM is the last entry pruned, or the last of the segments it refers to).
+/// Not trusted (a name can be changed): the retention reads it only to keep more.
+fn with_audit_range(name: &str, manifest: &Manifest) -> String {
     let stem = name.strip_suffix(SUFFIX).unwrap_or(name);
-    format!("{stem}-a{}-{}{SUFFIX}", counts.audit_pruned, counts.audit_last_id)
+    let counts = &manifest.counts;
+    let from = manifest
+        .referenced
+        .last()
+        .map_or(counts.audit_pruned, |r| r.last.0);
+    format!("{stem}-a{from}-{}{SUFFIX}", counts.audit_last_id)
 }
 
-/// The audit entries an archive's name says it holds, `(pruned, last)`: entries `pruned + 1` to
+/// The audit entries an archive's name says it holds, `(from, last)`: entries `from + 1` to
 /// `last`. An archive named before names said so holds the whole chain from entry 1: `(0, 0)`.
 pub fn audit_range(path: &Path) -> (u64, u64) {
     let name = path
@@ -206,27 +240,29 @@ fn short(appliance: &str) -> String {
 /// Removes what a run of this appliance killed while writing left behind (`.NAME.partial`);
 /// returns what it removed. Another appliance's, on a shared target, may be a run in progress:
 /// it is left alone. No run of this one is (the caller holds the backup lock).
-fn remove_partials(target: &mut Target, appliance: &str) -> Result<Vec<PathBuf>> {
+fn remove_partials(target: &mut Target, listed: &[(String, u64)], appliance: &str) -> Result<Vec<PathBuf>> {
     let ours = format!("-{}{SUFFIX}{PARTIAL}", short(appliance));
     let mut removed = Vec::new();
-    for (name, _) in target.files()? {
+    for (name, _) in listed {
         if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(&ours) {
-            target.remove(&name)?;
-            removed.push(target.at(&name));
+            target.remove(name)?;
+            removed.push(target.at(name));
         }
     }
     Ok(removed)
 }
 
-/// Writes the archive to `out`, the new file `path` at the target; returns its manifest and
-/// what was sent.
+/// Writes the archive to `out`, the new file `path` at the target, referring to the sealed
+/// audit segments that `homes` hold; returns its manifest, what was sent, and the sealed
+/// segments it holds itself (their home's name left empty: it is named after the manifest).
 fn write(
     config: &Config,
     header: &Header,
     recipients: &[age::x25519::Recipient],
     out: Box<dyn Upload + '_>,
     path: &Path,
-) -> Result<(Manifest, Sent)> {
+    homes: &[Referenced],
+) -> Result<(Manifest, Sent, Vec<Referenced>)> {
     let data_dir = &config.data_dir;
     let staging = data_dir.join(STAGING);
     remove_dir(&staging)?;
@@ -235,18 +271,23 @@ fn write(
         let mut out = Writer::create(out, path, header, recipients)?;
         out.add_file("config/gateway.toml", &config.source, 0o600)?;
         let paths = add_named_files(config, &mut out)?;
-        let counts = add_data_dir(config, &staging, &mut out)?;
+        let data = add_data_dir(config, &staging, &mut out, homes)?;
         let manifest = Manifest {
-            format: FORMAT,
+            format: if data.referenced.is_empty() {
+                FORMAT
+            } else {
+                FORMAT_INCREMENTAL
+            },
             appliance: header.appliance.clone(),
             created: header.created.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             paths,
             files: out.files().to_vec(),
-            counts,
+            counts: data.counts,
+            referenced: data.referenced,
         };
         let sent = out.finish(&manifest)?;
-        Ok((manifest, sent))
+        Ok((manifest, sent, data.held))
     })();
     remove_dir(&staging)?;
     result
@@ -359,11 +400,28 @@ fn add_named_files(config: &Config, out: &mut Writer<'_>) -> Result<Vec<(String,
     Ok(paths)
 }
 
+/// What [`add_data_dir`] took.
+struct DataDir {
+    counts: Counts,
+    /// Sealed audit segments left to their homes.
+    referenced: Vec<Referenced>,
+    /// Sealed audit segments held in this archive.
+    held: Vec<Referenced>,
+}
+
 /// Adds the data directory under `data/`: databases through SQLite's online backup into
 /// `staging`, one at a time; the audit head copied before anything else, so the copy of the log
-/// holds at least what the head says; the audit segments chain-checked as they go. Returns the
-/// snapshot's counts.
-fn add_data_dir(config: &Config, staging: &Path, out: &mut Writer<'_>) -> Result<Counts> {
+/// holds at least what the head says; the audit segments chain-checked as they go.
+///
+/// The oldest sealed segments that `homes` hold are referred to, not sent again, up to the
+/// first that is not there (or ends after the head): from there on the archive holds every
+/// segment, so the entries it holds itself run without a gap to the end.
+fn add_data_dir(
+    config: &Config,
+    staging: &Path,
+    out: &mut Writer<'_>,
+    homes: &[Referenced],
+) -> Result<DataDir> {
     let data_dir = &config.data_dir;
     let slots = config.firmware.as_ref().map(|f| f.slots());
     // The audit head before anything is listed: every segment holding an entry up to it exists
@@ -391,7 +449,16 @@ fn add_data_dir(config: &Config, staging: &Path, out: &mut Writer<'_>) -> Result
             .into_iter()
             .filter(|f| !is_audit(f) && *f != Path::new(AUDIT_HEAD) && *f != pruned_rel),
     );
-    let mut counts = Counts::default();
+    let head_id = segment::read_point_file(&staging.join(AUDIT_HEAD))?.map_or(0, |h| h.0);
+    // Every sealed segment (all but the live one, the last) in a segments' file of its own.
+    let sealed = &segments[..segments.len().saturating_sub(1)];
+    let sealed = |rel: &Path| rel.starts_with(SEGMENTS) && sealed.iter().any(|s| s == rel);
+    let mut referring = true;
+    let mut taken = DataDir {
+        counts: Counts::default(),
+        referenced: Vec::new(),
+        held: Vec::new(),
+    };
     let mut chain: Option<ChainCheck> = None;
     for rel in ordered {
         let source = data_dir.join(&rel);
@@ -403,31 +470,58 @@ fn add_data_dir(config: &Config, staging: &Path, out: &mut Writer<'_>) -> Result
             let copy = staging.join(PRUNED);
             fs::copy(&source, &copy).map_err(BackupError::io("copy", &source))?;
             out.add_file(&name, &copy, 0o600)?;
+        } else if let Some((home, span)) = homes
+            .iter()
+            .filter(|_| referring && sealed(&rel))
+            .find(|h| h.path == name && h.last.0 <= head_id)
+            .and_then(|h| Some((h, h.span()?)))
+        {
+            chain_check(&mut chain, staging)?.vouched(&span, &name);
+            taken.referenced.push(home.clone());
         } else if is_db {
             let copy = staging.join(rel.file_name().unwrap_or_default());
             snapshot_db(&source, &copy)?;
             if segments.contains(&rel) {
-                let check = match &mut chain {
-                    Some(c) => c,
-                    None => chain.insert(ChainCheck::new(
-                        segment::read_point_file(&staging.join(PRUNED))?,
-                        segment::read_point_file(&staging.join(AUDIT_HEAD))?,
-                    )),
-                };
-                check.segment(&copy)?;
+                referring = false;
+                let span = chain_check(&mut chain, staging)?.segment(&copy)?;
+                out.add_file(&name, &copy, 0o600)?;
+                if let (Some(span), Some(file), true) = (span, out.files().last(), sealed(&rel)) {
+                    taken.held.push(Referenced {
+                        path: name,
+                        bytes: file.bytes,
+                        sha256: file.sha256.clone(),
+                        archive: String::new(),
+                        start: (span.start.0, hex::encode(span.start.1)),
+                        last: (span.last.0, hex::encode(span.last.1)),
+                        entries: span.entries,
+                    });
+                }
             } else {
-                count(&rel, &copy, &mut counts)?;
+                count(&rel, &copy, &mut taken.counts)?;
+                out.add_file(&name, &copy, 0o600)?;
             }
-            out.add_file(&name, &copy, 0o600)?;
             fs::remove_file(&copy).map_err(BackupError::io("remove", &copy))?;
         } else {
             out.add_file(&name, &source, mode_of(&source)?)?;
         }
     }
     if let Some(chain) = chain {
-        counts.set_audit(chain.finish());
+        taken.counts.set_audit(chain.finish());
     }
-    Ok(counts)
+    Ok(taken)
+}
+
+/// The snapshot's chain check, begun at its first segment from the copies of `audit/pruned` and
+/// the head in `staging`.
+fn chain_check<'c>(chain: &'c mut Option<ChainCheck>, staging: &Path) -> Result<&'c mut ChainCheck> {
+    let check = match chain.take() {
+        Some(c) => c,
+        None => ChainCheck::new(
+            segment::read_point_file(&staging.join(PRUNED))?,
+            segment::read_point_file(&staging.join(AUDIT_HEAD))?,
+        ),
+    };
+    Ok(chain.insert(check))
 }
 
 /// The data directory's files to back up, relative to it.
@@ -572,12 +666,21 @@ fn verify_written(
 
 /// Opens an archive with `identity` (the appliance's own, or one of its recipients') in a scratch
 /// directory and checks it as a restore would (files, databases, counts), and that its audit head
-/// is in the live log (the log was not rewritten since). One at a time with `backup run`, whose
-/// scratch directory it shares.
+/// is in the live log (the log was not rewritten since); an incremental archive's homes beside it
+/// must hold what it refers to. One at a time with `backup run`, whose scratch directory it
+/// shares.
 pub fn verify(data_dir: &Path, archive: &Path, identity: &Identity) -> Result<Manifest> {
     let _lock = lock(data_dir)?;
+    verify_file(data_dir, archive, identity)
+}
+
+/// [`verify`] under the caller's lock.
+fn verify_file(data_dir: &Path, archive: &Path, identity: &Identity) -> Result<Manifest> {
     let file = fs::File::open(archive).map_err(BackupError::io("open", archive))?;
-    verify_unlocked(data_dir, archive, Box::new(file), identity).map(|(m, _)| m)
+    let (manifest, _) = verify_unlocked(data_dir, archive, Box::new(file), identity)?;
+    let (mut beside, _) = Target::holding(archive, None)?;
+    super::restore::homes(&mut beside, &manifest, &identity.0, None, archive)?;
+    Ok(manifest)
 }
 
 /// [`verify`] for an archive at the configured target: `archive` is its name, its path or URL
@@ -594,9 +697,7 @@ pub fn verify_at_target(
     let _lock = lock(&config.data_dir)?;
     // A file on this machine needs no target (the USB disk may be unplugged since).
     if let Some(given) = archive.filter(|p| p.is_file()) {
-        let file = fs::File::open(given).map_err(BackupError::io("open", given))?;
-        let (m, _) = verify_unlocked(&config.data_dir, given, Box::new(file), identity)?;
-        return Ok((given.to_owned(), m));
+        return Ok((given.to_owned(), verify_file(&config.data_dir, given, identity)?));
     }
     let mut target = Target::open(backup)?;
     let name = match archive {
@@ -626,6 +727,7 @@ pub fn verify_at_target(
         .read(&name)
         .and_then(|input| verify_unlocked(&config.data_dir, &at, input, identity))?
         .0;
+    super::restore::homes(&mut target, &manifest, &identity.0, None, &at)?;
     target.close();
     Ok((at, manifest))
 }
@@ -657,7 +759,7 @@ fn verify_unlocked(
     fs::create_dir(&scratch).map_err(BackupError::io("create", &scratch))?;
     let mut input = BufReader::with_capacity(1 << 16, Hashing::new(input));
     let result = (|| {
-        let (_, manifest) = archive::unpack_from(archive, &mut input, &me.0, &scratch)?;
+        let (_, manifest) = archive::unpack_from(archive, &mut input, &me.0, Extract::All(&scratch))?;
         super::restore::check_state(&scratch.join("data"), &manifest, archive)?;
         let live = crate::audit::hash_of(data_dir, manifest.counts.audit_last_id)?;
         let local_pruned = match live {
@@ -697,9 +799,15 @@ fn verify_unlocked(
 }
 
 /// Removes the oldest of this appliance's archives beyond `keep`, except those that hold audit
-/// entries no kept newer archive holds (pruned locally since): the archives together keep the
-/// whole chain.
-fn retention(target: &mut Target, appliance: &str, keep: usize) -> Result<Vec<PathBuf>> {
+/// entries no kept newer archive holds (pruned locally since), so that the archives together
+/// keep the whole chain, and the homes that the `keep` newest refer to (`refers`), so that each
+/// of them restores.
+fn retention(
+    target: &mut Target,
+    appliance: &str,
+    keep: usize,
+    refers: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<PathBuf>> {
     let ours: Vec<String> = target
         .archives()?
         .into_iter()
@@ -710,11 +818,16 @@ fn retention(target: &mut Target, appliance: &str, keep: usize) -> Result<Vec<Pa
     let excess = ours.len().saturating_sub(keep);
     let mut covered_from = ours[excess..].iter().map(|n| range(n).0).min().unwrap_or(0);
     let mut removed = Vec::new();
+    let needed: Vec<&String> = ours[excess..]
+        .iter()
+        .filter_map(|n| refers.get(n))
+        .flatten()
+        .collect();
     for name in ours[..excess].iter().rev() {
-        let (pruned, _) = range(name);
-        if pruned < covered_from {
-            covered_from = pruned;
-        } else {
+        let (from, _) = range(name);
+        if from < covered_from {
+            covered_from = from;
+        } else if !needed.contains(&name) {
             removed.push(name.clone());
         }
     }

@@ -29,6 +29,16 @@ pub struct State {
     /// locally (the retention keeps the archives that hold them).
     #[serde(default)]
     pub audit_offbox_id: Option<u64>,
+    /// Where each sealed audit segment still on the appliance is held off the box: the next run
+    /// refers to it instead of sending it again, while its home is listed at the target. Lost or
+    /// stale, the next run sends the segment again: this record saves work, it vouches for nothing
+    /// a restore trusts (a restore checks the home's copy against the archive's manifest).
+    #[serde(default)]
+    pub homes: Vec<super::Referenced>,
+    /// The homes each of this appliance's archives refers to, by archive name: the retention
+    /// keeps them while it keeps the archive.
+    #[serde(default)]
+    pub refers: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The recorded state; none when no backup ever ran (or the file cannot be read: the metrics
@@ -38,26 +48,42 @@ pub fn read(data_dir: &Path) -> Option<State> {
     serde_json::from_slice(&text).ok()
 }
 
-/// Records a run's result: `Ok((archive, bytes, last audit id))` or `Err(why)`.
-pub fn record(data_dir: &Path, result: std::result::Result<(&Path, u64, u64), &str>) -> Result<()> {
+/// What a verified run leaves for the next: the archive (its path or URL, its size), the last
+/// audit entry it holds, the sealed segments' homes and which archives refer to which.
+pub struct Good<'a> {
+    pub archive: &'a Path,
+    pub bytes: u64,
+    pub audit_last_id: u64,
+    pub homes: Vec<super::Referenced>,
+    pub refers: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Records a run's result, good or `Err(why)`.
+pub fn record(data_dir: &Path, result: std::result::Result<Good<'_>, &str>) -> Result<()> {
     let now = crate::audit::timestamp(time::OffsetDateTime::now_utc());
     let mut state = read(data_dir).unwrap_or_default();
     state.last_run = Some(now.clone());
     match result {
-        Ok((archive, bytes, audit_last_id)) => {
-            state.audit_offbox_id = Some(audit_last_id.max(state.audit_offbox_id.unwrap_or(0)));
+        Ok(good) => {
+            state.audit_offbox_id = Some(good.audit_last_id.max(state.audit_offbox_id.unwrap_or(0)));
             state.last_ok = true;
             state.last_error = None;
             state.last_good = Some(now);
-            state.last_good_archive = Some(archive.display().to_string());
-            state.last_good_bytes = Some(bytes);
+            state.last_good_archive = Some(good.archive.display().to_string());
+            state.last_good_bytes = Some(good.bytes);
+            state.homes = good.homes;
+            state.refers = good.refers;
         }
         Err(why) => {
             state.last_ok = false;
             state.last_error = Some(why.to_owned());
         }
     }
-    let text = serde_json::to_vec_pretty(&state).map_err(|e| BackupError::Refused(e.to_string()))?;
+    write(data_dir, &state)
+}
+
+fn write(data_dir: &Path, state: &State) -> Result<()> {
+    let text = serde_json::to_vec_pretty(state).map_err(|e| BackupError::Refused(e.to_string()))?;
     cert_tool::files::write_atomic(&data_dir.join(FILE), &text, cert_tool::files::SECRET)
         .map_err(|e| BackupError::Refused(e.to_string()))
 }

@@ -73,6 +73,41 @@ impl Target {
             .identity
             .as_deref()
             .ok_or_else(|| refused("backup.identity missing"))?;
+        Target::sftp(url, known_hosts, identity)
+    }
+
+    /// The place that holds `archive`, a file or an `sftp://USER@HOST[:PORT]/PATH/NAME` URL
+    /// (which needs `ssh`: the server's pinned key, `known_hosts`, and the SSH key to log in
+    /// with), and the archive's name there. A restore reads the archive, and the earlier
+    /// archives it refers to, from there.
+    pub fn holding(archive: &Path, ssh: Option<(&Path, &Path)>) -> Result<(Target, String)> {
+        let text = archive.to_string_lossy();
+        let Some(rest) = text.strip_prefix("sftp://") else {
+            let name = archive
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| BackupError::Refused(format!("{}: not a file name", archive.display())))?;
+            let dir = archive.parent().unwrap_or(Path::new("")).to_owned();
+            return Ok((Target::Dir(dir), name));
+        };
+        let (dir, name) = rest
+            .rsplit_once('/')
+            .filter(|(_, name)| !name.is_empty())
+            .ok_or_else(|| {
+                BackupError::Refused(format!("{text}: names no archive (sftp://USER@HOST/PATH/NAME)"))
+            })?;
+        let url = SftpUrl::parse(&format!("sftp://{dir}"))
+            .map_err(|e| BackupError::Refused(format!("{text}: {e}")))?;
+        let (known_hosts, identity) = ssh.ok_or_else(|| {
+            BackupError::Refused(format!(
+                "{text}: an SFTP archive needs --known-hosts (the server's pinned host key) and --ssh-key (the key to log in with)"
+            ))
+        })?;
+        Ok((Target::sftp(url, known_hosts, identity)?, name.to_owned()))
+    }
+
+    /// An SFTP session at `url`, whose directory must exist.
+    fn sftp(url: SftpUrl, known_hosts: &Path, identity: &Path) -> Result<Target> {
         let mut session = Session::start(ssh(&url, known_hosts, identity)).map_err(|e| {
             BackupError::Refused(format!("{url}: {}", hint(&e.to_string(), known_hosts, identity)))
         })?;

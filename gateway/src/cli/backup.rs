@@ -37,7 +37,9 @@ pub enum BackupCommand {
     /// Open an archive of this appliance with its own key and check it as a restore would: a file,
     /// or a name or URL at the SFTP target (default: the newest at the target)
     Verify { archive: Option<PathBuf> },
-    /// Make a replacement appliance's directory from an archive: DIR/gateway.toml runs it
+    /// Make a replacement appliance's directory from an archive: DIR/gateway.toml runs it.
+    /// ARCHIVE is a file or sftp://USER@HOST[:PORT]/PATH/NAME; an incremental archive's earlier
+    /// archives are read from the same place
     Restore {
         archive: PathBuf,
         /// An age identity the archive was encrypted to (the clinic's or the vendor's backup key)
@@ -46,6 +48,12 @@ pub enum BackupCommand {
         /// A new (or empty) directory
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
+        /// For an sftp:// ARCHIVE: the server's host key, pinned (an OpenSSH known_hosts file)
+        #[arg(long, value_name = "FILE", requires = "ssh_key")]
+        known_hosts: Option<PathBuf>,
+        /// For an sftp:// ARCHIVE: the SSH private key to log in with
+        #[arg(long, value_name = "FILE", requires = "known_hosts")]
+        ssh_key: Option<PathBuf>,
     },
 }
 
@@ -75,8 +83,11 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
             archive,
             identity,
             to,
+            known_hosts,
+            ssh_key,
         } => {
-            let done = backup::restore(&archive, &identity, &to)?;
+            let ssh = known_hosts.as_deref().zip(ssh_key.as_deref());
+            let done = backup::restore(&archive, ssh, &identity, &to)?;
             let c = &done.manifest.counts;
             println!(
                 "restored the backup of {} taken {} (kakehashi {}): {} terminals, {} people, {} journal entries waiting, {} audit entries",
@@ -119,6 +130,17 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, BackupCliError> {
                     c.journal_pending,
                     c.audit_entries
                 );
+                let referenced = &done.manifest.referenced;
+                if !referenced.is_empty() {
+                    let mut homes: Vec<&str> = referenced.iter().map(|r| r.archive.as_str()).collect();
+                    homes.sort_unstable();
+                    homes.dedup();
+                    println!(
+                        "incremental: {} sealed audit segments are in earlier archives, not sent again: {}",
+                        referenced.len(),
+                        homes.join(", ")
+                    );
+                }
                 for partial in &done.cleaned {
                     println!("removed {}: left by a run that did not finish", partial.display());
                 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::backup_targets::{names, set_keep};
 use super::gateway::{Clinic, PATIENT};
 use super::wireguard::{TUNNEL, Terminal, patient_url};
 use crate::support::*;
@@ -28,16 +29,25 @@ impl Clinic {
 
 /// Appends `n` entries to the audit log in `data` (as a gateway would), the chain and head kept.
 fn audit_entries(data: &Path, n: usize, reason: &str) {
+    audit_entries_in(data, n, reason, kakehashi_gateway::audit::DEFAULT_SEGMENT_BYTES);
+}
+
+/// [`audit_entries`] in segments sealed at `segment` bytes (the writer seals after a commit:
+/// one every 100 entries here).
+fn audit_entries_in(data: &Path, n: usize, reason: &str, segment: u64) {
     use kakehashi_gateway::audit::{AuditLog, Decision, Entry};
-    let log = AuditLog::open(data).unwrap();
-    for _ in 0..n {
+    let log = AuditLog::open_with(data, segment).unwrap();
+    for i in 0..n {
         log.record_blocking(Entry::new(Decision::Allow, "api", "127.0.0.1:1", reason));
+        if i % 100 == 99 {
+            log.flush_blocking().unwrap();
+        }
     }
     log.close_blocking().unwrap();
 }
 
-/// `backup run`: its last line is the archive.
-fn backup(config: &Path) -> (String, String) {
+/// `backup run`: its output and its last line, the archive's path or URL.
+pub(super) fn backup(config: &Path) -> (String, String) {
     let out = kakehashi(&["backup", "run", "--config", s(config)]).ok();
     let archive = out.lines().last().expect("the archive's path").to_owned();
     (out, archive)
@@ -332,4 +342,136 @@ fn a_full_target_is_named_for_what_it_is_and_loses_nothing() {
         vec![std::ffi::OsString::from("filler")],
         "no staging left behind"
     );
+}
+
+/// `backup run --json`: the archive's path and its manifest.
+fn backup_json(config: &Path) -> (String, serde_json::Value) {
+    let out = kakehashi(&["backup", "run", "--json", "--config", s(config)]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    (v["archive"].as_str().unwrap().to_owned(), v["manifest"].clone())
+}
+
+/// The archives the manifest's referenced segments are in, by name, sorted and once each.
+fn homes_of(manifest: &serde_json::Value) -> Vec<String> {
+    let mut homes: Vec<String> = manifest["referenced"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|r| r["archive"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    homes.sort();
+    homes.dedup();
+    homes
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn each_sealed_audit_segment_goes_off_the_box_once_and_an_incremental_archive_restores_whole() {
+    const SEGMENT: u64 = 64 << 10;
+    let dir = Clinic::setup("127.0.0.1");
+    let clinic = dir.path().join("clinic");
+    let config = clinic.join("gateway.toml");
+    let data = clinic.join("data");
+    let key = clinic.join("backup.key");
+    let backups = clinic.join("backups");
+    let restore = |archive: &str, to: &Path| {
+        kakehashi(&["backup", "restore", archive, "--identity", s(&key), "--to", s(to)])
+    };
+    let intact = |config: &Path| {
+        let out = kakehashi(&["audit", "verify", "--config", s(config)]).ok();
+        out.lines().next().unwrap().to_owned()
+    };
+    let sealed = |data: &Path| {
+        names(&data.join("audit"))
+            .iter()
+            .filter(|n| n.ends_with(".db"))
+            .count()
+            - 1
+    };
+
+    // The first archive holds every segment.
+    audit_entries_in(&data, 2000, "signed in", SEGMENT);
+    assert!(sealed(&data) >= 3, "segments sealed");
+    let (first, m1) = backup_json(&config);
+    assert_eq!(m1["format"], 1, "{m1}");
+    assert!(m1.get("referenced").is_none(), "{m1}");
+
+    // The next refers to them: each sealed segment is sent once.
+    audit_entries_in(&data, 50, "signed in", SEGMENT);
+    let (second, m2) = backup_json(&config);
+    assert_eq!(m2["format"], 2, "{m2}");
+    assert_eq!(homes_of(&m2), vec![file_name(&first)]);
+    assert_eq!(m2["referenced"].as_array().unwrap().len(), sealed(&data), "{m2}");
+    let size = |p: &str| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&second) * 3 < size(&first),
+        "{} against {}",
+        size(&second),
+        size(&first)
+    );
+
+    // Segments sealed since go into the next archive, and the one after refers to both homes.
+    audit_entries_in(&data, 1000, "signed out", SEGMENT);
+    let (third, m3) = backup_json(&config);
+    assert_eq!(homes_of(&m3), vec![file_name(&first)]);
+    audit_entries_in(&data, 10, "signed out", SEGMENT);
+    let (fourth, m4) = backup_json(&config);
+    assert_eq!(homes_of(&m4), vec![file_name(&first), file_name(&third)]);
+    let text = kakehashi(&["backup", "verify", &fourth, "--config", s(&config)]).ok();
+    assert!(text.contains("verified"), "{text}");
+    let live = intact(&config);
+
+    // Restored, the incremental archive is the whole log: its segments fetched from their
+    // homes beside it, the chain recomputed.
+    let new = dir.path().join("new");
+    restore(&fourth, &new).ok();
+    assert_eq!(intact(&new.join("gateway.toml")), live);
+    kakehashi(&["audit", "verify", "--config", s(&config), "--against", &fourth]).ok();
+
+    // A home gone: the restore says which, restores nothing; `backup verify` fails; the next
+    // run sends every segment again (a full archive), and then refers to that.
+    let aside = dir.path().join("aside.backup");
+    std::fs::rename(&first, &aside).unwrap();
+    let gone = dir.path().join("gone");
+    restore(&fourth, &gone).fails_with(&[
+        "refers to audit segments in",
+        &file_name(&first),
+        "cannot be read",
+    ]);
+    assert!(!gone.exists());
+    kakehashi(&["backup", "verify", &fourth, "--config", s(&config)]).fails_with(&[&file_name(&first)]);
+    let (fifth, m5) = backup_json(&config);
+    assert_eq!(m5["format"], 1, "{m5}");
+    let (sixth, m6) = backup_json(&config);
+    assert_eq!(homes_of(&m6), vec![file_name(&fifth)]);
+    std::fs::rename(&aside, &first).unwrap();
+
+    // A home replaced by another copy is caught, not restored.
+    let saved = std::fs::read(&fifth).unwrap();
+    std::fs::copy(&second, &fifth).unwrap();
+    restore(&sixth, &gone).fails_with(&["does not hold that copy"]);
+    assert!(!gone.exists());
+    write(Path::new(&fifth), saved);
+
+    // The retention keeps the homes the kept archives need: with keep = 1, the newest and the
+    // archive that holds its segments.
+    set_keep(&clinic, 1);
+    let (seventh, m7) = backup_json(&config);
+    let mut want = homes_of(&m7);
+    assert_eq!(want, vec![file_name(&fifth)]);
+    want.push(file_name(&seventh));
+    want.sort();
+    assert_eq!(names(&backups), want, "kept: the newest and its homes");
+    let last = dir.path().join("last");
+    restore(&seventh, &last).ok();
+    assert_eq!(intact(&last.join("gateway.toml")), intact(&config));
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::backup::backup;
 use super::gateway::{Clinic, PATIENT};
 use crate::support::*;
 
@@ -142,7 +143,7 @@ fn set_target(clinic: &Path, lines: &str) {
     write(&config, format!("{}{lines}{}", &toml[..at], &toml[end..]));
 }
 
-fn set_keep(clinic: &Path, keep: u32) {
+pub(super) fn set_keep(clinic: &Path, keep: u32) {
     let config = clinic.join("gateway.toml");
     let toml = std::fs::read_to_string(&config).unwrap();
     let toml = toml
@@ -156,15 +157,8 @@ fn set_keep(clinic: &Path, keep: u32) {
     write(&config, toml);
 }
 
-/// `backup run`: its output and its last line, the archive's path or URL.
-fn backup(config: &Path) -> (String, String) {
-    let out = kakehashi(&["backup", "run", "--config", s(config)]).ok();
-    let archive = out.lines().last().expect("the archive").to_owned();
-    (out, archive)
-}
-
 /// The file names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
+pub(super) fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -287,6 +281,36 @@ fn a_backup_to_sftp_appears_whole_verifies_and_a_replacement_restored_from_it_se
         s(&new),
     ])
     .ok();
+    // Or straight from the server, the host key pinned: the same directory.
+    let from_url = a.dir.path().join("from-url");
+    let age_key = a.path("backup.key");
+    let restore_url = |extra: &[&str]| {
+        let mut args = vec![
+            "backup",
+            "restore",
+            &archive,
+            "--identity",
+            s(&age_key),
+            "--to",
+            s(&from_url),
+        ];
+        args.extend_from_slice(extra);
+        kakehashi(&args)
+    };
+    restore_url(&[]).fails_with(&["needs --known-hosts", "--ssh-key"]);
+    let pinned = a.path("backup-known-hosts");
+    let ssh_key = a.path("backup-ssh.key");
+    let wrong = a.dir.path().join("wrong-known-hosts");
+    write(&wrong, sshd.known_hosts("other_key"));
+    restore_url(&["--known-hosts", s(&wrong), "--ssh-key", s(&ssh_key)])
+        .fails_with(&["Host key verification failed"]);
+    assert!(!from_url.exists(), "nothing restored");
+    restore_url(&["--known-hosts", s(&pinned), "--ssh-key", s(&ssh_key)]).ok();
+    assert_eq!(
+        std::fs::read(from_url.join("data/gateway.db")).unwrap(),
+        std::fs::read(new.join("data/gateway.db")).unwrap()
+    );
+
     let restored: toml::Table = std::fs::read_to_string(new.join("gateway.toml"))
         .unwrap()
         .parse()
