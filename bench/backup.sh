@@ -117,9 +117,10 @@ for r in $(seq "$rounds"); do
 
   rm -rf "$W/peer" && mkdir -p "$W/peer/copy"
   peer_backup() {
-    for db in "$D"/data/*.db; do
+    mkdir -p "$W/peer/copy/audit"
+    for db in "$D"/data/*.db "$D"/data/audit/*.db; do
       [[ $(basename "$db") == cache.db ]] && continue
-      sqlite3 "$db" ".backup $W/peer/copy/$(basename "$db")"
+      sqlite3 "$db" ".backup $W/peer/copy/${db#"$D"/data/}"
     done
     tar -C "$W/peer/copy" -cf - . | zstd -3 -q -o "$W/peer/backup.tar.zst"
   }

@@ -549,3 +549,50 @@ fn bytes_per_entry() {
         bytes as f64 / n as f64
     );
 }
+
+#[test]
+fn a_vouched_segment_stands_in_for_its_file_and_a_false_span_is_a_break() {
+    let tmp = segmented(2000, 64 * 1024);
+    let segments = segment::list(tmp.path()).unwrap();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let whole = verify(tmp.path()).unwrap();
+    let head = chain::read_point(&tmp.path().join(AUDIT_HEAD)).unwrap();
+    let mut check = ChainCheck::new(None, head);
+    let spans: Vec<Span> = segments
+        .iter()
+        .map(|s| check.segment(&s.path).unwrap().expect("intact"))
+        .collect();
+    assert_eq!(check.finish(), whole);
+
+    // The second segment away, vouched for by its span: the same report.
+    let name = |i: usize| {
+        segments[i]
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let away = tmp.path().join("away.db");
+    std::fs::rename(&segments[1].path, &away).unwrap();
+    assert!(!verify(tmp.path()).unwrap().is_intact(), "a gap without the span");
+    assert_eq!(verify_vouched(tmp.path(), &[(name(1), spans[1])]).unwrap(), whole);
+
+    // A span that ends elsewhere than the next segment starts, or starts elsewhere than the one
+    // before ends: a break at the link.
+    let mut ends_wrong = spans[1];
+    ends_wrong.last.1[0] ^= 1;
+    let report = verify_vouched(tmp.path(), &[(name(1), ends_wrong)]).unwrap();
+    assert_eq!(report.broken.map(|b| b.id), Some(Some(segments[2].first)));
+    let mut starts_wrong = spans[1];
+    starts_wrong.start.0 += 1;
+    let report = verify_vouched(tmp.path(), &[(name(1), starts_wrong)]).unwrap();
+    assert!(report.broken.is_some(), "{report:?}");
+
+    // The file back: it is read, and a span for it is not needed.
+    std::fs::rename(&away, &segments[1].path).unwrap();
+    assert_eq!(
+        verify_vouched(tmp.path(), &[(name(1), ends_wrong)]).unwrap(),
+        whole
+    );
+}

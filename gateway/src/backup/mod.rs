@@ -23,10 +23,13 @@
 //! restores that key with the rest, so it goes on as the same appliance, its audit chain too.
 //!
 //! The audit log's segments go in whole, in id order after the head file and `audit/pruned`, each
-//! checked as it goes in ([`crate::audit::ChainCheck`]). A sealed segment is pruned locally only
-//! once a verified archive holds it, and the retention keeps every archive that holds entries no
-//! newer archive does (the name says which: `…-aPRUNED-LAST.backup`), so the off-box copies
-//! together always hold the whole chain.
+//! checked as it goes in ([`crate::audit::ChainCheck`]), except the oldest sealed ones that an
+//! earlier verified archive at the target already holds: the manifest refers to those
+//! ([`Referenced`]), so each sealed segment is sent once, and a restore fetches them from there.
+//! A sealed segment is pruned locally only once a verified archive holds it, and the retention
+//! keeps every archive that holds entries no newer archive does (the name says which:
+//! `…-aFROM-LAST.backup`) and the homes the newest archives refer to, so the off-box copies
+//! together always hold the whole chain and the newest archives restore.
 //!
 //! Left out: `cache.db` (refilled from the cloud; fewer copies of patient data), the firmware
 //! slots (the replacement runs its own), lock and WAL files (the online backup has their
