@@ -32,8 +32,9 @@
 //! together always hold the whole chain and the newest archives restore.
 //!
 //! Left out: `cache.db` (refilled from the cloud; fewer copies of patient data), the firmware
-//! slots (the replacement runs its own), lock and WAL files (the online backup has their
-//! contents), and `backup.json` (this appliance's record of its backups).
+//! slots (the replacement runs its own), and lock and WAL files (the online backup has their
+//! contents). `backup.json`, this appliance's record of its backups as it was before the run,
+//! goes in: a replacement is the same appliance, and goes on referring to the same homes.
 
 pub mod archive;
 mod restore;

@@ -29,7 +29,7 @@ use crate::config::Config;
 use provisioning_shared::device::Identity;
 
 /// Files of the data directory that stay out of the archive (see [`super`]).
-const LEFT_OUT: &[&str] = &[engine_proxy::cache::FILE, state::FILE];
+const LEFT_OUT: &[&str] = &[engine_proxy::cache::FILE];
 /// Scratch directories inside the data directory.
 pub(super) const STAGING: &str = ".backup-staging";
 pub(super) const VERIFYING: &str = ".backup-verify";

@@ -474,4 +474,8 @@ fn each_sealed_audit_segment_goes_off_the_box_once_and_an_incremental_archive_re
     let last = dir.path().join("last");
     restore(&seventh, &last).ok();
     assert_eq!(intact(&last.join("gateway.toml")), intact(&config));
+
+    // The replacement is the same appliance: its first run refers to the same homes.
+    let (_, m8) = backup_json(&last.join("gateway.toml"));
+    assert_eq!(homes_of(&m8), vec![file_name(&fifth)], "{m8}");
 }
