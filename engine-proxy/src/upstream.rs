@@ -299,8 +299,9 @@ impl hyper::rt::Write for Stream {
     }
 }
 
-/// The whole `source()` chain of an error, which is where hyper keeps the useful part.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The whole `source()` chain of an error, which is where hyper keeps the useful part (and
+/// tokio-rustls rustls' reason for a failed handshake).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

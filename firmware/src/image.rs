@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, EcdsaKeyPair, KeyPair as _, UnparsedPublicKey};
 use base64::Engine as _;
@@ -44,6 +44,8 @@ pub struct BuildRequest<'a> {
     pub min_from: Option<Version>,
     pub chunk_size: u32,
     pub created: u64,
+    /// See [`Manifest::expires`].
+    pub expires: Option<u64>,
 }
 
 /// Builds an image from `binary`, signed with `key`: reads the binary twice (hashes, then copy),
@@ -74,6 +76,7 @@ pub fn build(request: &BuildRequest<'_>, key: &EcdsaKeyPair) -> Result<Manifest>
         board: request.board.clone(),
         min_from: request.min_from.as_ref().map(Version::to_string),
         created: request.created,
+        expires: request.expires,
         payload: Payload {
             name: PAYLOAD_NAME.into(),
             size,
@@ -129,25 +132,40 @@ pub struct Opened {
     pub manifest: Manifest,
     /// The signer's [`fingerprint`].
     pub key: String,
-    pub path: PathBuf,
+    /// Where the image comes from (its path or URL), for messages.
+    pub origin: String,
+    /// The image's whole length as the manifest says it: what comes before the payload, then
+    /// the payload. A download whose announced length differs is refused before a payload
+    /// byte is written.
+    pub length: u64,
     /// Positioned at the payload's first byte.
-    pub payload: BufReader<File>,
+    pub payload: Box<dyn Read>,
 }
 
-/// Opens an image and verifies its manifest's signature against `pinned` (an uncompressed P-256
-/// point); reads nothing of the payload.
+/// Opens an image file and verifies its manifest's signature against `pinned` (an uncompressed
+/// P-256 point); reads nothing of the payload.
 pub fn open(path: &Path, pinned: &[u8]) -> Result<Opened> {
     let file = File::open(path).map_err(Error::io("cannot open image", path))?;
-    let mut reader = BufReader::new(file);
+    read_signed(path.display().to_string(), Box::new(BufReader::new(file)), pinned)
+}
+
+/// Reads an image's magic line and signed manifest from `reader` (a file, a download) and
+/// verifies the signature against `pinned`; stops at the payload's first byte. Reads at most
+/// the magic line, four bytes and [`MAX_HEADER`] bytes, whatever the source sends.
+pub fn read_signed(origin: String, mut reader: Box<dyn Read>, pinned: &[u8]) -> Result<Opened> {
+    let failed = |source| Error::Read {
+        origin: origin.clone(),
+        source,
+    };
     let mut magic = [0u8; MAGIC.len()];
-    let n = read_full(&mut reader, &mut magic).map_err(Error::io("cannot read image", path))?;
+    let n = read_full(&mut reader, &mut magic).map_err(failed)?;
     if n < MAGIC.len() || magic != MAGIC.as_bytes() {
         return Err(Error::NotAnImage {
             expected: MAGIC.trim_end(),
         });
     }
     let mut len = [0u8; 4];
-    if read_full(&mut reader, &mut len).map_err(Error::io("cannot read image", path))? < 4 {
+    if read_full(&mut reader, &mut len).map_err(failed)? < 4 {
         return Err(Error::Truncated("it ends before the manifest".into()));
     }
     let len = u32::from_be_bytes(len);
@@ -157,7 +175,7 @@ pub fn open(path: &Path, pinned: &[u8]) -> Result<Opened> {
         )));
     }
     let mut header = vec![0u8; len as usize];
-    if read_full(&mut reader, &mut header).map_err(Error::io("cannot read image", path))? < header.len() {
+    if read_full(&mut reader, &mut header).map_err(failed)? < header.len() {
         return Err(Error::Truncated("it ends inside the manifest".into()));
     }
     let envelope: Envelope =
@@ -182,10 +200,12 @@ pub fn open(path: &Path, pinned: &[u8]) -> Result<Opened> {
     let manifest: Manifest = serde_json::from_str(&envelope.manifest)
         .map_err(|e| Error::Malformed(format!("the manifest: {e}")))?;
     manifest.check()?;
+    let length = (MAGIC.len() as u64 + 4 + u64::from(len)).saturating_add(manifest.payload.size);
     Ok(Opened {
         manifest,
         key: fingerprint(&key),
-        path: path.to_owned(),
+        origin,
+        length,
         payload: reader,
     })
 }
@@ -197,9 +217,12 @@ pub struct Appliance<'a> {
     pub floor: Option<&'a Version>,
     /// The version the appliance runs now (its committed slot).
     pub running: &'a Version,
+    /// The appliance's clock, seconds since the Unix epoch, for [`Manifest::expires`].
+    pub now: u64,
 }
 
-/// The checks after the signature: the board, the version floor, the version it updates from.
+/// The checks after the signature: the board, the version floor, the version it updates from,
+/// the expiry.
 pub fn check(manifest: &Manifest, appliance: &Appliance<'_>) -> Result<()> {
     if manifest.board != appliance.board {
         return Err(Error::OtherBoard {
@@ -226,7 +249,24 @@ pub fn check(manifest: &Manifest, appliance: &Appliance<'_>) -> Result<()> {
             running: appliance.running.clone(),
         });
     }
+    if let Some(expires) = manifest.expires
+        && appliance.now >= expires
+    {
+        return Err(Error::Expired {
+            expires: rfc3339(expires),
+            now: rfc3339(appliance.now),
+        });
+    }
     Ok(())
+}
+
+/// Seconds since the Unix epoch as RFC 3339 text (UTC).
+pub fn rfc3339(seconds: u64) -> String {
+    i64::try_from(seconds)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{seconds} s after 1970"))
 }
 
 /// Reads until `buf` is full or the input ends; the number of bytes read.

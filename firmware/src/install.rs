@@ -124,8 +124,10 @@ fn write_payload(
     let mut left = manifest.payload.size;
     for index in 0..manifest.payload.chunks.len() {
         let want = usize::try_from(left.min(chunk_size as u64)).unwrap_or(chunk_size);
-        let got = read_full(&mut image.payload, &mut buf[..want])
-            .map_err(Error::io("cannot read image", &image.path))?;
+        let got = read_full(&mut image.payload, &mut buf[..want]).map_err(|source| Error::Read {
+            origin: image.origin.clone(),
+            source,
+        })?;
         if got < want {
             return Err(Error::Truncated(format!(
                 "it ends in chunk {index} of {} of the payload",
@@ -141,18 +143,15 @@ fn write_payload(
         left -= want as u64;
         observe(Step::Chunk(index))?;
     }
+    // Anything after the payload: at most one probe is read, so a source that never ends (a
+    // server streaming for ever) is refused after the size the signed manifest gives.
     let mut probe = [0u8; 4096];
-    let mut trailing = 0u64;
-    loop {
-        let n =
-            read_full(&mut image.payload, &mut probe).map_err(Error::io("cannot read image", &image.path))?;
-        trailing += n as u64;
-        if n < probe.len() {
-            break;
-        }
-    }
+    let trailing = read_full(&mut image.payload, &mut probe).map_err(|source| Error::Read {
+        origin: image.origin.clone(),
+        source,
+    })?;
     if trailing > 0 {
-        return Err(Error::TrailingBytes(trailing));
+        return Err(Error::TrailingBytes(trailing as u64));
     }
     out.sync_all().map_err(Error::io("cannot sync", partial))?;
     observe(Step::Synced)

@@ -42,6 +42,10 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// The image's source failed while it was read: a file's I/O error, or a download cut
+    /// short, timed out or refused (the message names the URL and how far it got).
+    #[error("cannot read image {origin}: {source}")]
+    Read { origin: String, source: std::io::Error },
     #[error("not a Kakehashi firmware image (it does not begin with {expected:?})")]
     NotAnImage { expected: &'static str },
     #[error("the image is truncated: {0}")]
@@ -67,10 +71,17 @@ pub enum Error {
     #[error("the image updates only from version {min_from} or later, and this appliance runs {running}")]
     TooOld { min_from: Version, running: Version },
     #[error(
+        "the image expired at {expires} (signed in its manifest), and this appliance's clock says \
+         {now}: install a newer image; if the clock is wrong, set it (NTP) and try again"
+    )]
+    Expired { expires: String, now: String },
+    #[error(
         "chunk {index} of the payload does not match its SHA-256 in the signed manifest: the image is corrupted or tampered with"
     )]
     BadChunk { index: usize },
-    #[error("the image has {0} bytes after its payload: it is damaged or was appended to")]
+    #[error(
+        "the image goes on after its payload (at least {0} more bytes): it is damaged or was appended to"
+    )]
     TrailingBytes(u64),
     #[error(
         "version {version} is on trial in slot {slot}: commit it or roll it back before installing another"

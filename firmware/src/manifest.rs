@@ -32,6 +32,12 @@ pub struct Manifest {
     pub min_from: Option<String>,
     /// When it was built, seconds since the Unix epoch.
     pub created: u64,
+    /// From when the image is refused, seconds since the Unix epoch: bounds how long after
+    /// its release an old (but validly signed) image can still be pressed on an appliance
+    /// whose version floor is below it. Absent: it never expires (and the field is not
+    /// written, so manifests without it read as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
     pub payload: Payload,
 }
 

@@ -10,6 +10,8 @@ use crate::image::{BuildRequest, build, open};
 use crate::{Version, key};
 
 const CHUNK: u32 = 4096;
+/// The appliance's clock in these tests.
+const NOW: u64 = 1_800_000_000;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -104,6 +106,7 @@ impl Fixture {
                 min_from: None,
                 chunk_size: CHUNK,
                 created: 0,
+                expires: None,
             },
             signer,
         )
@@ -126,6 +129,7 @@ impl Fixture {
                 board: "test-board",
                 floor: floor.as_ref(),
                 running: &running,
+                now: NOW,
             },
             &files,
             &*self.boot(),
@@ -338,11 +342,42 @@ fn min_from_is_enforced() {
             min_from: Some(v("1.5.0")),
             chunk_size: CHUNK,
             created: 0,
+            expires: None,
         },
         &f.signer,
     )
     .expect("build");
     assert_refused(&f, &out, |e| matches!(e, Error::TooOld { .. }));
+}
+
+#[test]
+fn an_expired_image_is_refused_and_one_not_yet_expired_installs() {
+    let f = Fixture::new();
+    let binary = f.dir.path().join("bin");
+    std::fs::write(&binary, b"x").expect("write");
+    let build_expiring = |version: &str, expires: u64| {
+        let out = f.dir.path().join(format!("{version}.img"));
+        build(
+            &BuildRequest {
+                binary: &binary,
+                out: &out,
+                version: v(version),
+                board: "test-board".into(),
+                min_from: None,
+                chunk_size: CHUNK,
+                created: 0,
+                expires: Some(expires),
+            },
+            &f.signer,
+        )
+        .expect("build");
+        out
+    };
+    assert_refused(&f, &build_expiring("2.0.0", NOW), |e| {
+        matches!(e, Error::Expired { .. }) && e.to_string().contains("2027-01-15T08:00:00Z")
+    });
+    f.install(&build_expiring("2.0.1", NOW + 1), &mut no_stop)
+        .expect("install");
 }
 
 /// Power loss after each write of an install: the committed slot still boots, unchanged, and

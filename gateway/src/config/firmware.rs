@@ -40,6 +40,11 @@ pub struct Firmware {
     /// `bootloader = "grub"`: the GRUB environment block; default `/boot/grub/grubenv`.
     #[serde(default)]
     pub grub_env: Option<PathBuf>,
+    /// The CA certificates (PEM) an image server's certificate must chain to when
+    /// `firmware install` fetches an https:// URL; default the system's
+    /// (`/etc/ssl/certs/ca-certificates.crt`). The image's signature is checked either way.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 /// `firmware.bootloader`.
@@ -139,6 +144,9 @@ impl Config {
         }
         ::firmware::key::parse_public(&text)
             .map_err(|e| self.invalid("firmware.public_key", format!("{}: {e}", fw.public_key.display())))?;
+        if let Some(ca) = &fw.ca {
+            engine_proxy::tls::load_roots(ca).map_err(|e| self.invalid("firmware.ca", e.to_string()))?;
+        }
         match fw.backend() {
             Backend::Files => Ok(()),
             Backend::UBoot { fw_env_config } => {

@@ -174,7 +174,10 @@ impl Config {
                 Some(dir) => rel(dir),
                 None => fw.slots_dir = Some(data_dir.join("slots")),
             }
-            for path in [&mut fw.fw_env_config, &mut fw.grub_env].into_iter().flatten() {
+            for path in [&mut fw.fw_env_config, &mut fw.grub_env, &mut fw.ca]
+                .into_iter()
+                .flatten()
+            {
                 rel(path);
             }
         }

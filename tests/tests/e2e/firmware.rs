@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use crate::support::{DemoPorts, Server, bin, kakehashi, s, sh};
 
-fn status(config: &Path) -> serde_json::Value {
+pub(super) fn status(config: &Path) -> serde_json::Value {
     let out = kakehashi(&["firmware", "status", "--json", "--config", s(config)]).ok();
     serde_json::from_str(&out).expect("status JSON")
 }
 
-fn set_settle(config: &Path, secs: u64) {
+pub(super) fn set_settle(config: &Path, secs: u64) {
     let text = std::fs::read_to_string(config).expect("gateway.toml");
     let at = text
         .find("settle_secs = ")
@@ -26,7 +26,7 @@ fn set_settle(config: &Path, secs: u64) {
     std::fs::write(config, changed).expect("write gateway.toml");
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub(super) fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < until, "{what} did not happen within {limit:?}");
@@ -187,15 +187,15 @@ fn firmware_update_commits_after_health_checks_and_a_failing_trial_rolls_back() 
 }
 
 /// A clinic made by the demo.
-struct Clinic {
-    dir: std::path::PathBuf,
-    config: std::path::PathBuf,
-    ports: DemoPorts,
+pub(super) struct Clinic {
+    pub(super) dir: std::path::PathBuf,
+    pub(super) config: std::path::PathBuf,
+    pub(super) ports: DemoPorts,
 }
 
 impl Clinic {
     /// The demo's clinic in `tmp/clinic`, its `[firmware]` section given `extra` lines.
-    fn new(tmp: &Path, extra: &str) -> Clinic {
+    pub(super) fn new(tmp: &Path, extra: &str) -> Clinic {
         let dir = tmp.join("clinic");
         let ports = DemoPorts::new("127.0.0.1");
         sh(&format!(
@@ -215,7 +215,7 @@ impl Clinic {
 }
 
 /// An image of `version` whose payload is `payload`, signed by the demo vendor's key.
-fn image_of(clinic: &Path, version: &str, payload: &[u8]) -> std::path::PathBuf {
+pub(super) fn image_of(clinic: &Path, version: &str, payload: &[u8]) -> std::path::PathBuf {
     let binary = clinic.join(format!("payload-{version}"));
     std::fs::write(&binary, payload).expect("write payload");
     let out = clinic.join(format!("{version}.img"));

@@ -5,6 +5,7 @@
 //! supervisor the systemd unit runs (see [`supervise`]). Every change is recorded in the audit
 //! log (route `firmware`).
 
+mod fetch;
 mod health;
 mod supervise;
 
@@ -81,6 +82,10 @@ pub enum FirmwareCommand {
         /// Bytes per hashed chunk
         #[arg(long, default_value_t = firmware::manifest::DEFAULT_CHUNK)]
         chunk_size: u32,
+        /// Refuse the image from this date or time on (YYYY-MM-DD, 00:00 UTC, or RFC 3339),
+        /// signed in its manifest
+        #[arg(long, value_name = "DATE")]
+        expires: Option<String>,
         #[command(flatten)]
         passphrase: cert_tool::cli::PassphraseArgs,
     },
@@ -89,10 +94,11 @@ pub enum FirmwareCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Verify an image and install it into the inactive slot, on trial: it runs at the next start
+    /// Verify an image (a file, or an https:// or http:// URL, streamed into the slot) and
+    /// install it into the inactive slot, on trial: it runs at the next start
     Install {
-        #[arg(value_name = "IMAGE")]
-        image: PathBuf,
+        #[arg(value_name = "IMAGE|URL")]
+        image: String,
     },
     /// Commit the version on trial now (the supervisor does this itself once the health checks pass)
     Commit,
@@ -124,6 +130,7 @@ pub fn run(args: FirmwareArgs) -> Result<ExitCode> {
             board,
             min_from,
             chunk_size,
+            expires,
             passphrase,
         } => build(
             &version,
@@ -133,6 +140,7 @@ pub fn run(args: FirmwareArgs) -> Result<ExitCode> {
             board,
             min_from.as_deref(),
             chunk_size,
+            expires.as_deref(),
             &passphrase,
         ),
         FirmwareCommand::Status { json } => status(&Appliance::locate(&args.appliance)?, json),
@@ -193,10 +201,12 @@ fn build(
     board: String,
     min_from: Option<&str>,
     chunk_size: u32,
+    expires: Option<&str>,
     passphrase: &cert_tool::cli::PassphraseArgs,
 ) -> Result<ExitCode> {
     let version: Version = version.parse()?;
     let min_from: Option<Version> = min_from.map(str::parse).transpose()?;
+    let expires = expires.map(parse_date).transpose()?;
     let text = zeroize::Zeroizing::new(
         std::fs::read(key_path)
             .map_err(|e| FirmwareCliError::Message(format!("cannot read {}: {e}", key_path.display())))?,
@@ -205,10 +215,15 @@ fn build(
         .map_err(|e| FirmwareCliError::Message(e.to_string()))?;
     let der = zeroize::Zeroizing::new(key.0.serialize_der());
     let signer = firmware::key::signing_key(&der)?;
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created = now();
+    if let Some(at) = expires
+        && at <= created
+    {
+        return Err(FirmwareCliError::Message(format!(
+            "--expires {}: that is not in the future",
+            image::rfc3339(at)
+        )));
+    }
     let manifest = image::build(
         &image::BuildRequest {
             binary,
@@ -218,6 +233,7 @@ fn build(
             min_from,
             chunk_size,
             created,
+            expires,
         },
         &signer,
     )?;
@@ -234,6 +250,32 @@ fn build(
         )
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--expires`: a date (`2027-06-30`, from 00:00 UTC) or an RFC 3339 time, as seconds since
+/// the Unix epoch.
+#[cfg(feature = "vendor")]
+fn parse_date(text: &str) -> Result<u64> {
+    use time::format_description::well_known::Rfc3339;
+    let at = time::OffsetDateTime::parse(text, &Rfc3339).or_else(|_| {
+        time::Date::parse(text, time::macros::format_description!("[year]-[month]-[day]"))
+            .map(|d| d.midnight().assume_utc())
+    });
+    at.ok()
+        .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+        .ok_or_else(|| {
+            FirmwareCliError::Message(format!(
+                "--expires {text:?}: expected a date (2027-06-30) or an RFC 3339 time (2027-06-30T12:00:00Z)"
+            ))
+        })
+}
+
+/// The clock, seconds since the Unix epoch (0 if it reads before it).
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The appliance as the firmware commands see it.
@@ -323,25 +365,52 @@ impl Appliance {
     }
 }
 
-fn install(appliance: &Appliance, path: &Path) -> Result<ExitCode> {
-    let result = install_inner(appliance, path);
+fn install(appliance: &Appliance, source: &str) -> Result<ExitCode> {
+    let result = install_inner(appliance, source);
     match &result {
         Ok(text) => {
             appliance.audit(Decision::Allow, text);
             println!("{text}");
         }
-        Err(e) => appliance.audit(Decision::Deny, &format!("image {} refused: {e}", path.display())),
+        Err(e) => appliance.audit(Decision::Deny, &format!("image {source} refused: {e}")),
     }
     result.map(|_| ExitCode::SUCCESS)
 }
 
-fn install_inner(appliance: &Appliance, path: &Path) -> Result<String> {
+/// Opens the image (a file, or a download started) and checks its signature; nothing of the
+/// payload is read yet.
+fn open_image(appliance: &Appliance, source: &str, pinned: &[u8]) -> Result<image::Opened> {
+    if !fetch::is_url(source) {
+        return Ok(image::open(Path::new(source), pinned)?);
+    }
+    let ca = appliance
+        .firmware
+        .ca
+        .clone()
+        .unwrap_or_else(|| fetch::SYSTEM_ROOTS.into());
+    let download = fetch::get(source, &ca)?;
+    let announced = download.length();
+    let url = download.url().to_owned();
+    let opened = image::read_signed(url.clone(), Box::new(download), pinned)?;
+    if let Some(announced) = announced
+        && announced != opened.length
+    {
+        return Err(FirmwareCliError::Message(format!(
+            "{url}: the server announces {announced} bytes, but the signed manifest makes the image \
+             {} bytes: refused before a byte of the payload was written",
+            opened.length
+        )));
+    }
+    Ok(opened)
+}
+
+fn install_inner(appliance: &Appliance, source: &str) -> Result<String> {
     let key_path = &appliance.firmware.public_key;
     let pinned_text = std::fs::read(key_path)
         .map_err(|e| FirmwareCliError::Message(format!("cannot read {}: {e}", key_path.display())))?;
     let pinned = firmware::key::parse_public(&pinned_text)?;
     // Signature, key, board and versions before anything is written (even the slots' set-up).
-    let opened = image::open(path, &pinned)?;
+    let opened = open_image(appliance, source, &pinned)?;
     let running = match appliance.bootloader.read()? {
         Some(env) => appliance
             .version_of(env.committed)?
@@ -353,9 +422,11 @@ fn install_inner(appliance: &Appliance, path: &Path) -> Result<String> {
         board: &appliance.firmware.board,
         floor: floor.as_ref(),
         running: &running,
+        now: now(),
     };
     image::check(&opened.manifest, &checks)?;
     appliance.slots()?;
+    let origin = opened.origin.clone();
     let installed = firmware::install::install(
         opened,
         &checks,
@@ -365,8 +436,8 @@ fn install_inner(appliance: &Appliance, path: &Path) -> Result<String> {
         &mut |_| Ok(()),
     )?;
     Ok(format!(
-        "version {} installed in slot {} ({} bytes), on trial: it runs at the next start and commits \
-         itself once its health checks pass",
+        "version {} from {origin} installed in slot {} ({} bytes), on trial: it runs at the next \
+         start and commits itself once its health checks pass",
         installed.version, installed.slot, installed.size
     ))
 }
