@@ -17,6 +17,7 @@ mod e2e {
     mod est;
     mod failover;
     mod firmware;
+    mod firmware_activate;
     mod firmware_url;
     mod gateway;
     mod guide;

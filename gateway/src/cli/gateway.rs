@@ -70,7 +70,17 @@ pub fn run(cmd: GatewayCommand) -> Result<ExitCode, StartError> {
         GatewayCommand::Init(args) => init(&args),
         GatewayCommand::ImportBundle(args) => import_bundle(&args),
         GatewayCommand::Run(args) => {
-            crate::daemon::run(args.load("gateway run").map_err(StoreError::from)?)?;
+            let config = args.load("gateway run").map_err(StoreError::from)?;
+            let source = config.source.clone();
+            // Started by the firmware supervisor: `firmware activate` (SIGUSR2) hands over to it.
+            let handover = crate::cli::firmware::activate::Handover::from_env();
+            let stopped = crate::daemon::run(config, handover.is_some())?;
+            if let (crate::daemon::Stopped::Activate, Some(handover)) = (stopped, handover) {
+                return Err(StartError::File {
+                    path: source,
+                    message: handover.exec(),
+                });
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -6,7 +6,10 @@
 //! [`storage`] task, then print
 //! `READY <URL>` and notify [`systemd`]. SIGHUP reloads certificates, CRL and inventory without
 //! touching established connections; SIGTERM or Ctrl-C stops accepting, lets in-flight requests
-//! finish for `limits.shutdown_secs`, and flushes the audit log.
+//! finish for `limits.shutdown_secs`, and flushes the audit log. SIGUSR2 (`kakehashi firmware
+//! activate`) stops the same way in a gateway the firmware supervisor started, which then hands
+//! over to the supervisor to start the version on trial ([`Stopped::Activate`]); any other
+//! gateway ignores it.
 
 pub mod admin;
 pub mod failover;
@@ -31,8 +34,18 @@ use crate::metrics::Metrics;
 use gateway::{Gateway, StartError};
 use workers::{TunnelPort, Workers};
 
-/// Runs the gateway with `config` until SIGTERM or Ctrl-C.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// Why the gateway stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or Ctrl-C.
+    Terminated,
+    /// SIGUSR2 in a gateway that `activatable` said the firmware supervisor started: the
+    /// caller starts the supervisor again in this process.
+    Activate,
+}
+
+/// Runs the gateway with `config` until SIGTERM or Ctrl-C, or SIGUSR2 if `activatable`.
+pub fn run(config: Config, activatable: bool) -> Result<Stopped, StartError> {
     logging::init();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -41,7 +54,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             path: config.source.clone(),
             message: format!("cannot start the async runtime: {e}"),
         })?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, activatable))
 }
 
 async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
@@ -52,7 +65,7 @@ async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
 
 /// The gateway runs on the workers; this thread keeps signals, the admin and EST listeners and
 /// the background tasks.
-async fn serve(config: Config) -> Result<(), StartError> {
+async fn serve(config: Config, activatable: bool) -> Result<Stopped, StartError> {
     let gateway = Arc::new(Gateway::start(config)?);
     failover::start(&gateway)?;
     if gateway.config.tls.crl.is_none() {
@@ -143,16 +156,17 @@ async fn serve(config: Config) -> Result<(), StartError> {
             sig(SignalKind::hangup())?,
             sig(SignalKind::terminate())?,
             sig(SignalKind::interrupt())?,
+            sig(SignalKind::user_defined2())?,
         ))
     };
-    let (mut hup, mut term, mut int) = signals()?;
+    let (mut hup, mut term, mut int, mut usr2) = signals()?;
     if let Some(address) = ready {
         println!("READY https://{address}");
         let _ = std::io::stdout().flush();
     }
     systemd::notify("READY=1");
 
-    loop {
+    let stopped = loop {
         tokio::select! {
             _ = hup.recv() => {
                 systemd::notify("RELOADING=1");
@@ -169,10 +183,17 @@ async fn serve(config: Config) -> Result<(), StartError> {
                 }
                 systemd::notify("READY=1");
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break Stopped::Terminated,
+            _ = int.recv() => break Stopped::Terminated,
+            _ = usr2.recv() => {
+                if activatable {
+                    tracing::info!("SIGUSR2: stopping to hand over to the firmware supervisor, which starts the version on trial");
+                    break Stopped::Activate;
+                }
+                tracing::warn!("SIGUSR2 ignored: this gateway was not started by `kakehashi firmware boot`");
+            }
         }
-    }
+    };
     systemd::notify("STOPPING=1");
     tracing::info!("stopping: no new connections; finishing requests in flight");
     let _ = stop.send(true);
@@ -194,7 +215,7 @@ async fn serve(config: Config) -> Result<(), StartError> {
         tracing::error!(error = %e, "the audit log could not be flushed");
     }
     tracing::info!("stopped");
-    Ok(())
+    Ok(stopped)
 }
 
 /// What the EST listener uses of the gateway, and the reload it asks for after an enrollment.

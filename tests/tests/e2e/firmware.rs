@@ -172,18 +172,26 @@ fn firmware_update_commits_after_health_checks_and_a_failing_trial_rolls_back() 
         "{text}"
     );
     // And the audit log has every step, its chain intact.
-    let audit = kakehashi(&["audit", "export", "--config", s(&config)]).ok();
-    for step in [
-        "installed in slot b",
-        "starts on trial",
-        "is committed",
-        "failed its health checks",
-        "rolled back to slot b",
-        "refused",
-    ] {
+    assert_audited(
+        &config,
+        &[
+            "installed in slot b",
+            "starts on trial",
+            "is committed",
+            "failed its health checks",
+            "rolled back to slot b",
+            "refused",
+        ],
+    );
+}
+
+/// The appliance's audit log has each of `steps`, and its chain verifies.
+pub(super) fn assert_audited(config: &Path, steps: &[&str]) {
+    let audit = kakehashi(&["audit", "export", "--config", s(config)]).ok();
+    for step in steps {
         assert!(audit.contains(step), "no {step:?} in the audit log:\n{audit}");
     }
-    kakehashi(&["audit", "verify", "--config", s(&config)]).ok();
+    kakehashi(&["audit", "verify", "--config", s(config)]).ok();
 }
 
 /// A clinic made by the demo.

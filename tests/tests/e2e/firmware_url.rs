@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::firmware::{Clinic, image_of, status};
+use super::firmware::{Clinic, assert_audited, image_of, status};
 use crate::support::{kakehashi, s};
 
 /// What the image server answers for a path.
@@ -211,11 +211,11 @@ fn firmware_install_from_a_url_streams_into_the_slot_and_refuses_what_is_broken(
     ])
     .fails_with(&["--expires 2020-01-01T00:00:00Z: that is not in the future"]);
 
-    let audit = kakehashi(&["audit", "export", "--config", s(&config)]).ok();
-    for line in [
-        format!("image {cut} refused"),
-        format!("from {}", url("/kakehashi-0.2.0.img")),
-    ] {
-        assert!(audit.contains(&line), "no {line:?} in the audit log:\n{audit}");
-    }
+    assert_audited(
+        &config,
+        &[
+            &format!("image {cut} refused"),
+            &format!("from {}", url("/kakehashi-0.2.0.img")),
+        ],
+    );
 }

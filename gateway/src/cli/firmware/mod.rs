@@ -5,6 +5,7 @@
 //! supervisor the systemd unit runs (see [`supervise`]). Every change is recorded in the audit
 //! log (route `firmware`).
 
+pub mod activate;
 mod fetch;
 mod health;
 mod supervise;
@@ -99,7 +100,13 @@ pub enum FirmwareCommand {
     Install {
         #[arg(value_name = "IMAGE|URL")]
         image: String,
+        /// Then start it now: as `firmware activate`
+        #[arg(long)]
+        activate: bool,
     },
+    /// Start the version on trial now: the running gateway stops in order (connections
+    /// drained, audit log flushed) and the supervisor starts the trial in the same process
+    Activate,
     /// Commit the version on trial now (the supervisor does this itself once the health checks pass)
     Commit,
     /// Give up the version on trial; with none, make the other slot's version the committed one
@@ -144,7 +151,15 @@ pub fn run(args: FirmwareArgs) -> Result<ExitCode> {
             &passphrase,
         ),
         FirmwareCommand::Status { json } => status(&Appliance::locate(&args.appliance)?, json),
-        FirmwareCommand::Install { image } => install(&Appliance::locate(&args.appliance)?, &image),
+        FirmwareCommand::Install { image, activate } => {
+            let appliance = Appliance::locate(&args.appliance)?;
+            install(&appliance, &image)?;
+            if activate {
+                self::activated(&appliance)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FirmwareCommand::Activate => activated(&Appliance::locate(&args.appliance)?),
         FirmwareCommand::Commit => commit(&Appliance::locate(&args.appliance)?),
         FirmwareCommand::Rollback => rollback(&Appliance::locate(&args.appliance)?),
         FirmwareCommand::Boot { args: child } => supervise::run(&Appliance::locate(&args.appliance)?, child),
@@ -287,6 +302,8 @@ pub(crate) struct Appliance {
     pub files: Files,
     /// Where the boot state lives (`firmware.bootloader`).
     pub bootloader: Box<dyn Bootloader>,
+    /// How long the gateway takes to stop in order (`limits.shutdown_secs`).
+    pub shutdown: std::time::Duration,
 }
 
 impl Appliance {
@@ -308,6 +325,7 @@ impl Appliance {
             firmware,
             files,
             bootloader,
+            shutdown: std::time::Duration::from_secs(config.limits.shutdown_secs),
         })
     }
 
@@ -361,6 +379,21 @@ impl Appliance {
         };
         if let Err(e) = record() {
             eprintln!("kakehashi: warning: cannot record in the audit log: {e} (event: {reason})");
+        }
+    }
+}
+
+/// `firmware activate`, reported and audited as the other commands.
+fn activated(appliance: &Appliance) -> Result<ExitCode> {
+    match activate::activate(appliance, appliance.shutdown) {
+        Ok(text) => {
+            appliance.audit(Decision::Allow, &text);
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            appliance.audit(Decision::Deny, &format!("activation refused: {e}"));
+            Err(e)
         }
     }
 }

@@ -13,6 +13,10 @@
 //!
 //! The child ends with the supervisor however it ends (the parent-death signal the demo's
 //! children use, [`crate::cli::demo::end_with_demo`]).
+//!
+//! The supervisor records its process id (`SLOTS/boot.pid`) for `firmware activate`, whose
+//! SIGUSR2 it answers once a trial is over: it stops its child in order and starts again
+//! ([`super::activate`]). The gateway it `exec`s answers the same signal itself.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitCode};
@@ -21,11 +25,16 @@ use std::time::{Duration, Instant};
 use firmware::Slot;
 use firmware::boot::{self, Choice};
 
+use super::activate::{HANDOVER_ENV, Handover};
 use super::{Appliance, FirmwareCliError, Result, health};
 use crate::audit::Decision;
 
 pub(super) fn run(appliance: &Appliance, args: Vec<String>) -> Result<ExitCode> {
     appliance.slots()?;
+    // Before the process id is recorded: SIGUSR2's default action would end the process.
+    let mut activations = Activations::listen()?;
+    super::activate::record_pid(appliance)?;
+    let handover = Handover::of_this_supervisor(appliance);
     let args = if args.is_empty() {
         vec![
             "gateway".to_owned(),
@@ -48,20 +57,70 @@ pub(super) fn run(appliance: &Appliance, args: Vec<String>) -> Result<ExitCode> 
                 eprintln!("kakehashi firmware: {text}");
                 appliance.audit(Decision::Deny, &text);
             }
-            Err(exec(appliance, slot, &args))
+            Err(exec(appliance, slot, &args, handover.as_ref()))
         }
-        Choice::Trial { slot, attempt, limit } => trial(appliance, slot, attempt, limit, &args),
+        Choice::Trial { slot, attempt, limit } => trial(
+            appliance,
+            slot,
+            attempt,
+            limit,
+            &args,
+            &mut activations,
+            handover.as_ref(),
+        ),
     }
 }
 
-/// Replaces this process with the slot's binary; returns only if that fails.
-fn exec(appliance: &Appliance, slot: Slot, args: &[String]) -> FirmwareCliError {
+/// Replaces this process with the slot's binary; returns only if that fails. The gateway gets
+/// the supervisor's command line, to start it again when `firmware activate` asks.
+fn exec(appliance: &Appliance, slot: Slot, args: &[String], handover: Option<&Handover>) -> FirmwareCliError {
     let binary = appliance.files.binary(slot);
-    let error = Command::new(&binary).args(args).exec();
+    let mut command = Command::new(&binary);
+    command.args(args);
+    match handover {
+        Some(h) => command.env(HANDOVER_ENV, h.to_env()),
+        None => command.env_remove(HANDOVER_ENV),
+    };
+    let error = command.exec();
     FirmwareCliError::Message(format!("cannot start {}: {error}", binary.display()))
 }
 
-fn trial(appliance: &Appliance, slot: Slot, attempt: u32, limit: u32, args: &[String]) -> Result<ExitCode> {
+/// SIGUSR2, `firmware activate`'s request, as the supervisor receives it.
+struct Activations {
+    runtime: tokio::runtime::Runtime,
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Activations {
+    fn listen() -> Result<Activations> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| FirmwareCliError::Message(format!("cannot start the signal handling: {e}")))?;
+        let signal = runtime
+            .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) })
+            .map_err(|e| FirmwareCliError::Message(format!("cannot handle SIGUSR2: {e}")))?;
+        Ok(Activations { runtime, signal })
+    }
+
+    /// Waits up to `time`; whether an activation came.
+    fn wait(&mut self, time: Duration) -> bool {
+        let signal = &mut self.signal;
+        self.runtime
+            .block_on(async { tokio::time::timeout(time, signal.recv()).await })
+            .is_ok()
+    }
+}
+
+fn trial(
+    appliance: &Appliance,
+    slot: Slot,
+    attempt: u32,
+    limit: u32,
+    args: &[String],
+    activations: &mut Activations,
+    handover: Option<&Handover>,
+) -> Result<ExitCode> {
     let version = appliance
         .files
         .info(slot)?
@@ -74,6 +133,8 @@ fn trial(appliance: &Appliance, slot: Slot, attempt: u32, limit: u32, args: &[St
     let mut child = Command::new(&binary)
         .args(args)
         .env(crate::cli::demo::DEMO_PID_ENV, std::process::id().to_string())
+        // The supervisor answers `activate` while it waits for this child, not the child.
+        .env_remove(HANDOVER_ENV)
         .spawn()
         .map_err(|e| FirmwareCliError::Message(format!("cannot start {}: {e}", binary.display())))?;
     let settle = Duration::from_secs(appliance.firmware.settle_secs);
@@ -113,7 +174,7 @@ fn trial(appliance: &Appliance, slot: Slot, attempt: u32, limit: u32, args: &[St
                 &*appliance.bootloader,
                 &format!("failed its health checks: {}", failures.join("; ")),
             )?;
-            stop(&mut child);
+            stop(&mut child, STOP_GRACE);
             let committed = appliance
                 .bootloader
                 .read()?
@@ -122,29 +183,55 @@ fn trial(appliance: &Appliance, slot: Slot, attempt: u32, limit: u32, args: &[St
             let text = format!("rolled back to slot {committed}");
             eprintln!("kakehashi firmware: {text}");
             appliance.audit(Decision::Deny, &text);
-            return Err(exec(appliance, committed, args));
+            return Err(exec(appliance, committed, args, handover));
         }
-        std::thread::sleep(Duration::from_secs(1));
+        if activations.wait(Duration::from_secs(1)) {
+            eprintln!("kakehashi firmware: activation ignored: version {version} is on trial already");
+        }
     }
-    let status = child
-        .wait()
-        .map_err(|e| FirmwareCliError::Message(format!("waiting for the gateway: {e}")))?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    // Committed: the child serves until it ends, or until `activate` asks for the next trial.
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| FirmwareCliError::Message(format!("waiting for the gateway: {e}")))?
+        {
+            return Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        if activations.wait(Duration::from_millis(500)) {
+            let Some(handover) = handover else {
+                eprintln!(
+                    "kakehashi firmware: activation ignored: this supervisor's arguments are not UTF-8, \
+                     so it cannot start itself again"
+                );
+                continue;
+            };
+            let text = format!(
+                "activation: stopping version {version} in slot {slot} in order, then starting the supervisor again"
+            );
+            eprintln!("kakehashi firmware: {text}");
+            appliance.audit(Decision::Allow, &text);
+            stop(&mut child, appliance.shutdown + STOP_GRACE);
+            return Err(FirmwareCliError::Message(handover.exec()));
+        }
+    }
 }
 
-/// SIGTERM, ten seconds to shut down gracefully, then SIGKILL.
-fn stop(child: &mut Child) {
+/// What a stopping gateway gets beyond its own drain time before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// SIGTERM, `grace` to shut down gracefully, then SIGKILL.
+fn stop(child: &mut Child, grace: Duration) {
     if let Some(pid) = i32::try_from(child.id())
         .ok()
         .and_then(rustix::process::Pid::from_raw)
     {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + grace;
     while Instant::now() < until {
         if let Ok(Some(_)) = child.try_wait() {
             return;
