@@ -31,6 +31,9 @@ pub struct SlotInfo {
     pub size: u64,
     /// The firmware key that signed it (absent for the binary adopted at the first install).
     pub key: Option<String>,
+    /// The size of the root file system written to the slot's partition with it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -129,6 +132,7 @@ impl Files {
                 version: version.to_owned(),
                 size,
                 key: None,
+                rootfs: None,
             },
         )?;
         bootloader.write(&BootEnv {

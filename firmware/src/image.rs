@@ -4,6 +4,7 @@
 //! KAKEHASHI-FIRMWARE/1\n
 //! u32 big-endian length, then that many bytes of JSON: {"manifest": TEXT, "key": B64, "signature": B64}
 //! the payload, exactly manifest.payload.size bytes
+//! the root file system, exactly manifest.rootfs.size bytes, if the manifest has `rootfs`
 //! ```
 //! `key` is the signer's uncompressed P-256 point and `signature` its ECDSA (ASN.1 DER) signature
 //! over [`CONTEXT`] and the manifest text. The manifest is read, and the signature, key, board
@@ -19,7 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use crate::key::fingerprint;
-use crate::manifest::{CONTEXT, FORMAT, Manifest, PAYLOAD_NAME, Payload};
+use crate::manifest::{CONTEXT, FORMAT, Manifest, PAYLOAD_NAME, Payload, ROOTFS_NAME};
 use crate::{Error, Result, Version, atomic};
 
 /// How an image begins.
@@ -38,6 +39,8 @@ struct Envelope {
 /// What `firmware build` is asked for.
 pub struct BuildRequest<'a> {
     pub binary: &'a Path,
+    /// A root file system image to carry after the binary, for slots that are partitions.
+    pub rootfs: Option<&'a Path>,
     pub out: &'a Path,
     pub version: Version,
     pub board: String,
@@ -48,16 +51,15 @@ pub struct BuildRequest<'a> {
     pub expires: Option<u64>,
 }
 
-/// Builds an image from `binary`, signed with `key`: reads the binary twice (hashes, then copy),
-/// writes `out` under a temporary name and renames it into place.
-pub fn build(request: &BuildRequest<'_>, key: &EcdsaKeyPair) -> Result<Manifest> {
-    let chunk = request.chunk_size as usize;
-    let mut source = File::open(request.binary).map_err(Error::io("cannot open", request.binary))?;
+/// Hashes `path` chunk by chunk: the manifest's description of a payload named `name`.
+fn describe(path: &Path, name: &str, chunk_size: u32) -> Result<Payload> {
+    let chunk = chunk_size as usize;
+    let mut source = File::open(path).map_err(Error::io("cannot open", path))?;
     let mut chunks = Vec::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; chunk];
     loop {
-        let n = read_full(&mut source, &mut buf).map_err(Error::io("cannot read", request.binary))?;
+        let n = read_full(&mut source, &mut buf).map_err(Error::io("cannot read", path))?;
         if n == 0 {
             break;
         }
@@ -70,6 +72,22 @@ pub fn build(request: &BuildRequest<'_>, key: &EcdsaKeyPair) -> Result<Manifest>
             break;
         }
     }
+    Ok(Payload {
+        name: name.into(),
+        size,
+        chunk_size,
+        chunks,
+    })
+}
+
+/// Builds an image from `binary` (and `rootfs`), signed with `key`: reads each payload twice
+/// (hashes, then copy), writes `out` under a temporary name and renames it into place.
+pub fn build(request: &BuildRequest<'_>, key: &EcdsaKeyPair) -> Result<Manifest> {
+    let payload = describe(request.binary, PAYLOAD_NAME, request.chunk_size)?;
+    let rootfs = request
+        .rootfs
+        .map(|path| describe(path, ROOTFS_NAME, request.chunk_size))
+        .transpose()?;
     let manifest = Manifest {
         format: FORMAT,
         version: request.version.to_string(),
@@ -77,12 +95,8 @@ pub fn build(request: &BuildRequest<'_>, key: &EcdsaKeyPair) -> Result<Manifest>
         min_from: request.min_from.as_ref().map(Version::to_string),
         created: request.created,
         expires: request.expires,
-        payload: Payload {
-            name: PAYLOAD_NAME.into(),
-            size,
-            chunk_size: request.chunk_size,
-            chunks,
-        },
+        payload,
+        rootfs,
     };
     manifest.check()?;
     let text = serde_json::to_string(&manifest).map_err(|e| Error::Malformed(e.to_string()))?;
@@ -107,14 +121,17 @@ pub fn build(request: &BuildRequest<'_>, key: &EcdsaKeyPair) -> Result<Manifest>
     write(&mut out, MAGIC.as_bytes())?;
     write(&mut out, &header_len.to_be_bytes())?;
     write(&mut out, &header)?;
-    let mut source = File::open(request.binary).map_err(Error::io("cannot open", request.binary))?;
-    let copied = std::io::copy(&mut (&mut source).take(size), &mut out)
-        .map_err(Error::io("cannot copy", request.binary))?;
-    if copied != size {
-        return Err(Error::Refused(format!(
-            "{} changed while the image was being built",
-            request.binary.display()
-        )));
+    let sources = std::iter::once(request.binary).chain(request.rootfs);
+    for (path, payload) in sources.zip(manifest.payloads()) {
+        let mut source = File::open(path).map_err(Error::io("cannot open", path))?;
+        let copied = std::io::copy(&mut (&mut source).take(payload.size), &mut out)
+            .map_err(Error::io("cannot copy", path))?;
+        if copied != payload.size {
+            return Err(Error::Refused(format!(
+                "{} changed while the image was being built",
+                path.display()
+            )));
+        }
     }
     let file = out.into_inner().map_err(|e| Error::Io {
         what: "cannot write",
@@ -200,7 +217,11 @@ pub fn read_signed(origin: String, mut reader: Box<dyn Read>, pinned: &[u8]) -> 
     let manifest: Manifest = serde_json::from_str(&envelope.manifest)
         .map_err(|e| Error::Malformed(format!("the manifest: {e}")))?;
     manifest.check()?;
-    let length = (MAGIC.len() as u64 + 4 + u64::from(len)).saturating_add(manifest.payload.size);
+    let length = manifest
+        .payloads()
+        .fold(MAGIC.len() as u64 + 4 + u64::from(len), |n, p| {
+            n.saturating_add(p.size)
+        });
     Ok(Opened {
         manifest,
         key: fingerprint(&key),

@@ -2,9 +2,10 @@
 //!
 //! An update is an [`image`]: a manifest (version, board, the lowest version it may update from,
 //! the payload's size and a SHA-256 per chunk) signed by the vendor's firmware key (ECDSA P-256),
-//! then the payload, the new `kakehashi` binary. The appliance checks the signature against the
-//! key it pins, the board and the version floor ([`floor`]) before it writes a byte; then
-//! [`install`] streams the payload into the inactive slot, checking each chunk's hash as it goes,
+//! then the payload, the new `kakehashi` binary, and optionally a root file system image for
+//! appliances whose slots are partitions ([`rootfs`]). The appliance checks the signature
+//! against the key it pins, the board and the version floor ([`floor`]) before it writes a
+//! byte; then [`install`] streams the payload into the inactive slot, checking each chunk's hash as it goes,
 //! under a temporary name that nothing boots, and marks the slot as on trial only once it is
 //! whole and on disk. The [`bootloader`] interface keeps which slot is committed and which is on
 //! trial; [`files`] is its backend for a general-purpose Linux (two slot directories and a
@@ -26,6 +27,7 @@ pub mod image;
 pub mod install;
 pub mod key;
 pub mod manifest;
+pub mod rootfs;
 pub mod uboot;
 pub mod vars;
 pub mod version;
@@ -76,9 +78,9 @@ pub enum Error {
     )]
     Expired { expires: String, now: String },
     #[error(
-        "chunk {index} of the payload does not match its SHA-256 in the signed manifest: the image is corrupted or tampered with"
+        "chunk {index} of {what} does not match its SHA-256 in the signed manifest: the image is corrupted or tampered with"
     )]
-    BadChunk { index: usize },
+    BadChunk { index: usize, what: &'static str },
     #[error(
         "the image goes on after its payload (at least {0} more bytes): it is damaged or was appended to"
     )]

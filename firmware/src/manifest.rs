@@ -16,8 +16,12 @@ pub const MIN_CHUNK: u32 = 4 << 10;
 pub const MAX_CHUNK: u32 = 16 << 20;
 /// The largest payload accepted: far above a `kakehashi` binary, far below the flash.
 pub const MAX_PAYLOAD: u64 = 1 << 30;
-/// The only payload this build installs: the appliance binary.
+/// The first payload: the appliance binary.
 pub const PAYLOAD_NAME: &str = "kakehashi";
+/// The optional second payload: a root file system image for the slot's partition.
+pub const ROOTFS_NAME: &str = "rootfs";
+/// The largest root file system accepted.
+pub const MAX_ROOTFS: u64 = 64 << 30;
 
 /// The signed description of an image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,9 +43,14 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
     pub payload: Payload,
+    /// A root file system image, after the binary in the image, for appliances whose slots
+    /// are partitions (`firmware.rootfs_a`, `rootfs_b`). Absent: the image updates the binary
+    /// only (and the field is not written, so manifests without it read as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<Payload>,
 }
 
-/// The payload: its size and a SHA-256 per chunk.
+/// A payload: its size and a SHA-256 per chunk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Payload {
@@ -64,30 +73,16 @@ impl Manifest {
         }
         self.version()?;
         self.min_from()?;
-        let p = &self.payload;
-        if p.name != PAYLOAD_NAME {
-            return bad(format!(
-                "payload {:?} (this build installs {PAYLOAD_NAME:?} only)",
-                p.name
-            ));
-        }
-        if !(MIN_CHUNK..=MAX_CHUNK).contains(&p.chunk_size) {
-            return bad(format!(
-                "chunk size {} (from {MIN_CHUNK} to {MAX_CHUNK})",
-                p.chunk_size
-            ));
-        }
-        if p.size == 0 || p.size > MAX_PAYLOAD {
-            return bad(format!("payload size {} (from 1 to {MAX_PAYLOAD})", p.size));
-        }
-        let expected = p.size.div_ceil(u64::from(p.chunk_size));
-        if p.chunks.len() as u64 != expected {
-            return bad(format!("{} chunk hashes for {expected} chunks", p.chunks.len()));
-        }
-        if p.chunks.iter().any(|h| h.len() != 64 || hex::decode(h).is_err()) {
-            return bad("a chunk hash is not 64 hex digits".into());
+        self.payload.check(PAYLOAD_NAME, MAX_PAYLOAD)?;
+        if let Some(rootfs) = &self.rootfs {
+            rootfs.check(ROOTFS_NAME, MAX_ROOTFS)?;
         }
         Ok(())
+    }
+
+    /// The payloads in the order the image holds them: the binary, then the root file system.
+    pub fn payloads(&self) -> impl Iterator<Item = &Payload> {
+        std::iter::once(&self.payload).chain(self.rootfs.as_ref())
     }
 
     pub fn version(&self) -> Result<Version> {
@@ -97,9 +92,43 @@ impl Manifest {
     pub fn min_from(&self) -> Result<Option<Version>> {
         self.min_from.as_deref().map(str::parse).transpose()
     }
+}
+
+impl Payload {
+    /// The name this place in the image must carry, sizes that agree, hashes that are hashes.
+    fn check(&self, name: &str, max: u64) -> Result<()> {
+        let bad = |m: String| Err(Error::Malformed(m));
+        if self.name != name {
+            return bad(format!("payload {:?} where {name:?} belongs", self.name));
+        }
+        if !(MIN_CHUNK..=MAX_CHUNK).contains(&self.chunk_size) {
+            return bad(format!(
+                "{name}: chunk size {} (from {MIN_CHUNK} to {MAX_CHUNK})",
+                self.chunk_size
+            ));
+        }
+        if self.size == 0 || self.size > max {
+            return bad(format!("{name}: size {} (from 1 to {max})", self.size));
+        }
+        let expected = self.size.div_ceil(u64::from(self.chunk_size));
+        if self.chunks.len() as u64 != expected {
+            return bad(format!(
+                "{name}: {} chunk hashes for {expected} chunks",
+                self.chunks.len()
+            ));
+        }
+        if self
+            .chunks
+            .iter()
+            .any(|h| h.len() != 64 || hex::decode(h).is_err())
+        {
+            return bad(format!("{name}: a chunk hash is not 64 hex digits"));
+        }
+        Ok(())
+    }
 
     /// The expected SHA-256 of chunk `index`.
     pub fn chunk_hash(&self, index: usize) -> Option<Vec<u8>> {
-        self.payload.chunks.get(index).and_then(|h| hex::decode(h).ok())
+        self.chunks.get(index).and_then(|h| hex::decode(h).ok())
     }
 }

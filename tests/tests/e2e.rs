@@ -18,6 +18,7 @@ mod e2e {
     mod failover;
     mod firmware;
     mod firmware_activate;
+    mod firmware_rootfs;
     mod firmware_url;
     mod gateway;
     mod guide;

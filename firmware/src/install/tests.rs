@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use crate::boot::{self, Choice};
 use crate::floor::Floor;
 use crate::image::{BuildRequest, build, open};
+use crate::rootfs::RootfsSlots;
 use crate::{Version, key};
 
 const CHUNK: u32 = 4096;
@@ -19,6 +20,8 @@ struct Fixture {
     signer: aws_lc_rs::signature::EcdsaKeyPair,
     running: Vec<u8>,
     backend: Backend,
+    /// Where each slot's root file system goes, if the appliance has them.
+    rootfs: Option<RootfsSlots>,
 }
 
 fn v(s: &str) -> Version {
@@ -73,7 +76,21 @@ impl Fixture {
             signer,
             running,
             backend,
+            rootfs: None,
         }
+    }
+
+    /// With a root file system per slot, in two files holding an older one.
+    fn with_rootfs() -> Fixture {
+        let mut f = Fixture::new();
+        let slots = RootfsSlots {
+            a: f.dir.path().join("rootfs-a"),
+            b: f.dir.path().join("rootfs-b"),
+        };
+        std::fs::write(&slots.a, b"root file system a".repeat(4000)).expect("a");
+        std::fs::write(&slots.b, b"root file system b".repeat(4000)).expect("b");
+        f.rootfs = Some(slots);
+        f
     }
 
     /// Where the boot state is.
@@ -91,6 +108,23 @@ impl Fixture {
 
     /// An image of `version` (payload: 10.5 chunks of bytes that name it), signed by `signer`.
     fn image_by(&self, version: &str, board: &str, signer: &aws_lc_rs::signature::EcdsaKeyPair) -> PathBuf {
+        self.build_image(version, board, signer, None)
+    }
+
+    /// An image of `version` carrying `rootfs` as its root file system.
+    fn image_with_rootfs(&self, version: &str, rootfs: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(format!("rootfs-{version}"));
+        std::fs::write(&path, rootfs).expect("write");
+        self.build_image(version, "test-board", &self.signer, Some(&path))
+    }
+
+    fn build_image(
+        &self,
+        version: &str,
+        board: &str,
+        signer: &aws_lc_rs::signature::EcdsaKeyPair,
+        rootfs: Option<&Path>,
+    ) -> PathBuf {
         let binary = self.dir.path().join(format!("bin-{version}"));
         let payload: Vec<u8> = (0..(CHUNK as usize * 21 / 2))
             .map(|i| (i % 251) as u8 ^ version.len() as u8)
@@ -100,6 +134,7 @@ impl Fixture {
         build(
             &BuildRequest {
                 binary: &binary,
+                rootfs,
                 out: &out,
                 version: v(version),
                 board: board.into(),
@@ -132,10 +167,25 @@ impl Fixture {
                 now: NOW,
             },
             &files,
+            self.rootfs.as_ref(),
             &*self.boot(),
             3,
             observe,
         )
+    }
+
+    /// Installs `image` until `point`, where the power goes.
+    fn install_until(&self, image: &Path, point: Step) {
+        let err = self
+            .install(image, &mut |step| {
+                if step == point {
+                    Err(Error::Stopped(step))
+                } else {
+                    Ok(())
+                }
+            })
+            .expect_err("stopped");
+        assert!(matches!(err, Error::Stopped(p) if p == point), "{err}");
     }
 
     fn running_version(&self) -> Version {
@@ -259,7 +309,7 @@ fn a_tampered_chunk_is_refused_before_it_is_written() {
     let at = bytes.len() - CHUNK as usize; // inside the last whole chunk
     bytes[at] ^= 1;
     std::fs::write(&image, bytes).expect("write");
-    assert_refused(&f, &image, |e| matches!(e, Error::BadChunk { index: 9 }));
+    assert_refused(&f, &image, |e| matches!(e, Error::BadChunk { index: 9, .. }));
 }
 
 #[test]
@@ -336,6 +386,7 @@ fn min_from_is_enforced() {
     build(
         &BuildRequest {
             binary: &binary,
+            rootfs: None,
             out: &out,
             version: v("2.0.0"),
             board: "test-board".into(),
@@ -360,6 +411,7 @@ fn an_expired_image_is_refused_and_one_not_yet_expired_installs() {
         build(
             &BuildRequest {
                 binary: &binary,
+                rootfs: None,
                 out: &out,
                 version: v(version),
                 board: "test-board".into(),
@@ -410,16 +462,7 @@ fn power_loss_at_every_step(fixture: fn() -> Fixture) {
         f.install(&f.image("1.0.5"), &mut no_stop).expect("first install");
         boot::abandon(&*f.boot(), "test").expect("abandon");
         let image = f.image("1.1.0");
-        let err = f
-            .install(&image, &mut |step| {
-                if step == point {
-                    Err(Error::Stopped(step))
-                } else {
-                    Ok(())
-                }
-            })
-            .expect_err("stopped");
-        assert!(matches!(err, Error::Stopped(p) if p == point), "{err}");
+        f.install_until(&image, point);
         f.assert_committed_boots();
         if point != Step::Described {
             assert_eq!(f.files().info(Slot::B).expect("info"), None, "at {point:?}");
@@ -474,4 +517,88 @@ fn power_loss_inside_a_commit_reads_as_committed() {
             rolled_back: None
         }
     );
+}
+
+/// A root file system in 5.5 chunks that names its version.
+fn rootfs_of(version: &str) -> Vec<u8> {
+    (0..(CHUNK as usize * 11 / 2))
+        .map(|i| (i % 241) as u8 ^ version.as_bytes()[2])
+        .collect()
+}
+
+#[test]
+fn a_root_file_system_goes_to_the_inactive_slots_target_before_the_trial() {
+    let f = Fixture::with_rootfs();
+    let slots = f.rootfs.clone().expect("rootfs");
+    let a_before = std::fs::read(&slots.a).expect("a");
+    let rootfs = rootfs_of("1.1.0");
+    let installed = f
+        .install(&f.image_with_rootfs("1.1.0", &rootfs), &mut no_stop)
+        .expect("install");
+    assert_eq!(installed.slot, Slot::B);
+    // The file is replaced whole (it held more before); the committed slot's is untouched.
+    assert_eq!(std::fs::read(&slots.b).expect("b"), rootfs);
+    assert_eq!(std::fs::read(&slots.a).expect("a"), a_before);
+    let info = f.files().info(Slot::B).expect("info").expect("described");
+    assert_eq!(info.rootfs, Some(rootfs.len() as u64));
+    assert!(matches!(
+        boot::choose(&*f.boot()).expect("choose"),
+        Choice::Trial { slot: Slot::B, .. }
+    ));
+}
+
+#[test]
+fn a_root_file_system_and_an_appliance_must_agree() {
+    let plain = Fixture::new();
+    assert_refused(
+        &plain,
+        &plain.image_with_rootfs("1.1.0", &rootfs_of("1.1.0")),
+        |e| e.to_string().contains("names no partitions"),
+    );
+    let f = Fixture::with_rootfs();
+    assert_refused(&f, &f.image("1.1.0"), |e| {
+        e.to_string().contains("the image carries none")
+    });
+    // A missing target is named, before anything is written.
+    let slots = f.rootfs.clone().expect("rootfs");
+    std::fs::remove_file(&slots.b).expect("remove");
+    assert_refused(&f, &f.image_with_rootfs("1.1.0", &rootfs_of("1.1.0")), |e| {
+        e.to_string().contains("rootfs-b: it does not exist")
+    });
+}
+
+#[test]
+fn a_tampered_root_file_system_chunk_is_refused_and_nothing_goes_on_trial() {
+    let f = Fixture::with_rootfs();
+    let image = f.image_with_rootfs("1.1.0", &rootfs_of("1.1.0"));
+    let mut bytes = std::fs::read(&image).expect("read");
+    let at = bytes.len() - CHUNK as usize; // inside the root file system's last whole chunk
+    bytes[at] ^= 1;
+    std::fs::write(&image, bytes).expect("write");
+    assert_refused(&f, &image, |e| {
+        matches!(
+            e,
+            Error::BadChunk {
+                index: 4,
+                what: "the root file system"
+            }
+        )
+    });
+}
+
+/// Power loss while the root file system is written or just after: the slot is not described
+/// and nothing is on trial; the next install writes it whole.
+#[test]
+fn power_loss_inside_the_root_file_system_leaves_the_committed_slot_booting() {
+    for point in [Step::RootfsChunk(0), Step::RootfsChunk(3), Step::RootfsSynced] {
+        let f = Fixture::with_rootfs();
+        let rootfs = rootfs_of("1.1.0");
+        let image = f.image_with_rootfs("1.1.0", &rootfs);
+        f.install_until(&image, point);
+        f.assert_committed_boots();
+        assert_eq!(f.files().info(Slot::B).expect("info"), None, "at {point:?}");
+        f.install(&image, &mut no_stop).expect("install after power loss");
+        let slots = f.rootfs.as_ref().expect("rootfs");
+        assert_eq!(std::fs::read(&slots.b).expect("b"), rootfs, "at {point:?}");
+    }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use ::firmware::backend::Backend;
+use ::firmware::rootfs::RootfsSlots;
 use ::firmware::{Bootloader, grub, uboot};
 
 use super::{Config, ConfigError};
@@ -45,6 +46,13 @@ pub struct Firmware {
     /// (`/etc/ssl/certs/ca-certificates.crt`). The image's signature is checked either way.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// Where slot a's root file system goes (a partition such as `/dev/mmcblk0p2`, or a
+    /// file), for images that carry one; with `rootfs_b`, or neither.
+    #[serde(default)]
+    pub rootfs_a: Option<PathBuf>,
+    /// Where slot b's root file system goes.
+    #[serde(default)]
+    pub rootfs_b: Option<PathBuf>,
 }
 
 /// `firmware.bootloader`.
@@ -76,6 +84,17 @@ impl Firmware {
     /// The slots directory, resolved.
     pub fn slots(&self) -> PathBuf {
         self.slots_dir.clone().unwrap_or_default()
+    }
+
+    /// Where each slot's root file system goes, if this appliance has them.
+    pub fn rootfs(&self) -> Option<RootfsSlots> {
+        match (&self.rootfs_a, &self.rootfs_b) {
+            (Some(a), Some(b)) => Some(RootfsSlots {
+                a: a.clone(),
+                b: b.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// Where the boot state lives, the defaults filled in.
@@ -116,6 +135,17 @@ impl Config {
         if fw.grub_env.is_some() && fw.bootloader != BootloaderKind::Grub {
             return Err(self.invalid("firmware.grub_env", "only with bootloader = \"grub\""));
         }
+        match (&fw.rootfs_a, &fw.rootfs_b) {
+            (Some(_), None) => return Err(self.invalid("firmware.rootfs_b", "missing: rootfs_a needs it")),
+            (None, Some(_)) => return Err(self.invalid("firmware.rootfs_a", "missing: rootfs_b needs it")),
+            (Some(a), Some(b)) if a == b => {
+                return Err(self.invalid(
+                    "firmware.rootfs_b",
+                    "the same as rootfs_a: each slot needs its own",
+                ));
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -144,6 +174,23 @@ impl Config {
         }
         ::firmware::key::parse_public(&text)
             .map_err(|e| self.invalid("firmware.public_key", format!("{}: {e}", fw.public_key.display())))?;
+        for (key, path) in [
+            ("firmware.rootfs_a", &fw.rootfs_a),
+            ("firmware.rootfs_b", &fw.rootfs_b),
+        ] {
+            let Some(path) = path else { continue };
+            use std::os::unix::fs::FileTypeExt as _;
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_file() || m.file_type().is_block_device() => {}
+                Ok(_) => {
+                    return Err(self.invalid(
+                        key,
+                        format!("{}: neither a block device nor a file", path.display()),
+                    ));
+                }
+                Err(e) => return Err(self.invalid(key, format!("{}: {e}", path.display()))),
+            }
+        }
         if let Some(ca) = &fw.ca {
             engine_proxy::tls::load_roots(ca).map_err(|e| self.invalid("firmware.ca", e.to_string()))?;
         }
@@ -196,5 +243,24 @@ mod tests {
             err.contains("firmware.public_key") && err.contains("more than 65536 bytes"),
             "{err}"
         );
+    }
+
+    /// Root file systems per slot: both or neither, and two different targets.
+    #[test]
+    fn rootfs_needs_both_slots_and_two_targets() {
+        let check = |lines: &str| {
+            let text = format!("{MINIMAL}[firmware]\npublic_key = \"firmware.pub\"\n{lines}");
+            Config::from_text(&text, Path::new("/etc/kakehashi/gateway.toml"))
+                .and_then(|c| c.check_settings())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(check("rootfs_a = \"/dev/sda2\"\n").contains("firmware.rootfs_b"));
+        assert!(check("rootfs_b = \"/dev/sda3\"\n").contains("firmware.rootfs_a"));
+        assert!(
+            check("rootfs_a = \"/dev/sda2\"\nrootfs_b = \"/dev/sda2\"\n").contains("the same as rootfs_a")
+        );
+        assert_eq!(check("rootfs_a = \"/dev/sda2\"\nrootfs_b = \"/dev/sda3\"\n"), "");
     }
 }

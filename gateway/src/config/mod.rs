@@ -174,9 +174,11 @@ impl Config {
                 Some(dir) => rel(dir),
                 None => fw.slots_dir = Some(data_dir.join("slots")),
             }
-            for path in [&mut fw.fw_env_config, &mut fw.grub_env, &mut fw.ca]
-                .into_iter()
-                .flatten()
+            for path in [
+                &mut fw.fw_env_config, &mut fw.grub_env, &mut fw.ca, &mut fw.rootfs_a, &mut fw.rootfs_b,
+            ]
+            .into_iter()
+            .flatten()
             {
                 rel(path);
             }

@@ -224,10 +224,16 @@ impl Clinic {
 
 /// An image of `version` whose payload is `payload`, signed by the demo vendor's key.
 pub(super) fn image_of(clinic: &Path, version: &str, payload: &[u8]) -> std::path::PathBuf {
+    image_with(clinic, version, payload, &[])
+}
+
+/// [`image_of`], with `extra` arguments for `firmware build`.
+pub(super) fn image_with(clinic: &Path, version: &str, payload: &[u8], extra: &[&str]) -> std::path::PathBuf {
     let binary = clinic.join(format!("payload-{version}"));
     std::fs::write(&binary, payload).expect("write payload");
     let out = clinic.join(format!("{version}.img"));
-    kakehashi(&[
+    let key = clinic.join("firmware.key");
+    let mut args = vec![
         "firmware",
         "build",
         "--version",
@@ -235,13 +241,14 @@ pub(super) fn image_of(clinic: &Path, version: &str, payload: &[u8]) -> std::pat
         "--binary",
         s(&binary),
         "--key",
-        s(&clinic.join("firmware.key")),
+        s(&key),
         "--out",
         s(&out),
         "--chunk-size",
         "65536",
-    ])
-    .ok();
+    ];
+    args.extend_from_slice(extra);
+    kakehashi(&args).ok();
     out
 }
 

@@ -69,6 +69,10 @@ pub enum FirmwareCommand {
         version: String,
         #[arg(long, value_name = "FILE")]
         binary: PathBuf,
+        /// A root file system image to carry after the binary, for appliances whose slots are
+        /// partitions (firmware.rootfs_a, rootfs_b)
+        #[arg(long, value_name = "FILE")]
+        rootfs: Option<PathBuf>,
         /// The firmware signing key (`firmware keygen`)
         #[arg(long, value_name = "KEY")]
         key: PathBuf,
@@ -132,6 +136,7 @@ pub fn run(args: FirmwareArgs) -> Result<ExitCode> {
         FirmwareCommand::Build {
             version,
             binary,
+            rootfs,
             key,
             out,
             board,
@@ -142,6 +147,7 @@ pub fn run(args: FirmwareArgs) -> Result<ExitCode> {
         } => build(
             &version,
             &binary,
+            rootfs.as_deref(),
             &key,
             &out,
             board,
@@ -211,6 +217,7 @@ fn keygen(out: &Path, no_passphrase: bool, passphrase: &cert_tool::cli::Passphra
 fn build(
     version: &str,
     binary: &Path,
+    rootfs: Option<&Path>,
     key_path: &Path,
     out: &Path,
     board: String,
@@ -242,6 +249,7 @@ fn build(
     let manifest = image::build(
         &image::BuildRequest {
             binary,
+            rootfs,
             out,
             version,
             board,
@@ -252,8 +260,13 @@ fn build(
         },
         &signer,
     )?;
+    let rootfs = manifest
+        .rootfs
+        .as_ref()
+        .map(|r| format!(", a root file system of {} bytes", r.size))
+        .unwrap_or_default();
     println!(
-        "{}: version {} for board {}, {} bytes in {} chunks, signed by {}",
+        "{}: version {} for board {}, {} bytes in {} chunks{rootfs}, signed by {}",
         out.display(),
         manifest.version,
         manifest.board,
@@ -464,13 +477,19 @@ fn install_inner(appliance: &Appliance, source: &str) -> Result<String> {
         opened,
         &checks,
         &appliance.files,
+        appliance.firmware.rootfs().as_ref(),
         &*appliance.bootloader,
         appliance.firmware.boot_limit,
         &mut |_| Ok(()),
     )?;
+    let rootfs = appliance
+        .firmware
+        .rootfs()
+        .map(|r| format!(", its root file system in {}", r.of(installed.slot).display()))
+        .unwrap_or_default();
     Ok(format!(
-        "version {} from {origin} installed in slot {} ({} bytes), on trial: it runs at the next \
-         start and commits itself once its health checks pass",
+        "version {} from {origin} installed in slot {} ({} bytes{rootfs}), on trial: it runs at \
+         the next start and commits itself once its health checks pass",
         installed.version, installed.slot, installed.size
     ))
 }
@@ -618,7 +637,13 @@ fn status(appliance: &Appliance, json: bool) -> Result<ExitCode> {
         println!(
             "{name}          {}",
             slot.as_ref()
-                .map(|i| format!("version {} ({} bytes)", i.version, i.size))
+                .map(|i| match i.rootfs {
+                    Some(r) => format!(
+                        "version {} ({} bytes; root file system {r} bytes)",
+                        i.version, i.size
+                    ),
+                    None => format!("version {} ({} bytes)", i.version, i.size),
+                })
                 .unwrap_or_else(|| "empty".into())
         );
     }
