@@ -5,6 +5,12 @@
 # their ratio (target: install at least 0.8x dd's throughput). Also the disk used beside the
 # slots during install (the partial file is the new binary itself; no second copy of the image).
 #
+# RAUC beside it, when it can run here (root; Debian's rauc, squashfs-tools and dbus-daemon):
+# the same payload as a raw image in a RAUC bundle signed with an openssl-made P-256
+# certificate, installed by `rauc install` into file-backed A/B slots (system.conf with
+# bootloader=noop, booted slot A), through a `rauc service` on a private D-Bus system bus. The
+# bundle is in the "plain" format: "verity" needs device-mapper, which a container may lack.
+#
 #   bench/firmware.sh [ROUNDS] [MIB]     (default 5 rounds of 64 MiB; needs a release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +21,13 @@ bin=${KAKEHASHI_BIN:-target/release/kakehashi}
 [[ -x $bin ]] || cargo build --release --bin kakehashi
 peer=$(peer_bin)
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/kakehashi-fw.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  umount "$work"/rauc/mnt/* 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 ns() { date +%s%N; }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -29,7 +41,62 @@ printf 'small' >"$work/small"
 "$peer" firmware build --version 1.0.0 --binary "$work/small" --key "$work/clinic/firmware.key" \
   --out "$work/small.img" >/dev/null
 config=$work/clinic/gateway.toml
-install_ms=() dd_ms=()
+
+# RAUC: set up once (certificate, bundle, slots, its service); why not, if it cannot be.
+rauc_why=
+if [[ $EUID -ne 0 ]]; then
+  rauc_why="not root (rauc mounts its bundle through a loop device)"
+elif ! command -v rauc >/dev/null || ! command -v mksquashfs >/dev/null || ! command -v dbus-daemon >/dev/null; then
+  rauc_why="rauc, mksquashfs or dbus-daemon missing (apt-get install rauc squashfs-tools dbus)"
+fi
+if [[ -z $rauc_why ]]; then
+  r=$work/rauc
+  mkdir -p "$r/bundle" "$r/data" "$r/mnt"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$r/key.pem" \
+    -out "$r/cert.pem" -subj /CN=kakehashi-bench -days 30 2>/dev/null
+  cp "$work/payload" "$r/bundle/payload.img"
+  printf '[update]\ncompatible=kakehashi-bench\nversion=9.0.0\n[bundle]\nformat=plain\n[image.rootfs]\nfilename=payload.img\n' \
+    >"$r/bundle/manifest.raucm"
+  rauc bundle --cert="$r/cert.pem" --key="$r/key.pem" "$r/bundle" "$r/update.raucb" >/dev/null 2>&1
+  rm "$r/bundle/payload.img"
+  cat >"$r/system.conf" <<EOF
+[system]
+compatible=kakehashi-bench
+bootloader=noop
+data-directory=$r/data
+[keyring]
+path=$r/cert.pem
+[slot.rootfs.0]
+device=$r/slot-a.img
+type=raw
+bootname=A
+[slot.rootfs.1]
+device=$r/slot-b.img
+type=raw
+bootname=B
+EOF
+  cat >"$r/bus.conf" <<EOF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=$r/bus</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/>
+  </policy>
+</busconfig>
+EOF
+  export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$r/bus
+  pids+=("$(dbus-daemon --config-file="$r/bus.conf" --fork --print-pid)")
+  truncate -s $(((mib + 16) << 20)) "$r/slot-a.img" "$r/slot-b.img"
+  rauc -c "$r/system.conf" --mount="$r/mnt" service --override-boot-slot=A >"$r/service.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do rauc -c "$r/system.conf" status >/dev/null 2>&1 && break; sleep 0.2; done
+  rauc -c "$r/system.conf" status >/dev/null 2>&1 || rauc_why="its service did not start ($r/service.log)"
+fi
+
+install_ms=() dd_ms=() rauc_ms=()
 for round in $(seq "$rounds"); do
   rm -rf "$work/clinic/slots" "$work/clinic/data/firmware.floor" "$work/dd.out"
   # The slots set up first, outside the timing: a small version installed and committed.
@@ -43,10 +110,30 @@ for round in $(seq "$rounds"); do
   t2=$(ns)
   dd_ms+=($(((t1 - t0) / 1000000)))
   install_ms+=($(((t2 - t1) / 1000000)))
-  echo "round $round: dd ${dd_ms[-1]} ms, install ${install_ms[-1]} ms"
+  line="round $round: dd ${dd_ms[-1]} ms, install ${install_ms[-1]} ms"
+  if [[ -z $rauc_why ]]; then
+    # A fresh slot B, as Kakehashi's slot is fresh: RAUC writes the slot not booted.
+    rm -f "$r/slot-b.img"
+    truncate -s $(((mib + 16) << 20)) "$r/slot-b.img"
+    sync
+    t3=$(ns)
+    rauc -c "$r/system.conf" install "$r/update.raucb" >/dev/null 2>&1 || die "rauc install failed ($r/service.log)"
+    t4=$(ns)
+    cmp -s -n $((mib << 20)) "$r/slot-b.img" "$work/payload" || die "rauc's slot B does not hold the payload"
+    rauc_ms+=($(((t4 - t3) / 1000000)))
+    line+=", rauc ${rauc_ms[-1]} ms"
+  fi
+  echo "$line"
 done
 d=$(median "${dd_ms[@]}")
 i=$(median "${install_ms[@]}")
 echo "payload ${mib} MiB; median dd conv=fsync ${d} ms ($(awk "BEGIN {printf \"%.0f\", $mib * 1000 / $d}") MiB/s)," \
   "install ${i} ms ($(awk "BEGIN {printf \"%.0f\", $mib * 1000 / $i}") MiB/s, verification included)"
 echo "install throughput / dd throughput: $(awk "BEGIN {printf \"%.2f\", $d / $i}")x"
+if [[ -z $rauc_why ]]; then
+  ra=$(median "${rauc_ms[@]}")
+  echo "median rauc install ${ra} ms ($(awk "BEGIN {printf \"%.0f\", $mib * 1000 / $ra}") MiB/s, plain bundle, its signature and the image's hash checked)"
+  echo "kakehashi install throughput / rauc install throughput: $(awk "BEGIN {printf \"%.2f\", $ra / $i}")x"
+else
+  echo "RAUC: skipped: $rauc_why"
+fi
