@@ -46,6 +46,10 @@ pub struct Firmware {
     /// (`/etc/ssl/certs/ca-certificates.crt`). The image's signature is checked either way.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// How long an image server may take to complete the TLS handshake, to answer, and to send
+    /// more of the image (each wait, not the whole download).
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout_secs: u64,
     /// Where slot a's root file system goes (a partition such as `/dev/mmcblk0p2`, or a
     /// file), for images that carry one; with `rootfs_b`, or neither.
     #[serde(default)]
@@ -78,6 +82,10 @@ fn default_boot_limit() -> u32 {
 
 fn default_settle() -> u64 {
     60
+}
+
+fn default_fetch_timeout() -> u64 {
+    30
 }
 
 impl Firmware {
@@ -128,6 +136,9 @@ impl Config {
         }
         if !(1..=3600).contains(&fw.settle_secs) {
             return Err(self.invalid("firmware.settle_secs", "from 1 to 3600 seconds"));
+        }
+        if !(1..=3600).contains(&fw.fetch_timeout_secs) {
+            return Err(self.invalid("firmware.fetch_timeout_secs", "from 1 to 3600 seconds"));
         }
         if fw.fw_env_config.is_some() && fw.bootloader != BootloaderKind::Uboot {
             return Err(self.invalid("firmware.fw_env_config", "only with bootloader = \"uboot\""));

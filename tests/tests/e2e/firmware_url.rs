@@ -1,8 +1,9 @@
 //! `kakehashi firmware install URL`: an image fetched over HTTPS (through a redirect, checked
 //! against `firmware.ca`) and over plain HTTP, streamed into the inactive slot; a server whose
-//! certificate is not trusted, a download cut mid-payload, a tampered image, a missing one and a
-//! server announcing more bytes than the signed manifest: each refused with the URL and the
-//! reason, nothing left in the slot, nothing on trial.
+//! certificate is not trusted, a download cut mid-payload, one that stalls past
+//! `fetch_timeout_secs`, a tampered image, a missing one and a server announcing more bytes than
+//! the signed manifest: each refused with the URL and the reason, nothing left in the slot,
+//! nothing on trial.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -22,6 +23,8 @@ enum Answer {
     Cut(Vec<u8>, usize),
     /// A redirect to this path.
     Redirect(&'static str),
+    /// `200 OK` announcing all of these bytes, the first `n` sent, then nothing for 20 s.
+    Stall(Vec<u8>, usize),
 }
 
 /// A small file server, HTTPS with the demo's server certificate or plain HTTP: what a
@@ -60,22 +63,21 @@ fn answer(stream: &mut impl ReadWrite, answers: &HashMap<&'static str, Answer>) 
     }
     let head = String::from_utf8_lossy(&head);
     let path = head.split(' ').nth(1).unwrap_or("/");
+    let ok = |stream: &mut dyn Write, body: &[u8], sent: usize| -> std::io::Result<()> {
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        stream.write_all(&body[..sent])?;
+        stream.flush()
+    };
     match answers.get(path) {
-        Some(Answer::Whole(body)) => {
-            write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )?;
-            stream.write_all(body)?;
-        }
-        Some(Answer::Cut(body, n)) => {
-            write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )?;
-            stream.write_all(&body[..*n])?;
+        Some(Answer::Whole(body)) => ok(stream, body, body.len())?,
+        Some(Answer::Cut(body, n)) => ok(stream, body, *n)?,
+        Some(Answer::Stall(body, n)) => {
+            ok(stream, body, *n)?;
+            std::thread::sleep(std::time::Duration::from_secs(20));
         }
         Some(Answer::Redirect(to)) => {
             write!(
@@ -122,7 +124,7 @@ fn firmware_install_from_a_url_streams_into_the_slot_and_refuses_what_is_broken(
     // The CA a server must chain to: at first a certificate that issued nothing.
     let Clinic {
         dir: clinic, config, ..
-    } = Clinic::new(tmp.path(), "ca = \"engine.pem\"\n");
+    } = Clinic::new(tmp.path(), "ca = \"engine.pem\"\nfetch_timeout_secs = 2\n");
     kakehashi(&["gateway", "check", "--config", s(&config)]).ok();
     // Sixteen 64 KiB chunks and a bit.
     let payload: Vec<u8> = (0..(16 * 65536 + 100)).map(|i| (i % 253) as u8).collect();
@@ -137,6 +139,7 @@ fn firmware_install_from_a_url_streams_into_the_slot_and_refuses_what_is_broken(
         ("/kakehashi-0.2.0.img", Answer::Whole(good.clone())),
         ("/latest", Answer::Redirect("/kakehashi-0.2.0.img")),
         ("/cut.img", Answer::Cut(good.clone(), payload_at + 3 * 65536 + 10)),
+        ("/stall.img", Answer::Stall(good.clone(), payload_at + 65536)),
         ("/tampered.img", Answer::Whole(tampered)),
         ("/longer.img", Answer::Whole(longer)),
         ("/kakehashi-0.2.1.img", Answer::Whole(next)),
@@ -163,7 +166,20 @@ fn firmware_install_from_a_url_streams_into_the_slot_and_refuses_what_is_broken(
     let cut = url("/cut.img");
     install(&cut).fails_with(&[&cut, "cut short after", &format!("of {} bytes", good.len())]);
     nothing_in_slot_b();
-    install(&url("/tampered.img")).fails_with(&["chunk 5 of the payload does not match its SHA-256"]);
+    let stall = url("/stall.img");
+    install(&stall).fails_with(&[
+        &stall,
+        &format!(
+            "the server sent nothing for 2 s after {} of {} bytes",
+            payload_at + 65536,
+            good.len()
+        ),
+    ]);
+    nothing_in_slot_b();
+    let tampered = url("/tampered.img");
+    install(&tampered).fails_with(&[&format!(
+        "{tampered}: chunk 5 of the payload does not match its SHA-256"
+    )]);
     nothing_in_slot_b();
     install(&url("/longer.img")).fails_with(&[
         &format!("announces {} bytes", good.len() + 8),

@@ -15,7 +15,8 @@
 //! hyper's HTTP/1.1 client over tokio-rustls, the stack the uplink already uses, on a runtime
 //! of one thread that runs only while the installer waits for bytes. Every wait is bounded:
 //! connecting, the TLS handshake, the response's head, and each read of the body (a server that
-//! stops sending is an error after [`IDLE`], however long the whole download takes).
+//! stops sending is an error after `firmware.fetch_timeout_secs`, however long the whole
+//! download takes).
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -38,12 +39,8 @@ use super::{FirmwareCliError, Result};
 /// The system's CA certificates on Debian (package `ca-certificates`): the roots an image
 /// server is checked against unless `firmware.ca` names others.
 pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// How long connecting to the server may take.
+/// How long connecting to the server may take at most (less if the timeout is shorter).
 const CONNECT: Duration = Duration::from_secs(10);
-/// How long the TLS handshake, and then the response's head, may each take.
-const ANSWER: Duration = Duration::from_secs(30);
-/// How long the server may send nothing while the body is read.
-pub const IDLE: Duration = Duration::from_secs(30);
 /// Redirects followed (a release server commonly sends one to its CDN).
 const MAX_REDIRECTS: usize = 5;
 
@@ -63,6 +60,8 @@ pub struct Download {
     received: u64,
     /// The `Content-Length` the server announced, if any.
     length: Option<u64>,
+    /// How long the server may send nothing.
+    idle: Duration,
 }
 
 impl Download {
@@ -87,18 +86,18 @@ impl Download {
 impl Read for Download {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pending.is_empty() {
-            let body = &mut self.body;
+            let (body, idle) = (&mut self.body, self.idle);
             // The timer is made inside the runtime, which it needs.
             let frame = self
                 .runtime
-                .block_on(async { tokio::time::timeout(IDLE, body.frame()).await });
+                .block_on(async { tokio::time::timeout(idle, body.frame()).await });
             let frame = match frame {
                 Err(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!(
                             "the server sent nothing for {} s {}",
-                            IDLE.as_secs(),
+                            self.idle.as_secs(),
                             self.so_far()
                         ),
                     ));
@@ -130,9 +129,10 @@ impl Read for Download {
 
 /// Starts downloading `url`: connects, checks the server's certificate against the roots in
 /// `ca` (HTTPS), sends the request and follows redirects until a `200 OK` whose body is ready to
-/// be read. Every error names the URL and what failed: the connection, the TLS handshake (an
-/// unknown issuer, a name that does not match), the HTTP status.
-pub fn get(url: &str, ca: &Path) -> Result<Download> {
+/// be read. `timeout` bounds the TLS handshake, the wait for the response's head, and each
+/// wait for more of the body. Every error names the URL and what failed: the connection, the
+/// TLS handshake (an unknown issuer, a name that does not match), the HTTP status.
+pub fn get(url: &str, ca: &Path, timeout: Duration) -> Result<Download> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -167,7 +167,7 @@ pub fn get(url: &str, ca: &Path) -> Result<Download> {
             None
         };
         let response = runtime
-            .block_on(request(&uri, &host, port, config))
+            .block_on(request(&uri, &host, port, config, timeout))
             .map_err(fail)?;
         let status = response.status();
         if status == StatusCode::OK {
@@ -183,6 +183,7 @@ pub fn get(url: &str, ca: &Path) -> Result<Download> {
                 url: current,
                 received: 0,
                 length,
+                idle: timeout,
             });
         }
         if status.is_redirection()
@@ -217,10 +218,17 @@ async fn request(
     host: &str,
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
+    answer: Duration,
 ) -> std::result::Result<hyper::Response<Incoming>, String> {
-    let tcp = tokio::time::timeout(CONNECT, connect(host, port))
+    let connecting = CONNECT.min(answer);
+    let tcp = tokio::time::timeout(connecting, connect(host, port))
         .await
-        .map_err(|_| format!("cannot connect to {host}:{port} within {} s", CONNECT.as_secs()))?
+        .map_err(|_| {
+            format!(
+                "cannot connect to {host}:{port} within {} s",
+                connecting.as_secs()
+            )
+        })?
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = match tls {
@@ -228,14 +236,14 @@ async fn request(
             let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|e| format!("{host:?} is not a name a certificate can carry: {e}"))?;
             let stream = tokio::time::timeout(
-                ANSWER,
+                answer,
                 tokio_rustls::TlsConnector::from(config).connect(name, tcp),
             )
             .await
             .map_err(|_| {
                 format!(
                     "the TLS handshake with {host}:{port} took more than {} s",
-                    ANSWER.as_secs()
+                    answer.as_secs()
                 )
             })?
             .map_err(|e| format!("the TLS handshake with {host}:{port} failed: {}", error_chain(&e)))?;
@@ -262,9 +270,9 @@ async fn request(
         )
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("the request: {e}"))?;
-    tokio::time::timeout(ANSWER, sender.send_request(request))
+    tokio::time::timeout(answer, sender.send_request(request))
         .await
-        .map_err(|_| format!("no answer within {} s", ANSWER.as_secs()))?
+        .map_err(|_| format!("no answer within {} s", answer.as_secs()))?
         .map_err(|e| format!("HTTP: {}", error_chain(&e)))
 }
 

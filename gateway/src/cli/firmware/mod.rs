@@ -412,15 +412,23 @@ fn activated(appliance: &Appliance) -> Result<ExitCode> {
 }
 
 fn install(appliance: &Appliance, source: &str) -> Result<ExitCode> {
-    let result = install_inner(appliance, source);
-    match &result {
+    match install_inner(appliance, source) {
         Ok(text) => {
-            appliance.audit(Decision::Allow, text);
+            appliance.audit(Decision::Allow, &text);
             println!("{text}");
+            Ok(ExitCode::SUCCESS)
         }
-        Err(e) => appliance.audit(Decision::Deny, &format!("image {source} refused: {e}")),
+        Err(e) => {
+            appliance.audit(Decision::Deny, &format!("image {source} refused: {e}"));
+            // Every refusal names the image (a file, or the URL), if its reason does not yet.
+            let text = e.to_string();
+            Err(if text.contains(source) {
+                e
+            } else {
+                FirmwareCliError::Message(format!("{source}: {text}"))
+            })
+        }
     }
-    result.map(|_| ExitCode::SUCCESS)
 }
 
 /// Opens the image (a file, or a download started) and checks its signature; nothing of the
@@ -434,7 +442,8 @@ fn open_image(appliance: &Appliance, source: &str, pinned: &[u8]) -> Result<imag
         .ca
         .clone()
         .unwrap_or_else(|| fetch::SYSTEM_ROOTS.into());
-    let download = fetch::get(source, &ca)?;
+    let timeout = std::time::Duration::from_secs(appliance.firmware.fetch_timeout_secs);
+    let download = fetch::get(source, &ca, timeout)?;
     let announced = download.length();
     let url = download.url().to_owned();
     let opened = image::read_signed(url.clone(), Box::new(download), pinned)?;
