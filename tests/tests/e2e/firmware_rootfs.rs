@@ -1,7 +1,7 @@
 //! `firmware build --rootfs` and `[firmware] rootfs_a`, `rootfs_b`: a root file system image
 //! carried in the signed image and streamed into the inactive slot's target, a file and a loop
-//! block device, before the slot goes on trial; refused when it does not fit or when the image
-//! and the appliance disagree about having one.
+//! block device, before the slot goes on trial; refused when it does not fit, when the target
+//! is mounted, or when the image and the appliance disagree about having one.
 
 use std::path::{Path, PathBuf};
 
@@ -87,6 +87,20 @@ fn firmware_root_file_system_streams_into_a_loop_block_device() {
     );
     kakehashi(&["gateway", "check", "--config", s(&config)]).ok();
     let install = |img: &Path| kakehashi(&["firmware", "install", s(img), "--config", s(&config)]);
+
+    // Mounted (it may be the running system): refused before a byte is written.
+    let mount_point = tmp.path().join("mnt");
+    std::fs::create_dir(&mount_point).expect("mount point");
+    if tool("mkfs.ext4", &["-q", &b.0]).code == 0 && tool("mount", &[&b.0, s(&mount_point)]).code == 0 {
+        let refused = install(&image_with_rootfs(&clinic, "0.1.9", b"binary", &bytes(4096, 5)));
+        tool("umount", &[s(&mount_point)]).ok();
+        refused.fails_with(&[&b.0, &format!("it is mounted at {}", s(&mount_point))]);
+    } else {
+        eprintln!(
+            "the mount check skipped: cannot make and mount a file system on {}",
+            b.0
+        );
+    }
 
     // Larger than the partition: refused before a byte is written.
     let too_big = image_with_rootfs(&clinic, "0.2.0", b"binary", &bytes(size + 1, 3));
