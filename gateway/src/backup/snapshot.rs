@@ -315,6 +315,8 @@ pub(super) fn named_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
             "firmware.public_key",
             config.firmware.as_ref().map(|f| f.public_key.clone()),
         ),
+        // Not firmware.rootfs_a, rootfs_b: partitions, the replacement appliance's own.
+        ("firmware.ca", config.firmware.as_ref().and_then(|f| f.ca.clone())),
         (
             "wireguard.private_key",
             config.wireguard.as_ref().and_then(|w| w.private_key.clone()),
