@@ -382,6 +382,21 @@ impl Appliance {
         })
     }
 
+    /// What a command did, printed and audited; or why `what` was refused, audited.
+    fn report(&self, result: Result<String>, what: &str) -> Result<ExitCode> {
+        match result {
+            Ok(text) => {
+                self.audit(Decision::Allow, &text);
+                println!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                self.audit(Decision::Deny, &format!("{what} refused: {e}"));
+                Err(e)
+            }
+        }
+    }
+
     /// Records a firmware event in the audit log; a log that cannot be written is reported on
     /// stderr, not fatal (the change itself is already on disk).
     pub(crate) fn audit(&self, decision: Decision, reason: &str) {
@@ -398,37 +413,20 @@ impl Appliance {
 
 /// `firmware activate`, reported and audited as the other commands.
 fn activated(appliance: &Appliance) -> Result<ExitCode> {
-    match activate::activate(appliance, appliance.shutdown) {
-        Ok(text) => {
-            appliance.audit(Decision::Allow, &text);
-            println!("{text}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            appliance.audit(Decision::Deny, &format!("activation refused: {e}"));
-            Err(e)
-        }
-    }
+    appliance.report(activate::activate(appliance, appliance.shutdown), "activation")
 }
 
 fn install(appliance: &Appliance, source: &str) -> Result<ExitCode> {
-    match install_inner(appliance, source) {
-        Ok(text) => {
-            appliance.audit(Decision::Allow, &text);
-            println!("{text}");
-            Ok(ExitCode::SUCCESS)
+    let result = install_inner(appliance, source);
+    appliance.report(result, &format!("image {source}")).map_err(|e| {
+        // Every refusal names the image (a file, or the URL), if its reason does not yet.
+        let text = e.to_string();
+        if text.contains(source) {
+            e
+        } else {
+            FirmwareCliError::Message(format!("{source}: {text}"))
         }
-        Err(e) => {
-            appliance.audit(Decision::Deny, &format!("image {source} refused: {e}"));
-            // Every refusal names the image (a file, or the URL), if its reason does not yet.
-            let text = e.to_string();
-            Err(if text.contains(source) {
-                e
-            } else {
-                FirmwareCliError::Message(format!("{source}: {text}"))
-            })
-        }
-    }
+    })
 }
 
 /// Opens the image (a file, or a download started) and checks its signature; nothing of the
