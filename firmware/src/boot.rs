@@ -47,6 +47,20 @@ pub fn choose(bootloader: &dyn Bootloader) -> Result<Choice> {
     })
 }
 
+/// Takes back the start [`choose`] counted for the trial in `slot`, after an orderly stop (a
+/// restart or a reboot the operator asked for, the trial version shut down cleanly): a normal
+/// reboot during the trial is not a failed start. A crash, a hang or a power loss keeps its
+/// count. Returns whether a start was taken back (none when the trial is no longer `slot`'s).
+pub fn uncount(bootloader: &dyn Bootloader, slot: Slot) -> Result<bool> {
+    let mut env = read(bootloader)?;
+    if env.trial != Some(slot) || env.bootcount == 0 {
+        return Ok(false);
+    }
+    env.bootcount -= 1;
+    bootloader.write(&env)?;
+    Ok(true)
+}
+
 /// Commits the trial slot, then raises the floor to its `version`. Refused with no trial.
 pub fn commit(bootloader: &dyn Bootloader, floor: &Floor, version: &Version) -> Result<Slot> {
     let mut env = read(bootloader)?;

@@ -66,6 +66,16 @@ impl Files {
         self.slot_dir(slot).join(BINARY)
     }
 
+    /// The slot whose directory holds this process's binary: the version that runs, which the
+    /// boot state alone cannot say (a trial runs beside a committed slot; a binary started by
+    /// hand runs from neither).
+    pub fn running(&self) -> Option<Slot> {
+        let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+        [Slot::A, Slot::B]
+            .into_iter()
+            .find(|s| self.slot_dir(*s).canonicalize().ok().as_deref() == exe.parent())
+    }
+
     pub fn info_path(&self, slot: Slot) -> PathBuf {
         self.slot_dir(slot).join(INFO)
     }

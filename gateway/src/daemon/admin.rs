@@ -43,13 +43,17 @@ async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Respons
             crate::metrics::Metrics::set(&gateway.metrics.password_checks_total, checks);
             crate::backup::state::refresh_metrics(&gateway.status.data_dir, &gateway.metrics);
             let sources = gateway.status.clone();
-            if let Ok(disk) = tokio::task::spawn_blocking(move || sources.disk()).await {
+            let mut firmware = String::new();
+            if let Ok((disk, slots)) =
+                tokio::task::spawn_blocking(move || (sources.disk(), sources.firmware())).await
+            {
                 crate::budget::refresh_metrics(&disk, &gateway.metrics);
+                firmware = slots.map(|s| s.metrics()).unwrap_or_default();
             }
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                gateway.metrics.render() + &crate::daemon::failover::render_paths(&gateway),
+                gateway.metrics.render() + &crate::daemon::failover::render_paths(&gateway) + &firmware,
             )
         }
         "/status.json" => {
@@ -70,7 +74,18 @@ async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Respons
         ),
         "/health" => {
             let mode = gateway.failover.health.mode().as_str();
-            (StatusCode::OK, "text/plain", format!("ok\nhybrid mode: {mode}\n"))
+            let sources = gateway.status.clone();
+            let firmware = tokio::task::spawn_blocking(move || sources.firmware())
+                .await
+                .ok()
+                .flatten()
+                .map(|s| s.line() + "\n")
+                .unwrap_or_default();
+            (
+                StatusCode::OK,
+                "text/plain",
+                format!("ok\nhybrid mode: {mode}\n{firmware}"),
+            )
         }
         _ => (
             StatusCode::NOT_FOUND,

@@ -164,11 +164,16 @@ impl Sources {
             recent_refusals: recent.refusals,
             backup: crate::backup::state::read(&self.data_dir),
             disk: Some(self.disk()),
-            firmware: self
-                .firmware_slots
-                .as_ref()
-                .and_then(|(dir, backend)| firmware_slots(dir, backend)),
+            firmware: self.firmware(),
         }
+    }
+
+    /// The firmware slots' state, on an appliance that takes signed updates and has set its
+    /// slots up (the first `firmware install`); read from the boot state at each call.
+    pub fn firmware(&self) -> Option<crate::status::FirmwareSlots> {
+        self.firmware_slots
+            .as_ref()
+            .and_then(|(dir, backend)| firmware_slots(dir, backend))
     }
 
     /// Enrollment tokens not yet used that still work: every one ends within 30 days (720 hours
@@ -207,7 +212,12 @@ fn firmware_slots(
 ) -> Option<crate::status::FirmwareSlots> {
     let files = firmware::files::Files::new(dir);
     let env = backend.open(&files).ok()?.read().ok().flatten()?;
+    let booted = files.running();
     Some(crate::status::FirmwareSlots {
+        version: booted
+            .and_then(|s| files.info(s).ok().flatten())
+            .map_or_else(|| env!("CARGO_PKG_VERSION").to_owned(), |i| i.version),
+        booted: booted.map(|s| s.name().to_owned()),
         committed: env.committed.name().to_owned(),
         committed_version: files.info(env.committed).ok().flatten().map(|i| i.version),
         trial: env.trial.map(|s| s.name().to_owned()),

@@ -101,6 +101,12 @@ pub struct Operator {
 /// Which slot runs, and a trial or a rollback, as `kakehashi firmware status` says them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FirmwareSlots {
+    /// The version that answers (its slot's, as installed; this build's when it runs from
+    /// outside the slots), and the slot it runs from.
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub booted: Option<String>,
     /// `a` or `b`, and the version installed there.
     pub committed: String,
     pub committed_version: Option<String>,
@@ -110,6 +116,60 @@ pub struct FirmwareSlots {
     pub bootlimit: u32,
     /// The last trial given up, and why.
     pub rolled_back: Option<String>,
+}
+
+impl FirmwareSlots {
+    /// One line for `/health`: what runs from where, what is committed, a trial and a rollback.
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "firmware: {} from {}; committed slot {}",
+            self.version,
+            self.booted
+                .as_deref()
+                .map_or("outside the slots".to_owned(), |s| format!("slot {s}")),
+            self.committed
+        );
+        if let Some(v) = &self.committed_version {
+            line.push_str(&format!(" ({v})"));
+        }
+        if let Some(t) = &self.trial {
+            line.push_str(&format!(
+                "; slot {t} on trial, start {} of {}",
+                self.bootcount, self.bootlimit
+            ));
+        }
+        if let Some(why) = &self.rolled_back {
+            line.push_str(&format!("; rolled back: {why}"));
+        }
+        line
+    }
+
+    /// The Prometheus lines: which version runs from which slot, the trial and its starts, a
+    /// rollback.
+    pub fn metrics(&self) -> String {
+        // The version comes from a slot's description on disk: escaped as a label value.
+        let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        format!(
+            "# HELP kakehashi_firmware_info The running version, the slot it runs from (none: outside the slots) and the committed slot.\n\
+             # TYPE kakehashi_firmware_info gauge\n\
+             kakehashi_firmware_info{{version=\"{}\",booted_slot=\"{}\",committed_slot=\"{}\"}} 1\n\
+             # HELP kakehashi_firmware_trial 1 while a version is on trial (not committed yet).\n\
+             # TYPE kakehashi_firmware_trial gauge\n\
+             kakehashi_firmware_trial {}\n\
+             # HELP kakehashi_firmware_bootcount Starts of the version on trial so far (the supervisor gives it up at the boot limit).\n\
+             # TYPE kakehashi_firmware_bootcount gauge\n\
+             kakehashi_firmware_bootcount {}\n\
+             # HELP kakehashi_firmware_rolled_back 1 when the last trial was given up and the committed slot runs again.\n\
+             # TYPE kakehashi_firmware_rolled_back gauge\n\
+             kakehashi_firmware_rolled_back {}\n",
+            label(&self.version),
+            self.booted.as_deref().unwrap_or(""),
+            self.committed,
+            u8::from(self.trial.is_some()),
+            self.bootcount,
+            u8::from(self.rolled_back.is_some()),
+        )
+    }
 }
 
 /// A registered terminal.

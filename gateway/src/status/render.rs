@@ -366,6 +366,8 @@ mod tests {
                     reason: "needs scope <write>".into(),
                 }],
                 firmware: Some(crate::status::FirmwareSlots {
+                    version: "1.5.0".into(),
+                    booted: Some("b".into()),
                     committed: "a".into(),
                     committed_version: Some("1.4.0".into()),
                     trial: Some("b".into()),

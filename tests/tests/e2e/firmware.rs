@@ -128,6 +128,32 @@ fn firmware_update_commits_after_health_checks_and_a_failing_trial_rolls_back() 
         std::fs::read(&binary).expect("binary")
     );
 
+    // A gateway started by hand (outside the slots) shows the trial waiting in /health and the
+    // metrics.
+    let admin = |path: &str| sh(&format!("curl -s http://{}{path}", ports.admin)).ok();
+    {
+        let _by_hand = Server::start(&["gateway", "run", "--config", s(&config)]);
+        let health = admin("/health");
+        assert!(
+            health.starts_with("ok\n")
+                && health.contains(&format!(
+                    "firmware: {} from outside the slots; committed slot a ({}); slot b on trial, start 0 of 3",
+                    env!("CARGO_PKG_VERSION"),
+                    env!("CARGO_PKG_VERSION")
+                )),
+            "{health}"
+        );
+        let metrics = admin("/metrics");
+        assert!(
+            metrics.contains("kakehashi_firmware_trial 1\n")
+                && metrics.contains("kakehashi_firmware_bootcount 0\n"),
+            "{metrics}"
+        );
+    }
+    wait_for("the gateway's end", Duration::from_secs(15), || {
+        std::net::TcpListener::bind(&ports.listen).is_ok()
+    });
+
     // The supervisor starts slot b on trial; its health checks pass and it commits itself.
     set_settle(&config, 20);
     let mut supervisor = Server::start(&["firmware", "boot", "--config", s(&config)]);
@@ -140,6 +166,20 @@ fn firmware_update_commits_after_health_checks_and_a_failing_trial_rolls_back() 
     assert!(st["trial"].is_null(), "{st}");
     assert_eq!(st["version"], "0.2.0");
     assert_eq!(st["floor"], "0.2.0");
+    // The gateway that answers says which version, from which slot, and that it is committed.
+    let health = admin("/health");
+    assert!(
+        health.contains("firmware: 0.2.0 from slot b; committed slot b (0.2.0)\n"),
+        "{health}"
+    );
+    let metrics = admin("/metrics");
+    assert!(
+        metrics
+            .contains("kakehashi_firmware_info{version=\"0.2.0\",booted_slot=\"b\",committed_slot=\"b\"} 1")
+            && metrics.contains("kakehashi_firmware_trial 0\n")
+            && metrics.contains("kakehashi_firmware_rolled_back 0\n"),
+        "{metrics}"
+    );
     supervisor.kill();
     // The gateway it started ends with it (SIGTERM): wait for the port to be free.
     wait_for("the gateway's end", Duration::from_secs(15), || {

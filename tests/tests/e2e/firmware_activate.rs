@@ -98,3 +98,60 @@ fn firmware_activate_hands_over_to_the_supervisor_which_starts_the_trial() {
         ],
     );
 }
+
+#[test]
+fn an_orderly_stop_during_a_trial_gives_its_start_back_and_a_kill_does_not() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Clinic {
+        dir: clinic, config, ..
+    } = Clinic::new(tmp.path(), "");
+    // A version that never passes its health checks (it binds nothing) but shuts down cleanly
+    // on SIGTERM, as a gateway does.
+    let script = b"#!/bin/sh\nsleep 600 &\ntrap 'kill $!; exit 0' TERM\nwait\n";
+    kakehashi(&[
+        "firmware",
+        "install",
+        s(&image_of(&clinic, "0.2.0", script)),
+        "--config",
+        s(&config),
+    ])
+    .ok();
+    set_settle(&config, 120);
+    let bootcount = || status(&config)["trial"]["bootcount"].as_u64().expect("a trial");
+    let supervise = || {
+        std::process::Command::new(bin())
+            .args(["firmware", "boot", "--config", s(&config)])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the supervisor")
+    };
+    let ended = |child: &mut std::process::Child| {
+        wait_for("the supervisor's end", Duration::from_secs(20), || {
+            child.try_wait().expect("wait").is_some()
+        })
+    };
+
+    // Stopped in order (systemctl restart, a reboot): the start is given back, each time.
+    for _ in 0..4 {
+        let mut supervisor = supervise();
+        wait_for("the trial's start", Duration::from_secs(10), || bootcount() == 1);
+        crate::support::sh(&format!("kill -TERM {}", supervisor.id())).ok();
+        ended(&mut supervisor);
+        assert!(supervisor.try_wait().expect("wait").is_some_and(|s| s.success()));
+        assert_eq!(bootcount(), 0, "an orderly stop is not a failed start");
+        assert_eq!(status(&config)["trial"]["slot"], "b");
+    }
+
+    // Killed (a crash, a power loss): the start stays counted.
+    let mut supervisor = supervise();
+    wait_for("the trial's start", Duration::from_secs(10), || bootcount() == 1);
+    supervisor.kill().expect("kill -9");
+    ended(&mut supervisor);
+    let _ = crate::support::sh(&format!("pkill -f {}", s(&clinic.join("slots/b/kakehashi"))));
+    assert_eq!(bootcount(), 1, "a kill is a failed start");
+
+    assert_audited(
+        &config,
+        &["version 0.2.0 in slot b stopped in order during its trial (SIGTERM): start 1 of 3 not counted"],
+    );
+}

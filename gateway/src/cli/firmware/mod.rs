@@ -573,21 +573,13 @@ struct Slots {
     b: Option<SlotInfo>,
 }
 
-/// The slot whose directory holds the running binary, if any.
-fn booted_slot(files: &Files) -> Option<Slot> {
-    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
-    [Slot::A, Slot::B]
-        .into_iter()
-        .find(|s| files.slot_dir(*s).canonicalize().ok().as_deref() == exe.parent())
-}
-
 fn status(appliance: &Appliance, json: bool) -> Result<ExitCode> {
     let files = &appliance.files;
     let env = appliance.bootloader.read()?;
     let a = files.info(Slot::A)?;
     let b = files.info(Slot::B)?;
     let info = |slot: Slot| if slot == Slot::A { a.clone() } else { b.clone() };
-    let booted = booted_slot(files);
+    let booted = files.running();
     let status = Status {
         version: booted
             .or(env.as_ref().map(|e| e.committed))

@@ -12,7 +12,11 @@
 //!   past `boot_limit` starts the committed slot runs again.
 //!
 //! The child ends with the supervisor however it ends (the parent-death signal the demo's
-//! children use, [`crate::cli::demo::end_with_demo`]).
+//! children use, [`crate::cli::demo::end_with_demo`]). An orderly stop (SIGTERM, SIGINT: a
+//! `systemctl restart`, a reboot) is passed on to the child, which shuts down as a gateway does;
+//! during a trial, a clean shutdown gives the start back ([`firmware::boot::uncount`]), so that
+//! normal reboots do not use up the trial's boot limit. A crash, a hang, `kill -9` or a power
+//! loss keep their count.
 //!
 //! The supervisor records its process id (`SLOTS/boot.pid`) for `firmware activate`, whose
 //! SIGUSR2 it answers once a trial is over: it stops its child in order and starts again
@@ -32,7 +36,7 @@ use crate::audit::Decision;
 pub(super) fn run(appliance: &Appliance, args: Vec<String>) -> Result<ExitCode> {
     appliance.slots()?;
     // Before the process id is recorded: SIGUSR2's default action would end the process.
-    let mut activations = Activations::listen()?;
+    let mut signals = Signals::listen()?;
     super::activate::record_pid(appliance)?;
     let handover = Handover::of_this_supervisor(appliance);
     let args = if args.is_empty() {
@@ -65,7 +69,7 @@ pub(super) fn run(appliance: &Appliance, args: Vec<String>) -> Result<ExitCode> 
             attempt,
             limit,
             &args,
-            &mut activations,
+            &mut signals,
             handover.as_ref(),
         ),
     }
@@ -85,30 +89,76 @@ fn exec(appliance: &Appliance, slot: Slot, args: &[String], handover: Option<&Ha
     FirmwareCliError::Message(format!("cannot start {}: {error}", binary.display()))
 }
 
-/// SIGUSR2, `firmware activate`'s request, as the supervisor receives it.
-struct Activations {
-    runtime: tokio::runtime::Runtime,
-    signal: tokio::signal::unix::Signal,
+/// What a signal asks of a supervisor that waits for its child.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// SIGUSR2: `firmware activate`'s request.
+    Activate,
+    /// SIGTERM or SIGINT: stop (a `systemctl stop` or `restart`, a reboot).
+    Stop,
 }
 
-impl Activations {
-    fn listen() -> Result<Activations> {
+/// The signals a supervisor that waits for its child answers. SIGTERM is taken over only once
+/// a child runs (before, its default action ends the supervisor, as it should), and only in
+/// this process: an `exec`ed gateway handles its own.
+struct Signals {
+    runtime: tokio::runtime::Runtime,
+    activate: tokio::signal::unix::Signal,
+    stop: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn listen() -> Result<Signals> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| FirmwareCliError::Message(format!("cannot start the signal handling: {e}")))?;
-        let signal = runtime
+        let activate = runtime
             .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) })
             .map_err(|e| FirmwareCliError::Message(format!("cannot handle SIGUSR2: {e}")))?;
-        Ok(Activations { runtime, signal })
+        Ok(Signals {
+            runtime,
+            activate,
+            stop: None,
+        })
     }
 
-    /// Waits up to `time`; whether an activation came.
-    fn wait(&mut self, time: Duration) -> bool {
-        let signal = &mut self.signal;
-        self.runtime
-            .block_on(async { tokio::time::timeout(time, signal.recv()).await })
-            .is_ok()
+    /// Answers SIGTERM and SIGINT from now on.
+    fn listen_for_stop(&mut self) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let stop = self
+            .runtime
+            .block_on(async {
+                Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
+            })
+            .map_err(|e| FirmwareCliError::Message(format!("cannot handle SIGTERM: {e}")))?;
+        self.stop = Some(stop);
+        Ok(())
+    }
+
+    /// Waits up to `time`; what a signal asked meanwhile, if one came.
+    fn wait(&mut self, time: Duration) -> Option<Asked> {
+        let Signals {
+            runtime,
+            activate,
+            stop,
+        } = self;
+        runtime.block_on(async {
+            let stopped = async {
+                match stop {
+                    Some((term, int)) => tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = activate.recv() => Some(Asked::Activate),
+                _ = stopped => Some(Asked::Stop),
+                _ = tokio::time::sleep(time) => None,
+            }
+        })
     }
 }
 
@@ -118,7 +168,7 @@ fn trial(
     attempt: u32,
     limit: u32,
     args: &[String],
-    activations: &mut Activations,
+    signals: &mut Signals,
     handover: Option<&Handover>,
 ) -> Result<ExitCode> {
     let version = appliance
@@ -137,6 +187,8 @@ fn trial(
         .env_remove(HANDOVER_ENV)
         .spawn()
         .map_err(|e| FirmwareCliError::Message(format!("cannot start {}: {e}", binary.display())))?;
+    // From here this process waits for its child: a stop is passed on to it, in order.
+    signals.listen_for_stop()?;
     let settle = Duration::from_secs(appliance.firmware.settle_secs);
     let deadline = Instant::now() + settle;
     loop {
@@ -185,8 +237,16 @@ fn trial(
             appliance.audit(Decision::Deny, &text);
             return Err(exec(appliance, committed, args, handover));
         }
-        if activations.wait(Duration::from_secs(1)) {
-            eprintln!("kakehashi firmware: activation ignored: version {version} is on trial already");
+        match signals.wait(Duration::from_secs(1)) {
+            Some(Asked::Activate) => {
+                eprintln!("kakehashi firmware: activation ignored: version {version} is on trial already");
+            }
+            Some(Asked::Stop) => {
+                return Ok(stop_during_trial(
+                    appliance, &mut child, &version, slot, attempt, limit,
+                ));
+            }
+            None => {}
         }
     }
     // Committed: the child serves until it ends, or until `activate` asks for the next trial.
@@ -201,7 +261,14 @@ fn trial(
                 ExitCode::FAILURE
             });
         }
-        if activations.wait(Duration::from_millis(500)) {
+        let asked = signals.wait(Duration::from_millis(500));
+        if asked == Some(Asked::Stop) {
+            let text = format!("stopping version {version} in slot {slot} in order (SIGTERM)");
+            eprintln!("kakehashi firmware: {text}");
+            stop(&mut child, appliance.shutdown + STOP_GRACE);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if asked == Some(Asked::Activate) {
             let Some(handover) = handover else {
                 eprintln!(
                     "kakehashi firmware: activation ignored: this supervisor's arguments are not UTF-8, \
@@ -220,11 +287,40 @@ fn trial(
     }
 }
 
+/// An orderly stop while `child` (the version in `slot`) is on trial: the child is stopped as
+/// SIGTERM stops a gateway, and if it shuts down cleanly, the start is taken back
+/// ([`boot::uncount`]): a restart or a reboot the operator asked for is not a failed start. A
+/// child that does not stop cleanly keeps its start counted.
+fn stop_during_trial(
+    appliance: &Appliance,
+    child: &mut Child,
+    version: &str,
+    slot: Slot,
+    attempt: u32,
+    limit: u32,
+) -> ExitCode {
+    let clean = stop(child, appliance.shutdown + STOP_GRACE);
+    let uncounted = clean && boot::uncount(&*appliance.bootloader, slot).unwrap_or(false);
+    let text = if uncounted {
+        format!(
+            "version {version} in slot {slot} stopped in order during its trial (SIGTERM): start {attempt} of {limit} not counted"
+        )
+    } else {
+        format!(
+            "version {version} in slot {slot} stopped during its trial (SIGTERM) without shutting down cleanly: start {attempt} of {limit} counted"
+        )
+    };
+    eprintln!("kakehashi firmware: {text}");
+    appliance.audit(Decision::Allow, &text);
+    ExitCode::SUCCESS
+}
+
 /// What a stopping gateway gets beyond its own drain time before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// SIGTERM, `grace` to shut down gracefully, then SIGKILL.
-fn stop(child: &mut Child, grace: Duration) {
+/// SIGTERM, `grace` to shut down gracefully, then SIGKILL; whether the child shut down
+/// cleanly (exit status 0 within the grace).
+fn stop(child: &mut Child, grace: Duration) -> bool {
     if let Some(pid) = i32::try_from(child.id())
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -233,11 +329,12 @@ fn stop(child: &mut Child, grace: Duration) {
     }
     let until = Instant::now() + grace;
     while Instant::now() < until {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
     let _ = child.wait();
+    false
 }
