@@ -106,8 +106,9 @@ fn an_orderly_stop_during_a_trial_gives_its_start_back_and_a_kill_does_not() {
         dir: clinic, config, ..
     } = Clinic::new(tmp.path(), "");
     // A version that never passes its health checks (it binds nothing) but shuts down cleanly
-    // on SIGTERM, as a gateway does.
-    let script = b"#!/bin/sh\nsleep 600 &\ntrap 'kill $!; exit 0' TERM\nwait\n";
+    // on SIGTERM, as a gateway does, once it says it is up (`kakehashi.ready` beside itself).
+    let script = b"#!/bin/sh\ntrap 'kill $!; exit 0' TERM\nsleep 600 &\necho up > \"$0.ready\"\nwait\n";
+    let ready = clinic.join("slots/b/kakehashi.ready");
     kakehashi(&[
         "firmware",
         "install",
@@ -133,8 +134,10 @@ fn an_orderly_stop_during_a_trial_gives_its_start_back_and_a_kill_does_not() {
 
     // Stopped in order (systemctl restart, a reboot): the start is given back, each time.
     for _ in 0..4 {
+        let _ = std::fs::remove_file(&ready);
         let mut supervisor = supervise();
-        wait_for("the trial's start", Duration::from_secs(10), || bootcount() == 1);
+        wait_for("the trial's start", Duration::from_secs(10), || ready.exists());
+        assert_eq!(bootcount(), 1);
         crate::support::sh(&format!("kill -TERM {}", supervisor.id())).ok();
         ended(&mut supervisor);
         assert!(supervisor.try_wait().expect("wait").is_some_and(|s| s.success()));

@@ -35,7 +35,8 @@ use crate::audit::Decision;
 
 pub(super) fn run(appliance: &Appliance, args: Vec<String>) -> Result<ExitCode> {
     appliance.slots()?;
-    // Before the process id is recorded: SIGUSR2's default action would end the process.
+    // Before the process id is recorded (SIGUSR2's default action would end the process), and
+    // before a start is counted: a stop from then on is answered in order.
     let mut signals = Signals::listen()?;
     super::activate::record_pid(appliance)?;
     let handover = Handover::of_this_supervisor(appliance);
@@ -60,6 +61,10 @@ pub(super) fn run(appliance: &Appliance, args: Vec<String>) -> Result<ExitCode> 
                 let text = format!("rolled back to slot {slot}: the trial of {why}");
                 eprintln!("kakehashi firmware: {text}");
                 appliance.audit(Decision::Deny, &text);
+            }
+            // A stop that came before the gateway takes over its own signals: nothing to start.
+            if signals.wait(Duration::ZERO) == Some(Asked::Stop) {
+                return Ok(ExitCode::SUCCESS);
             }
             Err(exec(appliance, slot, &args, handover.as_ref()))
         }
@@ -98,64 +103,51 @@ enum Asked {
     Stop,
 }
 
-/// The signals a supervisor that waits for its child answers. SIGTERM is taken over only once
-/// a child runs (before, its default action ends the supervisor, as it should), and only in
-/// this process: an `exec`ed gateway handles its own.
+/// The signals the supervisor answers, from its start: a stop is never lost between counting a
+/// trial's start and the child's start. An `exec`ed gateway handles its own (`exec` resets
+/// them).
 struct Signals {
     runtime: tokio::runtime::Runtime,
     activate: tokio::signal::unix::Signal,
-    stop: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    stop: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
 }
 
 impl Signals {
     fn listen() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| FirmwareCliError::Message(format!("cannot start the signal handling: {e}")))?;
-        let activate = runtime
-            .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) })
-            .map_err(|e| FirmwareCliError::Message(format!("cannot handle SIGUSR2: {e}")))?;
+        let (activate, term, int) = runtime
+            .block_on(async {
+                Ok::<_, std::io::Error>((
+                    signal(SignalKind::user_defined2())?,
+                    signal(SignalKind::terminate())?,
+                    signal(SignalKind::interrupt())?,
+                ))
+            })
+            .map_err(|e| FirmwareCliError::Message(format!("cannot handle SIGUSR2 and SIGTERM: {e}")))?;
         Ok(Signals {
             runtime,
             activate,
-            stop: None,
+            stop: (term, int),
         })
     }
 
-    /// Answers SIGTERM and SIGINT from now on.
-    fn listen_for_stop(&mut self) -> Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let stop = self
-            .runtime
-            .block_on(async {
-                Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?))
-            })
-            .map_err(|e| FirmwareCliError::Message(format!("cannot handle SIGTERM: {e}")))?;
-        self.stop = Some(stop);
-        Ok(())
-    }
-
-    /// Waits up to `time`; what a signal asked meanwhile, if one came.
+    /// Waits up to `time`; what a signal asked meanwhile, if one came (a stop first).
     fn wait(&mut self, time: Duration) -> Option<Asked> {
         let Signals {
             runtime,
             activate,
-            stop,
+            stop: (term, int),
         } = self;
         runtime.block_on(async {
-            let stopped = async {
-                match stop {
-                    Some((term, int)) => tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    },
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
+                biased;
+                _ = term.recv() => Some(Asked::Stop),
+                _ = int.recv() => Some(Asked::Stop),
                 _ = activate.recv() => Some(Asked::Activate),
-                _ = stopped => Some(Asked::Stop),
                 _ = tokio::time::sleep(time) => None,
             }
         })
@@ -187,8 +179,6 @@ fn trial(
         .env_remove(HANDOVER_ENV)
         .spawn()
         .map_err(|e| FirmwareCliError::Message(format!("cannot start {}: {e}", binary.display())))?;
-    // From here this process waits for its child: a stop is passed on to it, in order.
-    signals.listen_for_stop()?;
     let settle = Duration::from_secs(appliance.firmware.settle_secs);
     let deadline = Instant::now() + settle;
     loop {
