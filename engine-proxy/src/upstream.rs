@@ -169,13 +169,7 @@ impl Upstream {
         authorization: HeaderValue,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{path}", self.prefix))
-            .build()
-            .map_err(|e| UpstreamError::Url(path.to_owned(), e.to_string()))?;
-        *req.uri_mut() = uri;
+        *req.uri_mut() = self.uri(path)?;
         let upgrade = is_upgrade(req.headers());
         let headers = req.headers_mut();
         strip_hop_by_hop(headers, upgrade);
@@ -195,6 +189,41 @@ impl Upstream {
                     .append(header::VIA, HeaderValue::from_static("1.1 kakehashi"));
                 Ok(resp)
             }
+        }
+    }
+}
+
+impl Upstream {
+    /// The upstream's URL for `path` (with its query): its scheme, host and prefix.
+    fn uri(&self, path: &str) -> Result<Uri, UpstreamError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{path}", self.prefix))
+            .build()
+            .map_err(|e| UpstreamError::Url(path.to_owned(), e.to_string()))
+    }
+
+    /// A plain GET of `path_and_query` (after the prefix), carrying nothing of a terminal's:
+    /// the firmware download's, on the same HTTP client as the proxy's (one copy of hyper's
+    /// client code in the router's binary). `timeout` bounds the answer's head; the body is
+    /// the caller's to bound.
+    pub async fn get(
+        &self,
+        path_and_query: &str,
+        user_agent: &'static str,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        use http_body_util::BodyExt;
+        let uri = self.uri(path_and_query)?;
+        let empty: ProxyBody = http_body_util::Empty::new().map_err(|e| match e {}).boxed();
+        let req = Request::get(uri)
+            .header(header::USER_AGENT, HeaderValue::from_static(user_agent))
+            .body(empty)
+            .map_err(|e| UpstreamError::Url(path_and_query.to_owned(), e.to_string()))?;
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(UpstreamError::Connect(error_chain(&e))),
+            Ok(Ok(resp)) => Ok(resp),
         }
     }
 }

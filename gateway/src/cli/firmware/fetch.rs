@@ -12,35 +12,30 @@
 //! over HTTPS, plain HTTP or a USB stick. HTTPS adds that nobody on the path can see what is
 //! installed or choose what is served (docs/firmware.md, "Images from a URL").
 //!
-//! hyper's HTTP/1.1 client over tokio-rustls, the stack the uplink already uses, on a runtime
-//! of one thread that runs only while the installer waits for bytes. Every wait is bounded:
-//! connecting, the TLS handshake, the response's head, and each read of the body (a server that
-//! stops sending is an error after `firmware.fetch_timeout_secs`, however long the whole
-//! download takes).
+//! The uplink's own HTTP client ([`engine_proxy::upstream::Upstream::get`]: hyper over
+//! rustls, one copy of its code in the router's binary), with the image server's roots and no
+//! client certificate, on a runtime of one thread that runs only while the installer waits for
+//! bytes. Every wait is bounded: connecting (at most 10 s), the TLS handshake and the response's
+//! head together, and each read of the body (a server that stops sending is an error after
+//! `firmware.fetch_timeout_secs`, however long the whole download takes).
 
 use std::io::{self, Read};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::{Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper::{StatusCode, Uri};
 use tokio::runtime::Runtime;
 
-use engine_proxy::upstream::error_chain;
+use engine_proxy::upstream::{UpstreamError, error_chain};
 
 use super::{FirmwareCliError, Result};
 
 /// The system's CA certificates on Debian (package `ca-certificates`): the roots an image
 /// server is checked against unless `firmware.ca` names others.
 pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// How long connecting to the server may take at most (less if the timeout is shorter).
-const CONNECT: Duration = Duration::from_secs(10);
 /// Redirects followed (a release server commonly sends one to its CDN).
 const MAX_REDIRECTS: usize = 5;
 
@@ -138,7 +133,7 @@ pub fn get(url: &str, ca: &Path, timeout: Duration) -> Result<Download> {
         .build()
         .map_err(|e| FirmwareCliError::Message(format!("cannot start the downloader: {e}")))?;
     let mut current = url.to_owned();
-    let mut tls: Option<Arc<rustls::ClientConfig>> = None;
+    let mut tls: Option<rustls::ClientConfig> = None;
     for _ in 0..=MAX_REDIRECTS {
         let fail = |why: String| FirmwareCliError::Message(format!("{current}: {why}"));
         let uri: Uri = current.parse().map_err(|e| fail(format!("not a URL: {e}")))?;
@@ -154,21 +149,34 @@ pub fn get(url: &str, ca: &Path, timeout: Duration) -> Result<Download> {
             .trim_end_matches(']')
             .to_owned();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let config = if https {
-            match &tls {
-                Some(config) => Some(config.clone()),
-                None => {
-                    let config = client_config(ca).map_err(|e| fail(e.to_string()))?;
-                    tls = Some(config.clone());
-                    Some(config)
-                }
+        let config = match (&tls, https) {
+            (Some(config), _) => config.clone(),
+            // Plain http needs no roots; the client wants a TLS configuration all the same.
+            (None, false) => client_config_with(rustls::RootCertStore::empty()).map_err(fail)?,
+            (None, true) => {
+                let config = client_config(ca).map_err(fail)?;
+                tls = Some(config.clone());
+                config
             }
-        } else {
-            None
         };
-        let response = runtime
-            .block_on(request(&uri, &host, port, config, timeout))
-            .map_err(fail)?;
+        let origin = format!(
+            "{}://{}",
+            if https { "https" } else { "http" },
+            uri.authority().map_or(host.as_str(), |a| a.as_str())
+        );
+        let upstream = engine_proxy::upstream::Upstream::new(&origin, config, timeout)
+            .map_err(|e| fail(e.to_string()))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let user_agent = concat!("kakehashi/", env!("CARGO_PKG_VERSION"));
+        let response = runtime.block_on(upstream.get(path, user_agent)).map_err(|e| {
+            fail(match e {
+                UpstreamError::Timeout(t) => format!("no answer from {host}:{port} within {} s", t.as_secs()),
+                UpstreamError::Connect(why) => {
+                    format!("cannot connect to {host}:{port} (TCP, then the TLS handshake): {why}")
+                }
+                other => other.to_string(),
+            })
+        })?;
         let status = response.status();
         if status == StatusCode::OK {
             let length = response
@@ -208,98 +216,25 @@ pub fn get(url: &str, ca: &Path, timeout: Duration) -> Result<Download> {
     )))
 }
 
-/// The byte stream under HTTP: TCP, or TLS over TCP.
-trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-/// One GET over a new connection; the response with its body not read yet.
-async fn request(
-    uri: &Uri,
-    host: &str,
-    port: u16,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    answer: Duration,
-) -> std::result::Result<hyper::Response<Incoming>, String> {
-    let connecting = CONNECT.min(answer);
-    let tcp = tokio::time::timeout(connecting, connect(host, port))
-        .await
-        .map_err(|_| {
-            format!(
-                "cannot connect to {host}:{port} within {} s",
-                connecting.as_secs()
-            )
-        })?
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let io: Box<dyn Io> = match tls {
-        Some(config) => {
-            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                .map_err(|e| format!("{host:?} is not a name a certificate can carry: {e}"))?;
-            let stream = tokio::time::timeout(
-                answer,
-                tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-            )
-            .await
-            .map_err(|_| {
-                format!(
-                    "the TLS handshake with {host}:{port} took more than {} s",
-                    answer.as_secs()
-                )
-            })?
-            .map_err(|e| format!("the TLS handshake with {host}:{port} failed: {}", error_chain(&e)))?;
-            Box::new(stream)
-        }
-        None => Box::new(tcp),
-    };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("HTTP: {}", error_chain(&e)))?;
-    // Runs whenever the installer waits for bytes (the runtime has one thread, driven by
-    // `block_on`), and ends with the response body.
-    tokio::spawn(connection);
-    let authority = match uri.port_u16() {
-        Some(p) => format!("{}:{p}", uri.host().unwrap_or(host)),
-        None => uri.host().unwrap_or(host).to_owned(),
-    };
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let request = Request::get(path)
-        .header(hyper::header::HOST, authority)
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("kakehashi/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("the request: {e}"))?;
-    tokio::time::timeout(answer, sender.send_request(request))
-        .await
-        .map_err(|_| format!("no answer within {} s", answer.as_secs()))?
-        .map_err(|e| format!("HTTP: {}", error_chain(&e)))
-}
-
-async fn connect(host: &str, port: u16) -> io::Result<tokio::net::TcpStream> {
-    let mut last = None;
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-    for address in addresses {
-        match tokio::net::TcpStream::connect(address).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the name has no address")))
-}
-
 /// The TLS client for image servers: the workspace's one provider and protocol versions, the
 /// roots in `ca`, no client certificate.
-fn client_config(ca: &Path) -> std::result::Result<Arc<rustls::ClientConfig>, String> {
+fn client_config(ca: &Path) -> std::result::Result<rustls::ClientConfig, String> {
     let roots = engine_proxy::tls::load_roots(ca).map_err(|e| {
         format!("the CA certificates to check the server against: {e} (set firmware.ca to a PEM file)")
     })?;
-    let config = rustls::ClientConfig::builder_with_provider(engine_proxy::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    client_config_with(roots)
+}
+
+fn client_config_with(
+    roots: impl Into<std::sync::Arc<rustls::RootCertStore>>,
+) -> std::result::Result<rustls::ClientConfig, String> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(engine_proxy::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// A redirect's `Location`, made absolute against the URL that sent it.
