@@ -46,12 +46,7 @@ impl Staged {
         let name = dest
             .file_name()
             .ok_or_else(|| Error::Refused(format!("{}: not a file name", dest.display())))?;
-        let mut nonce = [0u8; 6];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| Error::Crypto {
-            what: "random number generator",
-            detail: "failed".into(),
-        })?;
-        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), hex::encode(nonce)));
+        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), temp_nonce()));
         let staged = Staged {
             tmp,
             dest: dest.to_path_buf(),
@@ -94,6 +89,16 @@ impl Drop for Staged {
 /// appliance's data directory (an import, a revocation) must not leave files that the gateway,
 /// running as its own user, can no longer read. Only root may do this; for anyone else the
 /// attempt fails harmlessly and the file stays theirs, as it would have anyway.
+/// Twelve hex digits that keep concurrent writers' temporary names apart (`create_new` refuses a
+/// clash, so they need to be unlikely to repeat, not unpredictable). From std's per-process random
+/// hash keys rather than aws-lc's generator: the first use of that seeds it from CPU jitter,
+/// about 30 ms of CPU, which every one-shot command that writes a file would pay.
+pub fn temp_nonce() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let bits = RandomState::new().hash_one(std::process::id());
+    format!("{:012x}", bits & 0xffff_ffff_ffff)
+}
+
 fn same_owner_as_dir(file: &File, dir: &Path) {
     use std::os::unix::fs::MetadataExt;
     if let (Ok(dir), Ok(ours)) = (fs::metadata(dir), file.metadata())

@@ -203,9 +203,7 @@ pub struct TempDir {
 impl TempDir {
     /// `PARENT/.WHAT.RANDOM.tmp`, mode 0700.
     pub fn new(parent: &Path, what: &str) -> Result<TempDir> {
-        let mut nonce = [0u8; 6];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| provisioning_shared::Error::Random)?;
-        let path = parent.join(format!(".{what}.{}.tmp", hex::encode(nonce)));
+        let path = parent.join(format!(".{what}.{}.tmp", files::temp_nonce()));
         files::create_dir(&path, 0o700)?;
         Ok(TempDir { path })
     }
