@@ -156,7 +156,7 @@ pub struct Opened {
     /// byte is written.
     pub length: u64,
     /// Positioned at the payload's first byte.
-    pub payload: Box<dyn Read>,
+    pub payload: Box<dyn Read + Send>,
 }
 
 /// Opens an image file and verifies its manifest's signature against `pinned` (an uncompressed
@@ -169,7 +169,7 @@ pub fn open(path: &Path, pinned: &[u8]) -> Result<Opened> {
 /// Reads an image's magic line and signed manifest from `reader` (a file, a download) and
 /// verifies the signature against `pinned`; stops at the payload's first byte. Reads at most
 /// the magic line, four bytes and [`MAX_HEADER`] bytes, whatever the source sends.
-pub fn read_signed(origin: String, mut reader: Box<dyn Read>, pinned: &[u8]) -> Result<Opened> {
+pub fn read_signed(origin: String, mut reader: Box<dyn Read + Send>, pinned: &[u8]) -> Result<Opened> {
     let failed = |source| Error::Read {
         origin: origin.clone(),
         source,

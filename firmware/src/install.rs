@@ -3,7 +3,8 @@
 //! The order of writes, and what power loss after each leaves (the unit tests stop at every one):
 //! 1. [`Step::Cleared`]: the inactive slot's `slot.json` removed: the slot is now "empty";
 //! 2. [`Step::Chunk`]: each chunk checked against its signed hash, then appended to
-//!    `.kakehashi.partial` (a chunk that does not match is never written);
+//!    `.kakehashi.partial` (a chunk that does not match is never written); meanwhile the slot's
+//!    old binary is removed;
 //! 3. [`Step::Synced`]: the partial file complete and synced;
 //! 4. [`Step::Renamed`]: renamed to `kakehashi` (the directory synced);
 //! 5. with a root file system in the image: [`Step::RootfsChunk`], each chunk checked, then
@@ -13,13 +14,14 @@
 //! 7. [`Step::Trial`]: the boot state names the slot as on trial: the install is done.
 //!
 //! Before step 7 the boot state still names only the committed slot, which no step touches, so
-//! it boots as before; a later install starts again from step 1. The payload is streamed: one
-//! chunk in memory, the image never copied, at most the partial file on disk beside the old
+//! it boots as before; a later install starts again from step 1. The payload is streamed: a few
+//! chunks in memory, the image never copied, at most the partial file on disk beside the old
 //! binary of the inactive slot.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::mpsc;
 
 use crate::bootloader::{Bootloader, Slot};
 use crate::files::{Files, SlotInfo};
@@ -102,7 +104,16 @@ pub fn install(
 
     let binary = files.binary(slot);
     let partial = atomic::temp_name(&binary);
-    let result = write_binary(&mut image, &partial, observe);
+    // The slot's old binary is dead since step 1. It goes beside the stream, not at the rename,
+    // where freeing its blocks (a discard, on flash) would come after the payload's sync.
+    let result = std::thread::scope(|scope| {
+        let removed = scope.spawn(|| files.remove_binary(slot));
+        let written = write_binary(&mut image, &partial, observe);
+        let removed = removed
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written.and(removed)
+    });
     if let Err(e) = result {
         // Not for a simulated power loss: then the partial file stays, as it would.
         if !matches!(e, Error::Stopped(_)) {
@@ -170,6 +181,14 @@ fn write_binary(
 
 /// Copies `payload` from the image to `out` (at `path`), one chunk at a time, each checked
 /// against its signed hash before it is written; `step` names each chunk for `observe`.
+///
+/// SHA-256 is most of an install's CPU, so the hashing runs on its own threads, ahead of the
+/// writes and beside them: one thread reads the chunks and deals them out in turn to the
+/// checkers (one per core, at most [`MAX_CHECKERS`]), and this thread takes each checked chunk
+/// back from the checker it went to, so the writes, and the steps `observe` sees, stay in
+/// order, and a chunk reaches them only once checked. A fixed set of buffers goes round
+/// (at most [`IN_FLIGHT_BYTES`], and never fewer than one per checker and one more), so a
+/// slow disk holds the reading back rather than filling memory.
 fn stream(
     image: &mut Opened,
     payload: &Payload,
@@ -178,34 +197,146 @@ fn stream(
     observe: &mut dyn FnMut(Step) -> Result<()>,
     step: fn(usize) -> Step,
 ) -> Result<()> {
+    let Opened {
+        origin,
+        payload: source,
+        ..
+    } = image;
     let chunk_size = payload.chunk_size as usize;
-    let mut buf = vec![0u8; chunk_size];
-    let mut left = payload.size;
-    let what = if payload.name == PAYLOAD_NAME {
+    let chunks = payload.chunks.len();
+    let checkers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_CHECKERS));
+    let buffers = (IN_FLIGHT_BYTES / chunk_size).clamp(checkers + 1, 2 * checkers + 2);
+    std::thread::scope(|scope| {
+        let (spare, spare_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..buffers {
+            let _ = spare.send(Vec::with_capacity(chunk_size));
+        }
+        let (mut to_check, mut checked, mut checking) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..checkers {
+            let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
+            let (done_tx, done_rx) = mpsc::channel::<Vec<u8>>();
+            checking.push(scope.spawn(move || -> Result<()> {
+                for (index, buf) in rx {
+                    check_chunk(payload, index, &buf)?;
+                    if done_tx.send(buf).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            }));
+            to_check.push(tx);
+            checked.push(done_rx);
+        }
+        let reader = scope.spawn(move || -> Result<()> {
+            let mut left = payload.size;
+            for index in 0..chunks {
+                // The writer gone (its error returns first) ends the reading.
+                let Ok(mut buf) = spare_rx.recv() else {
+                    return Ok(());
+                };
+                let want = usize::try_from(left.min(chunk_size as u64)).unwrap_or(chunk_size);
+                buf.resize(want, 0);
+                read_chunk(source, origin, payload, index, &mut buf)?;
+                left -= want as u64;
+                if to_check[index % checkers].send((index, buf)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        });
+        let mut written = 0u64;
+        // Where the chunks stopped coming, and what this thread's own writing met.
+        let (mut stopped, mut result) = (None, Ok(()));
+        for index in 0..chunks {
+            let Ok(buf) = checked[index % checkers].recv() else {
+                stopped = Some(index % checkers);
+                break;
+            };
+            result = out
+                .write_all(&buf)
+                .map_err(Error::io("cannot write", path))
+                .and_then(|()| {
+                    start_writeback(out, written, buf.len());
+                    written += buf.len() as u64;
+                    observe(step(index))
+                });
+            if result.is_err() {
+                break;
+            }
+            let _ = spare.send(buf);
+        }
+        // Everything ends once the channels to the other threads are gone.
+        drop((checked, spare));
+        let join = |t: std::thread::ScopedJoinHandle<'_, Result<()>>| {
+            t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        };
+        let read = join(reader);
+        let mut checks: Vec<Result<()>> = checking.into_iter().map(join).collect();
+        // A chunk that did not come failed its check, or the reading stopped before it.
+        match stopped {
+            Some(checker) => result.and(checks.swap_remove(checker)).and(read),
+            None => result,
+        }
+    })
+}
+
+/// The most threads that hash chunks at once: past the disk's speed, more only take cores
+/// from the gateway, which keeps running while it installs.
+const MAX_CHECKERS: usize = 4;
+
+/// The memory the chunks being read, checked and written may take together (more when the
+/// signed chunk size needs it; see [`stream`]).
+const IN_FLIGHT_BYTES: usize = 8 << 20;
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `out` to the disk now, while the
+/// next chunks are hashed, rather than all at the final sync (`POSIX_FADV_DONTNEED` starts the
+/// writeback of dirty pages, then drops the clean ones: nothing reads them again here). Only a
+/// hint: the final `sync_all` is what makes the data durable, so a failure changes nothing.
+fn start_writeback(out: &File, offset: u64, len: usize) {
+    if let Some(len) = std::num::NonZeroU64::new(len as u64) {
+        let _ = rustix::fs::fadvise(out, offset, Some(len), rustix::fs::Advice::DontNeed);
+    }
+}
+
+/// What a payload is called in messages.
+fn what(payload: &Payload) -> &'static str {
+    if payload.name == PAYLOAD_NAME {
         "the payload"
     } else {
         "the root file system"
-    };
-    for index in 0..payload.chunks.len() {
-        let want = usize::try_from(left.min(chunk_size as u64)).unwrap_or(chunk_size);
-        let got = read_full(&mut image.payload, &mut buf[..want]).map_err(|source| Error::Read {
-            origin: image.origin.clone(),
-            source,
-        })?;
-        if got < want {
-            return Err(Error::Truncated(format!(
-                "it ends in chunk {index} of {} of {what}",
-                payload.chunks.len()
-            )));
-        }
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &buf[..want]);
-        if payload.chunk_hash(index).as_deref() != Some(digest.as_ref()) {
-            return Err(Error::BadChunk { index, what });
-        }
-        out.write_all(&buf[..want])
-            .map_err(Error::io("cannot write", path))?;
-        left -= want as u64;
-        observe(step(index))?;
+    }
+}
+
+/// Fills `buf` with chunk `index` of `payload` from `source`.
+fn read_chunk(
+    source: &mut impl Read,
+    origin: &str,
+    payload: &Payload,
+    index: usize,
+    buf: &mut [u8],
+) -> Result<()> {
+    let got = read_full(source, buf).map_err(|source| Error::Read {
+        origin: origin.to_owned(),
+        source,
+    })?;
+    if got < buf.len() {
+        return Err(Error::Truncated(format!(
+            "it ends in chunk {index} of {} of {}",
+            payload.chunks.len(),
+            what(payload)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks chunk `index` of `payload` against its signed hash.
+fn check_chunk(payload: &Payload, index: usize, buf: &[u8]) -> Result<()> {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, buf);
+    if payload.chunk_hash(index).as_deref() != Some(digest.as_ref()) {
+        return Err(Error::BadChunk {
+            index,
+            what: what(payload),
+        });
     }
     Ok(())
 }

@@ -313,6 +313,50 @@ fn a_tampered_chunk_is_refused_before_it_is_written() {
 }
 
 #[test]
+fn the_first_fault_in_the_payload_is_named_and_nothing_after_it_is_written() {
+    let f = Fixture::new();
+    let image = f.image("1.1.0");
+    let bytes = std::fs::read(&image).expect("read");
+    let size = open(&image, &f.pinned).expect("open").manifest.payload.size as usize;
+    let chunk = |i: usize| bytes.len() - size + i * CHUNK as usize;
+    // The chunks are read on one thread and checked on others, so a later fault may be met
+    // first; the install still stops at the first in the payload's order.
+    // The chunks changed, the one the image ends in, and the refusal expected.
+    type Case = (&'static [usize], usize, fn(&Error) -> bool);
+    let cases: [Case; 3] = [
+        (&[3, 6], 8, |e| matches!(e, Error::BadChunk { index: 3, .. })),
+        (&[4], 6, |e| matches!(e, Error::BadChunk { index: 4, .. })),
+        (
+            &[],
+            5,
+            |e| matches!(e, Error::Truncated(t) if t.contains("chunk 5 of 11")),
+        ),
+    ];
+    for (changed, cut, expected) in cases {
+        let mut damaged = bytes.clone();
+        for &i in changed {
+            damaged[chunk(i) + 7] ^= 1;
+        }
+        damaged.truncate(chunk(cut) + 10);
+        std::fs::write(&image, &damaged).expect("write");
+        let mut written = Vec::new();
+        let err = f
+            .install(&image, &mut |step| {
+                if let Step::Chunk(i) = step {
+                    written.push(i);
+                }
+                Ok(())
+            })
+            .expect_err("refused");
+        assert!(expected(&err), "unexpected: {err}");
+        let first = changed.first().copied().unwrap_or(cut);
+        assert_eq!(written, (0..first).collect::<Vec<_>>());
+        f.assert_committed_boots();
+        assert!(!atomic::temp_name(&f.files().binary(Slot::B)).exists());
+    }
+}
+
+#[test]
 fn a_changed_manifest_fails_the_signature() {
     let f = Fixture::new();
     let image = f.image("1.1.0");

@@ -5,7 +5,7 @@
 //! checks the signature before a byte of the payload is asked for, then the installer pulls
 //! the payload one chunk at a time, checks each chunk against its signed hash and writes it to
 //! the inactive slot. The payload is never stored anywhere else: no temporary copy of the
-//! image, on flash or in memory (a chunk at a time, and what one TCP read brings).
+//! image, on flash or in memory (a few chunks at a time, and what one TCP read brings).
 //!
 //! The integrity comes from the signature, not from the transport: an image that was changed
 //! on the way is refused at the manifest or at the first chunk that differs, whether it came
