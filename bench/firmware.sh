@@ -11,6 +11,17 @@
 # bootloader=noop, booted slot A), through a `rauc service` on a private D-Bus system bus. The
 # bundle is in the "plain" format: "verity" needs device-mapper, which a container may lack.
 #
+# The disk an install needs (root: a tmpfs): the same image installed into slots on a file system
+# with room for the slots as they are after the install and one chunk (1 MiB) more. An install
+# that kept the slot's old binary until the new one was in place would need the old binary's
+# size more, and fail there.
+#
+# The time from a new version's start to its commit (up to 3 rounds): this build's own binary in
+# an image (version 9.9.9), installed, then the supervisor started as
+# deploy/kakehashi-firmware.service starts it (`firmware boot`), with the demo's engine-sim as the
+# cloud: the time until the trial gateway first answers /health, and until `current` points at
+# its slot (the commit: every health check passed).
+#
 #   bench/firmware.sh [ROUNDS] [MIB]     (default 5 rounds of 64 MiB; needs a release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,15 +35,16 @@ work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/kakehashi-fw.XXXXXX")
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  umount "$work"/rauc/mnt/* 2>/dev/null || true
+  umount "$work"/rauc/mnt/* "$work/clinic/slots" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 ns() { date +%s%N; }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+admin=127.0.0.1:$(free_port)
 "$peer" demo --setup-only --dir "$work/clinic" --listen 127.0.0.1:"$(free_port)" \
-  --engine-listen 127.0.0.1:"$(free_port)" --admin-listen 127.0.0.1:"$(free_port)" \
+  --engine-listen 127.0.0.1:"$(free_port)" --admin-listen "$admin" \
   --est-listen 127.0.0.1:"$(free_port)" --wg-listen 127.0.0.1:"$(free_port)" >/dev/null
 head -c $((mib << 20)) /dev/urandom >"$work/payload"
 "$peer" firmware build --version 9.0.0 --binary "$work/payload" --key "$work/clinic/firmware.key" \
@@ -137,3 +149,67 @@ if [[ -z $rauc_why ]]; then
 else
   echo "RAUC: skipped: $rauc_why"
 fi
+
+# fresh_slots: no slots, no floor; then the small version installed and committed (slot b), the
+# running binary adopted into slot a (the old binary the next install replaces).
+fresh_slots() {
+  rm -rf "$work/clinic/slots"/* "$work/clinic/data/firmware.floor"
+  "$bin" firmware install "$work/small.img" --config "$config" >/dev/null
+  "$bin" firmware commit --config "$config" >/dev/null
+}
+
+if [[ $EUID -ne 0 ]]; then
+  echo "disk needed: skipped: not root (it mounts a tmpfs)"
+else
+  mkdir -p "$work/clinic/slots"
+  rm -rf "$work/clinic/slots"/*
+  mount -t tmpfs -o size=$(((mib + 64) << 20)) kakehashi-bench "$work/clinic/slots"
+  fresh_slots
+  used=$(df -B1 --output=used "$work/clinic/slots" | tail -1)
+  old=$(($(stat -c %b "$work/clinic/slots/a/kakehashi") * 512))
+  room=$((used - old + (mib << 20) + (1 << 20)))
+  mount -o remount,size="$room" "$work/clinic/slots"
+  "$bin" firmware install "$work/image" --config "$config" >/dev/null ||
+    die "the install did not fit in the slots' final size and one chunk ($room bytes)"
+  cmp -s "$work/clinic/slots/a/kakehashi" "$work/payload" || die "slot a does not hold the payload"
+  echo "disk needed: the install fit in the slots' final size and one chunk ($room bytes; used" \
+    "$(df -B1 --output=used "$work/clinic/slots" | tail -1) after); keeping the old binary" \
+    "($old bytes) until the new one was in place would not have fit"
+  umount "$work/clinic/slots"
+fi
+
+# The time from the new version's start to its commit.
+"$peer" firmware build --version 9.9.9 --binary "$bin" --key "$work/clinic/firmware.key" \
+  --out "$work/real.img" >/dev/null
+"$peer" engine-sim --config "$work/clinic/engine.toml" >"$work/engine.out" 2>&1 &
+pids+=($!)
+wait_for "$work/engine.out" '^READY ' $! >/dev/null
+answer_ms=() commit_ms=()
+for round in $(seq $((rounds < 3 ? rounds : 3))); do
+  fresh_slots
+  "$bin" firmware install "$work/real.img" --config "$config" >/dev/null
+  trial=$(readlink "$work/clinic/slots/current")
+  trial=$([[ $trial == a ]] && echo b || echo a)
+  t0=$(ns)
+  "$bin" firmware boot --config "$config" >"$work/boot.out" 2>&1 &
+  boot=$!
+  pids+=("$boot")
+  answered=
+  while [[ $(readlink "$work/clinic/slots/current") != "$trial" ]]; do
+    kill -0 "$boot" 2>/dev/null || { cat "$work/boot.out" >&2; die "the supervisor exited before the commit"; }
+    (($(ns) - t0 < 60000000000)) || { cat "$work/boot.out" >&2; die "no commit within 60 s"; }
+    if [[ -z $answered ]] && curl -s -o /dev/null --max-time 1 "http://$admin/health"; then
+      answered=$(ns)
+    fi
+    sleep 0.005
+  done
+  t1=$(ns)
+  [[ -n $answered ]] || answered=$t1
+  answer_ms+=($(((answered - t0) / 1000000)))
+  commit_ms+=($(((t1 - t0) / 1000000)))
+  echo "round $round: the trial gateway answered /health after ${answer_ms[-1]} ms, committed after ${commit_ms[-1]} ms"
+  kill "$boot"
+  wait "$boot" 2>/dev/null || true
+done
+echo "median: from the new version's start, /health answered after $(median "${answer_ms[@]}") ms," \
+  "committed after $(median "${commit_ms[@]}") ms"

@@ -99,8 +99,8 @@ impl Files {
 
     /// Marks a slot empty before its binary is replaced.
     /// Removes the slot's binary, if it has one. Only for a slot whose description is gone
-    /// ([`Files::clear_info`]): what power loss leaves, the binary or not, is an empty slot
-    /// either way, so nothing is synced here.
+    /// ([`Files::clear_info`], synced before): what power loss leaves, the binary or not, is an
+    /// empty slot either way, so nothing is synced here.
     pub fn remove_binary(&self, slot: Slot) -> Result<()> {
         let path = self.binary(slot);
         match std::fs::remove_file(&path) {

@@ -1,10 +1,10 @@
 //! Installing an image into the inactive slot.
 //!
 //! The order of writes, and what power loss after each leaves (the unit tests stop at every one):
-//! 1. [`Step::Cleared`]: the inactive slot's `slot.json` removed: the slot is now "empty";
+//! 1. [`Step::Cleared`]: the inactive slot's `slot.json` removed (synced), then its binary: the
+//!    slot is now "empty";
 //! 2. [`Step::Chunk`]: each chunk checked against its signed hash, then appended to
-//!    `.kakehashi.partial` (a chunk that does not match is never written); meanwhile the slot's
-//!    old binary is removed;
+//!    `.kakehashi.partial` (a chunk that does not match is never written);
 //! 3. [`Step::Synced`]: the partial file complete and synced;
 //! 4. [`Step::Renamed`]: renamed to `kakehashi` (the directory synced);
 //! 5. with a root file system in the image: [`Step::RootfsChunk`], each chunk checked, then
@@ -100,20 +100,14 @@ pub fn install(
     let dir = files.slot_dir(slot);
     std::fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
     files.clear_info(slot)?;
+    // The old binary is dead without its description: it goes before a byte of the new one is
+    // written, so the install needs room for the new binary and nothing more.
+    files.remove_binary(slot)?;
     observe(Step::Cleared)?;
 
     let binary = files.binary(slot);
     let partial = atomic::temp_name(&binary);
-    // The slot's old binary is dead since step 1. It goes beside the stream, not at the rename,
-    // where freeing its blocks (a discard, on flash) would come after the payload's sync.
-    let result = std::thread::scope(|scope| {
-        let removed = scope.spawn(|| files.remove_binary(slot));
-        let written = write_binary(&mut image, &partial, observe);
-        let removed = removed
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        written.and(removed)
-    });
+    let result = write_binary(&mut image, &partial, observe);
     if let Err(e) = result {
         // Not for a simulated power loss: then the partial file stays, as it would.
         if !matches!(e, Error::Stopped(_)) {

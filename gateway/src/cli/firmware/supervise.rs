@@ -4,7 +4,9 @@
 //! version's start before anything else happens (so a crash or a hang counts too):
 //! - the committed slot: the supervisor `exec`s its binary, and is gone;
 //! - the trial slot: it starts the binary as a child and runs the health checks
-//!   ([`super::health`]) every second. All passing within `settle_secs`: it commits (the trial
+//!   ([`super::health`]): at once, then [`FIRST_CHECK_PAUSE`] later, the pause doubling up to a
+//!   second (a gateway is usually up within a few hundred milliseconds, so the commit follows
+//!   it closely, and a slow one is not checked more than once a second). All passing within `settle_secs`: it commits (the trial
 //!   slot becomes `current`, the version floor rises) and then simply waits for the child. Still
 //!   failing at the deadline: every failure is reported, the trial given up, the child stopped,
 //!   and the committed slot's binary `exec`ed. The child exiting during the trial: the
@@ -181,6 +183,7 @@ fn trial(
         .map_err(|e| FirmwareCliError::Message(format!("cannot start {}: {e}", binary.display())))?;
     let settle = Duration::from_secs(appliance.firmware.settle_secs);
     let deadline = Instant::now() + settle;
+    let mut pause = FIRST_CHECK_PAUSE;
     loop {
         if let Some(status) = child
             .try_wait()
@@ -227,7 +230,9 @@ fn trial(
             appliance.audit(Decision::Deny, &text);
             return Err(exec(appliance, committed, args, handover));
         }
-        match signals.wait(Duration::from_secs(1)) {
+        let asked = signals.wait(pause);
+        pause = (pause * 2).min(Duration::from_secs(1));
+        match asked {
             Some(Asked::Activate) => {
                 eprintln!("kakehashi firmware: activation ignored: version {version} is on trial already");
             }
@@ -304,6 +309,9 @@ fn stop_during_trial(
     appliance.audit(Decision::Allow, &text);
     ExitCode::SUCCESS
 }
+
+/// The pause after the first health check of a trial; each later one doubles, up to a second.
+const FIRST_CHECK_PAUSE: Duration = Duration::from_millis(50);
 
 /// What a stopping gateway gets beyond its own drain time before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
