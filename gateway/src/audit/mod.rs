@@ -71,6 +71,8 @@ const QUEUE: usize = 16_384;
 enum Msg {
     Entry(String, Entry),
     Flush(oneshot::Sender<()>),
+    /// Give back what a burst grew (the batch's capacity, SQLite's page cache); then answer.
+    Release(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
 }
 
@@ -173,6 +175,13 @@ impl AuditLog {
     /// [`AuditLog::flush`] for threads outside the async runtime.
     pub fn flush_blocking(&self) -> Result<()> {
         self.ask_blocking(Msg::Flush)
+    }
+
+    /// Has the writer give back the memory a burst grew (its batch, SQLite's page cache), as it
+    /// does by itself after a light batch; for a burst's end with no entry after it
+    /// ([`crate::daemon::trim`]). Returns once it has.
+    pub async fn release(&self) -> Result<()> {
+        self.ask(Msg::Release).await
     }
 
     /// Writes everything queued, stops the writer and releases the log (its connection and lock)

@@ -293,6 +293,21 @@ async fn async_record_and_close_and_throughput() {
     assert_eq!(report.entries, n);
 }
 
+#[tokio::test]
+async fn a_release_after_a_burst_loses_nothing_and_the_log_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(tmp.path()).unwrap();
+    for i in 1..=10_000 {
+        log.record(entry(i)).await;
+    }
+    log.release().await.unwrap();
+    log.record(entry(10_001)).await;
+    log.close().await.unwrap();
+    let report = verify(tmp.path()).unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.entries, 10_001);
+}
+
 /// A log of `n` entries in segments sealed at `seal_at` bytes.
 fn segmented(n: u64, seal_at: u64) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();

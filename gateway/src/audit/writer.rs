@@ -85,6 +85,7 @@ impl Writer {
         let mut last_commit = std::time::Instant::now() - GROUP_WINDOW;
         // After a close, `rx.close()` refuses new messages and this loop still drains the queue.
         while let Some(first) = rx.blocking_recv() {
+            let mut release = false;
             if matches!(first, Msg::Entry(..)) {
                 // Let the window fill: entries that arrive meanwhile share this commit.
                 std::thread::sleep(GROUP_WINDOW.saturating_sub(last_commit.elapsed()));
@@ -94,6 +95,10 @@ impl Writer {
                 match msg {
                     Msg::Entry(time, entry) => batch.push((time, entry)),
                     Msg::Flush(done) => waiters.push(done),
+                    Msg::Release(done) => {
+                        release = true;
+                        waiters.push(done);
+                    }
                     Msg::Close(done) => {
                         rx.close();
                         closers.push(done);
@@ -109,14 +114,14 @@ impl Writer {
                 last_commit = std::time::Instant::now();
                 self.retry(|w| w.commit(&batch));
                 self.failing.store(false, Ordering::Relaxed);
-                let light = batch.len() <= LIGHT;
+                release |= batch.len() <= LIGHT && batch.capacity() > LIGHT;
                 batch.clear();
-                if light && batch.capacity() > LIGHT {
-                    batch.shrink_to(LIGHT);
-                    // The page cache: SQLite keeps every page it read or wrote until the
-                    // connection closes; a failure here only leaves them.
-                    let _ = self.conn.execute_batch("PRAGMA shrink_memory");
-                }
+            }
+            if release {
+                batch.shrink_to(LIGHT);
+                // The page cache: SQLite keeps every page it read or wrote until the
+                // connection closes; a failure here only leaves them.
+                let _ = self.conn.execute_batch("PRAGMA shrink_memory");
             }
             for done in waiters.drain(..) {
                 let _ = done.send(());

@@ -2,8 +2,8 @@
 //!
 //! Start: read and check the configuration, load TLS material and the inventory ([`gateway`]),
 //! bind every listener (or fail naming the address), start the [`workers`], the WireGuard door,
-//! the EST and admin listeners, the [`failover`] tasks, the file [`watch`] and the disk budget's
-//! [`storage`] task, then print
+//! the EST and admin listeners, the [`failover`] tasks, the file [`watch`], the disk budget's
+//! [`storage`] task and the allocator's [`trim`], then print
 //! `READY <URL>` and notify [`systemd`]. SIGHUP reloads certificates, CRL and inventory without
 //! touching established connections; SIGTERM or Ctrl-C stops accepting, lets in-flight requests
 //! finish for `limits.shutdown_secs`, and flushes the audit log. SIGUSR2 (`kakehashi firmware
@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod logging;
 pub mod storage;
 pub mod systemd;
+pub mod trim;
 pub mod watch;
 pub mod workers;
 
@@ -143,6 +144,7 @@ async fn serve(config: Config, activatable: bool) -> Result<Stopped, StartError>
     });
     let watching = tokio::spawn(watch::crl_and_bundle(gateway.clone()));
     let budgeting = tokio::spawn(storage::keep_within_budget(gateway.clone()));
+    let trimming = tokio::spawn(trim::after_bursts(gateway.metrics.clone(), gateway.audit.clone()));
     // Before READY: a SIGHUP sent as soon as READY is seen must find its handler, not the
     // default action (which ends the process).
     let signals = || -> Result<_, StartError> {
@@ -202,6 +204,7 @@ async fn serve(config: Config, activatable: bool) -> Result<Stopped, StartError>
     }
     watching.abort();
     budgeting.abort();
+    trimming.abort();
     let grace = std::time::Duration::from_secs(gateway.config.limits.shutdown_secs);
     // Every open connection holds a slot: all of them back means all connections are closed.
     if !gateway.slots.drained(grace).await {
