@@ -443,6 +443,37 @@ pub fn sftp(data: &[u8]) {
     session.end();
 }
 
+/// `firmware_image`: an update image as `firmware install` reads it from a file or a download:
+/// the magic line, the manifest's length, the signed envelope (JSON: the signer's key, the
+/// signature, the manifest), the signature checked and the signer compared with the pinned key.
+/// The payload after it is read by the installer chunk by chunk against the signed hashes; a
+/// signed manifest is the `firmware_manifest` target's input.
+pub fn firmware_image(data: &[u8]) {
+    let reader = Box::new(std::io::Cursor::new(data.to_vec()));
+    let _ = firmware::image::read_signed("fuzz.img".into(), reader, &[4; 65]);
+}
+
+/// `firmware_manifest`: an image's manifest once its signature holds, parsed and checked as
+/// `firmware install` does (payload sizes, chunk sizes and hashes, versions), then against an
+/// appliance (board, version floor, running version, `min_from`, expiry).
+pub fn firmware_manifest(data: &[u8]) {
+    let Ok(manifest) = serde_json::from_slice::<firmware::manifest::Manifest>(data) else {
+        return;
+    };
+    let (Ok(running), Ok(floor)) = ("1.2.0".parse(), "1.1.0".parse()) else {
+        return;
+    };
+    if manifest.check().is_ok() {
+        let appliance = firmware::image::Appliance {
+            board: "fuzz-board",
+            floor: Some(&floor),
+            running: &running,
+            now: 1_800_000_000,
+        };
+        let _ = firmware::image::check(&manifest, &appliance);
+    }
+}
+
 /// `wireguard`: the WireGuard receive path. The first byte picks what the rest is: datagrams
 /// from the network (length-prefixed) through the rate limiter, the anonymous handshake parse
 /// and a peer's decapsulation, as `doors::wireguard::receive` takes them; or decrypted packets

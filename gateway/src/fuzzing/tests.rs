@@ -54,6 +54,8 @@ replay! {
     records,
     sftp,
     wireguard,
+    firmware_image,
+    firmware_manifest,
 }
 
 /// The seeds only the gateway's code can make: a bundle sealed to the fuzz identity, and a
