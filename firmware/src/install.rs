@@ -15,8 +15,8 @@
 //!
 //! Before step 7 the boot state still names only the committed slot, which no step touches, so
 //! it boots as before; a later install starts again from step 1. The payload is streamed: a few
-//! chunks in memory, the image never copied, at most the partial file on disk beside the old
-//! binary of the inactive slot.
+//! chunks in memory, the image never copied, and on disk only the partial file, in place of the
+//! inactive slot's old binary.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -268,7 +268,13 @@ fn stream(
         let mut checks: Vec<Result<()>> = checking.into_iter().map(join).collect();
         // A chunk that did not come failed its check, or the reading stopped before it.
         match stopped {
-            Some(checker) => result.and(checks.swap_remove(checker)).and(read),
+            Some(checker) => result
+                .and(checks.swap_remove(checker))
+                .and(read)
+                .and(Err(Error::State(format!(
+                    "{}: the chunks stopped coming",
+                    what(payload)
+                )))),
             None => result,
         }
     })

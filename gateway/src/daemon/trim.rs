@@ -48,7 +48,8 @@ pub async fn after_bursts(metrics: Arc<Metrics>, audit: AuditLog) {
         }
         quiet = quiet.saturating_add(1);
         if quiet == 1 {
-            let _ = audit.release().await;
+            // Bounded: a writer retrying a failing disk answers only once it gets through.
+            let _ = tokio::time::timeout(IDLE, audit.release()).await;
         }
         if u64::from(quiet) <= settle {
             release();
