@@ -2,8 +2,7 @@
 # Times `kakehashi firmware install` of a 64 MiB payload against the disk's own limit in the same
 # run: `dd` of the same bytes with conv=fsync into the same file system. ROUNDS rounds, each a
 # fresh appliance (a demo clinic's [firmware] section) and a fresh dd target; the medians and
-# their ratio (target: install at least 0.8x dd's throughput). Also the disk used beside the
-# slots during install (the partial file is the new binary itself; no second copy of the image).
+# their ratio (target: install at least 0.8x dd's throughput).
 #
 # RAUC beside it, when it can run here (root; Debian's rauc, squashfs-tools and dbus-daemon):
 # the same payload as a raw image in a RAUC bundle signed with an openssl-made P-256

@@ -158,9 +158,14 @@ fn firmware_update_commits_after_health_checks_and_a_failing_trial_rolls_back() 
     set_settle(&config, 20);
     let mut supervisor = Server::start(&["firmware", "boot", "--config", s(&config)]);
     wait_for("the commit", Duration::from_secs(25), || {
-        // The slot switches first, the floor rises just after.
+        // The slot switches first, the floor rises just after, the audit entry follows (and
+        // the supervisor is killed below).
         let st = status(&config);
-        st["committed_slot"] == "b" && st["floor"] == "0.2.0"
+        st["committed_slot"] == "b"
+            && st["floor"] == "0.2.0"
+            && kakehashi(&["audit", "export", "--config", s(&config)])
+                .ok()
+                .contains("version 0.2.0 in slot b passed every health check")
     });
     let st = status(&config);
     assert!(st["trial"].is_null(), "{st}");

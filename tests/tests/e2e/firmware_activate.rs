@@ -32,10 +32,19 @@ fn firmware_activate_hands_over_to_the_supervisor_which_starts_the_trial() {
         kakehashi(&all)
     };
     let config_ref = config.as_path();
+    // Committed, and audited: the supervisor records the commit just after making it, and the
+    // test goes on to kill it.
     let committed = |slot: &'static str, version: &'static str| {
         move || {
             let st = status(config_ref);
-            st["committed_slot"] == slot && st["floor"] == version && st["trial"].is_null()
+            st["committed_slot"] == slot
+                && st["floor"] == version
+                && st["trial"].is_null()
+                && kakehashi(&["audit", "export", "--config", s(config_ref)])
+                    .ok()
+                    .contains(&format!(
+                        "version {version} in slot {slot} passed every health check"
+                    ))
         }
     };
 
