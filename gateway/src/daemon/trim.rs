@@ -20,9 +20,10 @@ const IDLE: Duration = Duration::from_secs(10);
 /// How long after a burst the trim is repeated.
 const SETTLE: Duration = Duration::from_secs(120);
 
-/// Trims once after each burst of work, for the gateway's life: first the audit writer gives
-/// back what the burst grew (its thread keeps it otherwise until the next light batch), then
-/// the allocator gives the free pages to the system.
+/// Trims after each burst of work, for the gateway's life: at the first quiet [`IDLE`] the audit
+/// writer gives back what the burst grew (its thread keeps it otherwise until the next light
+/// batch), and at that one and every later quiet [`IDLE`] up to [`SETTLE`] the allocator gives
+/// its free pages to the system.
 pub async fn after_bursts(metrics: Arc<Metrics>, audit: AuditLog) {
     // Connections (handshakes included), HTTP requests, and the bytes of raw streams and tunnels.
     let work = || {
