@@ -47,14 +47,25 @@ pub struct Hit {
     pub age: u64,
 }
 
-/// An answer to keep.
-pub struct Fill {
+/// An answer to keep, borrowed: most are the same answer again and copied nowhere.
+#[derive(Clone, Copy)]
+pub struct Fill<'a> {
     pub key: [u8; 32],
-    pub path: String,
+    pub path: &'a str,
     pub status: u16,
-    pub content_type: Option<String>,
-    pub body: Bytes,
+    pub content_type: Option<&'a str>,
+    pub body: &'a Bytes,
     pub ttl: Duration,
+}
+
+/// An answer on its way to the writer thread.
+struct Kept {
+    key: [u8; 32],
+    path: String,
+    status: u16,
+    content_type: Option<String>,
+    body: Bytes,
+    ttl: Duration,
 }
 
 /// A fill of the same answer within this time is skipped: under load a hot read would otherwise
@@ -66,7 +77,7 @@ const RECENT_MAX: usize = 4096;
 /// The read cache.
 pub struct Cache {
     path: PathBuf,
-    fills: mpsc::Sender<Fill>,
+    fills: mpsc::Sender<Kept>,
     /// Recently filled keys, with when and a hash of the answer.
     recent: Mutex<std::collections::HashMap<[u8; 32], (std::time::Instant, u64)>>,
     reader: Mutex<Connection>,
@@ -126,7 +137,7 @@ impl Cache {
     }
 
     /// Keeps an answer, in the background, unless the same answer was kept a moment ago.
-    pub fn fill(&self, fill: Fill) {
+    pub fn fill(&self, fill: Fill<'_>) {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let digest = BuildHasherDefault::<DefaultHasher>::default().hash_one((fill.status, &fill.body[..]));
         {
@@ -143,7 +154,14 @@ impl Cache {
             }
             recent.insert(fill.key, (now, digest));
         }
-        let _ = self.fills.send(fill);
+        let _ = self.fills.send(Kept {
+            key: fill.key,
+            path: fill.path.to_owned(),
+            status: fill.status,
+            content_type: fill.content_type.map(str::to_owned),
+            body: fill.body.clone(),
+            ttl: fill.ttl,
+        });
     }
 
     /// The answer for `key` if it is still within its lifetime. A failing lookup is a miss: the
@@ -212,7 +230,7 @@ fn open_schema(path: &Path) -> Result<Connection, DbError> {
 fn fill_loop(
     mut conn: Connection,
     path: &Path,
-    fills: mpsc::Receiver<Fill>,
+    fills: mpsc::Receiver<Kept>,
     bytes: &AtomicU64,
     max_bytes: u64,
 ) {
@@ -235,7 +253,7 @@ fn fill_loop(
     }
 }
 
-fn store(conn: &mut Connection, group: &[Fill], bytes: &AtomicU64, max_bytes: u64) -> rusqlite::Result<()> {
+fn store(conn: &mut Connection, group: &[Kept], bytes: &AtomicU64, max_bytes: u64) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let now = sqlite::now();
     let mut total = bytes.load(Relaxed);
@@ -284,15 +302,19 @@ fn store(conn: &mut Connection, group: &[Fill], bytes: &AtomicU64, max_bytes: u6
 mod tests {
     use super::*;
 
-    fn fill(n: u8, len: usize) -> Fill {
-        Fill {
-            key: key("POST", &format!("/api01rv2/patientgetv2?id={n}"), b""),
-            path: "/api01rv2/patientgetv2".into(),
+    fn key_of(n: u8) -> [u8; 32] {
+        key("POST", &format!("/api01rv2/patientgetv2?id={n}"), b"")
+    }
+
+    fn fill(cache: &Cache, n: u8, len: usize) {
+        cache.fill(Fill {
+            key: key_of(n),
+            path: "/api01rv2/patientgetv2",
             status: 200,
-            content_type: Some("application/json".into()),
-            body: Bytes::from(vec![n; len]),
+            content_type: Some("application/json"),
+            body: &Bytes::from(vec![n; len]),
             ttl: Duration::from_secs(60),
-        }
+        });
     }
 
     fn settle() {
@@ -305,12 +327,12 @@ mod tests {
         let (cache, note) = Cache::open(dir.path(), 64 * 1024).unwrap();
         assert!(note.is_none());
         for n in 0..200u8 {
-            cache.fill(fill(n, 1024));
+            fill(&cache, n, 1024);
         }
         settle();
         assert!(cache.bytes.load(Relaxed) <= 64 * 1024);
-        assert!(cache.get(&fill(0, 0).key).is_none(), "the oldest went first");
-        let hit = cache.get(&fill(199, 0).key).expect("the newest stays");
+        assert!(cache.get(&key_of(0)).is_none(), "the oldest went first");
+        let hit = cache.get(&key_of(199)).expect("the newest stays");
         assert_eq!((hit.status, hit.body.len()), (200, 1024));
     }
 
@@ -320,15 +342,15 @@ mod tests {
     fn a_row_stored_at_an_impossible_time_is_a_miss() {
         let dir = tempfile::tempdir().unwrap();
         let (cache, _) = Cache::open(dir.path(), 1 << 20).unwrap();
-        cache.fill(fill(1, 10));
+        fill(&cache, 1, 10);
         settle();
         let conn = rusqlite::Connection::open(dir.path().join(FILE)).unwrap();
         conn.execute("UPDATE entries SET stored = ?1", [i64::MIN])
             .unwrap();
-        assert!(cache.get(&fill(1, 0).key).is_none());
+        assert!(cache.get(&key_of(1)).is_none());
         conn.execute("UPDATE entries SET stored = 0", []).unwrap();
         assert!(
-            cache.get(&fill(1, 0).key).is_some_and(|h| h.age > 0),
+            cache.get(&key_of(1)).is_some_and(|h| h.age > 0),
             "an old one is old"
         );
     }
@@ -345,8 +367,8 @@ mod tests {
         let note = note.expect("a warning");
         assert!(note.contains("cache.db") && note.contains("damaged"), "{note}");
         assert!(dir.path().join("cache.db.damaged").exists());
-        cache.fill(fill(1, 10));
+        fill(&cache, 1, 10);
         settle();
-        assert!(cache.get(&fill(1, 0).key).is_some());
+        assert!(cache.get(&key_of(1)).is_some());
     }
 }

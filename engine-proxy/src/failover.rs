@@ -175,8 +175,29 @@ impl Head {
 /// A call to the cloud under way, and its path.
 type Call = Pin<Box<dyn Future<Output = (usize, Attempt)> + Send>>;
 
-/// What makes a cache row of a read's answer.
-type Filler = Box<dyn FnOnce(hyper::http::response::Parts, Bytes) -> cache::Fill + Send>;
+/// How a read's answer is kept in the cache: its key and lifetime.
+#[derive(Clone, Copy)]
+struct Keep {
+    key: [u8; 32],
+    ttl: std::time::Duration,
+}
+
+impl Keep {
+    /// Keeps the answer `parts` and `body` to a read of `path`.
+    fn fill(&self, cache: &Cache, path: &str, parts: &hyper::http::response::Parts, body: &Bytes) {
+        cache.fill(cache::Fill {
+            key: self.key,
+            path,
+            status: parts.status.as_u16(),
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            body,
+            ttl: self.ttl,
+        });
+    }
+}
 
 /// The first of several calls to end, taken out of `calls` (which must not be empty).
 fn first_done(calls: &mut Vec<Call>) -> impl Future<Output = (usize, Attempt)> + '_ {
@@ -358,7 +379,7 @@ impl Router {
         body: &Bytes,
         caller: &Caller,
         hedge: bool,
-        mut cached: Option<(&Cache, &[u8; 32], Filler)>,
+        mut cached: Option<(&Cache, Keep)>,
     ) -> Result<(usize, Attempt), Routed> {
         let health = &self.failover.health;
         let mut untried = health.usable().peekable();
@@ -409,17 +430,17 @@ impl Router {
                     if next.is_some() {
                         continue;
                     }
-                    let hit = cached.as_ref().and_then(|(cache, key, _)| cache.get(key));
-                    let (Some(hit), Some((_, _, fill))) = (hit, cached.take()) else {
+                    let hit = cached.as_ref().and_then(|(cache, keep)| cache.get(&keep.key));
+                    let (Some(hit), Some((_, keep))) = (hit, cached.take()) else {
                         continue;
                     };
-                    let failover = self.failover.clone();
+                    let (failover, path) = (self.failover.clone(), head.uri.path().to_owned());
                     tokio::spawn(async move {
                         while !calls.is_empty() {
                             if let ((_, Attempt::Whole(parts, answer)), Local::Store { cache, .. }) =
                                 (first_done(&mut calls).await, &failover.local)
                             {
-                                cache.fill(fill(parts, answer));
+                                keep.fill(cache, &path, &parts, &answer);
                                 break;
                             }
                         }
@@ -455,17 +476,11 @@ impl Router {
         if let (Some(cache), Mode::Emergency) = (cache, mode) {
             return Ok(from_cache(cache, &key, &head, &body, "the cloud is down".into()));
         }
-        let ttl = rule.map_or(crate::rules::DEFAULT_TTL, |r| r.ttl);
-        let path = head.uri.path().to_owned();
-        let fill = move |parts: hyper::http::response::Parts, body: Bytes| cache::Fill {
+        let keep = Keep {
             key,
-            path,
-            status: parts.status.as_u16(),
-            content_type: text_header(&parts.headers, header::CONTENT_TYPE),
-            body,
-            ttl,
+            ttl: rule.map_or(crate::rules::DEFAULT_TTL, |r| r.ttl),
         };
-        let cached = cache.map(|c| (c, &key, Box::new(fill.clone()) as Filler));
+        let cached = cache.map(|c| (c, keep));
         let (path, attempt) = match self.cloud(&head, &body, caller, true, cached).await {
             Ok(ended) => ended,
             Err(from_cache) => return Ok(from_cache),
@@ -477,7 +492,7 @@ impl Router {
             }),
             Attempt::Whole(parts, answer) => {
                 if let Some(cache) = cache {
-                    cache.fill(fill(parts.clone(), answer.clone()));
+                    keep.fill(cache, head.uri.path(), &parts, &answer);
                 }
                 Ok(Routed {
                     response: Response::from_parts(parts, full(answer)),

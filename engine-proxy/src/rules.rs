@@ -229,23 +229,22 @@ pub fn engine_path(path: &str) -> &str {
 }
 
 /// Whether `text` matches `pattern`, where `*` matches any run of characters (`/` included).
+/// Runs for every rule a request is compared with, so it allocates nothing.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
+    let Some((first, after)) = pattern.split_once('*') else {
+        return pattern == text; // no `*` at all
+    };
     let Some(mut rest) = text.strip_prefix(first) else {
         return false;
     };
-    let mut parts: Vec<&str> = parts.collect();
-    let Some(last) = parts.pop() else {
-        return rest.is_empty(); // no `*` at all
-    };
-    for part in parts {
+    let (middle, last) = after.rsplit_once('*').unwrap_or(("", after));
+    for part in middle.split('*').filter(|p| !p.is_empty()) {
         match rest.find(part) {
             Some(i) => rest = &rest[i + part.len()..],
             None => return false,
         }
     }
-    rest.len() >= last.len() && rest.ends_with(last)
+    rest.ends_with(last)
 }
 
 #[cfg(test)]
@@ -263,6 +262,12 @@ mod tests {
         assert!(!glob("/exact", "/exactly"));
         assert!(glob("/a*b*b", "/abb"));
         assert!(!glob("/a*bb*b", "/abb"));
+        assert!(glob("/a**b", "/ab"));
+        assert!(glob("*", ""));
+        assert!(
+            !glob("/ab*ba", "/aba"),
+            "the prefix and the suffix may not overlap"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::AUDIT_HEAD;
-use super::entry::{Record, get_u64};
+use super::entry::{Fields, get_u64};
 use crate::store::{Result, StoreError};
 
 /// Domain separation for the chain hash, and its version.
@@ -24,16 +24,16 @@ const HASH_DOMAIN: &[u8] = b"kakehashi-audit-v1\0";
 /// ```
 ///
 /// A text is `u32 BE byte length || UTF-8 bytes`; a number is `i64 BE`; an optional field is
-/// `0x00` when absent and `0x01 ||` its encoding when present. `prev_hash` is not in `record`
+/// `0x00` when absent and `0x01 ||` its encoding when present. `prev_hash` is not in the fields
 /// but the argument, so that [`verify`](super::verify) checks the link and the contents separately.
-pub fn chain_hash(prev: &[u8; 32], record: &Record) -> [u8; 32] {
+pub fn chain_hash(prev: &[u8; 32], record: &Fields<'_>) -> [u8; 32] {
     use aws_lc_rs::digest::{Context, SHA256};
     let mut h = Context::new(&SHA256);
     let text = |h: &mut Context, s: &str| {
         h.update(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
         h.update(s.as_bytes());
     };
-    let opt_text = |h: &mut Context, s: &Option<String>| match s {
+    let opt_text = |h: &mut Context, s: Option<&str>| match s {
         None => h.update(&[0]),
         Some(s) => {
             h.update(&[1]);
@@ -43,16 +43,16 @@ pub fn chain_hash(prev: &[u8; 32], record: &Record) -> [u8; 32] {
     h.update(HASH_DOMAIN);
     h.update(prev);
     h.update(&record.id.to_be_bytes());
-    text(&mut h, &record.time);
-    text(&mut h, &record.decision);
-    text(&mut h, &record.reason);
-    opt_text(&mut h, &record.terminal);
-    opt_text(&mut h, &record.user);
-    text(&mut h, &record.source);
-    text(&mut h, &record.route);
-    opt_text(&mut h, &record.method);
-    opt_text(&mut h, &record.path);
-    opt_text(&mut h, &record.upstream);
+    text(&mut h, record.time);
+    text(&mut h, record.decision);
+    text(&mut h, record.reason);
+    opt_text(&mut h, record.terminal);
+    opt_text(&mut h, record.user);
+    text(&mut h, record.source);
+    text(&mut h, record.route);
+    opt_text(&mut h, record.method);
+    opt_text(&mut h, record.path);
+    opt_text(&mut h, record.upstream);
     match record.status {
         None => h.update(&[0]),
         Some(s) => {

@@ -145,28 +145,71 @@ pub struct Record {
     pub hash: String,
 }
 
-impl Record {
-    /// The stored form of an entry (numbers beyond SQLite's range are clamped), without its hash.
-    pub(super) fn from_entry(id: u64, time: &str, e: &Entry, prev: &[u8; 32]) -> Record {
+/// An entry's stored fields, borrowed: what the chain hash covers and the insert binds. The
+/// writer takes them from an [`Entry`] and the verifier from a [`Record`], so that the log
+/// copies no text to store an entry (one is written for every request).
+#[derive(Clone, Copy, Debug)]
+pub struct Fields<'a> {
+    pub id: u64,
+    pub time: &'a str,
+    pub decision: &'a str,
+    pub reason: &'a str,
+    pub terminal: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub source: &'a str,
+    pub route: &'a str,
+    pub method: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub status: Option<i64>,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub duration_ms: i64,
+}
+
+impl Entry {
+    /// The entry as stored with `id` and `time` (numbers beyond SQLite's range are clamped).
+    pub(super) fn fields<'a>(&'a self, id: u64, time: &'a str) -> Fields<'a> {
         let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        Record {
+        Fields {
             id,
-            time: time.to_owned(),
-            decision: e.decision.as_str().to_owned(),
-            reason: e.reason.clone(),
-            terminal: e.terminal.clone(),
-            user: e.user.clone(),
-            source: e.source.clone(),
-            route: e.route.clone(),
-            method: e.method.clone(),
-            path: e.path.clone(),
-            upstream: e.upstream.clone(),
-            status: e.status.map(i64::from),
-            bytes_in: int(e.bytes_in),
-            bytes_out: int(e.bytes_out),
-            duration_ms: int(e.duration_ms),
-            prev_hash: hex::encode(prev),
-            hash: String::new(),
+            time,
+            decision: self.decision.as_str(),
+            reason: &self.reason,
+            terminal: self.terminal.as_deref(),
+            user: self.user.as_deref(),
+            source: &self.source,
+            route: &self.route,
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+            upstream: self.upstream.as_deref(),
+            status: self.status.map(i64::from),
+            bytes_in: int(self.bytes_in),
+            bytes_out: int(self.bytes_out),
+            duration_ms: int(self.duration_ms),
+        }
+    }
+}
+
+impl Record {
+    /// The fields the chain hash covers.
+    pub(super) fn fields(&self) -> Fields<'_> {
+        Fields {
+            id: self.id,
+            time: &self.time,
+            decision: &self.decision,
+            reason: &self.reason,
+            terminal: self.terminal.as_deref(),
+            user: self.user.as_deref(),
+            source: &self.source,
+            route: &self.route,
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+            upstream: self.upstream.as_deref(),
+            status: self.status,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            duration_ms: self.duration_ms,
         }
     }
 

@@ -270,7 +270,7 @@ impl ChainCheck {
                     self.report.last_id
                 )
             })
-        } else if hex::encode(chain_hash(&self.prev, r)) != r.hash {
+        } else if hex::encode(chain_hash(&self.prev, &r.fields())) != r.hash {
             Some(format!(
                 "entry {id}: its contents do not match its hash: it was changed after it was written"
             ))

@@ -510,7 +510,8 @@ fn a_legacy_audit_db_is_read_in_place_and_moved_into_segments_whole() {
         conn.pragma_update(None, "user_version", 1).unwrap();
         let mut prev = [0u8; 32];
         for id in 1..=10 {
-            let r = Record::from_entry(id, "2025-04-01T00:00:00.000Z", &entry(id), &prev);
+            let e = entry(id);
+            let r = e.fields(id, "2025-04-01T00:00:00.000Z");
             let hash = chain_hash(&prev, &r);
             conn.execute(
                 &format!("INSERT INTO entries ({}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)", entry::LEGACY_COLUMNS),

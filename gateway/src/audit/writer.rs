@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 
 use super::chain::{chain_hash, head_problem, last_entry, read_point, write_point};
-use super::entry::{COLUMNS, Entry, Record, sql_int};
+use super::entry::{COLUMNS, Entry, sql_int};
 use super::segment::{self, Point, Segment};
 use super::{AUDIT_HEAD, AUDIT_LOCK, Msg};
 use crate::store::{self, Result, StoreError};
@@ -169,25 +169,25 @@ impl Writer {
                 .map_err(fail("prepare the insert"))?;
             for (time, entry) in batch {
                 id += 1;
-                let r = Record::from_entry(id, time, entry, &prev);
-                let hash = chain_hash(&prev, &r);
+                let f = entry.fields(id, time);
+                let hash = chain_hash(&prev, &f);
                 insert
                     .execute(params![
-                        sql_int(r.id),
-                        r.time,
-                        r.decision,
-                        r.reason,
-                        r.terminal,
-                        r.user,
-                        r.source,
-                        r.route,
-                        r.method,
-                        r.path,
-                        r.upstream,
-                        r.status,
-                        r.bytes_in,
-                        r.bytes_out,
-                        r.duration_ms,
+                        sql_int(f.id),
+                        f.time,
+                        f.decision,
+                        f.reason,
+                        f.terminal,
+                        f.user,
+                        f.source,
+                        f.route,
+                        f.method,
+                        f.path,
+                        f.upstream,
+                        f.status,
+                        f.bytes_in,
+                        f.bytes_out,
+                        f.duration_ms,
                         &hash[..],
                     ])
                     .map_err(fail("append an entry"))?;

@@ -53,10 +53,11 @@ impl Lockout {
     pub(super) fn check(&mut self, user: &str, terminal: &str, now: Instant) -> Option<Denied> {
         let (by, left) = match self.users.locked_for(user, now) {
             Some(left) => (format!("user {user}"), left),
-            None => (
-                format!("terminal {terminal}"),
-                self.terminals.locked_for(terminal, now)?,
-            ),
+            // Checked before the text is made: this runs on every request.
+            None => {
+                let left = self.terminals.locked_for(terminal, now)?;
+                (format!("terminal {terminal}"), left)
+            }
         };
         Some(Denied::LockedOut {
             user: Some(user.to_owned()),

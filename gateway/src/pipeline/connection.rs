@@ -5,7 +5,6 @@
 //! the inputs it needs ([`Pipeline`]); this file only strings them together and keeps what one
 //! connection remembers between requests.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -29,7 +28,9 @@ use crate::pipeline::respond::Outcome;
 pub struct Connection {
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) who: Identified,
-    pub(crate) source: SocketAddr,
+    /// The peer's address as the audit log writes it, formatted once: every request's entry
+    /// carries it.
+    pub(crate) source: Box<str>,
     pub(crate) route: Arc<str>,
     /// Where its terminal stands since the last check.
     pub(crate) standing: Standing,

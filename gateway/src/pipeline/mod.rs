@@ -112,7 +112,7 @@ impl Pipeline {
             pipeline: self.clone(),
             standing: admit::Standing::new(&who),
             who,
-            source,
+            source: source.to_string().into(),
             route,
             memo: Default::default(),
             _slot: slot,
