@@ -61,8 +61,8 @@ impl Rule {
         }
     }
 
-    fn matches_head(&self, path: &str, class: Option<&str>) -> bool {
-        glob(&self.path, path) && self.class.as_deref().is_none_or(|c| Some(c) == class)
+    fn matches_class(&self, class: Option<&str>) -> bool {
+        self.class.as_deref().is_none_or(|c| Some(c) == class)
     }
 }
 
@@ -166,6 +166,9 @@ impl<'a> Call<'a> {
 #[derive(Debug, Clone)]
 pub struct Rules {
     rules: Vec<Rule>,
+    /// Each rule's path pattern, split once here: every request is compared with the rules
+    /// before its own, twice (for its `Request_Number`, then its scope).
+    patterns: Vec<Pattern>,
 }
 
 impl Rules {
@@ -181,21 +184,29 @@ impl Rules {
                 scope,
                 ttl: DEFAULT_TTL,
             });
-        Rules {
-            rules: configured.into_iter().chain(defaults).collect(),
-        }
+        let rules: Vec<Rule> = configured.into_iter().chain(defaults).collect();
+        let patterns = rules.iter().map(|r| Pattern::new(&r.path)).collect();
+        Rules { rules, patterns }
+    }
+
+    /// The rules whose path pattern and `class` match the call, in order.
+    fn matching_head<'s>(&'s self, call: &Call<'_>) -> impl Iterator<Item = &'s Rule> {
+        let path = engine_path(call.path);
+        self.rules
+            .iter()
+            .zip(&self.patterns)
+            .filter(move |(r, p)| p.matches(path) && r.matches_class(call.class))
+            .map(|(r, _)| r)
     }
 
     /// The first rule that matches the call, or `None`: a call the gateway does not know, treated
     /// as [`Action::Refuse`] offline and refused to anyone the configuration does not trust with
     /// unknown calls.
     pub fn classify(&self, call: &Call<'_>) -> Option<&Rule> {
-        let path = engine_path(call.path);
-        self.rules.iter().find(|r| {
-            r.matches_head(path, call.class)
-                && r.request_number
-                    .as_deref()
-                    .is_none_or(|n| Some(n) == call.request_number)
+        self.matching_head(call).find(|r| {
+            r.request_number
+                .as_deref()
+                .is_none_or(|n| Some(n) == call.request_number)
         })
     }
 
@@ -203,10 +214,8 @@ impl Rules {
     /// matches its path and `class` asks for one. Only then is the body read before the call
     /// is authorized.
     pub fn needs_request_number(&self, call: &Call<'_>) -> bool {
-        let path = engine_path(call.path);
-        self.rules
-            .iter()
-            .find(|r| r.matches_head(path, call.class))
+        self.matching_head(call)
+            .next()
             .is_some_and(|r| r.request_number.is_some())
     }
 
@@ -228,23 +237,58 @@ pub fn engine_path(path: &str) -> &str {
         .unwrap_or(path)
 }
 
-/// Whether `text` matches `pattern`, where `*` matches any run of characters (`/` included).
-/// Runs for every rule a request is compared with, so it allocates nothing.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let Some((first, after)) = pattern.split_once('*') else {
-        return pattern == text; // no `*` at all
-    };
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let (middle, last) = after.rsplit_once('*').unwrap_or(("", after));
-    for part in middle.split('*').filter(|p| !p.is_empty()) {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
+/// A path pattern, where `*` matches any run of characters (`/` included), split at its `*`s.
+#[derive(Debug, Clone)]
+struct Pattern {
+    /// Before the first `*`: most rules differ here, so most comparisons end here.
+    first: Box<str>,
+    /// Between `*`s, in order; empty runs (`**`) left out.
+    middle: Box<[Box<str>]>,
+    /// After the last `*`; `None` for a pattern without one, which matches only itself.
+    last: Option<Box<str>>,
+}
+
+impl Pattern {
+    fn new(pattern: &str) -> Pattern {
+        let Some((first, after)) = pattern.split_once('*') else {
+            return Pattern {
+                first: pattern.into(),
+                middle: Box::default(),
+                last: None,
+            };
+        };
+        let (middle, last) = after.rsplit_once('*').unwrap_or(("", after));
+        Pattern {
+            first: first.into(),
+            middle: middle
+                .split('*')
+                .filter(|p| !p.is_empty())
+                .map(Into::into)
+                .collect(),
+            last: Some(last.into()),
         }
     }
-    rest.ends_with(last)
+
+    fn matches(&self, text: &str) -> bool {
+        let Some(last) = &self.last else {
+            return *self.first == *text;
+        };
+        let Some(mut rest) = text.strip_prefix(&*self.first) else {
+            return false;
+        };
+        for part in &self.middle {
+            match rest.find(&**part) {
+                Some(i) => rest = &rest[i + part.len()..],
+                None => return false,
+            }
+        }
+        rest.ends_with(&**last)
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of characters (`/` included).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    Pattern::new(pattern).matches(text)
 }
 
 #[cfg(test)]
