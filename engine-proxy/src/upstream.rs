@@ -16,6 +16,7 @@ use std::time::Duration;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -70,6 +71,8 @@ pub struct Upstream {
     authority: hyper::http::uri::Authority,
     /// A path prefix such as `/api` (the cloud web version's), without a trailing slash.
     prefix: String,
+    /// The `Host` every request carries, made once (hyper's client would make it per request).
+    host: HeaderValue,
     timeout: Duration,
 }
 
@@ -107,6 +110,14 @@ impl Upstream {
             .path_and_query
             .map(|p| p.path().trim_end_matches('/').to_owned())
             .unwrap_or_default();
+        // The host, and the port unless it is the scheme's own (RFC 9110 §7.2).
+        let host = match authority.port_u16() {
+            Some(port) if !matches!((scheme.as_str(), port), ("https", 443) | ("http", 80)) => {
+                format!("{}:{port}", authority.host())
+            }
+            _ => authority.host().to_owned(),
+        };
+        let host = HeaderValue::from_str(&host).map_err(|_| bad("the host is not a valid Host field"))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -146,12 +157,15 @@ impl Upstream {
             // One TLS record and one write per request head and small body (see the gateway's
             // server side for the same reason).
             .http1_writev(false)
+            // Each request carries `host` instead.
+            .set_host(false)
             .build(connector);
         Ok(Upstream {
             client,
             scheme,
             authority,
             prefix,
+            host,
             timeout,
         })
     }
@@ -168,12 +182,16 @@ impl Upstream {
         mut req: Request<ProxyBody>,
         authorization: HeaderValue,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = self.uri(path)?;
         let upgrade = is_upgrade(req.headers());
         let headers = req.headers_mut();
         strip_hop_by_hop(headers, upgrade);
-        headers.remove(header::HOST);
+        headers.insert(header::HOST, self.host.clone());
         headers.remove(header::PROXY_AUTHORIZATION);
         let mut authorization = authorization;
         authorization.set_sensitive(true);
@@ -194,14 +212,19 @@ impl Upstream {
 }
 
 impl Upstream {
-    /// The upstream's URL for `path` (with its query): its scheme, host and prefix.
-    fn uri(&self, path: &str) -> Result<Uri, UpstreamError> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{path}", self.prefix))
-            .build()
-            .map_err(|e| UpstreamError::Url(path.to_owned(), e.to_string()))
+    /// The upstream's URL for `path` (with its query): its scheme, host and prefix. Without a
+    /// prefix the request's own path is reused, not copied and parsed again.
+    fn uri(&self, path: PathAndQuery) -> Result<Uri, UpstreamError> {
+        let bad = |e: &dyn std::fmt::Display| UpstreamError::Url(path.as_str().to_owned(), e.to_string());
+        let path_and_query = match self.prefix.as_str() {
+            "" => path.clone(),
+            prefix => PathAndQuery::try_from(format!("{prefix}{}", path.as_str())).map_err(|e| bad(&e))?,
+        };
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(|e| bad(&e))
     }
 
     /// A plain GET of `path_and_query` (after the prefix), carrying nothing of a terminal's:
@@ -214,9 +237,12 @@ impl Upstream {
         user_agent: &'static str,
     ) -> Result<Response<Incoming>, UpstreamError> {
         use http_body_util::BodyExt;
-        let uri = self.uri(path_and_query)?;
+        let path = PathAndQuery::try_from(path_and_query)
+            .map_err(|e| UpstreamError::Url(path_and_query.to_owned(), e.to_string()))?;
+        let uri = self.uri(path)?;
         let empty: ProxyBody = http_body_util::Empty::new().map_err(|e| match e {}).boxed();
         let req = Request::get(uri)
+            .header(header::HOST, self.host.clone())
             .header(header::USER_AGENT, HeaderValue::from_static(user_agent))
             .body(empty)
             .map_err(|e| UpstreamError::Url(path_and_query.to_owned(), e.to_string()))?;
@@ -404,6 +430,33 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn the_host_field_names_the_port_only_when_it_is_not_the_schemes() {
+        let tls =
+            rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+        let host = |url: &str| {
+            let up = Upstream::new(url, tls.clone(), Duration::from_secs(1)).unwrap();
+            (
+                up.host.to_str().unwrap().to_owned(),
+                up.uri(PathAndQuery::from_static("/a?b=1")).unwrap().to_string(),
+            )
+        };
+        assert_eq!(
+            host("https://engine.example:443/api/"),
+            (
+                "engine.example".into(),
+                "https://engine.example:443/api/a?b=1".into()
+            )
+        );
+        assert_eq!(host("https://127.0.0.1:8443").0, "127.0.0.1:8443");
+        assert_eq!(host("http://[::1]:80").0, "[::1]");
+        assert_eq!(host("http://onprem.lan:8000").0, "onprem.lan:8000");
     }
 
     #[test]
