@@ -73,7 +73,7 @@ pub fn list(data_dir: &Path) -> Result<Vec<Segment>> {
     if legacy.exists() {
         out.push(Segment {
             first: 1,
-            path: legacy,
+            path: legacy.clone(),
         });
     }
     let dir = data_dir.join(SEGMENTS);
@@ -98,7 +98,9 @@ pub fn list(data_dir: &Path) -> Result<Vec<Segment>> {
             path: entry.path(),
         });
     }
-    out.sort_by_key(|s| (s.first, s.path != data_dir.join(AUDIT_DB)));
+    // The legacy file first among equals. (The writer lists before every commit: the key
+    // must not allocate, as a path joined per comparison did.)
+    out.sort_unstable_by_key(|s| (s.first, s.path != legacy));
     Ok(out)
 }
 
