@@ -286,14 +286,13 @@ impl Pattern {
     }
 }
 
-/// Whether `text` matches `pattern`, where `*` matches any run of characters (`/` included).
-pub fn glob(pattern: &str, text: &str) -> bool {
-    Pattern::new(pattern).matches(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn glob(pattern: &str, text: &str) -> bool {
+        Pattern::new(pattern).matches(text)
+    }
 
     #[test]
     fn globs_match_prefixes_infixes_and_suffixes() {
