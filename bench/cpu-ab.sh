@@ -40,9 +40,7 @@ W=$(mktemp -d) pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 listen=127.0.0.1:$(free_port)
-"$peer" demo --setup-only --dir "$W/demo" --listen "$listen" --engine-listen "127.0.0.1:$(free_port)" \
-  --admin-listen "127.0.0.1:$(free_port)" --est-listen "127.0.0.1:$(free_port)" \
-  --wg-listen "127.0.0.1:$(free_port)" >/dev/null
+demo_clinic "$peer" "$W/demo" "$listen"
 d=$W/demo
 common=(--cert "$d/terminal.pem" --key "$d/terminal.key" --ca "$d/ca.pem" --server-name localhost
   --addr "$listen" --user "$(cat "$d/user.txt")" --conns 32)

@@ -30,6 +30,14 @@ free_port() {
   die "no free port found"
 }
 
+# demo_clinic PEER DIR LISTEN: `PEER demo --setup-only` into DIR, its api listener on LISTEN and
+# every other listener (engine-sim, admin, EST, WireGuard) on a free port of its own.
+demo_clinic() {
+  "$1" demo --setup-only --dir "$2" --listen "$3" --engine-listen "127.0.0.1:$(free_port)" \
+    --admin-listen "127.0.0.1:$(free_port)" --est-listen "127.0.0.1:$(free_port)" \
+    --wg-listen "127.0.0.1:$(free_port)" >/dev/null
+}
+
 # wait_for FILE PATTERN PID [SECONDS]: waits until FILE has a line matching PATTERN (grep -E) and
 # prints it; fails if PID exits first or SECONDS (default 30) pass.
 wait_for() {

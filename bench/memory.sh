@@ -29,9 +29,7 @@ W=$(mktemp -d) pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; $keep || rm -rf "$W"; }
 trap cleanup EXIT
 listen=127.0.0.1:$(free_port)
-"$peer" demo --setup-only --dir "$W/demo" --listen "$listen" --engine-listen "127.0.0.1:$(free_port)" \
-  --admin-listen "127.0.0.1:$(free_port)" --est-listen "127.0.0.1:$(free_port)" \
-  --wg-listen "127.0.0.1:$(free_port)" >/dev/null
+demo_clinic "$peer" "$W/demo" "$listen"
 d=$W/demo
 "$peer" engine-sim --config "$d/engine.toml" >"$W/engine.log" 2>&1 & pids+=($!)
 # The allocator's settings the systemd units in deploy/ give the gateway; GLIBC_TUNABLES= (empty)
