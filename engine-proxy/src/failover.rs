@@ -29,11 +29,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
 use crate::cache::{self, Cache};
+use crate::client;
 use crate::format::{self, Format};
 use crate::health::{Health, Mode};
 use crate::journal::{Journal, NewEntry};
@@ -214,7 +215,7 @@ fn first_done(calls: &mut Vec<Call>) -> impl Future<Output = (usize, Attempt)> +
 
 /// How a call to the cloud ended.
 enum Attempt {
-    Answered(Response<Incoming>),
+    Answered(Response<client::Body>),
     /// A whole answer, read to the end.
     Whole(hyper::http::response::Parts, Bytes),
     Failed(String),
@@ -683,7 +684,7 @@ fn full(b: Bytes) -> ProxyBody {
     Full::new(b).map_err(|e| match e {}).boxed()
 }
 
-fn boxed(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn boxed(resp: Response<client::Body>) -> Response<ProxyBody> {
     resp.map(|b| b.map_err(Into::into).boxed())
 }
 

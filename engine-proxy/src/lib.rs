@@ -1,9 +1,11 @@
 //! Everything behind "route": where an authorized request goes, and what answers it.
 //!
 //! The uplink and its health:
-//! - [`upstream`]: the pooled mutual-TLS uplink to the cloud engine, which makes an authorized
+//! - [`upstream`]: the mutual-TLS uplink to the cloud engine, which makes an authorized
 //!   request a correct proxied one (hop-by-hop fields, `Via`, the engine credential) and streams
 //!   its bodies both ways;
+//! - [`client`]: the HTTP/1.1 client it sends with, pooled per path and worker; [`chunked`] and
+//!   [`fields`] hold the framing rules it shares with the gateway's terminal-side server;
 //! - [`health`]: whether the cloud answers (an active prober with hysteresis, passive suspicion
 //!   from failing traffic), and the hybrid state `normal`, `emergency`, `recovery` it decides;
 //! - [`tls`]: the one crypto provider, PEM loading, and the uplink's client configuration.
@@ -25,12 +27,16 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod chunked;
+pub mod client;
 pub mod failover;
+pub mod fields;
 pub mod format;
 pub mod health;
 pub mod history;
 pub mod journal;
 pub mod replay;
+pub mod rewind;
 pub mod rules;
 pub mod scope;
 pub mod sqlite;

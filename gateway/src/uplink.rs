@@ -4,7 +4,7 @@
 //! and keeps it (rekeys, keepalives), and the userspace stack the WireGuard door uses
 //! ([`Stack`]) holds the gateway's address inside the tunnel and opens TCP connections to the
 //! engine's. The uplink's connection pool sees those connections as byte streams
-//! ([`engine_proxy::upstream::Dial`]), so TLS to the engine, its pool, probes and failover work
+//! ([`engine_proxy::client::Dial`]), so TLS to the engine, its pool, probes and failover work
 //! over the tunnel exactly as over a line: no kernel module, no TUN device, no privileges.
 //!
 //! One task owns the socket, the session and the stack, so nothing here takes a lock; workers
@@ -42,7 +42,7 @@ pub struct Tunnel {
     requests: mpsc::UnboundedSender<Reply>,
 }
 
-impl engine_proxy::upstream::Dial for Tunnel {
+impl engine_proxy::client::Dial for Tunnel {
     fn dial(&self) -> Pin<Box<dyn Future<Output = io::Result<DuplexStream>> + Send>> {
         let (reply, answer) = oneshot::channel();
         let sent = self.requests.send(reply);

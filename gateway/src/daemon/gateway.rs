@@ -8,11 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use engine_proxy::cache::Cache;
+use engine_proxy::client::Route as PathRoute;
 use engine_proxy::failover::{Failover, Local, Router};
 use engine_proxy::health::Health;
 use engine_proxy::journal::Journal;
 use engine_proxy::stream::{Target, Targets};
-use engine_proxy::upstream::{Route as PathRoute, Upstream};
+use engine_proxy::upstream::Upstream;
 
 use crate::audit::AuditLog;
 use crate::auth::{People, Settings};

@@ -16,9 +16,9 @@ use tokio::sync::{Notify, mpsc};
 use engine_proxy::upstream::BoxError;
 
 use super::RECORD;
-use super::chunked::{Chunk, Step, decode_chunked};
 use super::framing::Framing;
 use crate::io::Io;
+use engine_proxy::chunked::{Chunk, Step, decode_chunked};
 
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -5,9 +5,9 @@
 use bytes::BytesMut;
 
 use super::body::Decoder;
-use super::chunked::{Chunk, Step};
 use super::framing::Framing;
 use super::head::parse;
+use engine_proxy::chunked::{Chunk, Step};
 
 /// One request the server framed.
 #[derive(Debug, Clone, PartialEq)]

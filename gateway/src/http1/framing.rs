@@ -7,6 +7,7 @@ use hyper::Version;
 use hyper::header::{self, HeaderMap};
 
 use super::Rejection;
+use engine_proxy::fields::content_length;
 
 /// How a request's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,17 +40,6 @@ pub(super) fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, 
             )),
         };
     }
-    let mut length = None;
-    for value in lengths.iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
-        let value = value.trim_ascii();
-        let n = (!value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit))
-            .then(|| std::str::from_utf8(value).ok()?.parse::<u64>().ok())
-            .flatten()
-            .ok_or_else(|| Rejection::bad("malformed Content-Length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(Rejection::bad("Content-Length values that disagree"));
-        }
-        length = Some(n);
-    }
+    let length = content_length(headers).map_err(Rejection::bad)?;
     Ok(Framing::Length(length.unwrap_or(0)))
 }

@@ -15,6 +15,7 @@ use tokio::io::ReadBuf;
 use super::Rejection;
 use super::framing::{Framing, framing};
 use crate::io::Io;
+use engine_proxy::fields::has_token;
 
 /// Header fields allowed in one request head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -203,13 +204,4 @@ fn origin_form(uri: Uri) -> Result<Uri, Rejection> {
         }
         _ => Err(not_a_target()),
     }
-}
-
-/// Whether a comma-separated header (such as `Connection`) lists `token`.
-pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }

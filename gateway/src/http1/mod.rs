@@ -19,7 +19,6 @@
 //! stages and the uplink after this module do not know it is not hyper.
 
 mod body;
-mod chunked;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod frames;
 mod framing;
@@ -120,10 +119,7 @@ pub async fn serve<S: Io, V: Service>(
             Next::Close => break None,
             Next::Refuse(rejection) => break Some(rejection),
             Next::Upgrade(tx) => {
-                let _ = tx.send(Upgraded {
-                    read: buf.freeze(),
-                    io: Box::new(io),
-                });
+                let _ = tx.send(Upgraded::new(buf.freeze(), Box::new(io)));
                 return;
             }
             Next::Broken => return,

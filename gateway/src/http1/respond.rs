@@ -15,8 +15,8 @@ use tokio::io::AsyncWriteExt;
 use engine_proxy::upstream::ProxyBody;
 
 use super::RECORD;
-use super::head::has_token;
 use crate::io::Io;
+use engine_proxy::fields::has_token;
 
 /// What the response must honour of its request.
 pub(super) struct Answering {

@@ -11,8 +11,8 @@ use tokio::io::{AsyncReadExt, duplex};
 use engine_proxy::upstream::BoxError;
 
 use super::body::Decoder;
-use super::chunked::{Chunk, MAX_CHUNK_LINE, Step};
 use super::head::parse;
+use engine_proxy::chunked::{Chunk, MAX_CHUNK_LINE, Step};
 
 fn head(text: &str) -> Result<Option<Head>, Rejection> {
     parse(&mut BytesMut::from(text.as_bytes()), 16 * 1024)

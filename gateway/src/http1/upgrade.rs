@@ -2,13 +2,10 @@
 //! bytes the server already read past the head belong to the new protocol, so they go along.
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use hyper::body::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::io::Io;
@@ -37,34 +34,4 @@ impl Future for OnUpgrade {
 }
 
 /// A connection after `101 Switching Protocols`: the bytes already read, then the stream.
-pub struct Upgraded {
-    pub(super) read: Bytes,
-    pub(super) io: Box<dyn Io>,
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(out.remaining());
-            out.put_slice(&self.read.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut *self.io).poll_read(cx, out)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.io).poll_write(cx, data)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.io).poll_shutdown(cx)
-    }
-}
+pub type Upgraded = engine_proxy::rewind::Rewind<Box<dyn Io>>;

@@ -56,7 +56,7 @@ pub enum Forwarded {
     Upgraded {
         response: Response<ProxyBody>,
         client: http1::OnUpgrade,
-        engine: hyper::upgrade::OnUpgrade,
+        engine: engine_proxy::client::Upgraded,
     },
 }
 
@@ -178,11 +178,22 @@ impl Forward {
             };
         }
         if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
-            let engine = hyper::upgrade::on(&mut response);
-            return Forwarded::Upgraded {
-                response,
-                client,
-                engine,
+            let switched = response
+                .extensions_mut()
+                .remove::<engine_proxy::client::Switched>();
+            return match switched.and_then(|s| s.take()) {
+                Some(engine) => Forwarded::Upgraded {
+                    response,
+                    client,
+                    engine,
+                },
+                None => Forwarded::Failed {
+                    response: text(
+                        StatusCode::BAD_GATEWAY,
+                        "Kakehashi: the engine switched protocols without a connection",
+                    ),
+                    reason: "allowed; a 101 answer without the engine's connection".into(),
+                },
             };
         }
         let local = match &routed.served {

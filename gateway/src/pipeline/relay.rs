@@ -43,17 +43,13 @@ pub async fn upgraded(
     audit: AuditLog,
     proof: Proof,
     client: http1::OnUpgrade,
-    engine: hyper::upgrade::OnUpgrade,
+    mut engine: engine_proxy::client::Upgraded,
     mut entry: Entry,
     started: Instant,
 ) {
-    match tokio::join!(client, engine) {
-        (Ok(mut client), Ok(engine)) => {
-            let mut engine = hyper_util::rt::TokioIo::new(engine);
-            relay(&mut client, &mut engine, &live, &proof, &mut entry, "WebSocket").await;
-        }
-        (Err(e), _) => entry.reason = format!("allowed; upgrade failed: {e}"),
-        (_, Err(e)) => entry.reason = format!("allowed; upgrade failed: {e}"),
+    match client.await {
+        Ok(mut client) => relay(&mut client, &mut engine, &live, &proof, &mut entry, "WebSocket").await,
+        Err(e) => entry.reason = format!("allowed; upgrade failed: {e}"),
     }
     entry.duration_ms = started.elapsed().as_millis() as u64;
     audit.record_soon(entry);

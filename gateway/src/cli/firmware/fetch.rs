@@ -12,7 +12,7 @@
 //! over HTTPS, plain HTTP or a USB stick. HTTPS adds that nobody on the path can see what is
 //! installed or choose what is served (docs/firmware.md, "Images from a URL").
 //!
-//! The uplink's own HTTP client ([`engine_proxy::upstream::Upstream::get`]: hyper over
+//! The uplink's own HTTP client ([`engine_proxy::upstream::Upstream::get`], over
 //! rustls, one copy of its code in the router's binary), with the image server's roots and no
 //! client certificate, on a runtime of one thread that runs only while the installer waits for
 //! bytes. Every wait is bounded: connecting (at most 10 s), the TLS handshake and the response's
@@ -24,12 +24,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use engine_proxy::client;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{StatusCode, Uri};
 use tokio::runtime::Runtime;
 
-use engine_proxy::upstream::{UpstreamError, error_chain};
+use engine_proxy::upstream::UpstreamError;
 
 use super::{FirmwareCliError, Result};
 
@@ -47,7 +47,7 @@ pub fn is_url(source: &str) -> bool {
 /// An image being downloaded: the response body, read as it arrives.
 pub struct Download {
     runtime: Runtime,
-    body: Incoming,
+    body: client::Body,
     /// What the last frame brought and [`Read::read`] has not handed on yet.
     pending: Bytes,
     /// The URL the body comes from (the last one, after redirects), for messages.
@@ -101,11 +101,7 @@ impl Read for Download {
                 Ok(Some(Err(e))) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "the download was cut short {}: {}",
-                            self.so_far(),
-                            error_chain(&e)
-                        ),
+                        format!("the download was cut short {}: {}", self.so_far(), e),
                     ));
                 }
                 Ok(Some(Ok(frame))) => frame,

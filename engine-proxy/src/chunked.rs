@@ -1,12 +1,14 @@
 //! The chunked transfer coding (RFC 9112 §7.1), decoded as a state machine over whatever the
 //! read buffer holds: a chunk may arrive in any number of reads, and a malformed or oversized
-//! line is refused rather than waited for.
+//! line is refused rather than waited for. One decoder for both directions: the gateway's
+//! server reads terminals' request bodies with it, the uplink's [`client`](crate::client) the
+//! engine's answers.
 
 use bytes::{Bytes, BytesMut};
 
 /// One step of decoding a body out of the read buffer.
 #[derive(Debug, PartialEq)]
-pub(super) enum Step {
+pub enum Step {
     Data(Bytes),
     /// The buffer ends mid-body: read more.
     More,
@@ -15,7 +17,7 @@ pub(super) enum Step {
 
 /// Where a chunked body is (RFC 9112 §7.1).
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Chunk {
+pub enum Chunk {
     /// Expecting `hex-size [; extensions] CRLF`.
     Size,
     /// In a chunk's data, this many bytes to go.
@@ -30,11 +32,11 @@ pub(super) enum Chunk {
 }
 
 /// A chunk-size line, extensions included, longer than this is not a client being reasonable.
-pub(super) const MAX_CHUNK_LINE: usize = 4096;
+pub const MAX_CHUNK_LINE: usize = 4096;
 /// Trailer fields are read and dropped, up to this many bytes.
 const MAX_TRAILERS: usize = 16 * 1024;
 
-pub(super) fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, &'static str> {
+pub fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, &'static str> {
     loop {
         match *state {
             Chunk::Size => {

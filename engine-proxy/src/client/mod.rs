@@ -1,0 +1,468 @@
+//! The uplink's HTTP/1.1 client: one request at a time per connection, connections kept in a
+//! pool per path and worker.
+//!
+//! hyper's pooled client runs each connection as a task of its own and hands every request and
+//! answer across channels to it; under load that machinery (the task, its channels and wake-ups,
+//! its buffers) was a quarter of the gateway's user-space CPU per request. Here the request's
+//! own task writes the request and reads the answer on a connection it takes from the pool, and
+//! an answer that arrived whole with its head (the engine's usual one) puts the connection back
+//! before the caller sees it. An idle connection is its TLS state and a small buffer; the pool
+//! drops the ones idle past [`IDLE`].
+//!
+//! Deliberately small and strict, like the gateway's server:
+//! - request bodies up to [`WHOLE`] with a known length are sent with their head in one write,
+//!   and sent again on a new connection if a pooled one turns out closed before any answer (the
+//!   engine closing an idle connection just as it is reused); larger or unknown-length ones
+//!   stream, framed by `Content-Length` or chunked, and are never sent twice;
+//! - answers framed by RFC 9112 §6.3: no body for `HEAD`, 1xx, 204 and 304; chunked; a length;
+//!   or everything until the engine closes. Interim 1xx answers are skipped, except `101`;
+//! - a `101 Switching Protocols` to an upgrade request hands the connection over as
+//!   [`Upgraded`] (the engine's push WebSocket).
+
+mod body;
+mod connect;
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Body as HttpBody;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request;
+use hyper::{Method, Response, StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::chunked::Chunk;
+use crate::fields::has_token;
+use body::Framing;
+pub use body::{Body, Switched, Upgraded};
+use connect::{Conn, Connector};
+pub use connect::{Dial, Route};
+
+/// A connection idle this long is closed: below the 60 s after which cloud load balancers
+/// commonly close one (a connection closed under a request costs a retry), and short enough
+/// that a burst's connections are gone a minute after it.
+pub const IDLE: Duration = Duration::from_secs(30);
+/// Idle connections kept per pool: enough for a clinic's steady load (nginx keeps 64 per worker
+/// in the benchmark); a burst beyond it does not stay resident (each costs ~20 KiB of TLS state).
+const MAX_IDLE: usize = 32;
+/// A pooled connection idle at least this long is checked for a close from the engine before it
+/// is used; one used more recently is trusted (the check costs a system call per request).
+const CHECK_AFTER: Duration = Duration::from_secs(1);
+/// A request body of known length up to this size is sent with its head, and again if needed.
+const WHOLE: u64 = 64 * 1024;
+/// The most an answer's head may take.
+const MAX_HEAD: usize = 64 * 1024;
+/// Header fields allowed in an answer's head.
+const MAX_HEADERS: usize = 100;
+/// One TLS record's worth: the write size of a streamed request body, and the read size of an
+/// answer's body.
+const RECORD: usize = 16 * 1024;
+
+/// Why an exchange with the engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Connect(String),
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+    #[error("the engine closed the connection {0}")]
+    Closed(&'static str),
+    #[error("the engine's answer: {0}")]
+    Malformed(String),
+    #[error("the request body: {0}")]
+    Body(String),
+}
+
+/// The engine over one path: how to connect, and the idle connections. A clone shares the pool.
+#[derive(Clone)]
+pub struct Client {
+    connector: Arc<Connector>,
+    pool: Arc<Pool>,
+}
+
+/// Idle connections, the most recently used last (taken first: the fewest stay warm).
+pub(crate) struct Pool {
+    state: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    conns: Vec<(Conn, Instant)>,
+    /// A task is closing connections as they pass [`IDLE`].
+    reaping: bool,
+}
+
+impl Client {
+    /// A client for `host`:`port` (the URL's; `host` also names the certificate the engine must
+    /// present) over `route`, with TLS unless `tls` is `None` (an on-premises engine over plain
+    /// HTTP). `timeout` bounds connecting (at most 10 s).
+    pub fn new(
+        host: &str,
+        port: u16,
+        tls: Option<rustls::ClientConfig>,
+        route: Route,
+        timeout: Duration,
+    ) -> Result<Client, String> {
+        let connector = Connector::new(host, port, tls, route, timeout.min(Duration::from_secs(10)))?;
+        Ok(Client {
+            connector: Arc::new(connector),
+            pool: Arc::new(Pool {
+                state: Mutex::new(Idle::default()),
+            }),
+        })
+    }
+
+    /// Sends the request `parts` and `body` to `target` (origin form; the URI in `parts` is not
+    /// looked at) and reads the answer's head. The fields go as they are but for the framing
+    /// (`Content-Length`, `Transfer-Encoding`), which follows the body.
+    pub async fn send<B>(
+        &self,
+        parts: &request::Parts,
+        target: &str,
+        mut body: B,
+    ) -> Result<Response<Body>, ClientError>
+    where
+        B: HttpBody<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let upgrade = crate::fields::is_upgrade(&parts.headers);
+        let length = body.size_hint().exact();
+        let mut out = Vec::with_capacity(512);
+        let framing = match length {
+            Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => None,
+            Some(n) => Some(Some(n)),
+            None => Some(None),
+        };
+        encode_head(&mut out, &parts.method, target, &parts.headers, framing);
+        let head_end = out.len() as u64;
+        // A small body of known length goes with the head, and can be sent again.
+        let whole = length.is_some_and(|n| n <= WHOLE);
+        if whole {
+            let n = length.unwrap_or(0);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ClientError::Body(e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+            if out.len() as u64 - head_end != n {
+                return Err(ClientError::Body(
+                    "its length differs from the one declared".into(),
+                ));
+            }
+        }
+        let mut retried = false;
+        loop {
+            let (mut conn, reused) = self.checkout().await?;
+            let sent = match whole {
+                true => write_whole(&mut conn, &out).await,
+                false => write_streamed(&mut conn, &out, &mut body, framing.flatten()).await,
+            };
+            let answer = match sent {
+                Ok(()) => read_answer(conn, &parts.method, upgrade).await,
+                Err(e) => Err(Exchange::BeforeAnswer(e)),
+            };
+            match answer {
+                Ok((head, framing, conn)) => return Ok(self.answer(head, framing, conn)),
+                // The engine closed a pooled connection as it was reused: once more, on a new
+                // one, when the request can be sent again.
+                Err(Exchange::BeforeAnswer(_)) if reused && whole && !retried => retried = true,
+                Err(Exchange::BeforeAnswer(e) | Exchange::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// The response for a parsed head: its body, or the upgraded connection.
+    fn answer(&self, head: Response<()>, framing: Framing, conn: Conn) -> Response<Body> {
+        let (mut parts, ()) = head.into_parts();
+        let body = match framing {
+            Framing::Switched => {
+                parts
+                    .extensions
+                    .insert(Switched::new(Upgraded::new(conn.buf.freeze(), Box::new(conn.io))));
+                Body::empty()
+            }
+            framing => Body::reading(conn, framing, Arc::downgrade(&self.pool)),
+        };
+        Response::from_parts(parts, body)
+    }
+
+    /// An idle connection that is still open, or a new one; and whether it was pooled.
+    async fn checkout(&self) -> Result<(Conn, bool), ClientError> {
+        loop {
+            let idle = {
+                let mut state = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
+                state.conns.pop()
+            };
+            match idle {
+                Some((conn, since)) if since.elapsed() >= IDLE => drop(conn),
+                Some((mut conn, since)) if since.elapsed() >= CHECK_AFTER => {
+                    if conn.is_open() {
+                        return Ok((conn, true));
+                    }
+                }
+                Some((conn, _)) => return Ok((conn, true)),
+                None => return Ok((self.connector.connect().await?, false)),
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// Keeps `conn` for the next request, and makes sure a reaper will close it once idle.
+    pub(crate) fn checkin(self: Arc<Self>, conn: Conn) {
+        let start_reaper = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.conns.len() >= MAX_IDLE {
+                return;
+            }
+            state.conns.push((conn, Instant::now()));
+            !std::mem::replace(&mut state.reaping, true)
+        };
+        if start_reaper && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reap(Arc::downgrade(&self)));
+        }
+    }
+}
+
+/// Closes a pool's connections as they pass [`IDLE`], until it holds none (or is gone).
+async fn reap(pool: Weak<Pool>) {
+    loop {
+        let wait = {
+            let Some(pool) = pool.upgrade() else { return };
+            let mut state = pool.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.conns.retain(|(_, since)| since.elapsed() < IDLE);
+            match state.conns.first() {
+                Some((_, oldest)) => IDLE.saturating_sub(oldest.elapsed()),
+                None => {
+                    state.reaping = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    }
+}
+
+/// How an exchange failed: before any byte of an answer (the request may be sent again), or
+/// after.
+enum Exchange {
+    BeforeAnswer(ClientError),
+    Failed(ClientError),
+}
+
+/// `METHOD target HTTP/1.1`, the fields but the framing ones, and the framing for the body:
+/// `None` none, `Some(Some(n))` a length, `Some(None)` chunked.
+fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    framing: Option<Option<u64>>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        None => {}
+        Some(Some(n)) => {
+            let mut line = String::with_capacity(32);
+            let _ = write!(line, "content-length: {n}\r\n");
+            out.extend_from_slice(line.as_bytes());
+        }
+        Some(None) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn write_whole(conn: &mut Conn, out: &[u8]) -> Result<(), ClientError> {
+    let writing = async {
+        conn.io.write_all(out).await?;
+        conn.io.flush().await
+    };
+    writing
+        .await
+        .map_err(|e| ClientError::Io("sending the request", e))
+}
+
+/// Sends the head in `out`, then the body as it arrives, framed by `length` or chunked.
+async fn write_streamed<B>(
+    conn: &mut Conn,
+    out: &[u8],
+    body: &mut B,
+    length: Option<u64>,
+) -> Result<(), ClientError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let io_error = |e| ClientError::Io("sending the request", e);
+    conn.io.write_all(out).await.map_err(io_error)?;
+    conn.io.flush().await.map_err(io_error)?;
+    let mut sent = 0u64;
+    let mut chunk = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ClientError::Body(e.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        match length {
+            Some(n) if sent > n => return Err(ClientError::Body("longer than its Content-Length".into())),
+            Some(_) => conn.io.write_all(&data).await.map_err(io_error)?,
+            None => {
+                chunk.clear();
+                let mut line = String::with_capacity(20);
+                let _ = write!(line, "{:x}\r\n", data.len());
+                chunk.extend_from_slice(line.as_bytes());
+                chunk.extend_from_slice(&data);
+                chunk.extend_from_slice(b"\r\n");
+                conn.io.write_all(&chunk).await.map_err(io_error)?;
+            }
+        }
+        if data.len() < RECORD {
+            conn.io.flush().await.map_err(io_error)?;
+        }
+    }
+    match length {
+        Some(n) if sent != n => return Err(ClientError::Body("shorter than its Content-Length".into())),
+        Some(_) => {}
+        None => conn.io.write_all(b"0\r\n\r\n").await.map_err(io_error)?,
+    }
+    conn.io.flush().await.map_err(io_error)
+}
+
+/// Reads the answer's head (skipping interim 1xx ones) and decides how its body is framed.
+async fn read_answer(
+    mut conn: Conn,
+    method: &Method,
+    upgrade: bool,
+) -> Result<(Response<()>, Framing, Conn), Exchange> {
+    let mut heard = false;
+    loop {
+        if let Some(head) = parse_head(&mut conn.buf).map_err(Exchange::Failed)? {
+            let status = head.status();
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                if !upgrade {
+                    let why = "101 Switching Protocols to a request that asked for no upgrade";
+                    return Err(Exchange::Failed(ClientError::Malformed(why.into())));
+                }
+                return Ok((head, Framing::Switched, conn));
+            }
+            if status.is_informational() {
+                heard = true;
+                continue;
+            }
+            let framing = framing(method, &head).map_err(Exchange::Failed)?;
+            return Ok((head, framing, conn));
+        }
+        conn.buf.reserve(4096);
+        match conn.io.read_buf(&mut conn.buf).await {
+            Ok(0) if conn.buf.is_empty() && !heard => {
+                return Err(Exchange::BeforeAnswer(ClientError::Closed("before answering")));
+            }
+            Ok(0) => {
+                return Err(Exchange::Failed(ClientError::Closed(
+                    "in the middle of an answer's head",
+                )));
+            }
+            Ok(_) => heard = true,
+            Err(e) if !heard => return Err(Exchange::BeforeAnswer(ClientError::Io("reading the answer", e))),
+            Err(e) => return Err(Exchange::Failed(ClientError::Io("reading the answer", e))),
+        }
+    }
+}
+
+/// The answer head at the front of `buf`, if it is all there; its bytes leave `buf` and are
+/// shared by the header values.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, ClientError> {
+    let malformed = |why: String| ClientError::Malformed(why);
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+        Ok(_) => return Err(malformed(format!("a head larger than {MAX_HEAD} bytes"))),
+        Err(e) => return Err(malformed(format!("malformed head: {e}"))),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| malformed("malformed status code".into()))?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let base = buf.as_ptr() as usize;
+    let mut named = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| malformed(format!("malformed header name {:?}", field.name)))?;
+        named.push((name, field.value.as_ptr() as usize - base, field.value.len()));
+    }
+    let bytes: Bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(named.len());
+    for (name, at, len) in named {
+        let value = HeaderValue::from_maybe_shared(bytes.slice(at..at + len))
+            .map_err(|_| malformed(format!("malformed value of header {name}")))?;
+        headers.append(name, value);
+    }
+    let mut head = Response::new(());
+    *head.status_mut() = status;
+    *head.version_mut() = version;
+    *head.headers_mut() = headers;
+    Ok(Some(head))
+}
+
+/// RFC 9112 §6.3: how the answer's body is delimited, and whether the connection can carry
+/// another request after it.
+fn framing(method: &Method, head: &Response<()>) -> Result<Framing, ClientError> {
+    let headers = head.headers();
+    let status = head.status();
+    let reuse = head.version() == Version::HTTP_11 && !has_token(headers, header::CONNECTION, "close");
+    if method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length { remaining: 0, reuse });
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .next_back();
+        return Ok(match last {
+            // With a Content-Length beside it, chunked wins and the connection is not trusted
+            // with another request (RFC 9112 §6.3, rule 3).
+            Some(c) if c.eq_ignore_ascii_case(b"chunked") => Framing::Chunked {
+                state: Chunk::Size,
+                reuse: reuse && !headers.contains_key(header::CONTENT_LENGTH),
+            },
+            _ => Framing::Close,
+        });
+    }
+    let length = crate::fields::content_length(headers).map_err(|why| ClientError::Malformed(why.into()))?;
+    Ok(match length {
+        Some(remaining) => Framing::Length { remaining, reuse },
+        None => Framing::Close,
+    })
+}
+
+#[cfg(test)]
+mod tests;
