@@ -214,9 +214,15 @@ impl Rules {
     /// matches its path and `class` asks for one. Only then is the body read before the call
     /// is authorized.
     pub fn needs_request_number(&self, call: &Call<'_>) -> bool {
-        self.matching_head(call)
-            .next()
-            .is_some_and(|r| r.request_number.is_some())
+        self.head_rule(call).is_some_and(|r| r.request_number.is_some())
+    }
+
+    /// The first rule that matches the call's path and `class`: the call's rule, unless it asks
+    /// for a `Request_Number` ([`Rules::classify`] then, with the body's). One pass over the
+    /// table for most calls, where asking [`Rules::needs_request_number`] and then classifying
+    /// would make two.
+    pub fn head_rule(&self, call: &Call<'_>) -> Option<&Rule> {
+        self.matching_head(call).next()
     }
 
     /// The action for a path, unknown paths refused.

@@ -175,6 +175,10 @@ impl Upstream {
 /// and every field it names, and the fixed list. For a protocol upgrade, `Connection: upgrade`
 /// and `Upgrade` are the message, and are kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of them: one pass over the names, not a removal per name.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -186,23 +190,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    for name in UNOFFICIAL {
+        headers.remove(name);
+    }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
+}
+
+/// The fields that describe one hop whether `Connection` names them or not (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+/// Hop-by-hop fields of HTTP/1.0 practice, outside the standard's registry.
+const UNOFFICIAL: [&str; 2] = ["keep-alive", "proxy-connection"];
+
+/// A field [`strip_hop_by_hop`] may remove: `Connection` (without which no other field is named
+/// hop-by-hop), `Upgrade`, or one of the fixed lists.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || HOP_BY_HOP.contains(name)
+        || UNOFFICIAL.contains(&name.as_str())
 }
 
 #[cfg(test)]
@@ -223,6 +242,19 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_fields_is_left_alone_and_one_with_only_unofficial_ones_is_not() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::VIA, HeaderValue::from_static("1.1 lb"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]

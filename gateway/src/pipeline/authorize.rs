@@ -87,16 +87,18 @@ impl Authorize {
         person: &Person,
     ) -> Result<Authorized<'r>, Refused> {
         let rules = &self.failover.rules;
-        let head = Call::new(req.uri().path(), req.uri().query());
-        let (req, number) = match rules.needs_request_number(&head) {
-            true => self.request_number(req).await?,
-            false => (req, None),
+        let (req, rule) = match rules.head_rule(&Call::new(req.uri().path(), req.uri().query())) {
+            Some(first) if first.request_number.is_some() => {
+                let (req, number) = self.request_number(req).await?;
+                let call = Call {
+                    request_number: number.as_deref(),
+                    ..Call::new(req.uri().path(), req.uri().query())
+                };
+                let rule = rules.classify(&call);
+                (req, rule)
+            }
+            first => (req, first),
         };
-        let call = Call {
-            request_number: number.as_deref(),
-            ..Call::new(req.uri().path(), req.uri().query())
-        };
-        let rule = rules.classify(&call);
         let needed = match (rule, self.unknown_calls) {
             (Some(rule), _) => rule.scope,
             (None, UnknownCalls::Write) => Scope::Write,
