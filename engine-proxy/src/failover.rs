@@ -236,7 +236,9 @@ impl Router {
         if mode == Mode::Emergency
             && let Some(onprem) = &self.onprem
         {
-            let resp = onprem.forward(req, caller.authorization.clone()).await?;
+            // Boxed here and below: the on-premises engine is the exception, and its call's
+            // future would otherwise enlarge every request's.
+            let resp = Box::pin(onprem.forward(req, caller.authorization.clone())).await?;
             return Ok(Routed {
                 response: boxed(resp),
                 served: Served::OnPrem("the cloud is down".into()),
@@ -501,7 +503,7 @@ impl Router {
                 })
             }
             Attempt::Failed(why) => match (&self.onprem, cache) {
-                (Some(onprem), _) => self.onprem(onprem, &head, body, caller, why).await,
+                (Some(onprem), _) => Box::pin(self.onprem(onprem, &head, body, caller, why)).await,
                 (None, Some(cache)) => {
                     let why = format!("the cloud failed: {why}");
                     Ok(from_cache(cache, &key, &head, &body, why))

@@ -159,7 +159,8 @@ impl Client {
             let (mut conn, reused) = self.checkout().await?;
             let sent = match whole {
                 true => write_whole(&mut conn, &out).await,
-                false => write_streamed(&mut conn, &out, &mut body, framing.flatten()).await,
+                // Boxed, as connecting: a streamed body is the exception.
+                false => Box::pin(write_streamed(&mut conn, &out, &mut body, framing.flatten())).await,
             };
             let answer = match sent {
                 Ok(()) => read_answer(conn, &parts.method, upgrade).await,
@@ -205,7 +206,9 @@ impl Client {
                     }
                 }
                 Some((conn, _)) => return Ok((conn, true)),
-                None => return Ok((self.connector.connect().await?, false)),
+                // Boxed: connecting (DNS, TCP, the TLS handshake) is a large future, and rare;
+                // inline, every request's future would carry its space.
+                None => return Ok((Box::pin(self.connector.connect()).await?, false)),
             }
         }
     }

@@ -89,7 +89,8 @@ impl Authorize {
         let rules = &self.failover.rules;
         let (req, rule) = match rules.head_rule(&Call::new(req.uri().path(), req.uri().query())) {
             Some(first) if first.request_number.is_some() => {
-                let (req, number) = self.request_number(req).await?;
+                // Boxed: reading a body for its number is the exception among calls.
+                let (req, number) = Box::pin(self.request_number(req)).await?;
                 let call = Call {
                     request_number: number.as_deref(),
                     ..Call::new(req.uri().path(), req.uri().query())

@@ -81,7 +81,8 @@ impl Connection {
             return Outcome::Refused(refused);
         }
         if Pages::serves(&req) {
-            return Outcome::Page(p.pages.serve(req, terminal).await);
+            // Boxed: a page is rare beside API calls, and its future large.
+            return Outcome::Page(Box::pin(p.pages.serve(req, terminal)).await);
         }
         let person = match p.authenticate.person(&req, terminal, &self.memo).await {
             Ok(person) => person,
