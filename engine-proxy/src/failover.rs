@@ -390,7 +390,10 @@ impl Router {
         // preferred path by order is tried all the same.
         let mut next = Some(untried.next().unwrap_or(0));
         let (mut calls, mut failures, mut newest) = (Vec::<Call>::new(), Vec::new(), 0);
-        let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // One timer, reset for each path tried (not a new one on the heap per read); `armed`
+        // says whether it runs.
+        let mut deadline = std::pin::pin!(tokio::time::sleep(std::time::Duration::ZERO));
+        let mut armed = false;
         loop {
             if let Some(path) = next.take() {
                 // A path tried second may have no pooled connection on this worker (a TCP and
@@ -404,15 +407,18 @@ impl Router {
                 };
                 calls.push(self.attempt(path, head, body.clone(), caller, cached.is_some()));
                 newest = path;
-                deadline = hedge.then(|| Box::pin(tokio::time::sleep(wait)));
+                if hedge {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + wait);
+                }
+                armed = hedge;
             }
             if calls.is_empty() {
                 return Ok((newest, Attempt::Failed(failures.join("; "))));
             }
             let silent = async {
-                match &mut deadline {
-                    Some(d) => d.await,
-                    None => std::future::pending().await,
+                match armed {
+                    true => deadline.as_mut().await,
+                    false => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -421,13 +427,13 @@ impl Router {
                         failures.push(format!("{}{why}", self.label(path)));
                         if path == newest {
                             next = untried.next();
-                            deadline = None;
+                            armed = false;
                         }
                     }
                     answered => return Ok((path, answered)),
                 },
                 () = silent => {
-                    deadline = None;
+                    armed = false;
                     health.suspect(newest);
                     next = untried.next();
                     if next.is_some() {
