@@ -35,6 +35,22 @@ for name, data in H1.items():
     put("h1", name, bytes([7]) + data)
     put("h1_differential", name, data)
 
+# What the engine sends the uplink client: first byte = read size (low 5 bits), HEAD (0x20),
+# upgrade asked (0x40).
+ANSWERS = {
+    "length": (7, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+    "chunked": (3, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=\"y\"\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"),
+    "interim": (5, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"),
+    "close": (9, b"HTTP/1.1 200 OK\r\n\r\nuntil the connection closes"),
+    "head": (0x20 | 4, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 304 Not Modified\r\n\r\n"),
+    "upgrade": (0x40 | 6, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello"),
+    "http10": (2, b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\n\r\n"),
+    "both": (1, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"),
+    "lengths": (8, b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+}
+for name, (first, data) in ANSWERS.items():
+    put("h1_answer", name, bytes([first]) + data)
+
 put("engine_body", "json", '/api01rv2/patientgetv2?id=1&format=json\n{"patientinforeq":{"Request_Number":"01","Patient_ID":"1"}}')
 put("engine_body", "xml", '/orca11/acceptmodv2?class=01\n<data><acceptreq type="record"><Request_Number type="string">01</Request_Number><Patient_ID type="string">1</Patient_ID><List type="array"><List_child type="record"><Id type="string">a &amp; b &#x41;</Id></List_child></List></acceptreq></data>')
 put("engine_body", "xml-decl", '/api/api21/medicalmodv2?class=01\n<?xml version="1.0" encoding="UTF-8"?>\n<data><medicalreq type="record"><![CDATA[x]]></medicalreq></data>')

@@ -6,7 +6,7 @@ use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::AsyncReadExt;
 
@@ -104,21 +104,9 @@ impl HttpBody for Body {
                 }
                 Kind::Reading { conn, framing, .. } => (conn, framing),
             };
-            let buf = &mut conn.buf;
-            let step = match framing {
-                Framing::Length { remaining, .. } if !buf.is_empty() => {
-                    let n = (*remaining).min(buf.len() as u64);
-                    *remaining -= n;
-                    Step::Data(buf.split_to(n as usize).freeze())
-                }
-                Framing::Length { remaining: 0, .. } => Step::Done,
-                Framing::Chunked { state, .. } => match decode_chunked(state, buf) {
-                    Ok(step) => step,
-                    Err(why) => return fail(this, ClientError::Malformed(why.into())),
-                },
-                Framing::Close if !buf.is_empty() => Step::Data(buf.split().freeze()),
-                Framing::Length { .. } | Framing::Close => Step::More,
-                Framing::Switched => Step::Done,
+            let step = match decode(framing, &mut conn.buf) {
+                Ok(step) => step,
+                Err(why) => return fail(this, ClientError::Malformed(why.into())),
             };
             match step {
                 Step::Data(data) => {
@@ -170,6 +158,22 @@ impl HttpBody for Body {
             Kind::Reading { .. } => SizeHint::default(),
         }
     }
+}
+
+/// The next piece of a body out of `buf`: data, the end, or `More` (read first).
+pub(crate) fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Step, &'static str> {
+    Ok(match framing {
+        Framing::Length { remaining: 0, .. } => Step::Done,
+        Framing::Length { remaining, .. } if !buf.is_empty() => {
+            let n = (*remaining).min(buf.len() as u64);
+            *remaining -= n;
+            Step::Data(buf.split_to(n as usize).freeze())
+        }
+        Framing::Chunked { state, .. } => decode_chunked(state, buf)?,
+        Framing::Close if !buf.is_empty() => Step::Data(buf.split().freeze()),
+        Framing::Length { .. } | Framing::Close => Step::More,
+        Framing::Switched => Step::Done,
+    })
 }
 
 /// The body read to its end: the connection to the pool, if it may carry another request.

@@ -21,6 +21,7 @@
 
 mod body;
 mod connect;
+pub mod frames;
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, Weak};

@@ -43,6 +43,40 @@ pub fn h1(data: &[u8]) {
     }
 }
 
+/// `h1_answer`: what the engine sends on one uplink connection (after a first byte whose low
+/// five bits pick a read size, and whose next bits make the request a `HEAD` and an upgrade),
+/// framed by the uplink client's own head parser and body decoder: the same answers however the
+/// bytes arrive, each ending after the one before and within the input, and never a panic.
+pub fn h1_answer(data: &[u8]) {
+    let Some((&first, input)) = data.split_first() else {
+        return;
+    };
+    let method = if first & 0x20 != 0 {
+        hyper::Method::HEAD
+    } else {
+        hyper::Method::GET
+    };
+    let upgrade = first & 0x40 != 0;
+    let (whole, stop) = engine_proxy::client::frames::frame(input, &method, upgrade, 0);
+    let (pieces, _) = engine_proxy::client::frames::frame(input, &method, upgrade, usize::from(first % 32));
+    assert_eq!(
+        whole, pieces,
+        "framing depends on how the bytes arrive ({stop:?})"
+    );
+    let mut at = 0;
+    for answer in &whole {
+        assert!(
+            answer.end > at && answer.end <= input.len(),
+            "{answer:?} after {at}"
+        );
+        assert!(
+            answer.body.len() < answer.end - at,
+            "{answer:?}: a body longer than its bytes"
+        );
+        at = answer.end;
+    }
+}
+
 /// `h1_differential`: the server and the RFC 9112 reference ([`reference`]) agree on where each
 /// request the server accepts ends, on its body and on its target; the server may refuse more.
 pub fn h1_differential(data: &[u8]) {

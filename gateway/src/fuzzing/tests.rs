@@ -43,6 +43,7 @@ macro_rules! replay {
 replay! {
     h1,
     h1_differential,
+    h1_answer,
     engine_body,
     est_body,
     csr,
