@@ -37,25 +37,14 @@ pub enum Stop {
 /// protocols), as the client would, with the input arriving `step` bytes at a time (`0`: all at
 /// once). Interim 1xx answers are framed too.
 pub fn frame(input: &[u8], method: &Method, upgrade: bool, step: usize) -> (Vec<Framed>, Stop) {
-    let step = if step == 0 { input.len().max(1) } else { step };
-    let fed = std::cell::Cell::new(0);
+    let mut pieces = Pieces::new(input, step);
     let mut buf = BytesMut::new();
-    let feed = |buf: &mut BytesMut| {
-        let at = fed.get();
-        if at >= input.len() {
-            return false;
-        }
-        let n = step.min(input.len() - at);
-        buf.extend_from_slice(&input[at..at + n]);
-        fed.set(at + n);
-        true
-    };
     let mut framed = Vec::new();
     loop {
         let head = loop {
             match parse_head(&mut buf) {
                 Ok(Some(head)) => break head,
-                Ok(None) if feed(&mut buf) => {}
+                Ok(None) if pieces.feed(&mut buf) => {}
                 Ok(None) => return (framed, Stop::Incomplete),
                 Err(e) => return (framed, Stop::Refused(e.to_string())),
             }
@@ -78,7 +67,7 @@ pub fn frame(input: &[u8], method: &Method, upgrade: bool, step: usize) -> (Vec<
             match decode(&mut framing, &mut buf) {
                 Ok(Step::Data(data)) => body.extend_from_slice(&data),
                 Ok(Step::Done) => break,
-                Ok(Step::More) if feed(&mut buf) => {}
+                Ok(Step::More) if pieces.feed(&mut buf) => {}
                 Ok(Step::More) if matches!(framing, Framing::Close) => break,
                 Ok(Step::More) => return (framed, Stop::Incomplete),
                 Err(why) => return (framed, Stop::Refused(why.into())),
@@ -86,7 +75,7 @@ pub fn frame(input: &[u8], method: &Method, upgrade: bool, step: usize) -> (Vec<
         }
         framed.push(Framed {
             status: status.as_u16(),
-            end: fed.get() - buf.len(),
+            end: pieces.fed() - buf.len(),
             body,
         });
         match framing {
@@ -94,5 +83,37 @@ pub fn frame(input: &[u8], method: &Method, upgrade: bool, step: usize) -> (Vec<
             Framing::Length { reuse: true, .. } | Framing::Chunked { reuse: true, .. } => {}
             _ => return (framed, Stop::Closed),
         }
+    }
+}
+
+/// A byte string arriving in pieces: what the fuzz harnesses of both HTTP/1.1 sides feed their
+/// parsers with, to check that framing does not depend on how bytes arrive.
+pub struct Pieces<'a> {
+    input: &'a [u8],
+    step: usize,
+    fed: usize,
+}
+
+impl<'a> Pieces<'a> {
+    /// `input`, `step` bytes at a time (`0`: all at once).
+    pub fn new(input: &'a [u8], step: usize) -> Pieces<'a> {
+        let step = if step == 0 { input.len().max(1) } else { step };
+        Pieces { input, step, fed: 0 }
+    }
+
+    /// Appends the next piece to `buf`; `false` once the input is all fed.
+    pub fn feed(&mut self, buf: &mut BytesMut) -> bool {
+        if self.fed >= self.input.len() {
+            return false;
+        }
+        let n = self.step.min(self.input.len() - self.fed);
+        buf.extend_from_slice(&self.input[self.fed..self.fed + n]);
+        self.fed += n;
+        true
+    }
+
+    /// How many bytes have been fed.
+    pub fn fed(&self) -> usize {
+        self.fed
     }
 }

@@ -8,6 +8,7 @@ use super::body::Decoder;
 use super::framing::Framing;
 use super::head::parse;
 use engine_proxy::chunked::{Chunk, Step};
+use engine_proxy::client::frames::Pieces;
 
 /// One request the server framed.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,19 +37,8 @@ pub enum Stop {
 /// Frames the requests in `input` as the server would, with the input arriving `step` bytes at
 /// a time (`0`: all at once).
 pub fn frame(input: &[u8], max_header_bytes: usize, step: usize) -> (Vec<Framed>, Stop) {
-    let step = if step == 0 { input.len().max(1) } else { step };
-    let fed = std::cell::Cell::new(0);
+    let mut pieces = Pieces::new(input, step);
     let mut buf = BytesMut::new();
-    let feed = |buf: &mut BytesMut| {
-        let at = fed.get();
-        if at >= input.len() {
-            return false;
-        }
-        let n = step.min(input.len() - at);
-        buf.extend_from_slice(&input[at..at + n]);
-        fed.set(at + n);
-        true
-    };
     let mut framed = Vec::new();
     loop {
         let head = loop {
@@ -59,7 +49,7 @@ pub fn frame(input: &[u8], max_header_bytes: usize, step: usize) -> (Vec<Framed>
                     Err(r) => return (framed, Stop::Refused(r.status.map(|s| s.as_u16()))),
                 }
             }
-            if !feed(&mut buf) {
+            if !pieces.feed(&mut buf) {
                 return (framed, Stop::Incomplete);
             }
         };
@@ -73,7 +63,7 @@ pub fn frame(input: &[u8], max_header_bytes: usize, step: usize) -> (Vec<Framed>
                 Ok(Step::Data(data)) => body.extend_from_slice(&data),
                 Ok(Step::Done) => break,
                 Ok(Step::More) => {
-                    if !feed(&mut buf) {
+                    if !pieces.feed(&mut buf) {
                         return (framed, Stop::Incomplete);
                     }
                 }
@@ -88,7 +78,7 @@ pub fn frame(input: &[u8], max_header_bytes: usize, step: usize) -> (Vec<Framed>
         framed.push(Framed {
             method: head.request.method().as_str().to_owned(),
             target,
-            end: fed.get() - buf.len(),
+            end: pieces.fed() - buf.len(),
             body,
         });
         if head.upgrade {
