@@ -217,7 +217,11 @@ impl Client {
 
 impl Pool {
     /// Keeps `conn` for the next request, and makes sure a reaper will close it once idle.
+    /// Outside a runtime (nothing could reap it) the connection is closed instead.
     pub(crate) fn checkin(self: Arc<Self>, conn: Conn) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let start_reaper = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if state.conns.len() >= MAX_IDLE {
@@ -226,7 +230,7 @@ impl Pool {
             state.conns.push((conn, Instant::now()));
             !std::mem::replace(&mut state.reaping, true)
         };
-        if start_reaper && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        if start_reaper {
             runtime.spawn(reap(Arc::downgrade(&self)));
         }
     }
