@@ -8,18 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
+use crate::client::{Connector, Route};
 use crate::health::Mode;
 
-/// One `host:port` and how to speak to it.
-#[derive(Clone)]
+/// One `host:port` and how to speak to it, made once at start: the uplink client's connector.
 pub struct Target {
     pub address: String,
-    /// TLS with this client configuration; plain TCP when `None`.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    connector: Connector,
 }
 
 /// A raw TCP route's upstreams, fixed at start.
@@ -28,17 +25,33 @@ pub struct Targets {
     pub cloud: Target,
     /// While the cloud is down; without one, new streams are refused then.
     pub fallback: Option<Target>,
-    /// For the TCP connection and, separately, the TLS handshake.
-    pub timeout: Duration,
 }
 
-/// Why no stream was opened.
+/// Why no stream was opened, or a target cannot be one.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("the cloud is down and this route has no fallback")]
     NoFallback,
     #[error("{0}")]
     Connect(String),
+    #[error("raw TCP upstream {0:?}: {1}")]
+    Target(String, String),
+}
+
+impl Target {
+    /// `address` is `host:port` (`[v6]:port`); TLS with `tls` (which also names the certificate
+    /// the target must present by its host), plain TCP when `None`. `timeout` bounds the TCP
+    /// connection and the TLS handshake together.
+    pub fn new(
+        address: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> Result<Target, StreamError> {
+        let bad = |why: String| StreamError::Target(address.clone(), why);
+        let (host, port) = split_host_port(&address).ok_or_else(|| bad("not host:port".into()))?;
+        let connector = Connector::new(host, port, tls, Route::DIRECT, timeout).map_err(bad)?;
+        Ok(Target { address, connector })
+    }
 }
 
 /// A byte stream to an upstream: TCP, or TLS over it.
@@ -57,25 +70,12 @@ impl Targets {
 
     /// Connects to `target`: TCP, then TLS unless the target is plain.
     pub async fn connect(&self, target: &Target) -> Result<Box<dyn Stream>, StreamError> {
-        let fail = StreamError::Connect;
-        let timeout = self.timeout;
-        let (host, port) =
-            split_host_port(&target.address).ok_or_else(|| fail("bad upstream address".into()))?;
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+        let conn = target
+            .connector
+            .connect()
             .await
-            .map_err(|_| fail(format!("no connection within {timeout:?}")))?
-            .map_err(|e| fail(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let Some(tls) = &target.tls else {
-            return Ok(Box::new(tcp));
-        };
-        let name = ServerName::try_from(host.to_owned()).map_err(|e| fail(e.to_string()))?;
-        let connector = tokio_rustls::TlsConnector::from(tls.clone());
-        let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
-            .await
-            .map_err(|_| fail(format!("no TLS handshake within {timeout:?}")))?
-            .map_err(|e| fail(e.to_string()))?;
-        Ok(Box::new(tls))
+            .map_err(|e| StreamError::Connect(e.to_string()))?;
+        Ok(Box::new(conn.io))
     }
 }
 
@@ -95,14 +95,10 @@ mod tests {
     use super::*;
 
     fn targets(fallback: bool) -> Targets {
-        let at = |a: &str| Target {
-            address: a.into(),
-            tls: None,
-        };
+        let at = |a: &str| Target::new(a.into(), None, Duration::from_secs(1)).unwrap();
         Targets {
             cloud: at("cloud.example:5432"),
             fallback: fallback.then(|| at("10.0.0.5:5432")),
-            timeout: Duration::from_secs(1),
         }
     }
 

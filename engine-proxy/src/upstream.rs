@@ -73,7 +73,7 @@ impl Upstream {
         // The gateway's configuration admits only https:// for the cloud; plain http is for an
         // on-premises engine on the clinic's LAN.
         let (tls, default_port) = match scheme.as_str() {
-            "https" => (Some(tls), 443),
+            "https" => (Some(Arc::new(tls)), 443),
             "http" => (None, 80),
             _ => return Err(bad("the scheme must be https or http")),
         };

@@ -79,11 +79,12 @@ pub(crate) enum Transport {
 }
 
 impl Connector {
-    /// `host` as the URL has it (an IPv6 address in brackets).
+    /// `host` as the URL has it (an IPv6 address in brackets). The uplink's client and raw TCP
+    /// routes (`crate::stream`) both connect through one.
     pub(crate) fn new(
         host: &str,
         port: u16,
-        tls: Option<rustls::ClientConfig>,
+        tls: Option<Arc<rustls::ClientConfig>>,
         route: Route,
         timeout: Duration,
     ) -> Result<Connector, String> {
@@ -92,7 +93,7 @@ impl Connector {
             Some(config) => {
                 let name = ServerName::try_from(host.clone())
                     .map_err(|e| format!("{host:?} cannot name a TLS server: {e}"))?;
-                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+                Some((tokio_rustls::TlsConnector::from(config), name))
             }
             None => None,
         };

@@ -39,7 +39,8 @@ use crate::chunked::Chunk;
 use crate::fields::has_token;
 use body::Framing;
 pub use body::{Body, Switched, Upgraded};
-use connect::{Conn, Connector};
+use connect::Conn;
+pub(crate) use connect::Connector;
 pub use connect::{Dial, Route};
 
 /// A connection idle this long is closed: below the 60 s after which cloud load balancers
@@ -103,7 +104,7 @@ impl Client {
     pub fn new(
         host: &str,
         port: u16,
-        tls: Option<rustls::ClientConfig>,
+        tls: Option<Arc<rustls::ClientConfig>>,
         route: Route,
         timeout: Duration,
     ) -> Result<Client, String> {

@@ -43,6 +43,8 @@ pub enum StartError {
     #[error(transparent)]
     Upstream(#[from] engine_proxy::upstream::UpstreamError),
     #[error(transparent)]
+    Stream(#[from] engine_proxy::stream::StreamError),
+    #[error(transparent)]
     Journal(#[from] engine_proxy::journal::JournalError),
     #[error(transparent)]
     LocalStore(#[from] engine_proxy::sqlite::DbError),
@@ -298,11 +300,14 @@ impl Gateway {
     }
 
     /// What a listener serves.
-    pub fn route(&self, listener: &Listener) -> Route {
+    ///
+    /// A raw TCP route's targets are checked here (an address or name the TLS layer cannot use).
+    pub fn route(&self, listener: &Listener) -> Result<Route, StartError> {
         let name: Arc<str> = listener.route().into();
         match listener.kind {
-            ListenerKind::Api => Route::Api(name),
+            ListenerKind::Api => Ok(Route::Api(name)),
             ListenerKind::Tcp => {
+                let timeout = self.config.limits.upstream_timeout();
                 // The on-premises engine's scheme says whether it speaks TLS.
                 let onprem_tls = self.onprem_tls.clone().filter(|_| {
                     self.config
@@ -311,22 +316,22 @@ impl Gateway {
                         .as_deref()
                         .is_some_and(|u| u.starts_with("https:"))
                 });
-                Route::Stream(Arc::new(StreamRoute {
+                Ok(Route::Stream(Arc::new(StreamRoute {
                     name,
                     require_login: listener.require_login,
                     scope: listener.scope.unwrap_or(engine_proxy::scope::Scope::Write),
                     targets: Targets {
-                        cloud: Target {
-                            address: listener.upstream.clone().unwrap_or_default(),
-                            tls: listener.upstream_tls.then(|| self.uplink.clone()),
+                        cloud: Target::new(
+                            listener.upstream.clone().unwrap_or_default(),
+                            listener.upstream_tls.then(|| self.uplink.clone()),
+                            timeout,
+                        )?,
+                        fallback: match listener.fallback.clone() {
+                            Some(address) => Some(Target::new(address, onprem_tls, timeout)?),
+                            None => None,
                         },
-                        fallback: listener.fallback.clone().map(|address| Target {
-                            address,
-                            tls: onprem_tls,
-                        }),
-                        timeout: self.config.limits.upstream_timeout(),
                     },
-                }))
+                })))
             }
         }
     }

@@ -45,7 +45,7 @@ pub fn bind(gateway: &Gateway, workers: usize) -> Result<Vec<Listening>, StartEr
         for _ in 1..workers {
             sockets.push(shared_socket(address)?);
         }
-        let route = Arc::new(gateway.route(l));
+        let route = Arc::new(gateway.route(l)?);
         tracing::info!(%address, route = %route.name(), workers, "listening");
         listening.push(Listening {
             address,
