@@ -36,12 +36,7 @@ done
 for side in A B; do [[ -x ${bin[$side]} ]] || die "$side: ${bin[$side]} is not an executable"; done
 peer=$(peer_bin) lg=${LOADGEN_BIN:-target/release/loadgen}
 [[ -n ${LOADGEN_BIN:-} ]] || cargo build --release --quiet -p kakehashi-tests --bin loadgen
-W=$(mktemp -d) pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-listen=127.0.0.1:$(free_port)
-demo_clinic "$peer" "$W/demo" "$listen"
-d=$W/demo
+demo_workdir "$peer"
 common=(--cert "$d/terminal.pem" --key "$d/terminal.key" --ca "$d/ca.pem" --server-name localhost
   --addr "$listen" --user "$(cat "$d/user.txt")" --conns 32)
 ticks=$(getconf CLK_TCK)

@@ -38,6 +38,16 @@ demo_clinic() {
     --wg-listen "127.0.0.1:$(free_port)" >/dev/null
 }
 
+# demo_workdir PEER: the work directory W (removed on exit unless keep=true), the demo clinic in
+# d=$W/demo with its api listener on $listen, and an exit trap that stops every PID in pids.
+demo_workdir() {
+  W=$(mktemp -d) pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; ${keep:-false} || rm -rf "$W"' EXIT
+  listen=127.0.0.1:$(free_port)
+  demo_clinic "$1" "$W/demo" "$listen"
+  d=$W/demo
+}
+
 # wait_for FILE PATTERN PID [SECONDS]: waits until FILE has a line matching PATTERN (grep -E) and
 # prints it; fails if PID exits first or SECONDS (default 30) pass.
 wait_for() {

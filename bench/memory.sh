@@ -25,12 +25,7 @@ bin=${KAKEHASHI_BIN:-target/release/kakehashi} lg=${LOADGEN_BIN:-target/release/
 [[ -n ${KAKEHASHI_BIN:-} ]] || cargo build --release --quiet --bin kakehashi
 peer=$(peer_bin)
 [[ -n ${LOADGEN_BIN:-} ]] || cargo build --release --quiet -p kakehashi-tests --bin loadgen
-W=$(mktemp -d) pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; $keep || rm -rf "$W"; }
-trap cleanup EXIT
-listen=127.0.0.1:$(free_port)
-demo_clinic "$peer" "$W/demo" "$listen"
-d=$W/demo
+demo_workdir "$peer"
 "$peer" engine-sim --config "$d/engine.toml" >"$W/engine.log" 2>&1 & pids+=($!)
 # The allocator's settings the systemd units in deploy/ give the gateway; GLIBC_TUNABLES= (empty)
 # measures glibc's defaults.
