@@ -164,12 +164,23 @@ impl Head {
         Format::from_query(self.uri.query())
     }
 
-    fn request(&self, body: Bytes) -> Request<ProxyBody> {
-        let mut req = Request::new(Full::new(body).map_err(|e| match e {}).boxed());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
+    /// Sends it with `body` over `upstream`, `authorization` (the caller's engine credential)
+    /// in place of the terminal's: written from this head, not from a copy, each time it is sent.
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        body: Bytes,
+        authorization: HeaderValue,
+    ) -> Result<Response<client::Body>, UpstreamError> {
+        upstream
+            .forward_parts(
+                &self.method,
+                self.path_and_query(),
+                &self.headers,
+                authorization,
+                full(body),
+            )
+            .await
     }
 }
 
@@ -323,15 +334,15 @@ impl Router {
     /// down. With `whole`, a 200 answer of known, bounded length is read to the end (to be
     /// cached). The call owns what it needs, so that a read answered otherwise meanwhile can
     /// leave it running.
-    fn attempt(&self, path: usize, head: &Head, body: Bytes, caller: &Caller, whole: bool) -> Call {
+    fn attempt(&self, path: usize, head: &Arc<Head>, body: Bytes, caller: &Caller, whole: bool) -> Call {
         let (cloud, failover) = (self.paths[path].clone(), self.failover.clone());
-        let (req, authorization) = (head.request(body), caller.authorization.clone());
+        let (head, authorization) = (head.clone(), caller.authorization.clone());
         Box::pin(async move {
             let limit = failover.max_entry_bytes as u64;
             let health = &failover.health;
             let call = async {
                 let sent = std::time::Instant::now();
-                let resp = match cloud.forward(req, authorization).await {
+                let resp = match head.send(&cloud, body, authorization).await {
                     Ok(resp) => resp,
                     Err(e) => return Attempt::Failed(e.to_string()),
                 };
@@ -378,7 +389,7 @@ impl Router {
     /// terminal a fraction of a second, before any probe has confirmed it.
     async fn cloud(
         &self,
-        head: &Head,
+        head: &Arc<Head>,
         body: &Bytes,
         caller: &Caller,
         hedge: bool,
@@ -490,6 +501,8 @@ impl Router {
             ttl: rule.map_or(crate::rules::DEFAULT_TTL, |r| r.ttl),
         };
         let cached = cache.map(|c| (c, keep));
+        // Shared by the attempts over each path, which own what they need.
+        let head = Arc::new(head);
         let (path, attempt) = match self.cloud(&head, &body, caller, true, cached).await {
             Ok(ended) => ended,
             Err(from_cache) => return Ok(from_cache),
@@ -541,6 +554,7 @@ impl Router {
                 k
             }
         };
+        let head = Arc::new(head);
         let why = match mode {
             Mode::Emergency => "the cloud is down".to_owned(),
             Mode::Recovery => "earlier offline writes are still being handed back".to_owned(),
@@ -620,9 +634,7 @@ impl Router {
         caller: &Caller,
         why: String,
     ) -> Result<Routed, RouteError> {
-        let resp = onprem
-            .forward(head.request(body), caller.authorization.clone())
-            .await?;
+        let resp = head.send(onprem, body, caller.authorization.clone()).await?;
         Ok(Routed {
             response: boxed(resp),
             served: Served::OnPrem(why),

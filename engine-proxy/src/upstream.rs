@@ -12,7 +12,7 @@ use std::time::Duration;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, Uri};
+use hyper::{Method, Request, Response, Uri};
 
 use crate::client::{self, Client, Route};
 use crate::fields::is_upgrade;
@@ -106,33 +106,69 @@ impl Upstream {
         req: Request<ProxyBody>,
         authorization: HeaderValue,
     ) -> Result<Response<client::Body>, UpstreamError> {
-        let (mut head, body) = req.into_parts();
-        let upgrade = is_upgrade(&head.headers);
-        let headers = &mut head.headers;
-        strip_hop_by_hop(headers, upgrade);
-        headers.insert(header::HOST, self.host.clone());
-        headers.remove(header::PROXY_AUTHORIZATION);
+        let (head, body) = req.into_parts();
+        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        self.forward_parts(&head.method, path, &head.headers, authorization, body)
+            .await
+    }
+
+    /// As [`Upstream::forward`], from a head the caller keeps: a failover attempt's, which may
+    /// be sent again over another path. The proxied head is written from `fields` as they are,
+    /// less `Host`, `Authorization` and the hop-by-hop fields, with `Host`, the engine's
+    /// `Authorization` and `Via` added; only a message that carries hop-by-hop fields is copied
+    /// to strip them.
+    pub async fn forward_parts(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        fields: &HeaderMap,
+        authorization: HeaderValue,
+        body: ProxyBody,
+    ) -> Result<Response<client::Body>, UpstreamError> {
+        let target = self.target(path_and_query);
+        let upgrade = is_upgrade(fields);
+        let stripped;
+        let fields = match upgrade || fields.keys().any(is_hop_by_hop) {
+            false => fields,
+            true => {
+                let mut copy = fields.clone();
+                strip_hop_by_hop(&mut copy, upgrade);
+                stripped = copy;
+                &stripped
+            }
+        };
         let mut authorization = authorization;
         authorization.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, authorization);
-        headers.append(header::VIA, HeaderValue::from_static("1.1 kakehashi"));
-        let target = self.target(head.uri.path_and_query().map_or("/", |p| p.as_str()));
-        let mut resp = self.send(&head, &target, body).await?;
+        let sent = fields
+            .iter()
+            .filter(|(name, _)| *name != header::HOST && *name != header::AUTHORIZATION);
+        let names = [header::HOST, header::AUTHORIZATION, header::VIA];
+        let fields = std::iter::once((&names[0], &self.host))
+            .chain(sent)
+            .chain([(&names[1], &authorization), (&names[2], &VIA)]);
+        let head = client::Head {
+            method,
+            target: &target,
+            fields,
+            upgrade,
+        };
+        let mut resp = self.send(head, body).await?;
         let upgraded = resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(resp.headers_mut(), upgraded);
-        resp.headers_mut()
-            .append(header::VIA, HeaderValue::from_static("1.1 kakehashi"));
+        resp.headers_mut().append(header::VIA, VIA.clone());
         Ok(resp)
     }
 
     /// Sends a request and waits for the answer's head at most the upstream timeout.
-    async fn send(
+    async fn send<'a, F>(
         &self,
-        head: &hyper::http::request::Parts,
-        target: &str,
+        head: client::Head<'a, F>,
         body: ProxyBody,
-    ) -> Result<Response<client::Body>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.send(head, target, body)).await {
+    ) -> Result<Response<client::Body>, UpstreamError>
+    where
+        F: IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    {
+        match tokio::time::timeout(self.timeout, self.client.send(head, body)).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(Err(e)) => Err(UpstreamError::Connect(e.to_string())),
             Ok(Ok(resp)) => Ok(resp),
@@ -156,20 +192,24 @@ impl Upstream {
         user_agent: &'static str,
     ) -> Result<Response<client::Body>, UpstreamError> {
         use http_body_util::BodyExt;
-        let bad = |why: String| UpstreamError::Url(path_and_query.to_owned(), why);
-        let path =
-            hyper::http::uri::PathAndQuery::try_from(path_and_query).map_err(|e| bad(e.to_string()))?;
+        let path = hyper::http::uri::PathAndQuery::try_from(path_and_query)
+            .map_err(|e| UpstreamError::Url(path_and_query.to_owned(), e.to_string()))?;
         let empty: ProxyBody = http_body_util::Empty::new().map_err(|e| match e {}).boxed();
-        let req = Request::get(Uri::from(path))
-            .header(header::HOST, self.host.clone())
-            .header(header::USER_AGENT, HeaderValue::from_static(user_agent))
-            .body(())
-            .map_err(|e| bad(e.to_string()))?;
-        let (head, ()) = req.into_parts();
-        let target = self.target(head.uri.path_and_query().map_or("/", |p| p.as_str()));
-        self.send(&head, &target, empty).await
+        let user_agent = HeaderValue::from_static(user_agent);
+        let (get, names) = (Method::GET, [header::HOST, header::USER_AGENT]);
+        let target = self.target(path.as_str());
+        let head = client::Head {
+            method: &get,
+            target: &target,
+            fields: [(&names[0], &self.host), (&names[1], &user_agent)],
+            upgrade: false,
+        };
+        self.send(head, empty).await
     }
 }
+
+/// What the gateway adds to every message it passes on, both ways (RFC 9110 §7.6.3).
+static VIA: HeaderValue = HeaderValue::from_static("1.1 kakehashi");
 
 /// Removes the fields that describe one hop, not the message (RFC 9110 §7.6.1): `Connection`
 /// and every field it names, and the fixed list. For a protocol upgrade, `Connection: upgrade`
@@ -257,14 +297,90 @@ mod tests {
         assert_eq!(h, before);
     }
 
+    /// A TLS configuration for upstreams the tests reach over plain HTTP, or not at all.
+    fn unused_tls() -> rustls::ClientConfig {
+        rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    }
+
+    /// The head the engine receives for a request with `fields`, forwarded with the engine
+    /// credential `Basic ZW5naW5l`, one field per line.
+    async fn proxied(fields: &[(&'static str, &'static str)]) -> Vec<String> {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let (port, mut seen) = crate::client::tests::engine(vec![vec![ok]]).await;
+        let up = Upstream::new(
+            &format!("http://127.0.0.1:{port}/api"),
+            unused_tls(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let mut req = Request::get("/patients?id=1")
+            .body(crate::client::tests::full(""))
+            .unwrap();
+        for (name, value) in fields {
+            req.headers_mut().append(*name, HeaderValue::from_static(value));
+        }
+        let resp = up
+            .forward(req, HeaderValue::from_static("Basic ZW5naW5l"))
+            .await
+            .unwrap();
+        assert_eq!(resp.headers().get(header::VIA).unwrap(), "1.1 kakehashi");
+        let head = seen.recv().await.unwrap();
+        head.trim_end().lines().map(str::to_owned).collect()
+    }
+
+    #[tokio::test]
+    async fn the_proxied_head_is_the_terminals_with_host_and_credential_replaced_and_via_added() {
+        let head = proxied(&[
+            ("host", "gateway.clinic"),
+            ("authorization", "Basic dGVybWluYWw="),
+            ("accept", "application/json"),
+            ("x-request", "1"),
+            ("x-request", "2"),
+        ])
+        .await;
+        let port = head[1].trim_start_matches("host: 127.0.0.1:").to_owned();
+        assert!(port.parse::<u16>().is_ok(), "Host comes first: {head:?}");
+        assert_eq!(
+            head,
+            [
+                "GET /api/patients?id=1 HTTP/1.1".to_owned(),
+                format!("host: 127.0.0.1:{port}"),
+                "accept: application/json".into(),
+                "x-request: 1".into(),
+                "x-request: 2".into(),
+                "authorization: Basic ZW5naW5l".into(),
+                "via: 1.1 kakehashi".into(),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_terminals_hop_by_hop_fields_do_not_reach_the_engine() {
+        let head = proxied(&[
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("proxy-authorization", "Basic cHJveHk="),
+            ("keep-alive", "timeout=5"),
+            ("accept", "application/json"),
+        ])
+        .await;
+        assert_eq!(
+            head[2..],
+            [
+                "accept: application/json",
+                "authorization: Basic ZW5naW5l",
+                "via: 1.1 kakehashi"
+            ]
+        );
+    }
+
     #[test]
     fn the_host_field_names_the_port_only_when_it_is_not_the_schemes() {
-        let tls =
-            rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
+        let tls = unused_tls();
         let host = |url: &str| {
             let up = Upstream::new(url, tls.clone(), Duration::from_secs(1)).unwrap();
             (

@@ -31,7 +31,6 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::request;
 use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -97,6 +96,19 @@ struct Idle {
     reaping: bool,
 }
 
+/// A request's head as the client writes it. The fields go in the order given but for the
+/// framing ones (`Content-Length`, `Transfer-Encoding`): the client writes those for the body.
+/// Borrowed, so that a proxied request is written straight from the terminal's fields, with
+/// what the proxy leaves out skipped and what it adds chained on, instead of from a copy.
+pub struct Head<'a, F> {
+    pub method: &'a Method,
+    /// In origin form: the path and the query.
+    pub target: &'a str,
+    pub fields: F,
+    /// The fields ask for a protocol upgrade: a `101` answer hands the connection over.
+    pub upgrade: bool,
+}
+
 impl Client {
     /// A client for `host`:`port` (the URL's; `host` also names the certificate the engine must
     /// present) over `route`, with TLS unless `tls` is `None` (an on-premises engine over plain
@@ -117,28 +129,27 @@ impl Client {
         })
     }
 
-    /// Sends the request `parts` and `body` to `target` (origin form; the URI in `parts` is not
-    /// looked at) and reads the answer's head. The fields go as they are but for the framing
-    /// (`Content-Length`, `Transfer-Encoding`), which follows the body.
-    pub async fn send<B>(
-        &self,
-        parts: &request::Parts,
-        target: &str,
-        mut body: B,
-    ) -> Result<Response<Body>, ClientError>
+    /// Sends `head` and `body`, and reads the answer's head.
+    pub async fn send<'a, F, B>(&self, head: Head<'a, F>, mut body: B) -> Result<Response<Body>, ClientError>
     where
+        F: IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
         B: HttpBody<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let upgrade = crate::fields::is_upgrade(&parts.headers);
+        let Head {
+            method,
+            target,
+            fields,
+            upgrade,
+        } = head;
         let length = body.size_hint().exact();
         let mut out = Vec::with_capacity(512);
         let framing = match length {
-            Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => None,
+            Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => None,
             Some(n) => Some(Some(n)),
             None => Some(None),
         };
-        encode_head(&mut out, &parts.method, target, &parts.headers, framing);
+        encode_head(&mut out, method, target, fields, framing);
         let head_end = out.len() as u64;
         // A small body of known length goes with the head, and can be sent again.
         let whole = length.is_some_and(|n| n <= WHOLE);
@@ -165,7 +176,7 @@ impl Client {
                 false => Box::pin(write_streamed(&mut conn, &out, &mut body, framing.flatten())).await,
             };
             let answer = match sent {
-                Ok(()) => read_answer(conn, &parts.method, upgrade).await,
+                Ok(()) => read_answer(conn, method, upgrade).await,
                 Err(e) => Err(Exchange::BeforeAnswer(e)),
             };
             match answer {
@@ -265,18 +276,18 @@ enum Exchange {
 
 /// `METHOD target HTTP/1.1`, the fields but the framing ones, and the framing for the body:
 /// `None` none, `Some(Some(n))` a length, `Some(None)` chunked.
-fn encode_head(
+fn encode_head<'a>(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
-    headers: &HeaderMap,
+    fields: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     framing: Option<Option<u64>>,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    for (name, value) in fields {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
@@ -474,4 +485,4 @@ fn framing(method: &Method, head: &Response<()>) -> Result<Framing, ClientError>
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

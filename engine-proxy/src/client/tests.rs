@@ -14,7 +14,7 @@ use crate::upstream::{BoxError, ProxyBody};
 /// An engine on a loopback port: the n-th connection it accepts answers its requests with the
 /// answers of `script[n]`, in order, then closes. Every request it reads, head and body as
 /// sent, goes to the returned channel.
-async fn engine(script: Vec<Vec<&'static str>>) -> (u16, mpsc::UnboundedReceiver<String>) {
+pub(crate) async fn engine(script: Vec<Vec<&'static str>>) -> (u16, mpsc::UnboundedReceiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (seen, requests) = mpsc::unbounded_channel();
@@ -72,7 +72,7 @@ fn client(port: u16) -> Client {
     Client::new("127.0.0.1", port, None, Route::DIRECT, Duration::from_secs(5)).unwrap()
 }
 
-fn full(body: &'static str) -> ProxyBody {
+pub(crate) fn full(body: &'static str) -> ProxyBody {
     Full::new(Bytes::from_static(body.as_bytes()))
         .map_err(|e| match e {})
         .boxed()
@@ -98,7 +98,13 @@ async fn send(
         .body(())
         .unwrap()
         .into_parts();
-    let (head, body) = client.send(&parts, "/x?y=1", body).await?.into_parts();
+    let head = Head {
+        method: &parts.method,
+        target: "/x?y=1",
+        fields: &parts.headers,
+        upgrade: false,
+    };
+    let (head, body) = client.send(head, body).await?.into_parts();
     let body = body
         .collect()
         .await
@@ -288,7 +294,13 @@ async fn an_upgrade_hands_over_the_connection_with_what_followed_the_head() {
         .body(())
         .unwrap()
         .into_parts();
-    let mut resp = client.send(&parts, "/push", full("")).await.unwrap();
+    let head = Head {
+        method: &parts.method,
+        target: "/push",
+        fields: &parts.headers,
+        upgrade: true,
+    };
+    let mut resp = client.send(head, full("")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert!(resp.body().is_end_stream());
     let switched = resp.extensions_mut().remove::<Switched>().unwrap();
