@@ -21,7 +21,7 @@ usage="usage: bench/cpu-ab.sh A_BIN B_BIN [--rounds N] [--duration S] [--tunable
 (($# >= 2)) || die "$usage"
 declare -A bin=([A]=$1 [B]=$2)
 shift 2
-units=glibc.malloc.mmap_threshold=131072:glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4194304
+units=$(unit_tunables)
 declare -A tunables=([A]=$units [B]=$units)
 rounds=4 duration=6
 while (($#)); do

@@ -38,6 +38,15 @@ demo_clinic() {
     --wg-listen "127.0.0.1:$(free_port)" >/dev/null
 }
 
+# unit_tunables: the allocator's settings (GLIBC_TUNABLES) the systemd unit in deploy/ gives the
+# gateway, read from the unit so that the benchmarks measure what ships.
+unit_tunables() {
+  local t
+  t=$(sed -n 's/^Environment=GLIBC_TUNABLES=//p' deploy/kakehashi.service)
+  [[ -n $t ]] || die "deploy/kakehashi.service sets no GLIBC_TUNABLES"
+  echo "$t"
+}
+
 # demo_workdir PEER: the work directory W (removed on exit unless keep=true), the demo clinic in
 # d=$W/demo with its api listener on $listen, and an exit trap that stops every PID in pids.
 demo_workdir() {

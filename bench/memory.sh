@@ -29,7 +29,7 @@ demo_workdir "$peer"
 "$peer" engine-sim --config "$d/engine.toml" >"$W/engine.log" 2>&1 & pids+=($!)
 # The allocator's settings the systemd units in deploy/ give the gateway; GLIBC_TUNABLES= (empty)
 # measures glibc's defaults.
-export GLIBC_TUNABLES=${GLIBC_TUNABLES-glibc.malloc.mmap_threshold=131072:glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4194304}
+export GLIBC_TUNABLES=${GLIBC_TUNABLES-$(unit_tunables)}
 "$bin" gateway run --config "$d/gateway.toml" >"$W/gateway.log" 2>&1 & g=$! pids+=($!)
 unset GLIBC_TUNABLES
 until grep -q READY "$W/gateway.log"; do sleep 0.1; done

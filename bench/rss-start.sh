@@ -10,6 +10,7 @@
 #
 #   bench/rss-start.sh [--rounds 3] [--cold]
 #
+# The gateway runs with the allocator settings of the unit in deploy/ (GLIBC_TUNABLES).
 # Builds target/appliance/kakehashi (docs/development.md) unless KAKEHASHI_BIN names a binary,
 # and target/release/{kakehashi,loadgen} for the demo clinic's engine and the terminal. Runs in
 # a temporary directory and stops what it started on exit.
@@ -51,11 +52,12 @@ usage() {
 }
 
 declare -A at
+tunables=$(unit_tunables)
 for ((r = 1; r <= rounds; r++)); do
   # dd with count=0 and iflag=nocache asks the kernel to drop the whole file's cached pages.
   ! $cold || dd if="$bin" iflag=nocache count=0 status=none
-  GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072:glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=4194304 \
-    "$bin" gateway run --config "$d/gateway.toml" >"$W/gateway.log" 2>&1 & g=$!
+  GLIBC_TUNABLES=$tunables "$bin" gateway run --config "$d/gateway.toml" >"$W/gateway.log" 2>&1 &
+  g=$! pids+=($!)
   wait_for "$W/gateway.log" READY "$g" >/dev/null
   sleep 1
   read -r -a u < <(usage "$g")
