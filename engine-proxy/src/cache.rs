@@ -200,14 +200,11 @@ impl Cache {
 
 /// The key of a call: method, path and query, body.
 pub fn key(method: &str, path_and_query: &str, body: &[u8]) -> [u8; 32] {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut h = crate::digest::Sha256::default();
     for part in [method.as_bytes(), path_and_query.as_bytes(), body] {
-        ctx.update(&(part.len() as u64).to_be_bytes());
-        ctx.update(part);
+        h.update_framed(part);
     }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
+    h.finish()
 }
 
 fn open_schema(path: &Path) -> Result<Connection, DbError> {

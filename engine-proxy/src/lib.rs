@@ -20,7 +20,8 @@
 //! - [`cache`]: the read cache, filled from the cloud's answers;
 //! - [`journal`]: the durable write journal (on disk before the terminal hears "accepted");
 //! - [`replay`]: handing the journal back to the cloud in order, each entry exactly once;
-//! - [`sqlite`]: how both open their files.
+//! - [`sqlite`]: how both open their files; [`digest`]: the SHA-256 of the cache's keys (and the
+//!   gateway's audit chain).
 //!
 //! The reference engine that tests and the demo run against is its own crate, `engine-sim`
 //! (`engine-proxy/sim`): the appliance never needs it.
@@ -29,6 +30,7 @@
 pub mod cache;
 pub mod chunked;
 pub mod client;
+pub mod digest;
 pub mod failover;
 pub mod fields;
 pub mod format;

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use engine_proxy::digest::Sha256;
 use rusqlite::{Connection, OptionalExtension};
 use time::OffsetDateTime;
 
@@ -27,13 +28,12 @@ const HASH_DOMAIN: &[u8] = b"kakehashi-audit-v1\0";
 /// `0x00` when absent and `0x01 ||` its encoding when present. `prev_hash` is not in the fields
 /// but the argument, so that [`verify`](super::verify) checks the link and the contents separately.
 pub fn chain_hash(prev: &[u8; 32], record: &Fields<'_>) -> [u8; 32] {
-    use aws_lc_rs::digest::{Context, SHA256};
-    let mut h = Context::new(&SHA256);
-    let text = |h: &mut Context, s: &str| {
+    let mut h = Sha256::default();
+    let text = |h: &mut Sha256, s: &str| {
         h.update(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
         h.update(s.as_bytes());
     };
-    let opt_text = |h: &mut Context, s: Option<&str>| match s {
+    let opt_text = |h: &mut Sha256, s: Option<&str>| match s {
         None => h.update(&[0]),
         Some(s) => {
             h.update(&[1]);
@@ -63,9 +63,7 @@ pub fn chain_hash(prev: &[u8; 32], record: &Fields<'_>) -> [u8; 32] {
     for n in [record.bytes_in, record.bytes_out, record.duration_ms] {
         h.update(&n.to_be_bytes());
     }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(h.finish().as_ref());
-    out
+    h.finish()
 }
 
 /// The current time as the log records it: RFC 3339, UTC, milliseconds. The fixed width makes

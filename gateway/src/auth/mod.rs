@@ -169,6 +169,8 @@ pub fn basic(id: &str, password: &str) -> HeaderValue {
     value
 }
 
+/// Through aws-lc's context, not `engine_proxy::digest`: the parts are passwords and session
+/// tokens, which must not stay behind in a buffer on the stack.
 fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for p in parts {

@@ -49,13 +49,11 @@ pub enum Proof {
 }
 
 fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut h = engine_proxy::digest::Sha256::default();
     for p in parts {
-        ctx.update(p);
+        h.update(p);
     }
-    let mut out = [0; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
+    h.finish()
 }
 
 /// The subject CN of a certificate, which names the terminal.
