@@ -93,10 +93,11 @@ pub struct Router {
     pub failover: Arc<Failover>,
 }
 
-/// Who is calling, for the engine credential and the journal.
-pub struct Caller {
-    pub terminal: Option<String>,
-    pub user: Option<String>,
+/// Who is calling, for the engine credential and the journal. Borrowed: only a journaled write
+/// keeps the names.
+pub struct Caller<'a> {
+    pub terminal: Option<&'a str>,
+    pub user: Option<&'a str>,
     /// The engine credential for this person (or the clinic).
     pub authorization: HeaderValue,
 }
@@ -238,7 +239,7 @@ impl Router {
     pub async fn route(
         &self,
         req: Request<ProxyBody>,
-        caller: &Caller,
+        caller: &Caller<'_>,
         rule: Option<&Rule>,
     ) -> Result<Routed, RouteError> {
         let f = &self.failover;
@@ -288,7 +289,7 @@ impl Router {
 
     /// A call that is neither cached nor journaled: straight to the cloud over the preferred
     /// path, streaming (a streamed body cannot be sent twice, so no other path is tried).
-    async fn stream(&self, req: Request<ProxyBody>, caller: &Caller) -> Result<Routed, RouteError> {
+    async fn stream(&self, req: Request<ProxyBody>, caller: &Caller<'_>) -> Result<Routed, RouteError> {
         let health = &self.failover.health;
         let path = health.preferred().unwrap_or(0);
         match self.paths[path].forward(req, caller.authorization.clone()).await {
@@ -334,7 +335,7 @@ impl Router {
     /// down. With `whole`, a 200 answer of known, bounded length is read to the end (to be
     /// cached). The call owns what it needs, so that a read answered otherwise meanwhile can
     /// leave it running.
-    fn attempt(&self, path: usize, head: &Arc<Head>, body: Bytes, caller: &Caller, whole: bool) -> Call {
+    fn attempt(&self, path: usize, head: &Arc<Head>, body: Bytes, caller: &Caller<'_>, whole: bool) -> Call {
         let (cloud, failover) = (self.paths[path].clone(), self.failover.clone());
         let (head, authorization) = (head.clone(), caller.authorization.clone());
         Box::pin(async move {
@@ -391,7 +392,7 @@ impl Router {
         &self,
         head: &Arc<Head>,
         body: &Bytes,
-        caller: &Caller,
+        caller: &Caller<'_>,
         hedge: bool,
         mut cached: Option<(&Cache, Keep)>,
     ) -> Result<(usize, Attempt), Routed> {
@@ -488,7 +489,7 @@ impl Router {
         head: Head,
         body: Bytes,
         rule: Option<&Rule>,
-        caller: &Caller,
+        caller: &Caller<'_>,
         cache: Option<&Cache>,
         mode: Mode,
     ) -> Result<Routed, RouteError> {
@@ -539,7 +540,7 @@ impl Router {
         &self,
         mut head: Head,
         body: Bytes,
-        caller: &Caller,
+        caller: &Caller<'_>,
         journal: &Journal,
         mode: Mode,
     ) -> Result<Routed, RouteError> {
@@ -576,8 +577,8 @@ impl Router {
             },
         };
         let entry = NewEntry {
-            terminal: caller.terminal.clone(),
-            user: caller.user.clone(),
+            terminal: caller.terminal.map(str::to_owned),
+            user: caller.user.map(str::to_owned),
             method: head.method.to_string(),
             path: head.path_and_query().to_owned(),
             content_type: text_header(&head.headers, header::CONTENT_TYPE),
@@ -631,7 +632,7 @@ impl Router {
         onprem: &Upstream,
         head: &Head,
         body: Bytes,
-        caller: &Caller,
+        caller: &Caller<'_>,
         why: String,
     ) -> Result<Routed, RouteError> {
         let resp = head.send(onprem, body, caller.authorization.clone()).await?;

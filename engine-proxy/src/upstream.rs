@@ -95,7 +95,7 @@ impl Upstream {
     }
 
     /// The engine's address, for the audit log.
-    pub fn authority(&self) -> &str {
+    pub fn authority(&self) -> &Arc<str> {
         &self.authority
     }
 

@@ -113,7 +113,7 @@ fn audit_window(c: &mut Criterion) {
             Decision::Allow
         };
         log.record_blocking(Entry {
-            terminal: Some(format!("reception-{}", i % 30)),
+            terminal: Some(format!("reception-{}", i % 30).into()),
             user: Some("nurse".into()),
             method: Some("GET".into()),
             path: Some("/api01rv2/patientgetv2?id=1".into()),

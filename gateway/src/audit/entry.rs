@@ -2,6 +2,8 @@
 //! form, its table and its columns are in one place, so that what is written, what is hashed and
 //! what is read back cannot drift apart.
 
+use std::sync::Arc;
+
 /// The schema of the single `audit.db` of earlier versions (every row with its `prev_hash`):
 /// read, never written; moved into `audit/` as the first sealed segment.
 pub(super) const LEGACY_VERSION: i64 = 1;
@@ -84,24 +86,24 @@ impl Decision {
 /// The log adds the id, the time (when `record` is called) and the hashes.
 ///
 /// Build one with [`Entry::new`] and struct update syntax for the rest:
-/// `Entry { user: Some(id), ..Entry::new(Decision::Allow, "api", peer, "signed in") }`.
+/// `Entry { user: Some(id.into()), ..Entry::new(Decision::Allow, "api", peer, "signed in") }`.
 #[derive(Clone, Debug, Default)]
 pub struct Entry {
     pub decision: Decision,
     /// Why, in a few words: "password ok", "terminal disabled", "unknown user".
-    pub reason: String,
+    pub reason: Text,
     /// The terminal's certificate common name (or WireGuard peer name), once known.
-    pub terminal: Option<String>,
+    pub terminal: Option<Text>,
     /// The person's ID, once known (also for a failed sign-in: the ID that was tried).
-    pub user: Option<String>,
+    pub user: Option<Text>,
     /// The peer address, `ip:port`.
-    pub source: String,
+    pub source: Text,
     /// Which route or stage: "api", "tcp:pacs", "handshake", "login".
-    pub route: String,
-    pub method: Option<String>,
+    pub route: Text,
+    pub method: Option<Text>,
     pub path: Option<String>,
     /// Which engine answered: "cloud", "local".
-    pub upstream: Option<String>,
+    pub upstream: Option<Text>,
     /// The HTTP status sent to the terminal.
     pub status: Option<u16>,
     pub bytes_in: u64,
@@ -114,11 +116,70 @@ impl Entry {
     pub fn new(decision: Decision, route: &str, source: &str, reason: &str) -> Entry {
         Entry {
             decision,
-            route: route.to_owned(),
-            source: source.to_owned(),
-            reason: reason.to_owned(),
+            route: route.to_owned().into(),
+            source: source.to_owned().into(),
+            reason: reason.to_owned().into(),
             ..Entry::default()
         }
+    }
+}
+
+/// A text field of an [`Entry`]. Most are the same few words on every request (the route, the
+/// reason, the method, the engine) or the same for a connection's whole life (its terminal, its
+/// peer address, its person): an entry shares those instead of copying them, so that the entry
+/// of a request costs one allocation, its path, rather than one per field, on the worker that
+/// makes it and again on the writer that frees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text::Static("")
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Self {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text::Owned(s)
+    }
+}
+
+impl From<Arc<str>> for Text {
+    fn from(s: Arc<str>) -> Self {
+        Text::Shared(s)
+    }
+}
+
+impl From<&Arc<str>> for Text {
+    fn from(s: &Arc<str>) -> Self {
+        Text::Shared(s.clone())
     }
 }
 

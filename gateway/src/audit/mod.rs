@@ -39,7 +39,7 @@ use crate::store::{Result, StoreError};
 use writer::Writer;
 
 pub use chain::{chain_hash, timestamp};
-pub use entry::{Decision, Entry, Fields, Record};
+pub use entry::{Decision, Entry, Fields, Record, Text};
 pub use read::{
     Broken, ChainCheck, Recent, Refusal, Span, VerifyReport, export, hash_of, parse_since, recent, verify,
     verify_vouched,

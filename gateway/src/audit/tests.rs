@@ -12,7 +12,7 @@ use super::entry;
 fn entry(n: u64) -> Entry {
     Entry {
         terminal: Some("reception-1".into()),
-        user: Some(format!("user{n}")),
+        user: Some(format!("user{n}").into()),
         method: Some("POST".into()),
         path: Some("/api01rv2/patientgetv2?id=1".into()),
         upstream: Some("cloud".into()),

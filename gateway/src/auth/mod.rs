@@ -12,7 +12,7 @@ mod sessions;
 mod verify;
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -30,8 +30,9 @@ pub use verify::{Memo, Standing};
 /// What the gateway knows about the person after authentication.
 #[derive(Clone, Debug)]
 pub struct Person {
-    /// `None` when person authentication is off (the certificate alone admits).
-    pub user: Option<String>,
+    /// `None` when person authentication is off (the certificate alone admits). Shared: every
+    /// request's audit entry and journal entry carry it.
+    pub user: Option<Arc<str>>,
     /// The `Authorization` value to send upstream: the user's own engine account, or the clinic's.
     pub upstream: HeaderValue,
     /// What the person may call (every scope when authentication is off: the terminal's

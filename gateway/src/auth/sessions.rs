@@ -2,6 +2,7 @@
 //! in (what raw TCP routes require). Both are bound to the certificate of the terminal that
 //! signed in, so a cookie or a sign-in does not travel to another terminal.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -22,7 +23,7 @@ pub(super) struct SignedIn {
 }
 
 pub(super) struct Session {
-    user: String,
+    user: Arc<str>,
     terminal: [u8; 32],
     upstream: HeaderValue,
     scopes: Scopes,
@@ -73,7 +74,7 @@ impl People {
         let now = Instant::now();
         let entry = SignedIn {
             until: now + self.settings.session,
-            user: person.user.clone().unwrap_or_default(),
+            user: person.user.as_deref().unwrap_or_default().to_owned(),
             scopes: person.scopes,
         };
         let mut signed_in = lock(&self.signed_in);

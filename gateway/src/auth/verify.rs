@@ -38,7 +38,7 @@ struct Remembered {
 }
 
 pub(super) struct Cached {
-    user: String,
+    user: Arc<str>,
     upstream: HeaderValue,
     scopes: Scopes,
     until: Instant,
@@ -216,7 +216,7 @@ impl People {
                 lock(&self.cache).insert(
                     key,
                     Cached {
-                        user: id.to_owned(),
+                        user: id.into(),
                         upstream: person.upstream.clone(),
                         scopes: person.scopes,
                         until: Instant::now() + self.settings.cache,
@@ -278,7 +278,7 @@ impl People {
             None => self.clinic(),
         };
         Ok(Person {
-            user: Some(user.id),
+            user: Some(user.id.into()),
             upstream,
             scopes: user.scopes,
         })

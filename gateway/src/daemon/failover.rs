@@ -18,7 +18,7 @@ use engine_proxy::scope::{Scope, Scopes};
 use hyper::body::Bytes;
 use hyper::header::HeaderValue;
 
-use crate::audit::{Decision, Entry};
+use crate::audit::{Decision, Entry, Text};
 use crate::auth::Standing;
 use crate::daemon::gateway::{Gateway, StartError};
 use crate::metrics::Metrics;
@@ -94,7 +94,7 @@ async fn record_changes(gateway: Arc<Gateway>) {
             Metrics::set(&m.uplink_path, path as u64);
         }
         gateway.audit.record_soon(Entry {
-            upstream: Some(path_label(&gateway, change.path)),
+            upstream: Some(path_label(&gateway, change.path).into()),
             ..Entry::new(Decision::Allow, ROUTE, "gateway", &reason)
         });
     }
@@ -194,11 +194,11 @@ fn handed_back(gateway: &Gateway, entry: &JournalEntry, settlement: &Settlement)
         _ => Decision::Allow,
     };
     gateway.audit.record_soon(Entry {
-        terminal: entry.terminal.clone(),
-        user: entry.user.clone(),
-        method: Some(entry.method.clone()),
+        terminal: entry.terminal.clone().map(Text::from),
+        user: entry.user.clone().map(Text::from),
+        method: Some(entry.method.clone().into()),
         path: Some(entry.path.clone()),
-        upstream: Some(path_label(gateway, gateway.failover.health.preferred())),
+        upstream: Some(path_label(gateway, gateway.failover.health.preferred()).into()),
         status,
         bytes_in: entry.body.len() as u64,
         ..Entry::new(decision, "journal", "gateway", &reason)

@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use zeroize::Zeroizing;
 
-use crate::audit::{Decision, Entry};
+use crate::audit::{Decision, Entry, Text};
 use crate::config::Config;
 use crate::doors::identity::Proof;
 use crate::doors::{Admitted, Doors, tcp, tls};
@@ -227,8 +227,8 @@ async fn handle(
         tracing::info!(%source, terminal = ?outcome.terminal, reason = %outcome.reason, "EST refused");
     }
     est.doors.audit.record_soon(Entry {
-        terminal: outcome.terminal,
-        method: Some(method.to_string()),
+        terminal: outcome.terminal.map(Text::from),
+        method: Some(method.to_string().into()),
         path: Some(path),
         status: Some(outcome.response.status().as_u16()),
         duration_ms: started.elapsed().as_millis() as u64,

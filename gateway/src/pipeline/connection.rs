@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 
 use engine_proxy::upstream::ProxyBody;
 
-use crate::audit::{Decision, Entry};
+use crate::audit::{Decision, Entry, Text};
 use crate::auth::Memo;
 use crate::doors::identity::Identified;
 use crate::doors::slot::Slot;
@@ -28,9 +28,10 @@ use crate::pipeline::respond::Outcome;
 pub struct Connection {
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) who: Identified,
-    /// The peer's address as the audit log writes it, formatted once: every request's entry
-    /// carries it.
-    pub(crate) source: Box<str>,
+    /// The terminal's name and the peer's address as the audit log writes them, made once:
+    /// every request's entry shares them.
+    pub(crate) terminal: Arc<str>,
+    pub(crate) source: Arc<str>,
     pub(crate) route: Arc<str>,
     /// Where its terminal stands since the last check.
     pub(crate) standing: Standing,
@@ -43,10 +44,10 @@ impl Connection {
     /// The audit entry every request starts with.
     fn entry(&self, req: &Request<http1::Body>) -> Entry {
         Entry {
-            terminal: Some(self.who.terminal.name.clone()),
-            source: self.source.to_string(),
-            route: self.route.to_string(),
-            method: Some(req.method().to_string()),
+            terminal: Some((&self.terminal).into()),
+            source: (&self.source).into(),
+            route: (&self.route).into(),
+            method: Some(method(req.method())),
             path: Some(req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned()),
             ..Entry::default()
         }
@@ -88,13 +89,13 @@ impl Connection {
             Ok(person) => person,
             Err(refused) => return Outcome::Refused(refused),
         };
-        entry.user = person.user.clone();
+        entry.user = person.user.as_ref().map(Text::from);
         let scopes = self.standing.scopes();
         let (req, rule) = match p.authorize.check(req, scopes, &person).await {
             Ok(authorized) => (authorized.request, authorized.rule),
             Err(refused) => return Outcome::Refused(refused),
         };
-        entry.upstream = Some(p.forward.upstream().to_owned());
+        entry.upstream = Some(p.forward.upstream().into());
         let limited = match p.limit.apply(req) {
             Ok(limited) => limited,
             Err(refused) => return Outcome::Refused(refused),
@@ -117,12 +118,23 @@ impl http1::Service for Arc<Connection> {
         Metrics::inc(&p.metrics.requests_denied_total);
         p.respond.audit.record_soon(Entry {
             decision: Decision::Deny,
-            reason: format!("request refused: {why}"),
-            terminal: Some(self.who.terminal.name.clone()),
-            source: self.source.to_string(),
-            route: self.route.to_string(),
+            reason: format!("request refused: {why}").into(),
+            terminal: Some((&self.terminal).into()),
+            source: (&self.source).into(),
+            route: (&self.route).into(),
             status: Some(status.as_u16()),
             ..Entry::default()
         });
+    }
+}
+
+/// A request's method for its entry: the standard ones without an allocation.
+fn method(m: &Method) -> Text {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT",
+    ];
+    match STANDARD.iter().find(|s| **s == m.as_str()) {
+        Some(s) => Text::Static(s),
+        None => Text::Owned(m.as_str().to_owned()),
     }
 }

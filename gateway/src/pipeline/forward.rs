@@ -17,7 +17,7 @@ use engine_proxy::health::Mode;
 use engine_proxy::rules::Rule;
 use engine_proxy::upstream::ProxyBody;
 
-use crate::audit::Decision;
+use crate::audit::{Decision, Text};
 use crate::auth::Person;
 use crate::doors::identity::Terminal;
 use crate::http1;
@@ -40,17 +40,17 @@ pub enum Forwarded {
     Answer {
         response: Response<ProxyBody>,
         decision: Decision,
-        reason: String,
+        reason: Text,
         /// The hybrid state to report when the local engine answered (`emergency` even before
         /// the prober has confirmed it).
         local: Option<Mode>,
         /// Who answered, for the audit log, when not the cloud.
-        upstream: Option<String>,
+        upstream: Option<Text>,
     },
     /// The engine side failed, and the gateway answers for it: recorded at once.
     Failed {
         response: Response<ProxyBody>,
-        reason: String,
+        reason: Text,
     },
     /// Both sides switched protocols (the push WebSocket): bytes are relayed until either closes.
     Upgraded {
@@ -62,16 +62,16 @@ pub enum Forwarded {
 
 impl Forward {
     /// The engine a call is headed for, for the audit log (the first path's).
-    pub fn upstream(&self) -> &str {
+    pub fn upstream(&self) -> &Arc<str> {
         self.router.paths[0].authority()
     }
 
     /// The path that answered, for the audit log when there are several (with one, the entry
     /// keeps [`Forward::upstream`]).
-    fn path(&self, path: usize) -> Option<String> {
+    fn path(&self, path: usize) -> Option<Text> {
         let links = self.router.failover.health.links();
         let (link, client) = (links.get(path)?, self.router.paths.get(path)?);
-        (links.len() > 1).then(|| format!("path {} {}", link.name, client.authority()))
+        (links.len() > 1).then(|| format!("path {} {}", link.name, client.authority()).into())
     }
 
     /// `rule`: the engine API rule the authorize stage allowed the call by.
@@ -91,8 +91,8 @@ impl Forward {
         pages::strip_session_cookie(request.headers_mut());
         let upgrade = request.extensions_mut().remove::<http1::OnUpgrade>();
         let caller = Caller {
-            terminal: Some(terminal.name.clone()),
-            user: person.user.clone(),
+            terminal: Some(&terminal.name),
+            user: person.user.as_deref(),
             authorization: person.upstream.clone(),
         };
         match self.router.route(request, &caller, rule).await {
@@ -144,7 +144,7 @@ impl Forward {
                         StatusCode::BAD_GATEWAY,
                         &format!("Kakehashi: the engine did not answer: {e}"),
                     ),
-                    reason: format!("allowed; engine unreachable: {e}"),
+                    reason: format!("allowed; engine unreachable: {e}").into(),
                 })
             }
         }
@@ -174,7 +174,7 @@ impl Forward {
                     StatusCode::BAD_GATEWAY,
                     "Kakehashi: the engine refused the gateway's credential; ask the clinic's administrator",
                 ),
-                reason: format!("allowed; the engine refused the upstream credential {whose}"),
+                reason: format!("allowed; the engine refused the upstream credential {whose}").into(),
             };
         }
         if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
@@ -205,7 +205,7 @@ impl Forward {
         };
         let upstream = match &routed.served {
             Served::Cloud(path) => self.path(*path),
-            Served::OnPrem(_) => Some(self.onprem.clone().unwrap_or_default()),
+            Served::OnPrem(_) => Some(self.onprem.clone().unwrap_or_default().into()),
             Served::Cache { .. } => Some("local:cache".into()),
             Served::Journaled { .. } => Some("local:journal".into()),
             Served::Refused(_) => Some("local".into()),
@@ -213,10 +213,10 @@ impl Forward {
         let (decision, reason) = match &routed.served {
             Served::Cloud(_) => (Decision::Allow, "allowed".into()),
             // The person and terminal were allowed; the call was not, for want of the cloud.
-            Served::Refused(why) => (Decision::Deny, format!("refused offline: {why}")),
+            Served::Refused(why) => (Decision::Deny, format!("refused offline: {why}").into()),
             served => (
                 Decision::Allow,
-                format!("allowed; answered by {}", served.describe()),
+                format!("allowed; answered by {}", served.describe()).into(),
             ),
         };
         Forwarded::Answer {
@@ -277,7 +277,7 @@ mod tests {
     fn the_terminal_is_blamed_for_its_body_and_the_gateway_answers_for_the_engine() {
         let f = forward();
         let status = |r: Result<Forwarded, Refused>| match r {
-            Ok(Forwarded::Failed { response, reason }) => (response.status(), reason),
+            Ok(Forwarded::Failed { response, reason }) => (response.status(), reason.to_string()),
             Ok(_) => panic!("expected the gateway's own answer"),
             Err(refused) => (refused.response.status(), refused.reason),
         };
@@ -335,7 +335,7 @@ mod tests {
             } => {
                 assert_eq!(decision, Decision::Allow);
                 assert_eq!(
-                    reason,
+                    &*reason,
                     "allowed; answered by the cache, an answer 5 s old (the cloud is down)"
                 );
                 assert_eq!(local, Some(Mode::Emergency), "even before the prober says so");
@@ -350,7 +350,7 @@ mod tests {
         ) {
             Forwarded::Answer { decision, reason, .. } => {
                 assert_eq!(
-                    (decision, reason.as_str()),
+                    (decision, &*reason),
                     (Decision::Deny, "refused offline: not cached")
                 )
             }

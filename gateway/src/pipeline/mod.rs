@@ -111,6 +111,7 @@ impl Pipeline {
         let conn = Arc::new(connection::Connection {
             pipeline: self.clone(),
             standing: admit::Standing::new(&who),
+            terminal: who.terminal.name.as_str().into(),
             who,
             source: source.to_string().into(),
             route,

@@ -317,7 +317,7 @@ impl Pages {
                 true => "status page with the operator's sections".to_owned(),
                 false => "status page without the operator's sections: not in [status] operators".to_owned(),
             },
-            user: Some(user),
+            user: Some(user.to_string()),
         });
         Page { response, recorded }
     }

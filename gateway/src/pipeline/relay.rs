@@ -32,7 +32,7 @@ pub async fn relay<A, B>(
             }
         }
         why = live.revoked(proof) => {
-            entry.reason = format!("allowed; {what} closed by a reload: {why}");
+            entry.reason = format!("allowed; {what} closed by a reload: {why}").into();
         }
     }
 }
@@ -49,7 +49,7 @@ pub async fn upgraded(
 ) {
     match client.await {
         Ok(mut client) => relay(&mut client, &mut engine, &live, &proof, &mut entry, "WebSocket").await,
-        Err(e) => entry.reason = format!("allowed; upgrade failed: {e}"),
+        Err(e) => entry.reason = format!("allowed; upgrade failed: {e}").into(),
     }
     entry.duration_ms = started.elapsed().as_millis() as u64;
     audit.record_soon(entry);

@@ -16,7 +16,7 @@ use hyper::Response;
 use engine_proxy::health::Health;
 use engine_proxy::upstream::ProxyBody;
 
-use crate::audit::{AuditLog, Decision, Entry};
+use crate::audit::{AuditLog, Decision, Entry, Text};
 use crate::doors::identity::Proof;
 use crate::doors::live::Live;
 use crate::metrics::Metrics;
@@ -62,14 +62,14 @@ impl Respond {
         let bytes_in = |received: &Option<Arc<AtomicU64>>| received.as_ref().map_or(0, |r| r.load(Relaxed));
         let (mut response, local) = match outcome {
             Outcome::Refused(refused) => {
-                entry.user = refused.user.or(entry.user);
+                entry.user = refused.user.map(Text::from).or(entry.user);
                 entry.bytes_in = bytes_in(&received);
                 self.record(entry, started, Decision::Deny, refused.reason, &refused.response);
                 (*refused.response, None)
             }
             Outcome::Page(page) => {
                 if let Some(recorded) = page.recorded {
-                    entry.user = recorded.user;
+                    entry.user = recorded.user.map(Text::from);
                     self.record(entry, started, recorded.decision, recorded.reason, &page.response);
                 }
                 (page.response, None)
@@ -149,14 +149,14 @@ impl Respond {
         mut entry: Entry,
         started: Instant,
         decision: Decision,
-        reason: String,
+        reason: impl Into<Text>,
         response: &Response<ProxyBody>,
     ) {
         if decision == Decision::Deny {
             Metrics::inc(&self.metrics.requests_denied_total);
         }
         entry.decision = decision;
-        entry.reason = reason;
+        entry.reason = reason.into();
         entry.status = Some(response.status().as_u16());
         entry.duration_ms = started.elapsed().as_millis() as u64;
         self.audit.record_soon(entry);

@@ -52,10 +52,10 @@ impl Streams {
             slot: _slot,
         } = admitted;
         let mut entry = Entry {
-            terminal: Some(who.terminal.name.clone()),
-            source: source.to_string(),
-            route: route.name.to_string(),
-            upstream: Some(route.targets.cloud.address.clone()),
+            terminal: Some(who.terminal.name.clone().into()),
+            source: source.to_string().into(),
+            route: (&route.name).into(),
+            upstream: Some(route.targets.cloud.address.clone().into()),
             ..Entry::default()
         };
         // New streams follow the hybrid state; streams in flight stay where they are.
@@ -80,18 +80,18 @@ impl Streams {
                     Metrics::inc(&self.metrics.streams_denied_scope_total);
                 }
                 entry.decision = Decision::Deny;
-                entry.reason = why;
+                entry.reason = why.into();
                 self.audit.record_soon(entry);
                 return;
             }
         };
-        entry.upstream = Some(target.address.clone());
+        entry.upstream = Some(target.address.clone().into());
         let mut upstream = match route.targets.connect(target).await {
             Ok(s) => s,
             Err(e) => {
                 Metrics::inc(&self.metrics.upstream_errors_total);
                 entry.decision = Decision::Allow;
-                entry.reason = format!("allowed; upstream unreachable: {e}");
+                entry.reason = format!("allowed; upstream unreachable: {e}").into();
                 self.audit.record_soon(entry);
                 return;
             }

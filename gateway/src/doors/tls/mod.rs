@@ -109,9 +109,9 @@ pub async fn admit<S: Io>(
     };
     let entry = |decision, reason: String| Entry {
         decision,
-        reason,
-        source: source.to_string(),
-        route: route.to_owned(),
+        reason: reason.into(),
+        source: source.to_string().into(),
+        route: route.to_owned().into(),
         duration_ms: started.elapsed().as_millis() as u64,
         ..Entry::default()
     };
@@ -167,7 +167,7 @@ pub async fn admit<S: Io>(
     };
     Metrics::inc(&doors.metrics.handshakes_total);
     doors.audit.record_soon(Entry {
-        terminal: Some(terminal.name.clone()),
+        terminal: Some(terminal.name.clone().into()),
         ..entry(Decision::Allow, format!("terminal admitted ({summary})"))
     });
     Some(Admitted {

@@ -198,10 +198,10 @@ pub async fn admit(doors: &Doors, opened: Opened, port: &Port) -> Option<Admitte
     let snapshot = doors.live.now();
     let entry = |decision, terminal: Option<&str>, reason: String| Entry {
         decision,
-        reason,
-        terminal: terminal.map(str::to_owned),
-        source: source.to_string(),
-        route: port.route.to_string(),
+        reason: reason.into(),
+        terminal: terminal.map(|t| t.to_owned().into()),
+        source: source.to_string().into(),
+        route: (&port.route).into(),
         duration_ms: started.elapsed().as_millis() as u64,
         ..Entry::default()
     };

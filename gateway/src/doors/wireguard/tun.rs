@@ -66,9 +66,9 @@ pub async fn serve(
         let Some(key) = key else {
             doors.audit.record_soon(Entry {
                 decision: Decision::Deny,
-                reason: format!("{ip} is no terminal's tunnel address"),
-                source: source.to_string(),
-                route: route.to_string(),
+                reason: format!("{ip} is no terminal's tunnel address").into(),
+                source: source.to_string().into(),
+                route: route.to_string().into(),
                 ..Entry::default()
             });
             continue;
