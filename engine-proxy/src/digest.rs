@@ -34,6 +34,9 @@ impl Default for Sha256 {
 }
 
 impl Sha256 {
+    // Inlined: most pieces are a length or a number of known size, which the caller's copy then
+    // makes without a call to memcpy (a call per piece cost more than the copying).
+    #[inline]
     pub fn update(&mut self, piece: &[u8]) {
         if let Some(room) = self.buf.get_mut(self.len..self.len + piece.len()) {
             room.copy_from_slice(piece);
@@ -52,6 +55,7 @@ impl Sha256 {
     }
 
     /// A piece preceded by its length (`u64` BE): a list of such pieces cannot be read two ways.
+    #[inline]
     pub fn update_framed(&mut self, piece: &[u8]) {
         self.update(&(piece.len() as u64).to_be_bytes());
         self.update(piece);
