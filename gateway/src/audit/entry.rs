@@ -129,7 +129,7 @@ impl Entry {
 /// peer address, its person): an entry shares those instead of copying them, so that the entry
 /// of a request costs one allocation, its path, rather than one per field, on the worker that
 /// makes it and again on the writer that frees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Text {
     Static(&'static str),
     Shared(Arc<str>),
@@ -146,6 +146,15 @@ impl std::ops::Deref for Text {
         }
     }
 }
+
+/// Equal when the texts are, however each is held.
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
 
 impl Default for Text {
     fn default() -> Self {

@@ -53,6 +53,25 @@ fn broken(dir: &Path) -> Broken {
         .unwrap_or_else(|| panic!("expected a break: {report:?}"))
 }
 
+/// An entry's text is its characters, whichever way it is held: the hash and the columns see
+/// only those.
+#[test]
+fn a_text_is_equal_however_it_is_held() {
+    let shared: std::sync::Arc<str> = "api".into();
+    let forms = [
+        Text::from("api"),
+        Text::from(String::from("api")),
+        Text::from(shared),
+    ];
+    for a in &forms {
+        for b in &forms {
+            assert_eq!(a, b);
+        }
+        assert_eq!(&**a, "api");
+        assert_ne!(a, &Text::from("tcp:pacs"));
+    }
+}
+
 #[test]
 fn records_verify_and_reopen_continues_the_chain() {
     let tmp = log_with(5);
