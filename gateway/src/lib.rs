@@ -6,16 +6,14 @@
 //! [`http1`], the terminal side's HTTP/1.1 → [`audit`]. The EST listener ([`est`]) enrolls terminals
 //! through the TLS door's handshake.
 //!
-//! [`daemon`] starts and stops it all and holds what is shared ([`allocator`]: the memory a burst
-//! freed, given back once it is over); [`config`] is `gateway.toml`;
+//! [`daemon`] starts and stops it all and holds what is shared; [`config`] is `gateway.toml`;
 //! [`store`] is the data directory's SQLite state (inventory, people, enrollment tokens);
 //! [`appliance`] is the appliance's side of the vendor workflow; [`cli`] holds every command
 //! line of the appliance (`kakehashi gateway|terminal|user|audit|journal|demo`).
-// Deny, not forbid: one call is allowed, `malloc_trim` in `allocator` (glibc's, through the
+// Deny, not forbid: one call is allowed, `malloc_trim` in `daemon::trim` (glibc's, through the
 // libc crate), which hands memory freed by a burst back to the system.
 #![deny(unsafe_code)]
 
-pub mod allocator;
 pub mod appliance;
 pub mod audit;
 pub mod auth;

@@ -86,7 +86,6 @@ impl Writer {
         // After a close, `rx.close()` refuses new messages and this loop still drains the queue.
         while let Some(first) = rx.blocking_recv() {
             let mut release = false;
-            let mut asked = false;
             if matches!(first, Msg::Entry(..)) {
                 // Let the window fill: entries that arrive meanwhile share this commit.
                 std::thread::sleep(GROUP_WINDOW.saturating_sub(last_commit.elapsed()));
@@ -97,7 +96,7 @@ impl Writer {
                     Msg::Entry(time, entry) => batch.push((time, entry)),
                     Msg::Flush(done) => waiters.push(done),
                     Msg::Release(done) => {
-                        (release, asked) = (true, true);
+                        release = true;
                         waiters.push(done);
                     }
                     Msg::Close(done) => {
@@ -123,10 +122,6 @@ impl Writer {
                 // The page cache: SQLite keeps every page it read or wrote until the
                 // connection closes; a failure here only leaves them.
                 let _ = self.conn.execute_batch("PRAGMA shrink_memory");
-            }
-            if asked {
-                // The entries' blocks, freed here, sit in this thread's cache.
-                crate::allocator::empty_thread_cache();
             }
             for done in waiters.drain(..) {
                 let _ = done.send(());

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::allocator;
 use crate::audit::AuditLog;
 use crate::metrics::Metrics;
 
@@ -23,10 +22,9 @@ const SETTLE: Duration = Duration::from_secs(120);
 
 /// Trims after each burst of work, for the gateway's life: at the first quiet [`IDLE`] the audit
 /// writer gives back what the burst grew (its thread keeps it otherwise until the next light
-/// batch) and every worker (`workers`, their runtimes) and this thread empty their allocator
-/// caches, and at that one and every later quiet [`IDLE`] up to [`SETTLE`] the allocator gives
+/// batch), and at that one and every later quiet [`IDLE`] up to [`SETTLE`] the allocator gives
 /// its free pages to the system.
-pub async fn after_bursts(metrics: Arc<Metrics>, audit: AuditLog, workers: Vec<tokio::runtime::Handle>) {
+pub async fn after_bursts(metrics: Arc<Metrics>, audit: AuditLog) {
     // Connections (handshakes included), HTTP requests, and the bytes of raw streams and tunnels.
     let work = || {
         [
@@ -53,13 +51,24 @@ pub async fn after_bursts(metrics: Arc<Metrics>, audit: AuditLog, workers: Vec<t
         if quiet == 1 {
             // Bounded: a writer retrying a failing disk answers only once it gets through.
             let _ = tokio::time::timeout(IDLE, audit.release()).await;
-            for worker in &workers {
-                let _ = worker.spawn(async { allocator::empty_thread_cache() }).await;
-            }
-            allocator::empty_thread_cache();
         }
         if u64::from(quiet) <= settle {
-            allocator::trim();
+            release();
         }
     }
 }
+
+/// Gives the allocator's free pages back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release() {
+    // SAFETY: malloc_trim takes no pointer and has no precondition: glibc takes each arena's
+    // lock while it walks it, so it may run beside allocations on any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Elsewhere (musl) the allocator gives large blocks back by itself, and has no such call.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release() {}

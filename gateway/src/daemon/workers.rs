@@ -163,11 +163,6 @@ impl Workers {
         Ok((Arc::new(workers), threads))
     }
 
-    /// Each worker's runtime: a task spawned on one runs on that worker's thread.
-    pub fn runtimes(&self) -> Vec<tokio::runtime::Handle> {
-        self.workers.iter().map(|w| w.runtime.clone()).collect()
-    }
-
     /// Where the WireGuard door hands the connections its tunnel opens: each to the next worker
     /// in turn, which admits it (the admission rule for the peer's key, and TLS inside the tunnel
     /// on a `tls` port) and serves it on the port's route.
