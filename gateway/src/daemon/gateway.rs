@@ -273,11 +273,11 @@ impl Gateway {
             limit: limit::Limit {
                 max_body_bytes: limits.max_body_bytes,
             },
-            forward: forward::Forward {
-                router: Arc::new(self.router()?),
-                metrics: self.metrics.clone(),
-                onprem: self.config.failover.engine.clone(),
-            },
+            forward: forward::Forward::new(
+                Arc::new(self.router()?),
+                self.metrics.clone(),
+                self.config.failover.engine.as_deref(),
+            ),
             respond: respond::Respond {
                 audit: self.audit.clone(),
                 metrics: self.metrics.clone(),

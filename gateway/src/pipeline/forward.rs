@@ -26,12 +26,16 @@ use crate::pipeline::limit::{Limited, too_large};
 use crate::pipeline::pages;
 use crate::pipeline::reply::{Refused, text};
 
-/// What the stage uses: this worker's router, the counters, and the on-premises engine's URL for
-/// the audit log.
+/// What the stage uses: this worker's router, the counters, and what the audit log calls the
+/// engines.
 pub struct Forward {
-    pub router: Arc<Router>,
-    pub metrics: Arc<Metrics>,
-    pub onprem: Option<String>,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    /// Each cloud path's name for the audit log, `path NAME AUTHORITY`, made once; empty with
+    /// one path, whose entries keep [`Forward::upstream`].
+    paths: Vec<Arc<str>>,
+    /// The on-premises engine's URL.
+    onprem: Option<Arc<str>>,
 }
 
 /// What came of a call that was allowed.
@@ -61,6 +65,24 @@ pub enum Forwarded {
 }
 
 impl Forward {
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, onprem: Option<&str>) -> Forward {
+        let links = router.failover.health.links();
+        let paths = match links.len() {
+            0 | 1 => Vec::new(),
+            _ => links
+                .iter()
+                .zip(&router.paths)
+                .map(|(link, client)| format!("path {} {}", link.name, client.authority()).into())
+                .collect(),
+        };
+        Forward {
+            router,
+            metrics,
+            paths,
+            onprem: onprem.map(Arc::from),
+        }
+    }
+
     /// The engine a call is headed for, for the audit log (the first path's).
     pub fn upstream(&self) -> &Arc<str> {
         self.router.paths[0].authority()
@@ -69,9 +91,7 @@ impl Forward {
     /// The path that answered, for the audit log when there are several (with one, the entry
     /// keeps [`Forward::upstream`]).
     fn path(&self, path: usize) -> Option<Text> {
-        let links = self.router.failover.health.links();
-        let (link, client) = (links.get(path)?, self.router.paths.get(path)?);
-        (links.len() > 1).then(|| format!("path {} {}", link.name, client.authority()).into())
+        self.paths.get(path).map(Text::from)
     }
 
     /// `rule`: the engine API rule the authorize stage allowed the call by.
@@ -205,7 +225,7 @@ impl Forward {
         };
         let upstream = match &routed.served {
             Served::Cloud(path) => self.path(*path),
-            Served::OnPrem(_) => Some(self.onprem.clone().unwrap_or_default().into()),
+            Served::OnPrem(_) => Some(self.onprem.as_ref().map_or(Text::Static(""), Text::from)),
             Served::Cache { .. } => Some("local:cache".into()),
             Served::Journaled { .. } => Some("local:journal".into()),
             Served::Refused(_) => Some("local".into()),
@@ -254,15 +274,16 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         let failover = crate::testing::failover(Vec::new());
-        Forward {
-            router: Arc::new(Router {
-                paths: vec![Upstream::new("https://engine.test", tls, Duration::from_secs(1)).unwrap()],
-                onprem: None,
-                failover: Arc::new(failover),
-            }),
-            metrics: Arc::new(Metrics::default()),
-            onprem: Some("http://onprem.test:8000".into()),
-        }
+        let router = Router {
+            paths: vec![Upstream::new("https://engine.test", tls, Duration::from_secs(1)).unwrap()],
+            onprem: None,
+            failover: Arc::new(failover),
+        };
+        Forward::new(
+            Arc::new(router),
+            Arc::new(Metrics::default()),
+            Some("http://onprem.test:8000"),
+        )
     }
 
     fn nurse() -> Person {
