@@ -21,6 +21,8 @@
 # clinic CA and its CRL, proxy_pass over mTLS (the uplink certificate) to engine-sim with 64
 # kept-alive upstream connections per worker.
 # The gateway runs with person authentication off for the like-for-like figures, on for figure 5.
+# It runs with the allocator settings of the unit in deploy/ (GLIBC_TUNABLES), as it ships;
+# until 2026-12-05 it ran with glibc's defaults, which keep a per-thread cache the unit turns off.
 # Keep-alive and handshake runs alternate the sides, --rounds times; the medians are reported.
 #
 #   bench/tls-front-door.sh [--duration S] [--rounds N] [--conns N] [--latency-conns N] [--idle N]
@@ -186,7 +188,7 @@ person = $auth
 [admin]
 address = "127.0.0.1:$(free_port)"
 CONF
-  "$bin" gateway run --config "$dir/gateway.toml" >"$dir/out" 2>&1 &
+  GLIBC_TUNABLES=$(unit_tunables) "$bin" gateway run --config "$dir/gateway.toml" >"$dir/out" 2>&1 &
   pids+=($!) pid_of[$side]=$!
   addr[$side]=$(wait_for "$dir/out" '^READY ' $! | sed 's#^READY https://##')
   [[ $auth == true ]] && user[$side]=$person
