@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+use memchr::memmem::Finder;
+
 use crate::scope::Scope;
 
 /// What the local engine may do with a call when the cloud cannot answer it.
@@ -248,8 +250,9 @@ pub fn engine_path(path: &str) -> &str {
 struct Pattern {
     /// Before the first `*`: most rules differ here, so most comparisons end here.
     first: Box<str>,
-    /// Between `*`s, in order; empty runs (`**`) left out.
-    middle: Box<[Box<str>]>,
+    /// Between `*`s, in order; empty runs (`**`) left out. Each is searched for with a searcher
+    /// made here, once: `str::find` set one up on every call, for every request.
+    middle: Box<[Finder<'static>]>,
     /// After the last `*`; `None` for a pattern without one, which matches only itself.
     last: Option<Box<str>>,
 }
@@ -269,7 +272,7 @@ impl Pattern {
             middle: middle
                 .split('*')
                 .filter(|p| !p.is_empty())
-                .map(Into::into)
+                .map(|p| Finder::new(p).into_owned())
                 .collect(),
             last: Some(last.into()),
         }
@@ -283,8 +286,12 @@ impl Pattern {
             return false;
         };
         for part in &self.middle {
-            match rest.find(&**part) {
-                Some(i) => rest = &rest[i + part.len()..],
+            // The part is whole characters, so where it ends is a character boundary.
+            match part
+                .find(rest.as_bytes())
+                .and_then(|i| rest.get(i + part.needle().len()..))
+            {
+                Some(after) => rest = after,
                 None => return false,
             }
         }
