@@ -30,12 +30,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::chunked::Chunk;
-use crate::fields::has_token;
+use crate::fields::{FieldSpans, MAX_FIELDS, has_token};
 use body::Framing;
 pub use body::{Body, Switched, Upgraded};
 use connect::Conn;
@@ -56,8 +56,6 @@ const CHECK_AFTER: Duration = Duration::from_secs(1);
 const WHOLE: u64 = 64 * 1024;
 /// The most an answer's head may take.
 const MAX_HEAD: usize = 64 * 1024;
-/// Header fields allowed in an answer's head.
-const MAX_HEADERS: usize = 100;
 /// One TLS record's worth: the write size of a streamed request body, and the read size of an
 /// answer's body.
 const RECORD: usize = 16 * 1024;
@@ -414,7 +412,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, ClientError> {
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut parsed = httparse::Response::new(&mut fields);
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
@@ -430,20 +428,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, ClientError> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let base = buf.as_ptr() as usize;
-    let mut named = Vec::with_capacity(parsed.headers.len());
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| malformed(format!("malformed header name {:?}", field.name)))?;
-        named.push((name, field.value.as_ptr() as usize - base, field.value.len()));
-    }
+    let spans = FieldSpans::new(buf, parsed.headers);
     let bytes: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(named.len());
-    for (name, at, len) in named {
-        let value = HeaderValue::from_maybe_shared(bytes.slice(at..at + len))
-            .map_err(|_| malformed(format!("malformed value of header {name}")))?;
-        headers.append(name, value);
-    }
+    let headers = spans.fields(&bytes).map_err(malformed)?;
     let mut head = Response::new(());
     *head.status_mut() = status;
     *head.version_mut() = version;

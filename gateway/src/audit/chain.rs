@@ -74,9 +74,19 @@ pub fn chain_hash(prev: &[u8; 32], record: &Fields<'_>) -> [u8; 32] {
 /// hash, so the two must agree byte for byte (a test holds them to it); a year outside
 /// 0000–9999 takes the general formatter.
 pub fn timestamp(t: OffsetDateTime) -> String {
+    let mut text = String::with_capacity(24);
+    stamp(t, &mut text);
+    text
+}
+
+/// [`timestamp`] into `out` (emptied first): the audit writer stamps each entry of a batch into
+/// one buffer, where a `String` each would be an allocation per request.
+pub fn stamp(t: OffsetDateTime, out: &mut String) {
+    out.clear();
     let t = t.to_offset(time::UtcOffset::UTC);
     if t.year() < 0 || t.year() > 9999 {
-        return formatted(t);
+        out.push_str(&formatted(t));
+        return;
     }
     let year = t.year().unsigned_abs();
     let mut text = *b"0000-00-00T00:00:00.000Z";
@@ -95,7 +105,10 @@ pub fn timestamp(t: OffsetDateTime) -> String {
             value /= 10;
         }
     }
-    std::str::from_utf8(&text).map_or_else(|_| formatted(t), str::to_owned)
+    match std::str::from_utf8(&text) {
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&formatted(t)),
+    }
 }
 
 /// [`timestamp`] by the `time` crate's formatter.

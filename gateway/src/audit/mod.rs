@@ -69,7 +69,8 @@ const QUEUE: usize = 16_384;
 // request to save queue space.
 #[allow(clippy::large_enum_variant)]
 enum Msg {
-    Entry(String, Entry),
+    /// The entry and when it was recorded (the writer makes the time's text).
+    Entry(OffsetDateTime, Entry),
     Flush(oneshot::Sender<()>),
     /// Give back what a burst grew (the batch's capacity, SQLite's page cache); then answer.
     Release(oneshot::Sender<()>),
@@ -125,7 +126,7 @@ impl AuditLog {
     /// Records an entry, waiting while the queue is full (never dropping it). The time is taken
     /// now.
     pub async fn record(&self, entry: Entry) {
-        let stamped = Msg::Entry(timestamp(OffsetDateTime::now_utc()), entry);
+        let stamped = Msg::Entry(OffsetDateTime::now_utc(), entry);
         if self.tx.send(stamped).await.is_err() {
             self.writer_gone();
         }
@@ -135,7 +136,7 @@ impl AuditLog {
     /// into the queue when it has room, the common case, with no task spawned; otherwise on a
     /// task that waits for room. Never drops the entry.
     pub fn record_soon(&self, entry: Entry) {
-        let stamped = Msg::Entry(timestamp(OffsetDateTime::now_utc()), entry);
+        let stamped = Msg::Entry(OffsetDateTime::now_utc(), entry);
         match self.tx.try_send(stamped) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => match tokio::runtime::Handle::try_current() {
@@ -160,7 +161,7 @@ impl AuditLog {
     /// [`AuditLog::record`] for threads outside the async runtime (it panics inside one, as
     /// tokio's `blocking_send` does).
     pub fn record_blocking(&self, entry: Entry) {
-        let stamped = Msg::Entry(timestamp(OffsetDateTime::now_utc()), entry);
+        let stamped = Msg::Entry(OffsetDateTime::now_utc(), entry);
         if self.tx.blocking_send(stamped).is_err() {
             self.writer_gone();
         }

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, params};
+use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::chain::{chain_hash, head_problem, last_entry, read_point, write_point};
+use super::chain::{chain_hash, head_problem, last_entry, read_point, stamp, write_point};
 use super::entry::{COLUMNS, Entry, sql_int};
 use super::segment::{self, Point, Segment};
 use super::{AUDIT_HEAD, AUDIT_LOCK, Msg};
@@ -144,7 +145,7 @@ impl Writer {
     /// Appends a batch in one transaction after the chain's end as it is on disk now (another
     /// process may have appended, or sealed the segment, since), then moves the head file and
     /// seals the segment if it is full, all under the lock.
-    fn commit(&mut self, batch: &[(String, Entry)]) -> Result<()> {
+    fn commit(&mut self, batch: &[(OffsetDateTime, Entry)]) -> Result<()> {
         let lock = self
             .lock
             .try_clone()
@@ -167,9 +168,11 @@ impl Writer {
                      ?12, ?13, ?14, ?15, ?16)"
                 ))
                 .map_err(fail("prepare the insert"))?;
-            for (time, entry) in batch {
+            let mut time = String::with_capacity(24);
+            for (at, entry) in batch {
                 id += 1;
-                let f = entry.fields(id, time);
+                stamp(*at, &mut time);
+                let f = entry.fields(id, &time);
                 let hash = chain_hash(&prev, &f);
                 insert
                     .execute(params![

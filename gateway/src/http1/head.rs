@@ -8,17 +8,15 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::BytesMut;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header;
 use hyper::{Method, Request, StatusCode, Uri, Version};
 use tokio::io::ReadBuf;
 
 use super::Rejection;
 use super::framing::{Framing, framing};
 use crate::io::Io;
-use engine_proxy::fields::has_token;
+use engine_proxy::fields::{FieldSpans, MAX_FIELDS, has_token};
 
-/// Header fields allowed in one request head (hyper's limit too).
-const MAX_HEADERS: usize = 100;
 /// The most one read of a request head takes (on the stack; the head is then copied out).
 const HEAD_BUFFER: usize = 4096;
 
@@ -92,7 +90,7 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
             format!("request head larger than {max} bytes"),
         )
     };
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut parsed = httparse::Request::new(&mut fields);
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= max => len,
@@ -102,7 +100,7 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Rejection::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                format!("more than {MAX_HEADERS} header fields"),
+                format!("more than {MAX_FIELDS} header fields"),
             ));
         }
         Err(e) => return Err(Rejection::bad(format!("malformed request head: {e}"))),
@@ -132,12 +130,7 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
         ));
     }
     let target = offset(path.as_bytes());
-    let mut named = Vec::with_capacity(parsed.headers.len());
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Rejection::bad(format!("malformed header name {:?}", field.name)))?;
-        named.push((name, offset(field.value)));
-    }
+    let spans = FieldSpans::new(buf, parsed.headers);
     let bytes = buf.split_to(len).freeze();
     let slice = |(at, len): (usize, usize)| bytes.slice(at..at + len);
 
@@ -151,12 +144,7 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
     let uri = Uri::from_maybe_shared(slice(target))
         .map_err(|e| Rejection::bad(format!("malformed target: {e}")))?;
     let uri = origin_form(uri)?;
-    let mut headers = HeaderMap::with_capacity(named.len());
-    for (name, value) in named {
-        let value = HeaderValue::from_maybe_shared(slice(value))
-            .map_err(|_| Rejection::bad(format!("malformed value of header {name}")))?;
-        headers.append(name, value);
-    }
+    let headers = spans.fields(&bytes).map_err(Rejection::bad)?;
     if version == Version::HTTP_11 && headers.get_all(header::HOST).iter().count() != 1 {
         return Err(Rejection::bad(
             "an HTTP/1.1 request needs exactly one Host header",

@@ -100,7 +100,7 @@ impl Connection {
             Ok(limited) => limited,
             Err(refused) => return Outcome::Refused(refused),
         };
-        *received = Some(limited.received.clone());
+        received.clone_from(&limited.received);
         match p.forward.call(limited, &person, terminal, rule).await {
             Ok(forwarded) => Outcome::Forwarded(forwarded),
             Err(refused) => Outcome::Refused(refused),

@@ -119,7 +119,7 @@ impl Forward {
             Ok(routed) => Ok(self.answered(routed, person, upgrade)),
             Err(e) => self.failed(
                 e,
-                received.load(Relaxed),
+                received.map_or(0, |r| r.load(Relaxed)),
                 limit,
                 body_failure.as_ref().and_then(|f| f.get()),
             ),

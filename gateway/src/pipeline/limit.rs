@@ -7,7 +7,8 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Body as _;
 use hyper::header;
 use hyper::{Request, StatusCode};
 
@@ -25,8 +26,8 @@ pub struct Limit {
 /// A request within the limit, its body counted on the way.
 pub struct Limited {
     pub request: Request<ProxyBody>,
-    /// Body bytes received from the terminal so far.
-    pub received: Arc<AtomicU64>,
+    /// Body bytes received from the terminal so far; `None` for a request without a body.
+    pub received: Option<Arc<AtomicU64>>,
     /// Set when the terminal's body broke (malformed chunks, a stall, a closed connection): what
     /// tells the terminal's fault from the engine's.
     pub body_failure: Option<Arc<OnceLock<String>>>,
@@ -45,12 +46,22 @@ impl Limit {
             return Err(too_large(limit, format!("body of {n} bytes over the limit")));
         }
         let body_failure = req.body().failure();
+        // Most calls (the reads) have no body: nothing to count, and the empty body is boxed
+        // without an allocation (it has no size).
+        if req.body().is_end_stream() {
+            return Ok(Limited {
+                request: req.map(|_| Empty::new().map_err(|e| match e {}).boxed()),
+                received: None,
+                body_failure,
+                limit,
+            });
+        }
         let received = Arc::new(AtomicU64::new(0));
         let counter = received.clone();
         let request = req.map(|b| Counted::limited(b, counter, limit).boxed());
         Ok(Limited {
             request,
-            received,
+            received: Some(received),
             body_failure,
             limit,
         })
@@ -90,7 +101,10 @@ mod tests {
             .ok()
             .unwrap();
         let body = within.request.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!((&body[..], within.received.load(Relaxed)), (&b"hello"[..], 5));
+        assert_eq!(
+            (&body[..], within.received.unwrap().load(Relaxed)),
+            (&b"hello"[..], 5)
+        );
 
         // No declared length (chunked): counted as it passes, and cut off past the limit.
         let streamed = limit
@@ -98,6 +112,6 @@ mod tests {
             .ok()
             .unwrap();
         assert!(streamed.request.into_body().collect().await.is_err());
-        assert_eq!(streamed.received.load(Relaxed), 11);
+        assert_eq!(streamed.received.unwrap().load(Relaxed), 11);
     }
 }
