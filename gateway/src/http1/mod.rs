@@ -83,9 +83,13 @@ pub async fn serve<S: Io, V: Service>(
     mut io: S,
     service: V,
     limits: Limits,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 ) {
     let mut buf = BytesMut::new();
+    // One wait for the shutdown for the connection's life, rather than one per request: each
+    // wait is a waiter in the list that every connection of every worker shares.
+    let mut shutdown = stopping.clone();
+    let mut stop = pin!(stopped(&mut shutdown));
     let rejection = loop {
         let between_requests = buf.is_empty();
         let read = tokio::select! {
@@ -93,7 +97,7 @@ pub async fn serve<S: Io, V: Service>(
                 limits.header_timeout,
                 read_head(&mut io, &mut buf, limits.max_header_bytes),
             ) => read,
-            () = stopped(&mut stopping), if between_requests => break None,
+            () = &mut stop, if between_requests => break None,
         };
         let head = match read {
             Ok(Ok(Some(head))) => head,
