@@ -360,8 +360,8 @@ impl Router {
                     return Attempt::Answered(resp);
                 }
                 let (parts, body) = resp.into_parts();
-                match body.collect().await {
-                    Ok(b) => Attempt::Whole(parts, b.to_bytes()),
+                match body.whole().await {
+                    Ok(b) => Attempt::Whole(parts, b),
                     Err(e) => Attempt::Failed(format!("the cloud's answer broke off: {e}")),
                 }
             };

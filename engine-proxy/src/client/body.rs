@@ -74,6 +74,28 @@ impl Body {
     }
 }
 
+impl Body {
+    /// The body read to its end. The engine's usual answer arrives with its head as one piece,
+    /// which is returned as it is: `collect` would first put it in a list of frames.
+    pub async fn whole(mut self) -> Result<Bytes, ClientError> {
+        use http_body_util::BodyExt;
+        let mut first = Bytes::new();
+        let mut joined = BytesMut::new();
+        while let Some(frame) = self.frame().await {
+            let Ok(data) = frame?.into_data() else { continue };
+            if first.is_empty() {
+                first = data;
+            } else {
+                if joined.is_empty() {
+                    joined.extend_from_slice(&first);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
+        Ok(if joined.is_empty() { first } else { joined.freeze() })
+    }
+}
+
 /// The end of an answer: the connection back to the pool if it can carry another request and
 /// nothing follows the answer (the client never pipelines, so anything there is an error).
 fn finish(conn: Conn, reuse: bool, pool: &Weak<Pool>) {

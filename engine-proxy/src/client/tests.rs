@@ -105,12 +105,7 @@ async fn send(
         upgrade: false,
     };
     let (head, body) = client.send(head, body).await?.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|e| ClientError::Body(e.to_string()))?
-        .to_bytes();
-    Ok((head.status, head.headers, body))
+    Ok((head.status, head.headers, body.whole().await?))
 }
 
 fn pooled(client: &Client) -> usize {
