@@ -331,7 +331,11 @@ impl Health {
     pub fn answered(&self, path: usize, took: Duration) {
         let link = &self.links[path];
         link.latency.record(took);
-        link.answered_at.store(self.millis() + 1, Relaxed);
+        // Written only when it changes (once a millisecond at most): the workers share it.
+        let now = self.millis() + 1;
+        if link.answered_at.load(Relaxed) != now {
+            link.answered_at.store(now, Relaxed);
+        }
     }
 
     /// Whether a real call was answered over `path` within the last `within`.
@@ -627,27 +631,51 @@ enum Unanswered {
 /// How fast the cloud answers, as TCP estimates a round trip (RFC 6298): a smoothed latency and
 /// its variation, the deadline their sum with four variations, within the configured bounds.
 /// Only answers are samples; a call that gets none teaches nothing (Karn's rule).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Latency {
-    /// (smoothed, variation) in microseconds; `None` before the first answer.
-    state: Mutex<Option<(u64, u64)>>,
+    /// The smoothed latency (high half) and its variation (low half), in microseconds, or
+    /// [`UNHEARD`] before the first answer. One word, updated without a lock: every answered
+    /// call on every worker records itself here, and reads it for its deadline.
+    state: AtomicU64,
     /// Deadlines missed since the last answer: each doubles the next deadline (RFC 6298's
     /// back-off), so a cloud that has become slower is heard again instead of failing forever.
     missed: AtomicU8,
 }
 
+/// [`Latency`] before any answer.
+const UNHEARD: u64 = u64::MAX;
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            state: AtomicU64::new(UNHEARD),
+            missed: AtomicU8::new(0),
+        }
+    }
+}
+
 impl Latency {
     pub fn record(&self, took: Duration) {
-        self.missed.store(0, Relaxed);
-        let sample = took.as_micros().min(u64::MAX as u128) as u64;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        *state = Some(match *state {
-            None => (sample, sample / 2),
-            Some((srtt, var)) => {
-                let var = (3 * var + srtt.abs_diff(sample)) / 4;
-                ((7 * srtt + sample) / 8, var)
-            }
+        // Written only when it changes: the workers share this line.
+        if self.missed.load(Relaxed) != 0 {
+            self.missed.store(0, Relaxed);
+        }
+        // Below 71 minutes, far past any deadline; the estimate's halves then stay in 32 bits.
+        let sample = took.as_micros().min(u128::from(u32::MAX - 1)) as u64;
+        let _ = self.state.fetch_update(Relaxed, Relaxed, |state| {
+            Some(match Latency::estimate(state) {
+                None => pack(sample, sample / 2),
+                Some((srtt, var)) => {
+                    let var = (3 * var + srtt.abs_diff(sample)) / 4;
+                    pack((7 * srtt + sample) / 8, var)
+                }
+            })
         });
+    }
+
+    /// (smoothed, variation) in microseconds, or `None` before the first answer.
+    fn estimate(state: u64) -> Option<(u64, u64)> {
+        (state != UNHEARD).then_some((state >> 32, state & u64::from(u32::MAX)))
     }
 
     /// A deadline passed without an answer.
@@ -664,14 +692,18 @@ impl Latency {
 
     /// The estimate between `floor` and `ceiling` (the ceiling before any answer).
     fn within(&self, floor: Duration, ceiling: Duration) -> Duration {
-        let state = *self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((srtt, var)) = state else {
+        let Some((srtt, var)) = Latency::estimate(self.state.load(Relaxed)) else {
             return ceiling.max(floor);
         };
         let base = srtt.saturating_add(var.saturating_mul(4));
         let backed_off = base.saturating_mul(1 << self.missed.load(Relaxed));
         Duration::from_micros(backed_off).clamp(floor, ceiling.max(floor))
     }
+}
+
+/// A smoothed latency and its variation in one word (both below 2³² µs).
+fn pack(srtt: u64, var: u64) -> u64 {
+    (srtt.min(u64::from(u32::MAX - 1)) << 32) | var.min(u64::from(u32::MAX))
 }
 
 async fn probe_once(upstream: &Upstream, probe: &Probe, timeout: Duration) -> Result<(), Unanswered> {
@@ -780,6 +812,12 @@ mod tests {
             l.record(ms(5_000));
         }
         assert_eq!(l.deadline(&settings), ms(500), "never past the ceiling");
+        l.record(Duration::MAX);
+        assert_eq!(
+            l.deadline(&settings),
+            ms(500),
+            "an absurd sample stays in its word"
+        );
         let l = Latency::default();
         l.record(ms(20));
         assert_eq!(l.deadline(&settings), ms(150));
