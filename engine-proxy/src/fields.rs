@@ -31,8 +31,9 @@ impl FieldSpans {
         }
     }
 
-    /// The fields, their values sharing `head` (the bytes parsed, now frozen). The error says
-    /// which field is malformed.
+    /// The fields, their values sharing `head`: the bytes [`FieldSpans::new`] was given, now
+    /// frozen, or at least their first part up to the head's end. The error says which field is
+    /// malformed.
     pub fn fields(&self, head: &Bytes) -> Result<HeaderMap, String> {
         let mut headers = HeaderMap::with_capacity(self.len);
         for &((at, len), (value_at, value_len)) in &self.spans[..self.len] {

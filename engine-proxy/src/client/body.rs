@@ -72,9 +72,7 @@ impl Body {
         };
         Body { kind }
     }
-}
 
-impl Body {
     /// The body read to its end. The engine's usual answer arrives with its head as one piece,
     /// which is returned as it is: `collect` would first put it in a list of frames.
     pub async fn whole(mut self) -> Result<Bytes, ClientError> {
