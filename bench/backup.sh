@@ -65,7 +65,7 @@ config=$D/gateway.toml
 "$peer" engine-sim --config "$D/engine.toml" >"$W/engine.out" 2>"$W/engine.err" &
 cloud_pid=$!
 wait_for "$W/engine.out" '^READY ' $cloud_pid >/dev/null
-"$bin" gateway run --config "$config" >"$W/gateway.out" 2>"$W/gateway.err" &
+GLIBC_TUNABLES=$(unit_tunables) "$bin" gateway run --config "$config" >"$W/gateway.out" 2>"$W/gateway.err" &
 wait_for "$W/gateway.out" '^READY ' $! >/dev/null
 metric() { curl -s "http://$admin_addr/metrics" | awk -v m="kakehashi_$1" '$1 == m {print $2}'; }
 person=$(cat "$D/user.txt")

@@ -72,7 +72,7 @@ a=$(ns)
 b=$(ns)
 first=$(ms "$a" "$b")
 
-RUST_LOG=warn "$bin" gateway run --config "$app/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.err" &
+RUST_LOG=warn GLIBC_TUNABLES=$(unit_tunables) "$bin" gateway run --config "$app/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.err" &
 pids+=($!)
 wait_for "$work/gateway.out" '^READY ' "$!" >/dev/null
 reloads_total() { curl -s "http://$admin/metrics" | awk '$1 == "kakehashi_reloads_total" {print $2}'; }

@@ -34,7 +34,7 @@ clinic=$work/clinic
 "$peer" engine-sim --config "$clinic/engine.toml" >"$work/engine.out" 2>"$work/engine.err" &
 pids+=($!)
 wait_for "$work/engine.out" '^READY ' "$!" >/dev/null
-RUST_LOG=warn "$bin" gateway run --config "$clinic/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.err" &
+RUST_LOG=warn GLIBC_TUNABLES=$(unit_tunables) "$bin" gateway run --config "$clinic/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.err" &
 pids+=($!)
 gateway=$(wait_for "$work/gateway.out" '^READY ' "$!" | sed 's/^READY //')
 est=$(cat "$clinic/est.url")

@@ -281,7 +281,8 @@ for side in haproxy haproxy-tuned; do
   addr[$side-cloud]=127.0.0.1:$(free_port) addr[$side-local]=127.0.0.1:$(free_port)
 done
 for engine in gateway-cloud haproxy-cloud haproxy-local haproxy-tuned-cloud haproxy-tuned-local; do start_engine "$engine"; done
-start gateway "$bin" gateway run --config "$D/gateway.toml"
+# env, so that the PID recorded is the gateway's: the allocator settings the units ship.
+start gateway env GLIBC_TUNABLES="$(unit_tunables)" "$bin" gateway run --config "$D/gateway.toml"
 start_haproxy haproxy
 start_haproxy haproxy-tuned
 # The read the client repeats, once through each side: the gateway's cache holds it from here on.

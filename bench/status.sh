@@ -38,7 +38,7 @@ gateway_addr=127.0.0.1:$(free_port) cloud_addr=127.0.0.1:$(free_port) admin_addr
 printf '\n[status]\noperators = ["reception"]\n' >>"$D/gateway.toml"
 "$peer" engine-sim --config "$D/engine.toml" >"$W/engine.out" 2>"$W/engine.err" &
 wait_for "$W/engine.out" '^READY ' $! >/dev/null
-"$bin" gateway run --config "$D/gateway.toml" >"$W/gateway.out" 2>"$W/gateway.err" &
+GLIBC_TUNABLES=$(unit_tunables) "$bin" gateway run --config "$D/gateway.toml" >"$W/gateway.out" 2>"$W/gateway.err" &
 wait_for "$W/gateway.out" '^READY ' $! >/dev/null
 url=https://$gateway_addr
 tls=(--cacert "$D/ca.pem" --cert "$D/terminal.pem" --key "$D/terminal.key")

@@ -172,7 +172,7 @@ start_side() {
     gateway | gateway-wg)
       local config=$D/gateway-line.toml
       [[ $1 == gateway-wg ]] && config=$D/gateway-wg.toml
-      "$bin" gateway run --config "$config" >"$W/$1.out" 2>"$W/$1.err" &
+      GLIBC_TUNABLES=$(unit_tunables) "$bin" gateway run --config "$config" >"$W/$1.out" 2>"$W/$1.err" &
       side_pid=$!
       wait_for "$W/$1.out" '^READY ' $side_pid >/dev/null
       # Both paths answering their probes.

@@ -243,7 +243,7 @@ start_gateway() {
   # Emptied here, not by the redirection: that runs in the child, maybe after wait_for has read
   # the previous run's READY.
   : >"$W/gateway.out"
-  "$bin" gateway run --config "$D/gateway.toml" >"$W/gateway.out" 2>>"$W/gateway.err" &
+  GLIBC_TUNABLES=$(unit_tunables) "$bin" gateway run --config "$D/gateway.toml" >"$W/gateway.out" 2>>"$W/gateway.err" &
   gateway_pid=$!
   wait_for "$W/gateway.out" '^READY ' "$gateway_pid" >/dev/null
 }
