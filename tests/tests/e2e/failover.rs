@@ -143,10 +143,41 @@ impl Clinic {
         while self.metric("hybrid_mode") != mode {
             assert!(
                 Instant::now() < deadline,
-                "hybrid mode {mode} not reached within {within:?}"
+                "hybrid mode {mode} not reached within {within:?}: {:#?}",
+                self.failover_figures()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until the journal is handed back, however long it is, as long as it keeps
+    /// shrinking: a faster gateway takes more writes offline, and has more to hand back.
+    fn wait_drained(&self, stalled: Duration) {
+        let mut pending = self.metric("journal_pending");
+        let mut moved = Instant::now();
+        while pending != 0 {
+            assert!(
+                moved.elapsed() < stalled,
+                "the journal did not shrink for {stalled:?}: {:#?}",
+                self.failover_figures()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.metric("journal_pending");
+            if now < pending {
+                moved = Instant::now();
+            }
+            pending = now;
+        }
+    }
+
+    /// The gateway's failover and journal metrics, for a failed wait's message.
+    fn failover_figures(&self) -> Vec<String> {
+        let metrics = sh(&format!("curl -s http://{}/metrics", self.admin)).ok();
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#') && ["hybrid", "journal", "probe"].iter().any(|k| l.contains(k)))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Markers of medical records the cloud holds for `date`, with how often each is there.
@@ -360,6 +391,8 @@ fn sigkill_of_the_gateway_fifty_times_during_offline_writes_and_replay_loses_and
         clinic.restart_gateway();
     }
     clinic.signal(clinic.engine.pid(), "CONT");
+    let replay = Instant::now();
+    clinic.wait_drained(Duration::from_secs(30));
     clinic.wait_mode(0, Duration::from_secs(30));
     let cloud = clinic.cloud_records(date);
     let twice: Vec<_> = cloud.iter().filter(|(_, n)| **n > 1).collect();
@@ -373,9 +406,10 @@ fn sigkill_of_the_gateway_fifty_times_during_offline_writes_and_replay_loses_and
         acked.len()
     );
     eprintln!(
-        "{sent} writes sent, {} acknowledged, {} in the cloud",
+        "{sent} writes sent, {} acknowledged, {} in the cloud; the last gateway handed back its journal in {:?}",
         acked.len(),
-        cloud.len()
+        cloud.len(),
+        replay.elapsed()
     );
 }
 
