@@ -33,6 +33,7 @@ use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 
+use crate::boxed::boxed;
 use crate::cache::{self, Cache};
 use crate::client;
 use crate::format::{self, Format};
@@ -250,9 +251,9 @@ impl Router {
         {
             // Boxed here and below: the on-premises engine is the exception, and its call's
             // future would otherwise enlarge every request's.
-            let resp = Box::pin(onprem.forward(req, caller.authorization.clone())).await?;
+            let resp = boxed(|| onprem.forward(req, caller.authorization.clone())).await?;
             return Ok(Routed {
-                response: boxed(resp),
+                response: proxied(resp),
                 served: Served::OnPrem("the cloud is down".into()),
             });
         }
@@ -298,7 +299,7 @@ impl Router {
                     health.suspect(path);
                 }
                 Ok(Routed {
-                    response: boxed(resp),
+                    response: proxied(resp),
                     served: Served::Cloud(path),
                 })
             }
@@ -338,7 +339,7 @@ impl Router {
     fn attempt(&self, path: usize, head: &Arc<Head>, body: Bytes, caller: &Caller<'_>, whole: bool) -> Call {
         let (cloud, failover) = (self.paths[path].clone(), self.failover.clone());
         let (head, authorization) = (head.clone(), caller.authorization.clone());
-        Box::pin(async move {
+        boxed(|| async move {
             let limit = failover.max_entry_bytes as u64;
             let health = &failover.health;
             let call = async {
@@ -510,7 +511,7 @@ impl Router {
         };
         match attempt {
             Attempt::Answered(resp) => Ok(Routed {
-                response: boxed(resp),
+                response: proxied(resp),
                 served: Served::Cloud(path),
             }),
             Attempt::Whole(parts, answer) => {
@@ -523,7 +524,7 @@ impl Router {
                 })
             }
             Attempt::Failed(why) => match (&self.onprem, cache) {
-                (Some(onprem), _) => Box::pin(self.onprem(onprem, &head, body, caller, why)).await,
+                (Some(onprem), _) => boxed(|| self.onprem(onprem, &head, body, caller, why)).await,
                 (None, Some(cache)) => {
                     let why = format!("the cloud failed: {why}");
                     Ok(from_cache(cache, &key, &head, &body, why))
@@ -562,7 +563,7 @@ impl Router {
             Mode::Normal => match self.cloud(&head, &body, caller, false, None).await {
                 Ok((path, Attempt::Answered(resp))) => {
                     return Ok(Routed {
-                        response: boxed(resp),
+                        response: proxied(resp),
                         served: Served::Cloud(path),
                     });
                 }
@@ -637,7 +638,7 @@ impl Router {
     ) -> Result<Routed, RouteError> {
         let resp = head.send(onprem, body, caller.authorization.clone()).await?;
         Ok(Routed {
-            response: boxed(resp),
+            response: proxied(resp),
             served: Served::OnPrem(why),
         })
     }
@@ -705,7 +706,8 @@ fn full(b: Bytes) -> ProxyBody {
     Full::new(b).map_err(|e| match e {}).boxed()
 }
 
-fn boxed(resp: Response<client::Body>) -> Response<ProxyBody> {
+/// The answer with its body as the proxy passes bodies on.
+fn proxied(resp: Response<client::Body>) -> Response<ProxyBody> {
     resp.map(|b| b.map_err(Into::into).boxed())
 }
 

@@ -9,34 +9,72 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub const MAX_FIELDS: usize = 100;
 
 /// Where each field of a head parsed by httparse lies in the head's bytes. httparse borrows the
-/// read buffer; the spans, on the stack, outlive that borrow, so that the head's bytes can leave
-/// the buffer first and the fields then share them (no copy, and no list on the heap).
+/// read buffer; the spans outlive that borrow, so that the head's bytes can leave the buffer
+/// first and the fields then share them (no copy).
+///
+/// The first [`INLINE`] fields' spans are on the stack and the rest, in the rare head with more,
+/// on the heap: spans for all [`MAX_FIELDS`] were 3.2 KB made and copied for every head, both
+/// ways, which cost more than reading the head.
 pub struct FieldSpans {
-    spans: [((usize, usize), (usize, usize)); MAX_FIELDS],
+    inline: [Span; INLINE],
+    /// `None` unless the head has more.
+    more: Option<Vec<Span>>,
     len: usize,
 }
 
+/// A field's name and value, each as (offset, length) in the head.
+type Span = ((usize, usize), (usize, usize));
+
+/// Fields whose spans [`FieldSpans`] keeps on the stack: more than a browser or a terminal sends.
+const INLINE: usize = 32;
+
+/// httparse's room for a head's fields, left uninitialized: it writes what it parses
+/// (`parse_*_with_uninit_headers`), rather than the caller first filling 3.2 KB with empty
+/// fields for every head.
+pub type Uninit<'b> = [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_FIELDS];
+
+/// Room for [`Uninit`] fields.
+pub const fn uninit<'b>() -> Uninit<'b> {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS]
+}
+
 impl FieldSpans {
-    /// The spans of `fields` (at most [`MAX_FIELDS`]: httparse's array), parsed out of `head`.
-    pub fn new(head: &[u8], fields: &[httparse::Header<'_>]) -> FieldSpans {
-        let base = head.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-        let mut spans = [((0, 0), (0, 0)); MAX_FIELDS];
-        for (span, field) in spans.iter_mut().zip(fields) {
-            *span = (offset(field.name.as_bytes()), offset(field.value));
-        }
+    /// No spans yet: made where it is kept (cleared memory, not a constant copied in, nor a
+    /// constructor's result copied out), then [`FieldSpans::record`]ed into.
+    #[inline(always)]
+    pub fn empty() -> FieldSpans {
         FieldSpans {
-            spans,
-            len: fields.len().min(MAX_FIELDS),
+            inline: [((0, 0), (0, 0)); INLINE],
+            more: None,
+            len: 0,
         }
     }
 
-    /// The fields, their values sharing `head`: the bytes [`FieldSpans::new`] was given, now
+    /// Records the spans of `fields` (at most [`MAX_FIELDS`]: httparse's array), parsed out of
+    /// `head`, in place of any before.
+    pub fn record(&mut self, head: &[u8], fields: &[httparse::Header<'_>]) {
+        let base = head.as_ptr() as usize;
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+        self.len = fields.len().min(MAX_FIELDS);
+        self.more = None;
+        for (i, field) in fields[..self.len].iter().enumerate() {
+            let span = (offset(field.name.as_bytes()), offset(field.value));
+            match self.inline.get_mut(i) {
+                Some(slot) => *slot = span,
+                None => self.more.get_or_insert_with(Vec::new).push(span),
+            }
+        }
+    }
+
+    /// The fields, their values sharing `head`: the bytes [`FieldSpans::record`] was given, now
     /// frozen, or at least their first part up to the head's end. The error says which field is
     /// malformed.
     pub fn fields(&self, head: &Bytes) -> Result<HeaderMap, String> {
         let mut headers = HeaderMap::with_capacity(self.len);
-        for &((at, len), (value_at, value_len)) in &self.spans[..self.len] {
+        let spans = self.inline[..self.len.min(INLINE)]
+            .iter()
+            .chain(self.more.iter().flatten());
+        for &((at, len), (value_at, value_len)) in spans {
             let name = &head[at..at + len];
             let name = HeaderName::from_bytes(name)
                 .map_err(|_| format!("malformed header name {:?}", String::from_utf8_lossy(name)))?;

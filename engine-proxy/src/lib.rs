@@ -27,6 +27,7 @@
 //! (`engine-proxy/sim`): the appliance never needs it.
 #![forbid(unsafe_code)]
 
+pub mod boxed;
 pub mod cache;
 pub mod chunked;
 pub mod client;

@@ -34,8 +34,9 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::boxed::boxed;
 use crate::chunked::Chunk;
-use crate::fields::{FieldSpans, MAX_FIELDS, has_token};
+use crate::fields::{self, FieldSpans, has_token};
 use body::Framing;
 pub use body::{Body, Switched, Upgraded};
 use connect::Conn;
@@ -171,7 +172,7 @@ impl Client {
             let sent = match whole {
                 true => write_whole(&mut conn, &out).await,
                 // Boxed, as connecting: a streamed body is the exception.
-                false => Box::pin(write_streamed(&mut conn, &out, &mut body, framing.flatten())).await,
+                false => boxed(|| write_streamed(&mut conn, &out, &mut body, framing.flatten())).await,
             };
             let answer = match sent {
                 Ok(()) => read_answer(conn, method, upgrade).await,
@@ -219,7 +220,7 @@ impl Client {
                 Some((conn, _)) => return Ok((conn, true)),
                 // Boxed: connecting (DNS, TCP, the TLS handshake) is a large future, and rare;
                 // inline, every request's future would carry its space.
-                None => return Ok((Box::pin(self.connector.connect()).await?, false)),
+                None => return Ok((boxed(|| self.connector.connect()).await?, false)),
             }
         }
     }
@@ -412,9 +413,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, ClientError> {
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    let mut fields = fields::uninit();
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
         Ok(_) => return Err(malformed(format!("a head larger than {MAX_HEAD} bytes"))),
@@ -428,7 +430,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, ClientError> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let spans = FieldSpans::new(buf, parsed.headers);
+    let mut spans = FieldSpans::empty();
+    spans.record(buf, parsed.headers);
     let bytes: Bytes = buf.split_to(len).freeze();
     let headers = spans.fields(&bytes).map_err(malformed)?;
     let mut head = Response::new(());

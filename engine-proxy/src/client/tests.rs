@@ -236,6 +236,30 @@ async fn a_pooled_connection_the_engine_closed_is_replaced_for_a_small_request()
 }
 
 #[tokio::test]
+async fn every_field_of_a_long_answer_is_kept_and_too_many_are_refused() {
+    // Around the spans kept on the stack (32), up to the most a head may have (100 in all).
+    for n in [31, 32, 33, 100, 101] {
+        let fields: String = (1..n).map(|i| format!("x-{i}: v{i}\r\n")).collect();
+        let answer = format!("HTTP/1.1 200 OK\r\n{fields}content-length: 2\r\n\r\nok");
+        let (port, _seen) = engine(vec![vec![answer.leak()]]).await;
+        let answer = send(&client(port), Method::GET, full("")).await;
+        if n > 100 {
+            let e = answer.unwrap_err().to_string();
+            assert!(e.contains("malformed head: too many headers"), "{e}");
+            continue;
+        }
+        let (status, headers, body) = answer.unwrap();
+        assert_eq!(
+            (status, &body[..], headers.len()),
+            (StatusCode::OK, &b"ok"[..], n)
+        );
+        for i in 1..n {
+            assert_eq!(headers[format!("x-{i}").as_str()], format!("v{i}").as_str());
+        }
+    }
+}
+
+#[tokio::test]
 async fn bad_answers_are_named() {
     let cases = [
         (

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tokio::net::TcpListener;
 
+use engine_proxy::boxed::boxed;
+
 use crate::config::ListenerKind;
 use crate::daemon::gateway::{Gateway, StartError};
 use crate::doors::tcp::Handler;
@@ -186,7 +188,7 @@ impl Workers {
                 let Some(port) = ports.get(&opened.port) else {
                     return;
                 };
-                if let Some(admitted) = Box::pin(wireguard::admit(&doors, opened, &port.door)).await {
+                if let Some(admitted) = boxed(|| wireguard::admit(&doors, opened, &port.door)).await {
                     pipeline.serve(admitted, &port.route, shutdown).await;
                 }
             });

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 
+use engine_proxy::boxed::boxed;
+
 use crate::config::ListenerKind;
 use crate::doors::{Admitted, Doors, tls};
 use crate::metrics::Metrics;
@@ -59,10 +61,8 @@ pub async fn serve(
         tokio::spawn(async move {
             // The handshake's state is its own allocation, freed before the connection settles
             // into its long idle life.
-            let admitted = Box::pin(tls::admit(
-                &door.doors, stream, source, slot, &door.route, door.kind,
-            ))
-            .await;
+            let admitted =
+                boxed(|| tls::admit(&door.doors, stream, source, slot, &door.route, door.kind)).await;
             if let Some(admitted) = admitted {
                 (door.handler)(admitted).await;
             }

@@ -15,7 +15,7 @@ use tokio::io::ReadBuf;
 use super::Rejection;
 use super::framing::{Framing, framing};
 use crate::io::Io;
-use engine_proxy::fields::{FieldSpans, MAX_FIELDS, has_token};
+use engine_proxy::fields::{self, FieldSpans, MAX_FIELDS, has_token};
 
 /// The most one read of a request head takes (on the stack; the head is then copied out).
 const HEAD_BUFFER: usize = 4096;
@@ -90,9 +90,10 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
             format!("request head larger than {max} bytes"),
         )
     };
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Request::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    let mut fields = fields::uninit();
+    let mut parsed = httparse::Request::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_request_with_uninit_headers(&mut parsed, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) if len <= max => len,
         Ok(httparse::Status::Complete(_)) => return Err(too_large()),
         Ok(httparse::Status::Partial) if buf.len() > max => return Err(too_large()),
@@ -130,7 +131,8 @@ pub(super) fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Reje
         ));
     }
     let target = offset(path.as_bytes());
-    let spans = FieldSpans::new(buf, parsed.headers);
+    let mut spans = FieldSpans::empty();
+    spans.record(buf, parsed.headers);
     let bytes = buf.split_to(len).freeze();
     let slice = |(at, len): (usize, usize)| bytes.slice(at..at + len);
 

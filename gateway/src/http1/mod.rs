@@ -37,6 +37,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch};
 
+use engine_proxy::boxed::boxed;
 use engine_proxy::upstream::ProxyBody;
 
 use crate::io::Io;
@@ -112,8 +113,8 @@ pub async fn serve<S: Io, V: Service>(
                 ));
             }
         };
-        let exchange = exchange(&mut io, &mut buf, head, &service, limits, &stopping);
-        match Box::pin(exchange).await {
+        let exchange = boxed(|| exchange(&mut io, &mut buf, head, &service, limits, &stopping));
+        match exchange.await {
             Next::Another => {
                 // Idle from here: let the buffer go unless a pipelined request is in it.
                 if buf.is_empty() {
@@ -131,8 +132,8 @@ pub async fn serve<S: Io, V: Service>(
     };
     // Boxed: each holds the stream, which this future already does.
     match rejection {
-        None => Box::pin(close(io)).await,
-        Some(rejection) => Box::pin(refuse(io, &service, rejection)).await,
+        None => boxed(|| close(io)).await,
+        Some(rejection) => boxed(|| refuse(io, &service, rejection)).await,
     }
 }
 
@@ -198,7 +199,7 @@ async fn exchange<S: Io, V: Service>(
     let response = {
         // Boxed: the service's future is large (the stages, the failover, the uplink client),
         // and it lives only as long as the request.
-        let mut call = Box::pin(service.call(request));
+        let mut call = boxed(|| service.call(request));
         match pump {
             None => call.await,
             Some(pump) => {

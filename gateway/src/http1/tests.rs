@@ -40,6 +40,27 @@ fn a_head_is_taken_off_the_buffer_and_its_values_share_the_bytes() {
 }
 
 #[test]
+fn every_field_of_a_long_head_is_kept_in_order() {
+    // Around the spans kept on the stack (32), up to the most a head may have (100 in all).
+    for n in [30, 31, 32, 98] {
+        let fields: String = (0..n).map(|i| format!("X-{i}: v{i}\r\n")).collect();
+        let head = head(&format!(
+            "GET / HTTP/1.1\r\n{fields}Host: h\r\nX-0: again\r\n\r\n"
+        ))
+        .unwrap()
+        .unwrap();
+        let headers = head.request.headers();
+        assert_eq!(headers.len(), n + 2, "{n} fields");
+        for i in 1..n {
+            assert_eq!(headers[format!("x-{i}").as_str()], format!("v{i}").as_str());
+        }
+        let zero: Vec<_> = headers.get_all("x-0").iter().collect();
+        assert_eq!(zero, ["v0", "again"], "repeated fields in their order");
+        assert_eq!(headers["host"], "h");
+    }
+}
+
+#[test]
 fn a_partial_head_waits_and_a_long_one_is_431() {
     let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n"[..]);
     assert!(parse(&mut buf, 1024).unwrap().is_none());

@@ -22,6 +22,7 @@ use http_body_util::BodyExt;
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 
+use engine_proxy::boxed::boxed;
 use engine_proxy::failover::{Failover, codes};
 use engine_proxy::format::{self, Format};
 use engine_proxy::rules::{Call, Rule};
@@ -90,7 +91,7 @@ impl Authorize {
         let (req, rule) = match rules.head_rule(&Call::new(req.uri().path(), req.uri().query())) {
             Some(first) if first.request_number.is_some() => {
                 // Boxed: reading a body for its number is the exception among calls.
-                let (req, number) = Box::pin(self.request_number(req)).await?;
+                let (req, number) = boxed(|| self.request_number(req)).await?;
                 let call = Call {
                     request_number: number.as_deref(),
                     ..Call::new(req.uri().path(), req.uri().query())

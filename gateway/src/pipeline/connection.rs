@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use hyper::{Method, Request, Response, StatusCode};
 
+use engine_proxy::boxed::boxed;
 use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::{Decision, Entry, Text};
@@ -83,7 +84,7 @@ impl Connection {
         }
         if Pages::serves(&req) {
             // Boxed: a page is rare beside API calls, and its future large.
-            return Outcome::Page(Box::pin(p.pages.serve(req, terminal)).await);
+            return Outcome::Page(boxed(|| p.pages.serve(req, terminal)).await);
         }
         let person = match p.authenticate.person(&req, terminal, &self.memo).await {
             Ok(person) => person,

@@ -33,6 +33,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use engine_proxy::boxed::boxed;
+
 use crate::doors::Admitted;
 use crate::http1;
 use crate::io::Io;
@@ -85,10 +87,10 @@ impl Pipeline {
         shutdown: Shutdown,
     ) -> Serving {
         match route {
-            Route::Api(name) => Box::pin(self.serve_api(admitted, name.clone(), shutdown)),
+            Route::Api(name) => boxed(|| self.serve_api(admitted, name.clone(), shutdown)),
             Route::Stream(route) => {
                 let (pipeline, route) = (self.clone(), route.clone());
-                Box::pin(async move { pipeline.streams.serve(&route, admitted).await })
+                boxed(|| async move { pipeline.streams.serve(&route, admitted).await })
             }
         }
     }

@@ -21,6 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use engine_proxy::boxed::boxed;
+
 use crate::audit::{Decision, Entry};
 use crate::config::{ListenerKind, WireGuard, WireGuardMode};
 use crate::doors::identity::{Identified, Proof};
@@ -215,7 +217,7 @@ pub async fn admit(doors: &Doors, opened: Opened, port: &Port) -> Option<Admitte
         }
     };
     if port.tls {
-        let admitted = Box::pin(tls::admit(doors, stream, source, slot, &port.route, port.kind)).await?;
+        let admitted = boxed(|| tls::admit(doors, stream, source, slot, &port.route, port.kind)).await?;
         if admitted.who.terminal.name != peer.name {
             doors.audit.record_soon(entry(
                 Decision::Deny,
