@@ -5,6 +5,8 @@
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::health::HYBRID_MODE;
+
 /// Header fields allowed in one head, either way (hyper's limit too).
 pub const MAX_FIELDS: usize = 100;
 
@@ -76,8 +78,13 @@ impl FieldSpans {
             .chain(self.more.iter().flatten());
         for &((at, len), (value_at, value_len)) in spans {
             let name = &head[at..at + len];
-            let name = HeaderName::from_bytes(name)
-                .map_err(|_| format!("malformed header name {:?}", String::from_utf8_lossy(name)))?;
+            let name = match name.eq_ignore_ascii_case(HYBRID_MODE.as_str().as_bytes()) {
+                // On every answer of the engine's, and unknown to `HeaderName`, which would
+                // allocate a copy of its name for each.
+                true => HYBRID_MODE,
+                false => HeaderName::from_bytes(name)
+                    .map_err(|_| format!("malformed header name {:?}", String::from_utf8_lossy(name)))?,
+            };
             let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
                 .map_err(|_| format!("malformed value of header {name}"))?;
             headers.append(name, value);

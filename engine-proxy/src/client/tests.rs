@@ -260,6 +260,17 @@ async fn every_field_of_a_long_answer_is_kept_and_too_many_are_refused() {
 }
 
 #[tokio::test]
+async fn the_hybrid_state_field_is_read_whatever_its_case() {
+    let answer =
+        "HTTP/1.1 200 OK\r\nX-HybridMode: emergency\r\nx-hybridmodes: no\r\ncontent-length: 0\r\n\r\n";
+    let (port, _seen) = engine(vec![vec![answer]]).await;
+    let (_, headers, _) = send(&client(port), Method::GET, full("")).await.unwrap();
+    assert_eq!(headers[crate::health::HYBRID_MODE], "emergency");
+    assert_eq!(headers["x-hybridmodes"], "no", "a longer name is its own");
+    assert_eq!(headers.len(), 3);
+}
+
+#[tokio::test]
 async fn bad_answers_are_named() {
     let cases = [
         (

@@ -19,13 +19,13 @@ pub struct TooLarge(pub u64);
 /// Counts the bytes of a body as they pass: for a request, into a counter the handler reads
 /// later and against the size limit; for a response, into `done(bytes)`, called exactly once when
 /// the body ends or is dropped (the client went away): the moment a request's audit entry is
-/// complete.
-pub struct Counted<B> {
+/// complete. `done` is held as it is, not boxed: the boxed body holds it in the same allocation.
+pub struct Counted<B, F: FnOnce(u64) = fn(u64)> {
     inner: B,
     bytes: u64,
     limit: u64,
     shared: Option<Arc<AtomicU64>>,
-    done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+    done: Option<F>,
 }
 
 impl<B> Counted<B> {
@@ -39,23 +39,26 @@ impl<B> Counted<B> {
             done: None,
         }
     }
+}
 
+impl<B, F: FnOnce(u64)> Counted<B, F> {
     /// A response body: `done(bytes)` when it is over.
-    pub fn finished(inner: B, done: impl FnOnce(u64) + Send + Sync + 'static) -> Self {
+    pub fn finished(inner: B, done: F) -> Self {
         Counted {
             inner,
             bytes: 0,
             limit: u64::MAX,
             shared: None,
-            done: Some(Box::new(done)),
+            done: Some(done),
         }
     }
 }
 
-impl<B> Body for Counted<B>
+impl<B, F> Body for Counted<B, F>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
+    F: FnOnce(u64) + Unpin,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -91,7 +94,7 @@ where
     }
 }
 
-impl<B> Drop for Counted<B> {
+impl<B, F: FnOnce(u64)> Drop for Counted<B, F> {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
             done(self.bytes);

@@ -13,7 +13,7 @@ use std::time::Instant;
 use http_body_util::{BodyExt, Empty};
 use hyper::Response;
 
-use engine_proxy::health::Health;
+use engine_proxy::health::{HYBRID_MODE, Health};
 use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::{AuditLog, Decision, Entry, Text};
@@ -25,9 +25,6 @@ use crate::pipeline::forward::Forwarded;
 use crate::pipeline::pages::Page;
 use crate::pipeline::relay;
 use crate::pipeline::reply::Refused;
-
-/// The hybrid state a response reports, as the engine's own responses do.
-pub const HYBRID_MODE: &str = "x-hybridmode";
 
 /// What the stages made of a request.
 pub enum Outcome {
