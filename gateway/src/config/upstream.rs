@@ -104,6 +104,18 @@ fn default_mtu() -> u16 {
 }
 
 impl Upstream {
+    /// What the audit log calls each path's engine, in order: its URL with one path, `path NAME
+    /// URL` with several. Requests and changes of the hybrid state name it the same way.
+    pub fn labels(&self) -> Vec<String> {
+        if self.paths.is_empty() {
+            return vec![self.url.clone()];
+        }
+        let url = |p: &Path| p.url.clone().unwrap_or_else(|| self.url.clone());
+        std::iter::once(format!("path {} {}", self.name, self.url))
+            .chain(self.paths.iter().map(|p| format!("path {} {}", p.name, url(p))))
+            .collect()
+    }
+
     /// Every path's name, the first `url`'s.
     pub fn names(&self) -> Vec<String> {
         std::iter::once(self.name.clone())
@@ -191,5 +203,34 @@ impl Config {
             )),
             Err(e) => Err(self.invalid(key, format!("not a URL: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, MINIMAL};
+
+    /// The audit log names a lone engine by its URL, and each of several by its path's name and
+    /// URL (a path without its own URL reaches the first one's).
+    #[test]
+    fn labels_name_one_engine_by_its_url_and_several_by_path() {
+        let parse = |text: &str| {
+            Config::from_text(text, Path::new("/etc/kakehashi/gateway.toml"))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(parse(MINIMAL).upstream.labels(), ["https://engine.test"]);
+        let paths = "[[upstream.path]]\nname = \"lte\"\nbind = \"192.0.2.1\"\n\
+                     [[upstream.path]]\nname = \"dc2\"\nurl = \"https://engine2.test\"\n";
+        let config = parse(&format!("{MINIMAL}{paths}"));
+        assert_eq!(
+            config.upstream.labels(),
+            [
+                "path primary https://engine.test",
+                "path lte https://engine.test",
+                "path dc2 https://engine2.test",
+            ]
+        );
     }
 }

@@ -223,22 +223,14 @@ pub fn refresh_metrics(gateway: &Gateway) {
     }
 }
 
-/// The engine a path reaches, for the audit log: its URL, and its name when there are several
-/// paths. `None`: every path is down.
+/// The engine a path reaches, for the audit log ([`crate::config::Upstream::labels`]). `None`:
+/// every path is down.
 pub fn path_label(gateway: &Gateway, path: Option<usize>) -> String {
-    let upstream = &gateway.config.upstream;
-    match (path, upstream.paths.is_empty()) {
-        (_, true) => upstream.url.clone(),
-        (None, false) => "no path".into(),
-        (Some(0), false) => format!("path {} {}", upstream.name, upstream.url),
-        (Some(p), false) => match upstream.paths.get(p - 1) {
-            Some(path) => format!(
-                "path {} {}",
-                path.name,
-                path.url.as_deref().unwrap_or(&upstream.url)
-            ),
-            None => "no path".into(),
-        },
+    let mut labels = gateway.config.upstream.labels();
+    match (path, labels.len()) {
+        (_, 1) => labels.swap_remove(0),
+        (Some(p), _) if p < labels.len() => labels.swap_remove(p),
+        _ => "no path".into(),
     }
 }
 

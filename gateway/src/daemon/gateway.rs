@@ -276,6 +276,7 @@ impl Gateway {
             forward: forward::Forward::new(
                 Arc::new(self.router()?),
                 self.metrics.clone(),
+                self.config.upstream.labels(),
                 self.config.failover.engine.as_deref(),
             ),
             respond: respond::Respond {

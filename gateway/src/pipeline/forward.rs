@@ -31,8 +31,8 @@ use crate::pipeline::reply::{Refused, text};
 pub struct Forward {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
-    /// Each cloud path's name for the audit log, `path NAME AUTHORITY`, made once; empty with
-    /// one path, whose entries keep [`Forward::upstream`].
+    /// Each cloud path's engine as the audit log names it ([`crate::config::Upstream::labels`]),
+    /// made once.
     paths: Vec<Arc<str>>,
     /// The on-premises engine's URL.
     onprem: Option<Arc<str>>,
@@ -65,16 +65,18 @@ pub enum Forwarded {
 }
 
 impl Forward {
-    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, onprem: Option<&str>) -> Forward {
-        let links = router.failover.health.links();
-        let paths = match links.len() {
-            0 | 1 => Vec::new(),
-            _ => links
-                .iter()
-                .zip(&router.paths)
-                .map(|(link, client)| format!("path {} {}", link.name, client.authority()).into())
-                .collect(),
-        };
+    /// `labels`: each cloud path's engine as the audit log names it, in the router's order (at
+    /// least one).
+    pub fn new(
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+        labels: Vec<String>,
+        onprem: Option<&str>,
+    ) -> Forward {
+        let mut paths: Vec<Arc<str>> = labels.into_iter().map(Arc::from).collect();
+        if paths.is_empty() {
+            paths.push(router.paths[0].authority().clone());
+        }
         Forward {
             router,
             metrics,
@@ -85,13 +87,16 @@ impl Forward {
 
     /// The engine a call is headed for, for the audit log (the first path's).
     pub fn upstream(&self) -> &Arc<str> {
-        self.router.paths[0].authority()
+        &self.paths[0]
     }
 
     /// The path that answered, for the audit log when there are several (with one, the entry
     /// keeps [`Forward::upstream`]).
     fn path(&self, path: usize) -> Option<Text> {
-        self.paths.get(path).map(Text::from)
+        match self.paths.len() {
+            0 | 1 => None,
+            _ => self.paths.get(path).map(Text::from),
+        }
     }
 
     /// `rule`: the engine API rule the authorize stage allowed the call by.
@@ -282,6 +287,7 @@ mod tests {
         Forward::new(
             Arc::new(router),
             Arc::new(Metrics::default()),
+            vec!["https://engine.test".into()],
             Some("http://onprem.test:8000"),
         )
     }
