@@ -179,6 +179,19 @@ impl ChainCheck {
         if self.report.broken.is_some() || !self.begin(span.start, name) {
             return;
         }
+        // Ids run on without a gap (a segment read here is held to that), so a segment's count
+        // is its ends' difference: a span that says otherwise would add entries no one checked.
+        if span.last.0.checked_sub(span.start.0) != Some(span.entries) {
+            self.report.broken = Some(Broken {
+                id: Some(span.start.0 + 1),
+                what: format!(
+                    "segment {name}, as an earlier archive records it, holds {} entries after entry {} \
+                     and ends at entry {}: the count and the ends disagree",
+                    span.entries, span.start.0, span.last.0
+                ),
+            });
+            return;
+        }
         if self.head.is_some_and(|h| h.0 > span.start.0 && h.0 < span.last.0) {
             self.report.broken = Some(Broken {
                 id: self.head.map(|h| h.0),

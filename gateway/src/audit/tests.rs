@@ -623,6 +623,19 @@ fn a_vouched_segment_stands_in_for_its_file_and_a_false_span_is_a_break() {
     starts_wrong.start.0 += 1;
     let report = verify_vouched(tmp.path(), &[(name(1), starts_wrong)]).unwrap();
     assert!(report.broken.is_some(), "{report:?}");
+    // A span whose count disagrees with its ends, either way: a break at its first entry, not
+    // entries counted that no one checked.
+    for entries in [spans[1].entries + 1, spans[1].entries - 1] {
+        let counted_wrong = Span { entries, ..spans[1] };
+        let report = verify_vouched(tmp.path(), &[(name(1), counted_wrong)]).unwrap();
+        let broken = report.broken.expect("a break");
+        assert_eq!(broken.id, Some(spans[1].start.0 + 1));
+        assert!(
+            broken.what.contains("the count and the ends disagree"),
+            "{}",
+            broken.what
+        );
+    }
 
     // The file back: it is read, and a span for it is not needed.
     std::fs::rename(&away, &segments[1].path).unwrap();
