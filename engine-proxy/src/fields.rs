@@ -5,7 +5,9 @@
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::health::HYBRID_MODE;
+/// The field in which the engine's answers, and the gateway's, report the hybrid state
+/// (its value: [`crate::health::Mode::header`]).
+pub const HYBRID_MODE: HeaderName = HeaderName::from_static("x-hybridmode");
 
 /// Header fields allowed in one head, either way (hyper's limit too).
 pub const MAX_FIELDS: usize = 100;

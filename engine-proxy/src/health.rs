@@ -34,15 +34,12 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::HeaderValue;
 use tokio::sync::{Notify, watch};
 
 use crate::upstream::Upstream;
 
-/// The field in which the engine's answers, and the gateway's, report the hybrid state.
-pub const HYBRID_MODE: HeaderName = HeaderName::from_static("x-hybridmode");
-
-/// The hybrid state, as the engine names it in `X-Hybridmode`.
+/// The hybrid state, as the engine names it in `X-Hybridmode` ([`crate::fields::HYBRID_MODE`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Normal = 0,

@@ -265,7 +265,7 @@ async fn the_hybrid_state_field_is_read_whatever_its_case() {
         "HTTP/1.1 200 OK\r\nX-HybridMode: emergency\r\nx-hybridmodes: no\r\ncontent-length: 0\r\n\r\n";
     let (port, _seen) = engine(vec![vec![answer]]).await;
     let (_, headers, _) = send(&client(port), Method::GET, full("")).await.unwrap();
-    assert_eq!(headers[crate::health::HYBRID_MODE], "emergency");
+    assert_eq!(headers[crate::fields::HYBRID_MODE], "emergency");
     assert_eq!(headers["x-hybridmodes"], "no", "a longer name is its own");
     assert_eq!(headers.len(), 3);
 }

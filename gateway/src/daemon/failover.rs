@@ -94,7 +94,7 @@ async fn record_changes(gateway: Arc<Gateway>) {
             Metrics::set(&m.uplink_path, path as u64);
         }
         gateway.audit.record_soon(Entry {
-            upstream: Some(path_label(&gateway, change.path).into()),
+            upstream: Some(path_label(&gateway, change.path)),
             ..Entry::new(Decision::Allow, ROUTE, "gateway", &reason)
         });
     }
@@ -198,7 +198,7 @@ fn handed_back(gateway: &Gateway, entry: &JournalEntry, settlement: &Settlement)
         user: entry.user.clone().map(Text::from),
         method: Some(entry.method.clone().into()),
         path: Some(entry.path.clone()),
-        upstream: Some(path_label(gateway, gateway.failover.health.preferred()).into()),
+        upstream: Some(path_label(gateway, gateway.failover.health.preferred())),
         status,
         bytes_in: entry.body.len() as u64,
         ..Entry::new(decision, "journal", "gateway", &reason)
@@ -223,14 +223,14 @@ pub fn refresh_metrics(gateway: &Gateway) {
     }
 }
 
-/// The engine a path reaches, for the audit log ([`crate::config::Upstream::labels`]). `None`:
-/// every path is down.
-pub fn path_label(gateway: &Gateway, path: Option<usize>) -> String {
-    let mut labels = gateway.config.upstream.labels();
+/// The engine a path reaches, for the audit log ([`Gateway::path_labels`]). `None`: every path
+/// is down.
+pub fn path_label(gateway: &Gateway, path: Option<usize>) -> Text {
+    let labels = &gateway.path_labels;
     match (path, labels.len()) {
-        (_, 1) => labels.swap_remove(0),
-        (Some(p), _) if p < labels.len() => labels.swap_remove(p),
-        _ => "no path".into(),
+        (_, 1) => Text::from(&labels[0]),
+        (Some(p), _) if p < labels.len() => Text::from(&labels[p]),
+        _ => Text::Static("no path"),
     }
 }
 

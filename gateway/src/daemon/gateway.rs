@@ -83,6 +83,9 @@ pub struct Gateway {
     pub onprem_tls: Option<Arc<rustls::ClientConfig>>,
     /// Health, the rules table, and the local engine.
     pub failover: Arc<Failover>,
+    /// Each cloud path's engine as the audit log names it ([`crate::config::Upstream::labels`]),
+    /// made once: every request's entry and every journal entry handed back shares it.
+    pub path_labels: Vec<Arc<str>>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     /// The data directory's disk budget (`[storage]`), fixed at start.
@@ -169,6 +172,7 @@ impl Gateway {
             });
         }
         let gateway = Gateway {
+            path_labels: config.upstream.labels().into_iter().map(Arc::from).collect(),
             tunnels,
             drivers: std::sync::Mutex::new(drivers),
             authority,
@@ -276,7 +280,7 @@ impl Gateway {
             forward: forward::Forward::new(
                 Arc::new(self.router()?),
                 self.metrics.clone(),
-                self.config.upstream.labels(),
+                self.path_labels.clone(),
                 self.config.failover.engine.as_deref(),
             ),
             respond: respond::Respond {

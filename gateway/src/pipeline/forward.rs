@@ -67,20 +67,14 @@ pub enum Forwarded {
 impl Forward {
     /// `labels`: each cloud path's engine as the audit log names it, in the router's order (at
     /// least one).
-    pub fn new(
-        router: Arc<Router>,
-        metrics: Arc<Metrics>,
-        labels: Vec<String>,
-        onprem: Option<&str>,
-    ) -> Forward {
-        let mut paths: Vec<Arc<str>> = labels.into_iter().map(Arc::from).collect();
-        if paths.is_empty() {
-            paths.push(router.paths[0].authority().clone());
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, mut labels: Vec<Arc<str>>, onprem: Option<&str>) -> Forward {
+        if labels.is_empty() {
+            labels.push(router.paths[0].authority().clone());
         }
         Forward {
             router,
             metrics,
-            paths,
+            paths: labels,
             onprem: onprem.map(Arc::from),
         }
     }

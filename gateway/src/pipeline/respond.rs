@@ -13,7 +13,8 @@ use std::time::Instant;
 use http_body_util::{BodyExt, Empty};
 use hyper::Response;
 
-use engine_proxy::health::{HYBRID_MODE, Health};
+use engine_proxy::fields::HYBRID_MODE;
+use engine_proxy::health::Health;
 use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::{AuditLog, Decision, Entry, Text};
