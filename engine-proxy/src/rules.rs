@@ -194,10 +194,11 @@ impl Rules {
     /// The rules whose path pattern and `class` match the call, in order.
     fn matching_head<'s>(&'s self, call: &Call<'_>) -> impl Iterator<Item = &'s Rule> {
         let path = engine_path(call.path);
+        let lead = Lead::of(path);
         self.rules
             .iter()
             .zip(&self.patterns)
-            .filter(move |(r, p)| p.matches(path) && r.matches_class(call.class))
+            .filter(move |(r, p)| p.matches_led(path, lead) && r.matches_class(call.class))
             .map(|(r, _)| r)
     }
 
@@ -245,11 +246,32 @@ pub fn engine_path(path: &str) -> &str {
         .unwrap_or(path)
 }
 
+/// A text's first [`Lead::BYTES`] bytes as one number, zeros after a shorter text's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lead(u128);
+
+impl Lead {
+    const BYTES: usize = 16;
+
+    fn of(text: &str) -> Lead {
+        let mut bytes = [0; Lead::BYTES];
+        let n = text.len().min(Lead::BYTES);
+        bytes[..n].copy_from_slice(&text.as_bytes()[..n]);
+        Lead(u128::from_le_bytes(bytes))
+    }
+}
+
 /// A path pattern, where `*` matches any run of characters (`/` included), split at its `*`s.
 #[derive(Debug, Clone)]
 struct Pattern {
     /// Before the first `*`: most rules differ here, so most comparisons end here.
     first: Box<str>,
+    /// `first`'s lead and a mask of the bytes it has: a path whose lead differs under the mask
+    /// cannot start with `first`, and one comparison of two numbers says so. Comparing the texts
+    /// byte by byte, a call to `memcmp` for each of the table's rows, cost 2 % of the gateway's
+    /// CPU per request.
+    lead: Lead,
+    mask: u128,
     /// Between `*`s, in order; empty runs (`**`) left out. Each is searched for with a searcher
     /// made here, once: `str::find` set one up on every call, for every request.
     middle: Box<[Finder<'static>]>,
@@ -259,9 +281,20 @@ struct Pattern {
 
 impl Pattern {
     fn new(pattern: &str) -> Pattern {
-        let Some((first, after)) = pattern.split_once('*') else {
+        let (first, rest) = match pattern.split_once('*') {
+            Some((first, after)) => (first, Some(after)),
+            None => (pattern, None),
+        };
+        let lead = Lead::of(first);
+        let mask = match first.len() {
+            n if n >= Lead::BYTES => u128::MAX,
+            n => (1u128 << (8 * n)) - 1,
+        };
+        let Some(after) = rest else {
             return Pattern {
                 first: pattern.into(),
+                lead,
+                mask,
                 middle: Box::default(),
                 last: None,
             };
@@ -269,6 +302,8 @@ impl Pattern {
         let (middle, last) = after.rsplit_once('*').unwrap_or(("", after));
         Pattern {
             first: first.into(),
+            lead,
+            mask,
             middle: middle
                 .split('*')
                 .filter(|p| !p.is_empty())
@@ -278,7 +313,16 @@ impl Pattern {
         }
     }
 
+    #[cfg(test)]
     fn matches(&self, text: &str) -> bool {
+        self.matches_led(text, Lead::of(text))
+    }
+
+    /// Whether `text`, whose lead is `lead`, matches.
+    fn matches_led(&self, text: &str, lead: Lead) -> bool {
+        if lead.0 & self.mask != self.lead.0 {
+            return false;
+        }
         let Some(last) = &self.last else {
             return *self.first == *text;
         };
@@ -324,6 +368,24 @@ mod tests {
             !glob("/ab*ba", "/aba"),
             "the prefix and the suffix may not overlap"
         );
+    }
+
+    #[test]
+    fn the_lead_comparison_rejects_only_what_cannot_match() {
+        // Prefixes shorter than, as long as and longer than the lead's 16 bytes.
+        assert!(glob("/0123456789abcde*", "/0123456789abcdef/x"));
+        assert!(!glob("/0123456789abcde*", "/0123456789abcdX"));
+        assert!(glob("/api01rv2/okusuriputv2", "/api01rv2/okusuriputv2"));
+        assert!(!glob("/api01rv2/okusuriputv2", "/api01rv2/okusuriputv3"));
+        assert!(!glob("/api01rv2/okusuriputv2", "/api01rv2/okusuri"));
+        assert!(!glob("/api01rv2/*", "/api"));
+        assert!(glob("/api*", "/api"));
+        assert!(!glob("/api*", ""));
+        // A NUL in the pattern looks like the padding after a shorter text: the lead passes it,
+        // the full comparison does not.
+        assert!(!glob("/a\0*", "/a"));
+        assert!(glob("/a\0*", "/a\0b"));
+        assert!(glob("*/medicalmodv3*", "/api21/medicalmodv31"));
     }
 
     #[test]

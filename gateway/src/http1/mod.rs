@@ -36,6 +36,7 @@ use bytes::BytesMut;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 use engine_proxy::boxed::boxed;
 use engine_proxy::upstream::ProxyBody;
@@ -91,21 +92,35 @@ pub async fn serve<S: Io, V: Service>(
     // wait is a waiter in the list that every connection of every worker shares.
     let mut shutdown = stopping.clone();
     let mut stop = pin!(stopped(&mut shutdown));
+    // One timer for the connection's life too. Each head moves `due` on, and the timer follows
+    // only when it goes off early: arming a timer in the runtime's wheel for every request and
+    // clearing it after cost more than reading the head.
+    let mut due = Instant::now() + limits.header_timeout;
+    let mut timer = pin!(tokio::time::sleep_until(due));
     let rejection = loop {
         let between_requests = buf.is_empty();
-        let read = tokio::select! {
-            read = tokio::time::timeout(
-                limits.header_timeout,
-                read_head(&mut io, &mut buf, limits.max_header_bytes),
-            ) => read,
-            () = &mut stop, if between_requests => break None,
+        due = Instant::now() + limits.header_timeout;
+        let waited = {
+            let mut reading = pin!(read_head(&mut io, &mut buf, limits.max_header_bytes));
+            loop {
+                tokio::select! {
+                    biased;
+                    read = &mut reading => break Waited::Read(read),
+                    () = &mut stop, if between_requests => break Waited::Stopped,
+                    () = &mut timer => match Instant::now() < due {
+                        true => timer.as_mut().reset(due),
+                        false => break Waited::Out,
+                    },
+                }
+            }
         };
-        let head = match read {
-            Ok(Ok(Some(head))) => head,
-            Ok(Ok(None)) => return, // the client closed between requests
-            Ok(Err(rejection)) => break Some(rejection),
-            Err(_) if buf.is_empty() => break None, // idle for the whole timeout
-            Err(_) => {
+        let head = match waited {
+            Waited::Read(Ok(Some(head))) => head,
+            Waited::Read(Ok(None)) => return, // the client closed between requests
+            Waited::Read(Err(rejection)) => break Some(rejection),
+            Waited::Stopped => break None,
+            Waited::Out if buf.is_empty() => break None, // idle for the whole timeout
+            Waited::Out => {
                 let secs = limits.header_timeout.as_secs();
                 break Some(Rejection::new(
                     StatusCode::REQUEST_TIMEOUT,
@@ -135,6 +150,17 @@ pub async fn serve<S: Io, V: Service>(
         None => boxed(|| close(io)).await,
         Some(rejection) => boxed(|| refuse(io, &service, rejection)).await,
     }
+}
+
+/// How the wait for a request's head ended.
+// Made once per request and taken apart at once: boxing the head would be an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Waited {
+    Read(Result<Option<Head>, Rejection>),
+    /// The gateway is stopping, and no request had begun.
+    Stopped,
+    /// The header timeout ran out.
+    Out,
 }
 
 /// What the connection does after an exchange.

@@ -257,10 +257,18 @@ impl Service for Echo {
 fn connect<V: Service + Send + Sync + 'static>(
     service: V,
 ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
+    connect_with(service, Duration::from_secs(5))
+}
+
+/// [`connect`] with its header timeout.
+fn connect_with<V: Service + Send + Sync + 'static>(
+    service: V,
+    header_timeout: Duration,
+) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
     let (client, server) = duplex(1 << 20);
     let (stop, stopping) = watch::channel(false);
     let limits = Limits {
-        header_timeout: Duration::from_secs(5),
+        header_timeout,
         max_header_bytes: 16 * 1024,
     };
     let served = tokio::spawn(async move {
@@ -503,4 +511,56 @@ fn chunk_extensions_and_trailer_fields_follow_their_grammar() {
     ] {
         assert!(dechunk(bad, 100).is_err(), "{:?}", String::from_utf8_lossy(bad));
     }
+}
+
+/// The connection's one timer: each request's head gets the whole timeout from when the wait for
+/// it began, however long the connection has been open; idle past it, the connection closes;
+/// a head begun and not finished within it is 408.
+#[tokio::test]
+async fn the_header_timeout_runs_from_each_head_and_the_connection_outlives_it() {
+    let timeout = Duration::from_millis(500);
+    let (mut client, served) = connect_with(Echo, timeout);
+    let started = std::time::Instant::now();
+    let mut buf = vec![0; 4096];
+    let mut answered = started;
+    for i in 0..6 {
+        client
+            .write_all(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.ends_with(&format!("/{i} 0")), "request {i}: {answer}");
+        answered = std::time::Instant::now();
+        tokio::time::sleep(timeout / 3).await;
+    }
+    assert!(
+        started.elapsed() > 2 * timeout,
+        "the connection outlived its first timeout"
+    );
+    let n = tokio::time::timeout(4 * timeout, client.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0))), "idle past the timeout: closed, {n:?}");
+    let idle = answered.elapsed();
+    assert!(idle >= timeout, "closed {idle:?} after the last answer");
+    served.await.unwrap();
+
+    let (mut client, served) = connect_with(Echo, timeout);
+    tokio::time::sleep(timeout * 2 / 3).await;
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let begun = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(4 * timeout, client.read_to_end(&mut out))
+        .await
+        .expect("a stalled head is answered")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    assert!(
+        begun.elapsed() < timeout,
+        "the head's wait began with the connection"
+    );
+    served.await.unwrap();
 }

@@ -67,7 +67,12 @@ pub enum Forwarded {
 impl Forward {
     /// `labels`: each cloud path's engine as the audit log names it, in the router's order (at
     /// least one).
-    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, mut labels: Vec<Arc<str>>, onprem: Option<&str>) -> Forward {
+    pub fn new(
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+        mut labels: Vec<Arc<str>>,
+        onprem: Option<&str>,
+    ) -> Forward {
         if labels.is_empty() {
             labels.push(router.paths[0].authority().clone());
         }
