@@ -644,3 +644,47 @@ fn a_vouched_segment_stands_in_for_its_file_and_a_false_span_is_a_break() {
         whole
     );
 }
+
+/// The head file may lag a stream of commits, but never a flush, and never the log at rest.
+#[test]
+fn the_head_file_follows_every_flush_and_every_quiet_moment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let head = || chain::read_point(&tmp.path().join(AUDIT_HEAD)).unwrap().unwrap();
+    let log = AuditLog::open(tmp.path()).unwrap();
+    let mut recorded = 0;
+    for round in 0..3 {
+        // A burst that spans several commits, then a flush.
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(120) {
+            log.record_blocking(entry(recorded));
+            recorded += 1;
+        }
+        log.flush_blocking().unwrap();
+        let report = verify(tmp.path()).unwrap();
+        assert_eq!(report.entries, recorded, "round {round}");
+        assert_eq!(
+            head(),
+            (recorded, hex_hash(&report.last_hash)),
+            "round {round}: after a flush"
+        );
+        // One entry and no flush: the queue is empty after its commit, so the head follows.
+        log.record_blocking(entry(recorded));
+        recorded += 1;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while head().0 != recorded {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the head stayed at {:?}",
+                head().0
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    log.close_blocking().unwrap();
+    let report = verify(tmp.path()).unwrap();
+    assert!(report.is_intact(), "{report:?}");
+}
+
+fn hex_hash(text: &str) -> [u8; 32] {
+    hex::decode(text).unwrap().try_into().unwrap()
+}

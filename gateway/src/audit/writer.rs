@@ -29,6 +29,13 @@ const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 const LIGHT: usize = 64;
 /// The longest pause between two attempts at a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// While entries keep coming, the head file moves at most this often: each move is a file
+/// written and two fsyncs, and moving it after every commit cost more than a percent of the
+/// gateway's CPU under load (and wears a router's flash). It moves after every commit that
+/// empties the queue, before a flush or a close is answered, and when a segment is sealed. A
+/// crash can leave it this far behind the log's end, which the head allows: it attests that the
+/// log held at least that much.
+const HEAD_EVERY: Duration = Duration::from_millis(250);
 
 /// The writer thread's state: the live segment's connection and the lock file (see
 /// [`AUDIT_LOCK`]).
@@ -42,6 +49,9 @@ pub(super) struct Writer {
     head_file: PathBuf,
     /// A live segment this large (bytes) is sealed after the commit that reached it.
     seal_at: u64,
+    /// When the head file last moved, and the end committed since that it does not record.
+    head_moved: std::time::Instant,
+    behind: Option<Point>,
     pub(super) failing: Arc<AtomicBool>,
 }
 
@@ -75,6 +85,8 @@ impl Writer {
             data_dir: data_dir.to_owned(),
             head_file,
             seal_at: seal_at.max(1),
+            head_moved: std::time::Instant::now(),
+            behind: None,
             failing: Arc::default(),
         })
     }
@@ -111,12 +123,17 @@ impl Writer {
                     None
                 };
             }
+            // Someone waits for the disk, or nothing more is queued: the head follows this commit.
+            let settle = !waiters.is_empty() || !closers.is_empty() || rx.is_empty();
             if !batch.is_empty() {
                 last_commit = std::time::Instant::now();
-                self.retry(|w| w.commit(&batch));
+                self.retry(|w| w.commit(&batch, settle));
                 self.failing.store(false, Ordering::Relaxed);
                 release |= batch.len() <= LIGHT && batch.capacity() > LIGHT;
                 batch.clear();
+            }
+            if settle && self.behind.is_some() {
+                self.retry(Writer::catch_up);
             }
             if release {
                 batch.shrink_to(LIGHT);
@@ -142,16 +159,23 @@ impl Writer {
         retry(&failing, || step(self));
     }
 
-    /// Appends a batch in one transaction after the chain's end as it is on disk now (another
-    /// process may have appended, or sealed the segment, since), then moves the head file and
-    /// seals the segment if it is full, all under the lock.
-    fn commit(&mut self, batch: &[(OffsetDateTime, Entry)]) -> Result<()> {
+    /// Takes the lock file for one commit.
+    fn lock(&self) -> Result<std::fs::File> {
         let lock = self
             .lock
             .try_clone()
             .map_err(StoreError::io("lock", self.data_dir.join(AUDIT_LOCK)))?;
         lock.lock()
             .map_err(StoreError::io("lock", self.data_dir.join(AUDIT_LOCK)))?;
+        Ok(lock)
+    }
+
+    /// Appends a batch in one transaction after the chain's end as it is on disk now (another
+    /// process may have appended, or sealed the segment, since), then moves the head file (when
+    /// `settle` says so, or [`HEAD_EVERY`] has passed) and seals the segment if it is full, all
+    /// under the lock.
+    fn commit(&mut self, batch: &[(OffsetDateTime, Entry)], settle: bool) -> Result<()> {
+        let lock = self.lock()?;
         let _held = Held(&lock);
         self.follow()?;
         let db = self.live.path.clone();
@@ -200,15 +224,40 @@ impl Writer {
         tx.commit().map_err(fail("commit"))?;
         // Committed: from here only the head file is retried (the batch must not be appended
         // twice), still under the lock so that no other writer's head is overtaken by ours.
-        retry(&self.failing, || write_point(&self.head_file, (id, prev)));
-        if self.size() >= self.seal_at
-            && let Err(e) = self.seal((id, prev))
-        {
+        let full = self.size() >= self.seal_at;
+        self.behind = Some((id, prev));
+        if settle || full || self.head_moved.elapsed() >= HEAD_EVERY {
+            self.move_head();
+        }
+        if full && let Err(e) = self.seal((id, prev)) {
             // Not fatal: the entries are committed; the next commit tries again.
             eprintln!(
                 "kakehashi: warning: audit log: cannot seal {}: {e}",
                 self.live.path.display()
             );
+        }
+        Ok(())
+    }
+
+    /// Writes the end committed last into the head file, retrying until it is written. Only
+    /// under the lock, right after the commit or after checking that the end is still ours.
+    fn move_head(&mut self) {
+        if let Some(end) = self.behind.take() {
+            retry(&self.failing, || write_point(&self.head_file, end));
+            self.head_moved = std::time::Instant::now();
+        }
+    }
+
+    /// Moves the head file to our last commit, which it does not record yet, unless another
+    /// process has appended since (it moved the head past ours itself).
+    fn catch_up(&mut self) -> Result<()> {
+        let lock = self.lock()?;
+        let _held = Held(&lock);
+        self.follow()?;
+        let end = last_entry(&self.conn, &self.live.path)?.unwrap_or(self.start);
+        match self.behind == Some(end) {
+            true => self.move_head(),
+            false => self.behind = None,
         }
         Ok(())
     }
