@@ -34,6 +34,20 @@ pub(crate) enum Framing {
     Switched,
 }
 
+impl Framing {
+    /// The same, on a connection that must not carry another request.
+    pub(crate) fn last(self) -> Framing {
+        match self {
+            Framing::Length { remaining, .. } => Framing::Length {
+                remaining,
+                reuse: false,
+            },
+            Framing::Chunked { state, .. } => Framing::Chunked { state, reuse: false },
+            other => other,
+        }
+    }
+}
+
 /// An answer's body. Dropped before its end, it closes the connection; read to its end on a
 /// connection that may carry another request, it puts the connection back in the pool.
 pub struct Body {

@@ -13,7 +13,9 @@
 //! - request bodies up to [`WHOLE`] with a known length are sent with their head in one write,
 //!   and sent again on a new connection if a pooled one turns out closed before any answer (the
 //!   engine closing an idle connection just as it is reused); larger or unknown-length ones
-//!   stream, framed by `Content-Length` or chunked, and are never sent twice;
+//!   stream, framed by `Content-Length` or chunked, and are never sent twice. While one streams,
+//!   the client listens: an answer that comes before the body's end (a refusal, typically) stops
+//!   the sending and is the answer, on a connection that is then closed (RFC 9112 §9.5);
 //! - answers framed by RFC 9112 §6.3: no body for `HEAD`, 1xx, 204 and 304; chunked; a length;
 //!   or everything until the engine closes. Interim 1xx answers are skipped, except `101`;
 //! - a `101 Switching Protocols` to an upgrade request hands the connection over as
@@ -170,14 +172,21 @@ impl Client {
         loop {
             let (mut conn, reused) = self.checkout().await?;
             let sent = match whole {
-                true => write_whole(&mut conn, &out).await,
+                true => write_whole(&mut conn, &out).await.map(|()| Sent::Whole),
                 // Boxed, as connecting: a streamed body is the exception.
                 false => boxed(|| write_streamed(&mut conn, &out, &mut body, framing.flatten())).await,
             };
-            let answer = match sent {
-                Ok(()) => read_answer(conn, method, upgrade).await,
-                Err(e) => Err(Exchange::BeforeAnswer(e)),
-            };
+            let answer =
+                match sent {
+                    Ok(sent) => read_answer(conn, method, upgrade)
+                        .await
+                        .map(|(head, framing, conn)| match sent {
+                            Sent::Whole => (head, framing, conn),
+                            // What is left of the body would be read as the next request.
+                            Sent::Cut => (head, framing.last(), conn),
+                        }),
+                    Err(e) => Err(Exchange::BeforeAnswer(e)),
+                };
             match answer {
                 Ok((head, framing, conn)) => return Ok(self.answer(head, framing, conn)),
                 // The engine closed a pooled connection as it was reused: once more, on a new
@@ -317,9 +326,79 @@ async fn write_whole(conn: &mut Conn, out: &[u8]) -> Result<(), ClientError> {
         .map_err(|e| ClientError::Io("sending the request", e))
 }
 
-/// Sends the head in `out`, then the body as it arrives, framed by `length` or chunked.
+/// How much of a request went out before its answer.
+enum Sent {
+    Whole,
+    /// The engine answered before the body's end, and the rest was not sent.
+    Cut,
+}
+
+/// Sends the head in `out`, then the body as it arrives, framed by `length` or chunked, while
+/// listening for an answer: the engine may refuse a request before its body's end and stop
+/// reading it, and a client that only wrote would wait on a full window until the timeout. An
+/// answer's head complete before the body's end stops the sending ([`Sent::Cut`]); interim `1xx`
+/// answers do not. What was read stays in `conn.buf` for [`read_answer`].
 async fn write_streamed<B>(
     conn: &mut Conn,
+    out: &[u8],
+    body: &mut B,
+    length: Option<u64>,
+) -> Result<Sent, ClientError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (mut reader, mut writer) = tokio::io::split(&mut conn.io);
+    let buf = &mut conn.buf;
+    let sending = std::pin::pin!(send_body(&mut writer, out, body, length));
+    let listening = std::pin::pin!(async {
+        loop {
+            match final_head_in(buf) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // Malformed: [`read_answer`] says how.
+                Err(()) => return Ok(()),
+            }
+            buf.reserve(4096);
+            match reader.read_buf(buf).await {
+                // Closed: [`read_answer`] says when.
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(ClientError::Io("reading the answer", e)),
+            }
+        }
+    });
+    tokio::select! {
+        biased;
+        sent = sending => sent.map(|()| Sent::Whole),
+        heard = listening => heard.map(|()| Sent::Cut),
+    }
+}
+
+/// Whether `buf` begins with a complete final answer head (`Err` if it begins with something
+/// else than an answer's head); interim `1xx` heads before it are taken off.
+fn final_head_in(buf: &mut BytesMut) -> Result<bool, ()> {
+    loop {
+        let mut fields = fields::uninit();
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(false),
+            Err(_) => return Err(()),
+        };
+        match parsed.code {
+            Some(code) if (100..200).contains(&code) && code != 101 => {
+                let _ = buf.split_to(len);
+            }
+            _ => return Ok(true),
+        }
+    }
+}
+
+/// [`write_streamed`]'s sending half.
+async fn send_body<B, W>(
+    writer: &mut W,
     out: &[u8],
     body: &mut B,
     length: Option<u64>,
@@ -327,10 +406,11 @@ async fn write_streamed<B>(
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
+    W: tokio::io::AsyncWrite + Unpin,
 {
     let io_error = |e| ClientError::Io("sending the request", e);
-    conn.io.write_all(out).await.map_err(io_error)?;
-    conn.io.flush().await.map_err(io_error)?;
+    writer.write_all(out).await.map_err(io_error)?;
+    writer.flush().await.map_err(io_error)?;
     let mut sent = 0u64;
     let mut chunk = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -342,7 +422,7 @@ where
         sent += data.len() as u64;
         match length {
             Some(n) if sent > n => return Err(ClientError::Body("longer than its Content-Length".into())),
-            Some(_) => conn.io.write_all(&data).await.map_err(io_error)?,
+            Some(_) => writer.write_all(&data).await.map_err(io_error)?,
             None => {
                 chunk.clear();
                 let mut line = String::with_capacity(20);
@@ -350,19 +430,19 @@ where
                 chunk.extend_from_slice(line.as_bytes());
                 chunk.extend_from_slice(&data);
                 chunk.extend_from_slice(b"\r\n");
-                conn.io.write_all(&chunk).await.map_err(io_error)?;
+                writer.write_all(&chunk).await.map_err(io_error)?;
             }
         }
         if data.len() < RECORD {
-            conn.io.flush().await.map_err(io_error)?;
+            writer.flush().await.map_err(io_error)?;
         }
     }
     match length {
         Some(n) if sent != n => return Err(ClientError::Body("shorter than its Content-Length".into())),
         Some(_) => {}
-        None => conn.io.write_all(b"0\r\n\r\n").await.map_err(io_error)?,
+        None => writer.write_all(b"0\r\n\r\n").await.map_err(io_error)?,
     }
-    conn.io.flush().await.map_err(io_error)
+    writer.flush().await.map_err(io_error)
 }
 
 /// Reads the answer's head (skipping interim 1xx ones) and decides how its body is framed.

@@ -356,3 +356,114 @@ async fn a_refused_connection_is_named() {
         "{e}"
     );
 }
+
+/// A body that sends `first`, then a megabyte a frame for as long as it is read.
+fn endless(first: &'static [u8]) -> ProxyBody {
+    let more = futures_util::stream::repeat_with(|| {
+        Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; 1 << 20])))
+    });
+    let first = Ok::<_, BoxError>(Frame::data(Bytes::from_static(first)));
+    let frames = futures_util::StreamExt::chain(futures_util::stream::iter([first]), more);
+    StreamBody::new(frames).boxed()
+}
+
+/// An engine that reads a request's head only, then writes `answer` and holds the connection
+/// open without reading any more.
+async fn refusing_engine(answer: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        socket.write_all(answer.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    port
+}
+
+/// An answer before the end of a streamed body is the answer: the client stops sending (the
+/// engine reads no more, so the client would otherwise wait on a full window), and does not
+/// reuse the connection, where the body's unsent rest would be read as a request.
+#[tokio::test]
+async fn an_answer_before_the_body_ends_stops_the_sending_and_is_the_answer() {
+    let refusal =
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\n\r\ntoo long";
+    let port = refusing_engine(refusal).await;
+    let client = client(port);
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        send(&client, Method::POST, endless(b"{")),
+    )
+    .await
+    .expect("the answer came while the body was still being sent");
+    let (status, _, body) = sent.unwrap();
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::PAYLOAD_TOO_LARGE, &b"too long"[..])
+    );
+    assert_eq!(
+        pooled(&client),
+        0,
+        "a connection with half a request on it is closed"
+    );
+}
+
+/// An interim answer does not stop the body: the engine's `100 Continue` asks for it.
+#[tokio::test]
+async fn an_interim_answer_lets_the_body_go_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let engine = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut continued = false;
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = socket.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the whole body comes");
+            seen.extend_from_slice(&chunk[..n]);
+            if !continued && seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                socket.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+                continued = true;
+            }
+        }
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        String::from_utf8(seen).unwrap()
+    });
+    // The second frame comes well after the engine's interim answer.
+    let frames = futures_util::stream::unfold(0, |n| async move {
+        match n {
+            0 => Some((Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"abc"))), 1)),
+            1 => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Some((Ok(Frame::data(Bytes::from_static(b"def"))), 2))
+            }
+            _ => None,
+        }
+    });
+    let client = client(port);
+    let (status, _, body) = send(&client, Method::PUT, StreamBody::new(frames).boxed())
+        .await
+        .unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_eq!(
+        pooled(&client),
+        1,
+        "the whole request went, the connection is reused"
+    );
+    let request = engine.await.unwrap();
+    assert!(
+        request.ends_with("3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"),
+        "{request}"
+    );
+}
