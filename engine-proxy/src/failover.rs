@@ -213,12 +213,39 @@ impl Keep {
     }
 }
 
+/// The calls of one request under way. Almost every request makes one, held here without the
+/// allocation of a `Vec`, which only a second path's call makes.
+#[derive(Default)]
+struct Calls {
+    one: Option<Call>,
+    more: Vec<Call>,
+}
+
+impl Calls {
+    fn push(&mut self, call: Call) {
+        match self.one {
+            None => self.one = Some(call),
+            Some(_) => self.more.push(call),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.one.is_none()
+    }
+}
+
 /// The first of several calls to end, taken out of `calls` (which must not be empty).
-fn first_done(calls: &mut Vec<Call>) -> impl Future<Output = (usize, Attempt)> + '_ {
+fn first_done(calls: &mut Calls) -> impl Future<Output = (usize, Attempt)> + '_ {
     std::future::poll_fn(move |cx| {
-        for i in 0..calls.len() {
-            if let std::task::Poll::Ready(ended) = calls[i].as_mut().poll(cx) {
-                drop(calls.swap_remove(i));
+        if let Some(one) = &mut calls.one
+            && let std::task::Poll::Ready(ended) = one.as_mut().poll(cx)
+        {
+            calls.one = calls.more.pop();
+            return std::task::Poll::Ready(ended);
+        }
+        for i in 0..calls.more.len() {
+            if let std::task::Poll::Ready(ended) = calls.more[i].as_mut().poll(cx) {
+                drop(calls.more.swap_remove(i));
                 return std::task::Poll::Ready(ended);
             }
         }
@@ -402,7 +429,7 @@ impl Router {
         // Some path is up unless a prober changed its mind since the mode was read: then the
         // preferred path by order is tried all the same.
         let mut next = Some(untried.next().unwrap_or(0));
-        let (mut calls, mut failures, mut newest) = (Vec::<Call>::new(), Vec::new(), 0);
+        let (mut calls, mut failures, mut newest) = (Calls::default(), Vec::new(), 0);
         // One timer, reset for each path tried (not a new one on the heap per read); `armed`
         // says whether it runs.
         let mut deadline = std::pin::pin!(tokio::time::sleep(std::time::Duration::ZERO));
