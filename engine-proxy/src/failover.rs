@@ -157,6 +157,12 @@ struct Head {
     headers: HeaderMap,
 }
 
+impl Drop for Head {
+    fn drop(&mut self) {
+        crate::fields::recycle(std::mem::take(&mut self.headers));
+    }
+}
+
 impl Head {
     fn path_and_query(&self) -> &str {
         self.uri.path_and_query().map_or("/", |p| p.as_str())
