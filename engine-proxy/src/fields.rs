@@ -5,6 +5,8 @@
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::spare;
+
 /// The field in which the engine's answers, and the gateway's, report the hybrid state
 /// (its value: [`crate::health::Mode::header`]).
 pub const HYBRID_MODE: HeaderName = HeaderName::from_static("x-hybridmode");
@@ -105,38 +107,22 @@ const SPARES: usize = 16;
 const MIN_FIELDS: usize = 16;
 
 std::thread_local! {
-    static SPARE_MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_MAPS: spare::Pool<HeaderMap> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Gives back the header map of a message that is done with, emptied, for the next head parsed
-/// on this thread ([`FieldSpans::fields`]). A map made and freed for each request and each answer
-/// were 4 of the 23 allocations a request cost.
+/// on this thread ([`FieldSpans::fields`]); a map larger than a head needs is freed.
 pub fn recycle(mut map: HeaderMap) {
     if map.capacity() == 0 || map.capacity() > SPARE_FIELDS {
         return;
     }
     map.clear();
-    // The thread may be ending (its spares already gone), or, in a field's destructor, in the
-    // middle of giving one back: then the map is freed.
-    let _ = SPARE_MAPS.try_with(|spares| {
-        if let Ok(mut spares) = spares.try_borrow_mut()
-            && spares.len() < SPARES
-        {
-            spares.push(map);
-        }
-    });
+    spare::give(&SPARE_MAPS, map, SPARES);
 }
 
 /// An empty map with room for `len` fields: a spare, or a new one.
 fn spare_map(len: usize) -> HeaderMap {
-    SPARE_MAPS
-        .try_with(|spares| {
-            let mut spares = spares.try_borrow_mut().ok()?;
-            let fits = spares.iter().rposition(|m| m.capacity() >= len)?;
-            Some(spares.swap_remove(fits))
-        })
-        .ok()
-        .flatten()
+    spare::take(&SPARE_MAPS, |m| m.capacity() >= len)
         .unwrap_or_else(|| HeaderMap::with_capacity(len.max(MIN_FIELDS)))
 }
 

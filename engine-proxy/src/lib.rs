@@ -42,6 +42,7 @@ pub mod replay;
 pub mod rewind;
 pub mod rules;
 pub mod scope;
+pub mod spare;
 pub mod sqlite;
 pub mod stream;
 pub mod tls;

@@ -144,7 +144,7 @@ impl Client {
             upgrade,
         } = head;
         let length = body.size_hint().exact();
-        let mut out = Vec::with_capacity(512);
+        let mut out = crate::spare::Buffer::new();
         let framing = match length {
             Some(0) if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => None,
             Some(n) => Some(Some(n)),

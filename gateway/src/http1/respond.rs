@@ -42,7 +42,7 @@ pub(super) async fn respond<S: Io>(
         || status == StatusCode::NOT_MODIFIED;
     let length = body.size_hint().exact();
 
-    let mut out = Vec::with_capacity(512);
+    let mut out = engine_proxy::spare::Buffer::new();
     status_line(&mut out, status);
     let mut dated = false;
     for (name, value) in &parts.headers {

@@ -1,0 +1,108 @@
+//! Per-thread spares of what every request makes and drops: its header maps and the buffers its
+//! heads are written into. Made and freed for each request and answer, they were a quarter of a
+//! request's allocations; a worker thread serves its requests from start to end, so what one
+//! request gives back the next one on the thread takes, without a lock.
+//!
+//! Bounded both ways: a pool keeps a few spares, each of a size that a head needs, and lets
+//! anything larger go to the allocator.
+
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+use std::thread::LocalKey;
+
+/// One thread's spares of one kind.
+pub(crate) type Pool<T> = RefCell<Vec<T>>;
+
+/// Takes a spare that `fits` from this thread's `pool`, the most recently given first.
+pub(crate) fn take<T>(pool: &'static LocalKey<Pool<T>>, fits: impl Fn(&T) -> bool) -> Option<T> {
+    pool.try_with(|spares| {
+        let mut spares = spares.try_borrow_mut().ok()?;
+        let at = spares.iter().rposition(fits)?;
+        Some(spares.swap_remove(at))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Gives `spare` (emptied by the caller) back to this thread's `pool`, which keeps at most `max`.
+/// The thread may be ending (its pool already gone), or the pool in use further up the stack (a
+/// destructor that gives back while another gives back): then the spare is freed.
+pub(crate) fn give<T>(pool: &'static LocalKey<Pool<T>>, spare: T, max: usize) {
+    let _ = pool.try_with(|spares| {
+        if let Ok(mut spares) = spares.try_borrow_mut()
+            && spares.len() < max
+        {
+            spares.push(spare);
+        }
+    });
+}
+
+/// Spare buffers per thread, and the largest kept: a head, or a head with a small body.
+const BUFFERS: usize = 16;
+const BUFFER_KEEP: usize = 4096;
+/// A new buffer's room: most heads fit.
+const BUFFER_NEW: usize = 512;
+
+std::thread_local! {
+    static SPARE_BUFFERS: Pool<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A byte buffer from this thread's spares, given back (emptied) when dropped.
+pub struct Buffer(Vec<u8>);
+
+impl Buffer {
+    pub fn new() -> Buffer {
+        Buffer(take(&SPARE_BUFFERS, |_| true).unwrap_or_else(|| Vec::with_capacity(BUFFER_NEW)))
+    }
+}
+
+impl Default for Buffer {
+    fn default() -> Self {
+        Buffer::new()
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        if buf.capacity() <= BUFFER_KEEP {
+            buf.clear();
+            give(&SPARE_BUFFERS, buf, BUFFERS);
+        }
+    }
+}
+
+impl Deref for Buffer {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_comes_back_empty_and_a_large_one_is_let_go() {
+        let mut first = Buffer::new();
+        first.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        let at = first.as_ptr();
+        drop(first);
+        let second = Buffer::new();
+        assert!(second.is_empty());
+        assert_eq!(second.as_ptr(), at, "the spare was taken");
+        drop(second);
+        let mut large = Buffer::new();
+        large.reserve(2 * BUFFER_KEEP);
+        drop(large);
+        let next = Buffer::new();
+        assert!(next.capacity() <= BUFFER_KEEP, "the large one was not kept");
+    }
+}
