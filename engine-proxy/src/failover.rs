@@ -159,7 +159,7 @@ struct Head {
 
 impl Drop for Head {
     fn drop(&mut self) {
-        crate::fields::recycle(std::mem::take(&mut self.headers));
+        crate::spare::recycle(std::mem::take(&mut self.headers));
     }
 }
 

@@ -76,7 +76,7 @@ impl FieldSpans {
     /// frozen, or at least their first part up to the head's end. The error says which field is
     /// malformed.
     pub fn fields(&self, head: &Bytes) -> Result<HeaderMap, String> {
-        let mut headers = spare_map(self.len);
+        let mut headers = spare::map(self.len);
         let spans = self.inline[..self.len.min(INLINE)]
             .iter()
             .chain(self.more.iter().flatten());
@@ -95,35 +95,6 @@ impl FieldSpans {
         }
         Ok(headers)
     }
-}
-
-/// Header maps given back ([`recycle`]) that fit at most this many fields are kept, a worker
-/// thread's spares at most [`SPARES`] (about 3 KB each), enough for its requests in flight under
-/// load.
-const SPARE_FIELDS: usize = 32;
-const SPARES: usize = 16;
-/// New maps get room for at least this many fields, so that a spare fits the next head, whether
-/// a terminal's request or the engine's answer, without growing.
-const MIN_FIELDS: usize = 16;
-
-std::thread_local! {
-    static SPARE_MAPS: spare::Pool<HeaderMap> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Gives back the header map of a message that is done with, emptied, for the next head parsed
-/// on this thread ([`FieldSpans::fields`]); a map larger than a head needs is freed.
-pub fn recycle(mut map: HeaderMap) {
-    if map.capacity() == 0 || map.capacity() > SPARE_FIELDS {
-        return;
-    }
-    map.clear();
-    spare::give(&SPARE_MAPS, map, SPARES);
-}
-
-/// An empty map with room for `len` fields: a spare, or a new one.
-fn spare_map(len: usize) -> HeaderMap {
-    spare::take(&SPARE_MAPS, |m| m.capacity() >= len)
-        .unwrap_or_else(|| HeaderMap::with_capacity(len.max(MIN_FIELDS)))
 }
 
 /// Whether a comma-separated field (such as `Connection`) lists `token`.
@@ -177,21 +148,17 @@ mod tests {
         spans.fields(&Bytes::from_static(head)).unwrap()
     }
 
-    /// A map given back comes out empty for the next head, which gets its own fields only.
+    /// A map given back ([`spare::recycle`]) comes out empty for the next head, which gets its own
+    /// fields only.
     #[test]
     fn a_recycled_map_holds_only_the_next_heads_fields() {
         let first = parsed(b"GET / HTTP/1.1\r\nhost: a\r\nx-one: 1\r\nx-two: 2\r\nx-two: 3\r\n\r\n");
         assert_eq!(first.len(), 4);
         let room = first.capacity();
-        recycle(first);
+        spare::recycle(first);
         let next = parsed(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n");
         assert!(next.capacity() >= room, "the spare was taken");
         let fields: Vec<_> = next.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
         assert_eq!(fields, [("host", &b"b"[..])]);
-        // Too large to keep: let go, not kept.
-        let mut large = HeaderMap::with_capacity(4 * SPARE_FIELDS);
-        large.insert(header::HOST, HeaderValue::from_static("c"));
-        recycle(large);
-        assert!(spare_map(1).capacity() <= SPARE_FIELDS);
     }
 }

@@ -4,17 +4,20 @@
 //! request gives back the next one on the thread takes, without a lock.
 //!
 //! Bounded both ways: a pool keeps a few spares, each of a size that a head needs, and lets
-//! anything larger go to the allocator.
+//! anything larger go to the allocator. Once a burst is over, the gateway has each worker free
+//! its spares ([`release`]) before the allocator gives its free pages back.
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::thread::LocalKey;
 
+use hyper::header::HeaderMap;
+
 /// One thread's spares of one kind.
-pub(crate) type Pool<T> = RefCell<Vec<T>>;
+type Pool<T> = RefCell<Vec<T>>;
 
 /// Takes a spare that `fits` from this thread's `pool`, the most recently given first.
-pub(crate) fn take<T>(pool: &'static LocalKey<Pool<T>>, fits: impl Fn(&T) -> bool) -> Option<T> {
+fn take<T>(pool: &'static LocalKey<Pool<T>>, fits: impl Fn(&T) -> bool) -> Option<T> {
     pool.try_with(|spares| {
         let mut spares = spares.try_borrow_mut().ok()?;
         let at = spares.iter().rposition(fits)?;
@@ -27,7 +30,7 @@ pub(crate) fn take<T>(pool: &'static LocalKey<Pool<T>>, fits: impl Fn(&T) -> boo
 /// Gives `spare` (emptied by the caller) back to this thread's `pool`, which keeps at most `max`.
 /// The thread may be ending (its pool already gone), or the pool in use further up the stack (a
 /// destructor that gives back while another gives back): then the spare is freed.
-pub(crate) fn give<T>(pool: &'static LocalKey<Pool<T>>, spare: T, max: usize) {
+fn give<T>(pool: &'static LocalKey<Pool<T>>, spare: T, max: usize) {
     let _ = pool.try_with(|spares| {
         if let Ok(mut spares) = spares.try_borrow_mut()
             && spares.len() < max
@@ -35,6 +38,41 @@ pub(crate) fn give<T>(pool: &'static LocalKey<Pool<T>>, spare: T, max: usize) {
             spares.push(spare);
         }
     });
+}
+
+/// Frees this thread's spares, of every kind: for the end of a burst, when what the threads keep
+/// for the next request would only stay resident.
+pub fn release() {
+    let _ = SPARE_BUFFERS.try_with(|spares| spares.take());
+    let _ = SPARE_MAPS.try_with(|spares| spares.take());
+}
+
+/// Header maps given back ([`recycle`]) that fit at most this many fields are kept, a worker
+/// thread's spares at most [`MAPS`] (about 3 KB each), enough for its requests in flight under
+/// load.
+const MAP_KEEP: usize = 32;
+const MAPS: usize = 16;
+/// New maps get room for at least this many fields, so that a spare fits the next head, whether
+/// a terminal's request or the engine's answer, without growing.
+const MAP_NEW: usize = 16;
+
+std::thread_local! {
+    static SPARE_MAPS: Pool<HeaderMap> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for `len` fields: a spare, or a new one.
+pub fn map(len: usize) -> HeaderMap {
+    take(&SPARE_MAPS, |m| m.capacity() >= len).unwrap_or_else(|| HeaderMap::with_capacity(len.max(MAP_NEW)))
+}
+
+/// Gives back the header map of a message that is done with, for the next head parsed on this
+/// thread ([`map`]); a map larger than a head needs is freed.
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > MAP_KEEP {
+        return;
+    }
+    map.clear();
+    give(&SPARE_MAPS, map, MAPS);
 }
 
 /// Spare buffers per thread, and the largest kept: a head, or a head with a small body.
@@ -104,5 +142,19 @@ mod tests {
         drop(large);
         let next = Buffer::new();
         assert!(next.capacity() <= BUFFER_KEEP, "the large one was not kept");
+        drop(next);
+        release();
+        assert!(
+            SPARE_BUFFERS.with(|spares| spares.borrow().is_empty()),
+            "released"
+        );
+    }
+
+    #[test]
+    fn a_map_larger_than_a_head_needs_is_let_go() {
+        let mut large = HeaderMap::with_capacity(4 * MAP_KEEP);
+        large.insert(hyper::header::HOST, hyper::header::HeaderValue::from_static("c"));
+        recycle(large);
+        assert!(map(1).capacity() <= MAP_KEEP);
     }
 }

@@ -144,7 +144,11 @@ async fn serve(config: Config, activatable: bool) -> Result<Stopped, StartError>
     });
     let watching = tokio::spawn(watch::crl_and_bundle(gateway.clone()));
     let budgeting = tokio::spawn(storage::keep_within_budget(gateway.clone()));
-    let trimming = tokio::spawn(trim::after_bursts(gateway.metrics.clone(), gateway.audit.clone()));
+    let trimming = tokio::spawn(trim::after_bursts(
+        gateway.metrics.clone(),
+        gateway.audit.clone(),
+        workers.clone(),
+    ));
     // Before READY: a SIGHUP sent as soon as READY is seen must find its handler, not the
     // default action (which ends the process).
     let signals = || -> Result<_, StartError> {

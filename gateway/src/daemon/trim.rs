@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use super::workers::Workers;
 use crate::audit::AuditLog;
 use crate::metrics::Metrics;
 
@@ -22,9 +23,9 @@ const SETTLE: Duration = Duration::from_secs(120);
 
 /// Trims after each burst of work, for the gateway's life: at the first quiet [`IDLE`] the audit
 /// writer gives back what the burst grew (its thread keeps it otherwise until the next light
-/// batch), and at that one and every later quiet [`IDLE`] up to [`SETTLE`] the allocator gives
-/// its free pages to the system.
-pub async fn after_bursts(metrics: Arc<Metrics>, audit: AuditLog) {
+/// batch) and the workers free their spare header maps and buffers, and at that one and every
+/// later quiet [`IDLE`] up to [`SETTLE`] the allocator gives its free pages to the system.
+pub async fn after_bursts(metrics: Arc<Metrics>, audit: AuditLog, workers: Arc<Workers>) {
     // Connections (handshakes included), HTTP requests, and the bytes of raw streams and tunnels.
     let work = || {
         [
@@ -51,6 +52,7 @@ pub async fn after_bursts(metrics: Arc<Metrics>, audit: AuditLog) {
         if quiet == 1 {
             // Bounded: a writer retrying a failing disk answers only once it gets through.
             let _ = tokio::time::timeout(IDLE, audit.release()).await;
+            let _ = tokio::time::timeout(IDLE, workers.release_spares()).await;
         }
         if u64::from(quiet) <= settle {
             release();

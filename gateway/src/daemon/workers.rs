@@ -165,6 +165,17 @@ impl Workers {
         Ok((Arc::new(workers), threads))
     }
 
+    /// Has every worker free the spares its thread keeps for the next request
+    /// ([`engine_proxy::spare`]): at the end of a burst, before the allocator trims.
+    pub async fn release_spares(&self) {
+        for worker in &self.workers {
+            let _ = worker
+                .runtime
+                .spawn(async { engine_proxy::spare::release() })
+                .await;
+        }
+    }
+
     /// Where the WireGuard door hands the connections its tunnel opens: each to the next worker
     /// in turn, which admits it (the admission rule for the peer's key, and TLS inside the tunnel
     /// on a `tls` port) and serves it on the port's route.

@@ -66,7 +66,7 @@ pub(super) async fn respond<S: Io>(
             out.extend_from_slice(b"\r\n");
         }
     }
-    engine_proxy::fields::recycle(parts.headers);
+    engine_proxy::spare::recycle(parts.headers);
     if !dated {
         date_line(&mut out);
     }
