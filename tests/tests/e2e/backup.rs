@@ -34,7 +34,7 @@ fn audit_entries(data: &Path, n: usize, reason: &str) {
 
 /// [`audit_entries`] in segments sealed at `segment` bytes (the writer seals after a commit:
 /// one every 100 entries here).
-fn audit_entries_in(data: &Path, n: usize, reason: &str, segment: u64) {
+pub(super) fn audit_entries_in(data: &Path, n: usize, reason: &str, segment: u64) {
     use kakehashi_gateway::audit::{AuditLog, Decision, Entry};
     let log = AuditLog::open_with(data, segment).unwrap();
     for i in 0..n {
@@ -345,14 +345,14 @@ fn a_full_target_is_named_for_what_it_is_and_loses_nothing() {
 }
 
 /// `backup run --json`: the archive's path and its manifest.
-fn backup_json(config: &Path) -> (String, serde_json::Value) {
+pub(super) fn backup_json(config: &Path) -> (String, serde_json::Value) {
     let out = kakehashi(&["backup", "run", "--json", "--config", s(config)]).ok();
     let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
     (v["archive"].as_str().unwrap().to_owned(), v["manifest"].clone())
 }
 
 /// The archives the manifest's referenced segments are in, by name, sorted and once each.
-fn homes_of(manifest: &serde_json::Value) -> Vec<String> {
+pub(super) fn homes_of(manifest: &serde_json::Value) -> Vec<String> {
     let mut homes: Vec<String> = manifest["referenced"]
         .as_array()
         .map(|r| {
@@ -366,7 +366,13 @@ fn homes_of(manifest: &serde_json::Value) -> Vec<String> {
     homes
 }
 
-fn file_name(path: &str) -> String {
+/// `audit verify`'s verdict on the log of `config`: `audit log intact: N entries, head ID HASH`.
+pub(super) fn intact(config: &Path) -> String {
+    let out = kakehashi(&["audit", "verify", "--config", s(config)]).ok();
+    out.lines().next().unwrap().to_owned()
+}
+
+pub(super) fn file_name(path: &str) -> String {
     Path::new(path)
         .file_name()
         .unwrap()
@@ -385,10 +391,6 @@ fn each_sealed_audit_segment_goes_off_the_box_once_and_an_incremental_archive_re
     let backups = clinic.join("backups");
     let restore = |archive: &str, to: &Path| {
         kakehashi(&["backup", "restore", archive, "--identity", s(&key), "--to", s(to)])
-    };
-    let intact = |config: &Path| {
-        let out = kakehashi(&["audit", "verify", "--config", s(config)]).ok();
-        out.lines().next().unwrap().to_owned()
     };
     let sealed = |data: &Path| {
         names(&data.join("audit"))

@@ -2,8 +2,10 @@
 //! loopback port, with its own configuration and keys) and a directory. An archive appears at
 //! either only under its final name, whole and verified; a replacement restored from one fetched
 //! with OpenSSH's own `sftp` serves the clinic; a wrong host key, a refused login and a server
-//! gone fail the run with the reason; and a run killed with SIGKILL while it uploads leaves
-//! nothing under an archive's name, the earlier archives intact, and the next run cleans up.
+//! gone fail the run with the reason; an incremental archive restores whole from the server,
+//! the earlier archive it refers to fetched beside it; and a run killed with SIGKILL while it
+//! uploads leaves nothing under an archive's name, the earlier archives intact, and the next run
+//! cleans up.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::backup::backup;
+use super::backup::{audit_entries_in, backup, backup_json, file_name, homes_of, intact};
 use super::gateway::{Clinic, PATIENT};
 use crate::support::*;
 
@@ -328,6 +330,60 @@ fn a_backup_to_sftp_appears_whole_verifies_and_a_replacement_restored_from_it_se
     assert!(second.starts_with(&format!("{url}/kakehashi-")), "{second}");
     let list = kakehashi(&["backup", "list", "--config", s(&new.join("gateway.toml"))]).ok();
     assert_eq!(list.matches("this appliance").count(), 2, "{list}");
+}
+
+/// An incremental archive at the server refers to the sealed audit segments of an earlier one
+/// there; restored from its URL, the earlier one is fetched from the same directory, and the
+/// restored log is the whole chain.
+#[test]
+fn an_incremental_archive_on_the_sftp_server_restores_whole_from_its_url() {
+    const SEGMENT: u64 = 64 << 10;
+    let dir = Clinic::setup("127.0.0.1");
+    let clinic = dir.path().join("clinic");
+    let config = clinic.join("gateway.toml");
+    let data = clinic.join("data");
+    let sshd = Sshd::start(&dir.path().join("sshd"));
+    let remote = dir.path().join("vendor");
+    std::fs::create_dir(&remote).unwrap();
+    sshd.configure(&clinic, &remote);
+
+    audit_entries_in(&data, 2000, "signed in", SEGMENT);
+    let (first, m1) = backup_json(&config);
+    assert!(first.starts_with(&sshd.url(&remote)), "{first}");
+    assert_eq!(m1["format"], 1, "{m1}");
+    audit_entries_in(&data, 50, "signed out", SEGMENT);
+    let (second, m2) = backup_json(&config);
+    assert_eq!(m2["format"], 2, "{m2}");
+    assert_eq!(homes_of(&m2), vec![file_name(&first)]);
+    let out = kakehashi(&["backup", "verify", &second, "--config", s(&config)]).ok();
+    assert!(out.contains(&format!("{second}: verified")), "{out}");
+    let live = intact(&config);
+
+    let new = dir.path().join("new");
+    let restore = |archive: &str, to: &Path| {
+        kakehashi(&[
+            "backup",
+            "restore",
+            archive,
+            "--identity",
+            s(&clinic.join("backup.key")),
+            "--to",
+            s(to),
+            "--known-hosts",
+            s(&clinic.join("backup-known-hosts")),
+            "--ssh-key",
+            s(&clinic.join("backup-ssh.key")),
+        ])
+    };
+    restore(&second, &new).ok();
+    assert_eq!(intact(&new.join("gateway.toml")), live);
+
+    // The earlier archive gone from the server: named, nothing restored.
+    let first_name = file_name(&first);
+    std::fs::rename(remote.join(&first_name), dir.path().join("aside.backup")).unwrap();
+    let gone = dir.path().join("gone");
+    restore(&second, &gone).fails_with(&["refers to audit segments in", &first_name, "cannot be read"]);
+    assert!(!gone.exists(), "nothing restored");
 }
 
 #[test]
