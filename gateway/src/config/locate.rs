@@ -122,6 +122,16 @@ impl ApplianceArgs {
         Ok(config.data_dir)
     }
 
+    /// The configuration as written (parsed, not checked) and the data directory (`--data-dir`,
+    /// else its `data_dir`), from one reading of the file: for a command that uses both, which
+    /// must not come from two versions of a file rewritten in between. `needs` is said in the
+    /// error when there is no configuration.
+    pub fn parse(&self, needs: &'static str) -> Result<(Config, PathBuf), LocateError> {
+        let config = Config::parse(self.config_file()).map_err(|e| self.missing(e, Some(needs)))?;
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| config.data_dir.clone());
+        Ok((config, data_dir))
+    }
+
     /// The whole configuration, checked as `gateway check` checks it, for a command that uses
     /// `needs` (said in the error when there is no configuration); a `--data-dir` that is not
     /// its `data_dir` is refused.

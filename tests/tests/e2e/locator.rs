@@ -203,6 +203,19 @@ fn user_commands_find_the_data_directory_by_the_configuration_and_only_parse_it(
         "--config FILE (or KAKEHASHI_CONFIG)",
         "--data-dir DIR (or KAKEHASHI_DATA_DIR)",
     ]);
+    // The firmware commands need the configuration itself: a data directory does not do.
+    kakehashi(&[
+        "firmware",
+        "status",
+        "--config",
+        s(&none),
+        "--data-dir",
+        s(&clinic),
+    ])
+    .fails_with(&[
+        &format!("no configuration at {}: this command needs", s(&none)),
+        "its [firmware] section",
+    ]);
     if !Path::new("/etc/kakehashi/gateway.toml").exists() {
         kakehashi(&["user", "list"]).fails_with(&[
             "no configuration at /etc/kakehashi/gateway.toml (the default of --config)",

@@ -20,8 +20,8 @@ use firmware::{Bootloader, Slot, Version, boot, image};
 use serde::Serialize;
 
 use crate::audit::{AuditLog, Decision, Entry};
+use crate::config::Firmware;
 use crate::config::locate::{ApplianceArgs, LocateError};
-use crate::config::{Config, Firmware};
 
 /// What went wrong, as one line.
 #[derive(Debug, thiserror::Error)]
@@ -321,9 +321,8 @@ pub(crate) struct Appliance {
 
 impl Appliance {
     fn locate(args: &ApplianceArgs) -> Result<Appliance> {
-        let data_dir = args.data_dir()?;
         let config_file = args.config_file().to_owned();
-        let config = Config::parse(&config_file)?;
+        let (config, data_dir) = args.parse("its [firmware] section")?;
         let Some(firmware) = config.firmware else {
             return Err(FirmwareCliError::Message(format!(
                 "{} has no [firmware] section: the firmware commands need its public_key (and board)",
