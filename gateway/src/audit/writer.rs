@@ -31,8 +31,8 @@ const LIGHT: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// While entries keep coming, the head file moves at most this often: each move is a file
 /// written and two fsyncs, and moving it after every commit cost more than a percent of the
-/// gateway's CPU under load (and wears a router's flash). It moves after every commit that
-/// empties the queue, before a flush or a close is answered, and when a segment is sealed. A
+/// gateway's CPU under load (and wears a router's flash). It moves after a commit during which
+/// nothing more was queued, before a flush or a close is answered, and when a segment is sealed. A
 /// crash can leave it this far behind the log's end, which the head allows: it attests that the
 /// log held at least that much.
 const HEAD_EVERY: Duration = Duration::from_millis(250);
@@ -123,15 +123,20 @@ impl Writer {
                     None
                 };
             }
-            // Someone waits for the disk, or nothing more is queued: the head follows this commit.
-            let settle = !waiters.is_empty() || !closers.is_empty() || rx.is_empty();
+            // Someone waits for the disk, or nothing was queued while this batch was committed:
+            // the head follows the commit. (Whether the queue is empty is asked after the commit:
+            // right after draining it, it always is.)
+            let settle = !waiters.is_empty() || !closers.is_empty();
             if !batch.is_empty() {
                 last_commit = std::time::Instant::now();
-                self.retry(|w| w.commit(&batch, settle));
+                let rx = &*rx;
+                self.retry(|w| w.commit(&batch, || settle || rx.is_empty()));
                 self.failing.store(false, Ordering::Relaxed);
                 release |= batch.len() <= LIGHT && batch.capacity() > LIGHT;
                 batch.clear();
             }
+            // A commit leaves the head behind only while more is queued, which the next turn
+            // commits; a turn with only a flush or a close brings it up to date here.
             if settle && self.behind.is_some() {
                 self.retry(Writer::catch_up);
             }
@@ -172,9 +177,9 @@ impl Writer {
 
     /// Appends a batch in one transaction after the chain's end as it is on disk now (another
     /// process may have appended, or sealed the segment, since), then moves the head file (when
-    /// `settle` says so, or [`HEAD_EVERY`] has passed) and seals the segment if it is full, all
-    /// under the lock.
-    fn commit(&mut self, batch: &[(OffsetDateTime, Entry)], settle: bool) -> Result<()> {
+    /// `settle` says so once committed, or [`HEAD_EVERY`] has passed) and seals the segment if it
+    /// is full, all under the lock.
+    fn commit(&mut self, batch: &[(OffsetDateTime, Entry)], settle: impl Fn() -> bool) -> Result<()> {
         let lock = self.lock()?;
         let _held = Held(&lock);
         self.follow()?;
@@ -226,7 +231,7 @@ impl Writer {
         // twice), still under the lock so that no other writer's head is overtaken by ours.
         let full = self.size() >= self.seal_at;
         self.behind = Some((id, prev));
-        if settle || full || self.head_moved.elapsed() >= HEAD_EVERY {
+        if full || settle() || self.head_moved.elapsed() >= HEAD_EVERY {
             self.move_head();
         }
         if full && let Err(e) = self.seal((id, prev)) {
