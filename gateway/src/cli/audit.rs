@@ -25,7 +25,8 @@ pub enum AuditCommand {
     Verify {
         /// Also check the log against a backup's copy: the archive's last entry must be in this
         /// log with the same hash, so a log rewritten since (even by root, chain and head
-        /// recomputed) is caught
+        /// recomputed) is caught. ARCHIVE is a file, or a name or URL at the configured backup
+        /// target (`[backup] dir` or `sftp`)
         #[arg(long, value_name = "ARCHIVE")]
         against: Option<std::path::PathBuf>,
         /// With --against: an age identity the archive was encrypted to [default: the
@@ -46,8 +47,10 @@ pub enum AuditCommand {
 }
 
 /// `audit verify --against ARCHIVE`: the archive's chain verifies, and its last entry is in
-/// the live log with the same hash; the chain makes every entry before it the same too.
+/// the live log with the same hash; the chain makes every entry before it the same too. An
+/// ARCHIVE that is no file here is looked for at the backup target, as `backup verify` does.
 fn against_archive(
+    appliance: &ApplianceArgs,
     dir: &std::path::Path,
     archive: &std::path::Path,
     identity: Option<&std::path::Path>,
@@ -56,7 +59,16 @@ fn against_archive(
     let own = dir.join(crate::backup::SELF_KEY);
     let key = identity.unwrap_or(&own);
     let identity = Identity::read(key).map_err(StoreError::Invalid)?;
-    match crate::backup::verify(dir, archive, &identity) {
+    let verified = match archive.is_file() {
+        true => crate::backup::verify(dir, archive, &identity),
+        false => {
+            let config = appliance
+                .load("its [backup] section, to find an ARCHIVE that is no file here")
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            crate::backup::verify_at_target(&config, Some(archive), &identity).map(|(_, m)| m)
+        }
+    };
+    match verified {
         Ok(manifest) => {
             let c = &manifest.counts;
             println!(
@@ -102,7 +114,7 @@ pub fn run(args: AuditArgs) -> Result<ExitCode> {
                     );
                 }
                 if let Some(archive) = against {
-                    return against_archive(dir, &archive, identity.as_deref());
+                    return against_archive(&args.appliance, dir, &archive, identity.as_deref());
                 }
                 return Ok(ExitCode::SUCCESS);
             };

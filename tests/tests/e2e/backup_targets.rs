@@ -358,6 +358,21 @@ fn an_incremental_archive_on_the_sftp_server_restores_whole_from_its_url() {
     let out = kakehashi(&["backup", "verify", &second, "--config", s(&config)]).ok();
     assert!(out.contains(&format!("{second}: verified")), "{out}");
     let live = intact(&config);
+    // The live log against the archive on the server, by its URL: its last entry is the 2050th.
+    let out = kakehashi(&["audit", "verify", "--against", &second, "--config", s(&config)]).ok();
+    assert!(
+        out.contains("matches the backup taken") && out.contains("to 2050 are the archive's"),
+        "{out}"
+    );
+    kakehashi(&[
+        "audit",
+        "verify",
+        "--against",
+        "nosuch.backup",
+        "--config",
+        s(&config),
+    ])
+    .fails_with(&["/vendor/nosuch.backup: cannot open: the SFTP server says: No such file"]);
 
     let new = dir.path().join("new");
     let restore = |archive: &str, to: &Path| {
