@@ -42,7 +42,7 @@ use engine_proxy::boxed::boxed;
 use engine_proxy::upstream::ProxyBody;
 
 use crate::io::Io;
-use crate::shutdown::stopped;
+use crate::shutdown::{Stop, stopped};
 use body::read_exact;
 use framing::Framing;
 use head::{Head, read_head};
@@ -91,15 +91,21 @@ pub async fn serve<S: Io, V: Service>(
     // One wait for the shutdown for the connection's life, rather than one per request: each
     // wait is a waiter in the list that every connection of every worker shares.
     let mut shutdown = stopping.clone();
-    let mut stop = pin!(stopped(&mut shutdown));
+    let wait = pin!(stopped(&mut shutdown));
+    let mut stop = Stop::new(wait, &stopping);
     // One timer for the connection's life too. Each head moves `due` on, and the timer follows
     // only when it goes off early: arming a timer in the runtime's wheel for every request and
     // clearing it after cost more than reading the head.
     let mut due = Instant::now() + limits.header_timeout;
     let mut timer = pin!(tokio::time::sleep_until(due));
+    // The shutdown came while a head was arriving: that request is finished (its answer says
+    // `Connection: close`), and the wait, which has ended, is not polled again.
+    let mut head_begun_at_stop = false;
     let rejection = loop {
-        let between_requests = buf.is_empty();
-        due = Instant::now() + limits.header_timeout;
+        let between_requests = buf.is_empty() && !head_begun_at_stop;
+        if !head_begun_at_stop {
+            due = Instant::now() + limits.header_timeout;
+        }
         let waited = {
             let mut reading = pin!(read_head(&mut io, &mut buf, limits.max_header_bytes));
             loop {
@@ -118,7 +124,11 @@ pub async fn serve<S: Io, V: Service>(
             Waited::Read(Ok(Some(head))) => head,
             Waited::Read(Ok(None)) => return, // the client closed between requests
             Waited::Read(Err(rejection)) => break Some(rejection),
-            Waited::Stopped => break None,
+            Waited::Stopped if buf.is_empty() => break None,
+            Waited::Stopped => {
+                head_begun_at_stop = true;
+                continue;
+            }
             Waited::Out if buf.is_empty() => break None, // idle for the whole timeout
             Waited::Out => {
                 let secs = limits.header_timeout.as_secs();
@@ -157,7 +167,7 @@ pub async fn serve<S: Io, V: Service>(
 #[allow(clippy::large_enum_variant)]
 enum Waited {
     Read(Result<Option<Head>, Rejection>),
-    /// The gateway is stopping, and no request had begun.
+    /// The gateway is stopping (and no request had begun, unless `buf` holds part of a head).
     Stopped,
     /// The header timeout ran out.
     Out,

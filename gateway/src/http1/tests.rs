@@ -564,3 +564,65 @@ async fn the_header_timeout_runs_from_each_head_and_the_connection_outlives_it()
     );
     served.await.unwrap();
 }
+
+/// The shutdown closes an idle keep-alive connection at once, however many times its task was
+/// woken (by requests) since it began to wait for it, and a connection mid-request finishes it.
+#[tokio::test]
+async fn the_shutdown_closes_an_idle_connection_after_many_requests() {
+    let (mut client, server) = duplex(1 << 20);
+    let (stop, stopping) = watch::channel(false);
+    let limits = Limits {
+        header_timeout: Duration::from_secs(30),
+        max_header_bytes: 16 * 1024,
+    };
+    let served = tokio::spawn(serve(server, Echo, limits, stopping));
+    let mut answer = vec![0; 4096];
+    for _ in 0..20 {
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = client.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+    }
+    // Half a request: not idle, so the shutdown waits for it.
+    client.write_all(b"GET /b HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stop.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!served.is_finished(), "a request in flight is finished first");
+    client.write_all(b"Host: x\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+        .await
+        .expect("closed after the answer")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest).to_ascii_lowercase();
+    assert!(
+        rest.starts_with("http/1.1 200") && rest.contains("\r\nconnection: close\r\n"),
+        "{rest:?}"
+    );
+    served.await.unwrap();
+
+    // Idle after a request: closed as soon as the shutdown begins.
+    let (mut client, server) = duplex(1 << 20);
+    let (stop, stopping) = watch::channel(false);
+    let served = tokio::spawn(serve(server, Echo, limits, stopping));
+    client
+        .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = client.read(&mut answer).await.unwrap();
+    stop.send(true).unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+        .await
+        .expect("an idle connection closes at the shutdown")
+        .unwrap();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    served.await.unwrap();
+}
