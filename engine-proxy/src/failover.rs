@@ -384,7 +384,7 @@ impl Router {
                 if is_unavailable(resp.status()) {
                     return Attempt::Failed(format!("the cloud answered {}", resp.status()));
                 }
-                health.answered(path, sent.elapsed());
+                health.answered(path, sent);
                 let bounded = resp
                     .headers()
                     .get(header::CONTENT_LENGTH)
@@ -436,9 +436,9 @@ impl Router {
         // preferred path by order is tried all the same.
         let mut next = Some(untried.next().unwrap_or(0));
         let (mut calls, mut failures, mut newest) = (Calls::default(), Vec::new(), 0);
-        // One timer, reset for each path tried (not a new one on the heap per read); `armed`
-        // says whether it runs.
-        let mut deadline = std::pin::pin!(tokio::time::sleep(std::time::Duration::ZERO));
+        // One timer, made when first armed and reset for each path tried after (not a new one
+        // on the heap per read); `armed` says whether it runs. A write never arms it.
+        let mut deadline = std::pin::pin!(None::<tokio::time::Sleep>);
         let mut armed = false;
         loop {
             if let Some(path) = next.take() {
@@ -454,7 +454,10 @@ impl Router {
                 calls.push(self.attempt(path, head, body.clone(), caller, cached.is_some()));
                 newest = path;
                 if hedge {
-                    deadline.as_mut().reset(tokio::time::Instant::now() + wait);
+                    match deadline.as_mut().as_pin_mut() {
+                        Some(timer) => timer.reset(tokio::time::Instant::now() + wait),
+                        None => deadline.set(Some(tokio::time::sleep(wait))),
+                    }
                 }
                 armed = hedge;
             }
@@ -462,9 +465,9 @@ impl Router {
                 return Ok((newest, Attempt::Failed(failures.join("; "))));
             }
             let silent = async {
-                match armed {
-                    true => deadline.as_mut().await,
-                    false => std::future::pending().await,
+                match (armed, deadline.as_mut().as_pin_mut()) {
+                    (true, Some(timer)) => timer.await,
+                    _ => std::future::pending().await,
                 }
             };
             tokio::select! {

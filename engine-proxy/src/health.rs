@@ -327,12 +327,14 @@ impl Health {
         self.settings.timeout
     }
 
-    /// A real call was answered (not 502–504) over `path` after `took`.
-    pub fn answered(&self, path: usize, took: Duration) {
+    /// A real call sent at `sent` was answered (not 502–504) over `path` just now. (One reading
+    /// of the clock serves for both the latency and the time of the answer.)
+    pub fn answered(&self, path: usize, sent: Instant) {
         let link = &self.links[path];
-        link.latency.record(took);
+        let now = Instant::now();
+        link.latency.record(now.saturating_duration_since(sent));
         // Written only when it changes (once a millisecond at most): the workers share it.
-        let now = self.millis() + 1;
+        let now = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
         if link.answered_at.load(Relaxed) != now {
             link.answered_at.store(now, Relaxed);
         }
@@ -871,7 +873,7 @@ mod tests {
     fn an_answered_call_stands_in_for_a_probe() {
         let h = health(Duration::ZERO);
         assert!(!h.answered_within(0, Duration::from_secs(1)));
-        h.answered(0, Duration::from_millis(3));
+        h.answered(0, Instant::now() - Duration::from_millis(3));
         assert!(h.answered_within(0, Duration::from_secs(1)));
         std::thread::sleep(Duration::from_millis(15));
         assert!(!h.answered_within(0, Duration::from_millis(10)));
