@@ -6,8 +6,8 @@
 //! exact encoding); the chain runs on across segments, ids too. Editing a row breaks its hash;
 //! deleting one leaves a gap in the ids or breaks the next row's link. Deleting rows at the end
 //! leaves a valid chain, so the writer also records the last id and hash in `DATA_DIR/audit.head`
-//! (written atomically; after a commit during which nothing more was queued, and at least every 250 ms under
-//! load), and [`verify`] compares the two.
+//! (written atomically; after a commit during which nothing more was queued, and at least every
+//! 250 ms under load), and [`verify`] compares the two.
 //!
 //! A segment is sealed when it reaches its size ([`AuditLog::open_with`]); sealed segments are
 //! what a bounded disk lets go, oldest first, once a verified backup holds them
