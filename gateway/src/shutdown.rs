@@ -12,7 +12,7 @@ pub async fn stopped(shutdown: &mut Shutdown) {
 
 /// A wait for [`stopped`] in a task that polls it on every wake-up, as a connection's `select!`
 /// over its reads, its timer and the shutdown does. Polling the wait itself takes the lock of the
-/// waiter list that every connection of every worker shares (about 1 % of the gateway's CPU
+/// waiter list that every connection of every worker shares (0.3 % of the gateway's CPU
 /// under load); once the first poll has put the task on that list, a poll here only reads the
 /// channel's version, an atomic, and polls the wait once that has changed. The task stays on the
 /// list, so the shutdown still wakes it.
