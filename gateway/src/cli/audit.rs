@@ -56,9 +56,19 @@ fn against_archive(
     identity: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
     use provisioning_shared::device::Identity;
-    let own = dir.join(crate::backup::SELF_KEY);
-    let key = identity.unwrap_or(&own);
-    let identity = Identity::read(key).map_err(StoreError::Invalid)?;
+    let identity = match identity {
+        Some(key) => Identity::read(key).map_err(StoreError::Invalid)?,
+        None => crate::backup::existing_identity(dir)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?
+            .ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "{}: no {}: this appliance never took a backup, so it has no key of its own to \
+                     open ARCHIVE with; name the key the archive was encrypted to with --identity",
+                    dir.display(),
+                    crate::backup::SELF_KEY
+                ))
+            })?,
+    };
     let verified = match archive.is_file() {
         true => crate::backup::verify(dir, archive, &identity),
         false => {

@@ -222,6 +222,18 @@ fn damaged_cut_and_foreign_archives_a_wrong_key_and_a_missing_target_are_refused
     let other_config = other_clinic.join("gateway.toml");
     kakehashi(&["backup", "verify", s(&archive), "--config", s(&other_config)])
         .fails_with(&["never took a backup"]);
+    kakehashi(&[
+        "audit",
+        "verify",
+        "--config",
+        s(&other_config),
+        "--against",
+        s(&archive),
+    ])
+    .fails_with(&[
+        "backup-self.key: this appliance never took a backup",
+        "with --identity",
+    ]);
     backup(&other_config);
     kakehashi(&["backup", "verify", s(&archive), "--config", s(&other_config)])
         .fails_with(&["not encrypted to this key"]);
