@@ -8,10 +8,11 @@
 #   3. memory per idle mTLS connection: PSS of all server processes with --idle connections open
 #      (each after a handshake and one request), minus PSS before, divided by the connections
 #   4. p99 latency added over calling engine-sim directly, at half of each proxy's peak rate
-#      (the medians of --rounds back-to-back pairs, direct then proxy; open loop, fixed rate, over
-#      as many connections as the peak was measured with; more connections than nginx keeps
-#      upstream (--latency-conns 128) make it open an upstream mTLS connection per request, and
-#      its latency collapses)
+#      (the medians of --rounds back-to-back pairs, direct then proxy), and with both proxies at
+#      one rate, half of the lower peak (--rounds rounds of direct, nginx, gateway). Open loop,
+#      fixed rate, over as many connections as the peak was measured with; more connections than
+#      nginx keeps upstream (--latency-conns 128) make it open an upstream mTLS connection per
+#      request, and its latency collapses
 #   5. requests/s with the gateway's person authentication on (HTTP Basic on every request) as a
 #      ratio to off
 #   6. requests/s with scopes configured (the terminal holds client,reference, the person
@@ -269,7 +270,7 @@ has() { [[ " ${sides[*]} " == *" $1 "* ]]; }
 proxies=(nginx)
 has gateway && proxies+=(gateway)
 
-declare -A rps hps hps_pq kib p99 p99_direct rate
+declare -A rps hps hps_pq kib p99 p99_direct rate p99_same
 echo "1. keep-alive requests/s" >&2
 declare -A samples
 for ((r = 1; r <= rounds; r++)); do
@@ -311,6 +312,19 @@ for side in "${proxies[@]}"; do
   p99_direct[$side]=$(calc "$(median $direct_samples)" 0)
   p99[$side]=$(calc "$(median $proxy_samples)" 0)
 done
+# The same, with both proxies at one rate (half of the lower peak), direct then nginx then the
+# gateway in each round: at half of its own peak the faster proxy is measured under more load,
+# so this separates what each adds to a request from how much load it was given.
+if has gateway; then
+  same=$((rate[nginx] < rate[gateway] ? rate[nginx] : rate[gateway]))
+  declare -A same_samples
+  for ((r = 1; r <= rounds; r++)); do
+    for side in direct "${proxies[@]}"; do
+      same_samples[$side]+=" $(load "latency-same-$side-$r" latency "$side" p99_us --rate "$same" --conns "$latency_conns" --duration "$duration")"
+    done
+  done
+  for side in direct "${proxies[@]}"; do p99_same[$side]=$(calc "$(median ${same_samples[$side]})" 0); done
+fi
 
 # --- The summary.
 gw() { has gateway && echo "$1" || echo "skipped"; }
@@ -331,6 +345,9 @@ added() { printf '%+d µs (p99 %d at %d/s; direct %d)\n' "$((${p99[$1]} - ${p99_
   echo "4. p99 latency added over engine-sim direct, at half of each proxy's peak:"
   echo "     nginx   $(added nginx)"
   has gateway && echo "     gateway $(added gateway)"
+  has gateway && printf '   both at %d/s (half of the lower peak): nginx %+d µs, gateway %+d µs (p99 %d and %d; direct %d)\n' \
+    "$same" "$((p99_same[nginx] - p99_same[direct]))" "$((p99_same[gateway] - p99_same[direct]))" \
+    "${p99_same[nginx]}" "${p99_same[gateway]}" "${p99_same[direct]}"
   has gateway && echo "5. person authentication on/off: ${rps[gateway-auth]} / ${rps[gateway]} requests/s = $(calc "${rps[gateway-auth]} / ${rps[gateway]}")x (target at least 0.9x)"
   has gateway || echo "5. person authentication on/off: skipped (no kakehashi gateway in this build)"
   has gateway && echo "6. scopes configured/not (authentication on): ${rps[gateway-scoped]} / ${rps[gateway-auth]} requests/s = $(calc "${rps[gateway-scoped]} / ${rps[gateway-auth]}")x (target at least 0.95x)"
