@@ -4,14 +4,15 @@
 //! address bound once per worker, SO_REUSEPORT: the kernel spreads new connections over them)
 //! and its own pipeline, whose router has its own connections to the engine: a request, its
 //! terminal connection and the engine connection carrying it stay on one thread, as in nginx's
-//! worker model, with no cross-thread wake-ups on the hot path. Connections out of the WireGuard
-//! tunnel are handed to the workers in turn ([`Workers::handoff`]), so tunnels use every core
-//! too while packet crypto stays on the WireGuard thread.
+//! worker model, with no cross-thread wake-ups on the hot path. The kernel's spread is a hash,
+//! uneven over a few terminals: a worker serving more than another hands a new connection to
+//! the least busy before its handshake ([`Balance`]). Connections out of the WireGuard tunnel go
+//! to the least busy worker ([`Workers::handoff`]), so tunnels use every core too while packet
+//! crypto stays on the WireGuard thread.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tokio::net::TcpListener;
 
@@ -19,6 +20,7 @@ use engine_proxy::boxed::boxed;
 
 use crate::config::ListenerKind;
 use crate::daemon::gateway::{Gateway, StartError};
+use crate::doors::balance::Balance;
 use crate::doors::tcp::Handler;
 use crate::doors::wireguard::{self, Handoff, Opened};
 use crate::doors::{Doors, tcp};
@@ -84,7 +86,7 @@ struct Worker {
 /// The running workers.
 pub struct Workers {
     workers: Vec<Worker>,
-    next: AtomicUsize,
+    balance: Arc<Balance>,
 }
 
 /// A port on the tunnel address: how the door admits its connections, and the route serving them.
@@ -105,10 +107,8 @@ impl Workers {
         exiting: Shutdown,
     ) -> Result<(Arc<Workers>, Vec<std::thread::JoinHandle<()>>), StartError> {
         let mut workers = Vec::new();
-        let mut threads = Vec::new();
-        for w in 0..count {
-            let pipeline = Arc::new(gateway.pipeline()?);
-            let doors = gateway.doors();
+        let mut runtimes = Vec::new();
+        for _ in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -116,23 +116,41 @@ impl Workers {
                     path: "worker runtime".into(),
                     message: e.to_string(),
                 })?;
-            let mut serving = Vec::new();
-            for l in listening.iter_mut() {
-                if let Some(socket) = l.sockets.pop() {
-                    let handler = handler(pipeline.clone(), l.route.clone(), shutdown.clone());
-                    serving.push((socket, l.route.name().clone(), l.kind, handler));
-                }
-            }
             workers.push(Worker {
                 runtime: runtime.handle().clone(),
-                pipeline,
+                pipeline: Arc::new(gateway.pipeline()?),
             });
-            let (shutdown, mut exiting) = (shutdown.clone(), exiting.clone());
+            runtimes.push(runtime);
+        }
+        let balance = Balance::new(count);
+        // Each listener: every worker's runtime and handler, for connections handed between them.
+        let doors_of: Vec<Arc<[tcp::Worker]>> = listening
+            .iter()
+            .map(|l| {
+                workers
+                    .iter()
+                    .map(|w| tcp::Worker {
+                        runtime: w.runtime.clone(),
+                        handler: handler(w.pipeline.clone(), l.route.clone(), shutdown.clone()),
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut threads = Vec::new();
+        for (me, runtime) in runtimes.into_iter().enumerate() {
+            let doors = gateway.doors();
+            let mut serving = Vec::new();
+            for (l, door) in listening.iter_mut().zip(&doors_of) {
+                if let Some(socket) = l.sockets.pop() {
+                    serving.push((socket, l.route.name().clone(), l.kind, door.clone()));
+                }
+            }
+            let (shutdown, mut exiting, balance) = (shutdown.clone(), exiting.clone(), balance.clone());
             let thread = std::thread::Builder::new()
-                .name(format!("worker-{w}"))
+                .name(format!("worker-{me}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        for (socket, route, kind, handler) in serving {
+                        for (socket, route, kind, door) in serving {
                             match TcpListener::from_std(socket) {
                                 Ok(socket) => {
                                     let accepting = tcp::serve(
@@ -141,7 +159,7 @@ impl Workers {
                                         route,
                                         kind,
                                         shutdown.clone(),
-                                        handler,
+                                        (me, door, balance.clone()),
                                     );
                                     tokio::spawn(accepting);
                                 }
@@ -158,11 +176,7 @@ impl Workers {
                 })?;
             threads.push(thread);
         }
-        let workers = Workers {
-            workers,
-            next: AtomicUsize::new(0),
-        };
-        Ok((Arc::new(workers), threads))
+        Ok((Arc::new(Workers { workers, balance }), threads))
     }
 
     /// Has every worker free the spares its thread keeps for the next request
@@ -176,8 +190,8 @@ impl Workers {
         }
     }
 
-    /// Where the WireGuard door hands the connections its tunnel opens: each to the next worker
-    /// in turn, which admits it (the admission rule for the peer's key, and TLS inside the tunnel
+    /// Where the WireGuard door hands the connections its tunnel opens: each to the least busy
+    /// worker ([`Balance`]), which admits it (the admission rule for the peer's key, and TLS inside the tunnel
     /// on a `tls` port) and serves it on the port's route.
     pub fn handoff(
         self: &Arc<Self>,
@@ -187,8 +201,11 @@ impl Workers {
     ) -> Handoff {
         let (workers, ports) = (self.clone(), Arc::new(ports));
         Arc::new(move |opened: Opened| {
-            let n = workers.next.fetch_add(1, Relaxed) % workers.workers.len();
-            let worker = &workers.workers[n];
+            let n = workers.balance.least();
+            let Some(worker) = workers.workers.get(n) else {
+                return;
+            };
+            let served = workers.balance.serve(n);
             let (doors, ports, pipeline, shutdown) = (
                 doors.clone(),
                 ports.clone(),
@@ -196,6 +213,7 @@ impl Workers {
                 shutdown.clone(),
             );
             worker.runtime.spawn(async move {
+                let _served = served;
                 let Some(port) = ports.get(&opened.port) else {
                     return;
                 };

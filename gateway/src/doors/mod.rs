@@ -13,6 +13,7 @@
 //! open connection after a reload.
 
 pub mod admission;
+pub mod balance;
 pub mod identity;
 pub mod live;
 pub mod slot;

@@ -1,5 +1,5 @@
-//! A terminal listener's socket: accept, take a slot, run the TLS door, hand the admitted
-//! connection to its route.
+//! A terminal listener's socket: accept, take a slot, pick the worker ([`Balance`]), run the TLS
+//! door, hand the admitted connection to its route.
 //!
 //! The costly part of a bad connection is bounded at every step: a connection over
 //! `limits.max_connections` is closed at once; a handshake has `limits.handshake_timeout_secs`;
@@ -16,6 +16,8 @@ use tokio_rustls::server::TlsStream;
 use engine_proxy::boxed::boxed;
 
 use crate::config::ListenerKind;
+use crate::doors::balance::{Balance, Served};
+use crate::doors::slot::Slot;
 use crate::doors::{Admitted, Doors, tls};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, stopped};
@@ -24,6 +26,13 @@ use crate::shutdown::{Shutdown, stopped};
 /// size, since it is most of what an idle terminal costs.
 pub type Handler<S> = Arc<dyn Fn(Admitted<S>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// One worker as a listener's door sees it: where its tasks run, and what it hands admitted
+/// connections to (its own pipeline).
+pub struct Worker {
+    pub runtime: tokio::runtime::Handle,
+    pub handler: Handler<TlsStream<TcpStream>>,
+}
+
 /// One listener's door, shared by its connections' tasks: a task holds one pointer to it, not a
 /// copy of each part (a connection's task lives as long as the connection, and an idle terminal
 /// costs what its task holds).
@@ -31,23 +40,28 @@ struct Door {
     doors: Doors,
     route: Arc<str>,
     kind: ListenerKind,
-    handler: Handler<TlsStream<TcpStream>>,
+    /// Every worker, by index, for this listener, and how many connections each serves.
+    workers: Arc<[Worker]>,
+    balance: Arc<Balance>,
 }
 
-/// Accepts until shutdown begins; each connection is admitted on a task of its own.
+/// Accepts on worker `me`'s socket until shutdown begins; each connection is admitted and served
+/// on a task of its own, on this worker or, if another serves fewer, on the least busy
+/// ([`Balance`]).
 pub async fn serve(
     doors: Doors,
     listener: TcpListener,
     route: Arc<str>,
     kind: ListenerKind,
     mut shutdown: Shutdown,
-    handler: Handler<TlsStream<TcpStream>>,
+    (me, workers, balance): (usize, Arc<[Worker]>, Arc<Balance>),
 ) {
     let door = Arc::new(Door {
         doors,
         route,
         kind,
-        handler,
+        workers,
+        balance,
     });
     while let Some((stream, source)) = accept(&listener, &mut shutdown).await {
         let doors = &door.doors;
@@ -57,16 +71,46 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let to = door.balance.pick(me);
+        let served = door.balance.serve(to);
+        let Some(worker) = door.workers.get(to).filter(|_| to != me) else {
+            tokio::spawn(admit(door.clone(), to, stream, source, (slot, served)));
+            continue;
+        };
+        // Another worker's reactor takes the socket over: it leaves this one's here and joins
+        // that one's on its thread.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(peer = %source, error = %e, "cannot hand a connection to another worker");
+                continue;
+            }
+        };
         let door = door.clone();
-        tokio::spawn(async move {
-            // The handshake's state is its own allocation, freed before the connection settles
-            // into its long idle life.
-            let admitted =
-                boxed(|| tls::admit(&door.doors, stream, source, slot, &door.route, door.kind)).await;
-            if let Some(admitted) = admitted {
-                (door.handler)(admitted).await;
+        worker.runtime.spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => admit(door, to, stream, source, (slot, served)).await,
+                Err(e) => {
+                    tracing::warn!(peer = %source, error = %e, "a worker cannot take a connection over")
+                }
             }
         });
+    }
+}
+
+/// The TLS door, then worker `to`'s route, for one accepted connection.
+async fn admit(
+    door: Arc<Door>,
+    to: usize,
+    stream: TcpStream,
+    source: SocketAddr,
+    (slot, _served): (Slot, Served),
+) {
+    // The handshake's state is its own allocation, freed before the connection settles into its
+    // long idle life.
+    let admitted = boxed(|| tls::admit(&door.doors, stream, source, slot, &door.route, door.kind)).await;
+    if let (Some(admitted), Some(worker)) = (admitted, door.workers.get(to)) {
+        (worker.handler)(admitted).await;
     }
 }
 
