@@ -191,8 +191,8 @@ impl Workers {
     }
 
     /// Where the WireGuard door hands the connections its tunnel opens: each to the least busy
-    /// worker ([`Balance`]), which admits it (the admission rule for the peer's key, and TLS inside the tunnel
-    /// on a `tls` port) and serves it on the port's route.
+    /// worker ([`Balance`]), which admits it (the admission rule for the peer's key, and TLS
+    /// inside the tunnel on a `tls` port) and serves it on the port's route.
     pub fn handoff(
         self: &Arc<Self>,
         doors: Doors,

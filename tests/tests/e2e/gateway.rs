@@ -940,6 +940,51 @@ fn the_connection_limit_closes_new_connections_and_counts_them() {
     assert_eq!(exchange(&mut fourth, &request).0, 200);
 }
 
+/// What each epoll instance of process `pid` watches (the `tfd:` lines of its fdinfo), by its
+/// descriptor. A worker's connections are registered with its own runtime's instance.
+fn epolls(pid: u32) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut found = std::collections::BTreeMap::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let is_epoll =
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]");
+        let info =
+            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
+        if let (true, Ok(info)) = (is_epoll, info) {
+            let watched = info
+                .lines()
+                .filter_map(|l| l.strip_prefix("tfd:"))
+                .map(|l| l.split_whitespace().next().unwrap_or("").to_owned());
+            found.insert(fd.file_name().to_string_lossy().into_owned(), watched.collect());
+        }
+    }
+    found
+}
+
+#[test]
+fn terminal_connections_are_spread_evenly_over_the_workers() {
+    // The kernel picks a worker's socket by a hash of the connection's addresses: 8 connections
+    // land 4/4 only about a quarter of the time. A worker serving more than another hands a new
+    // connection to the least busy.
+    let c = Clinic::start("\n[limits]\nworkers = 2\n");
+    let before = epolls(c.gateway.pid());
+    let held: Vec<Tls> = (0..8)
+        .map(|_| c.connect("terminal.pem", "terminal.key"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Each instance's new descriptors; an instance may be open twice (a runtime's registry keeps a
+    // duplicate), so instances are told apart by what they watch.
+    let grown: std::collections::BTreeSet<_> = epolls(c.gateway.pid())
+        .into_iter()
+        .filter_map(|(fd, watched)| {
+            let new = watched.difference(before.get(&fd)?).count();
+            (new > 0).then_some((watched, new))
+        })
+        .collect();
+    let counts: Vec<usize> = grown.iter().map(|g| g.1).collect();
+    assert_eq!(counts, [4, 4], "new connections per worker");
+    drop(held);
+}
+
 #[test]
 fn a_users_own_engine_account_is_sent_upstream_and_never_the_terminals_authorization() {
     let c = Clinic::start_with(
