@@ -2,12 +2,11 @@
 //!
 //! Each worker accepts on its own socket of a listener (SO_REUSEPORT), and the kernel picks the
 //! socket by a hash of the connection's addresses. Over a clinic's few long-lived terminals that
-//! is uneven by chance: 32 keep-alive connections from one client were split 10/22 between two
-//! workers in one run, 13/19 and 16/16 in others, and the busier worker's requests waited longer
-//! at every load. A worker that accepts a connection while another serves fewer hands it to the
-//! least busy before the TLS handshake, so terminals spread evenly over the cores
-//! whatever their addresses hash to. Connections out of the WireGuard tunnel go to the least busy
-//! worker too.
+//! is uneven by chance: 8 connections from one client were split 7/1, 3/5, 2/6 and 6/2 between two
+//! workers, and a worker given most terminals does most of the work while another core idles. A
+//! worker that accepts a connection while another serves fewer hands it to the least busy before
+//! the TLS handshake, so terminals spread evenly over the cores whatever their addresses hash to.
+//! Connections out of the WireGuard tunnel go to the least busy worker too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
