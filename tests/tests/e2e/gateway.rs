@@ -940,48 +940,82 @@ fn the_connection_limit_closes_new_connections_and_counts_them() {
     assert_eq!(exchange(&mut fourth, &request).0, 200);
 }
 
-/// What each epoll instance of process `pid` watches (the `tfd:` lines of its fdinfo), by its
-/// descriptor. A worker's connections are registered with its own runtime's instance.
-fn epolls(pid: u32) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-    let mut found = std::collections::BTreeMap::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
-        let is_epoll =
-            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:[eventpoll]");
-        let info =
-            std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()));
-        if let (true, Ok(info)) = (is_epoll, info) {
-            let watched = info
-                .lines()
-                .filter_map(|l| l.strip_prefix("tfd:"))
-                .map(|l| l.split_whitespace().next().unwrap_or("").to_owned());
-            found.insert(fd.file_name().to_string_lossy().into_owned(), watched.collect());
+/// The sockets (`socket:[INODE]`) of the established TCP connections whose local port is `port`.
+fn connections_on(port: u16) -> std::collections::BTreeSet<String> {
+    let tables = ["/proc/net/tcp", "/proc/net/tcp6"].map(|t| std::fs::read_to_string(t).unwrap_or_default());
+    let mut found = std::collections::BTreeSet::new();
+    for fields in tables
+        .iter()
+        .flat_map(|t| t.lines())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    {
+        let local = fields.get(1).and_then(|a| a.rsplit(':').next());
+        let local = local.and_then(|p| u16::from_str_radix(p, 16).ok());
+        if let (Some(local), Some(&"01"), Some(inode)) = (local, fields.get(3), fields.get(9))
+            && local == port
+        {
+            found.insert(format!("socket:[{inode}]"));
         }
     }
     found
+}
+
+/// How many of `sockets` each epoll instance of process `pid` watches, the instances that watch
+/// any, fewest first. An instance open twice (a runtime's registry keeps a duplicate) counts once.
+fn watched_by_each_epoll(pid: u32, sockets: &std::collections::BTreeSet<String>) -> Vec<usize> {
+    let link = |fd: &str| {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).map(|t| t.to_string_lossy().into_owned())
+    };
+    let mut instances = std::collections::BTreeSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let fd = fd.file_name().to_string_lossy().into_owned();
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"));
+        if let (Ok("anon_inode:[eventpoll]"), Ok(info)) = (link(&fd).as_deref(), info) {
+            let watched: std::collections::BTreeSet<String> = info
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("tfd:")?
+                        .split_whitespace()
+                        .next()
+                        .map(str::to_owned)
+                })
+                .collect();
+            let ours = watched
+                .iter()
+                .filter(|tfd| link(tfd).is_ok_and(|s| sockets.contains(&s)))
+                .count();
+            instances.insert((watched, ours));
+        }
+    }
+    let mut counts: Vec<usize> = instances.into_iter().map(|(_, n)| n).filter(|&n| n > 0).collect();
+    counts.sort_unstable();
+    counts
 }
 
 #[test]
 fn terminal_connections_are_spread_evenly_over_the_workers() {
     // The kernel picks a worker's socket by a hash of the connection's addresses: 8 connections
     // land 4/4 only about a quarter of the time. A worker serving more than another hands a new
-    // connection to the least busy.
+    // connection to the least busy. Each worker's connections are registered with its own
+    // runtime's epoll instance.
     let c = Clinic::start("\n[limits]\nworkers = 2\n");
-    let before = epolls(c.gateway.pid());
+    let port: u16 = c
+        .addr()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the api port");
     let held: Vec<Tls> = (0..8)
         .map(|_| c.connect("terminal.pem", "terminal.key"))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    // Each instance's new descriptors; an instance may be open twice (a runtime's registry keeps a
-    // duplicate), so instances are told apart by what they watch.
-    let grown: std::collections::BTreeSet<_> = epolls(c.gateway.pid())
-        .into_iter()
-        .filter_map(|(fd, watched)| {
-            let new = watched.difference(before.get(&fd)?).count();
-            (new > 0).then_some((watched, new))
-        })
-        .collect();
-    let counts: Vec<usize> = grown.iter().map(|g| g.1).collect();
-    assert_eq!(counts, [4, 4], "new connections per worker");
+    let terminals = connections_on(port);
+    assert_eq!(terminals.len(), 8, "{terminals:?}");
+    assert_eq!(
+        watched_by_each_epoll(c.gateway.pid(), &terminals),
+        [4, 4],
+        "terminal connections per worker"
+    );
     drop(held);
 }
 
