@@ -200,12 +200,12 @@ impl Workers {
         shutdown: Shutdown,
     ) -> Handoff {
         let (workers, ports) = (self.clone(), Arc::new(ports));
-        Arc::new(move |opened: Opened| {
+        Arc::new(move |mut opened: Opened| {
             let n = workers.balance.least();
             let Some(worker) = workers.workers.get(n) else {
                 return;
             };
-            let served = workers.balance.serve(n);
+            opened.slot = opened.slot.serving(workers.balance.serve(n));
             let (doors, ports, pipeline, shutdown) = (
                 doors.clone(),
                 ports.clone(),
@@ -213,7 +213,6 @@ impl Workers {
                 shutdown.clone(),
             );
             worker.runtime.spawn(async move {
-                let _served = served;
                 let Some(port) = ports.get(&opened.port) else {
                     return;
                 };

@@ -38,8 +38,9 @@ impl Balance {
             .unwrap_or(0)
     }
 
-    /// Counts a connection on `worker` until the returned guard is dropped (with the
-    /// connection's task).
+    /// Counts a connection on `worker` until the returned guard is dropped: it goes into the
+    /// connection's slot ([`Slot::serving`](crate::doors::slot::Slot::serving)), which lives as
+    /// long as the connection, upgraded or not.
     pub fn serve(self: &Arc<Self>, worker: usize) -> Served {
         if let Some(n) = self.served.get(worker) {
             n.fetch_add(1, Relaxed);

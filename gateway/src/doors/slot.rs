@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::doors::balance::Served;
 use crate::metrics::Metrics;
 
 /// Every slot of the gateway; cheap to clone.
@@ -20,22 +21,45 @@ pub struct Slots {
     metrics: Arc<Metrics>,
 }
 
-/// One open connection's slot, given back when its last holder drops it. A TLS connection has
-/// one holder, so its slot is the permit itself (no allocation); a tunnel connection has two,
-/// the userspace stack's socket and the route serving it ([`Slot::share`]).
-pub enum Slot {
+/// One open connection's slot, given back when its last holder drops it, and the connection's
+/// count on the worker serving it ([`Balance`]), ended with the holder that serves it. Whatever
+/// the connection turns into (a relayed WebSocket after an upgrade, a raw stream) carries its
+/// slot along, so that both the limit and the balance see it until it closes.
+pub struct Slot {
+    held: Hold,
+    serving: Option<Served>,
+}
+
+/// A TLS connection has one holder, so its slot is the permit itself (no allocation); a tunnel
+/// connection has two, the userspace stack's socket and the route serving it ([`Slot::share`]).
+enum Hold {
     Own(Held),
     Shared(Arc<Held>),
 }
 
 impl Slot {
-    /// The slot for two holders: it is given back when both have let it go.
+    /// The slot for two holders: it is given back when both have let it go. The first keeps the
+    /// count on a worker, if it had one.
     pub fn share(self) -> (Slot, Slot) {
-        let shared = match self {
-            Slot::Own(held) => Arc::new(held),
-            Slot::Shared(shared) => shared,
+        let shared = match self.held {
+            Hold::Own(held) => Arc::new(held),
+            Hold::Shared(shared) => shared,
         };
-        (Slot::Shared(shared.clone()), Slot::Shared(shared))
+        let other = Slot {
+            held: Hold::Shared(shared.clone()),
+            serving: None,
+        };
+        let this = Slot {
+            held: Hold::Shared(shared),
+            serving: self.serving,
+        };
+        (this, other)
+    }
+
+    /// The slot of a connection that `served` counts on its worker, for as long as it is held.
+    pub fn serving(mut self, served: Served) -> Slot {
+        self.serving = Some(served);
+        self
     }
 }
 
@@ -63,10 +87,14 @@ impl Slots {
         match self.semaphore.clone().try_acquire_owned() {
             Ok(permit) => {
                 Metrics::inc(&self.metrics.connections_open);
-                Some(Slot::Own(Held {
+                let held = Held {
                     _permit: permit,
                     metrics: self.metrics.clone(),
-                }))
+                };
+                Some(Slot {
+                    held: Hold::Own(held),
+                    serving: None,
+                })
             }
             Err(_) => {
                 Metrics::inc(&self.metrics.connections_refused_total);
@@ -117,5 +145,19 @@ mod tests {
         );
         drop(b_too);
         assert!(slots.drained(Duration::from_millis(10)).await);
+    }
+
+    /// The count on a worker ends with the holder that serves the connection, not before.
+    #[test]
+    fn a_slot_carries_its_count_on_a_worker() {
+        let slots = Slots::new(2, Arc::new(Metrics::default()));
+        let balance = crate::doors::balance::Balance::new(2);
+        let (serving, stack) = slots.take().expect("a slot").share();
+        let serving = serving.serving(balance.serve(0));
+        assert_eq!(balance.pick(0), 1, "worker 0 serves one");
+        drop(stack);
+        assert_eq!(balance.pick(0), 1, "the stack's half does not carry the count");
+        drop(serving);
+        assert_eq!(balance.pick(0), 0, "closed, the count is back");
     }
 }

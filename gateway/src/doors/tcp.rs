@@ -16,7 +16,7 @@ use tokio_rustls::server::TlsStream;
 use engine_proxy::boxed::boxed;
 
 use crate::config::ListenerKind;
-use crate::doors::balance::{Balance, Served};
+use crate::doors::balance::Balance;
 use crate::doors::slot::Slot;
 use crate::doors::{Admitted, Doors, tls};
 use crate::metrics::Metrics;
@@ -72,9 +72,9 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let to = door.balance.pick(me);
-        let served = door.balance.serve(to);
+        let slot = slot.serving(door.balance.serve(to));
         let Some(worker) = door.workers.get(to).filter(|_| to != me) else {
-            tokio::spawn(admit(door.clone(), to, stream, source, (slot, served)));
+            tokio::spawn(admit(door.clone(), to, stream, source, slot));
             continue;
         };
         // Another worker's reactor takes the socket over: it leaves this one's here and joins
@@ -89,7 +89,7 @@ pub async fn serve(
         let door = door.clone();
         worker.runtime.spawn(async move {
             match TcpStream::from_std(stream) {
-                Ok(stream) => admit(door, to, stream, source, (slot, served)).await,
+                Ok(stream) => admit(door, to, stream, source, slot).await,
                 Err(e) => {
                     tracing::warn!(peer = %source, error = %e, "a worker cannot take a connection over")
                 }
@@ -99,13 +99,7 @@ pub async fn serve(
 }
 
 /// The TLS door, then worker `to`'s route, for one accepted connection.
-async fn admit(
-    door: Arc<Door>,
-    to: usize,
-    stream: TcpStream,
-    source: SocketAddr,
-    (slot, _served): (Slot, Served),
-) {
+async fn admit(door: Arc<Door>, to: usize, stream: TcpStream, source: SocketAddr, slot: Slot) {
     // The handshake's state is its own allocation, freed before the connection settles into its
     // long idle life.
     let admitted = boxed(|| tls::admit(&door.doors, stream, source, slot, &door.route, door.kind)).await;

@@ -63,7 +63,7 @@ impl Connection {
         let mut received = None;
         let outcome = self.stages(req, &mut entry, &mut received).await;
         p.respond
-            .finish(outcome, entry, started, received, &self.who.proof)
+            .finish(outcome, entry, started, received, &self.who.proof, &self)
     }
 
     /// The stages up to the answer; `entry` learns the person and the engine on the way.

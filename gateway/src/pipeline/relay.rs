@@ -38,12 +38,14 @@ pub async fn relay<A, B>(
 }
 
 /// Both sides of a `101 Switching Protocols`: relays until the end, then records the entry.
+/// `_connection` holds the connection's slot (`limits.max_connections`) and its count on its
+/// worker until the relay ends, as the HTTP exchange held them before.
 pub async fn upgraded(
+    _connection: std::sync::Arc<dyn Send + Sync>,
     live: std::sync::Arc<Live>,
     audit: AuditLog,
     proof: Proof,
-    client: http1::OnUpgrade,
-    mut engine: engine_proxy::client::Upgraded,
+    (client, mut engine): (http1::OnUpgrade, engine_proxy::client::Upgraded),
     mut entry: Entry,
     started: Instant,
 ) {

@@ -48,14 +48,16 @@ pub struct Respond {
 
 impl Respond {
     /// The response for `outcome`, with `entry` recorded now or when the body has gone out.
-    /// `received` counts the request body's bytes, when one was read.
-    pub fn finish(
+    /// `received` counts the request body's bytes, when one was read. `connection` is what holds
+    /// the connection's slot: an upgrade's relay keeps it, since the connection lives on in it.
+    pub fn finish<C: Send + Sync + 'static>(
         &self,
         outcome: Outcome,
         mut entry: Entry,
         started: Instant,
         received: Option<Arc<AtomicU64>>,
         proof: &Proof,
+        connection: &Arc<C>,
     ) -> Response<ProxyBody> {
         let bytes_in = |received: &Option<Arc<AtomicU64>>| received.as_ref().map_or(0, |r| r.load(Relaxed));
         let (mut response, local) = match outcome {
@@ -86,11 +88,11 @@ impl Respond {
                 entry.status = Some(response.status().as_u16());
                 entry.reason = "allowed; protocol upgrade (WebSocket) to the engine".into();
                 tokio::spawn(relay::upgraded(
+                    connection.clone(),
                     self.live.clone(),
                     self.audit.clone(),
                     proof.clone(),
-                    client,
-                    engine,
+                    (client, engine),
                     entry,
                     started,
                 ));
@@ -193,7 +195,14 @@ mod tests {
         let r = respond(&c);
         let proof = c.admitted("reception-1").proof;
         let refused = Refused::text(StatusCode::FORBIDDEN, "no", "because");
-        let resp = r.finish(Outcome::Refused(refused), entry(), Instant::now(), None, &proof);
+        let resp = r.finish(
+            Outcome::Refused(refused),
+            entry(),
+            Instant::now(),
+            None,
+            &proof,
+            &Arc::new(()),
+        );
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert_eq!(resp.headers().get(HYBRID_MODE).unwrap(), "normal");
         assert_eq!(r.metrics.requests_denied_total.load(Relaxed), 1);
@@ -228,6 +237,7 @@ mod tests {
             Instant::now(),
             received,
             &proof,
+            &Arc::new(()),
         );
         assert_eq!(
             resp.headers().get(HYBRID_MODE).unwrap(),
@@ -254,7 +264,14 @@ mod tests {
             local: Some(engine_proxy::health::Mode::Emergency),
             upstream: Some("local:cache".into()),
         };
-        let resp = r.finish(Outcome::Forwarded(local), entry(), Instant::now(), None, &proof);
+        let resp = r.finish(
+            Outcome::Forwarded(local),
+            entry(),
+            Instant::now(),
+            None,
+            &proof,
+            &Arc::new(()),
+        );
         assert_eq!(resp.headers().get(HYBRID_MODE).unwrap(), "emergency");
     }
 }

@@ -661,6 +661,12 @@ fn a_push_websocket_through_the_gateway_receives_another_terminals_reception() {
     .unwrap();
     let reply: serde_json::Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
     assert_eq!(reply["command"], "subscribed", "{reply}");
+    // The upgraded connection still holds its slot: the limit and the gauge see it.
+    assert_eq!(
+        c.metric("connections_open"),
+        1,
+        "the WebSocket is an open connection"
+    );
 
     // Another terminal registers a reception through the gateway.
     let body = c.dir.path().join("accept.json");
@@ -680,6 +686,19 @@ fn a_push_websocket_through_the_gateway_receives_another_terminals_reception() {
     assert_eq!(
         event["data"]["body"]["Patient_Information"]["Patient_ID"], "3",
         "{event}"
+    );
+    // Closed, the WebSocket gives its slot back.
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    drop(ws);
+    let closed = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        c.metric("connections_open") == 0
+    });
+    assert!(
+        closed,
+        "open after the WebSocket closed: {}",
+        c.metric("connections_open")
     );
 }
 
