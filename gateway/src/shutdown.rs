@@ -1,5 +1,5 @@
 //! Shutdown as every long-lived task sees it. On SIGTERM the daemon turns the flag true: doors
-//! stop accepting, idle keep-alive connections close, requests in flight finish; after
+//! stop accepting, idle keep-alive connections and streams close, requests in flight finish; after
 //! `limits.shutdown_secs` the worker runtimes are dropped with whatever is left.
 
 /// The flag: `true` once a graceful shutdown has begun.

@@ -16,14 +16,16 @@ use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::{Decision, Entry, Text};
 use crate::auth::Memo;
-use crate::doors::identity::Identified;
+use crate::doors::identity::{Identified, Proof};
 use crate::doors::slot::Slot;
 use crate::http1;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::pipeline::admit::Standing;
 use crate::pipeline::pages::Pages;
+use crate::pipeline::relay::Upgrading;
 use crate::pipeline::respond::Outcome;
+use crate::shutdown::Shutdown;
 
 /// One terminal connection on an api listener.
 pub struct Connection {
@@ -38,7 +40,19 @@ pub struct Connection {
     pub(crate) standing: Standing,
     /// The person last verified on this connection.
     pub(crate) memo: Memo,
+    /// The gateway's stop, for a relay this connection may turn into.
+    pub(crate) stopping: Shutdown,
+    /// Held as long as the connection, or the relay it turned into, is open.
     pub(crate) _slot: Slot,
+}
+
+impl Upgrading for Connection {
+    fn proof(&self) -> &Proof {
+        &self.who.proof
+    }
+    fn stopping(&self) -> Shutdown {
+        self.stopping.clone()
+    }
 }
 
 impl Connection {
@@ -62,8 +76,7 @@ impl Connection {
         let mut entry = self.entry(&req);
         let mut received = None;
         let outcome = self.stages(req, &mut entry, &mut received).await;
-        p.respond
-            .finish(outcome, entry, started, received, &self.who.proof, &self)
+        p.respond.finish(outcome, entry, started, received, &self)
     }
 
     /// The stages up to the answer; `entry` learns the person and the engine on the way.

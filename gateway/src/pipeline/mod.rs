@@ -90,7 +90,7 @@ impl Pipeline {
             Route::Api(name) => boxed(|| self.serve_api(admitted, name.clone(), shutdown)),
             Route::Stream(route) => {
                 let (pipeline, route) = (self.clone(), route.clone());
-                boxed(|| async move { pipeline.streams.serve(&route, admitted).await })
+                boxed(|| async move { pipeline.streams.serve(&route, admitted, shutdown).await })
             }
         }
     }
@@ -118,6 +118,7 @@ impl Pipeline {
             source: source.to_string().into(),
             route,
             memo: Default::default(),
+            stopping: shutdown.clone(),
             _slot: slot,
         });
         http1::serve(stream, conn, self.http, shutdown)

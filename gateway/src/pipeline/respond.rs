@@ -18,13 +18,12 @@ use engine_proxy::health::Health;
 use engine_proxy::upstream::ProxyBody;
 
 use crate::audit::{AuditLog, Decision, Entry, Text};
-use crate::doors::identity::Proof;
 use crate::doors::live::Live;
 use crate::metrics::Metrics;
 use crate::pipeline::counted::Counted;
 use crate::pipeline::forward::Forwarded;
 use crate::pipeline::pages::Page;
-use crate::pipeline::relay;
+use crate::pipeline::relay::{self, Upgrading};
 use crate::pipeline::reply::Refused;
 
 /// What the stages made of a request.
@@ -48,15 +47,14 @@ pub struct Respond {
 
 impl Respond {
     /// The response for `outcome`, with `entry` recorded now or when the body has gone out.
-    /// `received` counts the request body's bytes, when one was read. `connection` is what holds
-    /// the connection's slot: an upgrade's relay keeps it, since the connection lives on in it.
-    pub fn finish<C: Send + Sync + 'static>(
+    /// `received` counts the request body's bytes, when one was read. An upgrade's relay keeps
+    /// `connection`, which lives on in it.
+    pub fn finish<C: Upgrading>(
         &self,
         outcome: Outcome,
         mut entry: Entry,
         started: Instant,
         received: Option<Arc<AtomicU64>>,
-        proof: &Proof,
         connection: &Arc<C>,
     ) -> Response<ProxyBody> {
         let bytes_in = |received: &Option<Arc<AtomicU64>>| received.as_ref().map_or(0, |r| r.load(Relaxed));
@@ -91,7 +89,6 @@ impl Respond {
                     connection.clone(),
                     self.live.clone(),
                     self.audit.clone(),
-                    proof.clone(),
                     (client, engine),
                     entry,
                     started,
@@ -166,6 +163,7 @@ impl Respond {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doors::identity::Proof;
     use crate::pipeline::reply::{self, Refused};
     use crate::testing::Clinic;
     use hyper::StatusCode;
@@ -178,6 +176,23 @@ mod tests {
             health: crate::testing::health(),
             live: c.live.clone(),
         }
+    }
+
+    /// The connection of an answer that is no upgrade.
+    struct On(Proof, crate::shutdown::Shutdown);
+
+    impl Upgrading for On {
+        fn proof(&self) -> &Proof {
+            &self.0
+        }
+        fn stopping(&self) -> crate::shutdown::Shutdown {
+            self.1.clone()
+        }
+    }
+
+    fn on(c: &Clinic) -> Arc<On> {
+        let proof = c.admitted("reception-1").proof;
+        Arc::new(On(proof, tokio::sync::watch::channel(false).1))
     }
 
     fn entry() -> Entry {
@@ -193,16 +208,9 @@ mod tests {
     async fn a_refusal_is_recorded_counted_and_says_the_hybrid_state() {
         let c = Clinic::new(&[("reception-1", true)], &[]);
         let r = respond(&c);
-        let proof = c.admitted("reception-1").proof;
+        let on = on(&c);
         let refused = Refused::text(StatusCode::FORBIDDEN, "no", "because");
-        let resp = r.finish(
-            Outcome::Refused(refused),
-            entry(),
-            Instant::now(),
-            None,
-            &proof,
-            &Arc::new(()),
-        );
+        let resp = r.finish(Outcome::Refused(refused), entry(), Instant::now(), None, &on);
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert_eq!(resp.headers().get(HYBRID_MODE).unwrap(), "normal");
         assert_eq!(r.metrics.requests_denied_total.load(Relaxed), 1);
@@ -218,7 +226,7 @@ mod tests {
     async fn an_answer_is_recorded_once_its_body_has_gone_out() {
         let c = Clinic::new(&[("reception-1", true)], &[]);
         let r = respond(&c);
-        let proof = c.admitted("reception-1").proof;
+        let on = on(&c);
         let mut engine = reply::text(StatusCode::OK, "patient 1");
         engine
             .headers_mut()
@@ -231,14 +239,7 @@ mod tests {
             upstream: None,
         };
         let received = Some(Arc::new(AtomicU64::new(42)));
-        let resp = r.finish(
-            Outcome::Forwarded(answer),
-            entry(),
-            Instant::now(),
-            received,
-            &proof,
-            &Arc::new(()),
-        );
+        let resp = r.finish(Outcome::Forwarded(answer), entry(), Instant::now(), received, &on);
         assert_eq!(
             resp.headers().get(HYBRID_MODE).unwrap(),
             "recovery",
@@ -264,14 +265,7 @@ mod tests {
             local: Some(engine_proxy::health::Mode::Emergency),
             upstream: Some("local:cache".into()),
         };
-        let resp = r.finish(
-            Outcome::Forwarded(local),
-            entry(),
-            Instant::now(),
-            None,
-            &proof,
-            &Arc::new(()),
-        );
+        let resp = r.finish(Outcome::Forwarded(local), entry(), Instant::now(), None, &on);
         assert_eq!(resp.headers().get(HYBRID_MODE).unwrap(), "emergency");
     }
 }

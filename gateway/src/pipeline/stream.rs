@@ -21,6 +21,7 @@ use crate::doors::live::Live;
 use crate::io::Io;
 use crate::metrics::Metrics;
 use crate::pipeline::relay::relay;
+use crate::shutdown::Shutdown;
 
 /// One raw TCP route, fixed at start.
 pub struct StreamRoute {
@@ -42,7 +43,7 @@ pub struct Streams {
 
 impl Streams {
     /// Carries one terminal's stream to the route's upstream, and audits it.
-    pub async fn serve<S: Io>(&self, route: &StreamRoute, admitted: Admitted<S>) {
+    pub async fn serve<S: Io>(&self, route: &StreamRoute, admitted: Admitted<S>, stopping: Shutdown) {
         let started = Instant::now();
         // The slot is held until the stream ends.
         let Admitted {
@@ -99,10 +100,8 @@ impl Streams {
         Metrics::inc(&self.metrics.tcp_streams_total);
         entry.decision = Decision::Allow;
         entry.reason = "allowed".into();
-        relay(
-            &mut stream, &mut *upstream, &self.live, &who.proof, &mut entry, "stream",
-        )
-        .await;
+        let sides = (&mut stream, &mut *upstream);
+        relay(sides, &self.live, &who.proof, stopping, &mut entry, "stream").await;
         Metrics::add(&self.metrics.bytes_from_terminals_total, entry.bytes_in);
         Metrics::add(&self.metrics.bytes_to_terminals_total, entry.bytes_out);
         entry.duration_ms = started.elapsed().as_millis() as u64;

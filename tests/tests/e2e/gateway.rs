@@ -702,6 +702,50 @@ fn a_push_websocket_through_the_gateway_receives_another_terminals_reception() {
     );
 }
 
+/// An open WebSocket and an open raw TCP stream end as soon as the gateway stops, with an audit
+/// entry that says so: they have no end to wait for, and while the grace period for requests
+/// runs no terminal can connect. Each still holds its connection's slot meanwhile.
+#[test]
+fn streams_end_at_once_when_the_gateway_stops() {
+    use tungstenite::client::IntoClientRequest;
+    let port = free_port();
+    let mut c = Clinic::start(&format!(
+        "\n[limits]\nshutdown_secs = 10\n\n[[listener]]\naddress = \"127.0.0.1:{port}\"\nkind = \"tcp\"\n\
+         upstream = \"localhost:ENGINE_PORT\"\nrequire_login = false\n"
+    ));
+    let mut request = format!("wss://{}/ws", c.addr()).into_client_request().unwrap();
+    let basic = base64(&c.user);
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Basic {basic}").parse().unwrap());
+    let (mut ws, _) =
+        tungstenite::client(request, c.connect("terminal.pem", "terminal.key")).expect("a WebSocket");
+    // The raw route's upstream is the engine itself: HTTP inside, which the gateway does not read.
+    let config = c.client("terminal.pem", "terminal.key");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut raw = rustls::StreamOwned::new(rustls::ClientConnection::new(config, name).unwrap(), tcp);
+    let engine = format!(
+        "GET {PATIENT} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\n\r\n",
+        base64("ormaster:ormaster")
+    );
+    assert_eq!(exchange(&mut raw, &engine).0, 200, "the stream is open");
+    assert_eq!(c.metric("connections_open"), 2, "each holds a slot");
+
+    let took = stop(&mut c, Duration::from_secs(8));
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+    assert!(ws.read().is_err(), "the WebSocket is closed");
+    let audit = c.audit();
+    for what in ["WebSocket", "stream"] {
+        let reason = format!("allowed; {what} closed: the gateway is stopping");
+        assert!(
+            audit.iter().any(|e| e["reason"] == reason.as_str()),
+            "{reason:?} in {audit:#?}"
+        );
+    }
+}
+
 fn base64(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
@@ -858,12 +902,8 @@ fn raw_tcp_route_needs_a_signed_in_person_and_carries_bytes_to_its_upstream() {
     );
 }
 
-#[test]
-fn sigterm_stops_gracefully_and_the_audit_log_is_complete_and_verifiable() {
-    let mut c = Clinic::start("");
-    for _ in 0..3 {
-        c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
-    }
+/// Sends the gateway SIGTERM and waits until it has exited, at most `within`; how long it took.
+fn stop(c: &mut Clinic, within: Duration) -> Duration {
     sh(&format!("kill -TERM {}", c.gateway.pid())).ok();
     let started = std::time::Instant::now();
     while Path::new(&format!("/proc/{}", c.gateway.pid())).exists()
@@ -871,12 +911,22 @@ fn sigterm_stops_gracefully_and_the_audit_log_is_complete_and_verifiable() {
             .is_ok_and(|s| !s.contains(") Z "))
     {
         assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM"
+            started.elapsed() < within,
+            "still running {within:?} after SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     c.gateway.kill();
+    started.elapsed()
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_the_audit_log_is_complete_and_verifiable() {
+    let mut c = Clinic::start("");
+    for _ in 0..3 {
+        c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
+    }
+    stop(&mut c, Duration::from_secs(10));
     let verify = sh(&format!("kakehashi audit verify --data-dir {}", c.data())).ok();
     assert!(verify.contains("intact"), "{verify}");
     let allowed = c
