@@ -4,10 +4,13 @@
 //! the gateway stops: a stream has no end to wait for, and while the grace period runs nobody
 //! can connect, so waiting for streams would only make every restart last that long.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::audit::{AuditLog, Entry};
 use crate::doors::identity::Proof;
@@ -25,8 +28,8 @@ pub trait Upgrading: Send + Sync + 'static {
 }
 
 /// Copies both ways until either side closes, a reload refuses `proof`, or the gateway stops;
-/// fills in the entry's byte counts when a side closed, and its reason when the gateway ended it
-/// (`what` names the stream in it).
+/// fills in the entry's byte counts, and its reason when the gateway ended it (`what` names the
+/// stream in it).
 pub async fn relay<A, B>(
     (terminal, engine): (&mut A, &mut B),
     live: &Live,
@@ -38,19 +41,56 @@ pub async fn relay<A, B>(
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    // Counted as they are read, not taken from the copy's result: a stream that breaks, or that
+    // the gateway ends, has its counts too.
+    let (mut terminal, mut engine) = (Counting::new(terminal), Counting::new(engine));
     tokio::select! {
-        copied = tokio::io::copy_bidirectional(terminal, engine) => {
-            if let Ok((up, down)) = copied {
-                entry.bytes_in = up;
-                entry.bytes_out = down;
-            }
-        }
+        _ = tokio::io::copy_bidirectional(&mut terminal, &mut engine) => {}
         why = live.revoked(proof) => {
             entry.reason = format!("allowed; {what} closed by a reload: {why}").into();
         }
         () = stopped(&mut stopping) => {
             entry.reason = format!("allowed; {what} closed: the gateway is stopping").into();
         }
+    }
+    entry.bytes_in = terminal.read;
+    entry.bytes_out = engine.read;
+}
+
+/// One side of a relay, counting the bytes read from it.
+struct Counting<'a, T: ?Sized> {
+    io: &'a mut T,
+    read: u64,
+}
+
+impl<'a, T: ?Sized> Counting<'a, T> {
+    fn new(io: &'a mut T) -> Self {
+        Counting { io, read: 0 }
+    }
+}
+
+impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Counting<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.io).poll_read(cx, buf);
+        self.read += buf.filled().len().saturating_sub(before) as u64;
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Counting<'_, T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_shutdown(cx)
     }
 }
 
