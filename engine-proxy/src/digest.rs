@@ -39,7 +39,7 @@ impl Sha256 {
     #[inline]
     pub fn update(&mut self, piece: &[u8]) {
         if let Some(room) = self.buf.get_mut(self.len..self.len + piece.len()) {
-            room.copy_from_slice(piece);
+            copy_small(room, piece);
             self.len += piece.len();
             return;
         }
@@ -76,6 +76,33 @@ impl Sha256 {
     }
 }
 
+/// `dst.copy_from_slice(src)` (of the same length), without a call to `memcpy` for the few bytes
+/// that most pieces of a text are: an audit entry's fields are, and its hash took 33 calls to
+/// `memcpy` of 8 bytes on average. Up to 16 bytes are copied as two overlapping moves of a fixed
+/// size, a few instructions each.
+#[inline]
+fn copy_small(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    match n {
+        0 => {}
+        1..=3 => {
+            // Indices 0, n/2 and n-1 cover every byte of 1, 2 or 3.
+            dst[0] = src[0];
+            dst[n / 2] = src[n / 2];
+            dst[n - 1] = src[n - 1];
+        }
+        4..=7 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..n].copy_from_slice(&src[n - 4..n]);
+        }
+        8..=16 => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..n].copy_from_slice(&src[n - 8..n]);
+        }
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,7 +114,8 @@ mod tests {
         let message: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
         for len in [0, 1, 31, GATHER - 1, GATHER, GATHER + 1, 2 * GATHER + 5, 5000] {
             let whole = digest(&SHA256, &message[..len]);
-            for piece in [1, 7, 64, GATHER - 3, GATHER, GATHER + 9, 5000] {
+            let small = 1..=17;
+            for piece in small.chain([64, GATHER - 3, GATHER, GATHER + 9, 5000]) {
                 let mut h = Sha256::default();
                 for chunk in message[..len].chunks(piece) {
                     h.update(chunk);
