@@ -167,9 +167,14 @@ impl Clinic {
 
     /// A connection with a client configuration, which remembers sessions for resumption.
     pub(crate) fn open(&self, config: &std::sync::Arc<rustls::ClientConfig>) -> Tls {
+        self.open_at(config, &self.addr())
+    }
+
+    /// The same to another of the gateway's listeners, at `addr`.
+    pub(crate) fn open_at(&self, config: &std::sync::Arc<rustls::ClientConfig>, addr: &str) -> Tls {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
-        let tcp = std::net::TcpStream::connect(self.addr()).unwrap();
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         rustls::StreamOwned::new(conn, tcp)
     }
@@ -722,10 +727,7 @@ fn streams_end_at_once_when_the_gateway_stops() {
         tungstenite::client(request, c.connect("terminal.pem", "terminal.key")).expect("a WebSocket");
     // The raw route's upstream is the engine itself: HTTP inside, which the gateway does not read.
     let config = c.client("terminal.pem", "terminal.key");
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut raw = rustls::StreamOwned::new(rustls::ClientConnection::new(config, name).unwrap(), tcp);
+    let mut raw = c.open_at(&config, &format!("127.0.0.1:{port}"));
     let engine = format!(
         "GET {PATIENT} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\n\r\n",
         base64("ormaster:ormaster")
