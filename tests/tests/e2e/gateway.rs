@@ -167,7 +167,7 @@ impl Clinic {
 
     /// A connection with a client configuration, which remembers sessions for resumption.
     pub(crate) fn open(&self, config: &std::sync::Arc<rustls::ClientConfig>) -> Tls {
-        self.open_at(config, &self.addr())
+        self.open_at(config, self.addr())
     }
 
     /// The same to another of the gateway's listeners, at `addr`.
