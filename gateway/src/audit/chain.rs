@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use super::AUDIT_HEAD;
 use super::entry::{Fields, get_u64};
+use super::segment::Layout;
 use crate::store::{Result, StoreError};
 
 /// Domain separation for the chain hash, and its version.
@@ -119,22 +120,24 @@ fn formatted(t: OffsetDateTime) -> String {
     t.format(&format).unwrap_or_else(|_| t.to_string())
 }
 
-/// The last committed entry's id and hash.
-pub(super) fn last_entry(conn: &Connection, db: &Path) -> Result<Option<(u64, [u8; 32])>> {
-    conn.query_row("SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1", [], |r| {
-        Ok((get_u64(r, 0)?, r.get::<_, Vec<u8>>(1)?))
-    })
-    .optional()
-    .map_err(StoreError::sqlite(db, "read the last entry"))?
-    .map(|(id, hash)| {
-        <[u8; 32]>::try_from(hash.as_slice())
-            .map(|h| (id, h))
-            .map_err(|_| StoreError::Corrupt {
-                path: db.into(),
-                what: format!("entry {id}: its hash is not 32 bytes"),
-            })
-    })
-    .transpose()
+/// The last committed entry's id and hash, in a segment of `layout`.
+pub(super) fn last_entry(conn: &Connection, layout: Layout, db: &Path) -> Result<Option<(u64, [u8; 32])>> {
+    let sql = match layout {
+        Layout::Batches => "SELECT last, hash FROM batches ORDER BY last DESC LIMIT 1",
+        Layout::Rows | Layout::Legacy => "SELECT id, hash FROM entries ORDER BY id DESC LIMIT 1",
+    };
+    conn.query_row(sql, [], |r| Ok((get_u64(r, 0)?, r.get::<_, Vec<u8>>(1)?)))
+        .optional()
+        .map_err(StoreError::sqlite(db, "read the last entry"))?
+        .map(|(id, hash)| {
+            <[u8; 32]>::try_from(hash.as_slice())
+                .map(|h| (id, h))
+                .map_err(|_| StoreError::Corrupt {
+                    path: db.into(),
+                    what: format!("entry {id}: its hash is not 32 bytes"),
+                })
+        })
+        .transpose()
 }
 
 /// A point file's id and hash (`audit.head`, `audit/pruned`); `None` if there is no such file.

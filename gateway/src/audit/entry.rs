@@ -7,9 +7,15 @@ use std::sync::Arc;
 /// The schema of the single `audit.db` of earlier versions (every row with its `prev_hash`):
 /// read, never written; moved into `audit/` as the first sealed segment.
 pub(super) const LEGACY_VERSION: i64 = 1;
-/// The schema of a segment.
+/// The schema of a segment with one row per entry: read, never written since
+/// [`BATCH_VERSION`].
 pub(super) const SEGMENT_VERSION: i64 = 2;
-/// The columns every entry has, in both schemas (a macro, so that both are one literal).
+/// The schema of a segment with one row per commit (see [`batch`](super::batch)): what the
+/// writer writes.
+pub(super) const BATCH_VERSION: i64 = 3;
+/// The columns every entry has, in both schemas of one row per entry (a macro, so that both are
+/// one literal).
+#[cfg(test)]
 macro_rules! entry_columns {
     () => {
         "
@@ -40,19 +46,41 @@ pub(super) const LEGACY_SCHEMA: &str = concat!(
     hash        BLOB NOT NULL
 ) STRICT;"
 );
-/// A segment: where it starts (one row), then its entries. An entry's `prev_hash` is not
-/// stored: it is the hash of the row before (or the segment's start), 33 bytes an entry saved,
-/// and what [`verify`](super::verify) recomputes anyway. `id` is the rowid: no other index.
-pub(super) const SEGMENT_SCHEMA: &str = concat!(
-    "
+/// Where a segment starts: one row, the entry before its first (the start of a chain that runs
+/// on from one file into the next).
+macro_rules! segment_table {
+    () => {
+        "
 CREATE TABLE segment (
     prev_id   INTEGER NOT NULL,
     prev_hash BLOB NOT NULL CHECK (length(prev_hash) = 32)
-) STRICT;
+) STRICT;"
+    };
+}
+/// A segment of one row per entry, for tests that make one to read. An entry's `prev_hash` is
+/// not stored: it is the hash of the row before (or the segment's start), and what
+/// [`verify`](super::verify) recomputes anyway. `id` is the rowid: no other index.
+#[cfg(test)]
+pub(super) const SEGMENT_SCHEMA: &str = concat!(
+    segment_table!(),
+    "
 CREATE TABLE entries (",
     entry_columns!(),
     "
     hash        BLOB NOT NULL
+) STRICT;"
+);
+/// A segment of batches: one row per commit, by the id of its last entry (the rowid), with how
+/// many entries it holds, the last one's hash (the chain's end, read without the blob) and the
+/// entries themselves (see [`batch`](super::batch)).
+pub(super) const BATCH_SCHEMA: &str = concat!(
+    segment_table!(),
+    "
+CREATE TABLE batches (
+    last    INTEGER PRIMARY KEY NOT NULL,
+    entries INTEGER NOT NULL CHECK (entries > 0),
+    hash    BLOB NOT NULL CHECK (length(hash) = 32),
+    records BLOB NOT NULL
 ) STRICT;"
 );
 /// A segment's columns, in the order [`Record::from_row`] reads them.
@@ -257,6 +285,33 @@ impl Entry {
             bytes_in: int(self.bytes_in),
             bytes_out: int(self.bytes_out),
             duration_ms: int(self.duration_ms),
+        }
+    }
+}
+
+impl Fields<'_> {
+    /// The entry as [`Record`], with its stored `hash` (the `prev_hash` left for the reader,
+    /// who knows the entry before, to fill in).
+    pub(super) fn to_record(self, hash: &[u8; 32]) -> Record {
+        let own = |s: Option<&str>| s.map(str::to_owned);
+        Record {
+            id: self.id,
+            time: self.time.to_owned(),
+            decision: self.decision.to_owned(),
+            reason: self.reason.to_owned(),
+            terminal: own(self.terminal),
+            user: own(self.user),
+            source: self.source.to_owned(),
+            route: self.route.to_owned(),
+            method: own(self.method),
+            path: own(self.path),
+            upstream: own(self.upstream),
+            status: self.status,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            duration_ms: self.duration_ms,
+            prev_hash: String::new(),
+            hash: hex::encode(hash),
         }
     }
 }

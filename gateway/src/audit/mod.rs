@@ -1,11 +1,11 @@
 //! The audit log: every access decision the gateway makes, in a hash chain that shows tampering.
 //!
 //! The log is a series of segments, `DATA_DIR/audit/NNNNNNNNNNNN.db` (SQLite, WAL, mode 0600, see
-//! [`segment`]), one row per decision. Each row's `hash` is SHA-256 over the hash of the row
-//! before it (32 zero bytes for the first entry ever) and every field (see [`chain_hash`] for the
-//! exact encoding); the chain runs on across segments, ids too. Editing a row breaks its hash;
-//! deleting one leaves a gap in the ids or breaks the next row's link. Deleting rows at the end
-//! leaves a valid chain, so the writer also records the last id and hash in `DATA_DIR/audit.head`
+//! [`segment`]), one row per commit holding that commit's entries (see [`batch`]). Each entry's
+//! hash is SHA-256 over the hash of the entry before it (32 zero bytes for the first entry ever)
+//! and every field (see [`chain_hash`] for the exact encoding); the chain runs on across
+//! segments, ids too. Editing an entry breaks its hash; deleting one leaves a gap in the ids or
+//! breaks the next entry's link. Deleting entries at the end leaves a valid chain, so the writer also records the last id and hash in `DATA_DIR/audit.head`
 //! (written atomically; after a commit during which nothing more was queued, and at least every
 //! 250 ms under load), and [`verify`] compares the two.
 //!
@@ -23,6 +23,7 @@
 //! (a full disk), the writer keeps the batch, reports the error on stderr, retries with backoff,
 //! and [`AuditLog::is_failing`] tells the gateway to refuse new access until the log is writable
 //! (api requests get `503`, raw TCP streams are closed, EST issues nothing, `/health` is `503`).
+mod batch;
 mod chain;
 mod entry;
 mod read;

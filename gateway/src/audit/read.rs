@@ -8,8 +8,9 @@ use rusqlite::{Connection, params};
 use time::OffsetDateTime;
 
 use super::AUDIT_HEAD;
+use super::batch::Decoder;
 use super::chain::{chain_hash, head_problem, read_point, timestamp};
-use super::entry::{COLUMNS, LEGACY_COLUMNS, Record};
+use super::entry::{COLUMNS, Fields, LEGACY_COLUMNS, Record, get_u64, sql_int};
 use super::segment::{self, Layout, ORIGIN, PRUNED, Point, SEGMENTS};
 use crate::store::{Result, StoreError};
 
@@ -163,8 +164,15 @@ impl ChainCheck {
         }
         let before = self.report.entries;
         let legacy = layout == Layout::Legacy;
-        let broken = each_record(&conn, path, layout, |r| self.entry(r, legacy))?;
-        self.report.broken = broken;
+        // A batch that is not one, or does not match its row, is a break like any change.
+        self.report.broken = match each_record(&conn, path, layout, |r| self.entry(r, legacy)) {
+            Ok(broken) => broken,
+            Err(StoreError::Corrupt { path, what }) => Some(Broken {
+                id: Some(self.report.last_id + 1),
+                what: format!("{}: {what}", path.display()),
+            }),
+            Err(e) => return Err(e),
+        };
         Ok(self.report.broken.is_none().then(|| Span {
             start,
             last: (self.report.last_id, self.prev),
@@ -348,7 +356,7 @@ pub fn export(
         let mut prev = hex::encode(segment::start(&conn, layout, &seg.path)?.1);
         let mut failed = None;
         each_record(&conn, &seg.path, layout, |r| {
-            if layout == Layout::Segment {
+            if layout != Layout::Legacy {
                 r.prev_hash = std::mem::replace(&mut prev, r.hash.clone());
             }
             if since.is_some_and(|s| r.time.as_str() < s) {
@@ -399,63 +407,35 @@ pub struct Refusal {
 pub fn recent(data_dir: &Path, window: u64, refusals: usize) -> Result<Recent> {
     let segments = segment::list(data_dir)?;
     let mut out = Recent::default();
-    let mut bound: Option<i64> = None;
+    let mut bound: Option<u64> = None;
     for seg in segments.iter().rev() {
         let Some((conn, layout)) = segment::open(&seg.path)? else {
             continue;
         };
         let db = &seg.path;
-        let failed = || StoreError::sqlite(db, "read the newest audit entries");
         let bound = match bound {
             Some(b) => b,
-            None => {
-                let last = segment::end(&conn, layout, db)?.0;
-                let b = (last.min(i64::MAX as u64) as i64).saturating_sub(window.min(i64::MAX as u64) as i64);
-                *bound.insert(b)
-            }
+            None => *bound.insert(segment::end(&conn, layout, db)?.0.saturating_sub(window)),
         };
-        let left = refusals.saturating_sub(out.refusals.len());
-        let refused = conn
-            .prepare(
-                "SELECT time, terminal, user, method, path, reason FROM entries \
-                 WHERE id > ?1 AND decision = 'deny' ORDER BY id DESC LIMIT ?2",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map(params![bound, left as i64], |r| {
-                    let method: Option<String> = r.get(3)?;
-                    let path: Option<String> = r.get(4)?;
-                    Ok(Refusal {
-                        time: r.get(0)?,
-                        terminal: r.get(1)?,
-                        user: r.get(2)?,
-                        request: method.map(|m| format!("{m} {}", path.unwrap_or_default())),
-                        reason: r.get(5)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(failed())?;
-        out.refusals.extend(refused);
-        let seen = conn
-            .prepare(
-                "SELECT terminal, MAX(time) FROM entries WHERE id > ?1 AND terminal IS NOT NULL \
-                 GROUP BY terminal",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map(params![bound], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(failed())?;
-        for (terminal, time) in seen {
-            match out.last_seen.iter_mut().find(|(t, _)| *t == terminal) {
-                Some((_, at)) if *at < time => *at = time,
-                Some(_) => {}
-                None => out.last_seen.push((terminal, time)),
+        newest_first(&conn, db, layout, bound, |f| {
+            if f.decision == "deny" && out.refusals.len() < refusals {
+                out.refusals.push(Refusal {
+                    time: f.time.to_owned(),
+                    terminal: f.terminal.map(str::to_owned),
+                    user: f.user.map(str::to_owned),
+                    request: f.method.map(|m| format!("{m} {}", f.path.unwrap_or_default())),
+                    reason: f.reason.to_owned(),
+                });
             }
-        }
-        if (seg.first as i64) <= bound + 1 {
+            if let Some(terminal) = f.terminal {
+                match out.last_seen.iter_mut().find(|(t, _)| t == terminal) {
+                    Some((_, at)) if at.as_str() < f.time => f.time.clone_into(at),
+                    Some(_) => {}
+                    None => out.last_seen.push((terminal.to_owned(), f.time.to_owned())),
+                }
+            }
+        })?;
+        if seg.first <= bound.saturating_add(1) {
             break;
         }
     }
@@ -487,28 +467,136 @@ pub fn parse_since(text: &str) -> Result<String> {
 }
 
 /// Streams a segment's entries in id order to `each` until it returns `Some` (a stop with a
-/// value).
-fn each_record<T>(
+/// value). A batch that does not decode, or does not match its row, is [`StoreError::Corrupt`].
+pub(super) fn each_record<T>(
     conn: &Connection,
     db: &Path,
     layout: Layout,
     mut each: impl FnMut(&mut Record) -> Option<T>,
 ) -> Result<Option<T>> {
-    let fail = StoreError::sqlite;
-    let (columns, legacy) = match layout {
-        Layout::Legacy => (LEGACY_COLUMNS, true),
-        Layout::Segment => (COLUMNS, false),
-    };
+    match layout {
+        Layout::Batches => each_batch(conn, db, 0, false, |entries| {
+            entries.iter().find_map(|(f, hash)| each(&mut f.to_record(hash)))
+        }),
+        Layout::Rows | Layout::Legacy => each_row(conn, db, layout, 0, false, each),
+    }
+}
+
+/// Calls `each` with every entry after id `after`, newest first, borrowed: the status page reads
+/// thousands on every refresh and keeps a few.
+fn newest_first(
+    conn: &Connection,
+    db: &Path,
+    layout: Layout,
+    after: u64,
+    mut each: impl FnMut(&Fields<'_>),
+) -> Result<()> {
+    match layout {
+        Layout::Batches => each_batch(conn, db, after, true, |entries| {
+            entries
+                .iter()
+                .rev()
+                .filter(|(f, _)| f.id > after)
+                .for_each(|(f, _)| each(f));
+            None::<()>
+        }),
+        Layout::Rows | Layout::Legacy => each_row(conn, db, layout, after, true, |r| {
+            each(&r.fields());
+            None::<()>
+        }),
+    }?;
+    Ok(())
+}
+
+/// Calls `each` with every row after id `after` of a segment of one row per entry (oldest first,
+/// or newest first). Stops at the first `Some`.
+fn each_row<T>(
+    conn: &Connection,
+    db: &Path,
+    layout: Layout,
+    after: u64,
+    newest_first: bool,
+    mut each: impl FnMut(&mut Record) -> Option<T>,
+) -> Result<Option<T>> {
+    let fail = |e| StoreError::sqlite(db, "read the entries")(e);
+    let legacy = layout == Layout::Legacy;
+    let columns = if legacy { LEGACY_COLUMNS } else { COLUMNS };
+    let order = if newest_first { "DESC" } else { "ASC" };
     let mut stmt = conn
-        .prepare(&format!("SELECT {columns} FROM entries ORDER BY id"))
-        .map_err(fail(db, "read the entries"))?;
-    let mut rows = stmt.query([]).map_err(fail(db, "read the entries"))?;
-    while let Some(row) = rows.next().map_err(fail(db, "read the entries"))? {
+        .prepare(&format!(
+            "SELECT {columns} FROM entries WHERE id > ?1 ORDER BY id {order}"
+        ))
+        .map_err(fail)?;
+    let mut rows = stmt.query(params![sql_int(after)]).map_err(fail)?;
+    while let Some(row) = rows.next().map_err(fail)? {
         let mut record = Record::from_row(row, legacy).map_err(|e| StoreError::Corrupt {
             path: db.into(),
             what: format!("an entry does not have the expected columns: {e}"),
         })?;
         if let Some(stop) = each(&mut record) {
+            return Ok(Some(stop));
+        }
+    }
+    Ok(None)
+}
+
+/// One decoded batch: each entry's fields and stored hash.
+type Batch<'a> = Vec<(Fields<'a>, [u8; 32])>;
+
+/// Calls `each` with every batch whose last entry is after id `after` (oldest first, or newest
+/// first), decoded and checked against its row: as many entries as it says, ending in the hash
+/// it records. Stops at the first `Some`.
+fn each_batch<T>(
+    conn: &Connection,
+    db: &Path,
+    after: u64,
+    newest_first: bool,
+    mut each: impl FnMut(&Batch<'_>) -> Option<T>,
+) -> Result<Option<T>> {
+    let fail = |e| StoreError::sqlite(db, "read the entries")(e);
+    let order = if newest_first { "DESC" } else { "ASC" };
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT last, entries, hash, records FROM batches WHERE last > ?1 ORDER BY last {order}"
+        ))
+        .map_err(fail)?;
+    let mut rows = stmt.query(params![sql_int(after)]).map_err(fail)?;
+    while let Some(row) = rows.next().map_err(fail)? {
+        let corrupt = |what: String| StoreError::Corrupt {
+            path: db.into(),
+            what,
+        };
+        let bad_row =
+            |e: rusqlite::Error| corrupt(format!("a batch does not have the expected columns: {e}"));
+        let last = get_u64(row, 0).map_err(bad_row)?;
+        let count = get_u64(row, 1).map_err(bad_row)?;
+        let hash: Vec<u8> = row.get(2).map_err(bad_row)?;
+        let blob = row.get_ref(3).and_then(|v| Ok(v.as_blob()?)).map_err(bad_row)?;
+        let first = (last + 1)
+            .checked_sub(count)
+            .filter(|_| count > 0)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "the batch ending at entry {last} says it holds {count} entries"
+                ))
+            })?;
+        // At most what one commit holds, whatever the row says.
+        let mut entries = Vec::with_capacity(count.min(4096) as usize);
+        for entry in Decoder::new(blob, first) {
+            entries.push(entry.map_err(|e| corrupt(format!("the batch ending at entry {last}: {e}")))?);
+        }
+        if entries.len() as u64 != count {
+            return Err(corrupt(format!(
+                "the batch ending at entry {last} holds {} entries, but its row says {count}",
+                entries.len()
+            )));
+        }
+        if entries.last().map(|e| &e.1[..]) != Some(&hash[..]) {
+            return Err(corrupt(format!(
+                "the batch ending at entry {last}: its row's hash is not its last entry's"
+            )));
+        }
+        if let Some(stop) = each(&entries) {
             return Ok(Some(stop));
         }
     }

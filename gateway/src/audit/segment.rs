@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::AUDIT_DB;
+use super::batch::Decoder;
 use super::chain::{last_entry, read_point, write_point};
-use super::entry::{LEGACY_VERSION, SEGMENT_SCHEMA, SEGMENT_VERSION, get_u64, sql_int};
+use super::entry::{BATCH_SCHEMA, BATCH_VERSION, LEGACY_VERSION, SEGMENT_VERSION, get_u64, sql_int};
 use crate::store::{self, Result, StoreError};
 
 /// The directory of segments inside the data directory.
@@ -52,13 +53,17 @@ pub struct Segment {
     pub path: PathBuf,
 }
 
-/// How a segment stores its rows.
+/// How a segment stores its entries. Only [`Layout::Batches`] is written; the others are read
+/// where earlier versions left them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Layout {
     /// The single `audit.db` of earlier versions: every row has its `prev_hash`.
     Legacy,
-    /// A segment: the start in `segment`, no `prev_hash` column (it is the row before's hash).
-    Segment,
+    /// A segment of one row per entry: the start in `segment`, no `prev_hash` column (it is the
+    /// row before's hash).
+    Rows,
+    /// A segment of one row per commit (see [`batch`](super::batch)).
+    Batches,
 }
 
 /// The segment's file name for a first id.
@@ -148,11 +153,12 @@ pub(super) fn layout(conn: &Connection, path: &Path) -> Result<Option<Layout>> {
     match store::user_version(conn, path)? {
         0 => Ok(None),
         LEGACY_VERSION => Ok(Some(Layout::Legacy)),
-        SEGMENT_VERSION => Ok(Some(Layout::Segment)),
+        SEGMENT_VERSION => Ok(Some(Layout::Rows)),
+        BATCH_VERSION => Ok(Some(Layout::Batches)),
         found => Err(StoreError::NewerSchema {
             path: path.into(),
             found,
-            known: SEGMENT_VERSION,
+            known: BATCH_VERSION,
         }),
     }
 }
@@ -160,7 +166,7 @@ pub(super) fn layout(conn: &Connection, path: &Path) -> Result<Option<Layout>> {
 /// Where a segment starts: the entry its first entry chains from.
 pub(super) fn start(conn: &Connection, layout: Layout, path: &Path) -> Result<Point> {
     let row: Option<(u64, Vec<u8>)> = match layout {
-        Layout::Segment => conn
+        Layout::Rows | Layout::Batches => conn
             .query_row("SELECT prev_id, prev_hash FROM segment", [], |r| {
                 Ok((get_u64(r, 0)?, r.get(1)?))
             })
@@ -175,7 +181,7 @@ pub(super) fn start(conn: &Connection, layout: Layout, path: &Path) -> Result<Po
     let Some((id, hash)) = row else {
         return match layout {
             Layout::Legacy => Ok(ORIGIN),
-            Layout::Segment => Err(StoreError::Corrupt {
+            Layout::Rows | Layout::Batches => Err(StoreError::Corrupt {
                 path: path.into(),
                 what: "the segment does not record where it starts (its segment table is empty)".into(),
             }),
@@ -190,7 +196,7 @@ pub(super) fn start(conn: &Connection, layout: Layout, path: &Path) -> Result<Po
 
 /// Where a segment ends: its last entry, or its start when it has none.
 pub(super) fn end(conn: &Connection, layout: Layout, path: &Path) -> Result<Point> {
-    match last_entry(conn, path)? {
+    match last_entry(conn, layout, path)? {
         Some(point) => Ok(point),
         None => start(conn, layout, path),
     }
@@ -214,6 +220,26 @@ pub(super) fn hash_at(data_dir: &Path, id: u64) -> Result<Option<[u8; 32]>> {
         if start_id == id && id > 0 {
             return Ok(Some(start_hash));
         }
+        let fail = StoreError::sqlite(&seg.path, "read an audit entry");
+        if layout == Layout::Batches {
+            let row: Option<(u64, u64, Vec<u8>)> = conn
+                .query_row(
+                    "SELECT last, entries, records FROM batches WHERE last >= ?1 ORDER BY last LIMIT 1",
+                    params![sql_int(id)],
+                    |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(fail)?;
+            let Some((last, count, records)) = row else {
+                continue;
+            };
+            let first = (last + 1).saturating_sub(count);
+            if id < first {
+                continue;
+            }
+            let entry = Decoder::new(&records, first).nth((id - first) as usize);
+            return Ok(entry.and_then(|e| e.ok()).map(|(_, hash)| hash));
+        }
         let row: Option<Vec<u8>> = conn
             .query_row(
                 "SELECT hash FROM entries WHERE id = ?1",
@@ -221,7 +247,7 @@ pub(super) fn hash_at(data_dir: &Path, id: u64) -> Result<Option<[u8; 32]>> {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(StoreError::sqlite(&seg.path, "read an audit entry"))?;
+            .map_err(fail)?;
         if let Some(hash) = row {
             return Ok(<[u8; 32]>::try_from(hash.as_slice()).ok());
         }
@@ -258,14 +284,14 @@ pub(super) fn create(data_dir: &Path, start: Point) -> Result<Segment> {
         conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE};"))
             .map_err(fail("set the page size"))?;
         let tx = conn.unchecked_transaction().map_err(fail("begin"))?;
-        tx.execute_batch(SEGMENT_SCHEMA)
+        tx.execute_batch(BATCH_SCHEMA)
             .map_err(fail("create the schema"))?;
         tx.execute(
             "INSERT INTO segment (prev_id, prev_hash) VALUES (?1, ?2)",
             params![sql_int(start.0), &start.1[..]],
         )
         .map_err(fail("record where the segment starts"))?;
-        tx.pragma_update(None, "user_version", SEGMENT_VERSION)
+        tx.pragma_update(None, "user_version", BATCH_VERSION)
             .map_err(fail("record the schema version"))?;
         tx.commit().map_err(fail("commit"))?;
         let _: String = conn
@@ -298,7 +324,7 @@ pub(super) fn migrate_legacy(data_dir: &Path) -> Result<()> {
             Some(Layout::Legacy) => conn
                 .query_row("SELECT MIN(id) FROM entries", [], |r| r.get(0))
                 .map_err(StoreError::sqlite(&legacy, "read the first entry"))?,
-            Some(Layout::Segment) => {
+            Some(Layout::Rows | Layout::Batches) => {
                 return Err(StoreError::Corrupt {
                     path: legacy,
                     what: "a segment where the legacy audit log was expected".into(),
@@ -462,7 +488,16 @@ pub(super) fn open_live(data_dir: &Path) -> Result<(Segment, Connection, Point)>
                 what: "the segment disappeared".into(),
             })?;
             match layout(&conn, &newest.path)? {
-                Some(Layout::Segment) => newest.clone(),
+                Some(Layout::Batches) => newest.clone(),
+                Some(layout @ Layout::Rows) => {
+                    // Sealed like a full one: its WAL folded in, and the next segment starts at
+                    // its end.
+                    let end = end(&conn, layout, &newest.path)?;
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                        .map_err(StoreError::sqlite(&newest.path, "checkpoint the sealed segment"))?;
+                    drop(conn);
+                    create(data_dir, end)?
+                }
                 Some(Layout::Legacy) => {
                     let end = end(&conn, Layout::Legacy, &newest.path)?;
                     drop(conn);
@@ -479,7 +514,7 @@ pub(super) fn open_live(data_dir: &Path) -> Result<(Segment, Connection, Point)>
     };
     let conn = store::open_file(data_dir, &segment.path)?;
     tune(&conn, &segment.path)?;
-    let start = start(&conn, Layout::Segment, &segment.path)?;
+    let start = start(&conn, Layout::Batches, &segment.path)?;
     Ok((segment, conn, start))
 }
 

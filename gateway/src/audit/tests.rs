@@ -45,6 +45,36 @@ fn sql(dir: &Path, statement: &str) {
     conn.execute_batch(statement).unwrap();
 }
 
+/// Rewrites the live segment's entries as `edit` leaves them, as someone with the file could
+/// without recomputing the chain: every entry keeps the hash it was stored with, each run of consecutive ids becomes one batch (a removed entry leaves a gap
+/// in the ids, as a deleted row did), and each batch's row is made to agree with its entries.
+fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<Record>)) {
+    let path = live(dir);
+    let conn = Connection::open(&path).unwrap();
+    let mut records = Vec::new();
+    read::each_record(&conn, &path, segment::Layout::Batches, |r| {
+        records.push(r.clone());
+        None::<()>
+    })
+    .unwrap();
+    edit(&mut records);
+    let tx = conn.unchecked_transaction().unwrap();
+    tx.execute("DELETE FROM batches", []).unwrap();
+    for run in records.chunk_by(|a, b| b.id == a.id + 1) {
+        let mut blob = Vec::new();
+        for r in run {
+            batch::encode(&r.fields(), &hex_hash(&r.hash), &mut blob);
+        }
+        let last = run.last().unwrap();
+        tx.execute(
+            "INSERT INTO batches (last, entries, hash, records) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![last.id as i64, run.len() as i64, &hex_hash(&last.hash)[..], blob],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
 fn broken(dir: &Path) -> Broken {
     let report = verify(dir).unwrap();
     report
@@ -105,26 +135,25 @@ fn records_verify_and_reopen_continues_the_chain() {
 #[test]
 fn an_edited_field_is_named_by_id() {
     let tmp = log_with(5);
-    sql(
-        tmp.path(),
-        "UPDATE entries SET decision = 'allow', user = 'mallory' WHERE id = 3",
-    );
+    rewrite(tmp.path(), |all| {
+        all[2].decision = "allow".into();
+        all[2].user = Some("mallory".into());
+    });
     let b = broken(tmp.path());
     assert_eq!(b.id, Some(3));
     assert!(b.what.contains("do not match its hash"), "{}", b.what);
 
     let tmp = log_with(3);
-    sql(
-        tmp.path(),
-        "UPDATE entries SET bytes_out = bytes_out + 1 WHERE id = 2",
-    );
+    rewrite(tmp.path(), |all| all[1].bytes_out += 1);
     assert_eq!(broken(tmp.path()).id, Some(2));
 }
 
 #[test]
 fn a_deleted_middle_entry_is_a_gap() {
     let tmp = log_with(5);
-    sql(tmp.path(), "DELETE FROM entries WHERE id = 3");
+    rewrite(tmp.path(), |all| {
+        all.remove(2);
+    });
     let b = broken(tmp.path());
     assert_eq!(b.id, Some(3));
     assert!(b.what.contains("entry 3 is missing"), "{}", b.what);
@@ -133,10 +162,10 @@ fn a_deleted_middle_entry_is_a_gap() {
 #[test]
 fn a_deleted_and_renumbered_entry_breaks_the_link() {
     let tmp = log_with(5);
-    sql(
-        tmp.path(),
-        "DELETE FROM entries WHERE id = 3; UPDATE entries SET id = id - 1 WHERE id > 3",
-    );
+    rewrite(tmp.path(), |all| {
+        all.remove(2);
+        all[2..].iter_mut().for_each(|r| r.id -= 1);
+    });
     let b = broken(tmp.path());
     assert_eq!(b.id, Some(3));
     assert!(
@@ -149,7 +178,7 @@ fn a_deleted_and_renumbered_entry_breaks_the_link() {
 #[test]
 fn a_truncated_tail_is_found_through_the_head_file_and_refused_at_open() {
     let tmp = log_with(5);
-    sql(tmp.path(), "DELETE FROM entries WHERE id >= 4");
+    rewrite(tmp.path(), |all| all.truncate(3));
     let b = broken(tmp.path());
     assert_eq!(b.id, None);
     assert!(
@@ -159,6 +188,42 @@ fn a_truncated_tail_is_found_through_the_head_file_and_refused_at_open() {
     );
     let err = AuditLog::open(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("the last 2 entries were removed"), "{err}");
+}
+
+/// A batch's row and its blob must agree (its count, its last hash), and the blob must decode:
+/// anything else is a break that names the batch and what is wrong, never a panic.
+#[test]
+fn a_batch_that_does_not_decode_or_match_its_row_is_a_break() {
+    for (statement, says) in [
+        (
+            "UPDATE batches SET entries = entries + 1",
+            "holds 3 entries, but its row says 4",
+        ),
+        (
+            "UPDATE batches SET hash = zeroblob(32)",
+            "its row's hash is not its last entry's",
+        ),
+        (
+            "UPDATE batches SET records = substr(records, 1, length(records) - 1)",
+            "entry 3: its hash at byte",
+        ),
+        (
+            "UPDATE batches SET records = x'ff'",
+            "entry 1: its time at byte 1 runs past the batch's end",
+        ),
+        ("UPDATE batches SET entries = 9", "says it holds 9 entries"),
+    ] {
+        let tmp = log_with(3);
+        rewrite(tmp.path(), |_| ()); // one batch, whatever the writer made
+        sql(tmp.path(), statement);
+        let b = broken(tmp.path());
+        assert_eq!(b.id, Some(1), "{statement}");
+        assert!(
+            b.what.contains("the batch ending at entry 3") && b.what.contains(says),
+            "{statement}: {}",
+            b.what
+        );
+    }
 }
 
 #[test]
@@ -235,7 +300,7 @@ fn a_failing_write_is_retried_reported_and_nothing_is_lost() {
     // Writes fail while this trigger exists, as they would on a full disk.
     sql(
         tmp.path(),
-        "CREATE TRIGGER full BEFORE INSERT ON entries BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+        "CREATE TRIGGER full BEFORE INSERT ON batches BEGIN SELECT RAISE(ABORT, 'disk full'); END",
     );
     let log = AuditLog::open(tmp.path()).unwrap();
     assert!(!log.is_failing());
@@ -519,6 +584,45 @@ fn a_prune_cut_short_leaves_a_segment_that_is_ignored_then_removed() {
     assert!(!segments[0].path.exists(), "the leftover is removed");
 }
 
+/// Writes entries 1 to 10 as rows, as the versions before batches did (each with its
+/// `prev_hash` in the `legacy` layout), and the head file in `dir` that attests them.
+fn write_rows(conn: &Connection, legacy: bool, dir: &Path) {
+    let (columns, n) = match legacy {
+        true => (entry::LEGACY_COLUMNS, 17),
+        false => (entry::COLUMNS, 16),
+    };
+    let marks: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+    let insert = format!("INSERT INTO entries ({columns}) VALUES ({})", marks.join(","));
+    let mut prev = [0u8; 32];
+    for id in 1..=10 {
+        let e = entry(id);
+        let r = e.fields(id, "2025-04-01T00:00:00.000Z");
+        let hash = chain_hash(&prev, &r);
+        let values = rusqlite::params![
+            id as i64,
+            r.time,
+            r.decision,
+            r.reason,
+            r.terminal,
+            r.user,
+            r.source,
+            r.route,
+            r.method,
+            r.path,
+            r.upstream,
+            r.status,
+            r.bytes_in,
+            r.bytes_out,
+            r.duration_ms,
+            &hash[..],
+            &prev[..]
+        ];
+        conn.execute(&insert, &values[..n]).unwrap();
+        prev = hash;
+    }
+    std::fs::write(dir.join(AUDIT_HEAD), format!("10 {}\n", hex::encode(prev))).unwrap();
+}
+
 #[test]
 fn a_legacy_audit_db_is_read_in_place_and_moved_into_segments_whole() {
     let tmp = tempfile::tempdir().unwrap();
@@ -527,19 +631,7 @@ fn a_legacy_audit_db_is_read_in_place_and_moved_into_segments_whole() {
         let conn = Connection::open(&db).unwrap();
         conn.execute_batch(entry::LEGACY_SCHEMA).unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
-        let mut prev = [0u8; 32];
-        for id in 1..=10 {
-            let e = entry(id);
-            let r = e.fields(id, "2025-04-01T00:00:00.000Z");
-            let hash = chain_hash(&prev, &r);
-            conn.execute(
-                &format!("INSERT INTO entries ({}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)", entry::LEGACY_COLUMNS),
-                rusqlite::params![id as i64, r.time, r.decision, r.reason, r.terminal, r.user, r.source, r.route, r.method, r.path, r.upstream, r.status, r.bytes_in, r.bytes_out, r.duration_ms, &hash[..], &prev[..]],
-            )
-            .unwrap();
-            prev = hash;
-        }
-        std::fs::write(tmp.path().join(AUDIT_HEAD), format!("10 {}\n", hex::encode(prev))).unwrap();
+        write_rows(&conn, true, tmp.path());
     }
     let before = all(tmp.path());
     assert_eq!(before.len(), 10);
@@ -566,6 +658,63 @@ fn a_legacy_audit_db_is_read_in_place_and_moved_into_segments_whole() {
             "UPDATE entries SET id = id - 1 WHERE id > 3",
         ],
         "prev_hash is not the hash of entry 2",
+    );
+}
+
+/// A segment of one row per entry, as versions before batches wrote it, is read where it is,
+/// sealed (its WAL folded in), and the chain goes on in a segment of batches.
+#[test]
+fn a_segment_of_rows_is_read_and_sealed_and_the_chain_goes_on_in_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(segment::SEGMENTS);
+    std::fs::create_dir(&dir).unwrap();
+    let rows = dir.join(segment::file_name(1));
+    {
+        let conn = Connection::open(&rows).unwrap();
+        conn.execute_batch(entry::SEGMENT_SCHEMA).unwrap();
+        conn.execute(
+            "INSERT INTO segment (prev_id, prev_hash) VALUES (0, zeroblob(32))",
+            [],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        let _: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .unwrap();
+        write_rows(&conn, false, tmp.path());
+    }
+    let before = all(tmp.path());
+    assert_eq!(before.len(), 10);
+    assert_eq!(recent(tmp.path(), 4, 10).unwrap().last_seen.len(), 1);
+
+    let log = AuditLog::open(tmp.path()).unwrap();
+    log.record_blocking(entry(11));
+    log.close_blocking().unwrap();
+    let segments = segment::list(tmp.path()).unwrap();
+    assert_eq!(segments.iter().map(|s| s.first).collect::<Vec<_>>(), vec![1, 11]);
+    assert!(
+        !dir.join(format!("{}-wal", segment::file_name(1))).exists(),
+        "checkpointed"
+    );
+    let report = verify(tmp.path()).unwrap();
+    assert!(report.is_intact() && report.last_id == 11, "{report:?}");
+    let after = all(tmp.path());
+    assert_eq!(&after[..10], &before[..], "nothing lost or changed");
+    assert_eq!(after[10].prev_hash, before[9].hash);
+    assert_eq!(
+        read::hash_of(tmp.path(), 10).unwrap(),
+        Some(before[9].hash.clone())
+    );
+    assert_eq!(
+        read::hash_of(tmp.path(), 11).unwrap(),
+        Some(after[10].hash.clone())
+    );
+
+    // Its rows are still held to their hashes.
+    tamper(
+        &rows,
+        &["UPDATE entries SET user = 'mallory' WHERE id = 4"],
+        "entry 4: its contents do not match its hash",
     );
 }
 

@@ -11,9 +11,10 @@ use rusqlite::{Connection, params};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+use super::batch;
 use super::chain::{chain_hash, head_problem, last_entry, read_point, stamp, write_point};
-use super::entry::{COLUMNS, Entry, sql_int};
-use super::segment::{self, Point, Segment};
+use super::entry::{Entry, sql_int};
+use super::segment::{self, Layout, Point, Segment};
 use super::{AUDIT_HEAD, AUDIT_LOCK, Msg};
 use crate::store::{self, Result, StoreError};
 
@@ -64,7 +65,7 @@ impl Writer {
         let held = Held(&lock);
         segment::migrate_legacy(data_dir)?;
         let (live, conn, start) = segment::open_live(data_dir)?;
-        let last = segment::end(&conn, segment::Layout::Segment, &live.path)?;
+        let last = segment::end(&conn, Layout::Batches, &live.path)?;
         let head_file = data_dir.join(AUDIT_HEAD);
         let head = read_point(&head_file)?;
         if let Some(what) = head_problem(head.as_ref(), last.0, |id| segment::hash_at(data_dir, id))? {
@@ -189,43 +190,23 @@ impl Writer {
             .conn
             .unchecked_transaction()
             .map_err(fail("begin a transaction"))?;
-        let (mut id, mut prev) = last_entry(&tx, &db)?.unwrap_or(self.start);
-        {
-            let mut insert = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO entries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                     ?12, ?13, ?14, ?15, ?16)"
-                ))
-                .map_err(fail("prepare the insert"))?;
-            let mut time = String::with_capacity(24);
-            for (at, entry) in batch {
-                id += 1;
-                stamp(*at, &mut time);
-                let f = entry.fields(id, &time);
-                let hash = chain_hash(&prev, &f);
-                insert
-                    .execute(params![
-                        sql_int(f.id),
-                        f.time,
-                        f.decision,
-                        f.reason,
-                        f.terminal,
-                        f.user,
-                        f.source,
-                        f.route,
-                        f.method,
-                        f.path,
-                        f.upstream,
-                        f.status,
-                        f.bytes_in,
-                        f.bytes_out,
-                        f.duration_ms,
-                        &hash[..],
-                    ])
-                    .map_err(fail("append an entry"))?;
-                prev = hash;
-            }
+        let (mut id, mut prev) = last_entry(&tx, Layout::Batches, &db)?.unwrap_or(self.start);
+        // About 160 bytes an entry; a fresh buffer per commit goes back to the allocator with it.
+        let mut records = Vec::with_capacity(batch.len() * 192);
+        let mut time = String::with_capacity(24);
+        for (at, entry) in batch {
+            id += 1;
+            stamp(*at, &mut time);
+            let f = entry.fields(id, &time);
+            let hash = chain_hash(&prev, &f);
+            batch::encode(&f, &hash, &mut records);
+            prev = hash;
         }
+        tx.prepare_cached("INSERT INTO batches (last, entries, hash, records) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut insert| {
+                insert.execute(params![sql_int(id), batch.len() as i64, &prev[..], records])
+            })
+            .map_err(fail("append the entries"))?;
         tx.commit().map_err(fail("commit"))?;
         // Committed: from here only the head file is retried (the batch must not be appended
         // twice), still under the lock so that no other writer's head is overtaken by ours.
@@ -259,7 +240,7 @@ impl Writer {
         let lock = self.lock()?;
         let _held = Held(&lock);
         self.follow()?;
-        let end = last_entry(&self.conn, &self.live.path)?.unwrap_or(self.start);
+        let end = last_entry(&self.conn, Layout::Batches, &self.live.path)?.unwrap_or(self.start);
         match self.behind == Some(end) {
             true => self.move_head(),
             false => self.behind = None,

@@ -10,7 +10,9 @@ use kakehashi_gateway::audit::{AuditLog, Decision, Entry};
 
 use crate::support::*;
 
-/// A data directory whose log holds `n` entries, alternately allowed and denied.
+/// A data directory whose log holds `n` entries, alternately allowed and denied, and a refused
+/// sign-in: each committed on its own, so that each is a row (a batch) of its own, as on a quiet
+/// gateway.
 fn log_with(n: u64) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().expect("tempdir");
     let log = AuditLog::open(tmp.path()).expect("open the log");
@@ -32,6 +34,7 @@ fn log_with(n: u64) -> tempfile::TempDir {
             duration_ms: 7,
             ..Entry::new(decision, "api", "192.0.2.10:50000", "password ok")
         });
+        log.flush_blocking().expect("flush");
     }
     log.record_blocking(Entry::new(
         Decision::Deny,
@@ -127,7 +130,11 @@ fn an_intact_log_verifies_and_exports_as_text_and_json_lines() {
 #[test]
 fn an_edited_entry_is_named() {
     let tmp = log_with(4);
-    sql(tmp.path(), "UPDATE entries SET decision = 'allow' WHERE id = 2");
+    // Another patient, in place: the same number of bytes, so the entry still reads.
+    sql(
+        tmp.path(),
+        "UPDATE batches SET records = CAST(replace(CAST(records AS TEXT), '?id=2', '?id=7') AS BLOB)",
+    );
     audit(tmp.path(), "verify").fails_with(&[
         "audit log BROKEN at entry 2",
         "do not match its hash",
@@ -138,14 +145,14 @@ fn an_edited_entry_is_named() {
 #[test]
 fn a_deleted_entry_is_named() {
     let tmp = log_with(4);
-    sql(tmp.path(), "DELETE FROM entries WHERE id = 3");
+    sql(tmp.path(), "DELETE FROM batches WHERE last = 3");
     audit(tmp.path(), "verify").fails_with(&["BROKEN at entry 3", "entry 3 is missing"]);
 }
 
 #[test]
 fn a_truncated_tail_is_found_through_the_head_file() {
     let tmp = log_with(4);
-    sql(tmp.path(), "DELETE FROM entries WHERE id = 5");
+    sql(tmp.path(), "DELETE FROM batches WHERE last = 5");
     audit(tmp.path(), "verify").fails_with(&[
         "audit log BROKEN",
         "the log ends at entry 4 but audit.head records entry 5",

@@ -941,13 +941,26 @@ fn sigterm_stops_gracefully_and_the_audit_log_is_complete_and_verifiable() {
         .filter(|e| e["decision"] == "allow" && e["status"] == 200)
         .count();
     assert_eq!(allowed, 3);
-    // Editing an entry in the SQLite file breaks the chain, and verify says where.
+    // Editing an entry in the SQLite file breaks the chain, and verify says where: the person's
+    // ID replaced by another as long, in place, in every entry that names it.
     let db = audit_live(&c.path("data"));
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute("UPDATE entries SET user = 'mallory' WHERE id = 2", [])
-        .unwrap();
+    let id = c.user.split(':').next().unwrap();
+    let other = "m".repeat(id.len());
+    conn.execute(
+        "UPDATE batches SET records = CAST(replace(CAST(records AS TEXT), ?1, ?2) AS BLOB)",
+        [id, &other],
+    )
+    .unwrap();
     drop(conn);
-    sh(&format!("kakehashi audit verify --data-dir {}", c.data())).fails_with(&["2"]);
+    let first = c
+        .audit()
+        .iter()
+        .position(|e| e.to_string().contains(&other))
+        .expect("an entry now names the other person")
+        + 1;
+    sh(&format!("kakehashi audit verify --data-dir {}", c.data()))
+        .fails_with(&[&format!("BROKEN at entry {first}"), "do not match its hash"]);
 }
 
 #[test]
@@ -1156,7 +1169,7 @@ fn no_access_is_granted_while_the_audit_log_cannot_be_written() {
         db.busy_timeout(Duration::from_secs(5)).unwrap();
         db.execute_batch(statement).unwrap();
     };
-    sql("CREATE TRIGGER full BEFORE INSERT ON entries BEGIN SELECT RAISE(ABORT, 'disk full'); END");
+    sql("CREATE TRIGGER full BEFORE INSERT ON batches BEGIN SELECT RAISE(ABORT, 'disk full'); END");
     let health = || {
         sh(&format!(
             "curl -s -o /dev/null -w %{{http_code}} http://{}/health",
