@@ -118,6 +118,21 @@ journal = integer(1) + integer(0) + text(b"t") + text(b"u") + text(b"POST") + te
     text(b"application/json") + blob(b"{}") + text(b"k") + text(b"pending") + integer(0) + null + null + null + null + integer(0)
 put("records", "rows", cache + journal)
 put("records", "extremes", integer(-2**63) * 6 + integer(-2**63) * 16)
+# ... then an audit batch row (last id, count, last hash, the entries: gateway/src/audit/batch.rs).
+def varint(n):
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7f | 0x80]); n >>= 7
+    return out + bytes([n])
+def zigzag(n): return ((n << 1) ^ (n >> 63)) & (2**64 - 1)
+def batch_text(s): return varint(len(s)) + s
+def batch_opt(s): return b"\0" if s is None else varint(len(s) + 1) + s
+entry_hash = b"\x11" * 32
+batch_entry = b"".join(batch_text(s) for s in [b"2026-12-06T07:00:00.000Z", b"allow", b"ok"]) + \
+    batch_opt(b"reception-1") + batch_opt(None) + batch_text(b"127.0.0.1:50000") + batch_text(b"api") + \
+    batch_opt(b"GET") + batch_opt(b"/api01rv2/patientgetv2?id=1") + batch_opt(b"cloud") + \
+    varint(zigzag(200) + 1) + varint(zigzag(0)) + varint(zigzag(281)) + varint(zigzag(3)) + entry_hash
+put("records", "audit-batch", cache + journal + integer(1) + integer(1) + blob(entry_hash) + blob(batch_entry))
 
 # wireguard, mode 1: IPv4 packets for the gateway's tunnel address, length-prefixed.
 def checksum(b):

@@ -304,9 +304,9 @@ fn seal(text: &str) -> Option<Vec<u8>> {
     Some(sealed)
 }
 
-/// `records`: journal and cache records read back from their SQLite files, whatever their
-/// columns hold (a damaged or tampered file): an error or a miss, never a panic. The bytes are
-/// a row: for each column a type byte and a value.
+/// `records`: journal, cache and audit records read back from their SQLite files, whatever
+/// their columns hold (a damaged or tampered file): an error or a miss, never a panic. The bytes
+/// are rows: for each column a type byte and a value.
 pub fn records(data: &[u8]) {
     thread_local! {
         static FILES: RecordFiles = RecordFiles::open();
@@ -324,6 +324,9 @@ struct RecordFiles {
     /// The target's own connections, which write the rows the gateway's code reads back.
     cache_rows: rusqlite::Connection,
     journal_rows: (rusqlite::Connection, PathBuf),
+    /// A data directory with an audit log, and its live segment.
+    audit: PathBuf,
+    audit_rows: rusqlite::Connection,
 }
 
 impl RecordFiles {
@@ -341,7 +344,16 @@ impl RecordFiles {
         let journal = engine_proxy::journal::Journal::open(&dir).unwrap_or_else(|e| panic!("{e}"));
         let cache_rows = rusqlite::Connection::open(dir.join("cache.db")).unwrap_or_else(|e| panic!("{e}"));
         let journal_rows = engine_proxy::journal::operator::open(&dir).unwrap_or_else(|e| panic!("{e}"));
-        for conn in [&cache_rows, &journal_rows.0] {
+        let audit = dir.join("audit-log");
+        crate::audit::AuditLog::open(&audit)
+            .and_then(|log| log.close_blocking())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let live = crate::audit::segment::list(&audit)
+            .ok()
+            .and_then(|mut all| all.pop())
+            .unwrap_or_else(|| panic!("{}: no audit segment", audit.display()));
+        let audit_rows = rusqlite::Connection::open(&live.path).unwrap_or_else(|e| panic!("{e}"));
+        for conn in [&cache_rows, &journal_rows.0, &audit_rows] {
             let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
         }
         RecordFiles {
@@ -350,6 +362,8 @@ impl RecordFiles {
             _journal: journal,
             cache_rows,
             journal_rows,
+            audit,
+            audit_rows,
         }
     }
 
@@ -397,13 +411,14 @@ impl RecordFiles {
         let key = [7u8; 32];
         let cache_row: Vec<Value> = (0..6).map(|_| value()).collect();
         let journal_row: Vec<Value> = (0..16).map(|_| value()).collect();
+        let audit_row: Vec<Value> = (0..4).map(|_| value()).collect();
         let conn = &self.cache_rows;
         let _ = conn
             .prepare_cached("DELETE FROM entries")
             .and_then(|mut s| s.execute([]));
         let mut row = vec![Value::Blob(key.to_vec())];
         row.extend(cache_row);
-        insert(conn, row);
+        insert(conn, "entries", row);
         let _ = self.cache.get(&key);
 
         // The journal, as `kakehashi journal list|show` reads it.
@@ -416,9 +431,25 @@ impl RecordFiles {
             Some(Value::Integer(id)) => *id,
             _ => 1,
         };
-        insert(conn, journal_row);
+        insert(conn, "entries", journal_row);
         let _ = engine_proxy::journal::operator::list(conn, path, &[]);
         let _ = engine_proxy::journal::operator::show(conn, path, id as u64);
+
+        // The audit log: one batch (last id, count, last hash, the entries packed), as
+        // `kakehashi audit verify` and `export`, the status page and a backup's check read it.
+        let last = match audit_row.first() {
+            Some(Value::Integer(id)) => *id as u64,
+            _ => 1,
+        };
+        let _ = self
+            .audit_rows
+            .prepare_cached("DELETE FROM batches")
+            .and_then(|mut s| s.execute([]));
+        insert(&self.audit_rows, "batches", audit_row);
+        let _ = crate::audit::verify(&self.audit);
+        let _ = crate::audit::export(&self.audit, None, |_| Ok(()));
+        let _ = crate::audit::recent(&self.audit, 100, 10);
+        let _ = crate::audit::hash_of(&self.audit, last);
     }
 }
 
@@ -430,11 +461,13 @@ impl Drop for RecordFiles {
     }
 }
 
-/// Inserts `row` into `entries` (as many columns as it has values): a row the schema refuses is
+/// Inserts `row` into `table` (as many columns as it has values): a row the schema refuses is
 /// simply not there.
-fn insert(conn: &rusqlite::Connection, row: Vec<rusqlite::types::Value>) {
+fn insert(conn: &rusqlite::Connection, table: &str, row: Vec<rusqlite::types::Value>) {
     let columns: Vec<String> = conn
-        .prepare_cached("SELECT name FROM pragma_table_info('entries') ORDER BY cid")
+        .prepare_cached(&format!(
+            "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+        ))
         .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
         .unwrap_or_default();
     let n = row.len().min(columns.len());
@@ -443,7 +476,7 @@ fn insert(conn: &rusqlite::Connection, row: Vec<rusqlite::types::Value>) {
     }
     let names = columns[..n].join(", ");
     let marks = vec!["?"; n].join(", ");
-    let sql = format!("INSERT OR REPLACE INTO entries ({names}) VALUES ({marks})");
+    let sql = format!("INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})");
     if let Ok(mut insert) = conn.prepare_cached(&sql) {
         let _ = insert.execute(rusqlite::params_from_iter(row.into_iter().take(n)));
     }
