@@ -57,6 +57,9 @@ thread_ticks() {
 # $W/result.
 one() {
   local side=$1 e g
+  # Each run starts with an empty audit log: the two builds may store it differently (a build
+  # refuses a log newer than it knows), and no round faces a longer log than the one before.
+  rm -rf "$d/data/audit" "$d/data/audit.head"
   "$peer" engine-sim --config "$d/engine.toml" >"$W/engine.log" 2>&1 & e=$! pids+=($e)
   GLIBC_TUNABLES=${tunables[$side]} "${bin[$side]}" gateway run --config "$d/gateway.toml" \
     >"$W/gateway.log" 2>&1 & g=$! pids+=($g)

@@ -7,15 +7,13 @@ use std::sync::Arc;
 /// The schema of the single `audit.db` of earlier versions (every row with its `prev_hash`):
 /// read, never written; moved into `audit/` as the first sealed segment.
 pub(super) const LEGACY_VERSION: i64 = 1;
-/// The schema of a segment with one row per entry: read, never written since
-/// [`BATCH_VERSION`].
+/// The schema of a segment with one row per entry: what versions before [`BATCH_VERSION`]
+/// wrote, still written beside them (see [`Format`](super::segment::Format)).
 pub(super) const SEGMENT_VERSION: i64 = 2;
-/// The schema of a segment with one row per commit (see [`batch`](super::batch)): what the
-/// writer writes.
+/// The schema of a segment with one row per commit (see [`batch`](super::batch)).
 pub(super) const BATCH_VERSION: i64 = 3;
 /// The columns every entry has, in both schemas of one row per entry (a macro, so that both are
 /// one literal).
-#[cfg(test)]
 macro_rules! entry_columns {
     () => {
         "
@@ -57,10 +55,10 @@ CREATE TABLE segment (
 ) STRICT;"
     };
 }
-/// A segment of one row per entry, for tests that make one to read. An entry's `prev_hash` is
-/// not stored: it is the hash of the row before (or the segment's start), and what
-/// [`verify`](super::verify) recomputes anyway. `id` is the rowid: no other index.
-#[cfg(test)]
+/// A segment of one row per entry, written while a version that knows only rows may run beside
+/// (see [`Format`](super::segment::Format)). An entry's `prev_hash` is not stored: it is the hash
+/// of the row before (or the segment's start), and what [`verify`](super::verify) recomputes
+/// anyway. `id` is the rowid: no other index.
 pub(super) const SEGMENT_SCHEMA: &str = concat!(
     segment_table!(),
     "

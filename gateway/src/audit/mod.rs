@@ -40,6 +40,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::{Result, StoreError};
 use writer::Writer;
 
+pub use segment::Format;
+
 pub use chain::{chain_hash, timestamp};
 pub use entry::{Decision, Entry, Fields, Record, Text};
 pub use read::{
@@ -103,6 +105,12 @@ impl AuditLog {
         AuditLog::open_with(data_dir, DEFAULT_SEGMENT_BYTES)
     }
 
+    /// [`AuditLog::open_as`], going on in the live segment's layout ([`Format::Keep`]): what
+    /// every writer but the gateway itself does.
+    pub fn open_with(data_dir: &Path, segment_bytes: u64) -> Result<AuditLog> {
+        AuditLog::open_as(data_dir, segment_bytes, Format::Keep)
+    }
+
     /// Opens (creating if needed) the log in `DATA_DIR/audit/` (moving a legacy `audit.db` there
     /// first), checks it against `audit.head`, and starts the writer thread, which seals the live
     /// segment once it holds `segment_bytes`.
@@ -110,8 +118,11 @@ impl AuditLog {
     /// Refuses a log whose end does not match the head file (entries removed from the end, or
     /// the head file deleted): recording on would hide that. `kakehashi audit verify` shows the
     /// damage; moving `audit/` and `audit.head` aside (keep them) starts a new chain.
-    pub fn open_with(data_dir: &Path, segment_bytes: u64) -> Result<AuditLog> {
-        let mut writer = Writer::open(data_dir, segment_bytes)?;
+    ///
+    /// `format` says whether a log that versions before batches wrote in rows moves to batches
+    /// now ([`Format`]).
+    pub fn open_as(data_dir: &Path, segment_bytes: u64, format: Format) -> Result<AuditLog> {
+        let mut writer = Writer::open(data_dir, segment_bytes, format)?;
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let failing = Arc::new(AtomicBool::new(false));
         writer.failing = failing.clone();

@@ -24,7 +24,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::AUDIT_DB;
 use super::batch::Decoder;
 use super::chain::{last_entry, read_point, write_point};
-use super::entry::{BATCH_SCHEMA, BATCH_VERSION, LEGACY_VERSION, SEGMENT_VERSION, get_u64, sql_int};
+use super::entry::{
+    BATCH_SCHEMA, BATCH_VERSION, LEGACY_VERSION, SEGMENT_SCHEMA, SEGMENT_VERSION, get_u64, sql_int,
+};
 use crate::store::{self, Result, StoreError};
 
 /// The directory of segments inside the data directory.
@@ -53,8 +55,9 @@ pub struct Segment {
     pub path: PathBuf,
 }
 
-/// How a segment stores its entries. Only [`Layout::Batches`] is written; the others are read
-/// where earlier versions left them.
+/// How a segment stores its entries. A new log is written in [`Layout::Batches`]; a log of
+/// [`Layout::Rows`] stays in rows until a writer may move it ([`Format`]); the legacy file is
+/// only read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Layout {
     /// The single `audit.db` of earlier versions: every row has its `prev_hash`.
@@ -255,9 +258,24 @@ pub(super) fn hash_at(data_dir: &Path, id: u64) -> Result<Option<[u8; 32]>> {
     Ok(None)
 }
 
-/// Creates the segment that starts after `start` (a hidden file set up and synced, then renamed
-/// into place) and returns it. Called under the writer's lock.
-pub(super) fn create(data_dir: &Path, start: Point) -> Result<Segment> {
+/// What a writer may do with a log that versions before batches wrote in rows.
+///
+/// Firmware updates run the new version on trial beside the old one (the old supervisor records
+/// the trial's events in the same log), and roll back to the old one if the trial fails: the old
+/// version must still read and extend the log (docs/firmware.md, "State across a rollback"),
+/// and it knows only rows. So only a gateway that no older version can run beside moves the
+/// log to batches; every other writer goes on in the live segment's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Go on in the live segment's layout (a new log starts in batches).
+    Keep,
+    /// Seal a live segment of rows and go on in batches.
+    Batches,
+}
+
+/// Creates the segment of `layout` (rows or batches) that starts after `start` (a hidden file
+/// set up and synced, then renamed into place) and returns it. Called under the writer's lock.
+pub(super) fn create(data_dir: &Path, start: Point, layout: Layout) -> Result<Segment> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = data_dir.join(SEGMENTS);
     cert_tool::files::create_dir(&dir, store::DIR_MODE)?;
@@ -284,14 +302,18 @@ pub(super) fn create(data_dir: &Path, start: Point) -> Result<Segment> {
         conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE};"))
             .map_err(fail("set the page size"))?;
         let tx = conn.unchecked_transaction().map_err(fail("begin"))?;
-        tx.execute_batch(BATCH_SCHEMA)
-            .map_err(fail("create the schema"))?;
+        let (schema, version) = match layout {
+            Layout::Rows => (SEGMENT_SCHEMA, SEGMENT_VERSION),
+            // (The legacy file is never made.)
+            Layout::Batches | Layout::Legacy => (BATCH_SCHEMA, BATCH_VERSION),
+        };
+        tx.execute_batch(schema).map_err(fail("create the schema"))?;
         tx.execute(
             "INSERT INTO segment (prev_id, prev_hash) VALUES (?1, ?2)",
             params![sql_int(start.0), &start.1[..]],
         )
         .map_err(fail("record where the segment starts"))?;
-        tx.pragma_update(None, "user_version", BATCH_VERSION)
+        tx.pragma_update(None, "user_version", version)
             .map_err(fail("record the schema version"))?;
         tx.commit().map_err(fail("commit"))?;
         let _: String = conn
@@ -438,18 +460,7 @@ pub fn prune(data_dir: &Path, through: u64, mut enough: impl FnMut(u64) -> bool)
         .iter()
         .map(|p| allocated(p))
         .sum::<u64>();
-        for path in [
-            wal_of(&seg.path, "-wal"),
-            wal_of(&seg.path, "-shm"),
-            seg.path.clone(),
-        ] {
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(StoreError::io("remove", &path)(e));
-                }
-                _ => {}
-            }
-        }
+        remove(&seg.path)?;
         cert_tool::files::sync_dir(seg.path.parent().unwrap_or(&dir))?;
         freed += bytes;
         if !leftover {
@@ -465,6 +476,20 @@ pub fn prune(data_dir: &Path, through: u64, mut enough: impl FnMut(u64) -> bool)
     Ok(out)
 }
 
+/// Removes a segment's file, its WAL and its shared-memory index (those first, so that no
+/// reader pairs a WAL with another file).
+fn remove(path: &Path) -> Result<()> {
+    for path in [wal_of(path, "-wal"), wal_of(path, "-shm"), path.to_owned()] {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io("remove", &path)(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn wal_of(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(format!("{}{suffix}", path.display()))
 }
@@ -475,33 +500,48 @@ pub fn allocated(path: &Path) -> u64 {
     std::fs::symlink_metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
-/// Opens the live segment for writing: the newest, or a new one when there is none or the newest
-/// is the legacy log (sealed by its move). `floor` is where a new first segment starts.
-pub(super) fn open_live(data_dir: &Path) -> Result<(Segment, Connection, Point)> {
+/// Opens the live segment for writing, and says its layout: the newest, or a new one when there
+/// is none, when the newest is the legacy log (sealed by its move), or when it is of rows and
+/// `format` moves the log to batches.
+pub(super) fn open_live(data_dir: &Path, format: Format) -> Result<(Segment, Connection, Point, Layout)> {
     let floor = pruned(data_dir)?;
     let segments = live_list(data_dir, floor)?;
-    let segment = match segments.last() {
-        None => create(data_dir, floor.unwrap_or(ORIGIN))?,
+    let (segment, layout) = match segments.last() {
+        None => (
+            create(data_dir, floor.unwrap_or(ORIGIN), Layout::Batches)?,
+            Layout::Batches,
+        ),
         Some(newest) => {
             let conn = store::open_existing(&newest.path)?.ok_or_else(|| StoreError::Corrupt {
                 path: newest.path.clone(),
                 what: "the segment disappeared".into(),
             })?;
             match layout(&conn, &newest.path)? {
-                Some(Layout::Batches) => newest.clone(),
-                Some(layout @ Layout::Rows) => {
+                Some(Layout::Batches) => (newest.clone(), Layout::Batches),
+                Some(Layout::Rows) if format == Format::Keep => (newest.clone(), Layout::Rows),
+                Some(Layout::Rows) => {
                     // Sealed like a full one: its WAL folded in, and the next segment starts at
-                    // its end.
-                    let end = end(&conn, layout, &newest.path)?;
+                    // its end. One without entries (made when the one before was sealed) gives
+                    // way instead to the segment of batches that starts where it does.
+                    let end = end(&conn, Layout::Rows, &newest.path)?;
+                    let empty = end == start(&conn, Layout::Rows, &newest.path)?;
                     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                         .map_err(StoreError::sqlite(&newest.path, "checkpoint the sealed segment"))?;
                     drop(conn);
-                    create(data_dir, end)?
+                    if empty {
+                        remove(&newest.path)?;
+                    }
+                    (create(data_dir, end, Layout::Batches)?, Layout::Batches)
                 }
                 Some(Layout::Legacy) => {
+                    // What an older version would make after it, unless the log may move.
+                    let next = match format {
+                        Format::Keep => Layout::Rows,
+                        Format::Batches => Layout::Batches,
+                    };
                     let end = end(&conn, Layout::Legacy, &newest.path)?;
                     drop(conn);
-                    create(data_dir, end)?
+                    (create(data_dir, end, next)?, next)
                 }
                 None => {
                     return Err(StoreError::Corrupt {
@@ -514,8 +554,8 @@ pub(super) fn open_live(data_dir: &Path) -> Result<(Segment, Connection, Point)>
     };
     let conn = store::open_file(data_dir, &segment.path)?;
     tune(&conn, &segment.path)?;
-    let start = start(&conn, Layout::Batches, &segment.path)?;
-    Ok((segment, conn, start))
+    let start = start(&conn, layout, &segment.path)?;
+    Ok((segment, conn, start, layout))
 }
 
 /// The writer's settings: a WAL checkpointed often and cut back, so that it stays small; and a

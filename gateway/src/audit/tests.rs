@@ -661,10 +661,11 @@ fn a_legacy_audit_db_is_read_in_place_and_moved_into_segments_whole() {
     );
 }
 
-/// A segment of one row per entry, as versions before batches wrote it, is read where it is,
-/// sealed (its WAL folded in), and the chain goes on in a segment of batches.
+/// A segment of one row per entry, as versions before batches wrote it, is read where it is and
+/// extended in rows by every writer that an older version may run beside; the gateway that no
+/// older version runs beside seals it (its WAL folded in), and the chain goes on in batches.
 #[test]
-fn a_segment_of_rows_is_read_and_sealed_and_the_chain_goes_on_in_batches() {
+fn a_segment_of_rows_goes_on_in_rows_until_the_log_may_move_to_batches() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(segment::SEGMENTS);
     std::fs::create_dir(&dir).unwrap();
@@ -687,28 +688,59 @@ fn a_segment_of_rows_is_read_and_sealed_and_the_chain_goes_on_in_batches() {
     assert_eq!(before.len(), 10);
     assert_eq!(recent(tmp.path(), 4, 10).unwrap().last_seen.len(), 1);
 
+    let firsts = || -> Vec<u64> {
+        segment::list(tmp.path())
+            .unwrap()
+            .iter()
+            .map(|s| s.first)
+            .collect()
+    };
     let log = AuditLog::open(tmp.path()).unwrap();
     log.record_blocking(entry(11));
     log.close_blocking().unwrap();
-    let segments = segment::list(tmp.path()).unwrap();
-    assert_eq!(segments.iter().map(|s| s.first).collect::<Vec<_>>(), vec![1, 11]);
-    assert!(
-        !dir.join(format!("{}-wal", segment::file_name(1))).exists(),
-        "checkpointed"
-    );
+    assert_eq!(firsts(), vec![1], "still rows");
     let report = verify(tmp.path()).unwrap();
     assert!(report.is_intact() && report.last_id == 11, "{report:?}");
+
+    // Full, it is followed by another of rows.
+    let log = AuditLog::open_with(tmp.path(), 1).unwrap();
+    log.record_blocking(entry(12));
+    log.close_blocking().unwrap();
+    assert_eq!(firsts(), vec![1, 13]);
+    let next = segment::list(tmp.path()).unwrap().pop().unwrap();
+    assert_eq!(
+        segment::open(&next.path).unwrap().unwrap().1,
+        segment::Layout::Rows
+    );
+
+    // The gateway: the empty segment of rows gives way to one of batches.
+    let log = AuditLog::open_as(tmp.path(), DEFAULT_SEGMENT_BYTES, Format::Batches).unwrap();
+    log.record_blocking(entry(13));
+    log.close_blocking().unwrap();
+    assert_eq!(firsts(), vec![1, 13]);
+    let batches = segment::list(tmp.path()).unwrap().pop().unwrap();
+    assert_eq!(
+        segment::open(&batches.path).unwrap().unwrap().1,
+        segment::Layout::Batches
+    );
+    let report = verify(tmp.path()).unwrap();
+    assert!(report.is_intact() && report.last_id == 13, "{report:?}");
     let after = all(tmp.path());
     assert_eq!(&after[..10], &before[..], "nothing lost or changed");
     assert_eq!(after[10].prev_hash, before[9].hash);
-    assert_eq!(
-        read::hash_of(tmp.path(), 10).unwrap(),
-        Some(before[9].hash.clone())
-    );
-    assert_eq!(
-        read::hash_of(tmp.path(), 11).unwrap(),
-        Some(after[10].hash.clone())
-    );
+    assert_eq!(after[12].prev_hash, after[11].hash);
+    for id in [10, 12, 13] {
+        let hash = read::hash_of(tmp.path(), id).unwrap();
+        assert_eq!(hash.as_ref(), Some(&after[id as usize - 1].hash), "entry {id}");
+    }
+    assert_eq!(recent(tmp.path(), 5, 10).unwrap().last_seen.len(), 1);
+
+    // A writer that keeps the layout goes on in batches now.
+    let log = AuditLog::open(tmp.path()).unwrap();
+    log.record_blocking(entry(14));
+    log.close_blocking().unwrap();
+    assert_eq!(firsts(), vec![1, 13]);
+    assert_eq!(verify(tmp.path()).unwrap().last_id, 14);
 
     // Its rows are still held to their hashes.
     tamper(
@@ -716,6 +748,40 @@ fn a_segment_of_rows_is_read_and_sealed_and_the_chain_goes_on_in_batches() {
         &["UPDATE entries SET user = 'mallory' WHERE id = 4"],
         "entry 4: its contents do not match its hash",
     );
+}
+
+/// A segment of rows that holds entries is sealed where it is when the log moves to batches,
+/// its WAL folded in.
+#[test]
+fn a_segment_of_rows_with_entries_is_sealed_when_the_log_moves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = tmp.path().join(segment::SEGMENTS).join(segment::file_name(1));
+    std::fs::create_dir(rows.parent().unwrap()).unwrap();
+    let conn = Connection::open(&rows).unwrap();
+    conn.execute_batch(entry::SEGMENT_SCHEMA).unwrap();
+    conn.execute("INSERT INTO segment VALUES (0, zeroblob(32))", [])
+        .unwrap();
+    conn.pragma_update(None, "user_version", 2).unwrap();
+    let _: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    write_rows(&conn, false, tmp.path());
+    let wal = std::path::PathBuf::from(format!("{}-wal", rows.display()));
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+
+    let log = AuditLog::open_as(tmp.path(), DEFAULT_SEGMENT_BYTES, Format::Batches).unwrap();
+    log.record_blocking(entry(11));
+    log.close_blocking().unwrap();
+    let firsts: Vec<u64> = segment::list(tmp.path())
+        .unwrap()
+        .iter()
+        .map(|s| s.first)
+        .collect();
+    assert_eq!(firsts, vec![1, 11]);
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0, "checkpointed");
+    drop(conn);
+    let report = verify(tmp.path()).unwrap();
+    assert!(report.is_intact() && report.last_id == 11, "{report:?}");
 }
 
 #[test]

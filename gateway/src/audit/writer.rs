@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 
 use super::batch;
 use super::chain::{chain_hash, head_problem, last_entry, read_point, stamp, write_point};
-use super::entry::{Entry, sql_int};
-use super::segment::{self, Layout, Point, Segment};
+use super::entry::{COLUMNS, Entry, sql_int};
+use super::segment::{self, Format, Layout, Point, Segment};
 use super::{AUDIT_HEAD, AUDIT_LOCK, Msg};
 use crate::store::{self, Result, StoreError};
 
@@ -43,9 +43,11 @@ const HEAD_EVERY: Duration = Duration::from_millis(250);
 pub(super) struct Writer {
     lock: std::fs::File,
     conn: Connection,
-    /// The live segment and where it starts.
+    /// The live segment, where it starts, and its layout.
     live: Segment,
     start: Point,
+    layout: Layout,
+    format: Format,
     data_dir: PathBuf,
     head_file: PathBuf,
     /// A live segment this large (bytes) is sealed after the commit that reached it.
@@ -57,15 +59,15 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn open(data_dir: &Path, seal_at: u64) -> Result<Writer> {
+    pub(super) fn open(data_dir: &Path, seal_at: u64, format: Format) -> Result<Writer> {
         cert_tool::files::create_dir(data_dir, store::DIR_MODE)?;
         let lock = open_lock(data_dir)?;
         lock.lock()
             .map_err(StoreError::io("lock", data_dir.join(AUDIT_LOCK)))?;
         let held = Held(&lock);
         segment::migrate_legacy(data_dir)?;
-        let (live, conn, start) = segment::open_live(data_dir)?;
-        let last = segment::end(&conn, Layout::Batches, &live.path)?;
+        let (live, conn, start, layout) = segment::open_live(data_dir, format)?;
+        let last = segment::end(&conn, layout, &live.path)?;
         let head_file = data_dir.join(AUDIT_HEAD);
         let head = read_point(&head_file)?;
         if let Some(what) = head_problem(head.as_ref(), last.0, |id| segment::hash_at(data_dir, id))? {
@@ -83,6 +85,8 @@ impl Writer {
             conn,
             live,
             start,
+            layout,
+            format,
             data_dir: data_dir.to_owned(),
             head_file,
             seal_at: seal_at.max(1),
@@ -190,23 +194,12 @@ impl Writer {
             .conn
             .unchecked_transaction()
             .map_err(fail("begin a transaction"))?;
-        let (mut id, mut prev) = last_entry(&tx, Layout::Batches, &db)?.unwrap_or(self.start);
-        // About 160 bytes an entry; a fresh buffer per commit goes back to the allocator with it.
-        let mut records = Vec::with_capacity(batch.len() * 192);
-        let mut time = String::with_capacity(24);
-        for (at, entry) in batch {
-            id += 1;
-            stamp(*at, &mut time);
-            let f = entry.fields(id, &time);
-            let hash = chain_hash(&prev, &f);
-            batch::encode(&f, &hash, &mut records);
-            prev = hash;
+        let (first, start) = last_entry(&tx, self.layout, &db)?.unwrap_or(self.start);
+        let (id, prev) = match self.layout {
+            Layout::Rows | Layout::Legacy => append_rows(&tx, batch, (first, start)),
+            Layout::Batches => append_batch(&tx, batch, (first, start)),
         }
-        tx.prepare_cached("INSERT INTO batches (last, entries, hash, records) VALUES (?1, ?2, ?3, ?4)")
-            .and_then(|mut insert| {
-                insert.execute(params![sql_int(id), batch.len() as i64, &prev[..], records])
-            })
-            .map_err(fail("append the entries"))?;
+        .map_err(fail("append the entries"))?;
         tx.commit().map_err(fail("commit"))?;
         // Committed: from here only the head file is retried (the batch must not be appended
         // twice), still under the lock so that no other writer's head is overtaken by ours.
@@ -240,7 +233,7 @@ impl Writer {
         let lock = self.lock()?;
         let _held = Held(&lock);
         self.follow()?;
-        let end = last_entry(&self.conn, Layout::Batches, &self.live.path)?.unwrap_or(self.start);
+        let end = last_entry(&self.conn, self.layout, &self.live.path)?.unwrap_or(self.start);
         match self.behind == Some(end) {
             true => self.move_head(),
             false => self.behind = None,
@@ -252,8 +245,8 @@ impl Writer {
     fn follow(&mut self) -> Result<()> {
         let newest = segment::list(&self.data_dir)?.pop();
         if newest.as_ref().is_some_and(|n| n.first != self.live.first) {
-            let (live, conn, start) = segment::open_live(&self.data_dir)?;
-            (self.live, self.conn, self.start) = (live, conn, start);
+            let (live, conn, start, layout) = segment::open_live(&self.data_dir, self.format)?;
+            (self.live, self.conn, self.start, self.layout) = (live, conn, start, layout);
         }
         Ok(())
     }
@@ -272,8 +265,8 @@ impl Writer {
     /// Seals the live segment, which ends at `end`: the next segment starts from it, and the old
     /// one is checkpointed and closed (its WAL folded in and removed).
     fn seal(&mut self, end: Point) -> Result<()> {
-        let next = segment::create(&self.data_dir, end)?;
-        let (live, conn, start) = segment::open_live(&self.data_dir)?;
+        let next = segment::create(&self.data_dir, end, self.layout)?;
+        let (live, conn, start, layout) = segment::open_live(&self.data_dir, self.format)?;
         if live.first != next.first {
             return Err(StoreError::Corrupt {
                 path: next.path,
@@ -282,12 +275,74 @@ impl Writer {
         }
         let old = std::mem::replace(&mut self.conn, conn);
         let old_path = std::mem::replace(&mut self.live, live).path;
-        self.start = start;
+        (self.start, self.layout) = (start, layout);
         old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(StoreError::sqlite(&old_path, "checkpoint the sealed segment"))?;
         old.close()
             .map_err(|(_, e)| StoreError::sqlite(&old_path, "close the sealed segment")(e))
     }
+}
+
+/// Appends `batch` after `end` as one row (see [`batch`]); returns the new end.
+fn append_batch(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[(OffsetDateTime, Entry)],
+    (mut id, mut prev): Point,
+) -> rusqlite::Result<Point> {
+    // About 160 bytes an entry; a fresh buffer per commit goes back to the allocator with it.
+    let mut records = Vec::with_capacity(batch.len() * 192);
+    let mut time = String::with_capacity(24);
+    for (at, entry) in batch {
+        id += 1;
+        stamp(*at, &mut time);
+        let f = entry.fields(id, &time);
+        let hash = chain_hash(&prev, &f);
+        batch::encode(&f, &hash, &mut records);
+        prev = hash;
+    }
+    tx.prepare_cached("INSERT INTO batches (last, entries, hash, records) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![sql_int(id), batch.len() as i64, &prev[..], records])?;
+    Ok((id, prev))
+}
+
+/// Appends `batch` after `end` as a row per entry, as versions before batches did; returns the
+/// new end.
+fn append_rows(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[(OffsetDateTime, Entry)],
+    (mut id, mut prev): Point,
+) -> rusqlite::Result<Point> {
+    let mut insert = tx.prepare_cached(&format!(
+        "INSERT INTO entries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+         ?14, ?15, ?16)"
+    ))?;
+    let mut time = String::with_capacity(24);
+    for (at, entry) in batch {
+        id += 1;
+        stamp(*at, &mut time);
+        let f = entry.fields(id, &time);
+        let hash = chain_hash(&prev, &f);
+        insert.execute(params![
+            sql_int(f.id),
+            f.time,
+            f.decision,
+            f.reason,
+            f.terminal,
+            f.user,
+            f.source,
+            f.route,
+            f.method,
+            f.path,
+            f.upstream,
+            f.status,
+            f.bytes_in,
+            f.bytes_out,
+            f.duration_ms,
+            &hash[..],
+        ])?;
+        prev = hash;
+    }
+    Ok((id, prev))
 }
 
 /// Runs `step` until it succeeds, marking the log failing and backing off in between.

@@ -114,7 +114,13 @@ impl Gateway {
         };
         let people = Arc::new(People::new(settings, store::open(&config.data_dir)?, clinic));
         let budget = crate::budget::Budget::of(&config);
-        let audit = AuditLog::open_with(&config.data_dir, budget.segment_bytes)?;
+        // A gateway started as a supervisor's child (a firmware trial, beside the older version
+        // that supervises it and may be rolled back to) leaves the log in the layout it has.
+        let format = match std::env::var_os(crate::cli::demo::DEMO_PID_ENV) {
+            Some(_) => crate::audit::Format::Keep,
+            None => crate::audit::Format::Batches,
+        };
+        let audit = AuditLog::open_as(&config.data_dir, budget.segment_bytes, format)?;
         let metrics = Arc::new(Metrics::default());
         let local = match &config.failover.engine {
             Some(url) => Local::Engine { url: url.clone() },
