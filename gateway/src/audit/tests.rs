@@ -584,6 +584,24 @@ fn a_prune_cut_short_leaves_a_segment_that_is_ignored_then_removed() {
     assert!(!segments[0].path.exists(), "the leftover is removed");
 }
 
+/// The first segment of a log in `dir` as versions before batches wrote it: schema 2, entries
+/// 1 to 10 (the head file attesting them), and the connection that wrote them, its WAL not yet
+/// folded in while it is open.
+fn rows_segment(dir: &Path) -> (std::path::PathBuf, Connection) {
+    let rows = dir.join(segment::SEGMENTS).join(segment::file_name(1));
+    std::fs::create_dir(rows.parent().unwrap()).unwrap();
+    let conn = Connection::open(&rows).unwrap();
+    conn.execute_batch(entry::SEGMENT_SCHEMA).unwrap();
+    conn.execute("INSERT INTO segment VALUES (0, zeroblob(32))", [])
+        .unwrap();
+    conn.pragma_update(None, "user_version", 2).unwrap();
+    let _: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    write_rows(&conn, false, dir);
+    (rows, conn)
+}
+
 /// Writes entries 1 to 10 as rows, as the versions before batches did (each with its
 /// `prev_hash` in the `legacy` layout), and the head file in `dir` that attests them.
 fn write_rows(conn: &Connection, legacy: bool, dir: &Path) {
@@ -667,23 +685,8 @@ fn a_legacy_audit_db_is_read_in_place_and_moved_into_segments_whole() {
 #[test]
 fn a_segment_of_rows_goes_on_in_rows_until_the_log_may_move_to_batches() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join(segment::SEGMENTS);
-    std::fs::create_dir(&dir).unwrap();
-    let rows = dir.join(segment::file_name(1));
-    {
-        let conn = Connection::open(&rows).unwrap();
-        conn.execute_batch(entry::SEGMENT_SCHEMA).unwrap();
-        conn.execute(
-            "INSERT INTO segment (prev_id, prev_hash) VALUES (0, zeroblob(32))",
-            [],
-        )
-        .unwrap();
-        conn.pragma_update(None, "user_version", 2).unwrap();
-        let _: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .unwrap();
-        write_rows(&conn, false, tmp.path());
-    }
+    let (rows, conn) = rows_segment(tmp.path());
+    drop(conn);
     let before = all(tmp.path());
     assert_eq!(before.len(), 10);
     assert_eq!(recent(tmp.path(), 4, 10).unwrap().last_seen.len(), 1);
@@ -755,17 +758,7 @@ fn a_segment_of_rows_goes_on_in_rows_until_the_log_may_move_to_batches() {
 #[test]
 fn a_segment_of_rows_with_entries_is_sealed_when_the_log_moves() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows = tmp.path().join(segment::SEGMENTS).join(segment::file_name(1));
-    std::fs::create_dir(rows.parent().unwrap()).unwrap();
-    let conn = Connection::open(&rows).unwrap();
-    conn.execute_batch(entry::SEGMENT_SCHEMA).unwrap();
-    conn.execute("INSERT INTO segment VALUES (0, zeroblob(32))", [])
-        .unwrap();
-    conn.pragma_update(None, "user_version", 2).unwrap();
-    let _: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .unwrap();
-    write_rows(&conn, false, tmp.path());
+    let (rows, conn) = rows_segment(tmp.path());
     let wal = std::path::PathBuf::from(format!("{}-wal", rows.display()));
     assert!(std::fs::metadata(&wal).unwrap().len() > 0);
 

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::batch;
 use super::chain::{chain_hash, head_problem, last_entry, read_point, stamp, write_point};
-use super::entry::{COLUMNS, Entry, sql_int};
+use super::entry::{COLUMNS, Entry, Fields, sql_int};
 use super::segment::{self, Format, Layout, Point, Segment};
 use super::{AUDIT_HEAD, AUDIT_LOCK, Msg};
 use crate::store::{self, Result, StoreError};
@@ -287,22 +287,17 @@ impl Writer {
 fn append_batch(
     tx: &rusqlite::Transaction<'_>,
     batch: &[(OffsetDateTime, Entry)],
-    (mut id, mut prev): Point,
+    end: Point,
 ) -> rusqlite::Result<Point> {
     // About 160 bytes an entry; a fresh buffer per commit goes back to the allocator with it.
     let mut records = Vec::with_capacity(batch.len() * 192);
-    let mut time = String::with_capacity(24);
-    for (at, entry) in batch {
-        id += 1;
-        stamp(*at, &mut time);
-        let f = entry.fields(id, &time);
-        let hash = chain_hash(&prev, &f);
-        batch::encode(&f, &hash, &mut records);
-        prev = hash;
-    }
+    let (last, hash) = chain(batch, end, |f, hash| {
+        batch::encode(f, hash, &mut records);
+        Ok(())
+    })?;
     tx.prepare_cached("INSERT INTO batches (last, entries, hash, records) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![sql_int(id), batch.len() as i64, &prev[..], records])?;
-    Ok((id, prev))
+        .execute(params![sql_int(last), batch.len() as i64, &hash[..], records])?;
+    Ok((last, hash))
 }
 
 /// Appends `batch` after `end` as a row per entry, as versions before batches did; returns the
@@ -310,18 +305,13 @@ fn append_batch(
 fn append_rows(
     tx: &rusqlite::Transaction<'_>,
     batch: &[(OffsetDateTime, Entry)],
-    (mut id, mut prev): Point,
+    end: Point,
 ) -> rusqlite::Result<Point> {
     let mut insert = tx.prepare_cached(&format!(
         "INSERT INTO entries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
          ?14, ?15, ?16)"
     ))?;
-    let mut time = String::with_capacity(24);
-    for (at, entry) in batch {
-        id += 1;
-        stamp(*at, &mut time);
-        let f = entry.fields(id, &time);
-        let hash = chain_hash(&prev, &f);
+    chain(batch, end, |f, hash| {
         insert.execute(params![
             sql_int(f.id),
             f.time,
@@ -340,6 +330,24 @@ fn append_rows(
             f.duration_ms,
             &hash[..],
         ])?;
+        Ok(())
+    })
+}
+
+/// Chains `batch` on from `end`: each entry gets the next id, its time stamped, and its hash;
+/// `store` gets its fields and hash. Returns the new end.
+fn chain(
+    batch: &[(OffsetDateTime, Entry)],
+    (mut id, mut prev): Point,
+    mut store: impl FnMut(&Fields<'_>, &[u8; 32]) -> rusqlite::Result<()>,
+) -> rusqlite::Result<Point> {
+    let mut time = String::with_capacity(24);
+    for (at, entry) in batch {
+        id += 1;
+        stamp(*at, &mut time);
+        let f = entry.fields(id, &time);
+        let hash = chain_hash(&prev, &f);
+        store(&f, &hash)?;
         prev = hash;
     }
     Ok((id, prev))
