@@ -194,10 +194,10 @@ impl Writer {
             .conn
             .unchecked_transaction()
             .map_err(fail("begin a transaction"))?;
-        let (first, start) = last_entry(&tx, self.layout, &db)?.unwrap_or(self.start);
+        let end = last_entry(&tx, self.layout, &db)?.unwrap_or(self.start);
         let (id, prev) = match self.layout {
-            Layout::Rows | Layout::Legacy => append_rows(&tx, batch, (first, start)),
-            Layout::Batches => append_batch(&tx, batch, (first, start)),
+            Layout::Rows | Layout::Legacy => append_rows(&tx, batch, end),
+            Layout::Batches => append_batch(&tx, batch, end),
         }
         .map_err(fail("append the entries"))?;
         tx.commit().map_err(fail("commit"))?;
