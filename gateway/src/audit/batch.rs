@@ -156,6 +156,14 @@ impl<'a> Decoder<'a> {
     }
 
     fn varint(&mut self, what: &str) -> Result<u64, String> {
+        // Nearly every length and number fits in one byte.
+        if let [b, rest @ ..] = self.rest
+            && b & 0x80 == 0
+        {
+            self.rest = rest;
+            self.at += 1;
+            return Ok(u64::from(*b));
+        }
         let mut n = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.take(1, what)?[0];
