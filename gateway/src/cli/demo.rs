@@ -38,9 +38,16 @@ const WG_NET: &str = "10.77.0.1/24";
 const WG_API_PORT: u16 = 8000;
 /// WireGuard's customary port, used when it is free.
 const WG_PORT: u16 = 51820;
-/// Set by the demo for each process it starts: the demo's own process id. The child asks the
-/// kernel to send it SIGTERM when that process dies (see [`end_with_demo`]).
+/// Set by the demo for each process it starts, and by the firmware supervisor for the version on
+/// trial: the starting process's id. The child asks the kernel to send it SIGTERM when that
+/// process dies (see [`end_with_demo`]).
 pub const DEMO_PID_ENV: &str = "KAKEHASHI_DEMO_PID";
+
+/// Whether this process is a supervisor's child ([`DEMO_PID_ENV`] set): the demo's, or a
+/// firmware trial beside the older version that supervises it and may be rolled back to.
+pub fn supervised() -> bool {
+    std::env::var_os(DEMO_PID_ENV).is_some()
+}
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {

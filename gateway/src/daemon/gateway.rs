@@ -114,11 +114,10 @@ impl Gateway {
         };
         let people = Arc::new(People::new(settings, store::open(&config.data_dir)?, clinic));
         let budget = crate::budget::Budget::of(&config);
-        // A gateway started as a supervisor's child (a firmware trial, beside the older version
-        // that supervises it and may be rolled back to) leaves the log in the layout it has.
-        let format = match std::env::var_os(crate::cli::demo::DEMO_PID_ENV) {
-            Some(_) => crate::audit::Format::Keep,
-            None => crate::audit::Format::Batches,
+        // A supervisor's child may run beside an older version: it leaves the log's layout.
+        let format = match crate::cli::demo::supervised() {
+            true => crate::audit::Format::Keep,
+            false => crate::audit::Format::Batches,
         };
         let audit = AuditLog::open_as(&config.data_dir, budget.segment_bytes, format)?;
         let metrics = Arc::new(Metrics::default());
