@@ -122,8 +122,17 @@ fn base64(text: &str) -> String {
 }
 
 impl Clinic {
+    /// Sends `signal`; a SIGSTOP returns once every thread of the process has stopped. `kill`
+    /// returns before the signal has reached them all, and until then the cloud may still answer.
     fn signal(&self, pid: u32, signal: &str) {
         sh(&format!("kill -{signal} {pid}")).ok();
+        if signal == "STOP" {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !all_stopped(pid) {
+                assert!(Instant::now() < deadline, "process {pid} did not stop");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// SIGKILLs the cloud and starts it again on the same port and database.
@@ -652,4 +661,20 @@ fn an_on_premises_engine_takes_every_call_while_the_cloud_is_down() {
         )
         .unwrap();
     assert_eq!(n, 1);
+}
+
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(|t| t.ok()).all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(") ")
+                    .map(|(_, rest)| rest.starts_with(['T', 't']))
+            })
+            .unwrap_or(false)
+    })
 }
