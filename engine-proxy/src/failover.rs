@@ -32,6 +32,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
+use tokio::time::Instant;
 
 use crate::boxed::boxed;
 use crate::cache::{self, Cache};
@@ -174,11 +175,13 @@ impl Head {
 
     /// Sends it with `body` over `upstream`, `authorization` (the caller's engine credential)
     /// in place of the terminal's: written from this head, not from a copy, each time it is sent.
+    /// The upstream timeout runs from `began`.
     async fn send(
         &self,
         upstream: &Upstream,
         body: Bytes,
         authorization: HeaderValue,
+        began: Instant,
     ) -> Result<Response<client::Body>, UpstreamError> {
         upstream
             .forward_parts(
@@ -187,6 +190,7 @@ impl Head {
                 &self.headers,
                 authorization,
                 full(body),
+                began,
             )
             .await
     }
@@ -203,9 +207,11 @@ struct Keep {
 }
 
 impl Keep {
-    /// Keeps the answer `parts` and `body` to a read of `path`.
-    fn fill(&self, cache: &Cache, path: &str, parts: &hyper::http::response::Parts, body: &Bytes) {
+    /// Keeps `answer` to a read of `path`.
+    fn fill(&self, cache: &Cache, path: &str, answer: &Whole) {
+        let Whole { parts, body, at } = answer;
         cache.fill(cache::Fill {
+            at: *at,
             key: self.key,
             path,
             status: parts.status.as_u16(),
@@ -263,8 +269,16 @@ fn first_done(calls: &mut Calls) -> impl Future<Output = (usize, Attempt)> + '_ 
 enum Attempt {
     Answered(Response<client::Body>),
     /// A whole answer, read to the end.
-    Whole(hyper::http::response::Parts, Bytes),
+    Whole(Whole),
     Failed(String),
+}
+
+/// An answer read to the end, to be cached.
+struct Whole {
+    parts: hyper::http::response::Parts,
+    body: Bytes,
+    /// When its head arrived: the reading of the clock that timed the call.
+    at: std::time::Instant,
 }
 
 impl Router {
@@ -368,23 +382,31 @@ impl Router {
     /// Sends a buffered call to the cloud over `path`, giving up when that path is declared
     /// down. With `whole`, a 200 answer of known, bounded length is read to the end (to be
     /// cached). The call owns what it needs, so that a read answered otherwise meanwhile can
-    /// leave it running.
-    fn attempt(&self, path: usize, head: &Arc<Head>, body: Bytes, caller: &Caller<'_>, whole: bool) -> Call {
+    /// leave it running. `sent`: the reading of the clock the call is timed from, which its
+    /// deadline runs from too.
+    fn attempt(
+        &self,
+        path: usize,
+        head: &Arc<Head>,
+        body: Bytes,
+        caller: &Caller<'_>,
+        whole: bool,
+        sent: Instant,
+    ) -> Call {
         let (cloud, failover) = (self.paths[path].clone(), self.failover.clone());
         let (head, authorization) = (head.clone(), caller.authorization.clone());
         boxed(|| async move {
             let limit = failover.max_entry_bytes as u64;
             let health = &failover.health;
             let call = async {
-                let sent = std::time::Instant::now();
-                let resp = match head.send(&cloud, body, authorization).await {
+                let resp = match head.send(&cloud, body, authorization, sent).await {
                     Ok(resp) => resp,
                     Err(e) => return Attempt::Failed(e.to_string()),
                 };
                 if is_unavailable(resp.status()) {
                     return Attempt::Failed(format!("the cloud answered {}", resp.status()));
                 }
-                health.answered(path, sent);
+                let at = health.answered(path, sent.into_std());
                 let bounded = resp
                     .headers()
                     .get(header::CONTENT_LENGTH)
@@ -395,7 +417,7 @@ impl Router {
                 }
                 let (parts, body) = resp.into_parts();
                 match body.whole().await {
-                    Ok(b) => Attempt::Whole(parts, b),
+                    Ok(body) => Attempt::Whole(Whole { parts, body, at }),
                     Err(e) => Attempt::Failed(format!("the cloud's answer broke off: {e}")),
                 }
             };
@@ -451,12 +473,14 @@ impl Router {
                     (true, false) => health.call_deadline(path),
                     (false, _) => health.ceiling(),
                 };
-                calls.push(self.attempt(path, head, body.clone(), caller, cached.is_some()));
+                // One reading of the clock for the call's timing, its timeout and the deadline.
+                let sent = Instant::now();
+                calls.push(self.attempt(path, head, body.clone(), caller, cached.is_some(), sent));
                 newest = path;
                 if hedge {
                     match deadline.as_mut().as_pin_mut() {
-                        Some(timer) => timer.reset(tokio::time::Instant::now() + wait),
-                        None => deadline.set(Some(tokio::time::sleep(wait))),
+                        Some(timer) => timer.reset(sent + wait),
+                        None => deadline.set(Some(tokio::time::sleep_until(sent + wait))),
                     }
                 }
                 armed = hedge;
@@ -495,10 +519,10 @@ impl Router {
                     let (failover, path) = (self.failover.clone(), head.uri.path().to_owned());
                     tokio::spawn(async move {
                         while !calls.is_empty() {
-                            if let ((_, Attempt::Whole(parts, answer)), Local::Store { cache, .. }) =
+                            if let ((_, Attempt::Whole(answer)), Local::Store { cache, .. }) =
                                 (first_done(&mut calls).await, &failover.local)
                             {
-                                keep.fill(cache, &path, &parts, &answer);
+                                keep.fill(cache, &path, &answer);
                                 break;
                             }
                         }
@@ -550,12 +574,12 @@ impl Router {
                 response: proxied(resp),
                 served: Served::Cloud(path),
             }),
-            Attempt::Whole(parts, answer) => {
+            Attempt::Whole(answer) => {
                 if let Some(cache) = cache {
-                    keep.fill(cache, head.uri.path(), &parts, &answer);
+                    keep.fill(cache, head.uri.path(), &answer);
                 }
                 Ok(Routed {
-                    response: Response::from_parts(parts, full(answer)),
+                    response: Response::from_parts(answer.parts, full(answer.body)),
                     served: Served::Cloud(path),
                 })
             }
@@ -603,9 +627,9 @@ impl Router {
                         served: Served::Cloud(path),
                     });
                 }
-                Ok((path, Attempt::Whole(parts, b))) => {
+                Ok((path, Attempt::Whole(answer))) => {
                     return Ok(Routed {
-                        response: Response::from_parts(parts, full(b)),
+                        response: Response::from_parts(answer.parts, full(answer.body)),
                         served: Served::Cloud(path),
                     });
                 }
@@ -672,7 +696,10 @@ impl Router {
         caller: &Caller<'_>,
         why: String,
     ) -> Result<Routed, RouteError> {
-        let resp = head.send(onprem, body, caller.authorization.clone()).await?;
+        let began = Instant::now();
+        let resp = head
+            .send(onprem, body, caller.authorization.clone(), began)
+            .await?;
         Ok(Routed {
             response: proxied(resp),
             served: Served::OnPrem(why),

@@ -327,17 +327,19 @@ impl Health {
         self.settings.timeout
     }
 
-    /// A real call sent at `sent` was answered (not 502–504) over `path` just now. (One reading
-    /// of the clock serves for both the latency and the time of the answer.)
-    pub fn answered(&self, path: usize, sent: Instant) {
+    /// A real call sent at `sent` was answered (not 502–504) over `path` just now, which it
+    /// returns. (One reading of the clock serves for the latency, the time of the answer, and
+    /// the caller's.)
+    pub fn answered(&self, path: usize, sent: Instant) -> Instant {
         let link = &self.links[path];
         let now = Instant::now();
         link.latency.record(now.saturating_duration_since(sent));
         // Written only when it changes (once a millisecond at most): the workers share it.
-        let now = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
-        if link.answered_at.load(Relaxed) != now {
-            link.answered_at.store(now, Relaxed);
+        let millis = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        if link.answered_at.load(Relaxed) != millis {
+            link.answered_at.store(millis, Relaxed);
         }
+        now
     }
 
     /// Whether a real call was answered over `path` within the last `within`.

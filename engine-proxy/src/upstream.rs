@@ -108,7 +108,8 @@ impl Upstream {
     ) -> Result<Response<client::Body>, UpstreamError> {
         let (head, body) = req.into_parts();
         let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        self.forward_parts(&head.method, path, &head.headers, authorization, body)
+        let began = tokio::time::Instant::now();
+        self.forward_parts(&head.method, path, &head.headers, authorization, body, began)
             .await
     }
 
@@ -116,7 +117,8 @@ impl Upstream {
     /// be sent again over another path. The proxied head is written from `fields` as they are,
     /// less `Host`, `Authorization` and the hop-by-hop fields, with `Host`, the engine's
     /// `Authorization` and `Via` added; only a message that carries hop-by-hop fields is copied
-    /// to strip them.
+    /// to strip them. The upstream timeout runs from `began`, the moment the caller timed the
+    /// call from.
     pub async fn forward_parts(
         &self,
         method: &Method,
@@ -124,6 +126,7 @@ impl Upstream {
         fields: &HeaderMap,
         authorization: HeaderValue,
         body: ProxyBody,
+        began: tokio::time::Instant,
     ) -> Result<Response<client::Body>, UpstreamError> {
         let target = self.target(path_and_query);
         let upgrade = is_upgrade(fields);
@@ -152,18 +155,20 @@ impl Upstream {
             fields,
             upgrade,
         };
-        let mut resp = self.send(head, body).await?;
+        let mut resp = self.send(head, body, began + self.timeout).await?;
         let upgraded = resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(resp.headers_mut(), upgraded);
         resp.headers_mut().append(header::VIA, VIA.clone());
         Ok(resp)
     }
 
-    /// Sends a request and waits for the answer's head at most the upstream timeout.
+    /// Sends a request and waits for the answer's head until `due` (the upstream timeout after
+    /// the call began: the caller's reading of the clock, which it has made anyway).
     async fn send<'a, F>(
         &self,
         head: client::Head<'a, F>,
         body: ProxyBody,
+        due: tokio::time::Instant,
     ) -> Result<Response<client::Body>, UpstreamError>
     where
         F: IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
@@ -173,7 +178,7 @@ impl Upstream {
         tokio::select! {
             biased;
             sent = self.client.send(head, body) => sent.map_err(|e| UpstreamError::Connect(e.to_string())),
-            () = tokio::time::sleep(self.timeout) => Err(UpstreamError::Timeout(self.timeout)),
+            () = tokio::time::sleep_until(due) => Err(UpstreamError::Timeout(self.timeout)),
         }
     }
 
@@ -206,7 +211,8 @@ impl Upstream {
             fields: [(&names[0], &self.host), (&names[1], &user_agent)],
             upgrade: false,
         };
-        self.send(head, empty).await
+        self.send(head, empty, tokio::time::Instant::now() + self.timeout)
+            .await
     }
 }
 
