@@ -26,6 +26,7 @@
 mod batch;
 mod chain;
 mod entry;
+mod pace;
 mod read;
 pub mod segment;
 mod writer;
@@ -38,6 +39,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Result, StoreError};
+use pace::Pace;
 use writer::Writer;
 
 pub use segment::Format;
@@ -67,7 +69,7 @@ pub const AUDIT_LOCK: &str = "audit.lock";
 pub const FAILING: &str = "the audit log cannot be written";
 
 /// How many entries may wait for the writer before `record` waits in turn.
-const QUEUE: usize = 16_384;
+pub(super) const QUEUE: usize = 16_384;
 
 // Entries are the traffic and flushes are rare: boxing every entry would cost an allocation per
 // request to save queue space.
@@ -89,6 +91,7 @@ enum Msg {
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     failing: Arc<AtomicBool>,
+    pace: Arc<Pace>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -126,6 +129,8 @@ impl AuditLog {
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let failing = Arc::new(AtomicBool::new(false));
         writer.failing = failing.clone();
+        let pace = Arc::new(Pace::default());
+        writer.pace = pace.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(&mut rx))
@@ -133,7 +138,7 @@ impl AuditLog {
                 "start the audit writer thread for",
                 data_dir.join(segment::SEGMENTS),
             ))?;
-        Ok(AuditLog { tx, failing })
+        Ok(AuditLog { tx, failing, pace })
     }
 
     /// Records an entry, waiting while the queue is full (never dropping it). The time is taken
@@ -143,6 +148,7 @@ impl AuditLog {
         if self.tx.send(stamped).await.is_err() {
             self.writer_gone();
         }
+        self.keep_up();
     }
 
     /// Records without waiting, for code that cannot await (a response body's `Drop`): straight
@@ -151,7 +157,7 @@ impl AuditLog {
     pub fn record_soon(&self, entry: Entry) {
         let stamped = Msg::Entry(OffsetDateTime::now_utc(), entry);
         match self.tx.try_send(stamped) {
-            Ok(()) => {}
+            Ok(()) => self.keep_up(),
             Err(mpsc::error::TrySendError::Full(msg)) => match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     let log = self.clone();
@@ -178,6 +184,7 @@ impl AuditLog {
         if self.tx.blocking_send(stamped).is_err() {
             self.writer_gone();
         }
+        self.keep_up();
     }
 
     /// Returns once every entry recorded before the call is committed to disk (and the head file
@@ -212,6 +219,7 @@ impl AuditLog {
 
     /// Sends the writer a request and waits for its answer.
     async fn ask(&self, request: fn(oneshot::Sender<()>) -> Msg) -> Result<()> {
+        self.pace.wanted();
         let (done, wait) = oneshot::channel();
         self.tx
             .send(request(done))
@@ -221,6 +229,7 @@ impl AuditLog {
     }
 
     fn ask_blocking(&self, request: fn(oneshot::Sender<()>) -> Msg) -> Result<()> {
+        self.pace.wanted();
         let (done, wait) = oneshot::channel();
         self.tx
             .blocking_send(request(done))
@@ -232,6 +241,14 @@ impl AuditLog {
     /// should refuse new access while this is true: what is not audited must not happen.
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
+    }
+
+    /// A writer in the idle class whose queue is half full returns to the normal class
+    /// ([`pace`]): under a load that keeps every core busy, the idle class would not keep up.
+    fn keep_up(&self) {
+        if self.pace.idle() && self.tx.capacity() <= QUEUE / 2 {
+            self.pace.wanted();
+        }
     }
 
     fn writer_gone(&self) {

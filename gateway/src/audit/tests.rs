@@ -934,3 +934,44 @@ fn the_head_file_moves_seldom_under_a_steady_stream() {
 fn hex_hash(text: &str) -> [u8; 32] {
     hex::decode(text).unwrap().try_into().unwrap()
 }
+
+/// A writer that falls behind leaves the idle scheduling class once half its queue waits, and
+/// goes back once it has caught up ([`pace`]).
+#[test]
+fn a_writer_that_falls_behind_is_called_back_from_the_idle_class() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(tmp.path()).unwrap();
+    let idle_within = |want: bool| {
+        (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            log.pace.idle() == want
+        })
+    };
+    if !idle_within(true) {
+        // Not allowed back from the idle class here (neither CAP_SYS_NICE nor RLIMIT_NICE 20):
+        // the writer stays in the normal class, which the other tests cover.
+        return;
+    }
+    // Another process holds the lock: the writer takes the first entry off the queue, cannot
+    // commit it, and the queue fills behind it.
+    let lock = std::fs::File::open(tmp.path().join(AUDIT_LOCK)).unwrap();
+    lock.lock().unwrap();
+    log.record_blocking(entry(1));
+    assert!((0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        log.tx.capacity() == QUEUE
+    }));
+    // Its window (20 ms) over, it waits for the lock.
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 2..=QUEUE as u64 / 2 {
+        log.record_blocking(entry(i));
+    }
+    assert!(log.pace.idle(), "called back before the queue was half full");
+    log.record_blocking(entry(QUEUE as u64 / 2 + 1));
+    assert!(!log.pace.idle(), "still idle with half the queue waiting");
+    lock.unlock().unwrap();
+    assert!(idle_within(true), "not idle again once caught up");
+    log.close_blocking().unwrap();
+    let verified = super::verify(tmp.path()).unwrap();
+    assert_eq!(verified.entries, QUEUE as u64 / 2 + 1);
+}

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::batch;
 use super::chain::{chain_hash, head_problem, last_entry, read_point, stamp, write_point};
 use super::entry::{COLUMNS, Entry, Fields, sql_int};
+use super::pace::Pace;
 use super::segment::{self, Format, Layout, Point, Segment};
 use super::{AUDIT_HEAD, AUDIT_LOCK, Msg};
 use crate::store::{self, Result, StoreError};
@@ -60,6 +61,8 @@ pub(super) struct Writer {
     /// fault in every time (a tenth of the writer's CPU).
     records: Vec<u8>,
     pub(super) failing: Arc<AtomicBool>,
+    /// Its scheduling class ([`super::pace`]).
+    pub(super) pace: Arc<Pace>,
 }
 
 impl Writer {
@@ -98,10 +101,12 @@ impl Writer {
             behind: None,
             records: Vec::new(),
             failing: Arc::default(),
+            pace: Arc::default(),
         })
     }
 
     pub(super) fn run(mut self, rx: &mut mpsc::Receiver<Msg>) {
+        self.pace.start();
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
         let mut closers = Vec::new();
@@ -160,7 +165,11 @@ impl Writer {
             for done in waiters.drain(..) {
                 let _ = done.send(());
             }
+            if rx.len() < super::QUEUE / 4 {
+                self.pace.relax();
+            }
         }
+        self.pace.stop();
         // The connection and the lock go before the closers hear that all is done, so that a new
         // writer may start at once.
         drop(self);

@@ -932,6 +932,14 @@ fn sigterm_stops_gracefully_and_the_audit_log_is_complete_and_verifiable() {
     for _ in 0..3 {
         c.curl(&format!("{} -u {}", c.tls(), c.user), PATIENT);
     }
+    // Caught up, the audit writer waits in the idle scheduling class (the tests run as root,
+    // which may bring it back: docs/operations.md, "Its share of the processor").
+    let writer = thread_named(c.gateway.pid(), "audit-writer");
+    let idle = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        policy(c.gateway.pid(), writer) == SCHED_IDLE
+    });
+    assert!(idle, "policy {}", policy(c.gateway.pid(), writer));
     stop(&mut c, Duration::from_secs(10));
     let verify = sh(&format!("kakehashi audit verify --data-dir {}", c.data())).ok();
     assert!(verify.contains("intact"), "{verify}");
@@ -961,6 +969,28 @@ fn sigterm_stops_gracefully_and_the_audit_log_is_complete_and_verifiable() {
         + 1;
     sh(&format!("kakehashi audit verify --data-dir {}", c.data()))
         .fails_with(&[&format!("BROKEN at entry {first}"), "do not match its hash"]);
+}
+
+/// `SCHED_IDLE` in `sched(7)`.
+const SCHED_IDLE: u32 = 5;
+
+/// The ID of `pid`'s thread called `name`.
+fn thread_named(pid: u32, name: &str) -> u32 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok())
+        .find(|tid: &u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .unwrap_or_else(|| panic!("no thread {name} in {pid}"))
+}
+
+/// A thread's scheduling policy (field 41 of its `stat`; the command name before it may hold
+/// spaces).
+fn policy(pid: u32, tid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(41 - 3).unwrap().parse().unwrap()
 }
 
 #[test]
