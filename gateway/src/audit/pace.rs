@@ -9,12 +9,12 @@
 //!
 //! The idle class gets almost nothing while the workers keep every core busy, so under a load
 //! that saturates the machine the writer would fall further and further behind. Whoever finds
-//! the queue half full, or waits for the writer (a flush, a close), moves it back to the normal
-//! class; it returns to the idle class once less than a quarter of its queue is left (under load
-//! a queue is never empty after a commit: entries keep coming while it commits). The way back
-//! needs the kernel's leave: `CAP_SYS_NICE`, or an `RLIMIT_NICE` of 20, which allows no priority
-//! above the default (the units in `deploy/` set `LimitNICE=20`). Without either, the writer stays
-//! in the normal class, as before.
+//! an eighth of the queue waiting (`BEHIND`), or waits for the writer (a flush, a close), moves
+//! it back to the normal class; it returns to the idle class once less than a 32nd is left
+//! (under load a queue is never empty after a commit: entries keep coming while it commits).
+//! The way back needs the kernel's leave: `CAP_SYS_NICE`, or an `RLIMIT_NICE` of 20, which
+//! allows no priority above the default (the units in `deploy/` set `LimitNICE=20`). Without
+//! either, the writer stays in the normal class, as before.
 
 use std::io;
 use std::sync::Mutex;
@@ -53,14 +53,14 @@ impl Pace {
         self.idle.load(Relaxed)
     }
 
-    /// Someone waits for the writer, or its queue is half full: it returns to the normal class.
+    /// Someone waits for the writer, or it has fallen behind: it returns to the normal class.
     pub(super) fn wanted(&self) {
         if self.idle.load(Relaxed) {
             self.set(false);
         }
     }
 
-    /// The writer has caught up (a quarter of its queue left, or less): back to the idle class.
+    /// The writer has caught up: back to the idle class.
     pub(super) fn relax(&self) {
         if !self.idle.load(Relaxed) {
             self.set(true);
@@ -148,7 +148,7 @@ mod tests {
         assert!(pace.idle());
         assert_eq!(policy(tid), libc::SCHED_IDLE);
 
-        // Called back from another thread, as a worker that finds the queue half full does.
+        // Called back from another thread, as a worker that finds it behind does.
         pace.wanted();
         assert!(!pace.idle());
         assert_eq!(policy(tid), libc::SCHED_OTHER);

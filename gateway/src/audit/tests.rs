@@ -935,7 +935,7 @@ fn hex_hash(text: &str) -> [u8; 32] {
     hex::decode(text).unwrap().try_into().unwrap()
 }
 
-/// A writer that falls behind leaves the idle scheduling class once half its queue waits, and
+/// A writer that falls behind leaves the idle scheduling class once [`BEHIND`] entries wait, and
 /// goes back once it has caught up ([`pace`]).
 #[test]
 fn a_writer_that_falls_behind_is_called_back_from_the_idle_class() {
@@ -963,15 +963,15 @@ fn a_writer_that_falls_behind_is_called_back_from_the_idle_class() {
     }));
     // Its window (20 ms) over, it waits for the lock.
     std::thread::sleep(Duration::from_millis(200));
-    for i in 2..=QUEUE as u64 / 2 {
+    for i in 2..=BEHIND as u64 {
         log.record_blocking(entry(i));
     }
-    assert!(log.pace.idle(), "called back before the queue was half full");
-    log.record_blocking(entry(QUEUE as u64 / 2 + 1));
-    assert!(!log.pace.idle(), "still idle with half the queue waiting");
+    assert!(log.pace.idle(), "called back before it was behind");
+    log.record_blocking(entry(BEHIND as u64 + 1));
+    assert!(!log.pace.idle(), "still idle with {BEHIND} entries waiting");
     lock.unlock().unwrap();
     assert!(idle_within(true), "not idle again once caught up");
     log.close_blocking().unwrap();
     let verified = super::verify(tmp.path()).unwrap();
-    assert_eq!(verified.entries, QUEUE as u64 / 2 + 1);
+    assert_eq!(verified.entries, BEHIND as u64 + 1);
 }

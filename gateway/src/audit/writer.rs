@@ -165,7 +165,7 @@ impl Writer {
             for done in waiters.drain(..) {
                 let _ = done.send(());
             }
-            if rx.len() < super::QUEUE / 4 {
+            if rx.len() < super::CAUGHT_UP {
                 self.pace.relax();
             }
         }
