@@ -3,7 +3,7 @@
 //! A commit is a burst of work on one thread: under load, about a millisecond every
 //! [`GROUP_WINDOW`](super::writer) of chain hashes, the batch's blob and SQLite's commit. In the
 //! kernel's normal class the writer gets a core as soon as it wakes, and the requests of the
-//! worker it displaced wait for it: at half of the gateway's peak, that was most of what the
+//! worker it displaced wait for it: at half of the gateway's peak, that was much of what the
 //! gateway added to the 99th percentile beyond nginx. In the idle class (`SCHED_IDLE`) it runs on
 //! what the workers leave, and a worker that wakes takes the core back at once.
 //!

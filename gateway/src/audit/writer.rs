@@ -65,6 +65,15 @@ pub(super) struct Writer {
     pub(super) pace: Arc<Pace>,
 }
 
+/// Stops the writer's [`Pace`] when dropped.
+struct StopPace(Arc<Pace>);
+
+impl Drop for StopPace {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 impl Writer {
     pub(super) fn open(data_dir: &Path, seal_at: u64, format: Format) -> Result<Writer> {
         cert_tool::files::create_dir(data_dir, store::DIR_MODE)?;
@@ -107,6 +116,8 @@ impl Writer {
 
     pub(super) fn run(mut self, rx: &mut mpsc::Receiver<Msg>) {
         self.pace.start();
+        // Stopped on the way out, a panic's too: its thread ID must not outlive the thread.
+        let _stop = StopPace(self.pace.clone());
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
         let mut closers = Vec::new();
@@ -169,7 +180,6 @@ impl Writer {
                 self.pace.relax();
             }
         }
-        self.pace.stop();
         // The connection and the lock go before the closers hear that all is done, so that a new
         // writer may start at once.
         drop(self);
