@@ -73,7 +73,7 @@ pub(super) const QUEUE: usize = 16_384;
 /// Entries waiting past which a writer in the idle class is called back to the normal one
 /// ([`pace`]): about 40 ms of the gateway's peak. Half the queue let a writer that fell behind
 /// hold 8,000 entries and batches as large, 4 MiB more at the peak of `bench/memory.sh`.
-const BEHIND: usize = QUEUE / 8;
+pub(super) const BEHIND: usize = QUEUE / 8;
 /// Entries waiting below which a writer that was called back returns to the idle class.
 pub(super) const CAUGHT_UP: usize = QUEUE / 32;
 

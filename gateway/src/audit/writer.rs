@@ -152,6 +152,11 @@ impl Writer {
             // Someone waits for the disk, or nothing was queued while this batch was committed:
             // the head follows the commit. (Whether the queue is empty is asked after the commit:
             // right after draining it, it always is.)
+            // As far behind as a worker calls it back for, counting what it has taken off the
+            // queue: in the idle class the commit ahead could wait for every core to go quiet.
+            if batch.len() >= super::BEHIND {
+                self.pace.wanted();
+            }
             let settle = !waiters.is_empty() || !closers.is_empty();
             if !batch.is_empty() {
                 last_commit = std::time::Instant::now();
