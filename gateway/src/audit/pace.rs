@@ -10,7 +10,8 @@
 //! The idle class gets almost nothing while the workers keep every core busy, so under a load
 //! that saturates the machine the writer would fall further and further behind. Whoever finds
 //! an eighth of the queue waiting (`BEHIND`), or waits for the writer (a flush, a close), moves
-//! it back to the normal class; it returns to the idle class once less than a 32nd is left
+//! it back to the normal class, and so does the writer itself when it has taken as many off the
+//! queue for one commit; it returns to the idle class once less than a 32nd is left
 //! (under load a queue is never empty after a commit: entries keep coming while it commits).
 //! The way back needs the kernel's leave: `CAP_SYS_NICE`, or an `RLIMIT_NICE` of 20, which
 //! allows no priority above the default (the units in `deploy/` set `LimitNICE=20`). Without
