@@ -58,7 +58,7 @@ pub(super) struct Writer {
     behind: Option<Point>,
     /// A batch's entries encoded for its row, kept from one commit to the next as the batch is:
     /// a fresh buffer of 100 KB or more, each commit under load, was the kernel's to map and
-    /// fault in every time (a tenth of the writer's CPU).
+    /// fault in every time.
     records: Vec<u8>,
     pub(super) failing: Arc<AtomicBool>,
     /// Its scheduling class ([`super::pace`]).
@@ -149,14 +149,14 @@ impl Writer {
                     None
                 };
             }
-            // Someone waits for the disk, or nothing was queued while this batch was committed:
-            // the head follows the commit. (Whether the queue is empty is asked after the commit:
-            // right after draining it, it always is.)
             // As far behind as a worker calls it back for, counting what it has taken off the
             // queue: in the idle class the commit ahead could wait for every core to go quiet.
             if batch.len() >= super::BEHIND {
                 self.pace.wanted();
             }
+            // Someone waits for the disk, or nothing was queued while this batch was committed:
+            // the head follows the commit. (Whether the queue is empty is asked after the commit:
+            // right after draining it, it always is.)
             let settle = !waiters.is_empty() || !closers.is_empty();
             if !batch.is_empty() {
                 last_commit = std::time::Instant::now();
